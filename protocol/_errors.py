@@ -1,0 +1,44 @@
+"""The protocol package's exceptions.
+
+``ProtocolError`` is the root.  Bytes from the other side may raise only
+``RemoteProtocolError``; anything else escaping a decoder is a bug.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Wire error codes carried in ``Error`` messages and ``RemoteProtocolError``."""
+
+    FRAME_TOO_LARGE = "frame-too-large"
+    BAD_FRAME = "bad-frame"
+    BAD_MESSAGE = "bad-message"
+    UNEXPECTED_MESSAGE = "unexpected-message"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    WRONG_PEER = "wrong-peer"
+    UNKNOWN_REQUEST = "unknown-request"
+    UNKNOWN_LINK = "unknown-link"
+    NOT_READY = "not-ready"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """Root of every error raised by ``protocol``."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something we cannot accept.
+
+    ``code`` is the wire error code to send back before closing.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the protocol does not allow (a bug on our side)."""

@@ -1,0 +1,133 @@
+"""Typed messages of the peer and admin protocols.
+
+Every message is a frozen msgspec Struct encoded as a msgpack map whose
+``type`` field names it.  Decoding (``from_wire``) validates types and bounds
+at the trust boundary; what does not fit raises ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, TypeAlias
+
+import msgspec
+
+from ._errors import ErrorCode, RemoteProtocolError
+
+PROTOCOL_VERSIONS: Final = (1,)
+MAX_IDS_PER_MESSAGE: Final = 4096
+
+NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+LinkId = Annotated[str, msgspec.Meta(min_length=1, max_length=129, pattern=r"^[A-Za-z0-9_.:~-]+$")]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
+BlockIds = Annotated[list[U63], msgspec.Meta(max_length=MAX_IDS_PER_MESSAGE)]
+
+
+class _Message(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+# --- peer protocol -------------------------------------------------------------------
+
+
+class Hello(_Message, tag="hello"):
+    """First message each side sends: who I am and what I speak."""
+
+    node_id: NodeId
+    versions: Annotated[list[U32], msgspec.Meta(min_length=1, max_length=16)]
+    features: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)] = []  # noqa: E501
+
+
+class Error(_Message, tag="error"):
+    """A refusal.  ``id`` names the request it answers, if any.  Closes the session."""
+
+    code: Annotated[str, msgspec.Meta(max_length=64)]
+    message: ShortText
+    id: U63 | None = None
+
+
+class Ping(_Message, tag="ping"):
+    nonce: U63
+
+
+class Pong(_Message, tag="pong"):
+    nonce: U63
+
+
+class KeyAnnounce(_Message, tag="key.announce"):
+    """I hold these blocks of ``link_id`` from my QKD device."""
+
+    link_id: LinkId
+    block_ids: BlockIds
+
+
+class KeyConfirm(_Message, tag="key.confirm"):
+    """I hold these blocks too: they are ready at my end."""
+
+    link_id: LinkId
+    block_ids: BlockIds
+
+
+class KeyDiscard(_Message, tag="key.discard"):
+    """These blocks are discarded at my end: discard yours."""
+
+    link_id: LinkId
+    block_ids: BlockIds
+    reason: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+PeerMessage: TypeAlias = Hello | Error | Ping | Pong | KeyAnnounce | KeyConfirm | KeyDiscard
+PEER_MESSAGE_TYPES: Final = (Hello, Error, Ping, Pong, KeyAnnounce, KeyConfirm, KeyDiscard)
+
+
+# --- admin protocol ------------------------------------------------------------------
+
+
+class AdminRequest(_Message, tag="request", forbid_unknown_fields=False):
+    """Envelope of an admin request: ``{"type": "request", "id": n, "method": m, "params": {}}``."""
+
+    id: U63
+    method: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    params: dict[str, Any] = {}
+
+
+class AdminResponse(_Message, tag="response"):
+    """A successful answer to request ``id``."""
+
+    id: U63
+    result: dict[str, Any]
+
+
+AdminMessage: TypeAlias = AdminRequest | AdminResponse | Error
+ADMIN_MESSAGE_TYPES: Final = (AdminRequest, AdminResponse, Error)
+
+
+# --- codec ---------------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def to_wire(message: msgspec.Struct) -> bytes:
+    """Encode one message as a msgpack map (a frame body)."""
+    return _encoder.encode(message)
+
+
+class MessageDecoder:
+    """Decode frame bodies into one family of messages (peer or admin)."""
+
+    def __init__(self, family: Any) -> None:
+        self._decoder = msgspec.msgpack.Decoder(family)
+
+    def from_wire(self, body: bytes) -> Any:
+        """Decode one frame body.  Raises only ``RemoteProtocolError``."""
+        try:
+            return self._decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
+        except (msgspec.DecodeError, RecursionError, ValueError, OverflowError) as exc:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"not a msgpack map: {exc}") from None
+
+
+PEER_DECODER: Final = MessageDecoder(PeerMessage)
+ADMIN_DECODER: Final = MessageDecoder(AdminMessage)

@@ -1,0 +1,30 @@
+"""QKD drivers: where key blocks come from."""
+
+from ._base import (
+    Driver,
+    DriverConfigError,
+    DriverError,
+    DriverHealth,
+    KeyBlock,
+    LinkEnd,
+    LinkState,
+)
+from ._paired import PairedDriver, PairedParams, paired_block
+from ._registry import driver_class, known_drivers, make_driver, register
+
+__all__ = [
+    "Driver",
+    "DriverConfigError",
+    "DriverError",
+    "DriverHealth",
+    "KeyBlock",
+    "LinkEnd",
+    "LinkState",
+    "PairedDriver",
+    "PairedParams",
+    "driver_class",
+    "known_drivers",
+    "make_driver",
+    "paired_block",
+    "register",
+]

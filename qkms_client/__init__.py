@@ -1,0 +1,1 @@
+"""Client library for SAEs: ETSI GS QKD 014 over mutual TLS."""
