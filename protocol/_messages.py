@@ -11,7 +11,7 @@ from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 
-from ._errors import ErrorCode, RemoteProtocolError
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSIONS: Final = (1,)
 MAX_IDS_PER_MESSAGE: Final = 4096
@@ -109,8 +109,14 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def to_wire(message: msgspec.Struct) -> bytes:
-    """Encode one message as a msgpack map (a frame body)."""
-    return _encoder.encode(message)
+    """Encode one message as a msgpack map (a frame body).
+
+    Raises ``LocalProtocolError`` if the message holds what msgpack cannot carry.
+    """
+    try:
+        return _encoder.encode(message)
+    except (OverflowError, TypeError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
 
 
 class MessageDecoder:

@@ -1,0 +1,146 @@
+"""Typed peer and admin messages: round trips, plain msgpack, hostile bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import (
+    ADMIN_DECODER,
+    ADMIN_MESSAGE_TYPES,
+    NEED_DATA,
+    PEER_DECODER,
+    PEER_MESSAGE_TYPES,
+    AdminRequest,
+    ErrorCode,
+    FramedConnection,
+    Hello,
+    KeyAnnounce,
+    LocalProtocolError,
+    RemoteProtocolError,
+    admin_connection,
+    to_wire,
+)
+
+node_ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
+link_ids = st.from_regex(r"[A-Za-z0-9_.:~-]{1,129}", fullmatch=True)
+u63 = st.integers(0, 2**63 - 1)
+
+
+def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
+    overrides: dict[str, st.SearchStrategy[Any]] = {
+        "node_id": node_ids,
+        "link_id": link_ids,
+        "versions": st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=16),
+        "features": st.lists(st.text(max_size=64), max_size=8),
+        "block_ids": st.lists(u63, max_size=50),
+        "nonce": u63,
+        "id": u63,
+        "code": st.text(max_size=64),
+        "reason": st.text(max_size=64),
+        "message": st.text(max_size=200),
+        "method": st.text(min_size=1, max_size=64),
+        "params": st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)),
+        "result": st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**63 - 1)),
+    }
+    fields = {f: overrides[f] for f in cls.__struct_fields__}
+    return st.builds(cls, **fields)
+
+
+ALL_TYPES = sorted({*PEER_MESSAGE_TYPES, *ADMIN_MESSAGE_TYPES}, key=lambda c: c.__name__)
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_message_round_trips_and_is_plain_msgpack(cls: type[msgspec.Struct], data: st.DataObject) -> None:
+    message = data.draw(_strategy(cls))
+    body = to_wire(message)
+    decoder = PEER_DECODER if cls in PEER_MESSAGE_TYPES else ADMIN_DECODER
+    assert decoder.from_wire(body) == message
+    plain = msgpack.unpackb(body, raw=False)
+    assert isinstance(plain, dict)
+    assert plain["type"] == cls.__struct_config__.tag
+
+
+def test_a_frame_built_with_the_msgpack_package_decodes() -> None:
+    body = msgpack.packb({"type": "key.announce", "link_id": "A~B", "block_ids": [1, 2]})
+    assert PEER_DECODER.from_wire(body) == KeyAnnounce(link_id="A~B", block_ids=[1, 2])
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", ErrorCode.BAD_FRAME),
+        (b"\xc1", ErrorCode.BAD_FRAME),
+        (msgpack.packb([1, 2]), ErrorCode.BAD_MESSAGE),
+        (msgpack.packb({"type": "nope"}), ErrorCode.BAD_MESSAGE),
+        (msgpack.packb({"type": "ping", "nonce": -1}), ErrorCode.BAD_MESSAGE),
+        (msgpack.packb({"type": "ping", "nonce": 1, "extra": 2}), ErrorCode.BAD_MESSAGE),
+        (msgpack.packb({"type": "hello", "node_id": "a b", "versions": [1]}), ErrorCode.BAD_MESSAGE),
+        (
+            msgpack.packb({"type": "key.announce", "link_id": "L", "block_ids": [0] * 4097}),
+            ErrorCode.BAD_MESSAGE,
+        ),
+        (msgpack.packb({"type": "ping", "nonce": 1}) + b"\x00", ErrorCode.BAD_FRAME),
+    ],
+)
+def test_hostile_bodies_are_refused_with_a_code(body: bytes, code: ErrorCode) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        PEER_DECODER.from_wire(body)
+    assert info.value.code is code
+
+
+def _drain(conn: FramedConnection) -> list[Any]:
+    out = []
+    while (event := conn.next_event()) is not NEED_DATA:
+        out.append(event)
+    return out
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=2000), st.booleans())
+def test_arbitrary_bytes_give_only_messages_need_data_or_remote_error(
+    data: bytes, bytewise: bool
+) -> None:
+    for conn in (FramedConnection(PEER_DECODER, max_frame_size=4096), admin_connection()):
+        try:
+            if bytewise:
+                for i in range(len(data)):
+                    conn.receive_data(data[i : i + 1])
+                    _drain(conn)
+            else:
+                conn.receive_data(data)
+                _drain(conn)
+        except RemoteProtocolError:
+            pass
+
+
+@settings(max_examples=100)
+@given(st.recursive(st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=50))
+def test_arbitrary_msgpack_values_give_messages_or_remote_error(value: Any) -> None:
+    body = msgpack.packb(value)
+    for decoder in (PEER_DECODER, ADMIN_DECODER):
+        try:
+            decoder.from_wire(body)
+        except RemoteProtocolError:
+            pass
+
+
+def test_admin_request_accepts_extra_keys_for_forward_compatibility() -> None:
+    body = msgpack.packb({"type": "request", "id": 7, "method": "status", "future": 1})
+    assert ADMIN_DECODER.from_wire(body) == AdminRequest(id=7, method="status")
+
+
+def test_encoding_what_msgpack_cannot_carry_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        to_wire(AdminRequest(id=1, method="m", params={"x": 2**70}))
+
+
+def test_hello_default_features_are_empty() -> None:
+    assert Hello(node_id="KME_A", versions=[1]).features == []
