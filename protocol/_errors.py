@@ -22,6 +22,9 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_LINK = "unknown-link"
     NOT_READY = "not-ready"
     INTERNAL = "internal"
+    BAD_CHECKSUM = "bad-checksum"
+    BLOCK_OUT_OF_ORDER = "block-out-of-order"
+    DUPLICATE_BLOCK = "duplicate-block"
 
 
 class ProtocolError(Exception):
