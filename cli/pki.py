@@ -1,0 +1,116 @@
+"""``qkmsctl pki``: create the network CA and issue node and SAE certificates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cli._pki import PkiError, init_ca, issue_node, issue_sae, list_certificates
+
+__all__ = ["pki"]
+
+_DIR_OPTION = click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="PKI directory (ca.pem, ca.key, nodes/, saes/).",
+)
+
+
+@click.group()
+def pki() -> None:
+    """Build the network PKI: one CA, a certificate per node and per SAE."""
+
+
+@pki.command("init")
+@_DIR_OPTION
+@click.option("--common-name", default="qkms network CA", show_default=True)
+@click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing CA (orphans its certificates).")
+def init_command(directory: Path, common_name: str, days: int, force: bool) -> None:
+    """Create the network CA in --dir."""
+    try:
+        files = init_ca(directory, common_name=common_name, days=days, force=force)
+    except PkiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {files.cert}")
+    click.echo(f"wrote {files.key} (private, 0600: keep it off the nodes)")
+    if force:
+        click.echo(
+            "note: certificates issued by a previous CA no longer verify; reissue them", err=True
+        )
+
+
+@pki.command("issue")
+@_DIR_OPTION
+@click.option("--node", "node_id", metavar="ID", help="Issue a node (KME) certificate.")
+@click.option("--sae", "sae_id", metavar="ID", help="Issue an SAE (application) certificate.")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="H",
+    help="Extra IP address or DNS name of the node (repeatable; loopback is always included).",
+)
+@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing certificate for this id.")
+def issue_command(
+    directory: Path,
+    node_id: str | None,
+    sae_id: str | None,
+    hosts: tuple[str, ...],
+    days: int,
+    force: bool,
+) -> None:
+    """Issue a certificate signed by the CA in --dir, for --node ID or --sae ID."""
+    if node_id is not None and sae_id is not None:
+        raise click.UsageError("give one of --node ID or --sae ID, not both")
+    if sae_id is not None and hosts:
+        raise click.UsageError("--host applies to --node only: an SAE is never a TLS server")
+    try:
+        if node_id is not None:
+            files = issue_node(directory, node_id, hosts=hosts, days=days, force=force)
+        elif sae_id is not None:
+            files = issue_sae(directory, sae_id, days=days, force=force)
+        else:
+            raise click.UsageError("give --node ID or --sae ID")
+    except PkiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {files.cert} ({files.kind} {files.id}, valid until {files.not_after:%F})")
+    click.echo(f"wrote {files.key} (private, 0600)")
+
+
+@pki.command("list")
+@_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(directory: Path, as_json: bool) -> None:
+    """List the CA and the certificates issued in --dir."""
+    try:
+        infos = list_certificates(directory)
+    except PkiError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        rows = [
+            {
+                "kind": info.kind,
+                "id": info.id,
+                "path": str(info.path),
+                "not_after": info.not_after.isoformat(),
+                "sha256": info.fingerprint,
+            }
+            for info in infos
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not infos:
+        click.echo(f"no certificates in {directory}")
+        return
+    width = max(len(info.id) for info in infos)
+    click.echo(f"{'KIND':<5} {'ID':<{width}} {'NOT AFTER':<10} SHA-256")
+    for info in infos:
+        click.echo(
+            f"{info.kind:<5} {info.id:<{width}} {info.not_after:%Y-%m-%d} {info.fingerprint}"
+        )
