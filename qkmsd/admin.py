@@ -1,0 +1,144 @@
+"""The admin endpoint: the framed protocol on a Unix socket (mode 0660).
+
+Requests are ``{"type": "request", "id": n, "method": "status", "params": {}}``;
+answers echo ``id`` as ``{"type": "response", "id": n, "result": {...}}`` or
+``{"type": "error", "id": n, "code": ..., "message": ...}``.  An unknown method
+or bad params get an error and the connection stays open; bytes that are not
+a frame of the protocol get an error frame and the connection is closed.
+Either way the daemon keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from protocol import (
+    NEED_DATA,
+    AdminRequest,
+    AdminResponse,
+    Error,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+    admin_connection,
+)
+
+from .errors import StartupError
+from .log import get_logger
+
+log = get_logger("qkms.admin")
+
+Method = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class AdminParamsError(Exception):
+    """A method's params are invalid; the message goes back to the client."""
+
+
+class AdminServer:
+    def __init__(self, path: Path, methods: dict[str, Method], *, max_connections: int = 64) -> None:
+        self.path = path
+        self.methods = methods
+        self._slots = trio.CapacityLimiter(max_connections)
+
+    async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_socket(self.path)
+            await sock.bind(str(self.path))
+            os.chmod(self.path, 0o660)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"admin socket {self.path}: {exc.strerror or exc}") from None
+        listener = trio.SocketListener(sock)
+        log.info("admin.listening", socket=str(self.path))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self._serve, [listener])
+                task_status.started(self.path)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    self.path.unlink()
+                except OSError:
+                    pass
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with self._slots, stream:
+            conn = admin_connection()
+            try:
+                while True:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                    while (message := conn.next_event()) is not NEED_DATA:
+                        reply = await self._answer(message)
+                        try:
+                            frame = conn.send(reply)
+                        except LocalProtocolError:
+                            log.error("admin.result_unencodable", exc_info=True)
+                            frame = conn.send(_internal_error(reply.id))
+                        await stream.send_all(frame)
+            except RemoteProtocolError as exc:
+                log.warning("admin.bad_input", code=str(exc.code), error=exc.message)
+                try:
+                    await stream.send_all(conn.send(Error(code=str(exc.code), message=exc.message[:1000])))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _answer(self, message: Any) -> Error | AdminResponse:
+        if not isinstance(message, AdminRequest):
+            return Error(code=str(ErrorCode.UNEXPECTED_MESSAGE), message="send requests only")
+        method = self.methods.get(message.method)
+        if method is None:
+            known = ", ".join(sorted(self.methods))
+            return Error(
+                code=str(ErrorCode.UNKNOWN_REQUEST),
+                message=f"unknown method {message.method!r} (known: {known})",
+                id=message.id,
+            )
+        try:
+            return AdminResponse(id=message.id, result=await method(message.params))
+        except AdminParamsError as exc:
+            return Error(code=str(ErrorCode.BAD_MESSAGE), message=str(exc), id=message.id)
+        except Exception:
+            log.error("admin.method_failed", method=message.method, exc_info=True)
+            return _internal_error(message.id)
+
+
+def _internal_error(request_id: int | None) -> Error:
+    return Error(
+        code=str(ErrorCode.INTERNAL), message="internal error; see the daemon log", id=request_id
+    )
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a dead daemon; refuse to clobber anything else or a live one."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise OSError(errno.EADDRINUSE, "another daemon is listening on it")
+    finally:
+        probe.close()

@@ -1,0 +1,171 @@
+"""Wiring: builds the agents of one node, hands them their collaborators, runs them.
+
+The only module that knows every agent.  Agents never import each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from protocol import KeyAnnounce, KeyConfirm, KeyDiscard
+from qkd_drivers import Driver, driver_class
+
+from .admin import AdminServer
+from .config import Config
+from .errors import StartupError
+from .keymanager import KeyManager
+from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
+from .log import get_logger
+from .peers import PeerManager
+from .storethread import StoreThread
+from .systemd import Notifier
+from .tls import TlsError, peer_context
+
+log = get_logger("qkms.node")
+
+VERSION = "0.1.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    """What a started node tells its starter: where it listens."""
+
+    node_id: str
+    peer_port: int
+    admin_socket: Path
+
+
+class Node:
+    """One qkms node: key store, drivers, key manager, peers and admin endpoint."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier({})
+        self.started_at = time.time()
+        self.keys: KeyManager | None = None
+        self.peers: PeerManager | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled.  Raises ``StartupError`` if the node cannot start.
+
+        On cancellation the agents stop, pending store calls finish and the key
+        store is closed.
+        """
+        cfg = self.config
+        store = _open_store(cfg)
+        try:
+            drivers = _make_drivers(cfg)
+            server_ctx, client_ctx = _peer_contexts(cfg)
+            store_thread = StoreThread()
+            self.keys = keys = KeyManager(
+                node_id=cfg.node_id,
+                store=store,
+                store_thread=store_thread,
+                drivers=drivers,
+                send=self._send_to_peer,
+                sync_timeout=cfg.sync.timeout_s,
+                announce_interval=cfg.sync.announce_interval_s,
+                max_block_age=cfg.policy.max_block_age_s,
+                key_size=cfg.policy.key_size,
+            )
+            self.peers = peers = PeerManager(
+                node_id=cfg.node_id,
+                peers={p.node_id: str(p.address) for p in cfg.peers.values()},
+                listen_host=cfg.peer_listen.host,
+                listen_port=cfg.peer_listen.port,
+                server_context=server_ctx,
+                client_context=client_ctx,
+                handlers={
+                    KeyAnnounce: keys.on_announce,
+                    KeyConfirm: keys.on_confirm,
+                    KeyDiscard: keys.on_discard,
+                },
+                on_up=keys.peer_up,
+                on_down=keys.peer_down,
+                heartbeat=cfg.sync.heartbeat_s,
+                reconnect_max=cfg.sync.reconnect_max_s,
+            )
+            admin = AdminServer(
+                cfg.admin_socket,
+                {"status": self._status, "peers": self._peers, "links": self._links},
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(keys.run)
+                try:
+                    port = await nursery.start(peers.run)
+                except OSError as exc:
+                    raise StartupError(
+                        f"peer port {cfg.peer_listen}: {exc.strerror or exc}"
+                    ) from None
+                await nursery.start(admin.run)
+                await nursery.start(self.notifier.watchdog)
+                self.started_at = time.time()
+                info = NodeInfo(cfg.node_id, port, cfg.admin_socket)
+                log.info("node.ready", node=cfg.node_id, peer_port=port, links=len(drivers))
+                self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
+                task_status.started(info)
+        finally:
+            with trio.CancelScope(shield=True):
+                store.close()
+                log.info("node.stopped", node=cfg.node_id)
+
+    async def _send_to_peer(self, peer: str, message: Any) -> bool:
+        assert self.peers is not None
+        return await self.peers.send(peer, message)
+
+    # --- admin methods -------------------------------------------------------------
+
+    async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        assert self.keys is not None and self.peers is not None
+        return {
+            "node_id": self.config.node_id,
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "peer_listen": f"{self.config.peer_listen.host}:{self.peers.port}",
+            "peers": self.peers.peers_status(),
+            "links": await self.keys.links_status(),
+        }
+
+    async def _peers(self, params: dict[str, Any]) -> dict[str, Any]:
+        assert self.peers is not None
+        return {"peers": self.peers.peers_status()}
+
+    async def _links(self, params: dict[str, Any]) -> dict[str, Any]:
+        assert self.keys is not None
+        return {"links": await self.keys.links_status()}
+
+
+def _open_store(cfg: Config) -> KeyStore:
+    try:
+        master_key = load_master_key(cfg.master_key_file)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return KeyStore.open(cfg.keystore_path, master_key)
+    except (MasterKeyError, KeyStoreError) as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"state directory {cfg.state_dir}: {exc.strerror or exc}") from None
+
+
+def _make_drivers(cfg: Config) -> dict[str, tuple[str, Driver]]:
+    drivers: dict[str, tuple[str, Driver]] = {}
+    for link_id, link in cfg.links.items():
+        # Params were validated by load_config; build the driver from them as they are.
+        drivers[link_id] = (link.peer, driver_class(link.driver)(cfg.link_end(link_id), link.params))
+    return drivers
+
+
+def _peer_contexts(cfg: Config) -> tuple[Any, Any]:
+    try:
+        return (
+            peer_context(cfg.ca, cfg.cert, cfg.key, server=True),
+            peer_context(cfg.ca, cfg.cert, cfg.key, server=False),
+        )
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None

@@ -1,0 +1,265 @@
+"""Node configuration: one TOML file per node, validated once with clear errors.
+
+Every error names the file, the key and the fix, e.g.::
+
+    config qkmsd.toml: [links.A~B] driver "bb48" unknown (known: paired)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from qkd_drivers import DriverConfigError, LinkEnd, driver_class
+
+_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+_LINK_ID = r"^[A-Za-z0-9_.:~-]{1,129}$"
+NodeId = Annotated[str, msgspec.Meta(pattern=_ID)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400 * 365)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid.  ``str()`` is the one line to show the operator."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class NodeSection(_Section):
+    id: NodeId
+    state_dir: str
+    master_key_file: str | None = None
+
+
+class TlsSection(_Section):
+    ca: str
+    cert: str
+    key: str
+
+
+class ListenSection(_Section):
+    peer: str
+    admin_socket: str
+
+
+class PeerSection(_Section):
+    address: str
+
+
+class LinkSection(_Section):
+    peer: NodeId
+    driver: str
+    params: dict[str, Any] = {}
+
+
+class SyncSection(_Section):
+    timeout_s: Seconds = 30.0
+    announce_interval_s: Seconds = 0.2
+    heartbeat_s: Seconds = 5.0
+    reconnect_max_s: Seconds = 30.0
+
+
+class PolicySection(_Section):
+    key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16)] = 256
+    max_block_age_s: Seconds = 7 * 86400.0
+
+
+class ControllerSection(_Section):
+    eligible: bool = False
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+
+
+class LogSection(_Section):
+    level: str = "info"
+    format: str = "kv"
+
+
+class _RawConfig(_Section):
+    node: NodeSection
+    tls: TlsSection
+    listen: ListenSection
+    peers: dict[str, PeerSection] = {}
+    links: dict[str, LinkSection] = {}
+    sync: SyncSection = SyncSection()
+    policy: PolicySection = PolicySection()
+    controller: ControllerSection = ControllerSection()
+    log: LogSection = LogSection()
+
+
+class HostPort(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class LinkConfig(msgspec.Struct, frozen=True):
+    link_id: str
+    peer: str
+    driver: str
+    params: Any  # the driver's validated Params struct
+
+
+class PeerConfig(msgspec.Struct, frozen=True):
+    node_id: str
+    address: HostPort
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A validated node configuration with absolute paths."""
+
+    source: Path
+    node_id: str
+    state_dir: Path
+    master_key_file: Path | None
+    ca: Path
+    cert: Path
+    key: Path
+    peer_listen: HostPort
+    admin_socket: Path
+    peers: dict[str, PeerConfig]
+    links: dict[str, LinkConfig]
+    sync: SyncSection
+    policy: PolicySection
+    controller: ControllerSection
+    log: LogSection
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.state_dir / "keystore.sqlite"
+
+    def link_end(self, link_id: str) -> LinkEnd:
+        link = self.links[link_id]
+        return LinkEnd(link_id=link_id, local_node=self.node_id, peer_node=link.peer)
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``host:port`` or ``[v6]:port``.  Raises ``ValueError``."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not host:port (use [::1]:7001 for IPv6)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    return HostPort(host, port)
+
+
+def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Turn msgspec's ``... - at `$.links.x.driver``` into a TOML location and a message."""
+    text = str(exc)
+    match = re.search(r" - at `\$(.*)`$", text)
+    if not match:
+        return "", text
+    path = match.group(1)
+    parts = re.findall(r"\.([^.\[\]]+)|\[(\d+)\]|\[\.\.\.\]", path)
+    keys = [a or b for a, b in parts]
+    message = text[: match.start()]
+    if len(keys) <= 1:
+        return (f"[{keys[0]}]" if keys else ""), message
+    return f"[{'.'.join(keys[:-1])}] {keys[-1]}", message
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a node config.  Raises ``ConfigError`` with one clear line."""
+    source = Path(path)
+    label = f"config {source}"
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: not valid TOML: {exc}") from None
+    return config_from_mapping(data, source=source)
+
+
+def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
+    """Validate already-parsed TOML.  Raises ``ConfigError``."""
+    label = f"config {source}"
+    try:
+        raw = msgspec.convert(dict(data), _RawConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        where, message = _where(exc)
+        message = (
+            message.replace("Object contains unknown field", "unknown key")
+            .replace("Object missing required field", "missing required key")
+            .replace("Expected", "expected")
+        )
+        raise ConfigError(f"{label}: {where + ': ' if where else ''}{message}") from None
+
+    base = source.parent.resolve()
+
+    def resolve(p: str) -> Path:
+        return (base / Path(p).expanduser()).resolve()
+
+    def fail(where: str, message: str) -> ConfigError:
+        return ConfigError(f"{label}: {where} {message}")
+
+    try:
+        peer_listen = parse_host_port(raw.listen.peer)
+    except ValueError as exc:
+        raise fail("[listen] peer:", str(exc)) from None
+    peers: dict[str, PeerConfig] = {}
+    for node_id, peer in raw.peers.items():
+        if not re.fullmatch(_ID, node_id):
+            raise fail(f"[peers.{node_id}]", "is not a valid node id (1-64 of A-Z a-z 0-9 _ . : -)")
+        if node_id == raw.node.id:
+            raise fail(f"[peers.{node_id}]", "is this node itself; remove it")
+        try:
+            peers[node_id] = PeerConfig(node_id, parse_host_port(peer.address))
+        except ValueError as exc:
+            raise fail(f"[peers.{node_id}] address:", str(exc)) from None
+    links: dict[str, LinkConfig] = {}
+    for link_id, link in raw.links.items():
+        if not re.fullmatch(_LINK_ID, link_id):
+            raise fail(f"[links.{link_id}]", "is not a valid link id (1-129 of A-Z a-z 0-9 _ . : ~ -)")
+        if link.peer not in peers:
+            known = ", ".join(sorted(peers)) or "none"
+            raise fail(
+                f"[links.{link_id}] peer:",
+                f"{link.peer!r} is not in [peers] (known: {known}); add [peers.{link.peer}]",
+            )
+        try:
+            cls = driver_class(link.driver)
+            params = cls.parse_params(link.params)
+        except DriverConfigError as exc:
+            raise fail(f"[links.{link_id}]", str(exc)) from None
+        links[link_id] = LinkConfig(link_id, link.peer, link.driver, params)
+    if raw.log.level not in ("debug", "info", "warning", "error"):
+        raise fail("[log] level:", f"{raw.log.level!r} unknown (known: debug, info, warning, error)")
+    if raw.log.format not in ("kv", "json"):
+        raise fail("[log] format:", f"{raw.log.format!r} unknown (known: kv, json)")
+    if raw.sync.heartbeat_s * 2 > raw.sync.timeout_s:
+        raise fail("[sync] timeout_s:", "must be at least twice heartbeat_s")
+
+    return Config(
+        source=source.resolve(),
+        node_id=raw.node.id,
+        state_dir=resolve(raw.node.state_dir),
+        master_key_file=resolve(raw.node.master_key_file) if raw.node.master_key_file else None,
+        ca=resolve(raw.tls.ca),
+        cert=resolve(raw.tls.cert),
+        key=resolve(raw.tls.key),
+        peer_listen=peer_listen,
+        admin_socket=resolve(raw.listen.admin_socket),
+        peers=peers,
+        links=links,
+        sync=raw.sync,
+        policy=raw.policy,
+        controller=raw.controller,
+        log=raw.log,
+    )

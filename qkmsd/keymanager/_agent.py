@@ -1,0 +1,310 @@
+"""The key management agent: QKD blocks in, link key synchronisation, pools.
+
+Theory of operation
+-------------------
+Each QKD link has a driver at both ends that yields the same blocks under the
+same ids.  A block enters the key store as RECEIVED and becomes READY only
+when both ends hold it:
+
+* When a block arrives from our driver, we store it and announce its id to the
+  peer (``KeyAnnounce``, batched).  If the peer already announced that id, we
+  mark it READY and confirm at once.
+* When the peer announces ids: those we hold as RECEIVED become READY and we
+  confirm them (``KeyConfirm``); those already READY or used are confirmed
+  again (the peer may have missed our confirm); those we discarded are answered
+  with ``KeyDiscard``; unknown ids are remembered until our driver catches up.
+* A confirm moves RECEIVED to READY.  A discard discards.
+* A block still RECEIVED after ``sync.timeout_s`` of *connected* time is
+  discarded at our end and the peer is told.  Time while the peer is away does
+  not count: a restarting peer gets the whole time-out to answer.
+* On (re)connection both ends re-announce every RECEIVED block.
+
+Allocation never collides: each block is owned by exactly one end, by a rule
+both compute from the block id (the lower node id owns the even ids), and an
+end allocates only from blocks it owns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import trio
+
+from protocol import MAX_IDS_PER_MESSAGE, KeyAnnounce, KeyConfirm, KeyDiscard
+from qkd_drivers import Driver, KeyBlock
+
+from ..keystore import KeyState, KeyStore, NewBlock
+from ..log import get_logger
+from ..storethread import StoreThread
+
+log = get_logger("qkms.keys")
+
+SendFn = Callable[[str, Any], Awaitable[bool]]
+
+
+def owns_block(local_node: str, peer_node: str, block_id: int) -> bool:
+    """Whether this end may allocate from ``block_id`` (the other end computes the converse)."""
+    parity = 0 if local_node < peer_node else 1
+    return block_id % 2 == parity
+
+
+class LinkSettings(Protocol):
+    link_id: str
+    peer: str
+
+
+@dataclasses.dataclass
+class _Link:
+    link_id: str
+    peer: str
+    driver: Driver
+    to_announce: set[int] = dataclasses.field(default_factory=set)
+    peer_has: dict[int, float] = dataclasses.field(default_factory=dict)
+    connected_since: float | None = None
+    blocks_in: int = 0
+    last_error: str = ""
+
+
+class KeyManager:
+    """Owns the link pools of one node.  See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        store: KeyStore,
+        store_thread: StoreThread,
+        drivers: dict[str, tuple[str, Driver]],
+        send: SendFn,
+        sync_timeout: float,
+        announce_interval: float,
+        max_block_age: float,
+        key_size: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self._store = store
+        self._thread = store_thread
+        self._send = send
+        self._links = {
+            link_id: _Link(link_id, peer, driver) for link_id, (peer, driver) in drivers.items()
+        }
+        self._sync_timeout = sync_timeout
+        self._announce_interval = announce_interval
+        self._max_block_age = max_block_age
+        self._key_size = key_size
+        self._clock = clock
+        self._wake_announcer = trio.Event()
+
+    # --- services ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read every driver, announce, sweep.  Runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for link in self._links.values():
+                nursery.start_soon(self._read_driver, link)
+            nursery.start_soon(self._announcer)
+            nursery.start_soon(self._sweeper)
+            task_status.started()
+
+    async def _read_driver(self, link: _Link) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                after = await self._thread.call(self._store.max_block_id, link.link_id)
+                async with link.driver as driver:
+                    log.info("driver.started", link=link.link_id, driver=driver.kind)
+                    async for block in driver.blocks(after=after):
+                        await self._accept_block(link, block)
+                        backoff = 1.0
+            except Exception as exc:  # a failing device must not take the node down
+                link.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("driver.failed", link=link.link_id, error=link.last_error, retry_s=backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+    async def _accept_block(self, link: _Link, block: KeyBlock) -> None:
+        if block.link_id != link.link_id:
+            log.warning("block.wrong_link", link=link.link_id, got=block.link_id)
+            return
+        new = NewBlock(
+            link_id=link.link_id,
+            block_id=block.block_id,
+            key=block.key,
+            qber=block.qber,
+            produced_at=block.produced_at,
+            owned=owns_block(self.node_id, link.peer, block.block_id),
+        )
+        added = await self._thread.call(self._store.add_blocks, [new])
+        if not added:
+            log.warning("block.duplicate", link=link.link_id, block=block.block_id)
+            return
+        link.blocks_in += 1
+        if link.peer_has.pop(block.block_id, None) is not None:
+            ready = await self._thread.call(self._store.mark_ready, link.link_id, added)
+            await self._send_ids(link, KeyConfirm, ready)
+        else:
+            link.to_announce.add(block.block_id)
+            self._wake_announcer.set()
+
+    async def _announcer(self) -> None:
+        while True:
+            await self._wake_announcer.wait()
+            self._wake_announcer = trio.Event()
+            await trio.sleep(self._announce_interval)  # batch what arrives meanwhile
+            for link in self._links.values():
+                if link.to_announce and link.connected_since is not None:
+                    ids = sorted(link.to_announce)
+                    link.to_announce.clear()
+                    await self._send_ids(link, KeyAnnounce, ids)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await trio.sleep(min(1.0, self._sync_timeout / 4))
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Discard blocks the peer never confirmed and expire blocks too old to use."""
+        now = self._clock()
+        for link in self._links.values():
+            cutoff = now - self._sync_timeout
+            for block_id, seen in list(link.peer_has.items()):
+                if seen < cutoff:
+                    del link.peer_has[block_id]
+            if link.connected_since is not None and link.connected_since <= cutoff:
+                stale = await self._thread.call(
+                    self._store.unconfirmed, link.link_id, older_than=cutoff
+                )
+                if stale:
+                    gone = await self._thread.call(
+                        self._store.discard, link.link_id, stale, "unconfirmed"
+                    )
+                    log.warning("blocks.unconfirmed_discarded", link=link.link_id, count=len(gone))
+                    link.to_announce.difference_update(gone)
+                    await self._send_ids(link, KeyDiscard, gone, reason="unconfirmed")
+            expired = await self._thread.call(
+                self._store.expire, link.link_id, produced_before=now - self._max_block_age
+            )
+            if expired:
+                log.info("blocks.expired", link=link.link_id, count=len(expired))
+                await self._send_ids(link, KeyDiscard, expired, reason="expired")
+
+    # --- peer events ---------------------------------------------------------------
+
+    async def peer_up(self, peer: str) -> None:
+        """The session with ``peer`` opened: re-announce everything still unconfirmed."""
+        for link in self._links_of(peer):
+            link.connected_since = self._clock()
+            link.to_announce.clear()
+            pending = await self._thread.call(self._store.unconfirmed, link.link_id)
+            await self._send_ids(link, KeyAnnounce, pending)
+
+    async def peer_down(self, peer: str) -> None:
+        for link in self._links_of(peer):
+            link.connected_since = None
+
+    async def on_announce(self, peer: str, message: KeyAnnounce) -> None:
+        link = self._link_for(peer, message.link_id)
+        if link is None:
+            return
+        ids = sorted(set(message.block_ids))
+        states = await self._thread.call(self._store.states, link.link_id, ids)
+        now = self._clock()
+        for block_id in ids:
+            if block_id not in states:
+                link.peer_has[block_id] = now
+        received = [i for i in ids if states.get(i) is KeyState.RECEIVED]
+        moved = await self._thread.call(self._store.mark_ready, link.link_id, received)
+        confirm = moved + [i for i in ids if states.get(i) in _HELD_BY_US]
+        refuse = [i for i in ids if states.get(i) in _DROPPED]
+        link.to_announce.difference_update(confirm)
+        await self._send_ids(link, KeyConfirm, sorted(confirm))
+        await self._send_ids(link, KeyDiscard, refuse, reason="discarded")
+
+    async def on_confirm(self, peer: str, message: KeyConfirm) -> None:
+        link = self._link_for(peer, message.link_id)
+        if link is None:
+            return
+        ids = sorted(set(message.block_ids))
+        states = await self._thread.call(self._store.states, link.link_id, ids)
+        await self._thread.call(
+            self._store.mark_ready,
+            link.link_id,
+            [i for i in ids if states.get(i) is KeyState.RECEIVED],
+        )
+        link.to_announce.difference_update(ids)
+        refuse = [i for i in ids if states.get(i) in _DROPPED]
+        await self._send_ids(link, KeyDiscard, refuse, reason="discarded")
+
+    async def on_discard(self, peer: str, message: KeyDiscard) -> None:
+        link = self._link_for(peer, message.link_id)
+        if link is None:
+            return
+        ids = sorted(set(message.block_ids))
+        for block_id in ids:
+            link.peer_has.pop(block_id, None)
+        link.to_announce.difference_update(ids)
+        gone = await self._thread.call(
+            self._store.discard, link.link_id, ids, f"peer:{message.reason}"[:64]
+        )
+        if gone:
+            log.warning("blocks.discarded_by_peer", link=link.link_id, count=len(gone))
+
+    # --- monitoring ----------------------------------------------------------------
+
+    async def links_status(self) -> list[dict[str, Any]]:
+        out = []
+        for link in self._links.values():
+            pool = await self._thread.call(self._store.pool, link.link_id)
+            health = link.driver.health()
+            out.append(
+                {
+                    "link_id": link.link_id,
+                    "peer": link.peer,
+                    "driver": link.driver.kind,
+                    "driver_state": str(health.state),
+                    "driver_detail": health.detail or link.last_error,
+                    "qber": health.last_qber,
+                    "ready_bits": pool.ready_bits,
+                    "ready_keys": pool.ready_bits // self._key_size,
+                    "ready_blocks": pool.ready_blocks,
+                    "owned_ready_bits": pool.owned_ready_bits,
+                    "unconfirmed_blocks": pool.received_blocks,
+                    "discarded_blocks": pool.discarded_blocks,
+                    "expired_blocks": pool.expired_blocks,
+                    "synchronised": link.connected_since is not None,
+                }
+            )
+        return out
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            link.link_id: {"blocks_in": link.blocks_in, "waiting_for_driver": len(link.peer_has)}
+            for link in self._links.values()
+        }
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _links_of(self, peer: str) -> Iterable[_Link]:
+        return [link for link in self._links.values() if link.peer == peer]
+
+    def _link_for(self, peer: str, link_id: str) -> _Link | None:
+        link = self._links.get(link_id)
+        if link is None or link.peer != peer:
+            log.warning("peer.unknown_link", peer=peer, link=link_id)
+            return None
+        return link
+
+    async def _send_ids(
+        self, link: _Link, kind: type[Any], ids: Sequence[int], **extra: str
+    ) -> None:
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+            chunk = list(ids[start : start + MAX_IDS_PER_MESSAGE])
+            await self._send(link.peer, kind(link_id=link.link_id, block_ids=chunk, **extra))
+
+
+_HELD_BY_US = frozenset({KeyState.READY, KeyState.RESERVED, KeyState.DELIVERED, KeyState.ERASED})
+_DROPPED = frozenset({KeyState.DISCARDED, KeyState.EXPIRED})

@@ -1,0 +1,72 @@
+"""``qkmsd``: the node daemon's entry point.
+
+Exit status: 0 after a clean shutdown, 2 for an invalid configuration, 1 when
+the node cannot start (the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+from ._exc import collapse
+from .app import VERSION, Node
+from .config import Config, ConfigError, load_config
+from .errors import StartupError
+from .log import configure, get_logger
+from .systemd import Notifier
+
+log = get_logger("qkms.main")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qkmsd", description="qkms node daemon")
+    parser.add_argument("--config", "-c", required=True, help="node config file (TOML)")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config and exit (0 valid, 2 invalid)"
+    )
+    parser.add_argument("--version", action="version", version=f"qkmsd {VERSION}")
+    return parser
+
+
+async def serve(config: Config, notifier: Notifier) -> None:
+    """Run the node until SIGTERM or SIGINT, then stop it within the grace period."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Node(config, notifier=notifier).run)
+            async for signum in signals:
+                log.info("node.stopping", signal=signal.Signals(signum).name)
+                notifier.notify("STOPPING=1")
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"qkmsd: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"config {config.source}: ok (node {config.node_id}, {len(config.links)} link(s))")
+        return 0
+    configure(config.log.level, config.log.format, node_id=config.node_id)
+    try:
+        trio.run(serve, config, Notifier())
+    except BaseException as raw:
+        exc = collapse(raw)
+        if isinstance(exc, StartupError):
+            print(f"qkmsd: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
