@@ -28,7 +28,9 @@ def pki() -> None:
 @pki.command("init")
 @_DIR_OPTION
 @click.option("--common-name", default="qkms network CA", show_default=True)
-@click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True)
+@click.option(
+    "--days", type=click.IntRange(min=1), default=3650, show_default=True, help="Validity in days."
+)
 @click.option("--force", is_flag=True, help="Replace an existing CA (orphans its certificates).")
 def init_command(directory: Path, common_name: str, days: int, force: bool) -> None:
     """Create the network CA in --dir."""
@@ -55,7 +57,13 @@ def init_command(directory: Path, common_name: str, days: int, force: bool) -> N
     metavar="H",
     help="Extra IP address or DNS name of the node (repeatable; loopback is always included).",
 )
-@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=825,
+    show_default=True,
+    help="Validity in days (never beyond the CA's own expiry).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing certificate for this id.")
 def issue_command(
     directory: Path,
