@@ -196,7 +196,7 @@ class DeviceFrameDecoder:
         """Bytes held that do not yet form a whole frame."""
         return len(self._buffer)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the line.
 
         Raises ``LocalProtocolError`` if the caller fed more than ``max_chunk``
@@ -373,7 +373,7 @@ class DeviceClient:
         self.state = ClientState.IDLE
         return self._send(Stop())
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the device (at most ``max_chunk`` between drains)."""
         self._frames.receive_data(data)
 
@@ -482,7 +482,7 @@ class DeviceEndpoint:
         self.state = EndpointState.IDLE
         self._frames = DeviceFrameDecoder(max_frame_size=max_frame_size, max_chunk=max_chunk)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the KMS (at most ``max_chunk`` between drains)."""
         self._frames.receive_data(data)
 

@@ -1,0 +1,28 @@
+"""Vendor QKD devices: the framed device protocol over TCP or a serial line, and an emulator."""
+
+from ._driver import (
+    StreamFactory,
+    VendorDeviceDriver,
+    VendorParams,
+    VendorSerialDriver,
+    VendorSerialParams,
+    VendorTcpDriver,
+    VendorTcpParams,
+    open_tty,
+)
+from ._emulator import BlockSource, DeviceEmulator, is_loopback, seeded_source
+
+__all__ = [
+    "BlockSource",
+    "DeviceEmulator",
+    "StreamFactory",
+    "VendorDeviceDriver",
+    "VendorParams",
+    "VendorSerialDriver",
+    "VendorSerialParams",
+    "VendorTcpDriver",
+    "VendorTcpParams",
+    "is_loopback",
+    "open_tty",
+    "seeded_source",
+]
