@@ -11,5 +11,13 @@ def qkmsctl() -> None:
     """Administer qkms nodes, build their PKI and run local lab networks."""
 
 
+from .lab import lab  # noqa: E402
+from .node import config, links, peers, status  # noqa: E402
+from .pki import pki  # noqa: E402
+
+for _command in (pki, lab, status, peers, links, config):
+    qkmsctl.add_command(_command)
+
+
 def main() -> None:
     qkmsctl()

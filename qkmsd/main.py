@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
@@ -16,6 +17,7 @@ from ._exc import collapse
 from .app import VERSION, Node
 from .config import Config, ConfigError, load_config
 from .errors import StartupError
+from .keystore import MasterKeyError, generate_master_key
 from .log import configure, get_logger
 from .systemd import Notifier
 
@@ -24,7 +26,13 @@ log = get_logger("qkms.main")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkmsd", description="qkms node daemon")
-    parser.add_argument("--config", "-c", required=True, help="node config file (TOML)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", "-c", help="node config file (TOML)")
+    what.add_argument(
+        "--generate-master-key",
+        metavar="FILE",
+        help="write a new random master key to FILE (mode 0600; never overwrites) and exit",
+    )
     parser.add_argument(
         "--check", action="store_true", help="validate the config and exit (0 valid, 2 invalid)"
     )
@@ -46,6 +54,14 @@ async def serve(config: Config, notifier: Notifier) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.generate_master_key:
+        try:
+            generate_master_key(Path(args.generate_master_key))
+        except (MasterKeyError, OSError) as exc:
+            print(f"qkmsd: {exc}", file=sys.stderr)
+            return 1
+        print(f"master key written to {args.generate_master_key} (mode 0600)")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -1,0 +1,337 @@
+"""A lab network on one machine: PKI, configs, and one ``qkmsd`` subprocess per node.
+
+Layout of a lab directory ``D``::
+
+    D/lab.json                      what runs where (the contract with tests and tools)
+    D/pki/                          the network CA, node and SAE certificates
+    D/nodes/<id>/qkmsd.toml         the node's config
+    D/nodes/<id>/master.key         its master key (0600)
+    D/nodes/<id>/state/             its key store
+    D/nodes/<id>/admin.sock         its admin socket
+    D/nodes/<id>/qkmsd.log          its log
+
+Nodes listen on free loopback ports chosen at ``up`` and kept in ``lab.json``,
+so ``start`` brings a killed node back on the same ports with the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._admin import AdminClient, AdminError
+from ._pki import init_ca, issue_node, issue_sae
+from ._topology import Topology
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+class LabError(Exception):
+    """The lab cannot do what was asked; the message says why and what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise LabError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _table(name: str, values: dict[str, Any]) -> str:
+    lines = [f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def node_config(
+    topo: Topology,
+    node: str,
+    *,
+    lab: Path,
+    ports: dict[str, dict[str, int]],
+    seeds: dict[str, str],
+) -> str:
+    """The TOML config of one lab node."""
+    home = lab / "nodes" / node
+    spec = topo.nodes[node]
+    parts = [
+        f"# qkmsd config for {node}, written by `qkmsctl lab up` (topology {topo.name!r})\n",
+        _table(
+            "node",
+            {
+                "id": node,
+                "state_dir": str(home / "state"),
+                "master_key_file": str(home / "master.key"),
+            },
+        ),
+        _table(
+            "tls",
+            {
+                "ca": str(lab / "pki" / "ca.pem"),
+                "cert": str(lab / "pki" / "nodes" / f"{node}.pem"),
+                "key": str(lab / "pki" / "nodes" / f"{node}.key"),
+            },
+        ),
+        _table(
+            "listen",
+            {
+                "peer": f"127.0.0.1:{ports[node]['peer']}",
+                "admin_socket": str(home / "admin.sock"),
+            },
+        ),
+        _table("controller", {"eligible": spec.controller, "priority": spec.priority}),
+        _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
+    ]
+    for peer in topo.neighbours(node):
+        parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
+    for link in topo.links:
+        if node not in (link.a, link.b):
+            continue
+        peer = link.b if link.a == node else link.a
+        parts.append(_table(f'links."{link.link_id}"', {"peer": peer, "driver": topo.driver_of(link)}))
+        params = topo.params_of(link, seed=seeds[link.link_id])
+        parts.append(_table(f'links."{link.link_id}".params', params))
+    return "\n".join(parts)
+
+
+class Lab:
+    """A lab directory and the daemons it describes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory.resolve()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "lab.json"
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.manifest_path.read_text()))
+        except FileNotFoundError:
+            raise LabError(f"{self.manifest_path}: no lab here (run `qkmsctl lab up` first)") from None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{self.manifest_path}: unreadable: {exc}") from None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.replace(self.manifest_path)
+
+    # --- up / down -----------------------------------------------------------------
+
+    def up(self, topo: Topology, *, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+        """Create PKI, configs and state; start every node; wait until all are ready."""
+        if self.manifest_path.exists():
+            manifest = self.manifest()
+            if any(_alive(k["pid"], k["config"]) for k in manifest["kmes"].values()):
+                raise LabError(f"{self.dir}: a lab is already running here (`qkmsctl lab down` first)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pki = self.dir / "pki"
+        progress(f"making the network PKI in {pki}")
+        init_ca(pki, common_name=f"qkms lab CA ({topo.name})", force=True)
+        ports = {node: {"peer": free_port(), "api": free_port(), "metrics": free_port()} for node in topo.nodes}
+        seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
+        manifest: dict[str, Any] = {
+            "topology": topo.name,
+            "ca": str(pki / "ca.pem"),
+            "kmes": {},
+            "saes": {},
+            "links": [sorted((l.a, l.b)) for l in topo.links],
+        }
+        for node, spec in topo.nodes.items():
+            home = self.dir / "nodes" / node
+            (home / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
+            issue_node(pki, node, hosts=spec.hosts, force=True)
+            key_file = home / "master.key"
+            if not key_file.exists():
+                _generate_master_key(key_file)
+            config = home / "qkmsd.toml"
+            config.write_text(node_config(topo, node, lab=self.dir, ports=ports, seeds=seeds))
+            manifest["kmes"][node] = {
+                "url": f"https://127.0.0.1:{ports[node]['api']}",
+                "admin_socket": str(home / "admin.sock"),
+                "metrics_url": f"http://127.0.0.1:{ports[node]['metrics']}/metrics",
+                "peer_address": f"127.0.0.1:{ports[node]['peer']}",
+                "pid": None,
+                "config": str(config),
+                "log": str(home / "qkmsd.log"),
+            }
+        for sae, sae_spec in topo.saes.items():
+            files = issue_sae(pki, sae, force=True)
+            manifest["saes"][sae] = {"kme": sae_spec.kme, "cert": str(files.cert), "key": str(files.key)}
+        self._write_manifest(manifest)
+        progress(f"starting {len(topo.nodes)} qkmsd node(s)")
+        for node in topo.nodes:
+            manifest["kmes"][node]["pid"] = self._spawn(manifest["kmes"][node])
+        self._write_manifest(manifest)
+        try:
+            self.wait_ready(manifest, list(topo.nodes))
+        except LabError:
+            self.down()
+            raise
+        return manifest
+
+    def _spawn(self, kme: dict[str, Any]) -> int:
+        log = open(kme["log"], "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "qkmsd", "--config", kme["config"]],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            log.close()
+        return proc.pid
+
+    def wait_ready(self, manifest: dict[str, Any], nodes: Sequence[str], *, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            kme = manifest["kmes"][node]
+            client = AdminClient(kme["admin_socket"], timeout=2.0)
+            while True:
+                try:
+                    client.call("status")
+                    break
+                except AdminError:
+                    pass
+                if not _alive(kme["pid"], kme["config"]):
+                    raise LabError(f"node {node} exited during start-up:\n{_tail(Path(kme['log']))}")
+                if time.monotonic() > deadline:
+                    raise LabError(f"node {node} not ready after {timeout:g} s:\n{_tail(Path(kme['log']))}")
+                time.sleep(0.05)
+
+    def down(self) -> list[str]:
+        """Stop every node: SIGTERM, then SIGKILL after the deadline.  Returns those stopped."""
+        manifest = self.manifest()
+        stopped = [n for n, k in manifest["kmes"].items() if self._signal(k, signal.SIGTERM)]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for kme in manifest["kmes"].values():
+            while _alive(kme["pid"], kme["config"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(kme["pid"], kme["config"]):
+                self._signal(kme, signal.SIGKILL)
+            _reap(kme["pid"])
+            kme["pid"] = None
+        self._write_manifest(manifest)
+        return stopped
+
+    # --- one node ------------------------------------------------------------------
+
+    def kill(self, node: str) -> int:
+        """SIGKILL one node (a crash, for failover experiments).  Returns the pid killed."""
+        manifest = self.manifest()
+        kme = self._kme(manifest, node)
+        pid = kme["pid"]
+        if not self._signal(kme, signal.SIGKILL):
+            raise LabError(f"node {node} is not running")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(pid, kme["config"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _reap(pid)
+        kme["pid"] = None
+        self._write_manifest(manifest)
+        return int(pid)
+
+    def start(self, node: str) -> int:
+        """Start one node again, on its ports and state.  Returns its new pid."""
+        manifest = self.manifest()
+        kme = self._kme(manifest, node)
+        if kme["pid"] and _alive(kme["pid"], kme["config"]):
+            raise LabError(f"node {node} is already running (pid {kme['pid']})")
+        kme["pid"] = self._spawn(kme)
+        self._write_manifest(manifest)
+        self.wait_ready(manifest, [node])
+        return int(kme["pid"])
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Every node's admin status, or ``{"error": ...}`` for nodes that do not answer."""
+        out: dict[str, dict[str, Any]] = {}
+        for node, kme in self.manifest()["kmes"].items():
+            try:
+                out[node] = AdminClient(kme["admin_socket"], timeout=5.0).call("status")
+            except AdminError as exc:
+                running = kme["pid"] and _alive(kme["pid"], kme["config"])
+                out[node] = {"error": str(exc) if running else "not running"}
+        return out
+
+    def _kme(self, manifest: dict[str, Any], node: str) -> dict[str, Any]:
+        try:
+            kme: dict[str, Any] = manifest["kmes"][node]
+            return kme
+        except KeyError:
+            known = ", ".join(sorted(manifest["kmes"]))
+            raise LabError(f"no node {node!r} in this lab (known: {known})") from None
+
+    def _signal(self, kme: dict[str, Any], signum: int) -> bool:
+        pid = kme.get("pid")
+        if not pid or not _alive(pid, kme["config"]):
+            return False
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _generate_master_key(path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "qkmsd", "--generate-master-key", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise LabError(f"cannot create master key {path}: {result.stderr.strip()}")
+
+
+def _alive(pid: int | None, config: str) -> bool:
+    """Whether ``pid`` is a live qkmsd for ``config`` (not a recycled pid, not a zombie)."""
+    if not pid:
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = status.rsplit(")", 1)[-1].split()[0]
+    return state != "Z" and config.encode() in raw.split(b"\0")
+
+
+def _reap(pid: int | None) -> None:
+    """Collect an exited child of ours, if it is one; other processes are reaped by init."""
+    if not pid:
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,74 @@
+"""Tables and sizes for humans; ``--json`` output bypasses all of this."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def bits(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("Mbit", 1 << 20), ("kbit", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bit"
+
+
+def ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0.0, time.time() - ts)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    return f"{seconds / 60:.0f}m ago"
+
+
+def node_status(status: dict[str, Any]) -> str:
+    """A readable page for one node's ``status`` answer."""
+    head = (
+        f"node {status['node_id']}  pid {status['pid']}  up {status['uptime_s']:.0f}s  "
+        f"peer port {status['peer_listen']}"
+    )
+    peers = table(
+        ["peer", "state", "since", "last seen", "connects", "last error"],
+        [
+            [
+                p["node_id"],
+                p["state"],
+                ago(p["connected_since"]),
+                ago(p["last_seen"]),
+                p["connects"],
+                p["last_error"],
+            ]
+            for p in status["peers"]
+        ],
+    )
+    links = table(
+        ["link", "peer", "driver", "state", "ready", "keys", "blocks", "unconfirmed", "discarded", "qber"],
+        [
+            [
+                link["link_id"],
+                link["peer"],
+                link["driver"],
+                link["driver_state"],
+                bits(link["ready_bits"]),
+                link["ready_keys"],
+                link["ready_blocks"],
+                link["unconfirmed_blocks"],
+                link["discarded_blocks"],
+                "-" if link["qber"] is None else f"{link['qber']:.2%}",
+            ]
+            for link in status["links"]
+        ],
+    )
+    return f"{head}\n\n{peers}\n\n{links}"

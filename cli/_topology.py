@@ -1,0 +1,123 @@
+"""Topology files: the nodes, QKD links and SAEs of a lab network."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from qkd_drivers import DriverConfigError, driver_class
+
+_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+Id = Annotated[str, msgspec.Meta(pattern=_ID)]
+
+
+class TopologyError(Exception):
+    """The topology file is invalid; the message names the file and the key."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class NodeSpec(_Strict):
+    controller: bool = False
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    hosts: list[str] = []
+    city: str = ""
+
+
+class LinkSpec(_Strict):
+    a: Id
+    b: Id
+    driver: str | None = None
+    distance_km: Annotated[float, msgspec.Meta(ge=0, le=1000)] | None = None
+    params: dict[str, Any] = {}
+
+    @property
+    def link_id(self) -> str:
+        return "~".join(sorted((self.a, self.b)))
+
+
+class SaeSpec(_Strict):
+    kme: Id
+
+
+class Defaults(_Strict):
+    driver: str = "paired"
+    params: dict[str, Any] = {}
+
+
+class Topology(_Strict):
+    name: str
+    nodes: dict[str, NodeSpec]
+    links: list[LinkSpec] = []
+    saes: dict[str, SaeSpec] = {}
+    description: str = ""
+    defaults: Defaults = Defaults()
+
+    def driver_of(self, link: LinkSpec) -> str:
+        return link.driver or self.defaults.driver
+
+    def params_of(self, link: LinkSpec, *, seed: str | None = None) -> dict[str, Any]:
+        """Driver parameters of a link: defaults, the link's own, its distance, the seed.
+
+        The distance and the shared seed go only to drivers that take them.
+        """
+        params = {**self.defaults.params, **link.params}
+        fields = driver_class(self.driver_of(link)).Params.__struct_fields__
+        if link.distance_km is not None and "distance_km" in fields:
+            params.setdefault("distance_km", link.distance_km)
+        if seed is not None and "seed" in fields:
+            params.setdefault("seed", seed)
+        return params
+
+    def neighbours(self, node: str) -> list[str]:
+        return sorted({l.b if l.a == node else l.a for l in self.links if node in (l.a, l.b)})
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and validate a topology file.  Raises ``TopologyError``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TopologyError(f"topology {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TopologyError(f"topology {path}: {exc}") from None
+    return topology_from_mapping(data, label=str(path))
+
+
+def topology_from_mapping(data: dict[str, Any], *, label: str) -> Topology:
+    try:
+        topo = msgspec.convert(data, Topology, strict=True)
+    except msgspec.ValidationError as exc:
+        raise TopologyError(f"topology {label}: {exc}") from None
+    for node in topo.nodes:
+        if not re.fullmatch(_ID, node):
+            raise TopologyError(f"topology {label}: [nodes.{node}] is not a valid node id")
+    seen: set[str] = set()
+    for i, link in enumerate(topo.links):
+        where = f"topology {label}: links[{i}] ({link.a}-{link.b})"
+        for end in (link.a, link.b):
+            if end not in topo.nodes:
+                raise TopologyError(f"{where}: node {end!r} is not in [nodes]")
+        if link.a == link.b:
+            raise TopologyError(f"{where}: a link joins two different nodes")
+        if link.link_id in seen:
+            raise TopologyError(f"{where}: duplicate link")
+        seen.add(link.link_id)
+        try:
+            driver_class(topo.driver_of(link)).parse_params(topo.params_of(link, seed="x" * 32))
+        except DriverConfigError as exc:
+            raise TopologyError(f"{where}: {exc}") from None
+    for sae, spec in topo.saes.items():
+        if not re.fullmatch(_ID, sae):
+            raise TopologyError(f"topology {label}: [saes.{sae}] is not a valid SAE id")
+        if spec.kme not in topo.nodes:
+            raise TopologyError(f"topology {label}: [saes.{sae}] kme {spec.kme!r} is not in [nodes]")
+        if sae in topo.nodes:
+            raise TopologyError(f"topology {label}: {sae!r} is both a node and an SAE")
+    return topo

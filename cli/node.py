@@ -1,0 +1,114 @@
+"""``qkmsctl status|peers|links|config``: talk to one node through its admin socket."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._admin import AdminClient, AdminError
+from ._render import ago, bits, node_status, table
+
+DEFAULT_SOCKET = "/run/qkms/admin.sock"
+
+
+def _socket_from(config: Path | None, socket_path: str | None) -> str:
+    if socket_path:
+        return socket_path
+    if config is not None:
+        try:
+            data = tomllib.loads(config.read_text())
+            return str((config.parent / data["listen"]["admin_socket"]).resolve())
+        except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+            raise click.ClickException(f"config {config}: cannot find [listen] admin_socket ({exc})") from None
+    return DEFAULT_SOCKET
+
+
+def _call(ctx: click.Context, method: str) -> dict[str, Any]:
+    obj = ctx.obj or {}
+    path = _socket_from(obj.get("config"), obj.get("socket"))
+    try:
+        return AdminClient(path).call(method)
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_socket = click.option("--socket", "socket_path", help=f"admin socket (default {DEFAULT_SOCKET})")
+_config = click.option(
+    "--config", type=click.Path(dir_okay=False, path_type=Path), help="read the socket path from this node config"
+)
+_json = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+def _target(f: Any) -> Any:
+    @_socket
+    @_config
+    @_json
+    @click.pass_context
+    def wrapper(ctx: click.Context, socket_path: str | None, config: Path | None, as_json: bool) -> None:
+        ctx.obj = {"socket": socket_path, "config": config}
+        f(ctx, as_json)
+
+    wrapper.__name__ = f.__name__
+    wrapper.__doc__ = f.__doc__
+    return wrapper
+
+
+@click.command()
+@_target
+def status(ctx: click.Context, as_json: bool) -> None:
+    """A node's status: peers, links and pool levels."""
+    result = _call(ctx, "status")
+    click.echo(json.dumps(result, indent=2) if as_json else node_status(result))
+
+
+@click.command()
+@_target
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """A node's peers and their session state."""
+    result = _call(ctx, "peers")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [[p["node_id"], p["address"], p["state"], ago(p["connected_since"]), p["last_error"]] for p in result["peers"]]
+    click.echo(table(["peer", "address", "state", "since", "last error"], rows))
+
+
+@click.command()
+@_target
+def links(ctx: click.Context, as_json: bool) -> None:
+    """A node's QKD links and their key pools."""
+    result = _call(ctx, "links")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [
+        [l["link_id"], l["peer"], l["driver_state"], bits(l["ready_bits"]), l["ready_keys"], l["unconfirmed_blocks"]]
+        for l in result["links"]
+    ]
+    click.echo(table(["link", "peer", "state", "ready", "keys", "unconfirmed"], rows))
+
+
+@click.group()
+def config() -> None:
+    """Node configuration files."""
+
+
+@config.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check(file: Path) -> None:
+    """Validate a node config exactly as qkmsd does (exit 0 valid, 2 invalid)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "qkmsd", "--config", str(file), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = (result.stdout or result.stderr).strip().removeprefix("qkmsd: ")
+    click.echo(out, err=result.returncode != 0)
+    sys.exit(result.returncode)
