@@ -61,5 +61,7 @@ class AdminClient:
         if isinstance(message, Error):
             raise AdminError(message.message, code=message.code)
         if not isinstance(message, AdminResponse) or message.id != request_id:
-            raise AdminError(f"{self.path}: unexpected answer {type(message).__name__}", code="protocol")
+            raise AdminError(
+                f"{self.path}: unexpected answer {type(message).__name__}", code="protocol"
+            )
         return message.result

@@ -108,7 +108,9 @@ def node_config(
         if node not in (link.a, link.b):
             continue
         peer = link.b if link.a == node else link.a
-        parts.append(_table(f'links."{link.link_id}"', {"peer": peer, "driver": topo.driver_of(link)}))
+        parts.append(
+            _table(f'links."{link.link_id}"', {"peer": peer, "driver": topo.driver_of(link)})
+        )
         params = topo.params_of(link, seed=seeds[link.link_id])
         parts.append(_table(f'links."{link.link_id}".params', params))
     return "\n".join(parts)
@@ -128,7 +130,9 @@ class Lab:
         try:
             return dict(json.loads(self.manifest_path.read_text()))
         except FileNotFoundError:
-            raise LabError(f"{self.manifest_path}: no lab here (run `qkmsctl lab up` first)") from None
+            raise LabError(
+                f"{self.manifest_path}: no lab here (run `qkmsctl lab up` first)"
+            ) from None
         except (OSError, ValueError) as exc:
             raise LabError(f"{self.manifest_path}: unreadable: {exc}") from None
 
@@ -139,24 +143,31 @@ class Lab:
 
     # --- up / down -----------------------------------------------------------------
 
-    def up(self, topo: Topology, *, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    def up(
+        self, topo: Topology, *, progress: Callable[[str], None] = lambda s: None
+    ) -> dict[str, Any]:
         """Create PKI, configs and state; start every node; wait until all are ready."""
         if self.manifest_path.exists():
-            manifest = self.manifest()
-            if any(_alive(k["pid"], k["config"]) for k in manifest["kmes"].values()):
-                raise LabError(f"{self.dir}: a lab is already running here (`qkmsctl lab down` first)")
+            old = self.manifest()
+            if any(_alive(k["pid"], k["config"]) for k in old["kmes"].values()):
+                raise LabError(
+                    f"{self.dir}: a lab is already running here (`qkmsctl lab down` first)"
+                )
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = self.dir / "pki"
         progress(f"making the network PKI in {pki}")
         init_ca(pki, common_name=f"qkms lab CA ({topo.name})", force=True)
-        ports = {node: {"peer": free_port(), "api": free_port(), "metrics": free_port()} for node in topo.nodes}
+        ports = {
+            node: {"peer": free_port(), "api": free_port(), "metrics": free_port()}
+            for node in topo.nodes
+        }
         seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
         manifest: dict[str, Any] = {
             "topology": topo.name,
             "ca": str(pki / "ca.pem"),
             "kmes": {},
             "saes": {},
-            "links": [sorted((l.a, l.b)) for l in topo.links],
+            "links": [sorted((link.a, link.b)) for link in topo.links],
         }
         for node, spec in topo.nodes.items():
             home = self.dir / "nodes" / node
@@ -178,7 +189,11 @@ class Lab:
             }
         for sae, sae_spec in topo.saes.items():
             files = issue_sae(pki, sae, force=True)
-            manifest["saes"][sae] = {"kme": sae_spec.kme, "cert": str(files.cert), "key": str(files.key)}
+            manifest["saes"][sae] = {
+                "kme": sae_spec.kme,
+                "cert": str(files.cert),
+                "key": str(files.key),
+            }
         self._write_manifest(manifest)
         progress(f"starting {len(topo.nodes)} qkmsd node(s)")
         for node in topo.nodes:
@@ -206,7 +221,9 @@ class Lab:
             log.close()
         return proc.pid
 
-    def wait_ready(self, manifest: dict[str, Any], nodes: Sequence[str], *, timeout: float = READY_TIMEOUT_S) -> None:
+    def wait_ready(
+        self, manifest: dict[str, Any], nodes: Sequence[str], *, timeout: float = READY_TIMEOUT_S
+    ) -> None:
         deadline = time.monotonic() + timeout
         for node in nodes:
             kme = manifest["kmes"][node]
@@ -218,9 +235,13 @@ class Lab:
                 except AdminError:
                     pass
                 if not _alive(kme["pid"], kme["config"]):
-                    raise LabError(f"node {node} exited during start-up:\n{_tail(Path(kme['log']))}")
+                    raise LabError(
+                        f"node {node} exited during start-up:\n{_tail(Path(kme['log']))}"
+                    )
                 if time.monotonic() > deadline:
-                    raise LabError(f"node {node} not ready after {timeout:g} s:\n{_tail(Path(kme['log']))}")
+                    raise LabError(
+                        f"node {node} not ready after {timeout:g} s:\n{_tail(Path(kme['log']))}"
+                    )
                 time.sleep(0.05)
 
     def down(self) -> list[str]:

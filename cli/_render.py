@@ -10,7 +10,9 @@ from typing import Any
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -54,7 +56,18 @@ def node_status(status: dict[str, Any]) -> str:
         ],
     )
     links = table(
-        ["link", "peer", "driver", "state", "ready", "keys", "blocks", "unconfirmed", "discarded", "qber"],
+        [
+            "link",
+            "peer",
+            "driver",
+            "state",
+            "ready",
+            "keys",
+            "blocks",
+            "unconfirmed",
+            "discarded",
+            "qber",
+        ],
         [
             [
                 link["link_id"],

@@ -23,14 +23,14 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class NodeSpec(_Strict):
+class NodeSpec(_Strict, frozen=True):
     controller: bool = False
     priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     hosts: list[str] = []
     city: str = ""
 
 
-class LinkSpec(_Strict):
+class LinkSpec(_Strict, frozen=True):
     a: Id
     b: Id
     driver: str | None = None
@@ -42,16 +42,16 @@ class LinkSpec(_Strict):
         return "~".join(sorted((self.a, self.b)))
 
 
-class SaeSpec(_Strict):
+class SaeSpec(_Strict, frozen=True):
     kme: Id
 
 
-class Defaults(_Strict):
+class Defaults(_Strict, frozen=True):
     driver: str = "paired"
     params: dict[str, Any] = {}
 
 
-class Topology(_Strict):
+class Topology(_Strict, frozen=True):
     name: str
     nodes: dict[str, NodeSpec]
     links: list[LinkSpec] = []
@@ -76,7 +76,8 @@ class Topology(_Strict):
         return params
 
     def neighbours(self, node: str) -> list[str]:
-        return sorted({l.b if l.a == node else l.a for l in self.links if node in (l.a, l.b)})
+        ends = [(link.a, link.b) for link in self.links if node in (link.a, link.b)]
+        return sorted({b if a == node else a for a, b in ends})
 
 
 def load_topology(path: Path) -> Topology:
@@ -117,7 +118,9 @@ def topology_from_mapping(data: dict[str, Any], *, label: str) -> Topology:
         if not re.fullmatch(_ID, sae):
             raise TopologyError(f"topology {label}: [saes.{sae}] is not a valid SAE id")
         if spec.kme not in topo.nodes:
-            raise TopologyError(f"topology {label}: [saes.{sae}] kme {spec.kme!r} is not in [nodes]")
+            raise TopologyError(
+                f"topology {label}: [saes.{sae}] kme {spec.kme!r} is not in [nodes]"
+            )
         if sae in topo.nodes:
             raise TopologyError(f"topology {label}: {sae!r} is both a node and an SAE")
     return topo

@@ -25,7 +25,9 @@ def _socket_from(config: Path | None, socket_path: str | None) -> str:
             data = tomllib.loads(config.read_text())
             return str((config.parent / data["listen"]["admin_socket"]).resolve())
         except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
-            raise click.ClickException(f"config {config}: cannot find [listen] admin_socket ({exc})") from None
+            raise click.ClickException(
+                f"config {config}: cannot find [listen] admin_socket ({exc})"
+            ) from None
     return DEFAULT_SOCKET
 
 
@@ -40,7 +42,9 @@ def _call(ctx: click.Context, method: str) -> dict[str, Any]:
 
 _socket = click.option("--socket", "socket_path", help=f"admin socket (default {DEFAULT_SOCKET})")
 _config = click.option(
-    "--config", type=click.Path(dir_okay=False, path_type=Path), help="read the socket path from this node config"
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="read the socket path from this node config",
 )
 _json = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
@@ -50,7 +54,9 @@ def _target(f: Any) -> Any:
     @_config
     @_json
     @click.pass_context
-    def wrapper(ctx: click.Context, socket_path: str | None, config: Path | None, as_json: bool) -> None:
+    def wrapper(
+        ctx: click.Context, socket_path: str | None, config: Path | None, as_json: bool
+    ) -> None:
         ctx.obj = {"socket": socket_path, "config": config}
         f(ctx, as_json)
 
@@ -75,7 +81,10 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    rows = [[p["node_id"], p["address"], p["state"], ago(p["connected_since"]), p["last_error"]] for p in result["peers"]]
+    rows = [
+        [p["node_id"], p["address"], p["state"], ago(p["connected_since"]), p["last_error"]]
+        for p in result["peers"]
+    ]
     click.echo(table(["peer", "address", "state", "since", "last error"], rows))
 
 
@@ -88,8 +97,15 @@ def links(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(result, indent=2))
         return
     rows = [
-        [l["link_id"], l["peer"], l["driver_state"], bits(l["ready_bits"]), l["ready_keys"], l["unconfirmed_blocks"]]
-        for l in result["links"]
+        [
+            link["link_id"],
+            link["peer"],
+            link["driver_state"],
+            bits(link["ready_bits"]),
+            link["ready_keys"],
+            link["unconfirmed_blocks"],
+        ]
+        for link in result["links"]
     ]
     click.echo(table(["link", "peer", "state", "ready", "keys", "unconfirmed"], rows))
 

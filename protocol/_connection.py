@@ -126,7 +126,9 @@ class PeerSession:
     def hello(self) -> bytes:
         """Bytes of our ``Hello``: send them first."""
         return self._conn.send(
-            Hello(node_id=self.local_node, versions=list(self.versions), features=list(self.features))
+            Hello(
+                node_id=self.local_node, versions=list(self.versions), features=list(self.features)
+            )
         )
 
     def receive_data(self, data: bytes) -> None:

@@ -31,15 +31,17 @@ class _Message(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fie
 # --- peer protocol -------------------------------------------------------------------
 
 
-class Hello(_Message, tag="hello"):
+class Hello(_Message, tag="hello", frozen=True):
     """First message each side sends: who I am and what I speak."""
 
     node_id: NodeId
     versions: Annotated[list[U32], msgspec.Meta(min_length=1, max_length=16)]
-    features: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)] = []  # noqa: E501
+    features: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)
+    ] = []  # noqa: E501
 
 
-class Error(_Message, tag="error"):
+class Error(_Message, tag="error", frozen=True):
     """A refusal.  ``id`` names the request it answers, if any.  Closes the session."""
 
     code: Annotated[str, msgspec.Meta(max_length=64)]
@@ -47,29 +49,29 @@ class Error(_Message, tag="error"):
     id: U63 | None = None
 
 
-class Ping(_Message, tag="ping"):
+class Ping(_Message, tag="ping", frozen=True):
     nonce: U63
 
 
-class Pong(_Message, tag="pong"):
+class Pong(_Message, tag="pong", frozen=True):
     nonce: U63
 
 
-class KeyAnnounce(_Message, tag="key.announce"):
+class KeyAnnounce(_Message, tag="key.announce", frozen=True):
     """I hold these blocks of ``link_id`` from my QKD device."""
 
     link_id: LinkId
     block_ids: BlockIds
 
 
-class KeyConfirm(_Message, tag="key.confirm"):
+class KeyConfirm(_Message, tag="key.confirm", frozen=True):
     """I hold these blocks too: they are ready at my end."""
 
     link_id: LinkId
     block_ids: BlockIds
 
 
-class KeyDiscard(_Message, tag="key.discard"):
+class KeyDiscard(_Message, tag="key.discard", frozen=True):
     """These blocks are discarded at my end: discard yours."""
 
     link_id: LinkId
@@ -84,7 +86,7 @@ PEER_MESSAGE_TYPES: Final = (Hello, Error, Ping, Pong, KeyAnnounce, KeyConfirm, 
 # --- admin protocol ------------------------------------------------------------------
 
 
-class AdminRequest(_Message, tag="request", forbid_unknown_fields=False):
+class AdminRequest(_Message, tag="request", forbid_unknown_fields=False, frozen=True):
     """Envelope of an admin request: ``{"type": "request", "id": n, "method": m, "params": {}}``."""
 
     id: U63
@@ -92,7 +94,7 @@ class AdminRequest(_Message, tag="request", forbid_unknown_fields=False):
     params: dict[str, Any] = {}
 
 
-class AdminResponse(_Message, tag="response"):
+class AdminResponse(_Message, tag="response", frozen=True):
     """A successful answer to request ``id``."""
 
     id: U63

@@ -44,7 +44,9 @@ class AdminParamsError(Exception):
 
 
 class AdminServer:
-    def __init__(self, path: Path, methods: dict[str, Method], *, max_connections: int = 64) -> None:
+    def __init__(
+        self, path: Path, methods: dict[str, Method], *, max_connections: int = 64
+    ) -> None:
         self.path = path
         self.methods = methods
         self._slots = trio.CapacityLimiter(max_connections)
@@ -67,11 +69,10 @@ class AdminServer:
                 nursery.start_soon(trio.serve_listeners, self._serve, [listener])
                 task_status.started(self.path)
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    self.path.unlink()
-                except OSError:
-                    pass
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         async with self._slots, stream:
@@ -93,7 +94,9 @@ class AdminServer:
             except RemoteProtocolError as exc:
                 log.warning("admin.bad_input", code=str(exc.code), error=exc.message)
                 try:
-                    await stream.send_all(conn.send(Error(code=str(exc.code), message=exc.message[:1000])))
+                    await stream.send_all(
+                        conn.send(Error(code=str(exc.code), message=exc.message[:1000]))
+                    )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):

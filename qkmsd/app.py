@@ -51,7 +51,9 @@ class Node:
         self.keys: KeyManager | None = None
         self.peers: PeerManager | None = None
 
-    async def run(self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled.  Raises ``StartupError`` if the node cannot start.
 
         On cancellation the agents stop, pending store calls finish and the key
@@ -111,9 +113,8 @@ class Node:
                 self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
                 task_status.started(info)
         finally:
-            with trio.CancelScope(shield=True):
-                store.close()
-                log.info("node.stopped", node=cfg.node_id)
+            store.close()
+            log.info("node.stopped", node=cfg.node_id)
 
     async def _send_to_peer(self, peer: str, message: Any) -> bool:
         assert self.peers is not None
@@ -157,7 +158,10 @@ def _make_drivers(cfg: Config) -> dict[str, tuple[str, Driver]]:
     drivers: dict[str, tuple[str, Driver]] = {}
     for link_id, link in cfg.links.items():
         # Params were validated by load_config; build the driver from them as they are.
-        drivers[link_id] = (link.peer, driver_class(link.driver)(cfg.link_end(link_id), link.params))
+        drivers[link_id] = (
+            link.peer,
+            driver_class(link.driver)(cfg.link_end(link_id), link.params),
+        )
     return drivers
 
 

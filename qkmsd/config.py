@@ -32,56 +32,56 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class NodeSection(_Section):
+class NodeSection(_Section, frozen=True):
     id: NodeId
     state_dir: str
     master_key_file: str | None = None
 
 
-class TlsSection(_Section):
+class TlsSection(_Section, frozen=True):
     ca: str
     cert: str
     key: str
 
 
-class ListenSection(_Section):
+class ListenSection(_Section, frozen=True):
     peer: str
     admin_socket: str
 
 
-class PeerSection(_Section):
+class PeerSection(_Section, frozen=True):
     address: str
 
 
-class LinkSection(_Section):
+class LinkSection(_Section, frozen=True):
     peer: NodeId
     driver: str
     params: dict[str, Any] = {}
 
 
-class SyncSection(_Section):
+class SyncSection(_Section, frozen=True):
     timeout_s: Seconds = 30.0
     announce_interval_s: Seconds = 0.2
     heartbeat_s: Seconds = 5.0
     reconnect_max_s: Seconds = 30.0
 
 
-class PolicySection(_Section):
+class PolicySection(_Section, frozen=True):
     key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16)] = 256
     max_block_age_s: Seconds = 7 * 86400.0
 
 
-class ControllerSection(_Section):
+class ControllerSection(_Section, frozen=True):
     eligible: bool = False
     priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
-class LogSection(_Section):
+class LogSection(_Section, frozen=True):
     level: str = "info"
     format: str = "kv"
 
 
-class _RawConfig(_Section):
+class _RawConfig(_Section, frozen=True):
     node: NodeSection
     tls: TlsSection
     listen: ListenSection
@@ -226,7 +226,9 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
     links: dict[str, LinkConfig] = {}
     for link_id, link in raw.links.items():
         if not re.fullmatch(_LINK_ID, link_id):
-            raise fail(f"[links.{link_id}]", "is not a valid link id (1-129 of A-Z a-z 0-9 _ . : ~ -)")
+            raise fail(
+                f"[links.{link_id}]", "is not a valid link id (1-129 of A-Z a-z 0-9 _ . : ~ -)"
+            )
         if link.peer not in peers:
             known = ", ".join(sorted(peers)) or "none"
             raise fail(
@@ -240,7 +242,9 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             raise fail(f"[links.{link_id}]", str(exc)) from None
         links[link_id] = LinkConfig(link_id, link.peer, link.driver, params)
     if raw.log.level not in ("debug", "info", "warning", "error"):
-        raise fail("[log] level:", f"{raw.log.level!r} unknown (known: debug, info, warning, error)")
+        raise fail(
+            "[log] level:", f"{raw.log.level!r} unknown (known: debug, info, warning, error)"
+        )
     if raw.log.format not in ("kv", "json"):
         raise fail("[log] format:", f"{raw.log.format!r} unknown (known: kv, json)")
     if raw.sync.heartbeat_s * 2 > raw.sync.timeout_s:

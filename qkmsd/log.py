@@ -45,7 +45,12 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
-        out.update({k: v if isinstance(v, int | float | bool) else str(v) for k, v in _fields(record).items()})
+        out.update(
+            {
+                k: v if isinstance(v, int | float | bool) else str(v)
+                for k, v in _fields(record).items()
+            }
+        )
         if record.exc_info and record.exc_info[1] is not None:
             out["error"] = repr(record.exc_info[1])
         return json.dumps(out)

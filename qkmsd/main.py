@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(serve, config, Notifier())
     except BaseException as raw:
-        exc = collapse(raw)
-        if isinstance(exc, StartupError):
-            print(f"qkmsd: {exc}", file=sys.stderr)
+        cause = collapse(raw)
+        if isinstance(cause, StartupError):
+            print(f"qkmsd: {cause}", file=sys.stderr)
             return 1
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(cause, KeyboardInterrupt):
             return 130
         raise
     return 0

@@ -40,7 +40,9 @@ class Notifier:
         except OSError as exc:
             log.warning("systemd.notify_failed", state=state.split("=")[0], error=str(exc))
 
-    async def watchdog(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def watchdog(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Send WATCHDOG=1 at half the interval systemd asked for; forever."""
         task_status.started()
         if self.watchdog_interval is None:

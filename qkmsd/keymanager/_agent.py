@@ -122,7 +122,9 @@ class KeyManager:
                         backoff = 1.0
             except Exception as exc:  # a failing device must not take the node down
                 link.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("driver.failed", link=link.link_id, error=link.last_error, retry_s=backoff)
+                log.error(
+                    "driver.failed", link=link.link_id, error=link.last_error, retry_s=backoff
+                )
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 60.0)
 

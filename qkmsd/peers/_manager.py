@@ -248,7 +248,9 @@ class PeerManager:
                 state.last_error = str(exc)
             elif isinstance(exc, trio.TooSlowError):
                 state.last_error = "no hello within the handshake time-out"
-            elif isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError):
+            elif isinstance(
+                exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError
+            ):
                 state.last_error = f"connection lost: {_reason(exc)}"
             else:
                 raise
@@ -294,7 +296,7 @@ class PeerManager:
                 raise PeerConnectionLost(f"receive from {live.peer} failed: {exc}") from None
             if not data:
                 raise PeerConnectionLost(f"{live.peer} closed the connection")
-            live.session.receive_data(data)
+            live.session.receive_data(bytes(data))
 
     async def _handle(
         self, live: _Session, message: Any, inbox: trio.MemorySendChannel[Any]
@@ -304,12 +306,16 @@ class PeerManager:
         elif isinstance(message, Pong):
             pass
         elif isinstance(message, Error):
-            log.warning("peer.error_received", peer=live.peer, code=message.code, error=message.message)
+            log.warning(
+                "peer.error_received", peer=live.peer, code=message.code, error=message.message
+            )
             raise PeerConnectionLost(f"{live.peer} sent error {message.code}: {message.message}")
         elif type(message) in self._handlers:
             await inbox.send(message)
         else:
-            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} not handled")
+            raise RemoteProtocolError(
+                ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} not handled"
+            )
 
     async def _dispatch(self, peer: str, inbox: trio.MemoryReceiveChannel[Any]) -> None:
         async with inbox:
@@ -320,7 +326,12 @@ class PeerManager:
                     raise
                 except Exception:
                     # A bug in an agent must not end the session silently: log it loudly.
-                    log.error("peer.handler_failed", peer=peer, message=type(message).__name__, exc_info=True)
+                    log.error(
+                        "peer.handler_failed",
+                        peer=peer,
+                        message=type(message).__name__,
+                        exc_info=True,
+                    )
 
     async def _heartbeat_loop(self, live: _Session) -> None:
         nonce = 0
@@ -336,8 +347,15 @@ class PeerManager:
             scope.shield = True
             try:
                 async with live.send_lock:
-                    await live.stream.send_all(live.session.send(Error(code=str(code), message=message[:1000])))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, LocalProtocolError):
+                    await live.stream.send_all(
+                        live.session.send(Error(code=str(code), message=message[:1000]))
+                    )
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                ssl.SSLError,
+                LocalProtocolError,
+            ):
                 pass
 
 

@@ -45,7 +45,9 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "reason": st.text(max_size=64),
         "message": st.text(max_size=200),
         "method": st.text(min_size=1, max_size=64),
-        "params": st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)),
+        "params": st.dictionaries(
+            st.text(max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)
+        ),
         "result": st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**63 - 1)),
     }
     fields = {f: overrides[f] for f in cls.__struct_fields__}
@@ -58,7 +60,9 @@ ALL_TYPES = sorted({*PEER_MESSAGE_TYPES, *ADMIN_MESSAGE_TYPES}, key=lambda c: c.
 @pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
 @settings(max_examples=60)
 @given(data=st.data())
-def test_every_message_round_trips_and_is_plain_msgpack(cls: type[msgspec.Struct], data: st.DataObject) -> None:
+def test_every_message_round_trips_and_is_plain_msgpack(
+    cls: type[msgspec.Struct], data: st.DataObject
+) -> None:
     message = data.draw(_strategy(cls))
     body = to_wire(message)
     decoder = PEER_DECODER if cls in PEER_MESSAGE_TYPES else ADMIN_DECODER
@@ -82,7 +86,10 @@ def test_a_frame_built_with_the_msgpack_package_decodes() -> None:
         (msgpack.packb({"type": "nope"}), ErrorCode.BAD_MESSAGE),
         (msgpack.packb({"type": "ping", "nonce": -1}), ErrorCode.BAD_MESSAGE),
         (msgpack.packb({"type": "ping", "nonce": 1, "extra": 2}), ErrorCode.BAD_MESSAGE),
-        (msgpack.packb({"type": "hello", "node_id": "a b", "versions": [1]}), ErrorCode.BAD_MESSAGE),
+        (
+            msgpack.packb({"type": "hello", "node_id": "a b", "versions": [1]}),
+            ErrorCode.BAD_MESSAGE,
+        ),
         (
             msgpack.packb({"type": "key.announce", "link_id": "L", "block_ids": [0] * 4097}),
             ErrorCode.BAD_MESSAGE,
@@ -122,7 +129,13 @@ def test_arbitrary_bytes_give_only_messages_need_data_or_remote_error(
 
 
 @settings(max_examples=100)
-@given(st.recursive(st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=50))
+@given(
+    st.recursive(
+        st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=50,
+    )
+)
 def test_arbitrary_msgpack_values_give_messages_or_remote_error(value: Any) -> None:
     body = msgpack.packb(value)
     for decoder in (PEER_DECODER, ADMIN_DECODER):
