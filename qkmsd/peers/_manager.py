@@ -206,7 +206,7 @@ class PeerManager:
             await trio.aclose_forcefully(stream)
             return False
         try:
-            return await self._run_session(stream, peer)
+            return await self.serve_authenticated(stream, peer)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -216,7 +216,12 @@ class PeerManager:
             self._peers[expected].refused += 1
             self._peers[expected].last_error = reason
 
-    async def _run_session(self, stream: trio.SSLStream[Any], peer: str) -> bool:
+    async def serve_authenticated(self, stream: trio.abc.Stream, peer: str) -> bool:
+        """Run the peer session over a transport that already authenticated ``peer``.
+
+        The TLS paths call this after the certificate check; tests call it with
+        memory streams.  Returns whether the session opened; returns when it ends.
+        """
         session = PeerSession(
             local_node=self.node_id, expected_peer=peer, max_frame_size=self._max_frame
         )

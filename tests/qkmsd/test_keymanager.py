@@ -1,0 +1,132 @@
+"""Link key synchronisation: a block is usable only when both ends hold it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from protocol import KeyDiscard
+from qkmsd.keymanager import owns_block
+from qkmsd.keystore import KeyState
+
+from .fakes import LINK, End, Wire, make_end
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[End, End, Wire]]:
+    wire = Wire()
+    a = make_end("KME_A", "KME_B", tmp_path, wire, trio.current_time)
+    b = make_end("KME_B", "KME_A", tmp_path, wire, trio.current_time)
+    nursery.start_soon(wire.run)
+    await nursery.start(a.manager.run)
+    await nursery.start(b.manager.run)
+    yield a, b, wire
+    a.store.close()
+    b.store.close()
+
+
+def state(end: End, block_id: int) -> KeyState | None:
+    return end.store.states(LINK, [block_id]).get(block_id)
+
+
+async def test_block_held_by_both_ends_becomes_ready_at_both(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    await a.driver.emit(1, b"k" * 32)
+    await trio.sleep(1)
+    assert state(a, 1) is KeyState.RECEIVED
+    await b.driver.emit(1, b"k" * 32)
+    await trio.sleep(1)
+    assert state(a, 1) is state(b, 1) is KeyState.READY
+    assert a.store.read_block(LINK, 1) == b.store.read_block(LINK, 1)
+
+
+async def test_block_only_one_end_holds_is_discarded_after_the_timeout(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    await a.driver.emit(5, b"x" * 32, at=trio.current_time())
+    await trio.sleep(10)
+    assert state(a, 5) is KeyState.RECEIVED
+    await trio.sleep(30)
+    assert state(a, 5) is KeyState.DISCARDED
+    assert any(isinstance(m, KeyDiscard) and 5 in m.block_ids for _, m in wire.sent)
+    # The straggler arriving late at B is refused too, never made ready.
+    await b.driver.emit(5, b"x" * 32)
+    await trio.sleep(2)
+    assert state(b, 5) is KeyState.DISCARDED
+
+
+async def test_time_while_the_peer_is_away_does_not_count(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await a.driver.emit(7, b"y" * 32)
+    await b.driver.emit(7, b"y" * 32)
+    await trio.sleep(300)  # ten time-outs, peer never connected
+    assert state(a, 7) is state(b, 7) is KeyState.RECEIVED
+    await wire.connect()
+    await trio.sleep(1)
+    assert state(a, 7) is state(b, 7) is KeyState.READY
+
+
+async def test_a_confirm_lost_in_a_disconnect_is_recovered_on_reconnect(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await a.driver.emit(9, b"z" * 32)
+    await wire.connect()
+    await trio.sleep(1)  # A announced 9; B does not have it yet
+    await wire.disconnect()
+    await b.driver.emit(9, b"z" * 32)  # B knows A has it: ready at B, confirm lost
+    await trio.sleep(1)
+    assert (state(a, 9), state(b, 9)) == (KeyState.RECEIVED, KeyState.READY)
+    await wire.connect()
+    await trio.sleep(1)
+    assert state(a, 9) is state(b, 9) is KeyState.READY
+
+
+async def test_pools_agree_after_a_stream_of_blocks(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    for i in range(100, 160):
+        await a.driver.emit(i, bytes([i]) * 64)
+        await trio.sleep(0.01)
+        await b.driver.emit(i, bytes([i]) * 64)
+    await trio.sleep(2)
+    pa, pb = a.store.pool(LINK), b.store.pool(LINK)
+    assert pa.ready_blocks == pb.ready_blocks == 60
+    assert pa.ready_bits == pb.ready_bits == 60 * 512
+    assert pa.owned_ready_bits + pb.owned_ready_bits == pa.ready_bits
+
+
+def test_each_block_is_owned_by_exactly_one_end() -> None:
+    for block_id in range(1000):
+        assert owns_block("KME_A", "KME_B", block_id) != owns_block("KME_B", "KME_A", block_id)
+
+
+async def test_announce_for_a_link_of_another_peer_changes_nothing(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    from protocol import KeyAnnounce
+
+    a, _, wire = pair
+    await a.driver.emit(3, b"q" * 32)
+    await trio.sleep(1)
+    await a.manager.on_announce("KME_C", KeyAnnounce(link_id=LINK, block_ids=[3]))
+    assert state(a, 3) is KeyState.RECEIVED
+
+
+async def test_driver_resumes_after_the_highest_stored_block(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, _, _ = pair
+    assert a.driver.after_seen == [None]
