@@ -99,8 +99,14 @@ class _Stopped(Exception):
 
 
 def _describe(exc: BaseException) -> str:
+    """An operator's reason: "connection refused", not a traceback."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):  # trio.open_tcp_stream: one error per address
+        return ", ".join(dict.fromkeys(_describe(e) for e in cause.exceptions))
+    if cause is not None:
+        return _describe(cause)
     return str(exc) or type(exc).__name__
 
 

@@ -23,9 +23,10 @@ LINK = "KME_A~KME_B"
 FAST = {"rate_bps": 65536.0, "block_bits": 1024, "seed": "integration-test-seed-0001"}
 
 
-async def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
+async def wait_for(predicate: Callable[[], Any]) -> None:
+    """Poll a condition on another process's view (the admin socket): no event to wait on."""
+    with trio.fail_after(20):
+        while not await predicate():  # noqa: ASYNC110
             await trio.sleep(0.05)
 
 
