@@ -81,7 +81,7 @@ class _Session:
         self.session = session
         self.send_lock = trio.Lock()
         self.cancel_scope = trio.CancelScope()
-        self.last_rx = time.monotonic()
+        self.last_rx = trio.current_time()
 
     async def send(self, message: Any) -> None:
         async with self.send_lock:
@@ -205,10 +205,7 @@ class PeerManager:
             self._note_refusal(expected, str(exc))
             await trio.aclose_forcefully(stream)
             return False
-        try:
-            return await self.serve_authenticated(stream, peer)
-        finally:
-            await trio.aclose_forcefully(stream)
+        return await self.serve_authenticated(stream, peer)
 
     def _note_refusal(self, expected: str | None, reason: str) -> None:
         log.warning("peer.refused", peer=expected or "?", reason=reason)
@@ -220,7 +217,8 @@ class PeerManager:
         """Run the peer session over a transport that already authenticated ``peer``.
 
         The TLS paths call this after the certificate check; tests call it with
-        memory streams.  Returns whether the session opened; returns when it ends.
+        memory streams.  Takes ownership of ``stream`` and closes it.  Returns
+        whether the session opened, once it has ended.
         """
         session = PeerSession(
             local_node=self.node_id, expected_peer=peer, max_frame_size=self._max_frame
@@ -262,6 +260,7 @@ class PeerManager:
         finally:
             if opened:
                 await self._close(live)
+            await trio.aclose_forcefully(stream)
         return opened
 
     async def _open(self, live: _Session) -> None:
@@ -292,7 +291,7 @@ class PeerManager:
         while True:
             message = live.session.next_event()
             if message is not NEED_DATA:
-                live.last_rx = time.monotonic()
+                live.last_rx = trio.current_time()
                 self._peers[live.peer].last_seen = time.time()
                 return message
             try:
@@ -342,7 +341,7 @@ class PeerManager:
         nonce = 0
         while True:
             await trio.sleep(self._heartbeat)
-            if time.monotonic() - live.last_rx > 3 * self._heartbeat:
+            if trio.current_time() - live.last_rx > 3 * self._heartbeat:
                 raise PeerConnectionLost(f"{live.peer} silent for {3 * self._heartbeat:.0f} s")
             nonce += 1
             await live.send(Ping(nonce=nonce))
