@@ -1,0 +1,55 @@
+"""The node key store: per-link pools of key blocks, their life cycle, the master key.
+
+Synchronous and single-writer; the daemon calls it from one worker thread.
+"""
+
+from ._errors import (
+    CorruptStoreError,
+    IllegalTransition,
+    KeyStoreError,
+    MasterKeyError,
+    MasterKeyMismatch,
+)
+from ._lifecycle import (
+    HOLDS_MATERIAL,
+    TERMINAL,
+    TRANSITIONS,
+    USABLE,
+    KeyState,
+    check_transition,
+    is_legal,
+)
+from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
+from ._store import (
+    MAX_BLOCK_BYTES,
+    MAX_BLOCK_ID,
+    SCHEMA_VERSION,
+    KeyStore,
+    NewBlock,
+    PoolLevel,
+)
+
+__all__ = [
+    "CREDENTIAL_NAME",
+    "HOLDS_MATERIAL",
+    "MASTER_KEY_SIZE",
+    "MAX_BLOCK_BYTES",
+    "MAX_BLOCK_ID",
+    "SCHEMA_VERSION",
+    "TERMINAL",
+    "TRANSITIONS",
+    "USABLE",
+    "CorruptStoreError",
+    "IllegalTransition",
+    "KeyState",
+    "KeyStore",
+    "KeyStoreError",
+    "MasterKeyError",
+    "MasterKeyMismatch",
+    "NewBlock",
+    "PoolLevel",
+    "check_transition",
+    "generate_master_key",
+    "is_legal",
+    "load_master_key",
+]

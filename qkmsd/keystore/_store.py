@@ -1,0 +1,642 @@
+"""The node key store: per-link pools of key blocks in SQLite, encrypted at rest.
+
+Synchronous and single-writer: the daemon calls it from one worker thread
+(``trio.to_thread``).  Every state change is one ``BEGIN IMMEDIATE`` transaction,
+and a batch method applies its whole batch in one transaction (one fsync).
+A lock file keeps a second process (or a second ``KeyStore``) off the same store:
+two writers could hand out the same key twice.
+
+An erased row's ciphertext leaves the disk file at the next WAL checkpoint
+(``secure_delete`` zeroes the freed space in the rewritten page); ``checkpoint()``
+forces one, and ``close()`` always runs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+import nacl.exceptions
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+
+from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch
+from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
+from ._masterkey import MASTER_KEY_SIZE
+
+MAX_BLOCK_BYTES: Final = 1 << 24
+"""Largest key block accepted (16 MiB)."""
+
+MAX_REASON_LENGTH: Final = 256
+MAX_BLOCK_ID: Final = (1 << 63) - 1
+
+_LINK_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,129}")
+_NONCE_SIZE: Final = 24
+_CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
+_CANARY: Final = b"qkms key store canary v1"
+_CANARY_AD: Final = b"qkms-meta\0canary"
+_ERASED_STATES = tuple(sorted(s.value for s in KeyState if s not in HOLDS_MATERIAL))
+_ALL_STATES = tuple(sorted(s.value for s in KeyState))
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+# Migration i takes the schema from user_version i to i + 1.  Each runs inside the
+# opening transaction, so a store is never left half migrated.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE meta (
+            name TEXT PRIMARY KEY,
+            nonce BLOB NOT NULL,
+            value BLOB NOT NULL
+        )""",
+        f"""CREATE TABLE blocks (
+            link_id TEXT NOT NULL,
+            block_id INTEGER NOT NULL CHECK (block_id >= 0),
+            state TEXT NOT NULL CHECK (state IN ({_sql_list(_ALL_STATES)})),
+            owned INTEGER NOT NULL CHECK (owned IN (0, 1)),
+            size_bits INTEGER NOT NULL CHECK (size_bits > 0),
+            used_bits INTEGER NOT NULL DEFAULT 0 CHECK (used_bits BETWEEN 0 AND size_bits),
+            qber REAL NOT NULL,
+            produced_at REAL NOT NULL,
+            received_at REAL NOT NULL,
+            state_changed_at REAL NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            nonce BLOB,
+            material BLOB,
+            PRIMARY KEY (link_id, block_id),
+            CHECK ((nonce IS NULL) = (material IS NULL)),
+            CHECK ((material IS NULL) = (state IN ({_sql_list(_ERASED_STATES)})))
+        )""",
+        "CREATE INDEX blocks_by_link_state ON blocks (link_id, state)",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewBlock:
+    """A block to add.  ``key`` is secret and stays out of ``repr``."""
+
+    link_id: str
+    block_id: int
+    key: bytes = dataclasses.field(repr=False)
+    qber: float
+    produced_at: float
+    owned: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolLevel:
+    """How much key one link's pool holds, by state.  Bits are unused bits."""
+
+    link_id: str
+    ready_blocks: int
+    ready_bits: int
+    owned_ready_bits: int
+    received_blocks: int
+    reserved_blocks: int
+    delivered_blocks: int
+    discarded_blocks: int
+    expired_blocks: int
+
+
+class KeyStore:
+    """Per-link pools of key blocks with their life-cycle state.
+
+    Open with ``KeyStore.open``; use as a context manager or call ``close()``.
+    Every error is a ``KeyStoreError``; SQLite errors are translated into it.
+    The caller serialises calls (one worker thread); a lock guards against misuse.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        connection: sqlite3.Connection,
+        master_key: bytes,
+        lock_fd: int,
+        clock: Callable[[], float],
+    ) -> None:
+        # Use KeyStore.open(): it sets the PRAGMAs, migrates and checks the master key.
+        self._path = path
+        self._conn: sqlite3.Connection | None = connection
+        self._key = master_key
+        self._lock_fd = lock_fd
+        self._clock = clock
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, path: Path, master_key: bytes, *, clock: Callable[[], float] = time.time
+    ) -> KeyStore:
+        """Open (creating if needed) the store at ``path``.
+
+        Raises ``KeyStoreError`` if the file cannot be opened or is in use by
+        another ``KeyStore``, ``MasterKeyMismatch`` if the store was created with
+        another master key, ``CorruptStoreError`` if its canary is missing.
+        """
+        path = Path(path)
+        if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
+            raise KeyStoreError(f"key store {path}: the master key must be {MASTER_KEY_SIZE} bytes")
+        if not path.parent.is_dir():
+            raise KeyStoreError(f"key store {path}: directory {path.parent} does not exist")
+        lock_fd = _lock(path)
+        conn: sqlite3.Connection | None = None
+        try:
+            # Created 0600 before SQLite sees it; SQLite gives -wal and -shm the same mode.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            _configure(path, conn)
+            store = cls(path, conn, master_key, lock_fd, clock)
+            store._migrate()
+            store.verify_master_key()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise KeyStoreError(f"key store {path}: cannot open: {exc}") from exc
+            raise
+        return store
+
+    def __repr__(self) -> str:
+        return f"<KeyStore {str(self._path)!r}{' closed' if self._conn is None else ''}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        """Checkpoint the WAL (so erased ciphertext leaves the disk) and close.  Idempotent."""
+        with self._mutex:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            try:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.close()
+            finally:
+                os.close(self._lock_fd)
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate the WAL.
+
+        Until then the pages of recently erased rows may still sit in the WAL.
+        Returns False if a reader in another connection kept it from completing.
+        """
+        with self._reading() as conn:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
+    # -- the master key -----------------------------------------------------------------
+
+    def verify_master_key(self) -> None:
+        """Check the store's canary decrypts with this master key.
+
+        Raises ``MasterKeyMismatch`` if it does not, ``CorruptStoreError`` if the
+        canary is missing.  ``open`` calls it.
+        """
+        with self._reading() as conn:
+            row = conn.execute("SELECT nonce, value FROM meta WHERE name = 'canary'").fetchone()
+        if row is None:
+            raise CorruptStoreError(f"key store {self._path}: master key canary missing")
+        try:
+            plain = _decrypt(self._key, row[0], row[1], _CANARY_AD)
+        except nacl.exceptions.CryptoError:
+            raise MasterKeyMismatch(
+                f"key store {self._path} was created with another master key"
+            ) from None
+        if plain != _CANARY:
+            raise CorruptStoreError(f"key store {self._path}: master key canary altered")
+
+    def _migrate(self) -> None:
+        with self._writing() as conn:
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise KeyStoreError(
+                    f"key store {self._path}: schema version {version} is newer than this "
+                    f"qkmsd understands ({SCHEMA_VERSION}); upgrade qkmsd"
+                )
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            if version == 0:
+                nonce = os.urandom(_NONCE_SIZE)
+                conn.execute(
+                    "INSERT INTO meta (name, nonce, value) VALUES ('canary', ?, ?)",
+                    (nonce, _encrypt(self._key, nonce, _CANARY, _CANARY_AD)),
+                )
+            # PRAGMA takes no parameters; SCHEMA_VERSION is our own integer.
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def add_blocks(self, blocks: Sequence[NewBlock]) -> list[int]:
+        """Insert blocks as RECEIVED, all in one transaction.
+
+        Returns the ids actually added: a block whose (link, id) is already in the
+        store, in whatever state (tombstones included), is skipped.  Raises
+        ``KeyStoreError`` for invalid input, before anything is written.
+        """
+        for block in blocks:
+            _check_new_block(block)
+        if not blocks:
+            return []
+        now = self._clock()
+        rows = []
+        for b in blocks:
+            nonce = os.urandom(_NONCE_SIZE)
+            material = _encrypt(self._key, nonce, b.key, _block_ad(b.link_id, b.block_id))
+            rows.append((b, nonce, material))
+        added: list[int] = []
+        with self._writing() as conn:
+            for b, nonce, material in rows:
+                cursor = conn.execute(
+                    "INSERT INTO blocks (link_id, block_id, state, owned, size_bits, qber,"
+                    " produced_at, received_at, state_changed_at, nonce, material)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (
+                        b.link_id,
+                        b.block_id,
+                        KeyState.RECEIVED.value,
+                        int(b.owned),
+                        len(b.key) * 8,
+                        b.qber,
+                        b.produced_at,
+                        now,
+                        now,
+                        nonce,
+                        material,
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    added.append(b.block_id)
+        return added
+
+    def mark_ready(self, link_id: str, block_ids: Iterable[int]) -> list[int]:
+        """RECEIVED -> READY for those of ``block_ids`` in RECEIVED; returns the ids moved.
+
+        Idempotent: ids already READY or beyond, and unknown ids, are ignored.
+        """
+        return self._move(link_id, block_ids, frozenset({KeyState.RECEIVED}), KeyState.READY)
+
+    def discard(self, link_id: str, block_ids: Iterable[int], reason: str) -> list[int]:
+        """RECEIVED/READY/RESERVED -> DISCARDED, erasing the material; returns the ids moved.
+
+        ``reason`` is recorded on the row (no key material in it, please).
+        """
+        sources = frozenset({KeyState.RECEIVED, KeyState.READY, KeyState.RESERVED})
+        return self._move(link_id, block_ids, sources, KeyState.DISCARDED, reason=reason)
+
+    def expire(self, link_id: str, *, produced_before: float) -> list[int]:
+        """READY -> EXPIRED (erasing the material) for blocks produced before the time given."""
+        _check_link_id(link_id)
+        _check_time("produced_before", produced_before)
+        with self._writing() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT block_id FROM blocks WHERE link_id = ? AND state = ?"
+                    " AND produced_at < ? ORDER BY block_id",
+                    (link_id, KeyState.READY.value, produced_before),
+                )
+            ]
+            self._update(conn, link_id, ids, KeyState.READY, KeyState.EXPIRED, "max age")
+        return ids
+
+    def transition(
+        self, link_id: str, block_id: int, new_state: KeyState, *, reason: str = ""
+    ) -> None:
+        """Move one block to ``new_state`` if the life-cycle table allows it.
+
+        Entering EXPIRED, DISCARDED or ERASED erases the material.  Raises
+        ``IllegalTransition`` (the row unchanged) or ``KeyStoreError`` for an
+        unknown block or invalid input.
+        """
+        _check_link_id(link_id)
+        _check_block_id(link_id, block_id)
+        try:
+            new_state = KeyState(new_state)
+        except ValueError:
+            raise KeyStoreError(
+                f"block {link_id}/{block_id}: unknown state {_shown(new_state)}"
+            ) from None
+        _check_reason(reason)
+        with self._writing() as conn:
+            row = conn.execute(
+                "SELECT state FROM blocks WHERE link_id = ? AND block_id = ?",
+                (link_id, block_id),
+            ).fetchone()
+            if row is None:
+                raise KeyStoreError(f"block {link_id}/{block_id}: unknown")
+            old = KeyState(row[0])
+            check_transition(old, new_state, link_id=link_id, block_id=block_id)
+            self._update(conn, link_id, [block_id], old, new_state, reason)
+
+    def _move(
+        self,
+        link_id: str,
+        block_ids: Iterable[int],
+        sources: frozenset[KeyState],
+        target: KeyState,
+        *,
+        reason: str = "",
+    ) -> list[int]:
+        _check_link_id(link_id)
+        ids = _unique_ids(link_id, block_ids)
+        _check_reason(reason)
+        if not ids:
+            return []
+        with self._writing() as conn:
+            current = self._fetch_states(conn, link_id, ids)
+            moved = [i for i in ids if current.get(i) in sources]
+            for source in sources:
+                source_ids = [i for i in moved if current[i] == source]
+                self._update(conn, link_id, source_ids, source, target, reason)
+        return moved
+
+    def _update(
+        self,
+        conn: sqlite3.Connection,
+        link_id: str,
+        block_ids: Sequence[int],
+        old: KeyState,
+        new: KeyState,
+        reason: str,
+    ) -> None:
+        check_transition(old, new)
+        if not block_ids:
+            return
+        erase = "" if new in HOLDS_MATERIAL else ", nonce = NULL, material = NULL"
+        now = self._clock()
+        # An empty reason keeps the earlier one: "peer discarded" should outlive the erase.
+        conn.executemany(
+            "UPDATE blocks SET state = ?, state_changed_at = ?,"
+            f" reason = CASE WHEN ? = '' THEN reason ELSE ? END{erase}"
+            " WHERE link_id = ? AND block_id = ? AND state = ?",
+            [(new.value, now, reason, reason, link_id, i, old.value) for i in block_ids],
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read_block(self, link_id: str, block_id: int) -> bytes:
+        """Decrypt and return a block's key material.
+
+        Raises ``KeyStoreError`` if the block is unknown or erased, and
+        ``CorruptStoreError`` if the row fails authentication (wrong master key,
+        tampering, rows swapped).
+        """
+        _check_link_id(link_id)
+        _check_block_id(link_id, block_id)
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT state, nonce, material FROM blocks WHERE link_id = ? AND block_id = ?",
+                (link_id, block_id),
+            ).fetchone()
+        if row is None:
+            raise KeyStoreError(f"block {link_id}/{block_id}: unknown")
+        state, nonce, material = row
+        if material is None:
+            raise KeyStoreError(f"block {link_id}/{block_id}: material erased (state {state})")
+        try:
+            return _decrypt(self._key, nonce, material, _block_ad(link_id, block_id))
+        except nacl.exceptions.CryptoError:
+            raise CorruptStoreError(
+                f"key store {self._path}: block {link_id}/{block_id} fails authentication "
+                "(wrong master key or tampered row)"
+            ) from None
+
+    def states(self, link_id: str, block_ids: Iterable[int]) -> dict[int, KeyState]:
+        """The state of each known block of ``block_ids``; unknown ids are left out."""
+        _check_link_id(link_id)
+        ids = _unique_ids(link_id, block_ids)
+        with self._reading() as conn:
+            return self._fetch_states(conn, link_id, ids)
+
+    def unconfirmed(self, link_id: str, *, older_than: float | None = None) -> list[int]:
+        """Ids of RECEIVED blocks, optionally only those received before ``older_than``."""
+        _check_link_id(link_id)
+        query = "SELECT block_id FROM blocks WHERE link_id = ? AND state = ?"
+        params: tuple[object, ...] = (link_id, KeyState.RECEIVED.value)
+        if older_than is not None:
+            _check_time("older_than", older_than)
+            query += " AND received_at < ?"
+            params += (older_than,)
+        with self._reading() as conn:
+            return [row[0] for row in conn.execute(query + " ORDER BY block_id", params)]
+
+    def max_block_id(self, link_id: str) -> int | None:
+        """The largest block id ever stored for the link (tombstones included), or None."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            value: int | None = conn.execute(
+                "SELECT MAX(block_id) FROM blocks WHERE link_id = ?", (link_id,)
+            ).fetchone()[0]
+        return value
+
+    def pool(self, link_id: str) -> PoolLevel:
+        """The link's pool level; all zeros for a link with no blocks."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT state, COUNT(*), TOTAL(size_bits - used_bits),"
+                " TOTAL(CASE WHEN owned THEN size_bits - used_bits ELSE 0 END)"
+                " FROM blocks WHERE link_id = ? GROUP BY state",
+                (link_id,),
+            ).fetchall()
+        count = {KeyState(state): n for state, n, _, _ in rows}
+        bits = {KeyState(state): (int(b), int(o)) for state, _, b, o in rows}
+        ready_bits, owned_ready_bits = bits.get(KeyState.READY, (0, 0))
+        return PoolLevel(
+            link_id=link_id,
+            ready_blocks=count.get(KeyState.READY, 0),
+            ready_bits=ready_bits,
+            owned_ready_bits=owned_ready_bits,
+            received_blocks=count.get(KeyState.RECEIVED, 0),
+            reserved_blocks=count.get(KeyState.RESERVED, 0),
+            delivered_blocks=count.get(KeyState.DELIVERED, 0),
+            discarded_blocks=count.get(KeyState.DISCARDED, 0),
+            expired_blocks=count.get(KeyState.EXPIRED, 0),
+        )
+
+    def links(self) -> list[str]:
+        """The links with at least one row (tombstones included), sorted."""
+        with self._reading() as conn:
+            return [
+                row[0] for row in conn.execute("SELECT DISTINCT link_id FROM blocks ORDER BY 1")
+            ]
+
+    def _fetch_states(
+        self, conn: sqlite3.Connection, link_id: str, ids: Sequence[int]
+    ) -> dict[int, KeyState]:
+        found: dict[int, KeyState] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for block_id, state in conn.execute(
+                f"SELECT block_id, state FROM blocks WHERE link_id = ? AND block_id IN ({marks})",
+                (link_id, *chunk),
+            ):
+                found[block_id] = KeyState(state)
+        return found
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            conn = self._connection()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise KeyStoreError(f"key store {self._path} is closed")
+        return self._conn
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise KeyStoreError(f"key store {path}: cannot open {lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise KeyStoreError(
+            f"key store {path} is in use by another qkmsd (lock {lock_path} held); "
+            "stop it first: two writers could hand out the same key twice"
+        ) from None
+    return fd
+
+
+def _configure(path: Path, conn: sqlite3.Connection) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise KeyStoreError(f"key store {path}: cannot use WAL journal mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+        raise KeyStoreError(f"key store {path}: this SQLite cannot turn secure_delete on")
+
+
+# XChaCha20-Poly1305 rather than DESIGN's SecretBox (XSalsa20-Poly1305): the same
+# family and nonce size, plus associated data that binds the ciphertext to its row.
+def _encrypt(key: bytes, nonce: bytes, plain: bytes, ad: bytes) -> bytes:
+    out: bytes = crypto_aead_xchacha20poly1305_ietf_encrypt(plain, ad, nonce, key)
+    return out
+
+
+def _decrypt(key: bytes, nonce: bytes, cipher: bytes, ad: bytes) -> bytes:
+    out: bytes = crypto_aead_xchacha20poly1305_ietf_decrypt(cipher, ad, nonce, key)
+    return out
+
+
+def _block_ad(link_id: str, block_id: int) -> bytes:
+    return b"qkms-block\0" + link_id.encode("ascii") + b"\0" + block_id.to_bytes(8, "big")
+
+
+# -- input checks: all raise KeyStoreError before anything is written ----------------------
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "...")
+    return f"of type {type(value).__name__}"
+
+
+def _check_link_id(link_id: str) -> None:
+    if not isinstance(link_id, str) or not _LINK_ID.fullmatch(link_id):
+        raise KeyStoreError(
+            f"link id {_shown(link_id)} invalid: use 1 to 129 characters from A-Z a-z 0-9 _ . : ~ -"
+        )
+
+
+def _check_block_id(link_id: str, block_id: int) -> None:
+    if isinstance(block_id, bool) or not isinstance(block_id, int):
+        raise KeyStoreError(f"block {link_id}/?: block id must be an integer")
+    if not 0 <= block_id <= MAX_BLOCK_ID:
+        raise KeyStoreError(f"block {link_id}/{block_id}: block id must be in 0..2**63-1")
+
+
+def _unique_ids(link_id: str, block_ids: Iterable[int]) -> list[int]:
+    ids = list(dict.fromkeys(block_ids))
+    for block_id in ids:
+        _check_block_id(link_id, block_id)
+    return ids
+
+
+def _check_time(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise KeyStoreError(f"{name} must be a finite timestamp")
+
+
+def _check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH:
+        raise KeyStoreError(f"reason must be a string of at most {MAX_REASON_LENGTH} characters")
+
+
+def _check_new_block(block: NewBlock) -> None:
+    _check_link_id(block.link_id)
+    _check_block_id(block.link_id, block.block_id)
+    where = f"block {block.link_id}/{block.block_id}"
+    if not isinstance(block.key, bytes):
+        raise KeyStoreError(f"{where}: key must be bytes")
+    if not block.key:
+        raise KeyStoreError(f"{where}: empty key")
+    if len(block.key) > MAX_BLOCK_BYTES:
+        raise KeyStoreError(f"{where}: key longer than {MAX_BLOCK_BYTES} bytes")
+    qber = block.qber
+    if isinstance(qber, bool) or not isinstance(qber, int | float) or not 0.0 <= qber <= 1.0:
+        raise KeyStoreError(f"{where}: qber must be a number in [0, 1]")
+    _check_time(f"{where}: produced_at", block.produced_at)
+    if not isinstance(block.owned, bool):
+        raise KeyStoreError(f"{where}: owned must be a bool")
