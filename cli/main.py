@@ -11,11 +11,12 @@ def qkmsctl() -> None:
     """Administer qkms nodes, build their PKI and run local lab networks."""
 
 
+from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
 from .pki import pki  # noqa: E402
 
-for _command in (pki, lab, status, peers, links, config):
+for _command in (demo, pki, lab, status, peers, links, config):
     qkmsctl.add_command(_command)
 
 

@@ -9,14 +9,15 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import trio
 
 from protocol import KeyAnnounce, KeyConfirm, KeyDiscard
 from qkd_drivers import Driver, driver_class
 
-from .admin import AdminServer
+from .admin import AdminParamsError, AdminServer
 from .config import Config
 from .errors import StartupError
 from .keymanager import KeyManager
@@ -95,7 +96,12 @@ class Node:
             )
             admin = AdminServer(
                 cfg.admin_socket,
-                {"status": self._status, "peers": self._peers, "links": self._links},
+                {
+                    "status": self._status,
+                    "peers": self._peers,
+                    "links": self._links,
+                    "check": self._check,
+                },
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(keys.run)
@@ -141,6 +147,29 @@ class Node:
     async def _links(self, params: dict[str, Any]) -> dict[str, Any]:
         assert self.keys is not None
         return {"links": await self.keys.links_status()}
+
+    async def _check(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Ready block ids of a link in [first, last] and their key check value."""
+        assert self.keys is not None
+        try:
+            p = msgspec.convert(params, CheckParams)
+        except msgspec.ValidationError as exc:
+            raise AdminParamsError(f"check: {exc}") from None
+        if not 0 <= p.last - p.first < MAX_CHECK_SPAN:
+            raise AdminParamsError(f"check: last - first must be in 0..{MAX_CHECK_SPAN - 1}")
+        if p.link_id not in self.config.links:
+            known = ", ".join(sorted(self.config.links)) or "none"
+            raise AdminParamsError(f"check: unknown link {p.link_id!r} (known: {known})")
+        return await self.keys.check(p.link_id, p.first, p.last)
+
+
+class CheckParams(msgspec.Struct, forbid_unknown_fields=True):
+    link_id: str
+    first: Annotated[int, msgspec.Meta(ge=0)]
+    last: Annotated[int, msgspec.Meta(ge=0)]
+
+
+MAX_CHECK_SPAN = 10_000
 
 
 def _open_store(cfg: Config) -> KeyStore:

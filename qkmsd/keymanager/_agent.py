@@ -27,6 +27,7 @@ end allocates only from blocks it owns.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -43,6 +44,8 @@ from ..storethread import StoreThread
 log = get_logger("qkms.keys")
 
 SendFn = Callable[[str, Any], Awaitable[bool]]
+
+CHECKPOINT_INTERVAL_S = 60.0
 
 
 def owns_block(local_node: str, peer_node: str, block_id: int) -> bool:
@@ -164,9 +167,14 @@ class KeyManager:
                     await self._send_ids(link, KeyAnnounce, ids)
 
     async def _sweeper(self) -> None:
+        last_checkpoint = self._clock()
         while True:
             await trio.sleep(min(1.0, self._sync_timeout / 4))
             await self.sweep()
+            if self._clock() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
+                # Erased material is gone from the WAL only once it is checkpointed.
+                await self._thread.call(self._store.checkpoint)
+                last_checkpoint = self._clock()
 
     async def sweep(self) -> None:
         """Discard blocks the peer never confirmed and expire blocks too old to use."""
@@ -261,6 +269,7 @@ class KeyManager:
         out = []
         for link in self._links.values():
             pool = await self._thread.call(self._store.pool, link.link_id)
+            newest = await self._thread.call(self._store.max_block_id, link.link_id)
             health = link.driver.health()
             out.append(
                 {
@@ -277,10 +286,22 @@ class KeyManager:
                     "unconfirmed_blocks": pool.received_blocks,
                     "discarded_blocks": pool.discarded_blocks,
                     "expired_blocks": pool.expired_blocks,
+                    "newest_block_id": newest,
                     "synchronised": link.connected_since is not None,
                 }
             )
         return out
+
+    async def check(self, link_id: str, first: int, last: int) -> dict[str, Any]:
+        """Which blocks in ``[first, last]`` are READY here, and their key check value.
+
+        The key check value (KCV) is the usual key-management fingerprint: 24 bits of a
+        keyed BLAKE2b over the READY blocks' bytes in id order.  Two ends that print the
+        same ids and KCV hold the same key; 24 bits reveal nothing usable about it.
+        """
+        if link_id not in self._links:
+            raise KeyError(link_id)
+        return await self._thread.call(_check_blocks, self._store, link_id, first, last)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -306,6 +327,15 @@ class KeyManager:
         for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
             chunk = list(ids[start : start + MAX_IDS_PER_MESSAGE])
             await self._send(link.peer, kind(link_id=link.link_id, block_ids=chunk, **extra))
+
+
+def _check_blocks(store: KeyStore, link_id: str, first: int, last: int) -> dict[str, Any]:
+    states = store.states(link_id, range(first, last + 1))
+    ready = sorted(i for i, s in states.items() if s is KeyState.READY)
+    kcv = hashlib.blake2b(digest_size=3, key=b"qkms-key-check-value")
+    for block_id in ready:
+        kcv.update(store.read_block(link_id, block_id))
+    return {"link_id": link_id, "ready_ids": ready, "kcv": kcv.hexdigest()}
 
 
 _HELD_BY_US = frozenset({KeyState.READY, KeyState.RESERVED, KeyState.DELIVERED, KeyState.ERASED})

@@ -62,6 +62,18 @@ def ready_blocks(cfg: Config) -> dict[int, bytes]:
         return {i: store.read_block(LINK, i) for i, s in states.items() if s is KeyState.READY}
 
 
+async def same_check_values(*infos: NodeInfo) -> bool:
+    """Both ends report the same ready ids and key check value for a settled window."""
+    newest = min([(await admin_async(i, "links"))["links"][0]["newest_block_id"] for i in infos])
+    window = {"link_id": LINK, "first": newest - 200, "last": newest - 20}
+
+    def check(info: NodeInfo) -> dict[str, Any]:
+        return AdminClient(info.admin_socket).call("check", **window)
+
+    results = [await trio.to_thread.run_sync(check, i) for i in infos]
+    return len(results[0]["ready_ids"]) > 0 and all(r == results[0] for r in results)
+
+
 async def test_two_nodes_fill_identical_synchronised_pools(node_config: ConfigFactory) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -75,6 +87,7 @@ async def test_two_nodes_fill_identical_synchronised_pools(node_config: ConfigFa
             status = await admin_async(info_a, "status")
             assert status["node_id"] == "KME_A"
             assert [p["state"] for p in status["peers"]] == ["connected"]
+            await wait_for(lambda: same_check_values(info_a, info_b))
             nursery.cancel_scope.cancel()
     a, b = ready_blocks(cfg_a), ready_blocks(cfg_b)
     common = a.keys() & b.keys()
@@ -215,7 +228,7 @@ async def test_admin_socket_survives_hostile_clients(node_config: ConfigFactory)
                 "type": "error",
                 "id": 1,
                 "code": "unknown-request",
-                "message": "unknown method 'nope' (known: links, peers, status)",
+                "message": "unknown method 'nope' (known: check, links, peers, status)",
             }
             assert frames[1]["type"] == "response" and frames[1]["id"] == 2
             assert (await admin_async(info, "status"))["node_id"] == "KME_A"
