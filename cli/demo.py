@@ -121,7 +121,8 @@ def _narrate(lab: Lab, manifest: dict[str, Any], total: int) -> None:
     kmes = manifest["kmes"]
     for node, kme in kmes.items():
         say(
-            f"  {node}: qkmsd pid {kme['pid']}, peer port {kme['peer_address']}, admin {kme['admin_socket']}"
+            f"  {node}: qkmsd pid {kme['pid']}, peer port {kme['peer_address']}, "
+            f"admin {kme['admin_socket']}"
         )
 
     step(2, total, "The nodes find each other")
