@@ -1,0 +1,103 @@
+"""Config errors name the file, the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qkmsd.config import ConfigError, config_from_mapping, load_config, parse_host_port
+
+SOURCE = Path("/etc/qkms/qkmsd.toml")
+
+
+def base(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "node": {"id": "KME_A", "state_dir": "/var/lib/qkms"},
+        "tls": {"ca": "ca.pem", "cert": "a.pem", "key": "a.key"},
+        "listen": {"peer": "127.0.0.1:7001", "admin_socket": "/run/qkms/admin.sock"},
+        "peers": {"KME_B": {"address": "127.0.0.1:7002"}},
+        "links": {
+            "A~B": {"peer": "KME_B", "driver": "paired", "params": {"seed": "s" * 32}},
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def error_of(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(data, source=SOURCE)
+    return str(info.value)
+
+
+def test_a_valid_config_resolves_paths_against_its_directory() -> None:
+    config = config_from_mapping(base(), source=SOURCE)
+    assert config.node_id == "KME_A"
+    assert config.ca == Path("/etc/qkms/ca.pem")
+    assert config.keystore_path == Path("/var/lib/qkms/keystore.sqlite")
+    assert config.links["A~B"].params.seed == "s" * 32
+    assert config.link_end("A~B").peer_node == "KME_B"
+
+
+def test_unknown_driver_names_the_link_and_the_known_drivers() -> None:
+    data = base(links={"A~B": {"peer": "KME_B", "driver": "bb48"}})
+    message = error_of(data)
+    assert message.startswith("config /etc/qkms/qkmsd.toml: [links.A~B] driver 'bb48' unknown")
+    assert "known: " in message and "paired" in message
+
+
+def test_bad_driver_parameter_names_the_parameter() -> None:
+    data = base(links={"A~B": {"peer": "KME_B", "driver": "paired", "params": {"seed": "short"}}})
+    assert "seed" in error_of(data)
+
+
+def test_link_to_an_unconfigured_peer_says_how_to_fix_it() -> None:
+    data = base(links={"A~C": {"peer": "KME_C", "driver": "paired", "params": {"seed": "s" * 32}}})
+    assert error_of(data).endswith("'KME_C' is not in [peers] (known: KME_B); add [peers.KME_C]")
+
+
+def test_wrong_type_names_section_and_key() -> None:
+    assert error_of(base(sync={"timeout_s": "soon"})) == (
+        "config /etc/qkms/qkmsd.toml: [sync] timeout_s: expected `float`, got `str`"
+    )
+
+
+def test_unknown_key_is_refused_not_ignored() -> None:
+    data = base()
+    data["node"] = {**data["node"], "colour": "blue"}
+    assert error_of(data) == "config /etc/qkms/qkmsd.toml: [node]: unknown key `colour`"
+
+
+def test_missing_section_is_named() -> None:
+    data = base()
+    del data["node"]
+    assert "missing required key `node`" in error_of(data)
+
+
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1:99999", "[::1:7001", ":7001"])
+def test_bad_addresses_are_refused(address: str) -> None:
+    assert "[peers.KME_B] address" in error_of(base(peers={"KME_B": {"address": address}}))
+
+
+def test_ipv6_and_names_parse() -> None:
+    assert str(parse_host_port("[::1]:7001")) == "[::1]:7001"
+    assert parse_host_port("kme-b.example.net:7001").host == "kme-b.example.net"
+
+
+def test_a_node_cannot_peer_with_itself() -> None:
+    assert "is this node itself" in error_of(base(peers={"KME_A": {"address": "127.0.0.1:1"}}))
+
+
+def test_timeout_must_cover_two_heartbeats() -> None:
+    assert "twice heartbeat_s" in error_of(base(sync={"timeout_s": 5.0, "heartbeat_s": 5.0}))
+
+
+def test_file_errors_are_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nid=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
