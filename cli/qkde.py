@@ -17,7 +17,8 @@ import msgspec
 import trio
 
 from protocol._device import DEVICE_PROTOCOL_VERSIONS, MAX_KEY_BYTES, DeviceHello
-from qkd_drivers.vendor import DeviceEmulator, is_loopback, seeded_source
+from qkd_drivers import DriverConfigError
+from qkd_drivers.vendor import DeviceEmulator, bb84_source, is_loopback, seeded_source
 
 
 @click.group()
@@ -58,6 +59,31 @@ def _split_host_port(value: str) -> tuple[str, int]:
     show_default=True,
     help="QBER reported.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["seeded", "bb84"]),
+    default="seeded",
+    show_default=True,
+    help="seeded: blocks hashed from the seed; bb84: the photon-level BB84 engine (slow).",
+)
+@click.option("--bb84-params", default="gys", show_default=True, help="bb84: set name or TOML.")
+@click.option(
+    "--distance-km", type=click.FloatRange(min=0.0), default=10.0, show_default=True, help="bb84."
+)
+@click.option(
+    "--pulses-per-block",
+    type=click.IntRange(min=1000),
+    default=10**9,
+    show_default=True,
+    help="bb84: pulses simulated per block.",
+)
+@click.option(
+    "--pulse-rate-hz",
+    type=click.FloatRange(min=1.0),
+    default=1e9,
+    show_default=True,
+    help="bb84: source repetition rate (sets the block interval).",
+)
 @click.option("--allow-remote", is_flag=True, help="Listen on a non-loopback address.")
 def emulate(
     tcp: str | None,
@@ -69,6 +95,11 @@ def emulate(
     rate_bps: float,
     block_bits: int,
     qber: float,
+    engine: str,
+    bb84_params: str,
+    distance_km: float,
+    pulses_per_block: int,
+    pulse_rate_hz: float,
     allow_remote: bool,
 ) -> None:
     """Serve one end of an emulated QKD link until interrupted.
@@ -97,12 +128,29 @@ def emulate(
             f"{exc} (ids: 1-64 letters, digits and _.:-; link ids may also use ~)",
             param_hint="--link-id/--device-id",
         ) from None
+    if engine == "bb84":
+        try:
+            source = bb84_source(
+                seed,
+                link_id,
+                params=bb84_params,
+                distance_km=distance_km,
+                pulses_per_block=pulses_per_block,
+                pulse_rate_hz=pulse_rate_hz,
+            )
+        except DriverConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bb84-params") from None
+        interval = pulses_per_block / pulse_rate_hz
+    else:
+        source = seeded_source(seed, link_id, block_bits=block_bits, qber=qber, skr=rate_bps)
+        interval = block_bits / rate_bps
     emulator = DeviceEmulator(
         device_id=hello.device_id,
         link_id=hello.link_id,
         role=hello.role,
-        source=seeded_source(seed, link_id, block_bits=block_bits, qber=qber, skr=rate_bps),
-        interval=block_bits / rate_bps,
+        source=source,
+        interval=interval,
+        source_in_thread=engine == "bb84",
     )
     if tcp is not None:
         host, port = _split_host_port(tcp)

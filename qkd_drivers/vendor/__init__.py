@@ -10,7 +10,7 @@ from ._driver import (
     VendorTcpParams,
     open_tty,
 )
-from ._emulator import BlockSource, DeviceEmulator, is_loopback, seeded_source
+from ._emulator import BlockSource, DeviceEmulator, bb84_source, is_loopback, seeded_source
 
 __all__ = [
     "BlockSource",
@@ -22,6 +22,7 @@ __all__ = [
     "VendorSerialParams",
     "VendorTcpDriver",
     "VendorTcpParams",
+    "bb84_source",
     "is_loopback",
     "open_tty",
     "seeded_source",

@@ -53,8 +53,9 @@ from .._base import DriverConfigError
 
 logger = logging.getLogger("qkd_drivers.vendor.emulator")
 
-BlockSource = Callable[[int], tuple[bytes, float, float]]
-"""``block_id -> (key bytes, qber, secret key rate in bit/s)``; identical at both ends."""
+BlockSource = Callable[[int], tuple[bytes, float, float] | None]
+"""``block_id -> (key bytes, qber, secret key rate in bit/s)``, identical at both ends;
+``None`` when block ``block_id`` gave no key (both ends then skip that id)."""
 
 DEFAULT_HISTORY_BLOCKS: Final = 4096
 
@@ -69,6 +70,45 @@ def seeded_source(
     def source(block_id: int) -> tuple[bytes, float, float]:
         material = hashlib.shake_256(f"qkms-qkde\0{seed}\0{link_id}\0{block_id}".encode())
         return material.digest(block_bits // 8), qber, skr
+
+    return source
+
+
+def bb84_source(
+    seed: str,
+    link_id: str,
+    *,
+    params: str = "gys",
+    distance_km: float = 10.0,
+    pulses_per_block: int = 10**9,
+    pulse_rate_hz: float = 1e9,
+) -> BlockSource:
+    """Blocks from the photon-level BB84 engine (``qkd_drivers.bb84``).
+
+    Block ``i`` simulates ``pulses_per_block`` pulses over ``distance_km`` of
+    fibre with a generator seeded from (seed, link, i), so both ends compute the
+    same key.  A block that aborts (QBER too high, finite-key length <= 0) gives
+    ``None``.  Expensive: finite-key effects need ~1e9 pulses, seconds of CPU
+    per block; run the emulator with ``source_in_thread=True``.  Raises
+    ``DriverConfigError`` for unknown parameters.
+    """
+    import numpy as np  # the engine is optional and heavy: imported only when asked for
+
+    from ..bb84 import Bb84ParamsError, load_params, run_block
+
+    try:
+        settings = load_params(params)
+    except Bb84ParamsError as exc:
+        raise DriverConfigError(f"bb84 source: {exc}") from None
+    interval = pulses_per_block / pulse_rate_hz
+
+    def source(block_id: int) -> tuple[bytes, float, float] | None:
+        digest = hashlib.sha256(f"qkms-qkde-bb84\0{seed}\0{link_id}\0{block_id}".encode())
+        rng = np.random.default_rng(int.from_bytes(digest.digest(), "big"))
+        result = run_block(settings, distance_km, pulses_per_block, rng)
+        if result.aborted or not result.key:
+            return None
+        return result.key, result.qber, len(result.key) * 8 / interval
 
     return source
 
@@ -103,6 +143,7 @@ class DeviceEmulator:
         history_blocks: int = DEFAULT_HISTORY_BLOCKS,
         status_interval: float = 1.0,
         max_frame_size: int = DEFAULT_MAX_DEVICE_FRAME_SIZE,
+        source_in_thread: bool = False,
     ) -> None:
         if not interval > 0:
             raise DriverConfigError(f"emulator interval {interval}: must be positive")
@@ -114,6 +155,7 @@ class DeviceEmulator:
         self.history_blocks = history_blocks
         self.status_interval = status_interval
         self.max_frame_size = max_frame_size
+        self.source_in_thread = source_in_thread
         self._clock = clock
         self._sessions: set[trio.CancelScope] = set()
         self.connections = 0
@@ -136,6 +178,8 @@ class DeviceEmulator:
         endpoint = DeviceEndpoint(max_frame_size=self.max_frame_size)
         send_lock = trio.Lock()
         streaming = False
+        last_qber: float | None = None
+        last_skr: float | None = None
         commands_in, commands = trio.open_memory_channel[KmsToDevice](math.inf)
 
         async def send(message: DeviceToKms) -> None:
@@ -145,12 +189,11 @@ class DeviceEmulator:
         async def heartbeat() -> None:
             while True:
                 await trio.sleep(self.status_interval)
-                source = self.source(self.current_block_id())
                 state: DeviceState = "running" if streaming else "idle"
-                await send(DeviceStatus(state=state, qber=source[1], skr=source[2]))
+                await send(DeviceStatus(state=state, qber=last_qber, skr=last_skr))
 
         async def stream_blocks() -> None:
-            nonlocal streaming
+            nonlocal streaming, last_qber, last_skr
             next_id: int | None = None
             while True:
                 command: KmsToDevice | None = None
@@ -169,17 +212,19 @@ class DeviceEmulator:
                     await send(DeviceStatus(state="stopped"))
                 elif next_id is not None:
                     next_id = max(next_id, self.current_block_id() - self.history_blocks)
-                    key, qber, skr = self.source(next_id)
-                    await send(
-                        KeyBlockMsg(
-                            block_id=next_id,
-                            key=key,
-                            qber=qber,
-                            secret_key_rate=skr,
-                            produced_at=self._due(next_id),
+                    produced = await self._produce(next_id)
+                    if produced is not None:
+                        key, last_qber, last_skr = produced
+                        await send(
+                            KeyBlockMsg(
+                                block_id=next_id,
+                                key=key,
+                                qber=last_qber,
+                                secret_key_rate=last_skr,
+                                produced_at=self._due(next_id),
+                            )
                         )
-                    )
-                    self.blocks_sent += 1
+                        self.blocks_sent += 1
                     next_id += 1
 
         self.connections += 1
@@ -260,6 +305,11 @@ class DeviceEmulator:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         await self.serve(stream)
+
+    async def _produce(self, block_id: int) -> tuple[bytes, float, float] | None:
+        if self.source_in_thread:
+            return await trio.to_thread.run_sync(self.source, block_id, abandon_on_cancel=True)
+        return self.source(block_id)
 
     def _due(self, block_id: int) -> float:
         return (block_id + 1) * self.interval

@@ -508,3 +508,55 @@ def test_tcp_params_need_host_and_port() -> None:
 def test_unknown_params_are_refused() -> None:
     with pytest.raises(DriverConfigError, match="prot"):
         VendorTcpDriver.parse_params({"host": "h", "port": 1, "prot": 2})
+
+
+# --- the emulator's block sources ----------------------------------------------------
+
+
+async def test_blocks_a_source_has_no_key_for_are_skipped_at_both_ends() -> None:
+    def even_only(block_id: int) -> tuple[bytes, float, float] | None:
+        return None if block_id % 2 else (key_of(block_id), 0.03, 100.0)
+
+    emulators = [
+        DeviceEmulator(
+            device_id=f"d{i}",
+            link_id=LINK,
+            role=role,
+            source=even_only,
+            interval=0.01,
+            source_in_thread=True,
+        )
+        for i, role in enumerate(("alice", "bob"))
+    ]
+    got: list[list[int]] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for end, emulator in zip(link_ends(LINK), emulators, strict=True):
+                host, port = await nursery.start(emulator.run_tcp)
+                async with VendorTcpDriver(end, VendorTcpParams(host=host, port=port)) as driver:
+                    blocks = await take(driver, 3)
+                    got.append([b.block_id for b in blocks])
+                    assert all(b.key == key_of(b.block_id) for b in blocks)
+            nursery.cancel_scope.cancel()
+    for ids in got:
+        assert all(i % 2 == 0 for i in ids)
+        assert ids == sorted(set(ids))
+
+
+def test_the_bb84_source_gives_both_ends_the_same_outcome() -> None:
+    pytest.importorskip("qkd_drivers.bb84")
+    from qkd_drivers.vendor import bb84_source
+
+    alice = bb84_source("seed", LINK, distance_km=25.0, pulses_per_block=100_000)
+    bob = bb84_source("seed", LINK, distance_km=25.0, pulses_per_block=100_000)
+    # 1e5 pulses are far too few for a finite-key bound: the block aborts, at both ends.
+    assert alice(7) is None
+    assert bob(7) is None
+
+
+def test_the_bb84_source_refuses_unknown_parameters() -> None:
+    pytest.importorskip("qkd_drivers.bb84")
+    from qkd_drivers.vendor import bb84_source
+
+    with pytest.raises(DriverConfigError, match="bb84 source: parameters 'gsy'"):
+        bb84_source("seed", LINK, params="gsy")
