@@ -20,6 +20,16 @@ from ._lifecycle import (
     is_legal,
 )
 from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
+from ._service import (
+    MAX_SEGMENTS_PER_KEY,
+    CutKey,
+    InsufficientKey,
+    KeySpec,
+    NotAuthorised,
+    Segment,
+    SegmentRefused,
+    ServiceKeyNotFound,
+)
 from ._store import (
     MAX_BLOCK_BYTES,
     MAX_BLOCK_ID,
@@ -30,6 +40,14 @@ from ._store import (
 )
 
 __all__ = [
+    "MAX_SEGMENTS_PER_KEY",
+    "CutKey",
+    "InsufficientKey",
+    "KeySpec",
+    "NotAuthorised",
+    "Segment",
+    "SegmentRefused",
+    "ServiceKeyNotFound",
     "CREDENTIAL_NAME",
     "HOLDS_MATERIAL",
     "MASTER_KEY_SIZE",

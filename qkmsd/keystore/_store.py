@@ -36,6 +36,7 @@ from nacl.bindings import (
 from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
+from ._service import SERVICE_KEYS_SCHEMA, ServiceKeyMethods
 
 MAX_BLOCK_BYTES: Final = 1 << 24
 """Largest key block accepted (16 MiB)."""
@@ -85,6 +86,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX blocks_by_link_state ON blocks (link_id, state)",
     ),
+    SERVICE_KEYS_SCHEMA,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -116,7 +118,7 @@ class PoolLevel:
     expired_blocks: int
 
 
-class KeyStore:
+class KeyStore(ServiceKeyMethods):
     """Per-link pools of key blocks with their life-cycle state.
 
     Open with ``KeyStore.open``; use as a context manager or call ``close()``.
@@ -533,6 +535,29 @@ class KeyStore:
                 yield conn
             except sqlite3.Error as exc:
                 raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+
+    # -- encryption, for the service-key methods -------------------------------------------
+
+    def _decrypt_block(self, link_id: str, block_id: int, nonce: bytes, cipher: bytes) -> bytes:
+        try:
+            return _decrypt(self._key, nonce, cipher, _block_ad(link_id, block_id))
+        except nacl.exceptions.CryptoError:
+            raise CorruptStoreError(
+                f"key store {self._path}: block {link_id}/{block_id} fails authentication "
+                "(wrong master key or tampered row)"
+            ) from None
+
+    def _seal(self, plain: bytes, ad: bytes) -> tuple[bytes, bytes]:
+        nonce = os.urandom(_NONCE_SIZE)
+        return nonce, _encrypt(self._key, nonce, plain, ad)
+
+    def _unseal(self, nonce: bytes, cipher: bytes, ad: bytes) -> bytes:
+        try:
+            return _decrypt(self._key, nonce, cipher, ad)
+        except nacl.exceptions.CryptoError:
+            raise CorruptStoreError(
+                f"key store {self._path}: a service key row fails authentication"
+            ) from None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

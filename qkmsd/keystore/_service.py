@@ -1,0 +1,401 @@
+"""Service keys: keys cut from a link's pool for SAEs, and their life cycle.
+
+Theory of operation
+-------------------
+A service key is exact pool bits, never stretched.  The end that owns a block
+(see ``qkmsd.keymanager.owns_block``) cuts keys from it front to back and
+advances the block's ``used_bits``; the cut is described by segments
+``(block_id, offset, length)`` in bytes.  The other end of the link consumes the
+same segments from its copy of the block, and only ever forwards (an offset
+below its own cursor is refused), so no bit is handed out twice at either end.
+A block whose bits are all cut moves READY -> RESERVED -> DELIVERED -> ERASED
+and its material is erased.
+
+Each end keeps a row per service key for the SAEs it still has to serve (the
+slaves attached to it), encrypted like blocks, in state RESERVED.  When every
+such SAE has fetched it, the row moves to DELIVERED then ERASED; a row past its
+validity time is DISCARDED.  Both erase the material.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from ._errors import KeyStoreError
+from ._lifecycle import KeyState, check_transition
+
+MAX_SEGMENTS_PER_KEY: Final = 64
+_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SAE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+SERVICE_KEYS_SCHEMA: Final = (
+    """CREATE TABLE service_keys (
+        key_id TEXT PRIMARY KEY,
+        link_id TEXT NOT NULL,
+        master_sae TEXT NOT NULL,
+        slaves TEXT NOT NULL,
+        pending TEXT NOT NULL,
+        size_bits INTEGER NOT NULL CHECK (size_bits > 0),
+        state TEXT NOT NULL CHECK (state IN ('reserved', 'delivered', 'erased', 'discarded')),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        state_changed_at REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        nonce BLOB,
+        material BLOB,
+        CHECK ((nonce IS NULL) = (material IS NULL)),
+        CHECK ((material IS NULL) = (state IN ('erased', 'discarded')))
+    )""",
+    "CREATE INDEX service_keys_by_state ON service_keys (state, expires_at)",
+    "CREATE INDEX service_keys_by_pair ON service_keys (master_sae, state)",
+)
+
+
+class InsufficientKey(KeyStoreError):
+    """The pool holds fewer owned ready bits than asked for.  Nothing was cut."""
+
+
+class SegmentRefused(KeyStoreError):
+    """The peer asked us to consume segments we cannot: unknown, not ready, owned by us,
+    already used, or out of range.  Nothing was consumed."""
+
+
+class ServiceKeyNotFound(KeyStoreError):
+    """One or more key ids are unknown here, or already fetched by this SAE."""
+
+
+class NotAuthorised(KeyStoreError):
+    """The requesting SAE was not named as a slave of a key it asked for."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Segment:
+    block_id: int
+    offset: int
+    length: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CutKey:
+    """A service key and where in the pool it came from.  ``key`` stays out of ``repr``."""
+
+    key_id: str
+    segments: tuple[Segment, ...]
+    key: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeySpec:
+    """A key to record: its id and where it comes from (segments of the link's pool)."""
+
+    key_id: str
+    segments: tuple[Segment, ...]
+
+
+class ServiceKeyMethods(abc.ABC):
+    """Service-key operations of ``KeyStore`` (mixed in; uses its transactions)."""
+
+    _key: bytes
+    _clock: Callable[[], float]
+
+    @abc.abstractmethod
+    def _writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    @abc.abstractmethod
+    def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    @abc.abstractmethod
+    def _decrypt_block(self, link_id: str, block_id: int, nonce: bytes, cipher: bytes) -> bytes: ...
+
+    @abc.abstractmethod
+    def _seal(self, plain: bytes, ad: bytes) -> tuple[bytes, bytes]: ...
+
+    @abc.abstractmethod
+    def _unseal(self, nonce: bytes, cipher: bytes, ad: bytes) -> bytes: ...
+
+    # -- the owner's side -----------------------------------------------------------
+
+    def cut_service_keys(
+        self,
+        link_id: str,
+        keys: Sequence[tuple[str, int]],
+        *,
+        master_sae: str,
+        local_slaves: Sequence[str],
+        expires_at: float,
+    ) -> list[CutKey]:
+        """Cut keys of the given byte sizes from the blocks this end owns, in one transaction.
+
+        ``keys`` is ``[(key_id, size_bytes), ...]``.  If ``local_slaves`` is not
+        empty, the keys are also recorded for them.  Raises ``InsufficientKey``
+        (nothing cut) when the owned ready pool is too small.
+        """
+        for key_id, size in keys:
+            _check_key_id(key_id)
+            if size <= 0:
+                raise KeyStoreError(f"service key {key_id}: size must be positive")
+        need = sum(size for _, size in keys)
+        out: list[CutKey] = []
+        with self._writing() as conn:
+            rows = conn.execute(
+                "SELECT block_id, size_bits, used_bits, nonce, material FROM blocks"
+                " WHERE link_id = ? AND state = 'ready' AND owned = 1 AND used_bits < size_bits"
+                " ORDER BY block_id",
+                (link_id,),
+            )
+            blocks: list[tuple[int, int, int, bytes]] = []  # id, used bytes, size bytes, plain
+            have = 0
+            for block_id, size_bits, used_bits, nonce, material in rows:
+                if have >= need:
+                    break
+                plain = self._decrypt_block(link_id, block_id, nonce, material)
+                blocks.append((block_id, used_bits // 8, size_bits // 8, plain))
+                have += size_bits // 8 - used_bits // 8
+            if have < need:
+                raise InsufficientKey(
+                    f"link {link_id}: {need * 8} bits asked, {have * 8} owned ready bits available"
+                )
+            cursor = 0
+            for key_id, size in keys:
+                segments: list[Segment] = []
+                parts: list[bytes] = []
+                while size > 0:
+                    block_id, used, total, plain = blocks[cursor]
+                    take = min(size, total - used)
+                    segments.append(Segment(block_id, used, take))
+                    parts.append(plain[used : used + take])
+                    used += take
+                    size -= take
+                    blocks[cursor] = (block_id, used, total, plain)
+                    if used == total:
+                        cursor += 1
+                if len(segments) > MAX_SEGMENTS_PER_KEY:
+                    raise KeyStoreError(f"service key {key_id}: spans too many blocks")
+                out.append(CutKey(key_id, tuple(segments), b"".join(parts)))
+            self._advance(conn, link_id, [(b, used) for b, used, _, _ in blocks[: cursor + 1]])
+            if local_slaves:
+                self._insert_keys(conn, link_id, out, master_sae, local_slaves, expires_at)
+        return out
+
+    # -- the other end's side -------------------------------------------------------
+
+    def record_service_keys(
+        self,
+        link_id: str,
+        specs: Sequence[KeySpec],
+        *,
+        master_sae: str,
+        local_slaves: Sequence[str],
+        expires_at: float,
+    ) -> list[CutKey]:
+        """Consume the segments the owner cut and record the keys for ``local_slaves``.
+
+        All or nothing, in one transaction.  Raises ``SegmentRefused`` naming the
+        first segment that cannot be consumed.
+        """
+        for spec in specs:
+            _check_key_id(spec.key_id)
+            if not spec.segments or len(spec.segments) > MAX_SEGMENTS_PER_KEY:
+                raise SegmentRefused(f"service key {spec.key_id}: 1 to 64 segments")
+        out: list[CutKey] = []
+        with self._writing() as conn:
+            cursors: dict[int, tuple[int, int, bytes]] = {}  # id -> used, size, plain
+            for spec in specs:
+                parts = []
+                for seg in spec.segments:
+                    if seg.block_id not in cursors:
+                        cursors[seg.block_id] = self._peer_block(conn, link_id, seg.block_id)
+                    used, total, plain = cursors[seg.block_id]
+                    if seg.length <= 0 or seg.offset < used or seg.offset + seg.length > total:
+                        raise SegmentRefused(
+                            f"link {link_id}: segment {seg.block_id}[{seg.offset}:+{seg.length}]"
+                            f" outside the unused part [{used}:{total}]"
+                        )
+                    parts.append(plain[seg.offset : seg.offset + seg.length])
+                    cursors[seg.block_id] = (seg.offset + seg.length, total, plain)
+                out.append(CutKey(spec.key_id, spec.segments, b"".join(parts)))
+            self._advance(conn, link_id, [(b, used) for b, (used, _, _) in cursors.items()])
+            if local_slaves:
+                self._insert_keys(conn, link_id, out, master_sae, local_slaves, expires_at)
+        return out
+
+    def _peer_block(
+        self, conn: sqlite3.Connection, link_id: str, block_id: int
+    ) -> tuple[int, int, bytes]:
+        row = conn.execute(
+            "SELECT state, owned, size_bits, used_bits, nonce, material FROM blocks"
+            " WHERE link_id = ? AND block_id = ?",
+            (link_id, block_id),
+        ).fetchone()
+        if row is None:
+            raise SegmentRefused(f"link {link_id}: block {block_id} unknown here")
+        state, owned, size_bits, used_bits, nonce, material = row
+        if state != KeyState.READY.value:
+            raise SegmentRefused(f"link {link_id}: block {block_id} is {state}, not ready")
+        if owned:
+            raise SegmentRefused(f"link {link_id}: block {block_id} is ours to allocate, not yours")
+        return (
+            used_bits // 8,
+            size_bits // 8,
+            self._decrypt_block(link_id, block_id, nonce, material),
+        )
+
+    def _advance(
+        self, conn: sqlite3.Connection, link_id: str, cursors: Sequence[tuple[int, int]]
+    ) -> None:
+        now = self._clock()
+        for block_id, used in cursors:
+            size_bits = conn.execute(
+                "SELECT size_bits FROM blocks WHERE link_id = ? AND block_id = ?",
+                (link_id, block_id),
+            ).fetchone()[0]
+            if used * 8 < size_bits:
+                conn.execute(
+                    "UPDATE blocks SET used_bits = ? WHERE link_id = ? AND block_id = ?",
+                    (used * 8, link_id, block_id),
+                )
+                continue
+            # Every bit handed out: the block's material has done its job.
+            for old, new in (
+                (KeyState.READY, KeyState.RESERVED),
+                (KeyState.RESERVED, KeyState.DELIVERED),
+                (KeyState.DELIVERED, KeyState.ERASED),
+            ):
+                check_transition(old, new)
+            conn.execute(
+                "UPDATE blocks SET used_bits = size_bits, state = 'erased', state_changed_at = ?,"
+                " reason = 'all bits delivered', nonce = NULL, material = NULL"
+                " WHERE link_id = ? AND block_id = ? AND state = 'ready'",
+                (now, link_id, block_id),
+            )
+
+    def _insert_keys(
+        self,
+        conn: sqlite3.Connection,
+        link_id: str,
+        keys: Sequence[CutKey],
+        master_sae: str,
+        slaves: Sequence[str],
+        expires_at: float,
+    ) -> None:
+        for sae in (master_sae, *slaves):
+            _check_sae_id(sae)
+        now = self._clock()
+        slaves_json = json.dumps(sorted(set(slaves)))
+        for key in keys:
+            nonce, material = self._seal(key.key, _service_ad(key.key_id))
+            try:
+                conn.execute(
+                    "INSERT INTO service_keys (key_id, link_id, master_sae, slaves, pending,"
+                    " size_bits, state, created_at, expires_at, state_changed_at, nonce, material)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                    (
+                        key.key_id,
+                        link_id,
+                        master_sae,
+                        slaves_json,
+                        slaves_json,
+                        len(key.key) * 8,
+                        now,
+                        expires_at,
+                        now,
+                        nonce,
+                        material,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise KeyStoreError(f"service key {key.key_id}: id already used") from None
+
+    # -- serving the slaves ---------------------------------------------------------
+
+    def fetch_service_keys(
+        self, key_ids: Sequence[str], *, master_sae: str, requester: str
+    ) -> list[tuple[str, bytes]]:
+        """Hand ``requester`` the keys ``key_ids`` (master ``master_sae``), once each.
+
+        All or nothing.  Raises ``NotAuthorised`` if the requester was not named as
+        a slave of a key that exists here for that master, ``ServiceKeyNotFound``
+        if a key is unknown, expired or already fetched by the requester.
+        """
+        for key_id in key_ids:
+            _check_key_id(key_id)
+        out: list[tuple[str, bytes]] = []
+        now = self._clock()
+        with self._writing() as conn:
+            rows = []
+            for key_id in key_ids:
+                row = conn.execute(
+                    "SELECT master_sae, slaves, pending, state, expires_at, nonce, material"
+                    " FROM service_keys WHERE key_id = ?",
+                    (key_id,),
+                ).fetchone()
+                if row is None or row[0] != master_sae:
+                    raise ServiceKeyNotFound(f"service key {key_id}: not found")
+                master, slaves, pending, state, expires_at, nonce, material = row
+                if requester not in json.loads(slaves):
+                    raise NotAuthorised(f"service key {key_id}: {requester} is not a named slave")
+                waiting = json.loads(pending)
+                if state != "reserved" or requester not in waiting or expires_at <= now:
+                    raise ServiceKeyNotFound(f"service key {key_id}: not found")
+                rows.append((key_id, waiting, nonce, material))
+            for key_id, waiting, nonce, material in rows:
+                out.append((key_id, self._unseal(nonce, material, _service_ad(key_id))))
+                waiting.remove(requester)
+                if waiting:
+                    conn.execute(
+                        "UPDATE service_keys SET pending = ? WHERE key_id = ?",
+                        (json.dumps(waiting), key_id),
+                    )
+                else:
+                    check_transition(KeyState.RESERVED, KeyState.DELIVERED)
+                    check_transition(KeyState.DELIVERED, KeyState.ERASED)
+                    conn.execute(
+                        "UPDATE service_keys SET pending = '[]', state = 'erased',"
+                        " state_changed_at = ?, reason = 'delivered', nonce = NULL, material = NULL"
+                        " WHERE key_id = ?",
+                        (now, key_id),
+                    )
+        return out
+
+    def expire_service_keys(self) -> int:
+        """Discard (and erase) service keys past their validity.  Returns how many."""
+        now = self._clock()
+        check_transition(KeyState.RESERVED, KeyState.DISCARDED)
+        with self._writing() as conn:
+            cursor = conn.execute(
+                "UPDATE service_keys SET state = 'discarded', state_changed_at = ?,"
+                " reason = 'expired', nonce = NULL, material = NULL"
+                " WHERE state = 'reserved' AND expires_at <= ?",
+                (now, now),
+            )
+            return cursor.rowcount
+
+    def stored_service_keys(self, master_sae: str, slave_sae: str) -> int:
+        """Keys held here for ``slave_sae`` from ``master_sae``, not yet fetched."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT pending FROM service_keys WHERE master_sae = ? AND state = 'reserved'",
+                (master_sae,),
+            ).fetchall()
+        return sum(1 for (pending,) in rows if slave_sae in json.loads(pending))
+
+
+def _service_ad(key_id: str) -> bytes:
+    return b"qkms-service-key\0" + key_id.encode("ascii")
+
+
+def _check_key_id(key_id: str) -> None:
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise KeyStoreError("service key id must be a lower-case UUID string")
+
+
+def _check_sae_id(sae: str) -> None:
+    if not isinstance(sae, str) or not _SAE_ID.fullmatch(sae):
+        raise KeyStoreError("SAE id must be 1 to 64 characters from A-Z a-z 0-9 _ . : -")

@@ -1,0 +1,224 @@
+"""Service keys: cut from owned blocks, consumed identically at the other end, served once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qkmsd.keystore import (
+    InsufficientKey,
+    KeySpec,
+    KeyState,
+    KeyStore,
+    NotAuthorised,
+    Segment,
+    SegmentRefused,
+    ServiceKeyNotFound,
+)
+
+from .keystore_support import LINK, FakeClock, block, disk_bytes
+
+BLOCK = 64  # bytes per block in these tests
+
+
+def kid() -> str:
+    return str(uuid.uuid4())
+
+
+class Link:
+    """Both ends of one link: ``owner`` owns every block, ``peer`` holds the same copies."""
+
+    def __init__(self, tmp: Path, clock: FakeClock, blocks: int = 4) -> None:
+        self.owner = KeyStore.open(tmp / "owner.db", os.urandom(32), clock=clock)
+        self.peer = KeyStore.open(tmp / "peer.db", os.urandom(32), clock=clock)
+        self.material = {i: os.urandom(BLOCK) for i in range(blocks)}
+        for store, owned in ((self.owner, True), (self.peer, False)):
+            store.add_blocks([block(i, k, owned=owned) for i, k in self.material.items()])
+            store.mark_ready(LINK, list(self.material))
+
+    def close(self) -> None:
+        self.owner.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def link(tmp_path: Path, clock: FakeClock) -> Iterator[Link]:
+    pair = Link(tmp_path, clock)
+    yield pair
+    pair.close()
+
+
+def cut(link: Link, *sizes: int, slaves: tuple[str, ...] = ()) -> list:  # type: ignore[type-arg]
+    return link.owner.cut_service_keys(
+        LINK, [(kid(), s) for s in sizes], master_sae="SAE_A", local_slaves=slaves, expires_at=2e6
+    )
+
+
+def record(link: Link, keys: list, slaves: tuple[str, ...] = ("SAE_B",)) -> list:  # type: ignore[type-arg]
+    return link.peer.record_service_keys(
+        LINK,
+        [KeySpec(k.key_id, k.segments) for k in keys],
+        master_sae="SAE_A",
+        local_slaves=slaves,
+        expires_at=2e6,
+    )
+
+
+def test_keys_are_exact_pool_bits_cut_front_to_back(link: Link) -> None:
+    keys = cut(link, 32, 48)
+    pool = b"".join(link.material[i] for i in sorted(link.material))
+    assert keys[0].key == pool[:32]
+    assert keys[1].key == pool[32:80]
+    assert keys[1].segments == (Segment(0, 32, 32), Segment(1, 0, 16))
+
+
+def test_the_other_end_reproduces_the_same_bytes(link: Link) -> None:
+    keys = cut(link, 32, 100)
+    assert [k.key for k in record(link, keys)] == [k.key for k in keys]
+
+
+def test_a_fully_cut_block_is_erased_at_both_ends(link: Link) -> None:
+    keys = cut(link, BLOCK)
+    record(link, keys)
+    for store in (link.owner, link.peer):
+        assert store.states(LINK, [0]) == {0: KeyState.ERASED}
+        assert store.pool(LINK).ready_bits == 3 * BLOCK * 8
+
+
+def test_too_little_key_cuts_nothing(link: Link) -> None:
+    with pytest.raises(InsufficientKey):
+        cut(link, 4 * BLOCK + 1)
+    assert link.owner.pool(LINK).ready_bits == 4 * BLOCK * 8
+
+
+def test_only_owned_blocks_are_cut(link: Link) -> None:
+    with pytest.raises(InsufficientKey):
+        link.peer.cut_service_keys(
+            LINK, [(kid(), 1)], master_sae="A", local_slaves=(), expires_at=1
+        )
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        Segment(9, 0, 8),  # unknown block
+        Segment(0, 60, 8),  # past the end
+        Segment(0, 0, 0),  # empty
+    ],
+)
+def test_segments_the_peer_cannot_consume_are_refused_and_nothing_changes(
+    link: Link, segment: Segment
+) -> None:
+    with pytest.raises(SegmentRefused):
+        link.peer.record_service_keys(
+            LINK,
+            [KeySpec(kid(), (segment,))],
+            master_sae="SAE_A",
+            local_slaves=("B",),
+            expires_at=1,
+        )
+    assert link.peer.pool(LINK).ready_bits == 4 * BLOCK * 8
+
+
+def test_the_peer_never_consumes_the_same_bits_twice(link: Link) -> None:
+    keys = cut(link, 16)
+    record(link, keys)
+    with pytest.raises(SegmentRefused, match="outside the unused part"):
+        record(link, [type(keys[0])(kid(), keys[0].segments, b"")])
+
+
+def test_the_peer_refuses_to_consume_blocks_it_owns(link: Link) -> None:
+    with pytest.raises(SegmentRefused, match="ours to allocate"):
+        link.owner.record_service_keys(
+            LINK,
+            [KeySpec(kid(), (Segment(3, 0, 8),))],
+            master_sae="S",
+            local_slaves=(),
+            expires_at=1,
+        )
+
+
+def test_a_skipped_range_is_burnt_not_reused(link: Link) -> None:
+    first, second = cut(link, 8), cut(link, 8)
+    record(link, second)  # the reservation of `first` never reached the peer
+    with pytest.raises(SegmentRefused):
+        record(link, first)
+
+
+def test_named_slaves_fetch_once_then_the_key_is_erased(link: Link) -> None:
+    keys = cut(link, 32)
+    record(link, keys, slaves=("SAE_B", "SAE_C"))
+    key_id = keys[0].key_id
+    assert link.peer.stored_service_keys("SAE_A", "SAE_B") == 1
+    assert link.peer.fetch_service_keys([key_id], master_sae="SAE_A", requester="SAE_B") == [
+        (key_id, keys[0].key)
+    ]
+    with pytest.raises(ServiceKeyNotFound):
+        link.peer.fetch_service_keys([key_id], master_sae="SAE_A", requester="SAE_B")
+    assert (
+        link.peer.fetch_service_keys([key_id], master_sae="SAE_A", requester="SAE_C")[0][1]
+        == keys[0].key
+    )
+    assert link.peer.stored_service_keys("SAE_A", "SAE_C") == 0
+    assert keys[0].key not in disk_bytes(link.peer.path)
+
+
+def test_an_unnamed_sae_is_not_authorised_and_nothing_is_served(link: Link) -> None:
+    keys = cut(link, 32, 32)
+    record(link, keys)
+    with pytest.raises(NotAuthorised):
+        link.peer.fetch_service_keys(
+            [k.key_id for k in keys], master_sae="SAE_A", requester="SAE_X"
+        )
+    assert link.peer.stored_service_keys("SAE_A", "SAE_B") == 2
+
+
+def test_a_key_asked_for_under_another_master_is_not_found(link: Link) -> None:
+    keys = cut(link, 32)
+    record(link, keys)
+    with pytest.raises(ServiceKeyNotFound):
+        link.peer.fetch_service_keys([keys[0].key_id], master_sae="SAE_Z", requester="SAE_B")
+
+
+def test_expired_keys_are_discarded(link: Link, clock: FakeClock) -> None:
+    keys = cut(link, 32)
+    record(link, keys)
+    clock.now = 3e6
+    assert link.peer.expire_service_keys() == 1
+    with pytest.raises(ServiceKeyNotFound):
+        link.peer.fetch_service_keys([keys[0].key_id], master_sae="SAE_A", requester="SAE_B")
+
+
+def test_local_slaves_are_recorded_at_the_owner(link: Link) -> None:
+    keys = cut(link, 16, slaves=("SAE_A2",))
+    got = link.owner.fetch_service_keys([keys[0].key_id], master_sae="SAE_A", requester="SAE_A2")
+    assert got[0][1] == keys[0].key
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 80), min_size=1, max_size=4), min_size=1, max_size=6))
+def test_any_sequence_of_cuts_uses_disjoint_bits_identically_at_both_ends(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]
+) -> None:
+    pair = Link(tmp_path_factory.mktemp("cuts"), FakeClock(), blocks=8)
+    try:
+        used: set[tuple[int, int]] = set()
+        for sizes in batches:
+            try:
+                keys = cut(pair, *sizes)
+            except InsufficientKey:
+                continue
+            for key, mirrored in zip(keys, record(pair, keys), strict=True):
+                assert key.key == mirrored.key
+                for seg in key.segments:
+                    bits = {(seg.block_id, seg.offset + i) for i in range(seg.length)}
+                    assert not bits & used
+                    used |= bits
+    finally:
+        pair.close()
