@@ -49,6 +49,7 @@ from typing import Annotated, Final, Literal, TypeAlias
 
 import msgspec
 
+from ._connection import NEED_DATA, _NeedData
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._messages import U32, U63, LinkId, MessageDecoder, NodeId, ShortText, to_wire
 
@@ -284,14 +285,6 @@ class DeviceFrameDecoder:
 
 
 # --- the two ends --------------------------------------------------------------------
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
 
 
 def _kind(message: msgspec.Struct) -> str:
