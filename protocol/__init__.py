@@ -1,5 +1,6 @@
 """Sans-IO wire formats and state machines of qkms.  No sockets, no trio, no clock."""
 
+from . import _etsi014 as etsi014
 from ._connection import (
     NEED_DATA,
     FramedConnection,
@@ -13,6 +14,8 @@ from ._messages import (
     ADMIN_DECODER,
     ADMIN_MESSAGE_TYPES,
     MAX_IDS_PER_MESSAGE,
+    MAX_KEYS_PER_RESERVATION,
+    MAX_SEGMENTS_PER_KEY,
     PEER_DECODER,
     PEER_MESSAGE_TYPES,
     PROTOCOL_VERSIONS,
@@ -28,6 +31,10 @@ from ._messages import (
     PeerMessage,
     Ping,
     Pong,
+    ReservedKey,
+    SegmentRef,
+    SupplyReserve,
+    SupplyResult,
     to_wire,
 )
 
@@ -37,6 +44,8 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
     "MAX_IDS_PER_MESSAGE",
+    "MAX_KEYS_PER_RESERVATION",
+    "MAX_SEGMENTS_PER_KEY",
     "NEED_DATA",
     "PEER_DECODER",
     "PEER_MESSAGE_TYPES",
@@ -60,8 +69,13 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "RemoteProtocolError",
+    "ReservedKey",
+    "SegmentRef",
+    "SupplyReserve",
+    "SupplyResult",
     "SessionState",
     "admin_connection",
     "encode_frame",
+    "etsi014",
     "to_wire",
 ]

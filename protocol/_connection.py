@@ -29,6 +29,7 @@ from ._frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from ._messages import (
     ADMIN_DECODER,
     PEER_DECODER,
+    PEER_MESSAGE_TYPES,
     PROTOCOL_VERSIONS,
     Error,
     Hello,
@@ -87,9 +88,11 @@ _TRANSITIONS: Final[dict[tuple[SessionState, str], SessionState]] = {
     (SessionState.AWAIT_HELLO, "hello"): SessionState.OPEN,
     (SessionState.AWAIT_HELLO, "error"): SessionState.CLOSED,
     (SessionState.OPEN, "error"): SessionState.CLOSED,
+    # Once open, every message but a second hello keeps the session open.
     **{
-        (SessionState.OPEN, kind): SessionState.OPEN
-        for kind in ("ping", "pong", "key.announce", "key.confirm", "key.discard")
+        (SessionState.OPEN, str(cls.__struct_config__.tag)): SessionState.OPEN
+        for cls in PEER_MESSAGE_TYPES
+        if cls not in (Hello, Error)
     },
 }
 

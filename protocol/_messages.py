@@ -79,8 +79,76 @@ class KeyDiscard(_Message, tag="key.discard", frozen=True):
     reason: Annotated[str, msgspec.Meta(max_length=64)]
 
 
-PeerMessage: TypeAlias = Hello | Error | Ping | Pong | KeyAnnounce | KeyConfirm | KeyDiscard
-PEER_MESSAGE_TYPES: Final = (Hello, Error, Ping, Pong, KeyAnnounce, KeyConfirm, KeyDiscard)
+MAX_KEYS_PER_RESERVATION: Final = 4096
+MAX_SEGMENTS_PER_KEY: Final = 64
+SaeName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+KeyId = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+]
+
+
+class SegmentRef(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """Bytes ``[offset, offset + length)`` of block ``block_id``: ``[id, offset, length]``."""
+
+    block_id: U63
+    offset: U32
+    length: Annotated[int, msgspec.Meta(ge=1, le=2**32 - 1)]
+
+
+class ReservedKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    key_id: KeyId
+    segments: Annotated[
+        list[SegmentRef], msgspec.Meta(min_length=1, max_length=MAX_SEGMENTS_PER_KEY)
+    ]
+
+
+class SupplyReserve(_Message, tag="supply.reserve", frozen=True):
+    """Record these service keys, cut from our blocks of ``link_id``, for the slaves you serve.
+
+    Answered by ``SupplyResult`` with the same ``id``.
+    """
+
+    id: U63
+    link_id: LinkId
+    master_sae: SaeName
+    slave_saes: Annotated[list[SaeName], msgspec.Meta(min_length=1, max_length=256)]
+    expires_at: Annotated[float, msgspec.Meta(ge=0)]
+    keys: Annotated[
+        list[ReservedKey], msgspec.Meta(min_length=1, max_length=MAX_KEYS_PER_RESERVATION)
+    ]
+
+
+class SupplyResult(_Message, tag="supply.result", frozen=True):
+    """The answer to request ``id``: recorded durably (``ok``), or refused with a code."""
+
+    id: U63
+    ok: bool
+    code: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    message: ShortText = ""
+
+
+PeerMessage: TypeAlias = (
+    Hello
+    | Error
+    | Ping
+    | Pong
+    | KeyAnnounce
+    | KeyConfirm
+    | KeyDiscard
+    | SupplyReserve
+    | SupplyResult
+)
+PEER_MESSAGE_TYPES: Final = (
+    Hello,
+    Error,
+    Ping,
+    Pong,
+    KeyAnnounce,
+    KeyConfirm,
+    KeyDiscard,
+    SupplyReserve,
+    SupplyResult,
+)
 
 
 # --- admin protocol ------------------------------------------------------------------

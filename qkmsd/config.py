@@ -47,6 +47,7 @@ class TlsSection(_Section, frozen=True):
 class ListenSection(_Section, frozen=True):
     peer: str
     admin_socket: str
+    api: str | None = None
 
 
 class PeerSection(_Section, frozen=True):
@@ -76,6 +77,48 @@ class ControllerSection(_Section, frozen=True):
     priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
+class SaeSection(_Section, frozen=True):
+    kme: NodeId
+    pqc_public_key: str | None = None
+    require_pqc: bool = False
+
+
+class SupplyPolicy(_Section, frozen=True):
+    """What one master SAE may ask for one slave SAE (ETSI 014 Status fields)."""
+
+    key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16, multiple_of=8)] = 256
+    min_key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16, multiple_of=8)] = 64
+    max_key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16, multiple_of=8)] = 8192
+    max_key_per_request: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 128
+    max_stored_keys: Annotated[int, msgspec.Meta(ge=1, le=1 << 24)] = 100_000
+    max_sae_id_count: Annotated[int, msgspec.Meta(ge=0, le=256)] = 8
+    key_validity_s: Seconds = 3600.0
+    rate_keys_per_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst_keys: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    derive: str = "none"
+
+
+class SupplyPairSection(_Section, frozen=True):
+    master: NodeId
+    slave: NodeId
+    key_size: int | None = None
+    min_key_size: int | None = None
+    max_key_size: int | None = None
+    max_key_per_request: int | None = None
+    max_stored_keys: int | None = None
+    max_sae_id_count: int | None = None
+    key_validity_s: float | None = None
+    rate_keys_per_s: float | None = None
+    burst_keys: int | None = None
+    derive: str | None = None
+
+
+class SupplySection(_Section, frozen=True):
+    default: SupplyPolicy = SupplyPolicy()
+    pairs: list[SupplyPairSection] = []
+    reserve_timeout_s: Seconds = 5.0
+
+
 class LogSection(_Section, frozen=True):
     level: str = "info"
     format: str = "kv"
@@ -91,6 +134,8 @@ class _RawConfig(_Section, frozen=True):
     policy: PolicySection = PolicySection()
     controller: ControllerSection = ControllerSection()
     log: LogSection = LogSection()
+    saes: dict[str, SaeSection] = {}
+    supply: SupplySection = SupplySection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -113,6 +158,13 @@ class PeerConfig(msgspec.Struct, frozen=True):
     address: HostPort
 
 
+class SaeConfig(msgspec.Struct, frozen=True):
+    sae_id: str
+    kme: str
+    pqc_public_key: Path | None
+    require_pqc: bool
+
+
 class Config(msgspec.Struct, frozen=True):
     """A validated node configuration with absolute paths."""
 
@@ -131,6 +183,15 @@ class Config(msgspec.Struct, frozen=True):
     policy: PolicySection
     controller: ControllerSection
     log: LogSection
+    api_listen: HostPort | None = None
+    saes: dict[str, SaeConfig] = {}
+    supply: SupplySection = SupplySection()
+
+    pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
+
+    def policy_for(self, master: str, slave: str) -> SupplyPolicy:
+        """The policy of ``[[supply.pairs]]`` for this pair, else ``[supply.default]``."""
+        return self.pair_policies.get((master, slave), self.supply.default)
 
     @property
     def keystore_path(self) -> Path:
@@ -249,6 +310,41 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         raise fail("[log] format:", f"{raw.log.format!r} unknown (known: kv, json)")
     if raw.sync.heartbeat_s * 2 > raw.sync.timeout_s:
         raise fail("[sync] timeout_s:", "must be at least twice heartbeat_s")
+    api_listen = None
+    if raw.listen.api is not None:
+        try:
+            api_listen = parse_host_port(raw.listen.api)
+        except ValueError as exc:
+            raise fail("[listen] api:", str(exc)) from None
+    saes: dict[str, SaeConfig] = {}
+    for sae_id, sae in raw.saes.items():
+        if not re.fullmatch(_ID, sae_id):
+            raise fail(f"[saes.{sae_id}]", "is not a valid SAE id (1-64 of A-Z a-z 0-9 _ . : -)")
+        key = resolve(sae.pqc_public_key) if sae.pqc_public_key else None
+        if sae.require_pqc and key is None:
+            raise fail(f"[saes.{sae_id}] require_pqc:", "needs pqc_public_key")
+        saes[sae_id] = SaeConfig(sae_id, sae.kme, key, sae.require_pqc)
+    for i, pair in enumerate(raw.supply.pairs):
+        for role in ("master", "slave"):
+            if getattr(pair, role) not in saes:
+                raise fail(
+                    f"[[supply.pairs]] #{i + 1} {role}:",
+                    f"{getattr(pair, role)!r} is not in [saes]; add [saes.{getattr(pair, role)}]",
+                )
+    pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
+    for i, pair in enumerate(raw.supply.pairs):
+        where = f"[[supply.pairs]] #{i + 1}"
+        try:
+            pair_policies[(pair.master, pair.slave)] = _merged(raw.supply.default, pair)
+        except msgspec.ValidationError as exc:
+            raise fail(where, str(exc)) from None
+    for where, policy in [
+        ("[supply.default]", raw.supply.default),
+        *((f"[[supply.pairs]] {m}->{s}", p) for (m, s), p in pair_policies.items()),
+    ]:
+        problem = _policy_problem(policy)
+        if problem:
+            raise fail(where, problem)
 
     return Config(
         source=source.resolve(),
@@ -266,4 +362,26 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         policy=raw.policy,
         controller=raw.controller,
         log=raw.log,
+        api_listen=api_listen,
+        saes=saes,
+        supply=raw.supply,
+        pair_policies=pair_policies,
     )
+
+
+def _merged(default: SupplyPolicy, pair: SupplyPairSection) -> SupplyPolicy:
+    """The default with the pair's overrides, validated.  Raises ValidationError."""
+    changes = {
+        f: getattr(pair, f) for f in SupplyPolicy.__struct_fields__ if getattr(pair, f) is not None
+    }
+    return msgspec.convert(
+        {**msgspec.structs.asdict(default), **changes}, SupplyPolicy, strict=True
+    )
+
+
+def _policy_problem(policy: SupplyPolicy) -> str:
+    if not policy.min_key_size <= policy.key_size <= policy.max_key_size:
+        return "needs min_key_size <= key_size <= max_key_size"
+    if policy.derive not in ("none", "hkdf-sha256"):
+        return f"derive {policy.derive!r} unknown (known: none, hkdf-sha256)"
+    return ""
