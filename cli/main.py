@@ -15,8 +15,9 @@ from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
 from .pki import pki  # noqa: E402
+from .qkde import qkde  # noqa: E402
 
-for _command in (demo, pki, lab, status, peers, links, config):
+for _command in (demo, pki, lab, status, peers, links, config, qkde):
     qkmsctl.add_command(_command)
 
 

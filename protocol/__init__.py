@@ -8,6 +8,24 @@ from ._connection import (
     SessionState,
     admin_connection,
 )
+from ._device import (
+    DEFAULT_MAX_DEVICE_FRAME_SIZE,
+    DEVICE_PROTOCOL_VERSIONS,
+    SYNC_WORD,
+    ClientState,
+    DeviceAlarm,
+    DeviceClient,
+    DeviceEndpoint,
+    DeviceFrameDecoder,
+    DeviceHello,
+    DeviceStatus,
+    EndpointState,
+    KeyBlockMsg,
+    Resync,
+    Start,
+    Stop,
+    encode_device_frame,
+)
 from ._errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, encode_frame
 from ._messages import (
@@ -39,6 +57,22 @@ from ._messages import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_DEVICE_FRAME_SIZE",
+    "DEVICE_PROTOCOL_VERSIONS",
+    "SYNC_WORD",
+    "ClientState",
+    "DeviceAlarm",
+    "DeviceClient",
+    "DeviceEndpoint",
+    "DeviceFrameDecoder",
+    "DeviceHello",
+    "DeviceStatus",
+    "EndpointState",
+    "KeyBlockMsg",
+    "Resync",
+    "Start",
+    "Stop",
+    "encode_device_frame",
     "ADMIN_DECODER",
     "ADMIN_MESSAGE_TYPES",
     "DEFAULT_MAX_FRAME_SIZE",

@@ -11,6 +11,7 @@ from ._base import (
 )
 from ._paired import PairedDriver, PairedParams, paired_block
 from ._registry import driver_class, known_drivers, make_driver, register
+from .vendor import VendorSerialDriver, VendorSerialParams, VendorTcpDriver, VendorTcpParams
 
 __all__ = [
     "Driver",
@@ -22,6 +23,10 @@ __all__ = [
     "LinkState",
     "PairedDriver",
     "PairedParams",
+    "VendorSerialDriver",
+    "VendorSerialParams",
+    "VendorTcpDriver",
+    "VendorTcpParams",
     "driver_class",
     "known_drivers",
     "make_driver",

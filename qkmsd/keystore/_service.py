@@ -313,6 +313,18 @@ class ServiceKeyMethods(abc.ABC):
             except sqlite3.IntegrityError:
                 raise KeyStoreError(f"service key {key.key_id}: id already used") from None
 
+    def record_local_service_keys(
+        self,
+        keys: Sequence[CutKey],
+        *,
+        master_sae: str,
+        local_slaves: Sequence[str],
+        expires_at: float,
+    ) -> None:
+        """Record keys that did not come from a QKD link (master and slaves on this node)."""
+        with self._writing() as conn:
+            self._insert_keys(conn, "local", keys, master_sae, local_slaves, expires_at)
+
     # -- serving the slaves ---------------------------------------------------------
 
     def fetch_service_keys(
