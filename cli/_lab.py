@@ -96,6 +96,7 @@ def node_config(
             "listen",
             {
                 "peer": f"127.0.0.1:{ports[node]['peer']}",
+                "api": f"127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),
             },
         ),
@@ -104,6 +105,8 @@ def node_config(
     ]
     for peer in topo.neighbours(node):
         parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
+    for sae, sae_spec in topo.saes.items():
+        parts.append(_table(f'saes."{sae}"', {"kme": sae_spec.kme}))
     for link in topo.links:
         if node not in (link.a, link.b):
             continue

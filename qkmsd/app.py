@@ -14,19 +14,22 @@ from typing import Annotated, Any
 import msgspec
 import trio
 
-from protocol import KeyAnnounce, KeyConfirm, KeyDiscard
+from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, SupplyReserve, SupplyResult
 from qkd_drivers import Driver, driver_class
+from qkms_pqc import HybridPublicKey, PqcError
 
 from .admin import AdminParamsError, AdminServer
 from .config import Config
 from .errors import StartupError
+from .http import serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
 from .peers import PeerManager
 from .storethread import StoreThread
+from .supply import KeySupply
 from .systemd import Notifier
-from .tls import TlsError, peer_context
+from .tls import TlsError, api_context, hybrid_pq_groups_available, peer_context
 
 log = get_logger("qkms.node")
 
@@ -40,6 +43,7 @@ class NodeInfo:
     node_id: str
     peer_port: int
     admin_socket: Path
+    api_port: int | None = None
 
 
 class Node:
@@ -51,6 +55,8 @@ class Node:
         self.started_at = time.time()
         self.keys: KeyManager | None = None
         self.peers: PeerManager | None = None
+        self.supply: KeySupply | None = None
+        self.api_port: int | None = None
 
     async def run(
         self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
@@ -77,6 +83,17 @@ class Node:
                 max_block_age=cfg.policy.max_block_age_s,
                 key_size=cfg.policy.key_size,
             )
+            self.supply = supply = KeySupply(
+                node_id=cfg.node_id,
+                saes=cfg.saes,
+                policy_for=cfg.policy_for,
+                store=store,
+                store_thread=store_thread,
+                send=self._send_to_peer,
+                link_to={link.peer: link_id for link_id, link in reversed(cfg.links.items())},
+                pqc_keys=_pqc_keys(cfg),
+                reserve_timeout=cfg.supply.reserve_timeout_s,
+            )
             self.peers = peers = PeerManager(
                 node_id=cfg.node_id,
                 peers={p.node_id: str(p.address) for p in cfg.peers.values()},
@@ -88,6 +105,8 @@ class Node:
                     KeyAnnounce: keys.on_announce,
                     KeyConfirm: keys.on_confirm,
                     KeyDiscard: keys.on_discard,
+                    SupplyReserve: supply.on_reserve,
+                    SupplyResult: supply.on_result,
                 },
                 on_up=keys.peer_up,
                 on_down=keys.peer_down,
@@ -111,16 +130,35 @@ class Node:
                     raise StartupError(
                         f"peer port {cfg.peer_listen}: {exc.strerror or exc}"
                     ) from None
+                await nursery.start(supply.run)
+                if cfg.api_listen is not None:
+                    self.api_port = await self._start_api(nursery, supply)
                 await nursery.start(admin.run)
                 await nursery.start(self.notifier.watchdog)
                 self.started_at = time.time()
-                info = NodeInfo(cfg.node_id, port, cfg.admin_socket)
+                info = NodeInfo(cfg.node_id, port, cfg.admin_socket, self.api_port)
                 log.info("node.ready", node=cfg.node_id, peer_port=port, links=len(drivers))
                 self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
                 task_status.started(info)
         finally:
             store.close()
             log.info("node.stopped", node=cfg.node_id)
+
+    async def _start_api(self, nursery: trio.Nursery, supply: KeySupply) -> int:
+        cfg = self.config
+        assert cfg.api_listen is not None
+        try:
+            context = api_context(cfg.ca, cfg.cert, cfg.key)
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            port: int = await nursery.start(
+                serve_tcp_tls, supply.handle, context, cfg.api_listen.host, cfg.api_listen.port
+            )
+        except OSError as exc:
+            raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
+        log.info("api.listening", host=cfg.api_listen.host, port=port)
+        return port
 
     async def _send_to_peer(self, peer: str, message: Any) -> bool:
         assert self.peers is not None
@@ -138,6 +176,14 @@ class Node:
             "peer_listen": f"{self.config.peer_listen.host}:{self.peers.port}",
             "peers": self.peers.peers_status(),
             "links": await self.keys.links_status(),
+            "api": None
+            if self.api_port is None
+            else {
+                "listen": f"{self.config.api_listen.host if self.config.api_listen else ''}:"
+                f"{self.api_port}",
+                "hybrid_pq_tls_groups": hybrid_pq_groups_available(),
+                "supply": self.supply.statistics() if self.supply else {},
+            },
         }
 
     async def _peers(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +238,22 @@ def _make_drivers(cfg: Config) -> dict[str, tuple[str, Driver]]:
             driver_class(link.driver)(cfg.link_end(link_id), link.params),
         )
     return drivers
+
+
+def _pqc_keys(cfg: Config) -> dict[str, HybridPublicKey]:
+    keys: dict[str, HybridPublicKey] = {}
+    for sae in cfg.saes.values():
+        if sae.pqc_public_key is None or sae.kme != cfg.node_id:
+            continue
+        try:
+            keys[sae.sae_id] = HybridPublicKey.from_pem(sae.pqc_public_key.read_bytes())
+        except OSError as exc:
+            raise StartupError(
+                f"[saes.{sae.sae_id}] pqc_public_key {sae.pqc_public_key}: {exc.strerror or exc}"
+            ) from None
+        except PqcError as exc:
+            raise StartupError(f"[saes.{sae.sae_id}] pqc_public_key: {exc}") from None
+    return keys
 
 
 def _peer_contexts(cfg: Config) -> tuple[Any, Any]:

@@ -1,0 +1,408 @@
+"""The key supply agent (KSA): ETSI GS QKD 014 key delivery to SAEs.
+
+Theory of operation
+-------------------
+An SAE is known by its TLS client certificate (CN = SAE id, OU = ``sae``) and
+must be attached to this node (``[saes.X] kme``).  ``enc_keys`` from master M
+for slave S, where S is attached to node T:
+
+* T is a neighbour over a QKD link: cut the keys from the blocks of that link
+  this node owns (exact pool bits), then ask T to consume the same bits and
+  record the keys for S (``supply.reserve``) and wait for T's durable
+  ``supply.result``.  Only then answer M.  If T refuses or does not answer in
+  time, the cut bits are burnt, never offered again, and M gets 503.
+* T is this node: the keys come from the node's CSPRNG and are recorded here.
+* Otherwise: 503 until key relay fills end-to-end pools.
+
+``dec_keys`` by S for master M hands out the recorded keys once each; a key that
+exists for M but does not name S is 401; unknown or already fetched is 400.
+Keys for an SAE that registered a hybrid public key are wrapped (``qkms_pqc``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from protocol import ReservedKey, SegmentRef, SupplyReserve, SupplyResult, etsi014
+from qkms_pqc import (
+    ETSI014_CONTEXT,
+    HybridPublicKey,
+    PqcError,
+    wrap,
+    wrapped_key_extension,
+)
+
+from ..config import SaeConfig, SupplyPolicy
+from ..http import Request, Response
+from ..keystore import (
+    CutKey,
+    KeySpec,
+    KeyStore,
+    KeyStoreError,
+    Segment,
+    SegmentRefused,
+)
+from ..log import get_logger
+from ..storethread import StoreThread
+from ._errors import HANDLED, BadRequest, Unauthorised, Unavailable, error_response
+from ._policy import RateLimiter, derive_keys
+
+log = get_logger("qkms.supply")
+
+SendFn = Callable[[str, Any], Awaitable[bool]]
+
+# extension_mandatory names this KME understands.
+EXT_PQC_WRAP = "qkms_pqc_wrap"
+SUPPORTED_MANDATORY = frozenset({EXT_PQC_WRAP})
+
+
+@dataclasses.dataclass
+class _Pending:
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    result: SupplyResult | None = None
+
+
+class KeySupply:
+    """Serves ETSI 014 requests from the node's key pools.  See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        saes: dict[str, SaeConfig],
+        policy_for: Callable[[str, str], SupplyPolicy],
+        store: KeyStore,
+        store_thread: StoreThread,
+        send: SendFn,
+        link_to: dict[str, str],
+        pqc_keys: dict[str, HybridPublicKey],
+        reserve_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self._saes = saes
+        self._policy_for = policy_for
+        self._store = store
+        self._thread = store_thread
+        self._send = send
+        self._link_to = link_to
+        self._pqc_keys = pqc_keys
+        self._reserve_timeout = reserve_timeout
+        self._clock = clock
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._limits = RateLimiter(clock=trio.current_time)
+        self._counts = {"enc_keys": 0, "dec_keys": 0, "keys_out": 0, "refused": 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Erase service keys past their validity, once a second, until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            expired = await self._thread.call(self._store.expire_service_keys)
+            if expired:
+                log.info("supply.keys_expired", count=expired)
+
+    # --- HTTP ----------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one ETSI 014 request.  Never raises for bad input."""
+        try:
+            caller = self._caller(request)
+            call = etsi014.parse_api_path(request.method, request.target)
+            if call.kind is etsi014.ApiKind.STATUS:
+                return await self._status(caller, call.sae_id)
+            if call.kind is etsi014.ApiKind.ENC_KEYS:
+                req = call.key_request
+                if req is None:
+                    req = etsi014.decode_key_request(request.body)
+                return await self._enc_keys(caller, call.sae_id, req)
+            ids = call.key_ids
+            if ids is None:
+                ids = etsi014.decode_key_ids(request.body)
+            return await self._dec_keys(caller, call.sae_id, ids)
+        except HANDLED as exc:
+            if not isinstance(exc, Unauthorised):
+                self._counts["refused"] += 1
+            return error_response(exc)
+
+    def _caller(self, request: Request) -> str:
+        peer = request.peer
+        if peer is None or peer.role != "sae":
+            raise Unauthorised("no SAE certificate")
+        sae = self._saes.get(peer.common_name)
+        if sae is None or sae.kme != self.node_id:
+            raise Unauthorised(f"SAE {peer.common_name} is not attached to {self.node_id}")
+        return peer.common_name
+
+    def _target(self, master: str, slave: str) -> SaeConfig:
+        if slave == master:
+            raise BadRequest("master and slave SAE must differ")
+        sae = self._saes.get(slave)
+        if sae is None:
+            raise BadRequest(f"unknown slave SAE {slave!r}")
+        return sae
+
+    async def _status(self, master: str, slave: str) -> Response:
+        target = self._target(master, slave)
+        policy = self._policy_for(master, slave)
+        stored = 0
+        if target.kme == self.node_id:
+            stored = policy.max_stored_keys
+        elif target.kme in self._link_to:
+            pool = await self._thread.call(self._store.pool, self._link_to[target.kme])
+            stored = min(policy.max_stored_keys, pool.owned_ready_bits // policy.key_size)
+        status = etsi014.Status(
+            source_KME_ID=self.node_id,
+            target_KME_ID=target.kme,
+            master_SAE_ID=master,
+            slave_SAE_ID=slave,
+            key_size=policy.key_size,
+            stored_key_count=stored,
+            max_key_count=policy.max_stored_keys,
+            max_key_per_request=policy.max_key_per_request,
+            max_key_size=policy.max_key_size,
+            min_key_size=policy.min_key_size,
+            max_SAE_ID_count=policy.max_sae_id_count,
+        )
+        return Response(200, etsi014.encode_json(status))
+
+    async def _enc_keys(self, master: str, slave: str, req: etsi014.KeyRequest) -> Response:
+        target = self._target(master, slave)
+        policy = self._policy_for(master, slave)
+        number = 1 if req.number is None else req.number
+        size = policy.key_size if req.size is None else req.size
+        if size % 8:
+            raise BadRequest(etsi014.MSG_SIZE_NOT_MULTIPLE_OF_8)
+        if not policy.min_key_size <= size <= policy.max_key_size:
+            raise BadRequest(
+                f"size {size} outside {policy.min_key_size}..{policy.max_key_size} bits"
+            )
+        if number > policy.max_key_per_request:
+            raise BadRequest(
+                f"number {number} exceeds max_key_per_request {policy.max_key_per_request}"
+            )
+        # Wrapping follows the SAE's registration; the extension only insists on it.
+        self._check_mandatory_extensions(master, req.extension_mandatory or [])
+        slaves = self._slaves(master, slave, target, req.additional_slave_SAE_IDs or [], policy)
+        self._limits.take((master, slave), number, policy)
+
+        key_ids = [str(uuid.uuid4()) for _ in range(number)]
+        expires_at = self._clock() + policy.key_validity_s
+        here = [s for s in slaves if self._saes[s].kme == self.node_id]
+        there = [s for s in slaves if s not in here]
+        if target.kme == self.node_id:
+            keys = [CutKey(k, (), os.urandom(size // 8)) for k in key_ids]
+            await self._thread.call(
+                self._store.record_local_service_keys,
+                keys,
+                master_sae=master,
+                local_slaves=here,
+                expires_at=expires_at,
+            )
+        elif target.kme in self._link_to:
+            keys = await self._cut_and_reserve(
+                master, target.kme, key_ids, size, here, there, expires_at
+            )
+        else:
+            raise Unavailable(
+                f"no QKD link from {self.node_id} to {target.kme} (SAE {slave}); keys for SAEs "
+                "on distant nodes need key relay, which this node does not offer yet"
+            )
+        self._counts["enc_keys"] += 1
+        self._counts["keys_out"] += number
+        delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])
+        return self._container(master, delivered)
+
+    def _check_mandatory_extensions(
+        self, master: str, extensions: Sequence[dict[str, Any]]
+    ) -> None:
+        names = [name for ext in extensions for name in ext]
+        unsupported = [n for n in names if n not in SUPPORTED_MANDATORY]
+        if unsupported:
+            raise BadRequest(
+                etsi014.MSG_EXTENSION_MANDATORY_UNSUPPORTED,
+                details=[{"extension_mandatory_unsupported": n} for n in unsupported],
+            )
+        want = any(ext.get(EXT_PQC_WRAP) for ext in extensions)
+        if want and master not in self._pqc_keys:
+            raise BadRequest(
+                etsi014.MSG_EXTENSION_MANDATORY_UNMET,
+                details=[{EXT_PQC_WRAP: f"no PQC public key registered for {master}"}],
+            )
+
+    def _slaves(
+        self,
+        master: str,
+        slave: str,
+        target: SaeConfig,
+        additional: Sequence[str],
+        policy: SupplyPolicy,
+    ) -> list[str]:
+        if len(additional) > policy.max_sae_id_count:
+            raise BadRequest(
+                f"{len(additional)} additional_slave_SAE_IDs exceed max_SAE_ID_count "
+                f"{policy.max_sae_id_count}"
+            )
+        slaves = [slave]
+        for extra in additional:
+            sae = self._saes.get(extra)
+            if sae is None:
+                raise BadRequest(f"unknown additional slave SAE {extra!r}")
+            if extra == master or extra in slaves:
+                raise BadRequest(f"additional slave SAE {extra!r} repeats the master or a slave")
+            if sae.kme not in (target.kme, self.node_id):
+                raise BadRequest(
+                    f"additional slave SAE {extra!r} is attached to {sae.kme}; this KME serves "
+                    f"additional slaves attached to {target.kme} or {self.node_id} only"
+                )
+            slaves.append(extra)
+        return slaves
+
+    async def _cut_and_reserve(
+        self,
+        master: str,
+        target_kme: str,
+        key_ids: list[str],
+        size: int,
+        here: list[str],
+        there: list[str],
+        expires_at: float,
+    ) -> list[CutKey]:
+        link_id = self._link_to[target_kme]
+        keys: list[CutKey] = await self._thread.call(
+            self._store.cut_service_keys,
+            link_id,
+            [(k, size // 8) for k in key_ids],
+            master_sae=master,
+            local_slaves=here,
+            expires_at=expires_at,
+        )
+        request_id = self._next_id
+        self._next_id += 1
+        message = SupplyReserve(
+            id=request_id,
+            link_id=link_id,
+            master_sae=master,
+            slave_saes=there,
+            expires_at=expires_at,
+            keys=[
+                ReservedKey(
+                    key_id=k.key_id,
+                    segments=[SegmentRef(s.block_id, s.offset, s.length) for s in k.segments],
+                )
+                for k in keys
+            ],
+        )
+        pending = self._pending[request_id] = _Pending()
+        try:
+            if not await self._send(target_kme, message):
+                raise Unavailable(f"target KME {target_kme} is unreachable")
+            with trio.move_on_after(self._reserve_timeout):
+                await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+        result = pending.result
+        if result is None:
+            log.warning("supply.reserve_timeout", peer=target_kme, keys=len(keys))
+            raise Unavailable(f"target KME {target_kme} did not confirm the keys in time")
+        if not result.ok:
+            log.warning("supply.reserve_refused", peer=target_kme, code=result.code)
+            raise Unavailable(f"target KME {target_kme} refused the keys: {result.message}")
+        return keys
+
+    async def _dec_keys(self, slave: str, master: str, ids: etsi014.KeyIDs) -> Response:
+        key_ids = [ref.key_ID.lower() for ref in ids.key_IDs]
+        if len(set(key_ids)) != len(key_ids):
+            raise BadRequest("key_IDs repeats a key ID")
+        got = await self._thread.call(
+            self._store.fetch_service_keys, key_ids, master_sae=master, requester=slave
+        )
+        self._counts["dec_keys"] += 1
+        self._counts["keys_out"] += len(got)
+        return self._container(slave, derive_keys(self._policy_for(master, slave), got))
+
+    def _container(self, sae: str, keys: list[tuple[str, bytes]]) -> Response:
+        public = self._pqc_keys.get(sae)
+        if public is None:
+            container = etsi014.KeyContainer(keys=[etsi014.Key(key_ID=k, key=v) for k, v in keys])
+        else:
+            try:
+                bundle = wrap(public, keys, context=ETSI014_CONTEXT)
+            except PqcError as exc:
+                raise Unavailable(f"cannot wrap keys for {sae}: {exc}") from None
+            container = etsi014.KeyContainer(
+                keys=[
+                    etsi014.Key(
+                        key_ID=w.key_id, key=w.ciphertext, key_extension=wrapped_key_extension()
+                    )
+                    for w in bundle.keys
+                ],
+                key_container_extension=bundle.container_extension(),
+            )
+        return Response(200, etsi014.encode_json(container))
+
+    # --- peer messages -------------------------------------------------------------
+
+    async def on_reserve(self, peer: str, message: SupplyReserve) -> None:
+        """Record keys the peer cut for slaves attached here; answer with ``supply.result``."""
+        code, text = "", ""
+        if self._link_to.get(peer) != message.link_id:
+            code, text = "unknown-link", f"{message.link_id} is not our link with {peer}"
+        local = [
+            s for s in message.slave_saes if (c := self._saes.get(s)) and c.kme == self.node_id
+        ]
+        if not code and not local:
+            code, text = "no-slave-here", f"none of the slave SAEs is attached to {self.node_id}"
+        if not code:
+            code, text = await self._record(message, local)
+        if code:
+            log.warning("supply.reserve_refused_here", peer=peer, code=code)
+        await self._send(
+            peer, SupplyResult(id=message.id, ok=not code, code=code, message=text[:1000])
+        )
+
+    async def _record(self, message: SupplyReserve, local: list[str]) -> tuple[str, str]:
+        for slave in local:
+            limit = self._policy_for(message.master_sae, slave).max_stored_keys
+            stored = await self._thread.call(
+                self._store.stored_service_keys, message.master_sae, slave
+            )
+            if stored + len(message.keys) > limit:
+                return "stored-keys-full", f"{slave} already holds {stored} of {limit} keys"
+        specs = [
+            KeySpec(k.key_id, tuple(Segment(s.block_id, s.offset, s.length) for s in k.segments))
+            for k in message.keys
+        ]
+        try:
+            await self._thread.call(
+                self._store.record_service_keys,
+                message.link_id,
+                specs,
+                master_sae=message.master_sae,
+                local_slaves=local,
+                expires_at=message.expires_at,
+            )
+        except SegmentRefused as exc:
+            return "segment-refused", str(exc)
+        except KeyStoreError as exc:
+            return "store-error", str(exc)
+        return "", ""
+
+    async def on_result(self, peer: str, message: SupplyResult) -> None:
+        pending = self._pending.get(message.id)
+        if pending is None:
+            log.warning("supply.result_unexpected", peer=peer, id=message.id)
+            return
+        pending.result = message
+        pending.done.set()
+
+    def statistics(self) -> dict[str, Any]:
+        return dict(self._counts)
