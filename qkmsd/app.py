@@ -157,7 +157,6 @@ class Node:
             )
         except OSError as exc:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
-        log.info("api.listening", host=cfg.api_listen.host, port=port)
         return port
 
     async def _send_to_peer(self, peer: str, message: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import msgpack
@@ -23,6 +24,9 @@ from protocol import (
     KeyAnnounce,
     LocalProtocolError,
     RemoteProtocolError,
+    ReservedKey,
+    SegmentRef,
+    SupplyReserve,
     admin_connection,
     to_wire,
 )
@@ -49,6 +53,28 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
             st.text(max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)
         ),
         "result": st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**63 - 1)),
+        "master_sae": node_ids,
+        "slave_saes": st.lists(node_ids, min_size=1, max_size=4),
+        "expires_at": st.floats(0, 1e10),
+        "keys": st.lists(
+            st.builds(
+                ReservedKey,
+                key_id=st.uuids().map(str),
+                segments=st.lists(
+                    st.builds(
+                        SegmentRef,
+                        st.integers(0, 2**63 - 1),
+                        st.integers(0, 2**32 - 1),
+                        st.integers(1, 2**32 - 1),
+                    ),
+                    min_size=1,
+                    max_size=3,
+                ),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        "ok": st.booleans(),
     }
     fields = {f: overrides[f] for f in cls.__struct_fields__}
     return st.builds(cls, **fields)
@@ -70,6 +96,22 @@ def test_every_message_round_trips_and_is_plain_msgpack(
     plain = msgpack.unpackb(body, raw=False)
     assert isinstance(plain, dict)
     assert plain["type"] == cls.__struct_config__.tag
+
+
+def test_segments_travel_as_compact_arrays() -> None:
+    key = ReservedKey(key_id=str(uuid.UUID(int=1)), segments=[SegmentRef(7, 0, 32)])
+    assert msgpack.unpackb(
+        to_wire(
+            SupplyReserve(
+                id=1,
+                link_id="A~B",
+                master_sae="SAE_A",
+                slave_saes=["SAE_B"],
+                expires_at=1.0,
+                keys=[key],
+            )
+        )
+    )["keys"] == [{"key_id": key.key_id, "segments": [[7, 0, 32]]}]
 
 
 def test_a_frame_built_with_the_msgpack_package_decodes() -> None:
