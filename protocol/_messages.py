@@ -57,11 +57,23 @@ class Pong(_Message, tag="pong", frozen=True):
     nonce: U63
 
 
+DeviceRef = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
 class KeyAnnounce(_Message, tag="key.announce", frozen=True):
-    """I hold these blocks of ``link_id`` from my QKD device."""
+    """I hold these blocks of ``link_id`` from my QKD device.
+
+    ``refs``, when present, is parallel to ``block_ids``: the device's own name for each
+    block (an ETSI 014 key ID of an upstream KME), for drivers that fetch by reference.
+    """
 
     link_id: LinkId
     block_ids: BlockIds
+    refs: Annotated[list[DeviceRef], msgspec.Meta(max_length=MAX_IDS_PER_MESSAGE)] = []
+
+    def __post_init__(self) -> None:
+        if self.refs and len(self.refs) != len(self.block_ids):
+            raise ValueError("refs must be empty or as long as block_ids")
 
 
 class KeyConfirm(_Message, tag="key.confirm", frozen=True):

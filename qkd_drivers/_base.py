@@ -43,6 +43,8 @@ class KeyBlock:
     qber: float
     produced_at: float
     secret_key_rate: float | None = None
+    ref: str | None = None
+    """The device's own name for the block (e.g. an upstream ETSI 014 key ID), if any."""
 
     @property
     def size_bits(self) -> int:
@@ -129,3 +131,15 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def health(self) -> DriverHealth: ...
+
+    fetches_by_reference: ClassVar[bool] = False
+    """True for drivers whose blocks at this end must be fetched by the peer's reference
+    (``KeyBlock.ref``), e.g. the slave end of an upstream ETSI 014 KME pair."""
+
+    async def fetch(self, refs: list[tuple[int, str]]) -> None:
+        """Ask the device for blocks the other end announced as ``(block_id, ref)``.
+
+        The blocks come out of ``blocks()`` under those ids.  Only drivers with
+        ``fetches_by_reference`` implement it.
+        """
+        raise NotImplementedError(f"driver {self.kind!r} does not fetch by reference")

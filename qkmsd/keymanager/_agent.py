@@ -65,6 +65,7 @@ class _Link:
     peer: str
     driver: Driver
     to_announce: set[int] = dataclasses.field(default_factory=set)
+    refs: dict[int, str] = dataclasses.field(default_factory=dict)
     peer_has: dict[int, float] = dataclasses.field(default_factory=dict)
     connected_since: float | None = None
     blocks_in: int = 0
@@ -153,6 +154,8 @@ class KeyManager:
             await self._send_ids(link, KeyConfirm, ready)
         else:
             link.to_announce.add(block.block_id)
+            if block.ref is not None:
+                link.refs[block.block_id] = block.ref
             self._wake_announcer.set()
 
     async def _announcer(self) -> None:
@@ -164,7 +167,7 @@ class KeyManager:
                 if link.to_announce and link.connected_since is not None:
                     ids = sorted(link.to_announce)
                     link.to_announce.clear()
-                    await self._send_ids(link, KeyAnnounce, ids)
+                    await self._announce(link, ids)
 
     async def _sweeper(self) -> None:
         last_checkpoint = self._clock()
@@ -210,7 +213,7 @@ class KeyManager:
             link.connected_since = self._clock()
             link.to_announce.clear()
             pending = await self._thread.call(self._store.unconfirmed, link.link_id)
-            await self._send_ids(link, KeyAnnounce, pending)
+            await self._announce(link, pending)
 
     async def peer_down(self, peer: str) -> None:
         for link in self._links_of(peer):
@@ -226,9 +229,14 @@ class KeyManager:
         for block_id in ids:
             if block_id not in states:
                 link.peer_has[block_id] = now
+        if message.refs and link.driver.fetches_by_reference:
+            wanted = [(i, r) for i, r in zip(message.block_ids, message.refs, strict=True)]
+            await link.driver.fetch([(i, r) for i, r in wanted if i not in states])
         received = [i for i in ids if states.get(i) is KeyState.RECEIVED]
         moved = await self._thread.call(self._store.mark_ready, link.link_id, received)
         confirm = moved + [i for i in ids if states.get(i) in _HELD_BY_US]
+        for block_id in confirm:
+            link.refs.pop(block_id, None)
         refuse = [i for i in ids if states.get(i) in _DROPPED]
         link.to_announce.difference_update(confirm)
         await self._send_ids(link, KeyConfirm, sorted(confirm))
@@ -246,6 +254,8 @@ class KeyManager:
             [i for i in ids if states.get(i) is KeyState.RECEIVED],
         )
         link.to_announce.difference_update(ids)
+        for block_id in ids:
+            link.refs.pop(block_id, None)
         refuse = [i for i in ids if states.get(i) in _DROPPED]
         await self._send_ids(link, KeyDiscard, refuse, reason="discarded")
 
@@ -256,6 +266,7 @@ class KeyManager:
         ids = sorted(set(message.block_ids))
         for block_id in ids:
             link.peer_has.pop(block_id, None)
+            link.refs.pop(block_id, None)
         link.to_announce.difference_update(ids)
         gone = await self._thread.call(
             self._store.discard, link.link_id, ids, f"peer:{message.reason}"[:64]
@@ -320,6 +331,20 @@ class KeyManager:
             log.warning("peer.unknown_link", peer=peer, link=link_id)
             return None
         return link
+
+    async def _announce(self, link: _Link, ids: Sequence[int]) -> None:
+        """Announce ``ids``, with their device references when the driver gave any."""
+        if not any(i in link.refs for i in ids):
+            await self._send_ids(link, KeyAnnounce, ids)
+            return
+        known = [i for i in ids if i in link.refs]
+        await self._send_ids(link, KeyAnnounce, [i for i in ids if i not in link.refs])
+        for start in range(0, len(known), MAX_IDS_PER_MESSAGE):
+            chunk = known[start : start + MAX_IDS_PER_MESSAGE]
+            refs = [link.refs[i] for i in chunk]
+            await self._send(
+                link.peer, KeyAnnounce(link_id=link.link_id, block_ids=chunk, refs=refs)
+            )
 
     async def _send_ids(
         self, link: _Link, kind: type[Any], ids: Sequence[int], **extra: str

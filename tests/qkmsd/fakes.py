@@ -129,3 +129,19 @@ def make_end(
     )
     wire.attach(node, manager)
     return End(node, store, driver, manager)
+
+
+class ReferenceDriver(ScriptedDriver):
+    """A slave-end driver that gets its blocks by the peer's references (like ETSI 014 dec_keys)."""
+
+    fetches_by_reference = True
+
+    def __init__(self, link: LinkEnd, device: dict[str, bytes]) -> None:
+        super().__init__(link)
+        self.device = device
+        self.fetched: list[tuple[int, str]] = []
+
+    async def fetch(self, refs: list[tuple[int, str]]) -> None:
+        self.fetched.extend(refs)
+        for block_id, ref in refs:
+            await self.emit(block_id, self.device[ref])

@@ -9,10 +9,11 @@ import pytest
 import trio
 
 from protocol import KeyDiscard
+from qkd_drivers import KeyBlock
 from qkmsd.keymanager import owns_block
 from qkmsd.keystore import KeyState
 
-from .fakes import LINK, End, Wire, make_end
+from .fakes import LINK, End, ReferenceDriver, Wire, make_end
 
 
 @pytest.fixture
@@ -130,3 +131,24 @@ async def test_driver_resumes_after_the_highest_stored_block(
 ) -> None:
     a, _, _ = pair
     assert a.driver.after_seen == [None]
+
+
+async def test_a_driver_that_fetches_by_reference_gets_the_peers_references(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    device = {"key-id-1": b"r" * 32}
+    wire = Wire()
+    a = make_end("KME_A", "KME_B", tmp_path, wire, trio.current_time)
+    b = make_end("KME_B", "KME_A", tmp_path, wire, trio.current_time)
+    b.driver = ReferenceDriver(b.driver.link, device)
+    b.manager._links[LINK].driver = b.driver
+    nursery.start_soon(wire.run)
+    await nursery.start(a.manager.run)
+    await nursery.start(b.manager.run)
+    await wire.connect()
+    await a.driver._send.send(KeyBlock(LINK, 42, device["key-id-1"], 0.01, 0.0, ref="key-id-1"))
+    await trio.sleep(2)
+    assert b.driver.fetched == [(42, "key-id-1")]
+    assert state(a, 42) is state(b, 42) is KeyState.READY
+    a.store.close()
+    b.store.close()
