@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from cli._admin import AdminClient, AdminError
 from cli.main import qkmsctl
-from qkd_drivers import paired_block
+from qkd_drivers import known_drivers, paired_block
 from qkmsd.config import Config, load_config
 from qkmsd.keystore import HOLDS_MATERIAL, KeyStore, load_master_key
 
@@ -196,7 +196,7 @@ BAD_CONFIGS: dict[str, tuple[Callable[[str], str], str]] = {
     # name: (how to break a valid config, what the one line must name)
     "unknown driver": (
         lambda t: t.replace('driver = "paired"', 'driver = "bb48"'),
-        "[links.KME_A~KME_B] driver 'bb48' unknown (known: paired)",
+        f"[links.KME_A~KME_B] driver 'bb48' unknown (known: {', '.join(known_drivers())})",
     ),
     "missing node id": (
         lambda t: t.replace('id = "KME_A"\n', ""),
