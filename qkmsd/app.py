@@ -71,7 +71,7 @@ class Node:
         try:
             drivers = _make_drivers(cfg)
             server_ctx, client_ctx = _peer_contexts(cfg)
-            store_thread = StoreThread()
+            store_thread = StoreThread(store)
             self.keys = keys = KeyManager(
                 node_id=cfg.node_id,
                 store=store,
@@ -123,6 +123,7 @@ class Node:
                 },
             )
             async with trio.open_nursery() as nursery:
+                await nursery.start(store_thread.run)
                 await nursery.start(keys.run)
                 try:
                     port = await nursery.start(peers.run)

@@ -140,7 +140,8 @@ class KeyStore(ServiceKeyMethods):
         self._key = master_key
         self._lock_fd = lock_fd
         self._clock = clock
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
+        self._batch_depth = 0
 
     @classmethod
     def open(
@@ -512,17 +513,49 @@ class KeyStore(ServiceKeyMethods):
     # -- transactions -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def batch(self) -> Iterator[None]:
+        """Run several calls in one transaction: one commit, one fsync for all of them.
+
+        Inside a batch each write runs under its own savepoint, so a call that fails
+        undoes only its own changes.  Nothing is durable until the batch commits; a
+        caller must not act on a result (or tell anyone) before ``batch`` returns.
+        """
         with self._mutex:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._batch_depth += 1
                 try:
-                    yield conn
+                    yield
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._batch_depth -= 1
+            except sqlite3.Error as exc:
+                raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            conn = self._connection()
+            begin, commit, undo = (
+                ("SAVEPOINT op", "RELEASE op", "ROLLBACK TO op")
+                if self._batch_depth
+                else ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+            )
+            try:
+                conn.execute(begin)
+                try:
+                    yield conn
+                    conn.execute(commit)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute(undo)
+                        if self._batch_depth:
+                            conn.execute("RELEASE op")
                     raise
             except sqlite3.Error as exc:
                 raise KeyStoreError(f"key store {self._path}: {exc}") from exc

@@ -1,0 +1,72 @@
+"""Group commit: concurrent store calls share a transaction, each keeps its own result."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from qkmsd.keystore import KeyState, KeyStore, KeyStoreError, NewBlock
+from qkmsd.storethread import StoreThread
+
+LINK = "A~B"
+
+
+def block(i: int, link: str = LINK) -> NewBlock:
+    return NewBlock(link, i, os.urandom(32), 0.01, 1.0, True)
+
+
+async def test_concurrent_calls_share_commits_and_get_their_own_results(tmp_path: Path) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store)
+        results: dict[int, list[int]] = {}
+
+        async def add(i: int) -> None:
+            results[i] = await thread.call(store.add_blocks, [block(i)])
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            async with trio.open_nursery() as callers:
+                for i in range(60):
+                    callers.start_soon(add, i)
+            nursery.cancel_scope.cancel()
+        assert results == {i: [i] for i in range(60)}
+        assert thread.calls == 60
+        assert thread.batches < 60
+        assert store.states(LINK, range(60)) == {i: KeyState.RECEIVED for i in range(60)}
+
+
+async def test_a_failing_call_undoes_only_itself(tmp_path: Path) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        store.add_blocks([block(1)])
+        store.mark_ready(LINK, [1])
+        thread = StoreThread(store)
+        outcome: dict[str, object] = {}
+
+        async def good() -> None:
+            outcome["good"] = await thread.call(store.add_blocks, [block(2)])
+
+        async def bad() -> None:
+            with pytest.raises(KeyStoreError):
+                # A duplicate key id inside one call fails after writing part of it.
+                await thread.call(
+                    store.cut_service_keys,
+                    LINK,
+                    [("00000000-0000-0000-0000-000000000001", 8)] * 2,
+                    master_sae="S",
+                    local_slaves=["T"],
+                    expires_at=1e12,
+                )
+            outcome["bad"] = "raised"
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            async with trio.open_nursery() as callers:
+                callers.start_soon(bad)
+                callers.start_soon(good)
+            nursery.cancel_scope.cancel()
+        assert outcome == {"good": [2], "bad": "raised"}
+        # The failed cut consumed nothing: the block is untouched.
+        assert store.pool(LINK).ready_bits == 256
