@@ -6,10 +6,11 @@ A service key is exact pool bits, never stretched.  The end that owns a block
 (see ``qkmsd.keymanager.owns_block``) cuts keys from it front to back and
 advances the block's ``used_bits``; the cut is described by segments
 ``(block_id, offset, length)`` in bytes.  The other end of the link consumes the
-same segments from its copy of the block, and only ever forwards (an offset
-below its own cursor is refused), so no bit is handed out twice at either end.
-A block whose bits are all cut moves READY -> RESERVED -> DELIVERED -> ERASED
-and its material is erased.
+same segments from its copy of the block.  Concurrent requests may reach it out
+of order, so it records each consumed byte range and refuses any segment that
+overlaps one: no bit is handed out twice at either end.  A block whose bits are
+all used moves READY -> RESERVED -> DELIVERED -> ERASED and its material is
+erased.
 
 Each end keeps a row per service key for the SAEs it still has to serve (the
 slaves attached to it), encrypted like blocks, in state RESERVED.  When every
@@ -55,6 +56,14 @@ SERVICE_KEYS_SCHEMA: Final = (
     )""",
     "CREATE INDEX service_keys_by_state ON service_keys (state, expires_at)",
     "CREATE INDEX service_keys_by_pair ON service_keys (master_sae, state)",
+    # Byte ranges consumed from blocks the other end owns (it may reserve out of order).
+    """CREATE TABLE consumed (
+        link_id TEXT NOT NULL,
+        block_id INTEGER NOT NULL,
+        start INTEGER NOT NULL CHECK (start >= 0),
+        stop INTEGER NOT NULL CHECK (stop > start)
+    )""",
+    "CREATE INDEX consumed_by_block ON consumed (link_id, block_id, start)",
 )
 
 
@@ -206,22 +215,37 @@ class ServiceKeyMethods(abc.ABC):
                 raise SegmentRefused(f"service key {spec.key_id}: 1 to 64 segments")
         out: list[CutKey] = []
         with self._writing() as conn:
-            cursors: dict[int, tuple[int, int, bytes]] = {}  # id -> used, size, plain
+            blocks: dict[int, tuple[int, int, bytes]] = {}  # id -> used, size, plain
             for spec in specs:
                 parts = []
                 for seg in spec.segments:
-                    if seg.block_id not in cursors:
-                        cursors[seg.block_id] = self._peer_block(conn, link_id, seg.block_id)
-                    used, total, plain = cursors[seg.block_id]
-                    if seg.length <= 0 or seg.offset < used or seg.offset + seg.length > total:
+                    if seg.block_id not in blocks:
+                        blocks[seg.block_id] = self._peer_block(conn, link_id, seg.block_id)
+                    used, total, plain = blocks[seg.block_id]
+                    start, stop = seg.offset, seg.offset + seg.length
+                    if seg.length <= 0 or start < 0 or stop > total:
                         raise SegmentRefused(
-                            f"link {link_id}: segment {seg.block_id}[{seg.offset}:+{seg.length}]"
-                            f" outside the unused part [{used}:{total}]"
+                            f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
+                            f" outside the block's {total} bytes"
                         )
-                    parts.append(plain[seg.offset : seg.offset + seg.length])
-                    cursors[seg.block_id] = (seg.offset + seg.length, total, plain)
+                    clash = conn.execute(
+                        "SELECT start, stop FROM consumed WHERE link_id = ? AND block_id = ?"
+                        " AND start < ? AND stop > ? LIMIT 1",
+                        (link_id, seg.block_id, stop, start),
+                    ).fetchone()
+                    if clash is not None:
+                        raise SegmentRefused(
+                            f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
+                            f" overlaps bytes already used [{clash[0]}:{clash[1]}]"
+                        )
+                    conn.execute(
+                        "INSERT INTO consumed (link_id, block_id, start, stop) VALUES (?, ?, ?, ?)",
+                        (link_id, seg.block_id, start, stop),
+                    )
+                    parts.append(plain[start:stop])
+                    blocks[seg.block_id] = (used + seg.length, total, plain)
                 out.append(CutKey(spec.key_id, spec.segments, b"".join(parts)))
-            self._advance(conn, link_id, [(b, used) for b, (used, _, _) in cursors.items()])
+            self._advance(conn, link_id, [(b, used) for b, (used, _, _) in blocks.items()])
             if local_slaves:
                 self._insert_keys(conn, link_id, out, master_sae, local_slaves, expires_at)
         return out
@@ -269,6 +293,9 @@ class ServiceKeyMethods(abc.ABC):
                 (KeyState.DELIVERED, KeyState.ERASED),
             ):
                 check_transition(old, new)
+            conn.execute(
+                "DELETE FROM consumed WHERE link_id = ? AND block_id = ?", (link_id, block_id)
+            )
             conn.execute(
                 "UPDATE blocks SET used_bits = size_bits, state = 'erased', state_changed_at = ?,"
                 " reason = 'all bits delivered', nonce = NULL, material = NULL"

@@ -109,6 +109,7 @@ def test_only_owned_blocks_are_cut(link: Link) -> None:
     [
         Segment(9, 0, 8),  # unknown block
         Segment(0, 60, 8),  # past the end
+        Segment(0, -1, 8),  # before the start
         Segment(0, 0, 0),  # empty
     ],
 )
@@ -129,8 +130,11 @@ def test_segments_the_peer_cannot_consume_are_refused_and_nothing_changes(
 def test_the_peer_never_consumes_the_same_bits_twice(link: Link) -> None:
     keys = cut(link, 16)
     record(link, keys)
-    with pytest.raises(SegmentRefused, match="outside the unused part"):
+    with pytest.raises(SegmentRefused, match="overlaps bytes already used"):
         record(link, [type(keys[0])(kid(), keys[0].segments, b"")])
+    shifted = (Segment(0, 8, 16),)
+    with pytest.raises(SegmentRefused, match="overlaps"):
+        record(link, [type(keys[0])(kid(), shifted, b"")])
 
 
 def test_the_peer_refuses_to_consume_blocks_it_owns(link: Link) -> None:
@@ -144,11 +148,22 @@ def test_the_peer_refuses_to_consume_blocks_it_owns(link: Link) -> None:
         )
 
 
-def test_a_skipped_range_is_burnt_not_reused(link: Link) -> None:
+def test_reservations_may_arrive_out_of_order(link: Link) -> None:
     first, second = cut(link, 8), cut(link, 8)
-    record(link, second)  # the reservation of `first` never reached the peer
+    assert [k.key for k in record(link, second)] == [k.key for k in second]
+    assert [k.key for k in record(link, first)] == [k.key for k in first]
+
+
+def test_overlap_within_one_reservation_is_refused_whole(link: Link) -> None:
+    twice = [KeySpec(kid(), (Segment(1, 0, 8),)), KeySpec(kid(), (Segment(1, 4, 8),))]
     with pytest.raises(SegmentRefused):
-        record(link, first)
+        link.peer.record_service_keys(
+            LINK, twice, master_sae="SAE_A", local_slaves=("SAE_B",), expires_at=2e6
+        )
+    again = link.peer.record_service_keys(  # nothing was consumed by the refused one
+        LINK, twice[:1], master_sae="SAE_A", local_slaves=("SAE_B",), expires_at=2e6
+    )
+    assert again[0].key == link.material[1][:8]
 
 
 def test_named_slaves_fetch_once_then_the_key_is_erased(link: Link) -> None:
