@@ -25,6 +25,7 @@ from ._estimation import (
     QberSample,
     asymptotic_estimate,
     count,
+    count_classes,
     sample_qber,
 )
 from ._finite_key import FiniteKeyBound, finite_key_length
@@ -45,6 +46,7 @@ from ._simulate import (
     DetectionRecord,
     Eve,
     class_probabilities,
+    event_counts,
     outcome_probabilities,
     parse_eve,
     pns_strategy,
@@ -76,7 +78,9 @@ __all__ = [
     "block_sizes",
     "cascade",
     "class_probabilities",
+    "event_counts",
     "count",
+    "count_classes",
     "finite_key_length",
     "gllp_rate",
     "h2",

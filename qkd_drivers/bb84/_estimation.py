@@ -83,6 +83,26 @@ def count(record: DetectionRecord, sifted: SiftedKey, keep: BoolArr) -> DecoyCou
     )
 
 
+def count_classes(classes: I64, params: Bb84Params) -> DecoyCounts:
+    """The counts of an ``event_counts`` table (no bits drawn: for very large blocks).
+
+    The QBER sample is taken as its expected share of the key-basis detections.
+    """
+    det = classes[..., 1:4].sum(axis=-1)
+    err = classes[..., 2] + classes[..., 4]
+    keep = np.floor(det[:, X, X] * (1.0 - params.qber_sample_fraction)).astype(np.int64)
+    sifted = det[:, X, X] + det[:, Z, Z]
+    return DecoyCounts(
+        sent=classes[..., :4].sum(axis=(1, 2, 3)).astype(np.int64),
+        detections=det.sum(axis=(1, 2)).astype(np.int64),
+        n_x=keep,
+        n_z=det[:, Z, Z].astype(np.int64),
+        m_z=err[:, Z, Z].astype(np.int64),
+        sifted=sifted.astype(np.int64),
+        sifted_errors=(err[:, X, X] + err[:, Z, Z]).astype(np.int64),
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AsymptoticEstimate:
     """Gains, QBERs and Lo–Ma–Chen bounds from observed counts, and the rate they imply."""
