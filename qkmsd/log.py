@@ -64,7 +64,10 @@ class EventLogger:
 
     def _log(self, level: int, event: str, exc: bool, fields: dict[str, Any]) -> None:
         if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra=fields, exc_info=exc, stacklevel=3)
+            # A field named like a LogRecord attribute ("message", "args") would make
+            # logging raise: logging must never take the daemon down, so rename it.
+            safe = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
+            self._logger.log(level, event, extra=safe, exc_info=exc, stacklevel=3)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, False, fields)

@@ -61,6 +61,8 @@ SendFn = Callable[[str, Any], Awaitable[bool]]
 # extension_mandatory names this KME understands.
 EXT_PQC_WRAP = "qkms_pqc_wrap"
 SUPPORTED_MANDATORY = frozenset({EXT_PQC_WRAP})
+# Reservations from peers served at once: they share store commits (group commit).
+RESERVATIONS_IN_FLIGHT = 256
 
 
 @dataclasses.dataclass
@@ -100,15 +102,19 @@ class KeySupply:
         self._next_id = 1
         self._limits = RateLimiter(clock=trio.current_time)
         self._counts = {"enc_keys": 0, "dec_keys": 0, "keys_out": 0, "refused": 0}
+        self._nursery: trio.Nursery | None = None
+        self._reservations = trio.CapacityLimiter(RESERVATIONS_IN_FLIGHT)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Erase service keys past their validity, once a second, until cancelled."""
-        task_status.started()
-        while True:
-            await trio.sleep(1.0)
-            expired = await self._thread.call(self._store.expire_service_keys)
-            if expired:
-                log.info("supply.keys_expired", count=expired)
+        """Serve peer reservations; erase service keys past their validity.  Until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(1.0)
+                expired = await self._thread.call(self._store.expire_service_keys)
+                if expired:
+                    log.info("supply.keys_expired", count=expired)
 
     # --- HTTP ----------------------------------------------------------------------
 
@@ -352,7 +358,23 @@ class KeySupply:
     # --- peer messages -------------------------------------------------------------
 
     async def on_reserve(self, peer: str, message: SupplyReserve) -> None:
-        """Record keys the peer cut for slaves attached here; answer with ``supply.result``."""
+        """Record keys the peer cut for slaves attached here; answer with ``supply.result``.
+
+        Returns at once: the reservation is served in the background so that many
+        share a store commit (their byte ranges are disjoint, so order does not matter).
+        """
+        assert self._nursery is not None, "run() first"
+        token = object()
+        await self._reservations.acquire_on_behalf_of(token)
+        self._nursery.start_soon(self._serve_reservation, peer, message, token)
+
+    async def _serve_reservation(self, peer: str, message: SupplyReserve, token: object) -> None:
+        try:
+            await self._answer_reservation(peer, message)
+        finally:
+            self._reservations.release_on_behalf_of(token)
+
+    async def _answer_reservation(self, peer: str, message: SupplyReserve) -> None:
         code, text = "", ""
         if self._link_to.get(peer) != message.link_id:
             code, text = "unknown-link", f"{message.link_id} is not our link with {peer}"
@@ -370,31 +392,33 @@ class KeySupply:
         )
 
     async def _record(self, message: SupplyReserve, local: list[str]) -> tuple[str, str]:
-        for slave in local:
-            limit = self._policy_for(message.master_sae, slave).max_stored_keys
-            stored = await self._thread.call(
-                self._store.stored_service_keys, message.master_sae, slave
-            )
-            if stored + len(message.keys) > limit:
-                return "stored-keys-full", f"{slave} already holds {stored} of {limit} keys"
+        limits = {s: self._policy_for(message.master_sae, s).max_stored_keys for s in local}
         specs = [
             KeySpec(k.key_id, tuple(Segment(s.block_id, s.offset, s.length) for s in k.segments))
             for k in message.keys
         ]
-        try:
-            await self._thread.call(
-                self._store.record_service_keys,
+
+        def record() -> tuple[str, str]:
+            # One worker call: the limit check and the record share a commit.
+            for slave, limit in limits.items():
+                stored = self._store.stored_service_keys(message.master_sae, slave)
+                if stored + len(specs) > limit:
+                    return "stored-keys-full", f"{slave} already holds {stored} of {limit} keys"
+            self._store.record_service_keys(
                 message.link_id,
                 specs,
                 master_sae=message.master_sae,
                 local_slaves=local,
                 expires_at=message.expires_at,
             )
+            return "", ""
+
+        try:
+            return await self._thread.call(record)
         except SegmentRefused as exc:
             return "segment-refused", str(exc)
         except KeyStoreError as exc:
             return "store-error", str(exc)
-        return "", ""
 
     async def on_result(self, peer: str, message: SupplyResult) -> None:
         pending = self._pending.get(message.id)
