@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from qkms_pqc import generate_keypair, write_private_key
+
 from ._admin import AdminClient, AdminError
 from ._pki import init_ca, issue_node, issue_sae
 from ._topology import Topology
@@ -106,7 +108,10 @@ def node_config(
     for peer in topo.neighbours(node):
         parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
     for sae, sae_spec in topo.saes.items():
-        parts.append(_table(f'saes."{sae}"', {"kme": sae_spec.kme}))
+        entry: dict[str, Any] = {"kme": sae_spec.kme}
+        if sae_spec.pqc:
+            entry["pqc_public_key"] = str(lab / "pki" / "saes" / f"{sae}.pqc.pub.pem")
+        parts.append(_table(f'saes."{sae}"', entry))
     for link in topo.links:
         if node not in (link.a, link.b):
             continue
@@ -197,6 +202,8 @@ class Lab:
                 "cert": str(files.cert),
                 "key": str(files.key),
             }
+            if sae_spec.pqc:
+                manifest["saes"][sae]["pqc_key"] = str(_pqc_keypair(pki / "saes", sae))
         self._write_manifest(manifest)
         progress(f"starting {len(topo.nodes)} qkmsd node(s)")
         for node in topo.nodes:
@@ -318,6 +325,18 @@ class Lab:
         except ProcessLookupError:
             return False
         return True
+
+
+def _pqc_keypair(directory: Path, sae: str) -> Path:
+    """A hybrid PQC key pair for an SAE: private key (0600) and public key beside it."""
+    private = directory / f"{sae}.pqc.pem"
+    public = directory / f"{sae}.pqc.pub.pem"
+    for stale in (private, public):
+        stale.unlink(missing_ok=True)
+    key = generate_keypair()
+    write_private_key(private, key)
+    public.write_bytes(key.public_key().to_pem())
+    return private
 
 
 def _generate_master_key(path: Path) -> None:

@@ -44,6 +44,8 @@ class LinkSpec(_Strict, frozen=True):
 
 class SaeSpec(_Strict, frozen=True):
     kme: Id
+    pqc: bool = False
+    """Give the SAE a hybrid ML-KEM-768 + X25519 key: its keys are delivered wrapped."""
 
 
 class Defaults(_Strict, frozen=True):

@@ -6,6 +6,7 @@ The topology is embedded so the demo needs nothing but the installed package.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 import time
 import tomllib
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from qkms_client import Etsi014Client, Etsi014Error
+from qkms_pqc import HybridPrivateKey
 
 from ._admin import AdminClient
 from ._lab import Lab, LabError
@@ -43,8 +47,12 @@ distance_km = 20.0
 
 [saes.SAE_A]
 kme = "KME_A"
+pqc = true
 
 [saes.SAE_B]
+kme = "KME_B"
+
+[saes.SAE_B2]
 kme = "KME_B"
 """
 
@@ -82,12 +90,13 @@ def demo(directory: Path | None, keep: bool) -> None:
     if keep and directory is None:
         raise click.UsageError("--keep needs --dir, so that you can find the lab afterwards")
     topo = topology_from_mapping(tomllib.loads(DEMO_TOPOLOGY), label="embedded demo topology")
-    total = 5
+    total = 6
     say("qkms demo: a quantum key management network on this machine", bold=True, fg="cyan")
     say(
         "Two trusted nodes, KME_A and KME_B, share one QKD link. On each node a qkmsd\n"
         "daemon stores the key its QKD device produces, and the two daemons agree, block\n"
-        "by block, on which key both hold before any of it may be used. The QKD devices\n"
+        "by block, on which key both hold before any of it may be used. Applications\n"
+        "(SAEs) then get keys through the ETSI GS QKD 014 REST API. The QKD devices\n"
         "are simulated by the 'paired' driver: both ends derive the same blocks from a\n"
         "shared seed (a stand-in for key management, not physics)."
     )
@@ -115,6 +124,59 @@ def demo(directory: Path | None, keep: bool) -> None:
                 stopped = lab.down()
                 say(f"  stopped {', '.join(stopped)} with SIGTERM (graceful shutdown)")
         say(f"\nDemo finished in {time.monotonic() - started:.0f} s.", bold=True, fg="green")
+
+
+def _client(manifest: dict[str, Any], sae: str) -> Etsi014Client:
+    entry = manifest["saes"][sae]
+    pqc = HybridPrivateKey.load(entry["pqc_key"]) if "pqc_key" in entry else None
+    return Etsi014Client(
+        manifest["kmes"][entry["kme"]]["url"],
+        ca=manifest["ca"],
+        cert=entry["cert"],
+        key=entry["key"],
+        pqc_private_key=pqc,
+    )
+
+
+def fingerprint(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def _deliver_keys(manifest: dict[str, Any], total: int) -> None:
+    step(5, total, "Applications get keys (ETSI GS QKD 014 over mutual TLS)")
+    say(
+        "SAE_A (on KME_A) asks its KME for two 256-bit keys to share with SAE_B (on KME_B).\n"
+        "KME_A cuts them from the pool it shares with KME_B, has KME_B record the same key\n"
+        "IDs durably, then answers. SAE_A registered a hybrid post-quantum key (ML-KEM-768\n"
+        "+ X25519), so its keys travel wrapped and the client library unwraps them. Below,\n"
+        "keys are shown by fingerprint (a hash), never as key material."
+    )
+    sae_a, sae_b, sae_b2 = (_client(manifest, s) for s in ("SAE_A", "SAE_B", "SAE_B2"))
+    status = sae_a.status("SAE_B")
+    say(
+        f"  status: {status.stored_key_count} keys of {status.key_size} bits ready "
+        f"for SAE_A -> SAE_B (at most {status.max_key_per_request} per request)"
+    )
+    delivery = sae_a.get_key("SAE_B", number=2, size=256)
+    for key in delivery:
+        say(f"  SAE_A got key {key.key_id}  fingerprint {fingerprint(key.key)}")
+    say(f"  (PQC-wrapped in transit and unwrapped by qkms_client: {delivery.pqc_unwrapped})")
+    fetched = sae_b.get_key_with_ids("SAE_A", [k.key_id for k in delivery])
+    for key in fetched:
+        say(f"  SAE_B got key {key.key_id}  fingerprint {fingerprint(key.key)}")
+    same = [a.key for a in delivery] == [b.key for b in fetched]
+    say(
+        "  Both applications hold the same keys." if same else "  The keys DIFFER.",
+        fg="green" if same else "red",
+    )
+    try:
+        sae_b.get_key_with_ids("SAE_A", [delivery[0].key_id])
+    except Etsi014Error as exc:
+        say(f"  SAE_B asks again: refused ({exc}): each key is delivered once, then erased.")
+    try:
+        sae_b2.get_key_with_ids("SAE_A", [delivery[1].key_id])
+    except Etsi014Error as exc:
+        say(f"  SAE_B2, not named by SAE_A, asks for it: refused ({exc}).")
 
 
 def _narrate(lab: Lab, manifest: dict[str, Any], total: int) -> None:
@@ -178,6 +240,7 @@ def _narrate(lab: Lab, manifest: dict[str, Any], total: int) -> None:
         say("  Identical at both ends: the pools are synchronised.", fg="green")
     else:
         say("  The ends differ in this window (a block may still be in flight).", fg="yellow")
+    _deliver_keys(manifest, total)
     say()
     say("Status of both nodes, as `qkmsctl lab status` shows it:", bold=True)
     for node, status in lab.status().items():
