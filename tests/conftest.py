@@ -41,7 +41,26 @@ def rogue_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _toml(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Path):
+        return json.dumps(str(value))
     return json.dumps(value)
+
+
+def _table(name: str, values: dict[str, Any]) -> list[str]:
+    return [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
+
+
+def _supply_lines(supply: dict[str, Any]) -> list[str]:
+    """``[supply]`` as TOML: top-level keys, ``default`` as a table, ``pairs`` as an array."""
+    top = {k: v for k, v in supply.items() if k not in ("default", "pairs")}
+    lines = _table("supply", top)
+    if "default" in supply:
+        lines += _table("supply.default", supply["default"])
+    for pair in supply.get("pairs", []):
+        lines += ["[[supply.pairs]]", *(f"{k} = {_toml(v)}" for k, v in pair.items())]
+    return lines
 
 
 ConfigFactory = Callable[..., Config]
@@ -52,7 +71,10 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
     """Write a node config (and its master key) and load it like qkmsd does.
 
     ``peers`` maps node id to "host:port"; ``links`` maps link id to
-    ``(peer, driver, params)``.
+    ``(peer, driver, params)``.  ``api=True`` serves the ETSI 014 API on a free
+    loopback port; ``saes`` maps SAE id to its ``[saes.X]`` table (e.g.
+    ``{"kme": "KME_A"}``); ``supply`` is the ``[supply]`` section, with ``default`` a
+    table and ``pairs`` a list of tables.
     """
 
     def make(
@@ -63,6 +85,9 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
         port: int = 0,
         ca_dir: Path | None = None,
         sync: dict[str, float] | None = None,
+        api: bool = False,
+        saes: dict[str, dict[str, Any]] | None = None,
+        supply: dict[str, Any] | None = None,
     ) -> Config:
         home = tmp_path / node
         home.mkdir(exist_ok=True)
@@ -82,6 +107,7 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
             "[listen]",
             f'peer = "127.0.0.1:{port}"',
             f'admin_socket = "{home / "admin.sock"}"',
+            *(['api = "127.0.0.1:0"'] if api else []),
             "[sync]",
             *(
                 f"{k} = {v}"
@@ -95,6 +121,10 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
         for link_id, (peer, driver, params) in (links or {}).items():
             lines += [f'[links."{link_id}"]', f'peer = "{peer}"', f'driver = "{driver}"']
             lines += [f"params = {_toml(params)}"]
+        for sae, table in (saes or {}).items():
+            lines += _table(f'saes."{sae}"', table)
+        if supply is not None:
+            lines += _supply_lines(supply)
         path = home / "qkmsd.toml"
         path.write_text("\n".join(lines) + "\n")
         return load_config(path)
