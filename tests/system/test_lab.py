@@ -164,6 +164,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     yield lab
     if lab.manifest_path.exists():
         lab.down()
+        # Shown by pytest only when the test failed: what the nodes said.
+        for node, kme in lab.manifest()["kmes"].items():
+            log = Path(kme["log"])
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            print(f"--- {node} {log} (last 40 lines)", *lines[-40:], sep="\n")
 
 
 def up(lab: Lab) -> dict[str, Any]:
