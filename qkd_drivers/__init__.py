@@ -11,6 +11,7 @@ from ._base import (
 )
 from ._paired import PairedDriver, PairedParams, paired_block
 from ._registry import driver_class, known_drivers, make_driver, register
+from .etsi014_upstream import Etsi014Driver, Etsi014Params
 from .vendor import VendorSerialDriver, VendorSerialParams, VendorTcpDriver, VendorTcpParams
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "DriverConfigError",
     "DriverError",
     "DriverHealth",
+    "Etsi014Driver",
+    "Etsi014Params",
     "KeyBlock",
     "LinkEnd",
     "LinkState",

@@ -7,6 +7,7 @@ from typing import Any
 
 from ._base import Driver, DriverConfigError, LinkEnd
 from ._paired import PairedDriver
+from .etsi014_upstream import Etsi014Driver
 from .vendor import VendorSerialDriver, VendorTcpDriver
 
 _DRIVERS: dict[str, type[Driver]] = {}
@@ -41,3 +42,4 @@ def make_driver(kind: str, link: LinkEnd, raw_params: Mapping[str, Any]) -> Driv
 register(PairedDriver)
 register(VendorTcpDriver)
 register(VendorSerialDriver)
+register(Etsi014Driver)
