@@ -142,6 +142,7 @@ class KeyStore(ServiceKeyMethods):
         self._clock = clock
         self._mutex = threading.RLock()
         self._batch_depth = 0
+        self._checkpoint_after_batch = False
 
     @classmethod
     def open(
@@ -212,8 +213,13 @@ class KeyStore(ServiceKeyMethods):
         """Copy the WAL into the database file and truncate the WAL.
 
         Until then the pages of recently erased rows may still sit in the WAL.
-        Returns False if a reader in another connection kept it from completing.
+        Returns False if a reader in another connection kept it from completing, or if
+        it was called inside ``batch`` (SQLite cannot checkpoint inside a transaction):
+        then it runs as soon as the batch has committed.
         """
+        if self._batch_depth:
+            self._checkpoint_after_batch = True
+            return False
         with self._reading() as conn:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return not busy
@@ -534,6 +540,12 @@ class KeyStore(ServiceKeyMethods):
                     raise
                 finally:
                     self._batch_depth -= 1
+                if self._checkpoint_after_batch and not self._batch_depth:
+                    # Committed already: a checkpoint that fails now must not look like a
+                    # failed commit; the next one catches up.
+                    self._checkpoint_after_batch = False
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
                 raise KeyStoreError(f"key store {self._path}: {exc}") from exc
 

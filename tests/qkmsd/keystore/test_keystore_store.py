@@ -371,3 +371,16 @@ def test_the_database_enforces_the_pragmas(store: KeyStore, store_path: Path) ->
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         conn.close()
+
+
+def test_checkpoint_inside_a_batch_runs_after_the_commit(store: KeyStore, store_path: Path) -> None:
+    # The key manager's periodic checkpoint reaches the store through the group-commit
+    # thread, i.e. inside a batch, where SQLite refuses to checkpoint ("table is locked").
+    store.add_blocks([block(1)])
+    with store.batch():
+        store.add_blocks([block(2)])
+        assert store.checkpoint() is False  # deferred
+    wal = store_path.with_name(store_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert store.read_block(LINK, 2)
+    assert store.checkpoint() is True
