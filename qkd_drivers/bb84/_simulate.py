@@ -253,8 +253,9 @@ def event_counts(
     """Outcome counts of ``n_pulses`` pulses, shape (3 intensities, 2 Alice bases, 2 Bob bases, 5).
 
     The last axis is (no click, right bit, wrong bit, double click, double
-    clicks whose random bit came out wrong).  Cost does not depend on ``n_pulses``: this is what makes the
-    event-sampled mode fast, and it is all the decoy analysis needs.
+    clicks whose random bit came out wrong).  Cost does not depend on
+    ``n_pulses``: this is what makes the event-sampled mode fast, and it is
+    all the decoy analysis needs.
     """
     cls_p = class_probabilities(params).reshape(-1)
     per_class = rng.multinomial(n_pulses, cls_p / cls_p.sum())
