@@ -11,6 +11,7 @@ def qkmsctl() -> None:
     """Administer qkms nodes, build their PKI and run local lab networks."""
 
 
+from .bb84 import bb84  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
@@ -18,7 +19,7 @@ from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
 from .sae import sae  # noqa: E402
 
-for _command in (demo, pki, lab, status, peers, links, config, qkde, sae):
+for _command in (bb84, demo, pki, lab, status, peers, links, config, qkde, sae):
     qkmsctl.add_command(_command)
 
 

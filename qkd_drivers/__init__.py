@@ -11,10 +11,13 @@ from ._base import (
 )
 from ._paired import PairedDriver, PairedParams, paired_block
 from ._registry import driver_class, known_drivers, make_driver, register
+from .bb84._driver import Bb84SimDriver, Bb84SimParams
 from .etsi014_upstream import Etsi014Driver, Etsi014Params
 from .vendor import VendorSerialDriver, VendorSerialParams, VendorTcpDriver, VendorTcpParams
 
 __all__ = [
+    "Bb84SimDriver",
+    "Bb84SimParams",
     "Driver",
     "DriverConfigError",
     "DriverError",

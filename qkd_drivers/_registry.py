@@ -7,6 +7,7 @@ from typing import Any
 
 from ._base import Driver, DriverConfigError, LinkEnd
 from ._paired import PairedDriver
+from .bb84._driver import Bb84SimDriver
 from .etsi014_upstream import Etsi014Driver
 from .vendor import VendorSerialDriver, VendorTcpDriver
 
@@ -43,3 +44,4 @@ register(PairedDriver)
 register(VendorTcpDriver)
 register(VendorSerialDriver)
 register(Etsi014Driver)
+register(Bb84SimDriver)
