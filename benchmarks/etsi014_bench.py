@@ -1,0 +1,529 @@
+"""ETSI GS QKD 014 key delivery: throughput and latency of two real qkmsd daemons.
+
+A lab pair (``cli._lab.Lab``: KME_A and KME_B as subprocesses, one simulated QKD link fast
+enough that key never runs short) serves N SAE pairs: SAE_M<i> on KME_A is the master,
+SAE_S<i> on KME_B the slave.  One round trip is ``enc_keys`` at KME_A then ``dec_keys`` at
+KME_B with the IDs, both over mutual TLS on kept-alive connections, 256-bit keys, and a
+check that both ends got the same bytes.  For 1, 8 and 64 concurrent pairs, batched (64 keys a
+request) and single-key, with two load generators (trio + ``TrioEtsi014Client``, or one
+thread per pair with the blocking ``Etsi014Client``), it reports:
+
+- keys/s delivered to both ends and round trips/s,
+- p50 / p99 latency of the full round trip,
+- CPU used by the load generator and by each daemon (cores: CPU seconds per second).
+
+Run::
+
+    .venv/bin/python benchmarks/etsi014_bench.py            # about 3 minutes
+    .venv/bin/python benchmarks/etsi014_bench.py --seconds 3 --pairs 8 --generators trio
+
+It prints a table and writes ``benchmarks/results/etsi014.json``.  The load generator runs on
+the same machine as the daemons and competes with them for CPU: the figures are the whole
+system's, which is what an operator running SAEs next to their KME sees.
+"""
+
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import ssl
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cli._lab import Lab  # noqa: E402
+from cli._topology import Topology, topology_from_mapping  # noqa: E402
+from qkms_client import (  # noqa: E402
+    Etsi014Client,
+    Etsi014Error,
+    ServiceUnavailable,
+    TransportError,
+    TrioEtsi014Client,
+)
+
+RESULTS = ROOT / "benchmarks" / "results" / "etsi014.json"
+KEY_BITS = 256
+BATCH = 64
+RATE_BPS = 50e6
+BLOCK_BITS = 1 << 20
+TARGET_BATCHED_KEYS_PER_S = 2000.0
+TARGET_SINGLE_RT_PER_S = 500.0
+TARGET_SINGLE_P99_MS = 20.0
+TARGET_SINGLE_PAIRS = 8
+
+
+def topology(pairs: int, rate_bps: float) -> Topology:
+    saes: dict[str, Any] = {}
+    for i in range(pairs):
+        saes[f"SAE_M{i}"] = {"kme": "KME_A"}
+        saes[f"SAE_S{i}"] = {"kme": "KME_B"}
+    return topology_from_mapping(
+        {
+            "name": "etsi014-bench",
+            "description": "KME_A and KME_B, one fast simulated link, N SAE pairs",
+            "defaults": {
+                "driver": "paired",
+                "params": {"rate_bps": rate_bps, "block_bits": BLOCK_BITS},
+            },
+            "nodes": {"KME_A": {"controller": True, "priority": 100}, "KME_B": {}},
+            "links": [{"a": "KME_A", "b": "KME_B"}],
+            "saes": saes,
+        },
+        label="etsi014 benchmark topology",
+    )
+
+
+@dataclass
+class Pair:
+    master: str
+    slave: str
+    a_url: str
+    b_url: str
+    ca: str
+    m_cert: str
+    m_key: str
+    s_cert: str
+    s_key: str
+
+
+def pairs_of(manifest: dict[str, Any], n: int) -> list[Pair]:
+    saes = manifest["saes"]
+    return [
+        Pair(
+            master=f"SAE_M{i}",
+            slave=f"SAE_S{i}",
+            a_url=manifest["kmes"]["KME_A"]["url"],
+            b_url=manifest["kmes"]["KME_B"]["url"],
+            ca=manifest["ca"],
+            m_cert=saes[f"SAE_M{i}"]["cert"],
+            m_key=saes[f"SAE_M{i}"]["key"],
+            s_cert=saes[f"SAE_S{i}"]["cert"],
+            s_key=saes[f"SAE_S{i}"]["key"],
+        )
+        for i in range(n)
+    ]
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    keys: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    warm_up_retries: dict[str, int] = field(default_factory=dict)
+    pairs_not_started: int = 0
+    # CPU seconds (this process, and each daemon) within the timed window only.
+    cpu: dict[str, float] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def start_window(self) -> None:
+        self.cpu = {"load_generator": self_cpu_seconds()}
+        self.cpu |= {n: cpu_seconds(p) for n, p in self.pids.items()}
+
+    def end_window(self) -> None:
+        now = {"load_generator": self_cpu_seconds()}
+        now |= {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self.cpu = {n: now[n] - self.cpu[n] for n in now}
+
+    def error(self, exc: Exception) -> None:
+        name = type(exc).__name__
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+    def warm_up_retry(self, exc: Exception) -> None:
+        name = type(exc).__name__
+        self.warm_up_retries[name] = self.warm_up_retries.get(name, 0) + 1
+
+
+class Mismatch(Exception):
+    """The slave got other bytes than the master: a bug, never a benchmark figure."""
+
+
+def _check(sent: Any, got: Any) -> None:
+    if {k.key_id: k.key for k in sent} != {k.key_id: k.key for k in got}:
+        raise Mismatch("slave and master keys differ")
+
+
+# --- load generator 1: trio tasks, TrioEtsi014Client ------------------------------------------
+
+WARM_UP_ATTEMPTS = 50
+RETRYABLE = (ServiceUnavailable, TransportError)
+
+
+def run_trio(pairs: list[Pair], batch: int, seconds: float, tally: Tally) -> float:
+    elapsed = 0.0
+
+    async def pair_task(p: Pair, warm: trio.Semaphore, go: trio.Event, stop: list[float]) -> None:
+        a = TrioEtsi014Client(p.a_url, ca=p.ca, cert=p.m_cert, key=p.m_key)
+        b = TrioEtsi014Client(p.b_url, ca=p.ca, cert=p.s_cert, key=p.s_key)
+        async with a, b:
+
+            async def round_trip() -> None:
+                keys = await a.get_key(p.slave, number=batch, size=KEY_BITS)
+                got = await b.get_key_with_ids(p.master, [k.key_id for k in keys])
+                _check(keys, got)
+
+            # TLS handshakes and first-request costs stay out of the figures.
+            ready = False
+            for _ in range(WARM_UP_ATTEMPTS):
+                try:
+                    await round_trip()
+                    ready = True
+                    break
+                except RETRYABLE as exc:
+                    tally.warm_up_retry(exc)
+                    await trio.sleep(0.2)
+            warm.release()
+            await go.wait()
+            if not ready:
+                tally.pairs_not_started += 1
+                return
+            while time.perf_counter() < stop[0]:
+                t0 = time.perf_counter()
+                try:
+                    await round_trip()
+                except Etsi014Error as exc:
+                    tally.error(exc)
+                    if isinstance(exc, ServiceUnavailable):
+                        await trio.sleep(0.01)
+                    continue
+                tally.latencies.append(time.perf_counter() - t0)
+                tally.keys += batch
+
+    async def main() -> None:
+        nonlocal elapsed
+        warm = trio.Semaphore(0, max_value=len(pairs))
+        go = trio.Event()
+        stop = [0.0]
+        async with trio.open_nursery() as nursery:
+            for p in pairs:
+                nursery.start_soon(pair_task, p, warm, go, stop)
+            for _ in pairs:
+                await warm.acquire()
+            tally.start_window()
+            started = time.perf_counter()
+            stop[0] = started + seconds
+            go.set()
+        elapsed = time.perf_counter() - started
+        tally.end_window()
+
+    trio.run(main)
+    return elapsed
+
+
+# --- load generator 2: one thread per pair, Etsi014Client ---------------------------------------
+
+
+def run_threads(pairs: list[Pair], batch: int, seconds: float, tally: Tally) -> float:
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(pairs) + 1)
+    stop = [0.0]
+
+    def worker(p: Pair) -> None:
+        latencies: list[float] = []
+        keys_done = 0
+        errors: list[Exception] = []
+        retries: list[Exception] = []
+        with (
+            Etsi014Client(p.a_url, ca=p.ca, cert=p.m_cert, key=p.m_key) as a,
+            Etsi014Client(p.b_url, ca=p.ca, cert=p.s_cert, key=p.s_key) as b,
+        ):
+
+            def round_trip() -> None:
+                keys = a.get_key(p.slave, number=batch, size=KEY_BITS)
+                got = b.get_key_with_ids(p.master, [k.key_id for k in keys])
+                _check(keys, got)
+
+            ready = False
+            for _ in range(WARM_UP_ATTEMPTS):
+                try:
+                    round_trip()
+                    ready = True
+                    break
+                except RETRYABLE as exc:
+                    retries.append(exc)
+                    time.sleep(0.2)
+            barrier.wait()
+            barrier.wait()  # the main thread set ``stop`` in between
+            while ready and time.perf_counter() < stop[0]:
+                t0 = time.perf_counter()
+                try:
+                    round_trip()
+                except Etsi014Error as exc:
+                    errors.append(exc)
+                    if isinstance(exc, ServiceUnavailable):
+                        time.sleep(0.01)
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                keys_done += batch
+        with lock:
+            tally.latencies += latencies
+            tally.keys += keys_done
+            tally.pairs_not_started += not ready
+            for exc in errors:
+                tally.error(exc)
+            for exc in retries:
+                tally.warm_up_retry(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,), daemon=True) for p in pairs]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    tally.start_window()
+    started = time.perf_counter()
+    stop[0] = started + seconds
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    tally.end_window()
+    return elapsed
+
+
+GENERATORS: dict[str, Callable[[list[Pair], int, float, Tally], float]] = {
+    "trio": run_trio,
+    "threads": run_threads,
+}
+
+
+# --- measurement helpers ----------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wait_for_key(pair: Pair, keys: int) -> None:
+    with Etsi014Client(pair.a_url, ca=pair.ca, cert=pair.m_cert, key=pair.m_key) as client:
+        deadline = time.monotonic() + 60
+        while client.status(pair.slave).stored_key_count < keys:
+            if time.monotonic() > deadline:
+                raise SystemExit("no key after 60 s: is the lab link up? see the lab's logs")
+            time.sleep(0.1)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "platform": platform.platform(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # Anything else running on the machine skews the figures: compare with nproc.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def filesystem_of(path: Path) -> str:
+    """The mount's file system type (fsync cost depends on it)."""
+    best, kind = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, fstype, *_ = line.split()
+            if str(path).startswith(mount) and len(mount) > len(best):
+                best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def check_alive(lab: Lab, manifest: dict[str, Any]) -> None:
+    """Stop the benchmark if a daemon died: its figures would be meaningless."""
+    for node, kme in manifest["kmes"].items():
+        try:
+            state = Path(f"/proc/{kme['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            state = "gone"
+        if state in ("Z", "gone"):
+            tail = Path(kme["log"]).read_text(errors="replace").splitlines()[-30:]
+            raise SystemExit(f"{node} died during the benchmark; its log ends:\n" + "\n".join(tail))
+
+
+def scenario(
+    lab_pids: dict[str, int],
+    generator: str,
+    pairs: list[Pair],
+    batch: int,
+    seconds: float,
+) -> dict[str, Any]:
+    tally = Tally(pids=lab_pids)
+    elapsed = GENERATORS[generator](pairs, batch, seconds, tally)
+    trips = len(tally.latencies)
+    return {
+        "generator": generator,
+        "pairs": len(pairs),
+        "keys_per_request": batch,
+        "seconds": round(elapsed, 3),
+        "round_trips": trips,
+        "round_trips_per_s": trips / elapsed,
+        "keys_per_s": tally.keys / elapsed,
+        "p50_ms": percentile(tally.latencies, 0.50) * 1000,
+        "p99_ms": percentile(tally.latencies, 0.99) * 1000,
+        "mean_ms": (statistics.fmean(tally.latencies) * 1000) if trips else float("nan"),
+        "errors": tally.errors,
+        "warm_up_retries": tally.warm_up_retries,
+        "pairs_not_started": tally.pairs_not_started,
+        "load_generator_cpu_ms_per_round_trip": (
+            tally.cpu["load_generator"] * 1000 / trips if trips else float("nan")
+        ),
+        "cpu_cores": {n: round(v / elapsed, 3) for n, v in tally.cpu.items()},
+    }
+
+
+def verdict(row: dict[str, Any]) -> str:
+    if row["keys_per_request"] > 1:
+        ok = row["keys_per_s"] >= TARGET_BATCHED_KEYS_PER_S
+        return f"{'met' if ok else 'MISSED'} (>= {TARGET_BATCHED_KEYS_PER_S:,.0f} keys/s)"
+    if row["pairs"] == TARGET_SINGLE_PAIRS:
+        ok = (
+            row["round_trips_per_s"] >= TARGET_SINGLE_RT_PER_S
+            and row["p99_ms"] < TARGET_SINGLE_P99_MS
+        )
+        return (
+            f"{'met' if ok else 'MISSED'} (>= {TARGET_SINGLE_RT_PER_S:,.0f} rt/s, "
+            f"p99 < {TARGET_SINGLE_P99_MS:g} ms)"
+        )
+    return ""
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'generator':<8} {'pairs':>5} {'keys/req':>8} {'rt/s':>8} {'keys/s':>9} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'gen ms/rt':>9} {'cpu A':>6} {'cpu B':>6}  target"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        cpu = r["cpu_cores"]
+        print(
+            f"{r['generator']:<8} {r['pairs']:>5} {r['keys_per_request']:>8} "
+            f"{r['round_trips_per_s']:>8.1f} {r['keys_per_s']:>9.1f} {r['p50_ms']:>7.2f} "
+            f"{r['p99_ms']:>7.2f} {sum(r['errors'].values()):>4} "
+            f"{r['load_generator_cpu_ms_per_round_trip']:>9.2f} "
+            f"{cpu['KME_A']:>6.2f} {cpu['KME_B']:>6.2f}  {verdict(r)}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per scenario (default 5)")
+    parser.add_argument("--pairs", default="1,8,64", help="concurrent SAE pairs (default 1,8,64)")
+    parser.add_argument("--generators", default="trio,threads", help="trio and/or threads")
+    parser.add_argument("--batches", default=f"{BATCH},1", help=f"keys per request ({BATCH},1)")
+    parser.add_argument("--rate-bps", type=float, default=RATE_BPS, help="simulated link rate")
+    parser.add_argument("--dir", type=Path, help="lab directory (default: a fresh temp dir)")
+    parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    counts = [int(x) for x in args.pairs.split(",")]
+    batches = [int(x) for x in args.batches.split(",")]
+    generators = args.generators.split(",")
+
+    info = machine()  # before the lab starts: the load average says what else is running
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="qkms-etsi014-bench-"))
+    lab = Lab(directory)
+    print(f"lab in {directory} ({filesystem_of(directory.resolve())}); starting KME_A, KME_B")
+    manifest = lab.up(topology(max(counts), args.rate_bps))
+    rows: list[dict[str, Any]] = []
+    try:
+        pids = {n: int(k["pid"]) for n, k in manifest["kmes"].items()}
+        all_pairs = pairs_of(manifest, max(counts))
+        wait_for_key(all_pairs[0], 4 * BATCH)
+        idle0 = {n: cpu_seconds(p) for n, p in pids.items()}
+        time.sleep(2.0)
+        idle = {n: (cpu_seconds(p) - idle0[n]) / 2.0 for n, p in pids.items()}
+        print(
+            f"daemons at rest (link producing {args.rate_bps / 1e6:g} Mbit/s): "
+            + ", ".join(f"{n} {v:.2f} cores" for n, v in idle.items())
+        )
+        for batch in batches:
+            for count in counts:
+                for generator in generators:
+                    row = scenario(pids, generator, all_pairs[:count], batch, args.seconds)
+                    check_alive(lab, manifest)
+                    rows.append(row)
+                    print(
+                        f"  {generator:<7} {count:>2} pair(s) x {batch:>2} keys: "
+                        f"{row['keys_per_s']:9.1f} keys/s, {row['round_trips_per_s']:7.1f} rt/s, "
+                        f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
+                        + (
+                            f" ({row['pairs_not_started']} pair(s) could not start)"
+                            if row["pairs_not_started"]
+                            else ""
+                        ),
+                        flush=True,
+                    )
+    finally:
+        if not args.keep:
+            lab.down()
+    print()
+    print_table(rows)
+    result = {
+        "benchmark": "etsi014",
+        "description": "enc_keys at KME_A + dec_keys at KME_B per round trip, mutual TLS, keep-alive",
+        "machine": info,
+        "lab": {
+            "directory_fs": filesystem_of(directory.resolve()),
+            "link": {"driver": "paired", "rate_bps": args.rate_bps, "block_bits": BLOCK_BITS},
+            "key_bits": KEY_BITS,
+            "daemons_at_rest_cpu_cores": idle,
+        },
+        "targets": {
+            "batched_keys_per_s": TARGET_BATCHED_KEYS_PER_S,
+            "single_key_round_trips_per_s_at_8_pairs": TARGET_SINGLE_RT_PER_S,
+            "single_key_p99_ms_at_8_pairs": TARGET_SINGLE_P99_MS,
+        },
+        "rows": [{**r, "target": verdict(r)} for r in rows],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    if args.keep:
+        print(f"lab still running: qkmsctl lab down --dir {directory}")
+
+
+if __name__ == "__main__":
+    main()
