@@ -31,7 +31,7 @@ unit: $(STAMP)
 test: lint typecheck contracts unit
 
 soak: $(STAMP)
-	QKMS_SOAK=1 $(BIN)/pytest -q -m slow tests
+	$(BIN)/pytest -q -p no:cacheprovider -m soak tests
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -351,16 +351,23 @@ def _generate_master_key(path: Path) -> None:
 
 
 def _alive(pid: int | None, config: str) -> bool:
-    """Whether ``pid`` is a live qkmsd for ``config`` (not a recycled pid, not a zombie)."""
+    """Whether ``pid`` is a qkmsd for ``config`` that has not finished exiting.
+
+    A zombie has finished.  A process whose command line is already empty is still
+    exiting (the kernel clears it before the process lets go of its files, such as
+    the key store lock and its ports), so it counts as alive.  A non-empty command
+    line without ``config`` is a recycled pid.
+    """
     if not pid:
         return False
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         status = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    state = status.rsplit(")", 1)[-1].split()[0]
-    return state != "Z" and config.encode() in raw.split(b"\0")
+    if status.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return not raw or config.encode() in raw.split(b"\0")
 
 
 def _reap(pid: int | None) -> None:

@@ -69,6 +69,19 @@ class DriverHealth:
     last_block_at: float | None = None
     detail: str = ""
 
+    def after_block(
+        self, block: KeyBlock, now: float, *, detail: str | None = None
+    ) -> DriverHealth:
+        """The health after ``block`` arrived at ``now``: up, counted, its QBER noted."""
+        return DriverHealth(
+            LinkState.UP,
+            blocks_produced=self.blocks_produced + 1,
+            bits_produced=self.bits_produced + block.size_bits,
+            last_qber=block.qber,
+            last_block_at=now,
+            detail=self.detail if detail is None else detail,
+        )
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LinkEnd:

@@ -80,14 +80,7 @@ class PairedDriver(Driver):
                 produced_at=now,
                 secret_key_rate=self.params.rate_bps,
             )
-            h = self._health
-            self._health = DriverHealth(
-                LinkState.UP,
-                blocks_produced=h.blocks_produced + 1,
-                bits_produced=h.bits_produced + block.size_bits,
-                last_qber=block.qber,
-                last_block_at=now,
-            )
+            self._health = self._health.after_block(block, now)
             yield block
             next_id += 1
 

@@ -80,7 +80,6 @@ class ControllerSection(_Section, frozen=True):
 class SaeSection(_Section, frozen=True):
     kme: NodeId
     pqc_public_key: str | None = None
-    require_pqc: bool = False
 
 
 class SupplyPolicy(_Section, frozen=True):
@@ -162,7 +161,6 @@ class SaeConfig(msgspec.Struct, frozen=True):
     sae_id: str
     kme: str
     pqc_public_key: Path | None
-    require_pqc: bool
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -321,9 +319,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         if not re.fullmatch(_ID, sae_id):
             raise fail(f"[saes.{sae_id}]", "is not a valid SAE id (1-64 of A-Z a-z 0-9 _ . : -)")
         key = resolve(sae.pqc_public_key) if sae.pqc_public_key else None
-        if sae.require_pqc and key is None:
-            raise fail(f"[saes.{sae_id}] require_pqc:", "needs pqc_public_key")
-        saes[sae_id] = SaeConfig(sae_id, sae.kme, key, sae.require_pqc)
+        saes[sae_id] = SaeConfig(sae_id, sae.kme, key)
     for i, pair in enumerate(raw.supply.pairs):
         for role in ("master", "slave"):
             if getattr(pair, role) not in saes:

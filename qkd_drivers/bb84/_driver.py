@@ -109,7 +109,7 @@ class Bb84SimDriver(Driver):
         )
 
     async def start(self) -> None:
-        self._health = DriverHealth(LinkState.STARTING)
+        self._health = DriverHealth(LinkState.UP, detail="simulating the first block")
 
     async def stop(self) -> None:
         self._health = dataclasses.replace(self._health, state=LinkState.STOPPED)
@@ -148,13 +148,7 @@ class Bb84SimDriver(Driver):
                 produced_at=now,
                 secret_key_rate=result.secret_key_rate_per_pulse * self.params.pulse_rate_hz,
             )
-            self._health = DriverHealth(
-                LinkState.UP,
-                blocks_produced=h.blocks_produced + 1,
-                bits_produced=h.bits_produced + block.size_bits,
-                last_qber=block.qber,
-                last_block_at=now,
-            )
+            self._health = h.after_block(block, now, detail="")
             yield block
             next_id += 1
 

@@ -427,15 +427,7 @@ class VendorDeviceDriver(Driver):
 
     def _record(self, block: KeyBlock) -> None:
         self._last_yielded = block.block_id
-        h = self._health
-        self._health = DriverHealth(
-            LinkState.UP,
-            blocks_produced=h.blocks_produced + 1,
-            bits_produced=h.bits_produced + block.size_bits,
-            last_qber=block.qber,
-            last_block_at=self._clock(),
-            detail=h.detail,
-        )
+        self._health = self._health.after_block(block, self._clock())
 
 
 class VendorTcpDriver(VendorDeviceDriver):

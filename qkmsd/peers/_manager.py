@@ -175,8 +175,11 @@ class PeerManager:
                 state.last_error = f"connect: {exc.strerror or exc}"
             else:
                 stream = trio.SSLStream(tcp, self._client_ctx, server_hostname=None)
+                began = trio.current_time()
                 ran = await self._run_connection(stream, expected=state.node_id)
-                if ran:
+                # Only a session that lasted resets the backoff: one that opens and dies
+                # at once (a peer that rejects us) must not turn into a reconnect storm.
+                if ran and trio.current_time() - began > 3 * self._heartbeat:
                     failures = 0
             state.state = "disconnected"
             failures += 1
