@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import ssl
 import statistics
 import sys
@@ -499,6 +500,8 @@ def main() -> None:
     finally:
         if not args.keep:
             lab.down()
+            if args.dir is None:  # our temp dir: its key stores hold hundreds of MB
+                shutil.rmtree(directory, ignore_errors=True)
     print()
     print_table(rows)
     result = {
