@@ -101,6 +101,8 @@ class Driver(abc.ABC):
 
     kind: ClassVar[str]
     Params: ClassVar[type[msgspec.Struct]]
+    path_params: ClassVar[tuple[str, ...]] = ()
+    """Parameters that name files: a config resolves them against its own directory."""
 
     def __init__(self, link: LinkEnd, params: Any) -> None:
         self.link = link

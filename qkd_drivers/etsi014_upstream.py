@@ -160,6 +160,7 @@ class Etsi014Driver(Driver):
     """
 
     kind: ClassVar[str] = "etsi014"
+    path_params: ClassVar[tuple[str, ...]] = ("ca", "cert", "key")
     Params: ClassVar[type[msgspec.Struct]] = Etsi014Params
     params: Etsi014Params
 

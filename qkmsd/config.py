@@ -296,7 +296,11 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             )
         try:
             cls = driver_class(link.driver)
-            params = cls.parse_params(link.params)
+            raw_params = dict(link.params)
+            for name in cls.path_params:
+                if isinstance(raw_params.get(name), str):
+                    raw_params[name] = str(resolve(raw_params[name]))
+            params = cls.parse_params(raw_params)
         except DriverConfigError as exc:
             raise fail(f"[links.{link_id}]", str(exc)) from None
         links[link_id] = LinkConfig(link_id, link.peer, link.driver, params)

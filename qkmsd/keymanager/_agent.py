@@ -143,6 +143,7 @@ class KeyManager:
             qber=block.qber,
             produced_at=block.produced_at,
             owned=owns_block(self.node_id, link.peer, block.block_id),
+            ref=block.ref,
         )
         added = await self._thread.call(self._store.add_blocks, [new])
         if not added:
@@ -213,6 +214,7 @@ class KeyManager:
             link.connected_since = self._clock()
             link.to_announce.clear()
             pending = await self._thread.call(self._store.unconfirmed, link.link_id)
+            link.refs.update(await self._thread.call(self._store.unconfirmed_refs, link.link_id))
             await self._announce(link, pending)
 
     async def peer_down(self, peer: str) -> None:

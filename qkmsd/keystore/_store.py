@@ -87,6 +87,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX blocks_by_link_state ON blocks (link_id, state)",
     ),
     SERVICE_KEYS_SCHEMA,
+    # The device's own name for a block (an upstream ETSI 014 key ID), kept until the
+    # block is confirmed so that a restarted node can announce it again with its name.
+    ("ALTER TABLE blocks ADD COLUMN ref TEXT",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -101,6 +104,7 @@ class NewBlock:
     qber: float
     produced_at: float
     owned: bool
+    ref: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -289,8 +293,8 @@ class KeyStore(ServiceKeyMethods):
             for b, nonce, material in rows:
                 cursor = conn.execute(
                     "INSERT INTO blocks (link_id, block_id, state, owned, size_bits, qber,"
-                    " produced_at, received_at, state_changed_at, nonce, material)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " produced_at, received_at, state_changed_at, nonce, material, ref)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (
                         b.link_id,
                         b.block_id,
@@ -303,6 +307,7 @@ class KeyStore(ServiceKeyMethods):
                         now,
                         nonce,
                         material,
+                        b.ref,
                     ),
                 )
                 if cursor.rowcount == 1:
@@ -460,6 +465,18 @@ class KeyStore(ServiceKeyMethods):
             params += (older_than,)
         with self._reading() as conn:
             return [row[0] for row in conn.execute(query + " ORDER BY block_id", params)]
+
+    def unconfirmed_refs(self, link_id: str) -> dict[int, str]:
+        """The device references of RECEIVED blocks that have one."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            return dict(
+                conn.execute(
+                    "SELECT block_id, ref FROM blocks WHERE link_id = ? AND state = ?"
+                    " AND ref IS NOT NULL",
+                    (link_id, KeyState.RECEIVED.value),
+                ).fetchall()
+            )
 
     def max_block_id(self, link_id: str) -> int | None:
         """The largest block id ever stored for the link (tombstones included), or None."""

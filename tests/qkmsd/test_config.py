@@ -101,3 +101,28 @@ def test_file_errors_are_one_clear_line(tmp_path: Path) -> None:
     bad.write_text("[node\nid=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_driver_file_parameters_are_relative_to_the_config_file() -> None:
+    data = base(
+        links={
+            "A~B": {
+                "peer": "KME_B",
+                "driver": "etsi014",
+                "params": {
+                    "url": "https://127.0.0.1:8443",
+                    "ca": "device/ca.pem",
+                    "cert": "device/kms.pem",
+                    "key": "/abs/kms.key",
+                    "role": "master",
+                    "peer_sae": "b_sae",
+                },
+            }
+        }
+    )
+    params = config_from_mapping(data, source=SOURCE).links["A~B"].params
+    assert (params.ca, params.cert, params.key) == (
+        "/etc/qkms/device/ca.pem",
+        "/etc/qkms/device/kms.pem",
+        "/abs/kms.key",
+    )

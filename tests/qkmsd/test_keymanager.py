@@ -152,3 +152,31 @@ async def test_a_driver_that_fetches_by_reference_gets_the_peers_references(
     assert state(a, 42) is state(b, 42) is KeyState.READY
     a.store.close()
     b.store.close()
+
+
+async def test_device_references_survive_a_restart_of_the_announcing_node(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    device = {"key-id-7": b"s" * 32}
+    wire = Wire()
+    a = make_end("KME_A", "KME_B", tmp_path, wire, trio.current_time)
+    async with trio.open_nursery() as first_life:
+        await first_life.start(a.manager.run)
+        await a.driver._send.send(KeyBlock(LINK, 7, device["key-id-7"], 0.01, 0.0, ref="key-id-7"))
+        await trio.sleep(1)  # stored while the peer is away, then the node restarts
+        first_life.cancel_scope.cancel()
+    a.store.close()
+    wire = Wire()
+    a = make_end("KME_A", "KME_B", tmp_path, wire, trio.current_time)
+    b = make_end("KME_B", "KME_A", tmp_path, wire, trio.current_time)
+    b.driver = ReferenceDriver(b.driver.link, device)
+    b.manager._links[LINK].driver = b.driver
+    nursery.start_soon(wire.run)
+    await nursery.start(a.manager.run)
+    await nursery.start(b.manager.run)
+    await wire.connect()
+    await trio.sleep(2)
+    assert b.driver.fetched == [(7, "key-id-7")]
+    assert state(a, 7) is state(b, 7) is KeyState.READY
+    a.store.close()
+    b.store.close()
