@@ -228,12 +228,14 @@ class ServiceKeyMethods(abc.ABC):
                             f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
                             f" outside the block's {total} bytes"
                         )
+                    # Used ranges never overlap, so only the last one starting before
+                    # `stop` can overlap [start, stop): one index seek, not a scan.
                     clash = conn.execute(
                         "SELECT start, stop FROM consumed WHERE link_id = ? AND block_id = ?"
-                        " AND start < ? AND stop > ? LIMIT 1",
-                        (link_id, seg.block_id, stop, start),
+                        " AND start < ? ORDER BY start DESC LIMIT 1",
+                        (link_id, seg.block_id, stop),
                     ).fetchone()
-                    if clash is not None:
+                    if clash is not None and clash[1] > start:
                         raise SegmentRefused(
                             f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
                             f" overlaps bytes already used [{clash[0]}:{clash[1]}]"
