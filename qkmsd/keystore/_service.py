@@ -33,6 +33,8 @@ from ._errors import KeyStoreError
 from ._lifecycle import KeyState, check_transition
 
 MAX_SEGMENTS_PER_KEY: Final = 64
+RETAIN_ENDED_S: Final = 7 * 86400.0
+"""How long the row of a fetched, expired or elsewhere-served key outlives it."""
 _KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SAE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -139,12 +141,15 @@ class ServiceKeyMethods(abc.ABC):
         master_sae: str,
         local_slaves: Sequence[str],
         expires_at: float,
+        slaves: Sequence[str] = (),
     ) -> list[CutKey]:
         """Cut keys of the given byte sizes from the blocks this end owns, in one transaction.
 
-        ``keys`` is ``[(key_id, size_bytes), ...]``.  If ``local_slaves`` is not
-        empty, the keys are also recorded for them.  Raises ``InsufficientKey``
-        (nothing cut) when the owned ready pool is too small.
+        ``keys`` is ``[(key_id, size_bytes), ...]``; ``slaves`` names every slave of the
+        request.  Each key gets a row here: with its material for ``local_slaves`` to
+        fetch, or, if none is local, without material, so that a ``dec_keys`` here can
+        still tell an SAE that was not named (401) from an unknown key (400).  Raises
+        ``InsufficientKey`` (nothing cut) when the owned ready pool is too small.
         """
         for key_id, size in keys:
             _check_key_id(key_id)
@@ -189,8 +194,9 @@ class ServiceKeyMethods(abc.ABC):
                     raise KeyStoreError(f"service key {key_id}: spans too many blocks")
                 out.append(CutKey(key_id, tuple(segments), b"".join(parts)))
             self._advance(conn, link_id, [(b, used) for b, used, _, _ in blocks[: cursor + 1]])
-            if local_slaves:
-                self._insert_keys(conn, link_id, out, master_sae, local_slaves, expires_at)
+            if slaves or local_slaves:
+                named = [*slaves, *(s for s in local_slaves if s not in slaves)]
+                self._insert_keys(conn, link_id, out, master_sae, named, local_slaves, expires_at)
         return out
 
     # -- the other end's side -------------------------------------------------------
@@ -249,7 +255,9 @@ class ServiceKeyMethods(abc.ABC):
                 out.append(CutKey(spec.key_id, spec.segments, b"".join(parts)))
             self._advance(conn, link_id, [(b, used) for b, (used, _, _) in blocks.items()])
             if local_slaves:
-                self._insert_keys(conn, link_id, out, master_sae, local_slaves, expires_at)
+                self._insert_keys(
+                    conn, link_id, out, master_sae, local_slaves, local_slaves, expires_at
+                )
         return out
 
     def _peer_block(
@@ -311,30 +319,38 @@ class ServiceKeyMethods(abc.ABC):
         link_id: str,
         keys: Sequence[CutKey],
         master_sae: str,
-        slaves: Sequence[str],
+        named: Sequence[str],
+        local: Sequence[str],
         expires_at: float,
     ) -> None:
-        for sae in (master_sae, *slaves):
+        """Rows for ``keys``: named slaves, and material only if some slave is ``local``."""
+        for sae in (master_sae, *named, *local):
             _check_sae_id(sae)
         now = self._clock()
-        slaves_json = json.dumps(sorted(set(slaves)))
+        named_json = json.dumps(sorted(set(named)))
+        pending_json = json.dumps(sorted(set(local)))
+        state = "reserved" if local else "erased"
         for key in keys:
-            nonce, material = self._seal(key.key, _service_ad(key.key_id))
+            nonce, material = (
+                self._seal(key.key, _service_ad(key.key_id)) if local else (None, None)
+            )
             try:
                 conn.execute(
                     "INSERT INTO service_keys (key_id, link_id, master_sae, slaves, pending,"
-                    " size_bits, state, created_at, expires_at, state_changed_at, nonce, material)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                    " size_bits, state, created_at, expires_at, state_changed_at, reason,"
+                    " nonce, material) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.key_id,
                         link_id,
                         master_sae,
-                        slaves_json,
-                        slaves_json,
+                        named_json,
+                        pending_json,
                         len(key.key) * 8,
+                        state,
                         now,
                         expires_at,
                         now,
+                        "" if local else "no slave here",
                         nonce,
                         material,
                     ),
@@ -352,7 +368,9 @@ class ServiceKeyMethods(abc.ABC):
     ) -> None:
         """Record keys that did not come from a QKD link (master and slaves on this node)."""
         with self._writing() as conn:
-            self._insert_keys(conn, "local", keys, master_sae, local_slaves, expires_at)
+            self._insert_keys(
+                conn, "local", keys, master_sae, local_slaves, local_slaves, expires_at
+            )
 
     # -- serving the slaves ---------------------------------------------------------
 
@@ -406,7 +424,11 @@ class ServiceKeyMethods(abc.ABC):
         return out
 
     def expire_service_keys(self) -> int:
-        """Discard (and erase) service keys past their validity.  Returns how many."""
+        """Discard (and erase) service keys past their validity.  Returns how many.
+
+        Rows without material (erased or discarded) are kept for ``RETAIN_ENDED_S`` after
+        they ended, so that late requests still get the right answer, then removed.
+        """
         now = self._clock()
         check_transition(KeyState.RESERVED, KeyState.DISCARDED)
         with self._writing() as conn:
@@ -415,6 +437,11 @@ class ServiceKeyMethods(abc.ABC):
                 " reason = 'expired', nonce = NULL, material = NULL"
                 " WHERE state = 'reserved' AND expires_at <= ?",
                 (now, now),
+            )
+            conn.execute(
+                "DELETE FROM service_keys WHERE state IN ('erased', 'discarded')"
+                " AND state_changed_at < ? AND expires_at < ?",
+                (now - RETAIN_ENDED_S, now),
             )
             return cursor.rowcount
 

@@ -290,6 +290,7 @@ class KeySupply:
             master_sae=master,
             local_slaves=here,
             expires_at=expires_at,
+            slaves=[*here, *there],
         )
         request_id = self._next_id
         self._next_id += 1

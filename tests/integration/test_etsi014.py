@@ -808,18 +808,20 @@ async def test_dec_keys_authorisation_matrix(node_config: ConfigFactory, sae_pki
                 assert got == {keys[0].key_id: keys[0].key}
 
 
-async def test_dec_keys_of_a_key_this_kme_holds_no_copy_of_is_400(
+async def test_dec_keys_at_the_masters_kme_by_an_unnamed_sae_is_401(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:
-    # S014 5.4 asks for 401 when the caller was not a named slave.  KME_A keeps no copy of a
-    # key whose slaves are all on KME_B, so it cannot tell "not yours" from "unknown": 400.
+    # S014 5.4: 401 when the caller was not a named slave.  KME_A keeps no copy of a key
+    # whose slaves are all on KME_B, but it keeps who was named, so it can still say 401.
     with trio.fail_after(TIME_LIMIT_S):
         async with network(node_config, sae_pki) as net:
             keys = await net.client("SAE_A").get_key("SAE_B")
             target = f"/api/v1/keys/SAE_A/dec_keys?key_ID={keys[0].key_id}"
             for sae in ("SAE_A", "SAE_X"):
                 answer = await net.raw("KME_A", "GET", target, sae=sae)
-                assert_error(answer, 400, etsi014.MSG_KEYS_NOT_FOUND)
+                assert_401(answer)
+            unknown = f"/api/v1/keys/SAE_A/dec_keys?key_ID={uuid.uuid4()}"
+            assert_error(await net.raw("KME_A", "GET", unknown, sae="SAE_X"), 400)
 
 
 async def test_enc_keys_and_status_authorisation_matrix(

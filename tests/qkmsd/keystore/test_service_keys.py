@@ -237,3 +237,20 @@ def test_any_sequence_of_cuts_uses_disjoint_bits_identically_at_both_ends(
                     used |= bits
     finally:
         pair.close()
+
+
+def test_the_owner_remembers_who_was_named_without_keeping_the_key(
+    link: Link, clock: FakeClock
+) -> None:
+    (key,) = link.owner.cut_service_keys(
+        LINK, [(kid(), 32)], master_sae="SAE_A", local_slaves=(), expires_at=2e6, slaves=["SAE_B"]
+    )
+    with pytest.raises(NotAuthorised):
+        link.owner.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
+    with pytest.raises(ServiceKeyNotFound):  # named, but served by its own KME, not here
+        link.owner.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_B")
+    assert key.key not in disk_bytes(link.owner.path)
+    clock.now = 2e6 + 8 * 86400  # long after it ended, the row itself goes
+    link.owner.expire_service_keys()
+    with pytest.raises(ServiceKeyNotFound):
+        link.owner.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
