@@ -8,9 +8,15 @@ left half, Bob compares) finds one of them.  Correcting a bit flips the
 parity of the blocks holding it in every earlier pass, which sends those
 back to the search: the cascade.
 
-Everything a pass does to many blocks is done at once with numpy: parities
-come from prefix XORs, and the binary searches of all odd blocks of a pass
-advance one level per round trip, in parallel.
+Everything a pass does to many blocks is done at once with numpy: block
+parities come from ``bitwise_xor.reduceat`` over the permuted bits, and the
+binary searches of all odd blocks of a pass advance one level per round trip,
+in parallel.  A parity asked for during a search is computed from the bits
+of the range it covers (gathered through the permutation for all the
+searches of a round at once), so a pass keeps no per-bit state but its
+permutation: passes that find nothing (most of the 16 of the optimised
+variant) cost one shuffle and two gathers.  Bob's corrections reach an
+earlier pass only when the cascade next looks at it, as one batch.
 
 Variants (Martinez-Mateo, Pacher, Peev, Ciurana and Martin, "Demystifying
 the information reconciliation protocol Cascade", QIC 15, 453 (2015)):
@@ -42,10 +48,17 @@ from ._analytic import h2
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
+IntArr = npt.NDArray[np.signedinteger]
 
 Variant = Literal["original", "optimised"]
 VARIANTS: tuple[Variant, ...] = ("original", "optimised")
 _MIN_QBER = 1e-4
+
+# A node's state: whether Alice's parity is known, and (if so) whether it
+# differs from Bob's current parity of the same range.
+_KNOWN = np.uint8(2)
+_ODD = np.uint8(1)
+_NO_FLIPS = np.zeros(0, dtype=np.int64)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,10 +92,12 @@ def block_sizes(n: int, qber: float, variant: Variant) -> list[int]:
     return sizes
 
 
-def _prefix_xor(bits: U8) -> npt.NDArray[np.int8]:
-    out = np.zeros(bits.size + 1, dtype=np.int8)
-    np.bitwise_xor.accumulate(bits.view(np.int8), out=out[1:])
-    return out
+def _run_starts(sorted_values: IntArr) -> I64:
+    """Indices where a run of equal values begins in a non-decreasing array."""
+    change = np.empty(sorted_values.size, dtype=np.bool_)
+    change[:1] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=change[1:])
+    return np.flatnonzero(change)
 
 
 class _Pass:
@@ -90,97 +105,155 @@ class _Pass:
 
     Node i of level L is the aligned range [i 2^L, (i+1) 2^L) of the permuted
     key (for the original variant only the blocks, of any size, are nodes).
-    ``known[off[L] + i]`` is Alice's parity of the node (-1 if undisclosed) and
-    ``diff`` Alice's parity XOR Bob's current one (valid where known).  Bob's
-    parity of a range is his parity when the pass began corrected by his own
-    flips since (``flips``, sorted permuted positions): no O(n) work per search.
+    ``state[off[L] + i]`` holds ``_KNOWN`` once Alice's parity of the node is
+    known and then ``_ODD`` when it differs from Bob's parity of the node.
+    Bob's corrections are applied to ``state`` in batches (``odd_nodes``),
+    only on the levels where some node is known (``live``): the bit of an
+    unknown node is rewritten when its parity is disclosed.
     """
 
-    def __init__(self, perm: I64, k: int, alice: U8, bob: U8, aligned: bool) -> None:
-        n = perm.size
-        self.perm = perm
-        self.inv = np.empty_like(perm)
-        self.inv[perm] = np.arange(n, dtype=np.int64)
-        self.k = k
+    def __init__(self, perm: I64 | None, k: int, alice: U8, bob: U8, aligned: bool) -> None:
+        n = int(alice.size)
+        self.alice = alice
+        self.bob = bob  # Bob's current bits: the caller corrects them in place
         self.n = n
+        self.k = k
         self.aligned = aligned
-        self.top = int(math.log2(k)) if aligned else 0
-        self.alice_cx = _prefix_xor(alice[perm])
-        self.bob_cx = _prefix_xor(bob[perm])
-        self.flips = np.zeros(0, dtype=np.int64)
-        levels = range(self.top + 1) if aligned else [0]
-        sizes = [-(-n >> lv) if aligned else -(-n // k) for lv in levels]
+        self.top = k.bit_length() - 1 if aligned else 0
+        starts = np.arange(0, n, k, dtype=np.int64)
+        if perm is None:  # the identity: the first pass does not shuffle
+            a_par = np.bitwise_xor.reduceat(alice, starts)
+            b_par = np.bitwise_xor.reduceat(bob, starts)
+            self.perm: IntArr | None = None
+        else:
+            a_par = np.bitwise_xor.reduceat(alice[perm], starts)
+            b_par = np.bitwise_xor.reduceat(bob[perm], starts)
+            self.perm = perm.astype(np.int32) if n < 2**31 else perm
+        self._inv: IntArr | None = None
+        sizes = [-(-n >> lv) for lv in range(self.top + 1)] if aligned else [starts.size]
         self.off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.levels = list(levels)
-        self.known = np.full(int(self.off[-1]), -1, dtype=np.int8)
-        self.diff = np.zeros(int(self.off[-1]), dtype=np.int8)
-        ids = np.arange(sizes[-1], dtype=np.int64)
-        lo, hi = self.node_range(self.top, ids)
-        a_par = self.alice_parity(lo, hi)
-        self.known[self.off[self.top] :] = a_par
-        self.diff[self.off[self.top] :] = a_par ^ self.bob_parity(lo, hi)
-        self.n_blocks = int(ids.size)
+        # np.zeros maps fresh pages: levels never searched cost no memory traffic.
+        self.state = np.zeros(int(self.off[-1]), dtype=np.uint8)
+        self.state[self.off[self.top] :] = _KNOWN | (a_par ^ b_par)
+        self.live = np.zeros(self.top + 1, dtype=np.bool_)
+        self.live[self.top] = True
+        self.n_blocks = int(starts.size)
 
-    def node_ids(self, pos: I64, level: int) -> I64:
-        return pos >> level if self.aligned else pos // self.k
+    def positions(self, original: I64) -> IntArr:
+        """Where bits of the unshuffled key sit in this pass."""
+        if self.perm is None:
+            return original
+        if self._inv is None:
+            self._inv = np.empty(self.n, dtype=self.perm.dtype)
+            self._inv[self.perm.astype(np.int64)] = np.arange(self.n, dtype=self.perm.dtype)
+        return self._inv[original]
 
-    def node_range(self, level: int, ids: I64) -> tuple[I64, I64]:
-        size = (1 << level) if self.aligned else self.k
-        lo = ids * size
-        return lo, np.minimum(lo + size, self.n)
+    def originals(self, positions: I64) -> I64:
+        """The bits of the unshuffled key at ``positions`` of this pass."""
+        return positions if self.perm is None else self.perm[positions].astype(np.int64)
 
-    def alice_parity(self, lo: I64, hi: I64) -> npt.NDArray[np.int8]:
-        """The oracle: Alice's parities (the caller counts what it discloses)."""
-        return self.alice_cx[hi] ^ self.alice_cx[lo]
+    def range_parities(self, lo: I64, hi: I64) -> tuple[U8, U8]:
+        """(Alice's, Bob's) parities of the ranges [lo, hi) of the pass, all non-empty.
 
-    def bob_parity(self, lo: I64, hi: I64) -> npt.NDArray[np.int8]:
-        flipped = np.searchsorted(self.flips, hi) - np.searchsorted(self.flips, lo)
-        return self.bob_cx[hi] ^ self.bob_cx[lo] ^ (flipped & 1).astype(np.int8)
+        Alice's are the oracle's answers: the caller counts what it discloses.
+        """
+        lengths = hi - lo
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        idx = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(lo - starts, lengths)
+        if self.perm is not None:
+            idx = self.perm[idx]
+        return (
+            np.bitwise_xor.reduceat(self.alice[idx], starts),
+            np.bitwise_xor.reduceat(self.bob[idx], starts),
+        )
 
-    def record_flips(self, flipped: I64) -> None:
-        pos = self.inv[flipped]
-        self.flips = np.sort(np.concatenate([self.flips, pos]))
-        for level in self.levels:
-            np.bitwise_xor.at(self.diff, self.off[level] + self.node_ids(pos, level), 1)
+    def _node_flat(self, pos: IntArr) -> tuple[I64, I64]:
+        """Flat state indices (live levels × positions) of the nodes holding ``pos``."""
+        levels = np.flatnonzero(self.live)
+        if self.aligned:
+            ids = pos[None, :].astype(np.int64) >> levels[:, None]
+        else:
+            ids = pos[None, :].astype(np.int64) // self.k
+        return levels, self.off[levels][:, None] + ids
 
     def odd_nodes(self, flipped: I64 | None) -> tuple[I64, I64]:
-        """(levels, ids) of the smallest known odd nodes on the paths of ``flipped``.
+        """Record Bob's ``flipped`` bits; return (levels, ids) of the smallest known odd
+        nodes on their paths.
 
         ``None`` stands for "look at every block" (a pass just began).
         """
         if flipped is None:
-            ids = np.flatnonzero(self.diff[self.off[self.top] :]).astype(np.int64)
+            ids = np.flatnonzero(self.state[self.off[self.top] :] & _ODD).astype(np.int64)
             return np.full(ids.size, self.top, dtype=np.int64), ids
-        pos = np.unique(self.inv[flipped])
-        out_lv: list[I64] = []
-        out_id: list[I64] = []
-        covered = np.zeros(pos.size, dtype=np.bool_)
-        for level in self.levels:
-            ids = self.node_ids(pos, level)
-            flat = self.off[level] + ids
-            odd = (self.known[flat] >= 0) & (self.diff[flat] == 1) & ~covered
-            if odd.any():
-                found = np.unique(ids[odd])
-                out_lv.append(np.full(found.size, level, dtype=np.int64))
-                out_id.append(found)
-                # A flipped bit under an odd node found here needs no bigger node.
-                covered |= np.isin(ids, found)
-        if not out_lv:
+        if flipped.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(out_lv), np.concatenate(out_id)
+        pos = np.sort(self.positions(flipped))
+        levels, flat = self._node_flat(pos)
+        # Rows are levels in increasing order and each row is sorted: so is the whole.
+        run = flat.ravel()
+        starts = _run_starts(run)
+        odd_runs = (np.diff(starts, append=run.size) & 1) == 1
+        self.state[run[starts[odd_runs]]] ^= _ODD
+        odd = self.state[flat] == (_KNOWN | _ODD)
+        hit = np.flatnonzero(odd.any(axis=0))
+        if hit.size == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        # Each flipped bit's search starts at its smallest known odd node.
+        nodes = np.unique(flat[odd[:, hit].argmax(axis=0), hit])
+        level = np.searchsorted(self.off, nodes, side="right") - 1
+        return level.astype(np.int64), nodes - self.off[level]
 
+    def search(self, level: I64, node: I64, stats: list[int]) -> I64:
+        """Binary-search all the odd nodes at once; return the error positions (permuted)."""
+        if not self.aligned:
+            return self._search_blocks(node, stats)
+        lo = node << level
+        hi = np.minimum((node + 1) << level, self.n)
+        level = level.copy()
+        node = node.copy()
+        state = self.state
+        while True:
+            active = np.flatnonzero(level > 0)
+            if active.size == 0:
+                return lo
+            lo_a, hi_a, lv, nd = lo[active], hi[active], level[active] - 1, node[active]
+            mid = lo_a + (np.int64(1) << lv)
+            # A truncated last block may have no right half: the error is on the left.
+            asked = mid < hi_a
+            go_left = ~asked
+            sel = np.flatnonzero(asked)
+            if sel.size:
+                lv_s, nd_s = lv[sel], nd[sel]
+                left = self.off[lv_s] + 2 * nd_s
+                s_left = state[left]
+                d_left = s_left & _ODD
+                unknown = np.flatnonzero((s_left & _KNOWN) == 0)
+                if unknown.size:
+                    # Alice discloses the parities not already known (sub-block reuse).
+                    stats[0] += int(unknown.size)
+                    stats[1] += 1
+                    a, b = self.range_parities(lo_a[sel][unknown], mid[sel][unknown])
+                    d_left[unknown] = a ^ b
+                # Alice's parity of the right half is the parent's minus the left's; so is
+                # Bob's.  A parent passed over in a truncated block may be unknown: then so
+                # is the right half.
+                parent = state[self.off[lv_s + 1] + nd_s]
+                state[left] = _KNOWN | d_left
+                d_right = _KNOWN | ((parent ^ d_left) & _ODD)
+                state[left + 1] = np.where(parent & _KNOWN, d_right, np.uint8(0))
+                self.live[lv_s] = True
+                go_left[sel] = d_left == 1
+            hi[active] = np.where(go_left, np.minimum(mid, hi_a), hi_a)
+            lo[active] = np.where(go_left, lo_a, mid)
+            node[active] = np.where(go_left, 2 * nd, 2 * nd + 1)
+            level[active] = lv
 
-def _search(p: _Pass, level: I64, node: I64, stats: list[int]) -> I64:
-    """Binary-search all the odd nodes at once; return the error positions (permuted)."""
-    lo, hi = p.node_range(0, node) if not p.aligned else (node << level, node << level)
-    if p.aligned:
-        hi = np.minimum((node + 1) << level, p.n)
-    else:
-        lo, hi = p.node_range(0, node)
-    level = level.copy()
-    node = node.copy()
-    while True:
-        if not p.aligned:
+    def _search_blocks(self, node: I64, stats: list[int]) -> I64:
+        """The original variant's search: bisect each block, disclosing every left half."""
+        lo = node * self.k
+        hi = np.minimum(lo + self.k, self.n)
+        while True:
             active = np.flatnonzero(hi - lo > 1)
             if active.size == 0:
                 return lo
@@ -188,41 +261,10 @@ def _search(p: _Pass, level: I64, node: I64, stats: list[int]) -> I64:
             mid = lo_a + (hi_a - lo_a + 1) // 2
             stats[0] += int(active.size)
             stats[1] += 1
-            left_odd = (p.alice_parity(lo_a, mid) ^ p.bob_parity(lo_a, mid)) == 1
+            a, b = self.range_parities(lo_a, mid)
+            left_odd = (a ^ b) == 1
             hi[active] = np.where(left_odd, mid, hi_a)
             lo[active] = np.where(left_odd, lo_a, mid)
-            continue
-        active = np.flatnonzero(level > 0)
-        if active.size == 0:
-            return lo
-        lo_a, hi_a, lv, nd = lo[active], hi[active], level[active] - 1, node[active]
-        mid = lo_a + (np.int64(1) << lv)
-        # A truncated last block may have no right half: the error is on the left.
-        asked = mid < hi_a
-        go_left = ~asked
-        sel = np.flatnonzero(asked)
-        if sel.size:
-            lo_s, mid_s, hi_s = lo_a[sel], mid[sel], hi_a[sel]
-            left = p.off[lv[sel]] + 2 * nd[sel]
-            a_left = p.known[left]
-            unknown = a_left < 0
-            if unknown.any():
-                # Alice discloses the parities not already known (sub-block reuse).
-                stats[0] += int(unknown.sum())
-                stats[1] += 1
-                a_left = np.where(unknown, p.alice_parity(lo_s, mid_s), a_left)
-            b_left = p.bob_parity(lo_s, mid_s)
-            a_right = p.known[p.off[lv[sel] + 1] + nd[sel]] ^ a_left
-            b_right = p.bob_parity(mid_s, hi_s)
-            p.known[left] = a_left
-            p.diff[left] = a_left ^ b_left
-            p.known[left + 1] = a_right
-            p.diff[left + 1] = a_right ^ b_right
-            go_left[sel] = (a_left ^ b_left) == 1
-        hi[active] = np.where(go_left, np.minimum(mid, hi_a), hi_a)
-        lo[active] = np.where(go_left, lo_a, mid)
-        node[active] = np.where(go_left, 2 * nd, 2 * nd + 1)
-        level[active] = lv
 
 
 def cascade(
@@ -244,7 +286,8 @@ def cascade(
     if variant not in VARIANTS:
         raise ValueError(f"cascade variant {variant!r} unknown (known: {', '.join(VARIANTS)})")
     n = int(alice.size)
-    bob = bob.copy()
+    alice = np.ascontiguousarray(alice, dtype=np.uint8)
+    bob = np.array(bob, dtype=np.uint8)
     if n == 0:
         return CascadeResult(bob, 0, 0, 0, 0)
     stats = [0, 0]  # disclosed parity bits, round trips
@@ -252,27 +295,26 @@ def cascade(
     passes: list[_Pass] = []
     corrected = 0
     sizes = block_sizes(n, qber_estimate, variant)
-    no_flips = np.zeros(0, dtype=np.int64)
     for i, k in enumerate(sizes):
-        perm = np.arange(n, dtype=np.int64) if i == 0 else rng.permutation(n).astype(np.int64)
-        passes.append(_Pass(perm, k, alice, bob, aligned))
-        stats[0] += passes[-1].n_blocks
+        perm = None if i == 0 else rng.permutation(n)
+        p = _Pass(perm, k, alice, bob, aligned)
+        passes.append(p)
+        stats[0] += p.n_blocks
         stats[1] += 1
-        pending: list[I64 | None] = [no_flips] * i + [None]
-        while True:
-            # The cascade: resolve odd nodes, smallest blocks (earliest passes) first.
-            for j, p in enumerate(passes):
-                levels, nodes = p.odd_nodes(pending[j])
-                pending[j] = no_flips
-                if nodes.size:
-                    break
-            else:
-                break
-            found = np.unique(p.perm[_search(p, levels, nodes, stats)])
+        # Bob's corrections that each pass has not looked at yet.
+        pending: list[list[I64]] = [[] for _ in passes]
+        levels, nodes = p.odd_nodes(None)
+        while nodes.size:
+            found = np.unique(p.originals(p.search(levels, nodes, stats)))
             bob[found] ^= 1
             corrected += int(found.size)
-            for jj, other in enumerate(passes):
-                other.record_flips(found)
-                prev = pending[jj]
-                pending[jj] = found if prev is None else np.concatenate([prev, found])
+            for todo in pending:
+                todo.append(found)
+            # The cascade: resolve odd nodes, smallest blocks (earliest passes) first.
+            for j, p in enumerate(passes):
+                flips = np.concatenate(pending[j]) if pending[j] else _NO_FLIPS
+                pending[j] = []
+                levels, nodes = p.odd_nodes(flips)
+                if nodes.size:
+                    break
     return CascadeResult(bob, stats[0], stats[1], len(sizes), corrected)
