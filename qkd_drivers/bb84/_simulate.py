@@ -18,10 +18,12 @@ Two modes give the same statistics:
     Optional afterpulsing and dead time (which couple pulses in time) are
     only available here.
 ``simulate_events``
-    Event sampling: the pulses of each (intensity, Alice basis, Bob basis)
-    class are drawn from a multinomial, then each class's outcomes (no click,
-    right bit, wrong bit, double click) from a multinomial with the exact
-    outcome probabilities, and only the detections are materialised.
+    Event sampling from the exact outcome probabilities of each (intensity,
+    Alice basis, Bob basis) class: the number of clicks is binomial, each
+    click's class and outcome (right bit, wrong bit, double click) is drawn
+    independently given that it clicked, and the pulses without a click are
+    only counted.  ``event_counts`` draws the same counts (multinomials per
+    class) without materialising any detection.
 
 Eavesdroppers (``Eve``): intercept-resend on a fraction of pulses (Eve at
 Alice's door measures in a random basis and resends one photon in her basis
@@ -267,6 +269,54 @@ def event_counts(
     return out.reshape(3, 2, 2, 5)
 
 
+# A detection's public labels and its error, packed in one byte: intensity << 4 |
+# Alice's basis << 3 | Bob's basis << 2 | double click << 1 | Bob's bit wrong.
+_CODES = 64
+_NO_CODE = np.uint8(255)
+_TABLE_BITS = 16
+_EVENT_CHUNK = 1 << 18
+
+
+def _detection_code_probabilities(
+    params: Bb84Params, distance_km: float, eve: Eve
+) -> tuple[F64, F64]:
+    """(P(pulse is detected with code c) for the 64 codes, P(no click) per intensity)."""
+    cls_p = class_probabilities(params)
+    joint = (cls_p / cls_p.sum())[..., None] * outcome_probabilities(params, distance_km, eve)
+    by_code = np.zeros((4, 2, 2, 4), dtype=np.float64)
+    by_code[:3, ..., 0] = joint[..., 1]
+    by_code[:3, ..., 1] = joint[..., 2]
+    # A double click gives Bob a random bit: right or wrong with probability 1/2 each.
+    by_code[:3, ..., 2] = by_code[:3, ..., 3] = joint[..., 3] / 2.0
+    return by_code.reshape(_CODES), joint[..., 0].sum(axis=(1, 2))
+
+
+class _CodeSampler:
+    """Independent draws from a distribution over the 64 codes, exact, one table look-up each.
+
+    Marsaglia's table method: code c fills floor(p_c 2^16) entries of a 2^16-entry
+    table indexed by 16 random bits; the entries left over (at most 64 in 2^16)
+    send the draw to the remainders p_c - floor(p_c 2^16) / 2^16, drawn exactly.
+    """
+
+    def __init__(self, p: F64) -> None:
+        size = 1 << _TABLE_BITS
+        whole = np.floor(p * size)
+        self.table = np.full(size, _NO_CODE, dtype=np.uint8)
+        filled = np.repeat(np.arange(_CODES, dtype=np.uint8), whole.astype(np.int64))[:size]
+        self.table[: filled.size] = filled
+        rest = np.clip(p - whole / size, 0.0, None)
+        self.rest = rest / rest.sum() if rest.sum() > 0 else rest
+
+    def draw(self, m: int, rng: np.random.Generator) -> U8:
+        index = rng.bit_generator.random_raw(-(-m // 4)).view(np.uint16)[:m]
+        codes = np.take(self.table, index)
+        rare = np.flatnonzero(codes == _NO_CODE)
+        if rare.size:
+            codes[rare] = rng.choice(_CODES, size=rare.size, p=self.rest)
+        return codes
+
+
 def simulate_events(
     params: Bb84Params,
     distance_km: float,
@@ -275,45 +325,54 @@ def simulate_events(
     *,
     eve: Eve = NO_EVE,
 ) -> DetectionRecord:
-    """Draw the detections of ``n_pulses`` pulses by class (see module docstring).
+    """Draw the detections of ``n_pulses`` pulses (see module docstring).
 
-    Cost grows with the number of detections, not of pulses.  Raises
-    ``Bb84ParamsError`` when afterpulsing or dead time is set: they couple
-    pulses in time, which only the per-pulse mode models.
+    The number of detections is binomial; each detection's class and outcome
+    are drawn independently from their distribution given a click (which is
+    what a multinomial of the classes and outcomes put in random order is),
+    and the pulses that gave no click are only counted.  Cost grows with the
+    number of detections, not of pulses.  Raises ``Bb84ParamsError`` when
+    afterpulsing or dead time is set: they couple pulses in time, which only
+    the per-pulse mode models.
     """
     if params.afterpulse_prob > 0.0 or params.dead_time_pulses > 0:
         raise Bb84ParamsError(
             "afterpulse_prob and dead_time_pulses need the per-pulse mode (mode 'pulse')"
         )
-    counts = event_counts(params, distance_km, n_pulses, rng, eve=eve).reshape(12, 5)
-    per_class = counts.sum(axis=1)
-    detected = counts[:, 1:4].sum(axis=1)
-    total = int(detected.sum())
-    labels = np.repeat(np.arange(12, dtype=np.uint8), detected)
-    # Within a class: right answers, then wrong ones, then double clicks (random bit).
-    # Within a class: right answers, then wrong ones (double clicks resolved as drawn).
-    right = counts[:, 1] + counts[:, 3] - counts[:, 4]
-    wrong = counts[:, 2] + counts[:, 4]
-    err = np.concatenate(
-        [
-            np.repeat(np.array([0, 1], dtype=np.uint8), [right[c], wrong[c]])
-            for c in range(12)
-            if detected[c]
-        ]
-        or [np.zeros(0, dtype=np.uint8)]
-    )
-    order = rng.permutation(total)
-    labels, err = labels[order], err[order]
-    alice_bit = rng.integers(0, 2, size=total, dtype=np.uint8)
+    by_code, no_click = _detection_code_probabilities(params, distance_km, eve)
+    p_click = float(by_code.sum())
+    total = int(rng.binomial(n_pulses, min(p_click, 1.0))) if p_click > 0.0 else 0
+    silent = n_pulses - total
+    sent = np.zeros(3, dtype=np.int64)
+    if silent and no_click.sum() > 0.0:
+        sent += rng.multinomial(silent, no_click / no_click.sum())
+    intensity = np.empty(total, dtype=np.uint8)
+    alice_basis = np.empty(total, dtype=np.uint8)
+    bob_basis = np.empty(total, dtype=np.uint8)
+    alice_bit = _random_bits(total, rng)
+    bob_bit = np.empty(total, dtype=np.uint8)
+    doubles = 0
+    if total:
+        sampler = _CodeSampler(by_code / p_click)
+        one = np.uint8(1)
+        for lo in range(0, total, _EVENT_CHUNK):
+            hi = min(lo + _EVENT_CHUNK, total)
+            code = sampler.draw(hi - lo, rng)
+            np.right_shift(code, 4, out=intensity[lo:hi])
+            np.bitwise_and(code >> 3, one, out=alice_basis[lo:hi])
+            np.bitwise_and(code >> 2, one, out=bob_basis[lo:hi])
+            np.bitwise_xor(alice_bit[lo:hi], code & one, out=bob_bit[lo:hi])
+            doubles += int(np.count_nonzero(code & np.uint8(2)))
+        sent += [np.count_nonzero(intensity == k) for k in (SIGNAL, DECOY, VACUUM)]
     return DetectionRecord(
         n_pulses=n_pulses,
-        sent=per_class.reshape(3, 4).sum(axis=1).astype(np.int64),
-        intensity=(labels // 4).astype(np.uint8),
-        alice_basis=((labels // 2) % 2).astype(np.uint8),
-        bob_basis=(labels % 2).astype(np.uint8),
+        sent=sent,
+        intensity=intensity,
+        alice_basis=alice_basis,
+        bob_basis=bob_basis,
         alice_bit=alice_bit,
-        bob_bit=alice_bit ^ err,
-        double_clicks=int(counts[:, 3].sum()),
+        bob_bit=bob_bit,
+        double_clicks=doubles,
     )
 
 
