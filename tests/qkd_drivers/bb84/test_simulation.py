@@ -10,6 +10,7 @@ from qkd_drivers.bb84 import (
     Bb84ParamsError,
     analytic_rate,
     asymptotic_estimate,
+    class_probabilities,
     count_classes,
     event_counts,
     outcome_probabilities,
@@ -17,7 +18,7 @@ from qkd_drivers.bb84 import (
     run_block,
     simulate,
 )
-from qkd_drivers.bb84._simulate import X, Z
+from qkd_drivers.bb84._simulate import X, Z, _CodeSampler
 
 
 def rng(seed: int) -> np.random.Generator:
@@ -65,6 +66,38 @@ def test_per_pulse_mode_matches_the_exact_outcome_probabilities() -> None:
         )
     )
     assert within(record.detections / n, expected_det, n)
+
+
+def test_event_mode_matches_the_exact_outcome_probabilities_of_every_class() -> None:
+    n = 10**9
+    record = simulate(GYS, 0.0, n, rng(13), mode="event")
+    probs = outcome_probabilities(GYS, 0.0)
+    cls = class_probabilities(GYS)
+    err = record.alice_bit ^ record.bob_bit
+    for k in range(3):
+        assert within(record.sent[k] / n, GYS.class_probs[k], n)
+        for a in (X, Z):
+            for b in (X, Z):
+                sel = (record.intensity == k) & (record.alice_basis == a) & (record.bob_basis == b)
+                p = probs[k, a, b]
+                assert within(sel.sum() / n, cls[k, a, b] * (1 - p[0]), n)
+                wrong = (p[2] + p[3] / 2) / (1 - p[0])
+                assert within(err[sel].mean(), wrong, sel.sum())
+    doubles = float(np.sum(cls * probs[..., 3]))
+    assert within(record.double_clicks / n, doubles, n)
+
+
+def test_event_sampler_draws_codes_below_its_table_resolution_exactly() -> None:
+    # Code 7 lies wholly below 2^-16, code 9 partly: both come from the exact remainders.
+    p = np.zeros(64)
+    p[7], p[9], p[20] = 0.5 / 2**16, 0.3 + 0.25 / 2**16, 0.0
+    p[0] = 1.0 - p.sum()
+    n = 1 << 24
+    codes = _CodeSampler(p).draw(n, rng(14))
+    counts = np.bincount(codes, minlength=64)
+    assert counts[20] == 0 and counts[64 - 1] == 0
+    for c in (0, 7, 9):
+        assert within(counts[c] / n, p[c], n)
 
 
 def test_signal_qber_is_near_misalignment_at_short_distance() -> None:
