@@ -13,10 +13,12 @@ parities come from ``bitwise_xor.reduceat`` over the permuted bits, and the
 binary searches of all odd blocks of a pass advance one level per round trip,
 in parallel.  A parity asked for during a search is computed from the bits
 of the range it covers (gathered through the permutation for all the
-searches of a round at once), so a pass keeps no per-bit state but its
-permutation: passes that find nothing (most of the 16 of the optimised
-variant) cost one shuffle and two gathers.  Bob's corrections reach an
-earlier pass only when the cascade next looks at it, as one batch.
+searches of a round at once), so a pass keeps no prefix arrays: only its
+permutation, the state of the nodes it has looked at and, once corrections
+reach it, the inverse permutation.  Passes that find nothing (most of the 16
+of the optimised variant) cost one shuffle and two gathers.  Bob's
+corrections reach an earlier pass only when the cascade next looks at it, as
+one batch.
 
 Variants (Martinez-Mateo, Pacher, Peev, Ciurana and Martin, "Demystifying
 the information reconciliation protocol Cascade", QIC 15, 453 (2015)):
