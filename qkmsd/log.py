@@ -92,10 +92,12 @@ def configure(level: str = "info", fmt: str = "kv", *, node_id: str | None = Non
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     if node_id is not None:
         handler.addFilter(_NodeFilter(node_id))
-    root = logging.getLogger("qkms")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    # The daemon's own loggers, and the drivers' (a separate package, same format).
+    for name in ("qkms", "qkd_drivers"):
+        root = logging.getLogger(name)
+        root.handlers[:] = [handler]
+        root.setLevel(level.upper())
+        root.propagate = False
 
 
 class _NodeFilter(logging.Filter):
