@@ -38,6 +38,26 @@ def paired_block(seed: str, link_id: str, block_id: int, block_bits: int) -> byt
     return material.digest(block_bits // 8)
 
 
+async def clock_paced_ids(
+    clock: Callable[[], float], interval: float, *, after: int | None
+) -> AsyncIterator[int]:
+    """Block ids that follow the clock: id ``i`` is due at ``(i + 1) * interval``.
+
+    Both ends of a simulated link compute the same ids at about the same time, as two real
+    devices would.  Starts at the current slot, or after ``after``.  After a stall it skips
+    what the "device" produced meanwhile, as a real pair would.
+    """
+    next_id = int(clock() / interval)
+    if after is not None:
+        next_id = max(next_id, after + 1)
+    while True:
+        due = (next_id + 1) * interval
+        await trio.sleep(max(0.0, due - clock()))
+        next_id = max(next_id, int(clock() / interval) - 1)
+        yield next_id
+        next_id += 1
+
+
 class PairedDriver(Driver):
     kind: ClassVar[str] = "paired"
     Params: ClassVar[type[msgspec.Struct]] = PairedParams
@@ -61,15 +81,7 @@ class PairedDriver(Driver):
         self._health = dataclasses.replace(self._health, state=LinkState.STOPPED)
 
     async def blocks(self, *, after: int | None = None) -> AsyncIterator[KeyBlock]:
-        interval = self.interval
-        next_id = int(self._clock() / interval)
-        if after is not None:
-            next_id = max(next_id, after + 1)
-        while True:
-            due = (next_id + 1) * interval
-            await trio.sleep(max(0.0, due - self._clock()))
-            # After a stall, skip what the device produced meanwhile: as a real pair would.
-            next_id = max(next_id, int(self._clock() / interval) - 1)
+        async for next_id in clock_paced_ids(self._clock, self.interval, after=after):
             key = paired_block(self.params.seed, self.link.link_id, next_id, self.params.block_bits)
             now = self._clock()
             block = KeyBlock(
@@ -82,7 +94,6 @@ class PairedDriver(Driver):
             )
             self._health = self._health.after_block(block, now)
             yield block
-            next_id += 1
 
     def health(self) -> DriverHealth:
         return self._health

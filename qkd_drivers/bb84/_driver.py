@@ -26,6 +26,7 @@ import numpy as np
 import trio
 
 from .._base import Driver, DriverConfigError, DriverHealth, KeyBlock, LinkEnd, LinkState
+from .._paired import clock_paced_ids
 from ._params import Bb84Params, Bb84ParamsError, load_params
 from ._pipeline import BlockResult, run_block
 from ._simulate import Eve, class_probabilities, outcome_probabilities, parse_eve
@@ -120,14 +121,7 @@ class Bb84SimDriver(Driver):
         Post-processing runs in a worker thread; cancelling abandons it (its
         result is dropped) so the iteration stops promptly.
         """
-        interval = self.interval
-        next_id = int(self._clock() / interval)
-        if after is not None:
-            next_id = max(next_id, after + 1)
-        while True:
-            due = (next_id + 1) * interval
-            await trio.sleep(max(0.0, due - self._clock()))
-            next_id = max(next_id, int(self._clock() / interval) - 1)
+        async for next_id in clock_paced_ids(self._clock, self.interval, after=after):
             result = await trio.to_thread.run_sync(self.run_block, next_id, abandon_on_cancel=True)
             now = self._clock()
             h = self._health
@@ -138,7 +132,6 @@ class Bb84SimDriver(Driver):
                     last_qber=result.qber,
                     detail=f"block {next_id} aborted: {result.abort_reason}",
                 )
-                next_id += 1
                 continue
             block = KeyBlock(
                 link_id=self.link.link_id,
@@ -150,7 +143,6 @@ class Bb84SimDriver(Driver):
             )
             self._health = h.after_block(block, now, detail="")
             yield block
-            next_id += 1
 
     def health(self) -> DriverHealth:
         return self._health
