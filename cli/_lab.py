@@ -16,6 +16,7 @@ so ``start`` brings a killed node back on the same ports with the same state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -43,9 +44,20 @@ class LabError(Exception):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """One free port (see ``free_ports`` when you need several)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports.  All stay bound until all are chosen: a port closed
+    at once may be handed out again by the next bind."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _toml_value(value: Any) -> str:
@@ -165,9 +177,10 @@ class Lab:
         pki = self.dir / "pki"
         progress(f"making the network PKI in {pki}")
         init_ca(pki, common_name=f"qkms lab CA ({topo.name})", force=True)
+        chosen = free_ports(3 * len(topo.nodes))
         ports = {
-            node: {"peer": free_port(), "api": free_port(), "metrics": free_port()}
-            for node in topo.nodes
+            node: dict(zip(("peer", "api", "metrics"), chosen[3 * i : 3 * i + 3], strict=True))
+            for i, node in enumerate(topo.nodes)
         }
         seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
         manifest: dict[str, Any] = {
