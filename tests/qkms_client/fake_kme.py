@@ -7,19 +7,13 @@ to, and PQC wrapping for SAEs that registered a hybrid key.  The real KME comes 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import ssl
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
+from cli._pki import init_ca, issue_node, issue_sae
 from protocol._etsi014 import (
     MSG_KEYS_NOT_FOUND,
     MSG_SIZE_NOT_MULTIPLE_OF_8,
@@ -48,74 +42,35 @@ SAES = ("SAE_A", "SAE_B", "SAE_C")
 
 @dataclass(frozen=True)
 class Pki:
+    """A network PKI as ``qkmsctl pki`` lays it out, plus a stranger CA beside it."""
+
     directory: Path
 
     @property
     def ca(self) -> Path:
         return self.directory / "ca.pem"
 
+    @property
+    def stranger_ca(self) -> Path:
+        return self.directory / "stranger" / "ca.pem"
+
     def cert(self, name: str) -> Path:
-        return self.directory / f"{name}.pem"
+        return self._dir(name) / f"{name}.pem"
 
     def key(self, name: str) -> Path:
-        return self.directory / f"{name}.key"
+        return self._dir(name) / f"{name}.key"
+
+    def _dir(self, name: str) -> Path:
+        return self.directory / ("saes" if name in SAES else "nodes")
 
 
 def make_pki(directory: Path) -> Pki:
-    """A CA; KME_A (server, 127.0.0.1); SAE_A..SAE_C (clients); and a stranger CA."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(cn: str, ou: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
-            ]
-        )
-
-    def save(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / f"{stem}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    def builder(
-        subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, ca: bool
-    ) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-
-    for ca_stem in ("stranger-ca", "ca"):  # the last one issues the certificates below
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = name(f"{ca_stem} test", "ca")
-        save(ca_stem, builder(ca_name, ca_name, ca_key, True).sign(ca_key, hashes.SHA256()), ca_key)
-    for stem, ou, usage in [
-        ("KME_A", "node", ExtendedKeyUsageOID.SERVER_AUTH),
-        *((sae, "sae", ExtendedKeyUsageOID.CLIENT_AUTH) for sae in SAES),
-    ]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            builder(name(stem, ou), ca_name, key, False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        save(stem, cert, key)
+    """The network CA; KME_A (node, 127.0.0.1); SAE_A..SAE_C; and a stranger CA."""
+    init_ca(directory)
+    issue_node(directory, "KME_A")
+    for sae in SAES:
+        issue_sae(directory, sae)
+    init_ca(directory / "stranger", common_name="stranger CA")
     return Pki(directory)
 
 

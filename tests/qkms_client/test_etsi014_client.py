@@ -176,7 +176,7 @@ async def test_kme_with_a_certificate_from_another_ca_is_refused(
     make_client: MakeClient, pki: Pki
 ) -> None:
     with pytest.raises(TransportError, match="certificate"):
-        await make_client(ca=pki.directory / "stranger-ca.pem").status("SAE_B")
+        await make_client(ca=pki.stranger_ca).status("SAE_B")
 
 
 async def test_delivered_key_repr_hides_the_key(make_client: MakeClient) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -14,10 +12,6 @@ import h11
 import pytest
 import trio
 import trio.testing
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from qkmsd.http import Limits, PeerInfo, Request, Response, serve_connection, serve_tcp_tls
 
@@ -266,70 +260,16 @@ class Pki:
     client_key: Path
 
 
-def _write_pki(directory: Path) -> Pki:
-    """A throwaway CA, a server certificate for 127.0.0.1 and an SAE client certificate."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(cn: str, ou: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
-            ]
-        )
-
-    def issue(
-        subject: x509.Name,
-        key: ec.EllipticCurvePrivateKey,
-        issuer: x509.Name,
-        issuer_key: ec.EllipticCurvePrivateKey,
-        ca: bool,
-        usage: list[x509.ObjectIdentifier],
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    def save(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, stem: str) -> None:
-        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / f"{stem}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("test CA", "ca")
-    save(issue(ca_name, ca_key, ca_name, ca_key, True, []), ca_key, "ca")
-    for stem, cn, ou, usage in [
-        ("server", "KME_A", "node", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", "SAE_A", "sae", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        save(issue(name(cn, ou), key, ca_name, ca_key, False, [usage]), key, stem)
-    d = directory
-    return Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return _write_pki(tmp_path)
+@pytest.fixture(name="pki")
+def tls_files(pki: Path) -> Pki:
+    """The shared network PKI (tests/conftest.py): KME_A serves, SAE_A is the client."""
+    return Pki(
+        pki / "ca.pem",
+        pki / "nodes" / "KME_A.pem",
+        pki / "nodes" / "KME_A.key",
+        pki / "saes" / "SAE_A.pem",
+        pki / "saes" / "SAE_A.key",
+    )
 
 
 def _server_context(pki: Pki) -> ssl.SSLContext:
