@@ -26,7 +26,7 @@ import dataclasses
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from ._errors import KeyStoreError
@@ -123,7 +123,10 @@ class ServiceKeyMethods(abc.ABC):
     def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
 
     @abc.abstractmethod
-    def _decrypt_block(self, link_id: str, block_id: int, nonce: bytes, cipher: bytes) -> bytes: ...
+    def _block_plain(self, conn: sqlite3.Connection, link_id: str, block_id: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def _forget_blocks(self, link_id: str, block_ids: Iterable[int]) -> None: ...
 
     @abc.abstractmethod
     def _seal(self, plain: bytes, ad: bytes) -> tuple[bytes, bytes]: ...
@@ -159,23 +162,23 @@ class ServiceKeyMethods(abc.ABC):
         out: list[CutKey] = []
         with self._writing() as conn:
             rows = conn.execute(
-                "SELECT block_id, size_bits, used_bits, nonce, material FROM blocks"
+                "SELECT block_id, size_bits, used_bits FROM blocks"
                 " WHERE link_id = ? AND state = 'ready' AND owned = 1 AND used_bits < size_bits"
                 " ORDER BY block_id",
                 (link_id,),
             )
-            blocks: list[tuple[int, int, int, bytes]] = []  # id, used bytes, size bytes, plain
+            chosen: list[tuple[int, int, int]] = []  # id, used bytes, size bytes
             have = 0
-            for block_id, size_bits, used_bits, nonce, material in rows:
+            for block_id, size_bits, used_bits in rows:
                 if have >= need:
                     break
-                plain = self._decrypt_block(link_id, block_id, nonce, material)
-                blocks.append((block_id, used_bits // 8, size_bits // 8, plain))
+                chosen.append((block_id, used_bits // 8, size_bits // 8))
                 have += size_bits // 8 - used_bits // 8
             if have < need:
                 raise InsufficientKey(
                     f"link {link_id}: {need * 8} bits asked, {have * 8} owned ready bits available"
                 )
+            blocks = [(b, u, t, self._block_plain(conn, link_id, b)) for b, u, t in chosen]
             cursor = 0
             for key_id, size in keys:
                 segments: list[Segment] = []
@@ -264,22 +267,18 @@ class ServiceKeyMethods(abc.ABC):
         self, conn: sqlite3.Connection, link_id: str, block_id: int
     ) -> tuple[int, int, bytes]:
         row = conn.execute(
-            "SELECT state, owned, size_bits, used_bits, nonce, material FROM blocks"
+            "SELECT state, owned, size_bits, used_bits FROM blocks"
             " WHERE link_id = ? AND block_id = ?",
             (link_id, block_id),
         ).fetchone()
         if row is None:
             raise SegmentRefused(f"link {link_id}: block {block_id} unknown here")
-        state, owned, size_bits, used_bits, nonce, material = row
+        state, owned, size_bits, used_bits = row
         if state != KeyState.READY.value:
             raise SegmentRefused(f"link {link_id}: block {block_id} is {state}, not ready")
         if owned:
             raise SegmentRefused(f"link {link_id}: block {block_id} is ours to allocate, not yours")
-        return (
-            used_bits // 8,
-            size_bits // 8,
-            self._decrypt_block(link_id, block_id, nonce, material),
-        )
+        return used_bits // 8, size_bits // 8, self._block_plain(conn, link_id, block_id)
 
     def _advance(
         self, conn: sqlite3.Connection, link_id: str, cursors: Sequence[tuple[int, int]]
@@ -306,6 +305,7 @@ class ServiceKeyMethods(abc.ABC):
             conn.execute(
                 "DELETE FROM consumed WHERE link_id = ? AND block_id = ?", (link_id, block_id)
             )
+            self._forget_blocks(link_id, [block_id])
             conn.execute(
                 "UPDATE blocks SET used_bits = size_bits, state = 'erased', state_changed_at = ?,"
                 " reason = 'all bits delivered', nonce = NULL, material = NULL"

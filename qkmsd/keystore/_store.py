@@ -47,6 +47,7 @@ MAX_BLOCK_ID: Final = (1 << 63) - 1
 _LINK_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,129}")
 _NONCE_SIZE: Final = 24
 _CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
+_PLAIN_CACHE_BYTES: Final = 4 << 20  # decrypted blocks kept for cutting (at least one)
 _CANARY: Final = b"qkms key store canary v1"
 _CANARY_AD: Final = b"qkms-meta\0canary"
 _ERASED_STATES = tuple(sorted(s.value for s in KeyState if s not in HOLDS_MATERIAL))
@@ -147,6 +148,7 @@ class KeyStore(ServiceKeyMethods):
         self._mutex = threading.RLock()
         self._batch_depth = 0
         self._checkpoint_after_batch = False
+        self._plain: dict[tuple[str, int], bytes] = {}
 
     @classmethod
     def open(
@@ -408,7 +410,10 @@ class KeyStore(ServiceKeyMethods):
         check_transition(old, new)
         if not block_ids:
             return
-        erase = "" if new in HOLDS_MATERIAL else ", nonce = NULL, material = NULL"
+        erase = ""
+        if new not in HOLDS_MATERIAL:
+            erase = ", nonce = NULL, material = NULL"
+            self._forget_blocks(link_id, block_ids)
         now = self._clock()
         # An empty reason keeps the earlier one: "peer discarded" should outlive the erase.
         conn.executemany(
@@ -600,14 +605,41 @@ class KeyStore(ServiceKeyMethods):
 
     # -- encryption, for the service-key methods -------------------------------------------
 
-    def _decrypt_block(self, link_id: str, block_id: int, nonce: bytes, cipher: bytes) -> bytes:
-        try:
-            return _decrypt(self._key, nonce, cipher, _block_ad(link_id, block_id))
-        except nacl.exceptions.CryptoError:
-            raise CorruptStoreError(
-                f"key store {self._path}: block {link_id}/{block_id} fails authentication "
-                "(wrong master key or tampered row)"
-            ) from None
+    def _block_plain(self, conn: sqlite3.Connection, link_id: str, block_id: int) -> bytes:
+        """A ready block's material, decrypted once and kept while keys are cut from it.
+
+        Key requests cut a few bytes at a time from the same block: decrypting the whole
+        block (up to 16 MiB) for each would cost more than everything else a request does.
+        A block's material never changes once written, so the plaintext stays valid until
+        the block's material is erased (``_forget_blocks``).  The cache is small
+        (``_PLAIN_CACHE_BYTES``), and holds nothing the process did not already decrypt.
+        """
+        entry = (link_id, block_id)
+        plain = self._plain.pop(entry, None)
+        if plain is None:
+            row = conn.execute(
+                "SELECT nonce, material FROM blocks WHERE link_id = ? AND block_id = ?",
+                entry,
+            ).fetchone()
+            if row is None or row[1] is None:
+                raise KeyStoreError(f"block {link_id}/{block_id}: material erased or unknown")
+            try:
+                plain = _decrypt(self._key, row[0], row[1], _block_ad(link_id, block_id))
+            except nacl.exceptions.CryptoError:
+                raise CorruptStoreError(
+                    f"key store {self._path}: block {link_id}/{block_id} fails authentication "
+                    "(wrong master key or tampered row)"
+                ) from None
+        self._plain[entry] = plain  # most recently used last
+        held = sum(len(p) for p in self._plain.values())
+        while held > _PLAIN_CACHE_BYTES and len(self._plain) > 1:
+            oldest = next(iter(self._plain))
+            held -= len(self._plain.pop(oldest))
+        return plain
+
+    def _forget_blocks(self, link_id: str, block_ids: Iterable[int]) -> None:
+        for block_id in block_ids:
+            self._plain.pop((link_id, block_id), None)
 
     def _seal(self, plain: bytes, ad: bytes) -> tuple[bytes, bytes]:
         nonce = os.urandom(_NONCE_SIZE)
