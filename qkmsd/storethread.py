@@ -10,12 +10,18 @@ concurrent requests share one fsync; alone, a call costs what it did before.
 A call that has started always finishes (it is not abandoned on cancellation), so
 a transaction is never cut in half by a cancelled task; the caller's own wait is
 cancellable.
+
+The worker is one long-lived thread of our own rather than ``trio.to_thread``:
+handing a batch to it and back costs half as much CPU (no thread cache, no renaming
+the thread per job), and a node makes a hand-off for every key request.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -66,35 +72,50 @@ class StoreThread:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the queue in batches until cancelled."""
-        task_status.started()
-        async with self._recv:
-            while True:
-                items = [await self._recv.receive()]
-                while len(items) < MAX_BATCH:
-                    try:
-                        items.append(self._recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                await self._run_batch(items)
+        jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        worker = threading.Thread(target=_serve_jobs, args=(jobs,), name="qkmsd-store", daemon=True)
+        worker.start()
+        try:
+            task_status.started()
+            async with self._recv:
+                while True:
+                    items = [await self._recv.receive()]
+                    while len(items) < MAX_BATCH:
+                        try:
+                            items.append(self._recv.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    await self._run_batch(items, jobs)
+        finally:
+            jobs.put(None)  # the worker ends; no batch is in flight (they are awaited shielded)
 
-    async def _run_batch(self, items: list[_Call]) -> None:
+    async def _run_batch(
+        self, items: list[_Call], jobs: queue.SimpleQueue[Callable[[], None] | None]
+    ) -> None:
         assert self._store is not None
         store = self._store
+        token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
+        failure: list[Exception] = []
 
         def work() -> None:
-            with store.batch():
-                for item in items:
-                    try:
-                        item.result = item.fn()
-                    except Exception as exc:  # delivered to that caller only
-                        item.error = exc
+            try:
+                with store.batch():
+                    for item in items:
+                        try:
+                            item.result = item.fn()
+                        except Exception as exc:  # delivered to that caller only
+                            item.error = exc
+            except Exception as exc:  # the commit itself failed: nobody's change is durable
+                failure.append(exc)
+            token.run_sync_soon(finished.set)
 
-        try:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(work, limiter=self._limiter)
-        except Exception as exc:  # the commit itself failed: nobody's change is durable
+        jobs.put(work)
+        with trio.CancelScope(shield=True):
+            await finished.wait()
+        if failure:
             for item in items:
-                item.error, item.result = exc, None
+                item.error, item.result = failure[0], None
         self.batches += 1
         self.calls += len(items)
         for item in items:
@@ -102,3 +123,8 @@ class StoreThread:
 
     def statistics(self) -> dict[str, Any]:
         return {"batches": self.batches, "calls": self.calls}
+
+
+def _serve_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+    while (job := jobs.get()) is not None:
+        job()
