@@ -95,6 +95,7 @@ class SupplyPolicy(_Section, frozen=True):
     rate_keys_per_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     burst_keys: Annotated[int, msgspec.Meta(ge=1)] = 1024
     derive: str = "none"
+    stock_keys: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 32
 
 
 class SupplyPairSection(_Section, frozen=True):
@@ -110,6 +111,7 @@ class SupplyPairSection(_Section, frozen=True):
     rate_keys_per_s: float | None = None
     burst_keys: int | None = None
     derive: str | None = None
+    stock_keys: int | None = None
 
 
 class SupplySection(_Section, frozen=True):

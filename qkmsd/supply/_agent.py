@@ -30,7 +30,14 @@ from typing import Any
 
 import trio
 
-from protocol import ReservedKey, SegmentRef, SupplyReserve, SupplyResult, etsi014
+from protocol import (
+    MAX_KEYS_PER_RESERVATION,
+    ReservedKey,
+    SegmentRef,
+    SupplyReserve,
+    SupplyResult,
+    etsi014,
+)
 from qkms_pqc import (
     ETSI014_CONTEXT,
     HybridPublicKey,
@@ -51,8 +58,16 @@ from ..keystore import (
 )
 from ..log import get_logger
 from ..storethread import StoreThread
-from ._errors import HANDLED, BadRequest, Unauthorised, Unavailable, error_response
+from ._errors import (
+    HANDLED,
+    BadRequest,
+    SupplyError,
+    Unauthorised,
+    Unavailable,
+    error_response,
+)
 from ._policy import RateLimiter, derive_keys
+from ._stock import PairStock
 
 log = get_logger("qkms.supply")
 
@@ -63,6 +78,8 @@ EXT_PQC_WRAP = "qkms_pqc_wrap"
 SUPPORTED_MANDATORY = frozenset({EXT_PQC_WRAP})
 # Reservations from peers served at once: they share store commits (group commit).
 RESERVATIONS_IN_FLIGHT = 256
+# A pair's stock is not refilled again within this many seconds of a failed refill.
+STOCK_RETRY_S = 1.0
 
 
 @dataclasses.dataclass
@@ -101,7 +118,15 @@ class KeySupply:
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self._limits = RateLimiter(clock=trio.current_time)
-        self._counts = {"enc_keys": 0, "dec_keys": 0, "keys_out": 0, "refused": 0}
+        self._counts = {
+            "enc_keys": 0,
+            "dec_keys": 0,
+            "keys_out": 0,
+            "refused": 0,
+            "stock_keys_in": 0,
+            "stock_keys_out": 0,
+        }
+        self._stocks: dict[tuple[str, str], PairStock] = {}
         self._nursery: trio.Nursery | None = None
         self._reservations = trio.CapacityLimiter(RESERVATIONS_IN_FLIGHT)
 
@@ -164,7 +189,9 @@ class KeySupply:
             stored = policy.max_stored_keys
         elif target.kme in self._link_to:
             pool = await self._thread.call(self._store.pool, self._link_to[target.kme])
-            stored = min(policy.max_stored_keys, pool.owned_ready_bits // policy.key_size)
+            stock = self._stocks.get((master, slave))
+            stocked = len(stock) if stock is not None else 0
+            stored = min(policy.max_stored_keys, pool.owned_ready_bits // policy.key_size + stocked)
         status = etsi014.Status(
             source_KME_ID=self.node_id,
             target_KME_ID=target.kme,
@@ -204,7 +231,15 @@ class KeySupply:
         expires_at = self._clock() + policy.key_validity_s
         here = [s for s in slaves if self._saes[s].kme == self.node_id]
         there = [s for s in slaves if s not in here]
-        if target.kme == self.node_id:
+        stocked = _stock_target(policy) > 0 and slaves == [slave] and size == policy.key_size
+        if target.kme in self._link_to and stocked:
+            keys = self._take_stock(master, slave, number, policy)
+            if keys is None:
+                keys = await self._cut_and_reserve(
+                    master, target.kme, key_ids, size, here, there, expires_at
+                )
+            self._refill_soon(master, slave, target.kme, policy)
+        elif target.kme == self.node_id:
             keys = [CutKey(k, (), os.urandom(size // 8)) for k in key_ids]
             await self._thread.call(
                 self._store.record_local_service_keys,
@@ -325,6 +360,61 @@ class KeySupply:
             raise Unavailable(f"target KME {target_kme} refused the keys: {result.message}")
         return keys
 
+    # --- the per-pair stock (see ._stock) ----------------------------------------------
+
+    def _stock(self, master: str, slave: str, policy: SupplyPolicy) -> PairStock:
+        stock = self._stocks.get((master, slave))
+        if stock is None:
+            stock = self._stocks[(master, slave)] = PairStock(_stock_target(policy))
+        return stock
+
+    def _take_stock(
+        self, master: str, slave: str, number: int, policy: SupplyPolicy
+    ) -> list[CutKey] | None:
+        keys = self._stock(master, slave, policy).take(number, now=self._clock())
+        if keys is not None:
+            self._counts["stock_keys_out"] += number
+        return keys
+
+    def _refill_soon(self, master: str, slave: str, target_kme: str, policy: SupplyPolicy) -> None:
+        """Start topping the pair's stock up in the background, if it runs low."""
+        assert self._nursery is not None, "run() first"
+        stock = self._stock(master, slave, policy)
+        if stock.wanted(self._clock(), retry_after=STOCK_RETRY_S):
+            stock.refilling = True
+            self._nursery.start_soon(self._refill, master, slave, target_kme, stock, policy)
+
+    async def _refill(
+        self, master: str, slave: str, target_kme: str, stock: PairStock, policy: SupplyPolicy
+    ) -> None:
+        try:
+            while (want := stock.target - len(stock)) > 0:
+                number = min(want, MAX_KEYS_PER_RESERVATION)
+                expires_at = self._clock() + policy.key_validity_s
+                try:
+                    keys = await self._cut_and_reserve(
+                        master,
+                        target_kme,
+                        [str(uuid.uuid4()) for _ in range(number)],
+                        policy.key_size,
+                        [],
+                        [slave],
+                        expires_at,
+                    )
+                except (SupplyError, KeyStoreError) as exc:  # short pool, peer away or full
+                    stock.failed_at = self._clock()
+                    log.info(
+                        "supply.stock_refill_failed",
+                        master=master,
+                        slave=slave,
+                        reason=str(exc)[:200],
+                    )
+                    return
+                stock.add(keys, expires_at=expires_at, validity_s=policy.key_validity_s)
+                self._counts["stock_keys_in"] += number
+        finally:
+            stock.refilling = False
+
     async def _dec_keys(self, slave: str, master: str, ids: etsi014.KeyIDs) -> Response:
         key_ids = [ref.key_ID.lower() for ref in ids.key_IDs]
         if len(set(key_ids)) != len(key_ids):
@@ -431,3 +521,8 @@ class KeySupply:
 
     def statistics(self) -> dict[str, Any]:
         return dict(self._counts)
+
+
+def _stock_target(policy: SupplyPolicy) -> int:
+    # Stocked keys count against the slave's max_stored_keys: leave it room.
+    return min(policy.stock_keys, policy.max_stored_keys // 2)

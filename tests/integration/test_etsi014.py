@@ -142,6 +142,19 @@ class Kmes:
     scopes: dict[str, trio.CancelScope]
     saes: dict[str, dict[str, Any]]
     stack: contextlib.AsyncExitStack
+    nodes: dict[str, Node] = dataclasses.field(default_factory=dict)
+
+    def supply_stats(self, kme: str) -> dict[str, Any]:
+        supply = self.nodes[kme].supply
+        assert supply is not None
+        return supply.statistics()
+
+    async def wait_for_stock(self, kme: str, keys: int) -> None:
+        """Until ``kme`` has put ``keys`` keys in its stocks (keys recorded at the peer)."""
+        while True:
+            if self.supply_stats(kme)["stock_keys_in"] >= keys:
+                return
+            await trio.sleep(0.02)
 
     def url(self, kme: str) -> str:
         return f"https://127.0.0.1:{self.infos[kme].api_port}"
@@ -217,12 +230,13 @@ class Kmes:
 
 
 async def _run_node(
-    config: Config, *, task_status: trio.TaskStatus[tuple[NodeInfo, trio.CancelScope]]
+    config: Config, *, task_status: trio.TaskStatus[tuple[Node, NodeInfo, trio.CancelScope]]
 ) -> None:
     """Run one node in a scope of its own, so that a test can stop it alone."""
     async with trio.open_nursery() as nursery:
-        info = await nursery.start(Node(config).run)
-        task_status.started((info, nursery.cancel_scope))
+        node = Node(config)
+        info = await nursery.start(node.run)
+        task_status.started((node, info, nursery.cancel_scope))
 
 
 @contextlib.asynccontextmanager
@@ -251,7 +265,7 @@ async def network(
             saes=all_saes,
             supply=supply,
         )
-        info_b, scope_b = await nursery.start(_run_node, cfg_b)
+        node_b, info_b, scope_b = await nursery.start(_run_node, cfg_b)
         cfg_a = node_config(
             "KME_A",
             peers={"KME_B": f"127.0.0.1:{info_b.peer_port}"},
@@ -260,7 +274,7 @@ async def network(
             saes=all_saes,
             supply=supply,
         )
-        info_a, scope_a = await nursery.start(_run_node, cfg_a)
+        node_a, info_a, scope_a = await nursery.start(_run_node, cfg_a)
         async with contextlib.AsyncExitStack() as stack:
             kmes = Kmes(
                 pki=pki,
@@ -269,6 +283,7 @@ async def network(
                 scopes={"KME_A": scope_a, "KME_B": scope_b},
                 saes=all_saes,
                 stack=stack,
+                nodes={"KME_A": node_a, "KME_B": node_b},
             )
             await kmes.wait_for_key(wait_bits)
             yield kmes
@@ -908,8 +923,9 @@ async def test_enc_keys_beyond_the_pool_is_503_and_cuts_nothing(
 async def test_enc_keys_while_the_target_kme_is_down_is_503(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:
+    # Without a stock: every request asks KME_B (test_stocked_keys_... is the other case).
     with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki) as net:
+        async with network(node_config, sae_pki, default={"stock_keys": 0}) as net:
             client = net.client("SAE_A")
             await client.get_key("SAE_B")
             net.stop("KME_B")
@@ -949,6 +965,100 @@ async def test_keys_past_their_validity_are_400_at_dec_keys(
             with pytest.raises(BadRequest) as refused:
                 await net.client("SAE_B").get_key_with_ids("SAE_A", [keys[0].key_id])
             assert refused.value.message == etsi014.MSG_KEYS_NOT_FOUND
+
+
+# --- the per-pair stock (qkmsd/supply/_stock.py) -------------------------------------------
+
+STOCK = 8
+
+
+async def test_a_pair_stock_serves_keys_the_slave_kme_already_holds(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki, default={"stock_keys": STOCK}) as net:
+            master, slave = net.client("SAE_A"), net.client("SAE_B")
+            # No stock yet: the first request is reserved at KME_B on request.
+            first = list(await master.get_key("SAE_B"))
+            await net.wait_for_stock("KME_A", STOCK)
+            assert net.supply_stats("KME_A")["stock_keys_out"] == 0
+            stocked = list(await master.get_key("SAE_B", number=3))
+            assert net.supply_stats("KME_A")["stock_keys_out"] == 3
+            fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in first + stocked])
+            assert by_id(fetched) == by_id(first + stocked)
+            # Keys go out once: the stock never hands out a key twice, nor a fetched one.
+            more = list(await master.get_key("SAE_B", number=3))
+            assert not set(by_id(more)) & set(by_id(first + stocked))
+            assert len({k.key for k in first + stocked + more}) == 7
+
+
+async def test_stocked_keys_are_served_while_the_target_kme_is_down(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    # KME_B recorded the stocked keys before it went down: the slave fetches them once it is
+    # back, as ETSI 014 has KMEs share keys ahead of requests.
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki, default={"stock_keys": STOCK}) as net:
+            master = net.client("SAE_A")
+            await master.get_key("SAE_B")
+            await net.wait_for_stock("KME_A", STOCK)
+            net.stop("KME_B")
+            assert len(await master.get_key("SAE_B", number=STOCK)) == STOCK
+            with trio.fail_after(RESERVE_TIMEOUT_S + 5):
+                with pytest.raises(ServiceUnavailable) as refused:
+                    await master.get_key("SAE_B")
+            assert "target KME KME_B" in refused.value.message
+
+
+async def test_requests_the_stock_was_not_cut_for_are_reserved_on_request(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki, default={"stock_keys": STOCK}) as net:
+            master = net.client("SAE_A")
+            await master.get_key("SAE_B")
+            await net.wait_for_stock("KME_A", STOCK)
+            other_size = await master.get_key("SAE_B", size=512)
+            two_slaves = await master.get_key("SAE_B", additional_slave_sae_ids=["SAE_C"])
+            more_than_stocked = await master.get_key("SAE_B", number=STOCK + 1)
+            assert net.supply_stats("KME_A")["stock_keys_out"] == 0
+            assert [len(k.key) for k in other_size] == [64]
+            for slave in ("SAE_B", "SAE_C"):
+                got = await net.client(slave).get_key_with_ids("SAE_A", [two_slaves[0].key_id])
+                assert by_id(got) == by_id(two_slaves)
+            got = await net.client("SAE_B").get_key_with_ids(
+                "SAE_A", [k.key_id for k in more_than_stocked]
+            )
+            assert by_id(got) == by_id(more_than_stocked)
+
+
+async def test_a_stock_the_pool_cannot_fill_leaves_the_kme_serving(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    # 4096 keys of 4096 bits: 16 Mbit, more than the link has made; the refill fails.
+    big = {"key_size": 4096, "stock_keys": 4096}
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki, default=big) as net:
+            await net.client("SAE_A").get_key("SAE_B")
+            await trio.sleep(0.5)
+            assert net.supply_stats("KME_A")["stock_keys_in"] == 0
+            await assert_still_serving(net)
+
+
+async def test_stock_keys_zero_turns_the_stock_off_for_that_pair(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    pair = {"master": "SAE_A", "slave": "SAE_B", "stock_keys": 0}
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(
+            node_config, sae_pki, default={"stock_keys": STOCK}, pairs=[pair]
+        ) as net:
+            for _ in range(3):
+                await net.client("SAE_A").get_key("SAE_B")
+            await net.client("SAE_A").get_key("SAE_C")  # the default: stocked
+            await net.wait_for_stock("KME_A", STOCK)
+            await trio.sleep(0.3)
+            assert net.supply_stats("KME_A")["stock_keys_in"] == STOCK
 
 
 # --- no key reuse (DESIGN.md invariants) ----------------------------------------------------

@@ -126,3 +126,16 @@ def test_driver_file_parameters_are_relative_to_the_config_file() -> None:
         "/etc/qkms/device/kms.pem",
         "/abs/kms.key",
     )
+
+
+def test_supply_stock_keys_defaults_to_32_and_a_pair_may_turn_it_off() -> None:
+    saes = {"SAE_A": {"kme": "KME_A"}, "SAE_B": {"kme": "KME_B"}}
+    pair = {"master": "SAE_A", "slave": "SAE_B", "stock_keys": 0}
+    config = config_from_mapping(base(saes=saes, supply={"pairs": [pair]}), source=SOURCE)
+    assert config.policy_for("SAE_B", "SAE_A").stock_keys == 32
+    assert config.policy_for("SAE_A", "SAE_B").stock_keys == 0
+
+
+def test_supply_stock_keys_out_of_range_names_the_key() -> None:
+    message = error_of(base(supply={"default": {"stock_keys": -1}}))
+    assert "[supply.default] stock_keys" in message
