@@ -225,6 +225,7 @@ class ServiceKeyMethods(abc.ABC):
         out: list[CutKey] = []
         with self._writing() as conn:
             blocks: dict[int, tuple[int, int, bytes]] = {}  # id -> used, size, plain
+            spans: dict[int, list[tuple[int, int]]] = {}  # id -> [(start, stop), ...]
             for spec in specs:
                 parts = []
                 for seg in spec.segments:
@@ -237,31 +238,60 @@ class ServiceKeyMethods(abc.ABC):
                             f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
                             f" outside the block's {total} bytes"
                         )
-                    # Used ranges never overlap, so only the last one starting before
-                    # `stop` can overlap [start, stop): one index seek, not a scan.
-                    clash = conn.execute(
-                        "SELECT start, stop FROM consumed WHERE link_id = ? AND block_id = ?"
-                        " AND start < ? ORDER BY start DESC LIMIT 1",
-                        (link_id, seg.block_id, stop),
-                    ).fetchone()
-                    if clash is not None and clash[1] > start:
-                        raise SegmentRefused(
-                            f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
-                            f" overlaps bytes already used [{clash[0]}:{clash[1]}]"
-                        )
-                    conn.execute(
-                        "INSERT INTO consumed (link_id, block_id, start, stop) VALUES (?, ?, ?, ?)",
-                        (link_id, seg.block_id, start, stop),
-                    )
+                    spans.setdefault(seg.block_id, []).append((start, stop))
                     parts.append(plain[start:stop])
                     blocks[seg.block_id] = (used + seg.length, total, plain)
                 out.append(CutKey(spec.key_id, spec.segments, b"".join(parts)))
+            for block_id, block_spans in spans.items():
+                self._consume(conn, link_id, block_id, block_spans)
             self._advance(conn, link_id, [(b, used) for b, (used, _, _) in blocks.items()])
             if local_slaves:
                 self._insert_keys(
                     conn, link_id, out, master_sae, local_slaves, local_slaves, expires_at
                 )
         return out
+
+    def _consume(
+        self,
+        conn: sqlite3.Connection,
+        link_id: str,
+        block_id: int,
+        spans: list[tuple[int, int]],
+    ) -> None:
+        """Record byte ranges of a block as used; refuse any that overlaps a used one.
+
+        A reservation's keys are usually cut back to back: adjacent ranges are merged
+        first, so a reservation of many keys costs one check and one row per block.
+        """
+        merged: list[tuple[int, int]] = []
+        for start, stop in sorted(spans):
+            if merged and start < merged[-1][1]:
+                raise SegmentRefused(
+                    f"link {link_id}: segment {block_id}[{start}:+{stop - start}]"
+                    f" overlaps bytes already used [{merged[-1][0]}:{merged[-1][1]}]"
+                    " by the same reservation"
+                )
+            if merged and start == merged[-1][1]:
+                merged[-1] = (merged[-1][0], stop)
+            else:
+                merged.append((start, stop))
+        for start, stop in merged:
+            # Used ranges never overlap, so only the last one starting before `stop`
+            # can overlap [start, stop): one index seek, not a scan.
+            clash = conn.execute(
+                "SELECT start, stop FROM consumed WHERE link_id = ? AND block_id = ?"
+                " AND start < ? ORDER BY start DESC LIMIT 1",
+                (link_id, block_id, stop),
+            ).fetchone()
+            if clash is not None and clash[1] > start:
+                raise SegmentRefused(
+                    f"link {link_id}: segment {block_id}[{start}:+{stop - start}]"
+                    f" overlaps bytes already used [{clash[0]}:{clash[1]}]"
+                )
+            conn.execute(
+                "INSERT INTO consumed (link_id, block_id, start, stop) VALUES (?, ?, ?, ?)",
+                (link_id, block_id, start, stop),
+            )
 
     def _peer_block(
         self, conn: sqlite3.Connection, link_id: str, block_id: int
@@ -448,11 +478,12 @@ class ServiceKeyMethods(abc.ABC):
     def stored_service_keys(self, master_sae: str, slave_sae: str) -> int:
         """Keys held here for ``slave_sae`` from ``master_sae``, not yet fetched."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT pending FROM service_keys WHERE master_sae = ? AND state = 'reserved'",
-                (master_sae,),
-            ).fetchall()
-        return sum(1 for (pending,) in rows if slave_sae in json.loads(pending))
+            count: int = conn.execute(
+                "SELECT COUNT(*) FROM service_keys WHERE master_sae = ? AND state = 'reserved'"
+                " AND EXISTS (SELECT 1 FROM json_each(pending) WHERE value = ?)",
+                (master_sae, slave_sae),
+            ).fetchone()[0]
+        return count
 
 
 def _service_ad(key_id: str) -> bytes:

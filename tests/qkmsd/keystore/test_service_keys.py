@@ -137,6 +137,25 @@ def test_the_peer_never_consumes_the_same_bits_twice(link: Link) -> None:
         record(link, [type(keys[0])(kid(), shifted, b"")])
 
 
+def test_keys_of_one_reservation_that_overlap_each_other_are_refused(link: Link) -> None:
+    halves = (Segment(0, 0, 16), Segment(0, 16, 16))  # back to back: fine
+    record(link, [KeySpec(kid(), (s,)) for s in halves])
+    clashing = (Segment(1, 0, 16), Segment(1, 8, 16))
+    with pytest.raises(SegmentRefused, match="by the same reservation"):
+        record(link, [KeySpec(kid(), (s,)) for s in clashing])
+    # Nothing of the refused reservation was consumed: block 1 is whole.
+    record(link, [KeySpec(kid(), (Segment(1, 0, 24),))])
+
+
+def test_a_reservation_of_many_adjacent_keys_blocks_every_part_of_them(link: Link) -> None:
+    keys = cut(link, *[8] * 6)  # bytes 0-47 of block 0
+    record(link, keys)
+    for inside in (Segment(0, 24, 8), Segment(0, 47, 1), Segment(0, 0, 1)):
+        with pytest.raises(SegmentRefused, match="overlaps bytes already used"):
+            record(link, [KeySpec(kid(), (inside,))])
+    record(link, [KeySpec(kid(), (Segment(0, 48, 8),))])
+
+
 def test_the_peer_refuses_to_consume_blocks_it_owns(link: Link) -> None:
     with pytest.raises(SegmentRefused, match="ours to allocate"):
         link.owner.record_service_keys(
