@@ -388,7 +388,7 @@ class KeySupply:
         self, master: str, slave: str, target_kme: str, stock: PairStock, policy: SupplyPolicy
     ) -> None:
         try:
-            while (want := stock.target - len(stock)) > 0:
+            while (want := stock.shortfall(self._clock())) > 0:
                 number = min(want, MAX_KEYS_PER_RESERVATION)
                 expires_at = self._clock() + policy.key_validity_s
                 try:

@@ -53,11 +53,16 @@ class PairStock:
         return [self._keys.popleft().key for _ in range(number)]
 
     def wanted(self, now: float, *, retry_after: float) -> int:
-        """How many keys a refill should add now: 0 while one runs, while the stock is
-        above half its target, or within ``retry_after`` seconds of a failed refill."""
-        self._drop_stale(now)
+        """How many keys a refill should add now: 0 while one runs, within ``retry_after``
+        seconds of a failed refill, or while the stock is above half its target."""
         if self.refilling or now - self.failed_at < retry_after:
             return 0
+        return self.shortfall(now)
+
+    def shortfall(self, now: float) -> int:
+        """Keys missing from the target once half of it or more is gone, else 0: refills
+        come in few large reservations rather than many small ones."""
+        self._drop_stale(now)
         if len(self._keys) > self.target // 2:
             return 0
         return self.target - len(self._keys)

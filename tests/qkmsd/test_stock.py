@@ -64,6 +64,7 @@ def test_no_refill_while_one_runs_or_soon_after_one_failed() -> None:
     stock = PairStock(8)
     stock.refilling = True
     assert stock.wanted(10.0, retry_after=1.0) == 0
+    assert stock.shortfall(10.0) == 8  # what the running refill itself goes on adding
     stock.refilling = False
     stock.failed_at = 10.0
     assert stock.wanted(10.5, retry_after=1.0) == 0
