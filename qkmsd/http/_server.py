@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from typing import Final
@@ -68,25 +69,43 @@ class _Shell:
         self._limits = limits
         self._peer = peer
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._scope = trio.CancelScope()
+        self._phase = "idle"
+        self._started = 0.0
 
     async def run(self) -> None:
-        while await self._wait_for_request():
-            started = trio.current_time()
-            with trio.move_on_after(self._limits.request_timeout) as reading:
-                received = await self._read_request()
-            if reading.cancelled_caught:
-                self._log("-", "-", 408, started)
-                await self._send_bytes(_TIMEOUT_RESPONSE)
+        # One cancel scope for the connection's life; each phase moves its deadline (cheaper
+        # per request than a scope per phase, and the request rate is what we pay it at).
+        with trio.CancelScope() as self._scope:
+            await self._cycles()
+        if self._scope.cancelled_caught and self._phase == "reading":
+            self._log("-", "-", 408, self._started)
+            with trio.move_on_after(self._limits.send_timeout):
+                await self._stream.send_all(_TIMEOUT_RESPONSE)
+
+    def _enter(self, phase: str, timeout: float) -> None:
+        self._phase = phase
+        self._scope.deadline = trio.current_time() + timeout
+
+    async def _cycles(self) -> None:
+        limits = self._limits
+        while True:
+            self._enter("idle", limits.idle_timeout)
+            if not await self._wait_for_request():
                 return
+            self._enter("reading", limits.request_timeout)
+            self._started = trio.current_time()
+            received = await self._read_request()
             if received is None:
                 return
             if isinstance(received, Response):
                 # A protocol error or an oversized body: answer and close.
-                self._log("-", "-", received.status, started)
+                self._log("-", "-", received.status, self._started)
                 await self._send_response(received, method="-", close=True)
                 return
+            self._enter("handling", math.inf)  # the handler keeps its own time limits
             response = await self._call_handler(received)
-            self._log(received.method, received.path, response.status, started)
+            self._log(received.method, received.path, response.status, self._started)
             if not await self._send_response(response, method=received.method, close=False):
                 return
             if self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
@@ -94,17 +113,15 @@ class _Shell:
             self._conn.start_next_cycle()
 
     async def _wait_for_request(self) -> bool:
-        """Wait, at most ``idle_timeout``, for the next request's first byte."""
+        """Wait for the next request's first byte; False at EOF."""
         buffered, closed = self._conn.trailing_data
         if buffered:
             return True
         if closed:
             return False
-        with trio.move_on_after(self._limits.idle_timeout):
-            data = await self._stream.receive_some(_RECEIVE_SIZE)
-            self._conn.receive_data(bytes(data))
-            return bool(data)
-        return False
+        data = await self._stream.receive_some(_RECEIVE_SIZE)
+        self._conn.receive_data(bytes(data))
+        return bool(data)
 
     async def _read_request(self) -> Request | Response | None:
         """The whole request; or the error response to send before closing; or None (EOF)."""
@@ -208,13 +225,12 @@ class _Shell:
             # e.g. a status h11 refuses; never leave a client hanging on half an answer.
             logger.error("http.bad_response", extra={"status": response.status})
             return False
-        return await self._send_bytes(data)
+        await self._send_bytes(data)
+        return True
 
-    async def _send_bytes(self, data: bytes) -> bool:
-        with trio.move_on_after(self._limits.send_timeout):
-            await self._stream.send_all(data)
-            return True
-        return False
+    async def _send_bytes(self, data: bytes) -> None:
+        self._enter("sending", self._limits.send_timeout)  # past it, the connection ends
+        await self._stream.send_all(data)
 
     def _log(self, method: str, path: str, status: int, started: float) -> None:
         logger.info(
