@@ -19,12 +19,13 @@ def client_context(ca: Path | str, cert: Path | str, key: Path | str) -> ssl.SSL
     The KME's certificate must name the base URL's host (hostname check on).  Raises
     ``TransportError`` naming the file that cannot be loaded.
     """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_verify_locations(cafile=str(ca))
+        # With a cafile, the default context trusts that CA alone; without one it would
+        # also trust every CA of the system store for the KME's host name.
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
         raise TransportError(f"cannot load CA certificate {ca}: {_reason(exc)}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except (OSError, ssl.SSLError) as exc:

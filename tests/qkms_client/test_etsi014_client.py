@@ -24,6 +24,7 @@ from qkms_client import (
     Unauthorized,
     UnexpectedResponse,
 )
+from qkms_client._tls import client_context
 from qkms_pqc import HybridPrivateKey, generate_keypair
 
 
@@ -177,6 +178,14 @@ async def test_kme_with_a_certificate_from_another_ca_is_refused(
 ) -> None:
     with pytest.raises(TransportError, match="certificate"):
         await make_client(ca=pki.stranger_ca).status("SAE_B")
+
+
+def test_the_network_ca_is_the_only_trust_anchor(pki: Pki) -> None:
+    # Not the system store as well: a publicly trusted certificate for the KME's host name
+    # must not let anyone pose as the KME (and hand the SAE keys of their choosing).
+    ctx = client_context(pki.ca, pki.cert("SAE_A"), pki.key("SAE_A"))
+    anchors = [dict(rdn[0] for rdn in c["subject"]) for c in ctx.get_ca_certs()]
+    assert [a["commonName"] for a in anchors] == ["qkms network CA"]
 
 
 async def test_delivered_key_repr_hides_the_key(make_client: MakeClient) -> None:
