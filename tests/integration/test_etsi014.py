@@ -972,24 +972,34 @@ async def test_keys_past_their_validity_are_400_at_dec_keys(
 STOCK = 8
 
 
+@contextlib.asynccontextmanager
+async def stocked(
+    node_config: ConfigFactory, pki: Path
+) -> AsyncIterator[tuple[Kmes, TrioEtsi014Client, list[DeliveredKey]]]:
+    """A network whose KME_A holds a full stock for SAE_A -> SAE_B; SAE_A's client, and
+    the keys of its first request (which found no stock and was reserved on request)."""
+    async with network(node_config, pki, default={"stock_keys": STOCK}) as net:
+        master = net.client("SAE_A")
+        first = list(await master.get_key("SAE_B"))
+        await net.wait_for_stock("KME_A", STOCK)
+        yield net, master, first
+
+
 async def test_a_pair_stock_serves_keys_the_slave_kme_already_holds(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:
     with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki, default={"stock_keys": STOCK}) as net:
-            master, slave = net.client("SAE_A"), net.client("SAE_B")
-            # No stock yet: the first request is reserved at KME_B on request.
-            first = list(await master.get_key("SAE_B"))
-            await net.wait_for_stock("KME_A", STOCK)
+        async with stocked(node_config, sae_pki) as (net, master, first):
+            slave = net.client("SAE_B")
             assert net.supply_stats("KME_A")["stock_keys_out"] == 0
-            stocked = list(await master.get_key("SAE_B", number=3))
+            from_stock = list(await master.get_key("SAE_B", number=3))
             assert net.supply_stats("KME_A")["stock_keys_out"] == 3
-            fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in first + stocked])
-            assert by_id(fetched) == by_id(first + stocked)
+            fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in first + from_stock])
+            assert by_id(fetched) == by_id(first + from_stock)
             # Keys go out once: the stock never hands out a key twice, nor a fetched one.
             more = list(await master.get_key("SAE_B", number=3))
-            assert not set(by_id(more)) & set(by_id(first + stocked))
-            assert len({k.key for k in first + stocked + more}) == 7
+            assert not set(by_id(more)) & set(by_id(first + from_stock))
+            assert len({k.key for k in first + from_stock + more}) == 7
 
 
 async def test_stocked_keys_are_served_while_the_target_kme_is_down(
@@ -998,10 +1008,7 @@ async def test_stocked_keys_are_served_while_the_target_kme_is_down(
     # KME_B recorded the stocked keys before it went down: the slave fetches them once it is
     # back, as ETSI 014 has KMEs share keys ahead of requests.
     with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki, default={"stock_keys": STOCK}) as net:
-            master = net.client("SAE_A")
-            await master.get_key("SAE_B")
-            await net.wait_for_stock("KME_A", STOCK)
+        async with stocked(node_config, sae_pki) as (net, master, _):
             net.stop("KME_B")
             assert len(await master.get_key("SAE_B", number=STOCK)) == STOCK
             with trio.fail_after(RESERVE_TIMEOUT_S + 5):
@@ -1014,10 +1021,7 @@ async def test_requests_the_stock_was_not_cut_for_are_reserved_on_request(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:
     with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki, default={"stock_keys": STOCK}) as net:
-            master = net.client("SAE_A")
-            await master.get_key("SAE_B")
-            await net.wait_for_stock("KME_A", STOCK)
+        async with stocked(node_config, sae_pki) as (net, master, _):
             other_size = await master.get_key("SAE_B", size=512)
             two_slaves = await master.get_key("SAE_B", additional_slave_sae_ids=["SAE_C"])
             more_than_stocked = await master.get_key("SAE_B", number=STOCK + 1)
