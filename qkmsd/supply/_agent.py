@@ -402,8 +402,10 @@ class KeySupply:
                         expires_at,
                     )
                 except (SupplyError, KeyStoreError) as exc:  # short pool, peer away or full
+                    # Retried while requests come (at most once a second): say it once.
+                    first = stock.failed_at == float("-inf")
                     stock.failed_at = self._clock()
-                    log.info(
+                    (log.info if first else log.debug)(
                         "supply.stock_refill_failed",
                         master=master,
                         slave=slave,
@@ -411,6 +413,7 @@ class KeySupply:
                     )
                     return
                 stock.add(keys, expires_at=expires_at, validity_s=policy.key_validity_s)
+                stock.failed_at = float("-inf")
                 self._counts["stock_keys_in"] += number
         finally:
             stock.refilling = False
