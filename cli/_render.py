@@ -84,4 +84,14 @@ def node_status(status: dict[str, Any]) -> str:
             for link in status["links"]
         ],
     )
-    return f"{head}\n\n{peers}\n\n{links}"
+    page = f"{head}\n\n{peers}\n\n{links}"
+    api = status.get("api")
+    if api:
+        supply = api.get("supply", {})
+        page += (
+            f"\n\nETSI 014 API {api['listen']}  enc_keys {supply.get('enc_keys', 0)}  "
+            f"dec_keys {supply.get('dec_keys', 0)}  keys out {supply.get('keys_out', 0)}  "
+            f"refused {supply.get('refused', 0)}  stocked {supply.get('stock_keys_in', 0)} "
+            f"(handed out {supply.get('stock_keys_out', 0)})"
+        )
+    return page

@@ -1,0 +1,39 @@
+"""The status page operators read: peers, links, and the ETSI 014 API's counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cli._render import node_status
+
+
+def status(**extra: Any) -> dict[str, Any]:
+    return {
+        "node_id": "KME_A",
+        "pid": 42,
+        "uptime_s": 12.0,
+        "peer_listen": "127.0.0.1:7001",
+        "peers": [],
+        "links": [],
+        **extra,
+    }
+
+
+def test_a_node_with_the_api_shows_its_address_and_supply_counters() -> None:
+    supply = {
+        "enc_keys": 5,
+        "dec_keys": 4,
+        "keys_out": 9,
+        "refused": 1,
+        "stock_keys_in": 64,
+        "stock_keys_out": 3,
+    }
+    page = node_status(status(api={"listen": "127.0.0.1:8443", "supply": supply}))
+    assert page.splitlines()[-1] == (
+        "ETSI 014 API 127.0.0.1:8443  enc_keys 5  dec_keys 4  keys out 9  refused 1  "
+        "stocked 64 (handed out 3)"
+    )
+
+
+def test_a_node_without_the_api_has_no_api_line() -> None:
+    assert "ETSI 014" not in node_status(status(api=None))
