@@ -80,6 +80,8 @@ SUPPORTED_MANDATORY = frozenset({EXT_PQC_WRAP})
 RESERVATIONS_IN_FLIGHT = 256
 # A pair's stock is not refilled again within this many seconds of a failed refill.
 STOCK_RETRY_S = 1.0
+# Pairs whose keys are valid for less than this keep no stock.
+STOCK_MIN_VALIDITY_S = 60.0
 
 
 @dataclasses.dataclass
@@ -527,5 +529,7 @@ class KeySupply:
 
 
 def _stock_target(policy: SupplyPolicy) -> int:
+    if policy.key_validity_s < STOCK_MIN_VALIDITY_S:
+        return 0  # stocked keys would go stale (half their validity) before they are used
     # Stocked keys count against the slave's max_stored_keys: leave it room.
     return min(policy.stock_keys, policy.max_stored_keys // 2)

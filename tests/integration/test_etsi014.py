@@ -1049,6 +1049,20 @@ async def test_a_stock_the_pool_cannot_fill_leaves_the_kme_serving(
             await assert_still_serving(net)
 
 
+async def test_pairs_with_short_lived_keys_keep_no_stock(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    pair = {"master": "SAE_A", "slave": "SAE_B", "key_validity_s": 30.0}
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(
+            node_config, sae_pki, default={"stock_keys": STOCK}, pairs=[pair]
+        ) as net:
+            for _ in range(3):
+                await net.client("SAE_A").get_key("SAE_B")
+            await trio.sleep(0.3)
+            assert net.supply_stats("KME_A")["stock_keys_in"] == 0
+
+
 async def test_stock_keys_zero_turns_the_stock_off_for_that_pair(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:
