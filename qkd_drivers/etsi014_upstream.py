@@ -234,13 +234,7 @@ class Etsi014Driver(Driver):
         self._health = dataclasses.replace(
             self._health, state=LinkState.STARTING, detail=f"connecting to {self.params.url}"
         )
-        try:
-            await self._probe()
-        except _Failed as exc:
-            if exc.down:
-                self._failed(exc)
-                return
-        self._up(f"connected to {self.params.url} as {self.params.role}")
+        await self._check_device()
 
     async def stop(self) -> None:
         """Close the connection to the device KME (promptly, also under cancellation)."""
@@ -401,7 +395,7 @@ class Etsi014Driver(Driver):
                 with trio.move_on_after(self._retry_in):
                     await self._wake.wait()
                 if not self._stopped and not self._pending:
-                    await self._reprobe()
+                    await self._check_device()
             else:
                 await self._wake.wait()
 
@@ -472,7 +466,8 @@ class Etsi014Driver(Driver):
             },
         )
 
-    async def _reprobe(self) -> None:
+    async def _check_device(self) -> None:
+        """Probe the device KME; UP if it answers, DOWN (or unchanged) if it does not."""
         try:
             await self._probe()
         except _Failed as exc:

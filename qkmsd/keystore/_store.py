@@ -444,13 +444,7 @@ class KeyStore(ServiceKeyMethods):
         state, nonce, material = row
         if material is None:
             raise KeyStoreError(f"block {link_id}/{block_id}: material erased (state {state})")
-        try:
-            return _decrypt(self._key, nonce, material, _block_ad(link_id, block_id))
-        except nacl.exceptions.CryptoError:
-            raise CorruptStoreError(
-                f"key store {self._path}: block {link_id}/{block_id} fails authentication "
-                "(wrong master key or tampered row)"
-            ) from None
+        return self._open_block(link_id, block_id, nonce, material)
 
     def states(self, link_id: str, block_ids: Iterable[int]) -> dict[int, KeyState]:
         """The state of each known block of ``block_ids``; unknown ids are left out."""
@@ -623,19 +617,22 @@ class KeyStore(ServiceKeyMethods):
             ).fetchone()
             if row is None or row[1] is None:
                 raise KeyStoreError(f"block {link_id}/{block_id}: material erased or unknown")
-            try:
-                plain = _decrypt(self._key, row[0], row[1], _block_ad(link_id, block_id))
-            except nacl.exceptions.CryptoError:
-                raise CorruptStoreError(
-                    f"key store {self._path}: block {link_id}/{block_id} fails authentication "
-                    "(wrong master key or tampered row)"
-                ) from None
+            plain = self._open_block(link_id, block_id, *row)
         self._plain[entry] = plain  # most recently used last
         held = sum(len(p) for p in self._plain.values())
         while held > _PLAIN_CACHE_BYTES and len(self._plain) > 1:
             oldest = next(iter(self._plain))
             held -= len(self._plain.pop(oldest))
         return plain
+
+    def _open_block(self, link_id: str, block_id: int, nonce: bytes, material: bytes) -> bytes:
+        try:
+            return _decrypt(self._key, nonce, material, _block_ad(link_id, block_id))
+        except nacl.exceptions.CryptoError:
+            raise CorruptStoreError(
+                f"key store {self._path}: block {link_id}/{block_id} fails authentication "
+                "(wrong master key or tampered row)"
+            ) from None
 
     def _forget_blocks(self, link_id: str, block_ids: Iterable[int]) -> None:
         for block_id in block_ids:

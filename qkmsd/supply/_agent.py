@@ -229,19 +229,39 @@ class KeySupply:
         slaves = self._slaves(master, slave, target, req.additional_slave_SAE_IDs or [], policy)
         self._limits.take((master, slave), number, policy)
 
+        stocked = (
+            target.kme in self._link_to
+            and _stock_target(policy) > 0
+            and slaves == [slave]
+            and size == policy.key_size
+        )
+        keys = self._take_stock(master, slave, number, policy) if stocked else None
+        if keys is None:
+            keys = await self._new_keys(master, slave, target.kme, number, size, slaves, policy)
+        if stocked:
+            self._refill_soon(master, slave, target.kme, policy)
+        self._counts["enc_keys"] += 1
+        self._counts["keys_out"] += number
+        delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])
+        return self._container(master, delivered)
+
+    async def _new_keys(
+        self,
+        master: str,
+        slave: str,
+        target_kme: str,
+        number: int,
+        size: int,
+        slaves: list[str],
+        policy: SupplyPolicy,
+    ) -> list[CutKey]:
+        """Keys made for this request: from the CSPRNG if every SAE is here, else cut from
+        the link to the target KME and reserved there."""
         key_ids = [str(uuid.uuid4()) for _ in range(number)]
         expires_at = self._clock() + policy.key_validity_s
         here = [s for s in slaves if self._saes[s].kme == self.node_id]
         there = [s for s in slaves if s not in here]
-        stocked = _stock_target(policy) > 0 and slaves == [slave] and size == policy.key_size
-        if target.kme in self._link_to and stocked:
-            keys = self._take_stock(master, slave, number, policy)
-            if keys is None:
-                keys = await self._cut_and_reserve(
-                    master, target.kme, key_ids, size, here, there, expires_at
-                )
-            self._refill_soon(master, slave, target.kme, policy)
-        elif target.kme == self.node_id:
+        if target_kme == self.node_id:
             keys = [CutKey(k, (), os.urandom(size // 8)) for k in key_ids]
             await self._thread.call(
                 self._store.record_local_service_keys,
@@ -250,19 +270,15 @@ class KeySupply:
                 local_slaves=here,
                 expires_at=expires_at,
             )
-        elif target.kme in self._link_to:
-            keys = await self._cut_and_reserve(
-                master, target.kme, key_ids, size, here, there, expires_at
+            return keys
+        if target_kme in self._link_to:
+            return await self._cut_and_reserve(
+                master, target_kme, key_ids, size, here, there, expires_at
             )
-        else:
-            raise Unavailable(
-                f"no QKD link from {self.node_id} to {target.kme} (SAE {slave}); keys for SAEs "
-                "on distant nodes need key relay, which this node does not offer yet"
-            )
-        self._counts["enc_keys"] += 1
-        self._counts["keys_out"] += number
-        delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])
-        return self._container(master, delivered)
+        raise Unavailable(
+            f"no QKD link from {self.node_id} to {target_kme} (SAE {slave}); keys for SAEs "
+            "on distant nodes need key relay, which this node does not offer yet"
+        )
 
     def _check_mandatory_extensions(
         self, master: str, extensions: Sequence[dict[str, Any]]

@@ -131,18 +131,13 @@ def _send_and_leave(port: int, ctx: ssl.SSLContext, payload: bytes) -> None:
 
 def _exchange_raw(port: int, ctx: ssl.SSLContext, payload: bytes) -> list[Any]:
     """Send raw bytes after TLS; collect the frames the node answers until it closes."""
-    frames: list[Any] = []
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw) as tls:
             tls.sendall(payload)
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
-    while len(data) >= 4:
-        (n,) = struct.unpack(">I", data[:4])
-        frames.append(msgpack.unpackb(data[4 : 4 + n]))
-        data = data[4 + n :]
-    return frames
+    return _unframe(data)
 
 
 async def test_garbage_on_the_peer_port_gets_an_error_and_the_node_carries_on(
@@ -180,7 +175,6 @@ async def test_garbage_on_the_peer_port_gets_an_error_and_the_node_carries_on(
 
 
 def _admin_raw(path: Path, payload: bytes) -> list[Any]:
-    frames: list[Any] = []
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
@@ -189,6 +183,12 @@ def _admin_raw(path: Path, payload: bytes) -> list[Any]:
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
+    return _unframe(data)
+
+
+def _unframe(data: bytes) -> list[Any]:
+    """The msgpack frames (4-byte length, then the body) in ``data``, whole ones only."""
+    frames: list[Any] = []
     while len(data) >= 4:
         (n,) = struct.unpack(">I", data[:4])
         frames.append(msgpack.unpackb(data[4 : 4 + n]))

@@ -156,6 +156,19 @@ def test_a_reservation_of_many_adjacent_keys_blocks_every_part_of_them(link: Lin
     record(link, [KeySpec(kid(), (Segment(0, 48, 8),))])
 
 
+def test_no_plaintext_of_an_erased_block_stays_in_memory(link: Link) -> None:
+    # The store keeps the plaintext of blocks being cut (so a request does not decrypt a
+    # whole block); once a block's material is erased, so is that copy.
+    def held(store: KeyStore) -> set[int]:
+        return {block_id for _, block_id in store._plain}
+
+    record(link, cut(link, BLOCK, 8))  # all of block 0, the start of block 1
+    assert held(link.owner) == held(link.peer) == {1}
+    for store in (link.owner, link.peer):
+        store.discard(LINK, [1], "test")
+        assert held(store) == set()
+
+
 def test_the_peer_refuses_to_consume_blocks_it_owns(link: Link) -> None:
     with pytest.raises(SegmentRefused, match="ours to allocate"):
         link.owner.record_service_keys(
