@@ -610,8 +610,10 @@ async def test_two_nodes_share_pools_filled_through_an_etsi014_device_pair(
             await n1.stop()
             await n2.stop()
     a, b = ready_blocks(n1.config), ready_blocks(n2.config)
-    assert len(a) >= 6 and a.keys() == b.keys()
-    assert all(a[i] == b[i] and len(a[i]) == 1024 for i in a)
+    # A confirmation in flight when the nodes stopped leaves a newer block READY at one end
+    # and RECEIVED at the other; everything up to the checked window is READY at both.
+    assert len(a) >= 6 and {i for i in a.keys() ^ b.keys() if i <= newest} == set()
+    assert all(a[i] == b[i] and len(a[i]) == 1024 for i in a.keys() & b.keys())
 
 
 def test_params_struct_forbids_unknown_fields() -> None:
