@@ -145,6 +145,7 @@ class ServiceKeyMethods(abc.ABC):
         local_slaves: Sequence[str],
         expires_at: float,
         slaves: Sequence[str] = (),
+        keep: int = 0,
     ) -> list[CutKey]:
         """Cut keys of the given byte sizes from the blocks this end owns, in one transaction.
 
@@ -152,7 +153,8 @@ class ServiceKeyMethods(abc.ABC):
         request.  Each key gets a row here: with its material for ``local_slaves`` to
         fetch, or, if none is local, without material, so that a ``dec_keys`` here can
         still tell an SAE that was not named (401) from an unknown key (400).  Raises
-        ``InsufficientKey`` (nothing cut) when the owned ready pool is too small.
+        ``InsufficientKey`` (nothing cut) when the owned ready pool is too small, or would
+        keep fewer than ``keep`` bytes after the cut.
         """
         for key_id, size in keys:
             _check_key_id(key_id)
@@ -170,13 +172,16 @@ class ServiceKeyMethods(abc.ABC):
             chosen: list[tuple[int, int, int]] = []  # id, used bytes, size bytes
             have = 0
             for block_id, size_bits, used_bits in rows:
-                if have >= need:
+                if have >= need + keep:
                     break
-                chosen.append((block_id, used_bits // 8, size_bits // 8))
+                if have < need:
+                    chosen.append((block_id, used_bits // 8, size_bits // 8))
                 have += size_bits // 8 - used_bits // 8
-            if have < need:
+            if have < need + keep:
+                kept = f" and {keep * 8} kept back" if keep else ""
                 raise InsufficientKey(
-                    f"link {link_id}: {need * 8} bits asked, {have * 8} owned ready bits available"
+                    f"link {link_id}: {need * 8} bits asked{kept}, {have * 8} owned ready bits"
+                    " available"
                 )
             blocks = [(b, u, t, self._block_plain(conn, link_id, b)) for b, u, t in chosen]
             cursor = 0

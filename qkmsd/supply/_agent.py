@@ -334,6 +334,7 @@ class KeySupply:
         here: list[str],
         there: list[str],
         expires_at: float,
+        keep: int = 0,
     ) -> list[CutKey]:
         link_id = self._link_to[target_kme]
         keys: list[CutKey] = await self._thread.call(
@@ -344,6 +345,7 @@ class KeySupply:
             local_slaves=here,
             expires_at=expires_at,
             slaves=[*here, *there],
+            keep=keep,
         )
         request_id = self._next_id
         self._next_id += 1
@@ -418,6 +420,9 @@ class KeySupply:
                         [],
                         [slave],
                         expires_at,
+                        # A stock takes from surplus only: at least as much stays in the
+                        # pool for requests it does not cover (other pairs, other sizes).
+                        keep=number * policy.key_size // 8,
                     )
                 except (SupplyError, KeyStoreError) as exc:  # short pool, peer away or full
                     # Retried while requests come (at most once a second): say it once.

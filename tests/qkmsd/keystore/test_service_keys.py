@@ -97,6 +97,19 @@ def test_too_little_key_cuts_nothing(link: Link) -> None:
     assert link.owner.pool(LINK).ready_bits == 4 * BLOCK * 8
 
 
+def test_a_cut_can_keep_bytes_back_for_others(link: Link) -> None:
+    def cut_keeping(size: int, keep: int) -> None:
+        link.owner.cut_service_keys(
+            LINK, [(kid(), size)], master_sae="A", local_slaves=(), expires_at=1, keep=keep
+        )
+
+    with pytest.raises(InsufficientKey, match=f"{BLOCK * 8} kept back"):
+        cut_keeping(3 * BLOCK + 1, BLOCK)
+    assert link.owner.pool(LINK).ready_bits == 4 * BLOCK * 8  # nothing cut
+    cut_keeping(3 * BLOCK, BLOCK)
+    assert link.owner.pool(LINK).ready_bits == BLOCK * 8
+
+
 def test_only_owned_blocks_are_cut(link: Link) -> None:
     with pytest.raises(InsufficientKey):
         link.peer.cut_service_keys(
