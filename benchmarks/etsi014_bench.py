@@ -510,7 +510,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per scenario (default 5)")
-    parser.add_argument("--pairs", default="1,8,64", help="concurrent SAE pairs (default 1,8,64)")
+    parser.add_argument("--pairs", default="1,8,64", help="concurrent SAE pairs (default 1,8,64; '' for paced runs only)")
     parser.add_argument("--generators", default="trio,threads", help="trio and/or threads")
     parser.add_argument("--batches", default=f"{BATCH},1", help=f"keys per request ({BATCH},1)")
     parser.add_argument(
@@ -523,8 +523,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    counts = [int(x) for x in args.pairs.split(",")]
-    batches = [int(x) for x in args.batches.split(",")]
+    counts = [int(x) for x in args.pairs.split(",") if x]
+    batches = [int(x) for x in args.batches.split(",") if x]
     generators = args.generators.split(",")
     paced = [
         (int(n), float(r)) for n, r in (item.split(":") for item in args.paced.split(",") if item)

@@ -1,19 +1,21 @@
-"""The blocking client: ``ssl`` + ``http.client``, one keep-alive connection reused."""
+"""The blocking client: ``ssl`` sockets + h11, one keep-alive connection reused."""
 
 from __future__ import annotations
 
-import http.client
+import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import h11
+
 from qkms_pqc import HybridPrivateKey
 
 from ._errors import TransportError
+from ._http import RECEIVE_SIZE, Exchange, KmeClosed
 from ._results import (
-    MAX_RESPONSE_BYTES,
     HttpCall,
     KeyDelivery,
     KeyStatus,
@@ -23,7 +25,6 @@ from ._results import (
     parse_keys,
     parse_status,
     status_call,
-    too_large,
 )
 from ._tls import check_kme_identity, client_context, connection_dropped
 
@@ -59,7 +60,8 @@ class Etsi014Client:
         self._pqc_private_key = pqc_private_key
         self._kme_id = kme_id
         self._timeout = timeout
-        self._conn: http.client.HTTPSConnection | None = None
+        self._sock: ssl.SSLSocket | None = None
+        self._conn = h11.Connection(h11.CLIENT)
 
     def status(self, slave_sae_id: str) -> KeyStatus:
         """Status of the keys this SAE may get for ``slave_sae_id`` (GET ``status``)."""
@@ -101,9 +103,9 @@ class Etsi014Client:
 
     def close(self) -> None:
         """Close the kept-alive connection, if any.  The client can still be used."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def __enter__(self) -> Etsi014Client:
         return self
@@ -116,48 +118,52 @@ class Etsi014Client:
     ) -> None:
         self.close()
 
-    def _connection(self) -> http.client.HTTPSConnection:
-        if self._conn is not None and connection_dropped(self._conn.sock):
+    def _connection(self) -> ssl.SSLSocket:
+        if self._sock is not None and connection_dropped(self._sock):
             self.close()
-        if self._conn is None:
-            conn = http.client.HTTPSConnection(
-                self._endpoint.host,
-                self._endpoint.port,
-                timeout=self._timeout,
-                context=self._context,
+        if self._sock is None:
+            raw = socket.create_connection(
+                (self._endpoint.host, self._endpoint.port), timeout=self._timeout
             )
             try:
-                conn.connect()
-                sock = conn.sock
-                assert isinstance(sock, ssl.SSLSocket)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = self._context.wrap_socket(raw, server_hostname=self._endpoint.host)
+            except BaseException:
+                raw.close()
+                raise
+            try:
                 check_kme_identity(sock.getpeercert(), self._kme_id)
             except BaseException:
-                conn.close()
+                sock.close()
                 raise
-            self._conn = conn
-        return self._conn
+            self._sock = sock
+            self._conn = h11.Connection(h11.CLIENT)
+        return self._sock
 
     def _request(self, call: HttpCall) -> tuple[int, bytes]:
-        headers = {"accept": "application/json"}
-        if call.body is not None:
-            headers["content-type"] = "application/json"
         try:
-            conn = self._connection()
-            conn.request(call.method, call.path, body=call.body, headers=headers)
-            response = conn.getresponse()
-            body = response.read(MAX_RESPONSE_BYTES + 1)
-            if len(body) > MAX_RESPONSE_BYTES:
+            sock = self._connection()
+            exchange = Exchange(self._conn, call, self._endpoint)
+            sock.sendall(exchange.request)
+            while not exchange.complete():
+                exchange.receive(sock.recv(RECEIVE_SIZE))
+            if not exchange.reusable():
                 self.close()
-                raise too_large()
-            if response.will_close:
-                self.close()
-            return response.status, body
-        except (OSError, http.client.HTTPException) as exc:
+            return exchange.result()
+        except (OSError, KmeClosed) as exc:
             self.close()
             raise TransportError(
                 f"request to KME {self._endpoint.host}:{self._endpoint.port} failed: "
                 f"{_describe(exc)}"
             ) from None
+        except h11.ProtocolError:
+            self.close()
+            raise TransportError(
+                f"KME {self._endpoint.host}:{self._endpoint.port} broke HTTP/1.1"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
 
 
 def _describe(exc: BaseException) -> str:
@@ -167,4 +173,4 @@ def _describe(exc: BaseException) -> str:
         return f"TLS failed ({exc.reason or type(exc).__name__})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return type(exc).__name__
+    return str(exc) or type(exc).__name__

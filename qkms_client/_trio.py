@@ -13,8 +13,8 @@ import trio
 from qkms_pqc import HybridPrivateKey
 
 from ._errors import TransportError
+from ._http import RECEIVE_SIZE, Exchange, KmeClosed
 from ._results import (
-    MAX_RESPONSE_BYTES,
     HttpCall,
     KeyDelivery,
     KeyStatus,
@@ -24,13 +24,10 @@ from ._results import (
     parse_keys,
     parse_status,
     status_call,
-    too_large,
 )
 from ._tls import check_kme_identity, client_context, connection_dropped
 
 __all__ = ["TrioEtsi014Client"]
-
-_RECEIVE_SIZE = 64 * 1024
 
 
 class TrioEtsi014Client:
@@ -144,7 +141,7 @@ class TrioEtsi014Client:
         async with self._lock:
             try:
                 return await self._exchange(call)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, KmeClosed) as exc:
                 await self.aclose()
                 raise TransportError(
                     f"request to KME {self._endpoint.host}:{self._endpoint.port} failed: "
@@ -161,43 +158,13 @@ class TrioEtsi014Client:
 
     async def _exchange(self, call: HttpCall) -> tuple[int, bytes]:
         stream = await self._connect()
-        conn = self._conn
-        headers = [
-            ("host", self._endpoint.host),
-            ("accept", "application/json"),
-            ("content-length", str(len(call.body or b""))),
-        ]
-        if call.body is not None:
-            headers.append(("content-type", "application/json"))
-        data = conn.send(h11.Request(method=call.method, target=call.path, headers=headers))
-        if call.body:
-            data += conn.send(h11.Data(data=call.body))
-        data += conn.send(h11.EndOfMessage())
-        await stream.send_all(data)
-        status: int | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(_RECEIVE_SIZE)))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_RESPONSE_BYTES:
-                    await self.aclose()
-                    raise too_large()
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise trio.BrokenResourceError("KME closed the connection mid-answer")
-            # InformationalResponse (1xx): keep reading.
-        assert status is not None
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        else:
+        exchange = Exchange(self._conn, call, self._endpoint)
+        await stream.send_all(exchange.request)
+        while not exchange.complete():
+            exchange.receive(bytes(await stream.receive_some(RECEIVE_SIZE)))
+        if not exchange.reusable():
             await self.aclose()
-        return status, bytes(body)
+        return exchange.result()
 
 
 def _describe(exc: BaseException) -> str:
