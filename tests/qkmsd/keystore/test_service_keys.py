@@ -21,6 +21,7 @@ from qkmsd.keystore import (
     SegmentRefused,
     ServiceKeyNotFound,
 )
+from qkmsd.keystore._service import RETAIN_ENDED_S
 
 from .keystore_support import LINK, FakeClock, block, disk_bytes
 
@@ -299,3 +300,21 @@ def test_the_owner_remembers_who_was_named_without_keeping_the_key(
     link.owner.expire_service_keys()
     with pytest.raises(ServiceKeyNotFound):
         link.owner.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
+
+
+def test_ended_rows_stay_until_the_retention_after_validity_then_go(
+    link: Link, clock: FakeClock
+) -> None:
+    keys = cut(link, 32, 32)
+    record(link, keys)
+    link.peer.fetch_service_keys([keys[0].key_id], master_sae="SAE_A", requester="SAE_B")
+    clock.now = 2e6 + RETAIN_ENDED_S - 1  # both keys expired long ago, within the retention
+    assert link.peer.expire_service_keys() == 1  # the unfetched one is discarded
+    for key in keys:  # both rows are still there: an unnamed SAE is told 401, not 400
+        with pytest.raises(NotAuthorised):
+            link.peer.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
+    clock.now = 2e6 + RETAIN_ENDED_S + 1
+    link.peer.expire_service_keys()
+    for key in keys:
+        with pytest.raises(ServiceKeyNotFound):
+            link.peer.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
