@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -66,6 +65,7 @@ from ._errors import (
     Unavailable,
     error_response,
 )
+from ._ids import new_key_id
 from ._policy import RateLimiter, derive_keys
 from ._stock import PairStock
 
@@ -257,7 +257,7 @@ class KeySupply:
     ) -> list[CutKey]:
         """Keys made for this request: from the CSPRNG if every SAE is here, else cut from
         the link to the target KME and reserved there."""
-        key_ids = [str(uuid.uuid4()) for _ in range(number)]
+        key_ids = [new_key_id() for _ in range(number)]
         expires_at = self._clock() + policy.key_validity_s
         here = [s for s in slaves if self._saes[s].kme == self.node_id]
         there = [s for s in slaves if s not in here]
@@ -415,7 +415,7 @@ class KeySupply:
                     keys = await self._cut_and_reserve(
                         master,
                         target_kme,
-                        [str(uuid.uuid4()) for _ in range(number)],
+                        [new_key_id() for _ in range(number)],
                         policy.key_size,
                         [],
                         [slave],
