@@ -270,11 +270,92 @@ def run_trio(
     return elapsed
 
 
-# --- load generator 2: one thread per pair, Etsi014Client ---------------------------------------
+# --- load generators 2 and 3: one thread per pair, blocking clients --------------------------
 
 
-def run_threads(
-    pairs: list[Pair], batch: int, seconds: float, tally: Tally, rate: float | None
+class _QkmsPair:
+    """A round trip with ``Etsi014Client`` (Python: ssl + h11)."""
+
+    def __init__(self, p: Pair, batch: int) -> None:
+        self._p, self._batch = p, batch
+        self._a = Etsi014Client(p.a_url, ca=p.ca, cert=p.m_cert, key=p.m_key)
+        self._b = Etsi014Client(p.b_url, ca=p.ca, cert=p.s_cert, key=p.s_key)
+
+    def round_trip(self) -> None:
+        keys = self._a.get_key(self._p.slave, number=self._batch, size=KEY_BITS)
+        got = self._b.get_key_with_ids(self._p.master, [k.key_id for k in keys])
+        _check(keys, got)
+
+    def close(self) -> None:
+        self._a.close()
+        self._b.close()
+
+
+class _CurlPair:
+    """A round trip with libcurl (pycurl): an SAE written in C, as routers, VPN gateways
+    and encryptors are.  One easy handle per KME keeps its TLS connection alive; libcurl
+    runs each request without the GIL, so Python's share is building bodies and reading
+    the JSON."""
+
+    def __init__(self, p: Pair, batch: int) -> None:
+        import pycurl
+
+        self._pycurl = pycurl
+        self._enc = (
+            f"{p.a_url}/api/v1/keys/{p.slave}/enc_keys",
+            json.dumps({"number": batch, "size": KEY_BITS}).encode(),
+        )
+        self._dec_url = f"{p.b_url}/api/v1/keys/{p.master}/dec_keys"
+        self._a = self._handle(p.ca, p.m_cert, p.m_key)
+        self._b = self._handle(p.ca, p.s_cert, p.s_key)
+
+    def _handle(self, ca: str, cert: str, key: str) -> Any:
+        pycurl = self._pycurl
+        c = pycurl.Curl()
+        c.setopt(pycurl.CAINFO, ca)
+        c.setopt(pycurl.SSLCERT, cert)
+        c.setopt(pycurl.SSLKEY, key)
+        c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        c.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json", "Accept: application/json"])
+        c.setopt(pycurl.TIMEOUT, 30)
+        return c
+
+    def _post(self, c: Any, url: str, body: bytes) -> Any:
+        chunks: list[bytes] = []
+        c.setopt(self._pycurl.URL, url)
+        c.setopt(self._pycurl.POSTFIELDS, body)
+        c.setopt(self._pycurl.WRITEFUNCTION, chunks.append)
+        try:
+            c.perform()
+        except self._pycurl.error as exc:
+            raise TransportError(f"libcurl: {exc.args[-1]}") from None
+        status = c.getinfo(self._pycurl.RESPONSE_CODE)
+        answer = json.loads(b"".join(chunks))
+        if status == 503:
+            raise ServiceUnavailable(answer.get("message", ""))
+        if status != 200:
+            raise Etsi014Error(f"HTTP {status}: {answer.get('message', '')}")
+        return answer
+
+    def round_trip(self) -> None:
+        sent = self._post(self._a, *self._enc)["keys"]
+        ids = [{"key_ID": k["key_ID"]} for k in sent]
+        got = self._post(self._b, self._dec_url, json.dumps({"key_IDs": ids}).encode())["keys"]
+        if {k["key_ID"]: k["key"] for k in sent} != {k["key_ID"]: k["key"] for k in got}:
+            raise Mismatch("slave and master keys differ")
+
+    def close(self) -> None:
+        self._a.close()
+        self._b.close()
+
+
+def _run_blocking(
+    open_pair: Callable[[Pair, int], _QkmsPair | _CurlPair],
+    pairs: list[Pair],
+    batch: int,
+    seconds: float,
+    tally: Tally,
+    rate: float | None,
 ) -> float:
     lock = threading.Lock()
     barrier = threading.Barrier(len(pairs) + 1)
@@ -285,20 +366,12 @@ def run_threads(
         keys_done = 0
         errors: list[Exception] = []
         retries: list[Exception] = []
-        with (
-            Etsi014Client(p.a_url, ca=p.ca, cert=p.m_cert, key=p.m_key) as a,
-            Etsi014Client(p.b_url, ca=p.ca, cert=p.s_cert, key=p.s_key) as b,
-        ):
-
-            def round_trip() -> None:
-                keys = a.get_key(p.slave, number=batch, size=KEY_BITS)
-                got = b.get_key_with_ids(p.master, [k.key_id for k in keys])
-                _check(keys, got)
-
+        client = open_pair(p, batch)
+        try:
             ready = False
             for _ in range(WARM_UP_ATTEMPTS):
                 try:
-                    round_trip()
+                    client.round_trip()
                     ready = True
                     break
                 except RETRYABLE as exc:
@@ -310,7 +383,7 @@ def run_threads(
             while ready and (t0 := schedule.next_start()) is not None:
                 time.sleep(max(0.0, t0 - time.perf_counter()))
                 try:
-                    round_trip()
+                    client.round_trip()
                 except Etsi014Error as exc:
                     errors.append(exc)
                     if isinstance(exc, ServiceUnavailable) and rate is None:
@@ -318,6 +391,8 @@ def run_threads(
                     continue
                 latencies.append(time.perf_counter() - t0)
                 keys_done += batch
+        finally:
+            client.close()
         with lock:
             tally.latencies += latencies
             tally.keys += keys_done
@@ -344,9 +419,22 @@ def run_threads(
     return elapsed
 
 
+def run_threads(
+    pairs: list[Pair], batch: int, seconds: float, tally: Tally, rate: float | None
+) -> float:
+    return _run_blocking(_QkmsPair, pairs, batch, seconds, tally, rate)
+
+
+def run_curl(
+    pairs: list[Pair], batch: int, seconds: float, tally: Tally, rate: float | None
+) -> float:
+    return _run_blocking(_CurlPair, pairs, batch, seconds, tally, rate)
+
+
 GENERATORS: dict[str, Callable[[list[Pair], int, float, Tally, float | None], float]] = {
     "trio": run_trio,
     "threads": run_threads,
+    "curl": run_curl,
 }
 
 
@@ -510,8 +598,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per scenario (default 5)")
-    parser.add_argument("--pairs", default="1,8,64", help="concurrent SAE pairs (default 1,8,64; '' for paced runs only)")
-    parser.add_argument("--generators", default="trio,threads", help="trio and/or threads")
+    parser.add_argument(
+        "--pairs",
+        default="1,8,64",
+        help="concurrent SAE pairs (default 1,8,64; '' for paced runs only)",
+    )
+    parser.add_argument(
+        "--generators", default="trio,threads,curl", help="trio, threads and/or curl"
+    )
     parser.add_argument("--batches", default=f"{BATCH},1", help=f"keys per request ({BATCH},1)")
     parser.add_argument(
         "--paced",

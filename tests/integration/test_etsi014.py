@@ -1193,6 +1193,54 @@ async def test_a_generic_https_client_with_a_client_certificate_gets_keys(
             )
 
 
+def _libcurl_round_trip(a_url: str, b_url: str, pki: Path) -> None:
+    """enc_keys then dec_keys with libcurl, as SAEs written in C make them."""
+    pycurl = pytest.importorskip("pycurl")
+
+    def handle(sae: str) -> Any:
+        c = pycurl.Curl()
+        c.setopt(pycurl.CAINFO, str(pki / "ca.pem"))
+        c.setopt(pycurl.SSLCERT, str(pki / "saes" / f"{sae}.pem"))
+        c.setopt(pycurl.SSLKEY, str(pki / "saes" / f"{sae}.key"))
+        c.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json"])
+        c.setopt(pycurl.TIMEOUT, 20)
+        return c
+
+    def post(c: Any, url: str, body: dict[str, Any]) -> tuple[int, Any]:
+        chunks: list[bytes] = []
+        c.setopt(pycurl.URL, url)
+        c.setopt(pycurl.POSTFIELDS, json.dumps(body))
+        c.setopt(pycurl.WRITEFUNCTION, chunks.append)
+        c.perform()
+        return c.getinfo(pycurl.RESPONSE_CODE), json.loads(b"".join(chunks))
+
+    a, b = handle("SAE_A"), handle("SAE_B")
+    try:
+        for _ in range(3):
+            status, container = post(a, f"{a_url}/api/v1/keys/SAE_B/enc_keys", {"number": 2})
+            assert status == 200
+            ids = [{"key_ID": k["key_ID"]} for k in container["keys"]]
+            status, same = post(b, f"{b_url}/api/v1/keys/SAE_A/dec_keys", {"key_IDs": ids})
+            assert status == 200
+            assert same["keys"] == container["keys"]
+            assert all(len(base64.b64decode(k["key"])) == 32 for k in same["keys"])
+        # One kept-alive connection to each KME: the last requests opened none.
+        assert a.getinfo(pycurl.NUM_CONNECTS) == b.getinfo(pycurl.NUM_CONNECTS) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_libcurl_with_a_client_certificate_gets_keys_over_kept_alive_connections(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki) as net:
+            await trio.to_thread.run_sync(
+                _libcurl_round_trip, net.url("KME_A"), net.url("KME_B"), sae_pki
+            )
+
+
 def _keep_alive(port: int, ctx: ssl.SSLContext) -> list[int]:
     """Several requests on one connection; their statuses.  Fails if the KME closes it."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=20)
