@@ -33,8 +33,12 @@ test: lint typecheck contracts unit
 soak: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m soak tests
 
+# benchmarks/_*.py are shared helpers; *_compare.py compare two code trees given by hand.
 bench: $(STAMP)
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do \
+		case $$(basename $$b) in _*|*_compare.py) continue;; esac; \
+		$(BIN)/python $$b || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
