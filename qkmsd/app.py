@@ -93,6 +93,7 @@ class Node:
                 link_to={link.peer: link_id for link_id, link in reversed(cfg.links.items())},
                 pqc_keys=_pqc_keys(cfg),
                 reserve_timeout=cfg.supply.reserve_timeout_s,
+                retain_ended=cfg.supply.retain_ended_s,
             )
             self.peers = peers = PeerManager(
                 node_id=cfg.node_id,

@@ -118,6 +118,8 @@ class SupplySection(_Section, frozen=True):
     default: SupplyPolicy = SupplyPolicy()
     pairs: list[SupplyPairSection] = []
     reserve_timeout_s: Seconds = 5.0
+    # How long a delivered or expired key's row (no material) outlives the key's validity.
+    retain_ended_s: Seconds = 86_400.0
 
 
 class LogSection(_Section, frozen=True):

@@ -22,6 +22,7 @@ from ._lifecycle import (
 from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
 from ._service import (
     MAX_SEGMENTS_PER_KEY,
+    RETAIN_ENDED_S,
     CutKey,
     InsufficientKey,
     KeySpec,
@@ -41,6 +42,7 @@ from ._store import (
 
 __all__ = [
     "MAX_SEGMENTS_PER_KEY",
+    "RETAIN_ENDED_S",
     "CutKey",
     "InsufficientKey",
     "KeySpec",

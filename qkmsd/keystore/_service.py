@@ -33,8 +33,9 @@ from ._errors import KeyStoreError
 from ._lifecycle import KeyState, check_transition
 
 MAX_SEGMENTS_PER_KEY: Final = 64
-RETAIN_ENDED_S: Final = 7 * 86400.0
-"""How long the row of a fetched, expired or elsewhere-served key outlives its validity."""
+RETAIN_ENDED_S: Final = 86400.0
+"""How long, by default, the row of a fetched, expired or elsewhere-served key outlives its
+validity (``[supply] retain_ended_s``).  About 260 bytes a row at the slave's KME."""
 _KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SAE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -458,10 +459,10 @@ class ServiceKeyMethods(abc.ABC):
                     )
         return out
 
-    def expire_service_keys(self) -> int:
+    def expire_service_keys(self, *, retain_s: float = RETAIN_ENDED_S) -> int:
         """Discard (and erase) service keys past their validity.  Returns how many.
 
-        Rows without material (erased or discarded) are kept until ``RETAIN_ENDED_S`` after
+        Rows without material (erased or discarded) are kept until ``retain_s`` after
         the key's validity ended (so at least that long after the key itself ended), so that
         late requests still get the right answer, then removed.
         """
@@ -480,7 +481,7 @@ class ServiceKeyMethods(abc.ABC):
             conn.execute(
                 "DELETE FROM service_keys WHERE state IN ('erased', 'discarded')"
                 " AND expires_at < ?",
-                (now - RETAIN_ENDED_S,),
+                (now - retain_s,),
             )
             return cursor.rowcount
 

@@ -48,6 +48,7 @@ from qkms_pqc import (
 from ..config import SaeConfig, SupplyPolicy
 from ..http import Request, Response
 from ..keystore import (
+    RETAIN_ENDED_S,
     CutKey,
     KeySpec,
     KeyStore,
@@ -105,6 +106,7 @@ class KeySupply:
         link_to: dict[str, str],
         pqc_keys: dict[str, HybridPublicKey],
         reserve_timeout: float,
+        retain_ended: float = RETAIN_ENDED_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
@@ -116,6 +118,7 @@ class KeySupply:
         self._link_to = link_to
         self._pqc_keys = pqc_keys
         self._reserve_timeout = reserve_timeout
+        self._retain_ended = retain_ended
         self._clock = clock
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
@@ -139,7 +142,9 @@ class KeySupply:
             task_status.started()
             while True:
                 await trio.sleep(1.0)
-                expired = await self._thread.call(self._store.expire_service_keys)
+                expired = await self._thread.call(
+                    self._store.expire_service_keys, retain_s=self._retain_ended
+                )
                 if expired:
                     log.info("supply.keys_expired", count=expired)
 

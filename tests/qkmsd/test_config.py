@@ -136,6 +136,13 @@ def test_supply_stock_keys_defaults_to_32_and_a_pair_may_turn_it_off() -> None:
     assert config.policy_for("SAE_A", "SAE_B").stock_keys == 0
 
 
+def test_supply_retain_ended_s_defaults_to_a_day_and_must_be_positive() -> None:
+    assert config_from_mapping(base(), source=SOURCE).supply.retain_ended_s == 86_400.0
+    hour = config_from_mapping(base(supply={"retain_ended_s": 3600}), source=SOURCE)
+    assert hour.supply.retain_ended_s == 3600.0
+    assert "[supply] retain_ended_s" in error_of(base(supply={"retain_ended_s": 0}))
+
+
 def test_supply_stock_keys_out_of_range_names_the_key() -> None:
     message = error_of(base(supply={"default": {"stock_keys": -1}}))
     assert "[supply.default] stock_keys" in message

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkmsd.keystore import (
+    RETAIN_ENDED_S,
     InsufficientKey,
     KeySpec,
     KeyState,
@@ -21,7 +22,6 @@ from qkmsd.keystore import (
     SegmentRefused,
     ServiceKeyNotFound,
 )
-from qkmsd.keystore._service import RETAIN_ENDED_S
 
 from .keystore_support import LINK, FakeClock, block, disk_bytes
 
@@ -318,3 +318,13 @@ def test_ended_rows_stay_until_the_retention_after_validity_then_go(
     for key in keys:
         with pytest.raises(ServiceKeyNotFound):
             link.peer.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
+
+
+def test_the_retention_of_ended_rows_is_the_callers_to_choose(link: Link, clock: FakeClock) -> None:
+    (key,) = cut(link, 32)
+    record(link, [key])
+    link.peer.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_B")
+    clock.now = 2e6 + 61  # a minute past the key's validity
+    link.peer.expire_service_keys(retain_s=60)
+    with pytest.raises(ServiceKeyNotFound):  # the row is gone: unnamed SAEs get 400 now
+        link.peer.fetch_service_keys([key.key_id], master_sae="SAE_A", requester="SAE_X")
