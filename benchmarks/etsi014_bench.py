@@ -336,7 +336,10 @@ class _CurlPair:
         except self._pycurl.error as exc:
             raise TransportError(f"libcurl: {exc.args[-1]}") from None
         status = c.getinfo(self._pycurl.RESPONSE_CODE)
-        answer = json.loads(b"".join(chunks))
+        try:
+            answer = json.loads(b"".join(chunks) or b"{}")  # a 401 has no body
+        except ValueError:
+            raise Etsi014Error(f"HTTP {status} with a body that is not JSON") from None
         if status == 503:
             raise ServiceUnavailable(answer.get("message", ""))
         if status != 200:
@@ -366,8 +369,16 @@ def _run_blocking(
     lock = threading.Lock()
     barrier = threading.Barrier(len(pairs) + 1)
     window = [0.0, 0.0]
+    crashed: list[BaseException] = []
 
     def worker(i: int, p: Pair) -> None:
+        try:
+            run_pair(i, p)
+        except BaseException as exc:  # a Mismatch, a bug: stop everyone, report it
+            crashed.append(exc)
+            barrier.abort()
+
+    def run_pair(i: int, p: Pair) -> None:
         latencies: list[float] = []
         keys_done = 0
         errors: list[Exception] = []
@@ -413,13 +424,19 @@ def _run_blocking(
     ]
     for t in threads:
         t.start()
-    barrier.wait()
-    tally.start_window()
     started = time.perf_counter()
-    window[:] = [started, started + seconds]
-    barrier.wait()
+    try:
+        barrier.wait()
+        tally.start_window()
+        started = time.perf_counter()
+        window[:] = [started, started + seconds]
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass  # a worker crashed before the window: its error is raised below
     for t in threads:
         t.join()
+    if crashed:
+        raise crashed[0]
     elapsed = time.perf_counter() - started
     tally.end_window()
     return elapsed
