@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,20 +155,6 @@ def check_consistent(lab: Lab) -> tuple[dict[int, bytes], dict[int, bytes]]:
         assert ready_a[block_id] == ready_b[block_id], f"block {block_id} differs"
         assert ready_a[block_id] == paired_block(seed, LINK, block_id, block_bits)
     return ready_a, ready_b
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """An empty lab directory; whatever runs in it is stopped afterwards."""
-    lab = Lab(tmp_path / "lab")
-    yield lab
-    if lab.manifest_path.exists():
-        lab.down()
-        # Shown by pytest only when the test failed: what the nodes said.
-        for node, kme in lab.manifest()["kmes"].items():
-            log = Path(kme["log"])
-            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-            print(f"--- {node} {log} (last 40 lines)", *lines[-40:], sep="\n")
 
 
 def up(lab: Lab) -> dict[str, Any]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -72,14 +70,6 @@ class Traffic:
 
     def delivered(self) -> int:
         return len(self.master)
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path / "lab")
-    yield lab
-    if lab.manifest_path.exists():
-        lab.down()
 
 
 def wait_for_more(traffic: Traffic, than: int, timeout: float = 30.0) -> None:
