@@ -638,9 +638,14 @@ class KeyStore(ServiceKeyMethods):
         for block_id in block_ids:
             self._plain.pop((link_id, block_id), None)
 
-    def _seal(self, plain: bytes, ad: bytes) -> tuple[bytes, bytes]:
-        nonce = os.urandom(_NONCE_SIZE)
-        return nonce, _encrypt(self._key, nonce, plain, ad)
+    def _seal(self, items: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """(nonce, ciphertext) for each (plaintext, associated data); fresh random nonces."""
+        nonces = os.urandom(_NONCE_SIZE * len(items))
+        out = []
+        for i, (plain, ad) in enumerate(items):
+            nonce = nonces[i * _NONCE_SIZE : (i + 1) * _NONCE_SIZE]
+            out.append((nonce, _encrypt(self._key, nonce, plain, ad)))
+        return out
 
     def _unseal(self, nonce: bytes, cipher: bytes, ad: bytes) -> bytes:
         try:

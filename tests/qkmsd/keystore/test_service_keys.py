@@ -17,6 +17,7 @@ from qkmsd.keystore import (
     KeySpec,
     KeyState,
     KeyStore,
+    KeyStoreError,
     NotAuthorised,
     Segment,
     SegmentRefused,
@@ -210,6 +211,40 @@ def test_overlap_within_one_reservation_is_refused_whole(link: Link) -> None:
         LINK, twice[:1], master_sae="SAE_A", local_slaves=("SAE_B",), expires_at=2e6
     )
     assert again[0].key == link.material[1][:8]
+
+
+def test_a_key_id_already_recorded_is_refused_by_name_and_nothing_is_recorded(
+    link: Link,
+) -> None:
+    first = cut(link, 8)
+    record(link, first)
+    fresh = cut(link, 8, 8, 8)
+    # A new reservation whose middle key (fresh bits) reuses an id already recorded.
+    specs = [KeySpec(k.key_id, k.segments) for k in fresh]
+    specs[1] = KeySpec(first[0].key_id, fresh[1].segments)
+    with pytest.raises(KeyStoreError, match=f"service key {first[0].key_id}: id already used"):
+        link.peer.record_service_keys(
+            LINK, specs, master_sae="SAE_A", local_slaves=("SAE_B",), expires_at=2e6
+        )
+    assert link.peer.stored_service_keys("SAE_A", "SAE_B") == 1
+    assert [k.key for k in record(link, fresh)] == [k.key for k in fresh]  # nothing consumed
+
+
+def test_a_reservation_of_more_keys_than_one_insert_takes_records_them_all(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    many = Link(tmp_path, clock, blocks=12)  # 768 bytes: 384 keys of 2 bytes
+    try:
+        keys = cut(many, *[2] * 384)
+        got = record(many, keys)
+        assert [k.key for k in got] == [k.key for k in keys]
+        assert many.peer.stored_service_keys("SAE_A", "SAE_B") == 384
+        last = keys[-1].key_id
+        assert many.peer.fetch_service_keys([last], master_sae="SAE_A", requester="SAE_B") == [
+            (last, keys[-1].key)
+        ]
+    finally:
+        many.close()
 
 
 def test_named_slaves_fetch_once_then_the_key_is_erased(link: Link) -> None:
