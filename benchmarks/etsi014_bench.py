@@ -81,6 +81,8 @@ TARGET_BATCHED_KEYS_PER_S = 2000.0
 TARGET_SINGLE_RT_PER_S = 500.0
 TARGET_SINGLE_P99_MS = 20.0
 TARGET_SINGLE_PAIRS = 8
+# A paced window "held" its rate if it delivered at least this share of the planned round trips.
+RATE_HELD = 0.99
 
 
 def topology(pairs: int, rate_bps: float) -> Topology:
@@ -581,12 +583,18 @@ def verdict(row: dict[str, Any]) -> str:
     if row["pairs"] != TARGET_SINGLE_PAIRS:
         return ""
     rate = row["paced_round_trips_per_s"]
-    if rate is None:  # saturation: the throughput half of the target
-        ok = row["round_trips_per_s"] >= TARGET_SINGLE_RT_PER_S
-        return f"{'met' if ok else 'MISSED'} (>= {TARGET_SINGLE_RT_PER_S:,.0f} rt/s at saturation)"
+    if rate is None:  # saturation: both halves of the target, at whatever rate 8 pairs reach
+        ok = (
+            row["round_trips_per_s"] >= TARGET_SINGLE_RT_PER_S
+            and row["p99_ms"] < TARGET_SINGLE_P99_MS
+        )
+        return (
+            f"{'met' if ok else 'MISSED'} (>= {TARGET_SINGLE_RT_PER_S:,.0f} rt/s with "
+            f"p99 < {TARGET_SINGLE_P99_MS:g} ms, at saturation)"
+        )
     ok = (
         rate >= TARGET_SINGLE_RT_PER_S
-        and row["round_trips_per_s"] >= 0.99 * rate
+        and row["round_trips_per_s"] >= RATE_HELD * rate
         and row["p99_ms"] < TARGET_SINGLE_P99_MS
     )
     return (
@@ -605,7 +613,7 @@ def paced_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (generator, pairs, rate), group in groups.items():
         p99 = sorted(r["p99_ms"] for r in group)
-        held = [r for r in group if r["round_trips_per_s"] >= 0.98 * rate]
+        held = [r for r in group if r["round_trips_per_s"] >= RATE_HELD * rate]
         out.append(
             {
                 "generator": generator,

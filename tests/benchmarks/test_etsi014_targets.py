@@ -1,0 +1,83 @@
+"""How the ETSI 014 benchmark judges its rows against the issue's targets.
+
+The verdicts are what docs/etsi014.md quotes, so they are specified here: a row is "met"
+only when every half of its target holds in that row.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "etsi014_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    spec = importlib.util.spec_from_file_location("etsi014_bench", _PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("etsi014_bench", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "generator": "curl",
+        "paced_round_trips_per_s": None,
+        "pairs": 8,
+        "keys_per_request": 1,
+        "round_trips_per_s": 900.0,
+        "keys_per_s": 900.0,
+        "p99_ms": 15.0,
+        "load_generator_cpu_ms_per_round_trip": 0.4,
+    }
+    return base | fields
+
+
+def test_saturation_at_8_pairs_needs_the_rate_and_the_p99(bench: Any) -> None:
+    assert bench.verdict(row()).startswith("met")
+    assert bench.verdict(row(p99_ms=20.0)).startswith("MISSED")
+    assert bench.verdict(row(round_trips_per_s=499.0, keys_per_s=499.0)).startswith("MISSED")
+
+
+def test_a_paced_row_needs_the_rate_held_and_the_p99(bench: Any) -> None:
+    paced = row(paced_round_trips_per_s=500.0, round_trips_per_s=499.5, p99_ms=19.9)
+    assert bench.verdict(paced).startswith("met")
+    assert bench.verdict(paced | {"p99_ms": 20.1}).startswith("MISSED")
+    assert bench.verdict(paced | {"round_trips_per_s": 480.0}).startswith("MISSED")
+    assert bench.verdict(paced | {"paced_round_trips_per_s": 400.0}).startswith("MISSED")
+
+
+def test_batched_rows_are_judged_on_keys_per_second_only(bench: Any) -> None:
+    batched = row(keys_per_request=64, pairs=64, round_trips_per_s=40.0, p99_ms=500.0)
+    assert bench.verdict(batched | {"keys_per_s": 2560.0}).startswith("met")
+    assert bench.verdict(batched | {"keys_per_s": 1999.0}).startswith("MISSED")
+
+
+def test_single_key_rows_at_other_pair_counts_carry_no_verdict(bench: Any) -> None:
+    assert bench.verdict(row(pairs=1)) == ""
+    assert bench.verdict(row(pairs=64)) == ""
+
+
+def test_the_paced_summary_counts_windows_under_the_target(bench: Any) -> None:
+    windows = [
+        row(paced_round_trips_per_s=500.0, round_trips_per_s=499.0, p99_ms=p99)
+        for p99 in (12.0, 25.0, 18.0)
+    ]
+    (summary,) = bench.paced_summary([row(), *windows])
+    assert summary["windows"] == 3
+    assert summary["windows_p99_under_target"] == 2
+    assert summary["p99_ms_min_median_max"] == [12.0, 18.0, 25.0]
+
+
+def test_a_window_that_fell_behind_counts_for_nothing_whatever_its_p99(bench: Any) -> None:
+    behind = row(paced_round_trips_per_s=500.0, round_trips_per_s=480.0, p99_ms=5.0)
+    (summary,) = bench.paced_summary([behind])
+    assert summary["windows_rate_held"] == 0
+    assert summary["windows_p99_under_target"] == 0
