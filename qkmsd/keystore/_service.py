@@ -344,9 +344,9 @@ class ServiceKeyMethods(abc.ABC):
                 "DELETE FROM consumed WHERE link_id = ? AND block_id = ?", (link_id, block_id)
             )
             self._forget_blocks(link_id, [block_id])
-            conn.execute(
+            conn.execute(  # the material goes with it (trigger blocks_erase_material)
                 "UPDATE blocks SET used_bits = size_bits, state = 'erased', state_changed_at = ?,"
-                " reason = 'all bits delivered', nonce = NULL, material = NULL"
+                " reason = 'all bits delivered'"
                 " WHERE link_id = ? AND block_id = ? AND state = 'ready'",
                 (now, link_id, block_id),
             )

@@ -91,6 +91,56 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # The device's own name for a block (an upstream ETSI 014 key ID), kept until the
     # block is confirmed so that a restarted node can announce it again with its name.
     ("ALTER TABLE blocks ADD COLUMN ref TEXT",),
+    # Key material in a table of its own.  In the blocks row, every change of state or of
+    # used_bits that changed the row's size rewrote all of it: for a 1 Mbit block, 128 KiB
+    # of ciphertext written again and as much zeroed by secure_delete (270 KiB of WAL to
+    # mark a block ready, 280 KiB for some 16-key cuts).  A trigger erases the material
+    # in the same statement that moves a block to a state that holds none, as the CHECK
+    # on the old row did.
+    (
+        """CREATE TABLE block_material (
+            link_id TEXT NOT NULL,
+            block_id INTEGER NOT NULL,
+            nonce BLOB NOT NULL,
+            material BLOB NOT NULL,
+            PRIMARY KEY (link_id, block_id)
+        )""",
+        "INSERT INTO block_material (link_id, block_id, nonce, material)"
+        " SELECT link_id, block_id, nonce, material FROM blocks WHERE material IS NOT NULL",
+        f"""CREATE TABLE blocks_v4 (
+            link_id TEXT NOT NULL,
+            block_id INTEGER NOT NULL CHECK (block_id >= 0),
+            state TEXT NOT NULL CHECK (state IN ({_sql_list(_ALL_STATES)})),
+            owned INTEGER NOT NULL CHECK (owned IN (0, 1)),
+            size_bits INTEGER NOT NULL CHECK (size_bits > 0),
+            used_bits INTEGER NOT NULL DEFAULT 0 CHECK (used_bits BETWEEN 0 AND size_bits),
+            qber REAL NOT NULL,
+            produced_at REAL NOT NULL,
+            received_at REAL NOT NULL,
+            state_changed_at REAL NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            ref TEXT,
+            PRIMARY KEY (link_id, block_id)
+        )""",
+        "INSERT INTO blocks_v4 (link_id, block_id, state, owned, size_bits, used_bits, qber,"
+        " produced_at, received_at, state_changed_at, reason, ref)"
+        " SELECT link_id, block_id, state, owned, size_bits, used_bits, qber, produced_at,"
+        " received_at, state_changed_at, reason, ref FROM blocks",
+        "DROP TABLE blocks",
+        "ALTER TABLE blocks_v4 RENAME TO blocks",
+        "CREATE INDEX blocks_by_link_state ON blocks (link_id, state)",
+        f"""CREATE TRIGGER blocks_erase_material AFTER UPDATE OF state ON blocks
+            WHEN NEW.state IN ({_sql_list(_ERASED_STATES)})
+            BEGIN
+                DELETE FROM block_material
+                WHERE link_id = NEW.link_id AND block_id = NEW.block_id;
+            END""",
+        """CREATE TRIGGER blocks_delete_material AFTER DELETE ON blocks
+            BEGIN
+                DELETE FROM block_material
+                WHERE link_id = OLD.link_id AND block_id = OLD.block_id;
+            END""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -295,8 +345,8 @@ class KeyStore(ServiceKeyMethods):
             for b, nonce, material in rows:
                 cursor = conn.execute(
                     "INSERT INTO blocks (link_id, block_id, state, owned, size_bits, qber,"
-                    " produced_at, received_at, state_changed_at, nonce, material, ref)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " produced_at, received_at, state_changed_at, ref)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (
                         b.link_id,
                         b.block_id,
@@ -307,12 +357,15 @@ class KeyStore(ServiceKeyMethods):
                         b.produced_at,
                         now,
                         now,
-                        nonce,
-                        material,
                         b.ref,
                     ),
                 )
                 if cursor.rowcount == 1:
+                    conn.execute(
+                        "INSERT INTO block_material (link_id, block_id, nonce, material)"
+                        " VALUES (?, ?, ?, ?)",
+                        (b.link_id, b.block_id, nonce, material),
+                    )
                     added.append(b.block_id)
         return added
 
@@ -410,15 +463,13 @@ class KeyStore(ServiceKeyMethods):
         check_transition(old, new)
         if not block_ids:
             return
-        erase = ""
-        if new not in HOLDS_MATERIAL:
-            erase = ", nonce = NULL, material = NULL"
+        if new not in HOLDS_MATERIAL:  # the material goes with it (trigger blocks_erase_material)
             self._forget_blocks(link_id, block_ids)
         now = self._clock()
         # An empty reason keeps the earlier one: "peer discarded" should outlive the erase.
         conn.executemany(
             "UPDATE blocks SET state = ?, state_changed_at = ?,"
-            f" reason = CASE WHEN ? = '' THEN reason ELSE ? END{erase}"
+            " reason = CASE WHEN ? = '' THEN reason ELSE ? END"
             " WHERE link_id = ? AND block_id = ? AND state = ?",
             [(new.value, now, reason, reason, link_id, i, old.value) for i in block_ids],
         )
@@ -436,7 +487,9 @@ class KeyStore(ServiceKeyMethods):
         _check_block_id(link_id, block_id)
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT state, nonce, material FROM blocks WHERE link_id = ? AND block_id = ?",
+                "SELECT b.state, m.nonce, m.material FROM blocks AS b"
+                " LEFT JOIN block_material AS m USING (link_id, block_id)"
+                " WHERE b.link_id = ? AND b.block_id = ?",
                 (link_id, block_id),
             ).fetchone()
         if row is None:
@@ -612,7 +665,7 @@ class KeyStore(ServiceKeyMethods):
         plain = self._plain.pop(entry, None)
         if plain is None:
             row = conn.execute(
-                "SELECT nonce, material FROM blocks WHERE link_id = ? AND block_id = ?",
+                "SELECT nonce, material FROM block_material WHERE link_id = ? AND block_id = ?",
                 entry,
             ).fetchone()
             if row is None or row[1] is None:

@@ -29,8 +29,9 @@ def raw_row(path: Path, block_id: int, link_id: str = LINK) -> tuple[object, ...
     conn = sqlite3.connect(path)
     try:
         row: tuple[object, ...] = conn.execute(
-            "SELECT state, nonce, material, reason, state_changed_at FROM blocks"
-            " WHERE link_id = ? AND block_id = ?",
+            "SELECT b.state, m.nonce, m.material, b.reason, b.state_changed_at FROM blocks AS b"
+            " LEFT JOIN block_material AS m USING (link_id, block_id)"
+            " WHERE b.link_id = ? AND b.block_id = ?",
             (link_id, block_id),
         ).fetchone()
     finally:
@@ -187,11 +188,13 @@ def test_swapped_ciphertexts_fail_authentication(store: KeyStore, store_path: Pa
     conn = sqlite3.connect(store_path)
     with conn:
         rows = dict(
-            (i, (n, m)) for i, n, m in conn.execute("SELECT block_id, nonce, material FROM blocks")
+            (i, (n, m))
+            for i, n, m in conn.execute("SELECT block_id, nonce, material FROM block_material")
         )
         for i, j in ((1, 2), (2, 1)):
             conn.execute(
-                "UPDATE blocks SET nonce = ?, material = ? WHERE block_id = ?", (*rows[j], i)
+                "UPDATE block_material SET nonce = ?, material = ? WHERE block_id = ?",
+                (*rows[j], i),
             )
     conn.close()
     for i in (1, 2):
@@ -206,9 +209,9 @@ def test_a_flipped_ciphertext_bit_fails_authentication(store: KeyStore, store_pa
     store.add_blocks([block(1, KEY64)])
     conn = sqlite3.connect(store_path)
     with conn:
-        (material,) = conn.execute("SELECT material FROM blocks").fetchone()
+        (material,) = conn.execute("SELECT material FROM block_material").fetchone()
         tampered = bytes([material[0] ^ 1]) + material[1:]
-        conn.execute("UPDATE blocks SET material = ?", (tampered,))
+        conn.execute("UPDATE block_material SET material = ?", (tampered,))
     conn.close()
     with pytest.raises(CorruptStoreError):
         store.read_block(LINK, 1)
@@ -384,3 +387,105 @@ def test_checkpoint_inside_a_batch_runs_after_the_commit(store: KeyStore, store_
     assert not wal.exists() or wal.stat().st_size == 0
     assert store.read_block(LINK, 2)
     assert store.checkpoint() is True
+
+
+# -- the material in a table of its own (schema 4) --------------------------------------------
+
+SCHEMA_3_BLOCKS = """CREATE TABLE blocks (
+    link_id TEXT NOT NULL,
+    block_id INTEGER NOT NULL CHECK (block_id >= 0),
+    state TEXT NOT NULL,
+    owned INTEGER NOT NULL CHECK (owned IN (0, 1)),
+    size_bits INTEGER NOT NULL CHECK (size_bits > 0),
+    used_bits INTEGER NOT NULL DEFAULT 0 CHECK (used_bits BETWEEN 0 AND size_bits),
+    qber REAL NOT NULL,
+    produced_at REAL NOT NULL,
+    received_at REAL NOT NULL,
+    state_changed_at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    nonce BLOB,
+    material BLOB,
+    ref TEXT,
+    PRIMARY KEY (link_id, block_id)
+)"""
+
+
+def as_schema_3(path: Path) -> None:
+    """Rewrite a store in the layout qkmsd wrote before schema 4: material in the block row."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("DROP TRIGGER blocks_erase_material")
+        conn.execute("DROP TRIGGER blocks_delete_material")
+        conn.execute("ALTER TABLE blocks RENAME TO blocks_v4")
+        conn.execute(SCHEMA_3_BLOCKS)
+        conn.execute(
+            "INSERT INTO blocks SELECT b.link_id, b.block_id, b.state, b.owned, b.size_bits,"
+            " b.used_bits, b.qber, b.produced_at, b.received_at, b.state_changed_at, b.reason,"
+            " m.nonce, m.material, b.ref"
+            " FROM blocks_v4 AS b LEFT JOIN block_material AS m USING (link_id, block_id)"
+        )
+        conn.execute("DROP TABLE blocks_v4")
+        conn.execute("DROP TABLE block_material")
+        conn.execute("CREATE INDEX blocks_by_link_state ON blocks (link_id, state)")
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_a_schema_3_store_is_migrated_with_its_keys_and_states(
+    store_path: Path, master_key: bytes, clock: FakeClock
+) -> None:
+    keys = {i: os.urandom(32) for i in (1, 2, 3)}
+    with KeyStore.open(store_path, master_key, clock=clock) as s:
+        s.add_blocks([block(i, k) for i, k in keys.items()])
+        s.mark_ready(LINK, [2, 3])
+        s.discard(LINK, [3], "test")
+    as_schema_3(store_path)
+
+    with KeyStore.open(store_path, master_key, clock=clock) as s:
+        assert s.states(LINK, keys) == {
+            1: KeyState.RECEIVED,
+            2: KeyState.READY,
+            3: KeyState.DISCARDED,
+        }
+        assert s.read_block(LINK, 1) == keys[1]
+        assert s.read_block(LINK, 2) == keys[2]
+        with pytest.raises(KeyStoreError, match="material erased"):
+            s.read_block(LINK, 3)
+        s.discard(LINK, [2], "after the migration")
+        s.checkpoint()
+    assert keys[2] not in disk_bytes(store_path)
+    conn = sqlite3.connect(store_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert [r[0] for r in conn.execute("SELECT block_id FROM block_material")] == [1]
+    finally:
+        conn.close()
+
+
+def test_the_database_itself_erases_material_when_a_block_leaves_the_pool(
+    store: KeyStore, store_path: Path
+) -> None:
+    # Whatever code path moves a block to a state that holds no material (or deletes
+    # its row), the material row goes in the same statement.
+    store.add_blocks([block(i) for i in (1, 2, 3)])
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    try:
+        conn.execute("UPDATE blocks SET state = 'expired' WHERE block_id = 1")
+        conn.execute("DELETE FROM blocks WHERE block_id = 2")
+        conn.execute("UPDATE blocks SET state = 'ready' WHERE block_id = 3")
+        left = [r[0] for r in conn.execute("SELECT block_id FROM block_material")]
+    finally:
+        conn.close()
+    assert left == [3]
+
+
+def test_a_state_change_does_not_rewrite_the_material(store: KeyStore, store_path: Path) -> None:
+    # 270 KiB of WAL to mark a 1 Mbit block ready when the material shared its row.
+    store.add_blocks([block(1, os.urandom(1 << 17))])
+    assert store.checkpoint()
+    store.mark_ready(LINK, [1])
+    wal = store_path.with_name(store_path.name + "-wal")
+    assert wal.stat().st_size < 32 * 1024
