@@ -138,6 +138,40 @@ def pairs_of(manifest: dict[str, Any], n: int) -> list[Pair]:
 
 
 @dataclass
+class AccessLog:
+    """A daemon's log file, read for the access-log lines (``http.request``) of one window.
+
+    ``duration_ms`` in those lines is the time inside the daemon from the request's first
+    bytes read to its answer ready to send: the rest of a round trip's latency is sending,
+    the network, the client, and the wait before the daemon reads the request at all.
+    """
+
+    path: Path
+    offset: int = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def durations(self, endpoint: str) -> list[float]:
+        """``duration_ms`` of the 200 answers to ``endpoint`` logged since ``mark``."""
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        out = []
+        suffix = f"/{endpoint} ".encode()
+        for line in data.splitlines():
+            if b"event=http.request" in line and suffix in line and b" status=200 " in line:
+                _, _, rest = line.partition(b" duration_ms=")
+                if rest:
+                    out.append(float(rest.split(b" ", 1)[0]))
+        return out
+
+
+# The request each daemon serves in a round trip: its in-daemon time is reported per row.
+ENDPOINTS = {"KME_A": "enc_keys", "KME_B": "dec_keys"}
+
+
+@dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
     keys: int = 0
@@ -148,15 +182,21 @@ class Tally:
     # CPU seconds (this process, and each daemon) within the timed window only.
     cpu: dict[str, float] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, AccessLog] = field(default_factory=dict)
+    # Milliseconds inside each daemon for the request it serves in a round trip.
+    in_daemon: dict[str, list[float]] = field(default_factory=dict)
 
     def start_window(self) -> None:
         self.cpu = {"load_generator": self_cpu_seconds()}
         self.cpu |= {n: cpu_seconds(p) for n, p in self.pids.items()}
+        for log in self.logs.values():
+            log.mark()
 
     def end_window(self) -> None:
         now = {"load_generator": self_cpu_seconds()}
         now |= {n: cpu_seconds(p) for n, p in self.pids.items()}
         self.cpu = {n: now[n] - self.cpu[n] for n in now}
+        self.in_daemon = {n: log.durations(ENDPOINTS[n]) for n, log in self.logs.items()}
 
     def error(self, exc: Exception) -> None:
         name = type(exc).__name__
@@ -550,8 +590,10 @@ def scenario(
     batch: int,
     seconds: float,
     rate: float | None = None,
+    logs: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    tally = Tally(pids=lab_pids)
+    """One timed window; with the daemons' ``logs``, their in-daemon request times too."""
+    tally = Tally(pids=lab_pids, logs={n: AccessLog(p) for n, p in (logs or {}).items()})
     elapsed = GENERATORS[generator](pairs, batch, seconds, tally, rate)
     trips = len(tally.latencies)
     return {
@@ -573,6 +615,14 @@ def scenario(
             tally.cpu["load_generator"] * 1000 / trips if trips else float("nan")
         ),
         "cpu_cores": {n: round(v / elapsed, 3) for n, v in tally.cpu.items()},
+        "in_daemon_ms": {
+            f"{n} {ENDPOINTS[n]}": {
+                "p50": percentile(d, 0.50),
+                "p99": percentile(d, 0.99),
+                "requests": len(d),
+            }
+            for n, d in tally.in_daemon.items()
+        },
     }
 
 
@@ -644,10 +694,16 @@ def summary_lines(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _in_daemon_p99(row: dict[str, Any], node: str) -> str:
+    entry = row.get("in_daemon_ms", {}).get(f"{node} {ENDPOINTS[node]}")
+    return "-" if not entry or not entry["requests"] else f"{entry['p99']:.1f}"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'generator':<8} {'load':>7} {'pairs':>5} {'keys/req':>8} {'rt/s':>8} {'keys/s':>9} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'gen ms/rt':>9} {'cpu A':>6} {'cpu B':>6}  target"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'gen ms/rt':>9} {'cpu A':>6} {'cpu B':>6} "
+        f"{'A enc p99':>9} {'B dec p99':>9}  target"
     )
     print(head)
     print("-" * len(head))
@@ -663,7 +719,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['round_trips_per_s']:>8.1f} {r['keys_per_s']:>9.1f} {r['p50_ms']:>7.2f} "
             f"{r['p99_ms']:>7.2f} {sum(r['errors'].values()):>4} "
             f"{r['load_generator_cpu_ms_per_round_trip']:>9.2f} "
-            f"{cpu['KME_A']:>6.2f} {cpu['KME_B']:>6.2f}  {verdict(r)}"
+            f"{cpu['KME_A']:>6.2f} {cpu['KME_B']:>6.2f} "
+            f"{_in_daemon_p99(r, 'KME_A'):>9} {_in_daemon_p99(r, 'KME_B'):>9}  {verdict(r)}"
         )
 
 
@@ -711,6 +768,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         pids = {n: int(k["pid"]) for n, k in manifest["kmes"].items()}
+        logs = {n: Path(k["log"]) for n, k in manifest["kmes"].items()}
         all_pairs = pairs_of(manifest, max(counts_needed))
         wait_for_key(all_pairs[0], 4 * BATCH)
         idle0 = {n: cpu_seconds(p) for n, p in pids.items()}
@@ -729,7 +787,7 @@ def main() -> None:
             for w in range(args.windows):
                 runs += [(1, n, g, rate) for g in (generators if w % 2 == 0 else generators[::-1])]
         for batch, count, generator, rate in runs:
-            row = scenario(pids, generator, all_pairs[:count], batch, args.seconds, rate)
+            row = scenario(pids, generator, all_pairs[:count], batch, args.seconds, rate, logs=logs)
             check_alive(lab, manifest)
             rows.append(row)
             load = "closed loop" if rate is None else f"paced at {rate:g} rt/s"

@@ -147,7 +147,8 @@ def main() -> None:
             for w in range(args.windows):
                 runs += [(g, args.rate) for g in (generators if w % 2 == 0 else generators[::-1])]
             for generator, rate in runs:
-                row = bench.scenario(pids, generator, pairs, 1, args.seconds, rate)
+                logs = {n: Path(tmp) / f"{n}.log" for n in pids}
+                row = bench.scenario(pids, generator, pairs, 1, args.seconds, rate, logs=logs)
                 rows.append(row)
                 load = "closed loop" if rate is None else f"paced at {rate:g} rt/s"
                 print(

@@ -81,3 +81,27 @@ def test_a_window_that_fell_behind_counts_for_nothing_whatever_its_p99(bench: An
     (summary,) = bench.paced_summary([behind])
     assert summary["windows_rate_held"] == 0
     assert summary["windows_p99_under_target"] == 0
+
+
+def test_in_daemon_times_come_from_the_window_s_access_log_lines_only(
+    bench: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "qkmsd.log"
+
+    def line(path: str, status: int, ms: float) -> str:
+        return (
+            f"ts=2026-11-26T18:18:10.194Z level=info event=http.request method=POST path={path} "
+            f"status={status} sae=SAE_S1 duration_ms={ms} node=KME_B\n"
+        )
+
+    log.write_text(line("/api/v1/keys/SAE_M1/dec_keys", 200, 9.9))  # before the window
+    access = bench.AccessLog(log)
+    access.mark()
+    with log.open("a") as f:
+        f.write(line("/api/v1/keys/SAE_M1/dec_keys", 200, 1.5))
+        f.write(line("/api/v1/keys/SAE_M1/dec_keys", 400, 0.2))  # refused: not a delivery
+        f.write(line("/api/v1/keys/SAE_S1/enc_keys", 200, 0.7))  # another endpoint
+        f.write("ts=2026-11-26T18:18:10.300Z level=info event=supply.keys_expired count=3\n")
+        f.write(line("/api/v1/keys/SAE_M2/dec_keys", 200, 2.25))
+    assert access.durations("dec_keys") == [1.5, 2.25]
+    assert access.durations("enc_keys") == [0.7]
