@@ -171,7 +171,7 @@ def main() -> None:
         "description": "the ETSI 014 round trip of etsi014_bench against two servers on qkmsd's "
         "HTTPS stack that answer every request with one fixed key container",
         "machine": info,
-        "rows": rows,
+        "rows": bench.for_json(rows),
         "paced_summary": summary,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,20 @@ def test_the_paced_summary_counts_windows_under_the_target(bench: Any) -> None:
     assert summary["p99_ms_min_median_max"] == [12.0, 18.0, 25.0]
 
 
+def test_the_summary_s_p99_over_all_windows_pools_their_round_trips(bench: Any) -> None:
+    # Two windows of 100 round trips: one calm, one with its two worst at 30 ms.  Each
+    # window's own p99 differs; over all 200 round trips, the 99th percentile is the
+    # second-worst of the slow window's tail.
+    calm = row(paced_round_trips_per_s=500.0, round_trips_per_s=499.0, p99_ms=5.0)
+    calm["_latencies_ms"] = [5.0] * 100
+    slow = row(paced_round_trips_per_s=500.0, round_trips_per_s=499.0, p99_ms=30.0)
+    slow["_latencies_ms"] = [6.0] * 98 + [30.0, 31.0]
+    (summary,) = bench.paced_summary([calm, slow])
+    assert summary["windows_p99_under_target"] == 1
+    assert summary["p99_ms_all_windows"] == 30.0
+    assert all("_latencies_ms" not in r for r in bench.for_json([calm, slow]))
+
+
 def test_a_window_that_fell_behind_counts_for_nothing_whatever_its_p99(bench: Any) -> None:
     behind = row(paced_round_trips_per_s=500.0, round_trips_per_s=480.0, p99_ms=5.0)
     (summary,) = bench.paced_summary([behind])
