@@ -1,14 +1,15 @@
 """The node key store: per-link pools of key blocks in SQLite, encrypted at rest.
 
 Synchronous and single-writer: the daemon calls it from one worker thread
-(``trio.to_thread``).  Every state change is one ``BEGIN IMMEDIATE`` transaction,
-and a batch method applies its whole batch in one transaction (one fsync).
-A lock file keeps a second process (or a second ``KeyStore``) off the same store:
-two writers could hand out the same key twice.
+(``qkmsd.storethread``, which also groups concurrent calls into one ``batch``).  Every
+state change is one ``BEGIN IMMEDIATE`` transaction, and a batch applies all its calls
+in one transaction (one fsync).  A lock file keeps a second process (or a second
+``KeyStore``) off the same store: two writers could hand out the same key twice.
 
-An erased row's ciphertext leaves the disk file at the next WAL checkpoint
-(``secure_delete`` zeroes the freed space in the rewritten page); ``checkpoint()``
-forces one, and ``close()`` always runs one.
+A block's encrypted material is a row of its own (``block_material``), deleted by a
+trigger when the block enters a state that holds none.  Erased ciphertext leaves the disk
+file at the next WAL checkpoint (``secure_delete`` zeroes the freed space);
+``checkpoint()`` forces one, and ``close()`` always runs one.
 """
 
 from __future__ import annotations
