@@ -191,6 +191,7 @@ class DeviceFrameDecoder:
         self._buffer = bytearray()
         self._skipped = 0  # noise discarded and not yet reported
         self._quiet = 0  # bytes of an already-reported bad frame, skipped without a report
+        self._scanned = 0  # how far the pending frame's span was searched for another frame
 
     @property
     def buffered(self) -> int:
@@ -252,7 +253,20 @@ class DeviceFrameDecoder:
                 )
             end = DEVICE_HEADER_SIZE + length
             if len(buf) < end + DEVICE_TRAILER_SIZE:
-                return None
+                # A frame cut short on the line is only found out by its checksum, once the
+                # bytes it announced have arrived: meanwhile a whole frame that follows it
+                # would wait, for ever if the device falls quiet.  A complete, checked frame
+                # starting inside this one's span proves it truncated: drop it now.
+                inner = self._complete_frame_inside()
+                if inner is None:
+                    return None
+                del buf[:inner]
+                self._scanned = 0
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_CHECKSUM,
+                    f"device frame of {length} bytes truncated: another frame starts "
+                    f"{inner} bytes into it",
+                )
             (frame_crc,) = _CRC.unpack_from(buf, end)
             if _crc(memoryview(buf)[:end]) != frame_crc:
                 # Step over the sync word only: a frame may start inside a truncated one.
@@ -263,18 +277,44 @@ class DeviceFrameDecoder:
                 )
             body = bytes(buf[DEVICE_HEADER_SIZE:end])
             del buf[: end + DEVICE_TRAILER_SIZE]
+            self._scanned = 0
             return body
+
+    def _complete_frame_inside(self) -> int | None:
+        """Where a complete frame with valid checksums starts after the pending header, if
+        one does.  Each byte is looked at once while the pending frame waits."""
+        buf = self._buffer
+        at = max(self._scanned, 1)
+        while (at := buf.find(SYNC_WORD, at)) >= 0:
+            if len(buf) - at < DEVICE_HEADER_SIZE:
+                break  # not enough yet to judge: look here again next time
+            _, version, length, header_crc = _HEADER.unpack_from(buf, at)
+            end = at + DEVICE_HEADER_SIZE + length
+            if (
+                _crc(memoryview(buf)[at : at + _CHECKED_HEADER]) == header_crc
+                and version == FRAME_VERSION
+                and length <= self.max_frame_size
+            ):
+                if len(buf) < end + DEVICE_TRAILER_SIZE:
+                    break  # a genuine header whose frame is not complete yet
+                if _crc(memoryview(buf)[at:end]) == _CRC.unpack_from(buf, end)[0]:
+                    return at
+            at += 1
+        self._scanned = at if at >= 0 else max(len(buf) - len(SYNC_WORD) + 1, 1)
+        return None
 
     def _discard(self, n: int) -> None:
         if n <= 0:
             return
         del self._buffer[:n]
+        self._scanned = 0
         quiet = min(n, self._quiet)
         self._quiet -= quiet
         self._skipped += n - quiet
 
     def _skip_reported(self, now: int, later: int) -> None:
         del self._buffer[:now]
+        self._scanned = 0
         self._quiet = later
 
     def _noise_error(self, hint: str) -> RemoteProtocolError:

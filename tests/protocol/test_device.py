@@ -228,6 +228,20 @@ def test_one_corrupt_byte_costs_exactly_that_frame_and_one_error(
     assert error.code in (ErrorCode.BAD_CHECKSUM, ErrorCode.BAD_FRAME)
 
 
+def test_a_frame_cut_after_its_header_does_not_hold_back_a_shorter_one_behind_it() -> None:
+    # The cut header announces more bytes than the whole next frame has: nothing more
+    # arrives, yet the next frame comes out (found by hypothesis).
+    lost = KeyBlockMsg(block_id=0, key=bytes(13), qber=0.0, secret_key_rate=0.0, produced_at=0.0)
+    kept = KeyBlockMsg(block_id=1, key=bytes(1), qber=0.0, secret_key_rate=0.0, produced_at=0.0)
+    cut = frame(lost)[:DEVICE_HEADER_SIZE]
+    for byte_at_a_time in (False, True):
+        results = feed(cut + frame(kept), byte_at_a_time=byte_at_a_time)
+        assert bodies(results) == [to_wire(kept)]
+        [error] = errors(results)
+        assert error.code == ErrorCode.BAD_CHECKSUM
+        assert "truncated" in error.message
+
+
 @given(blocks, blocks, st.data())
 def test_a_truncated_frame_is_dropped_and_the_next_one_is_found(
     lost: KeyBlockMsg, kept: KeyBlockMsg, data: st.DataObject
