@@ -43,20 +43,35 @@ import etsi014_bench as bench  # noqa: E402
 RESULTS = HERE / "results" / "etsi014_compare.json"
 
 
+TREE_ENV = ("PYTHONPATH", "PYTHONSAFEPATH")
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """Environment under which ``python -m qkmsd`` imports qkmsd from ``tree``.
+
+    PYTHONPATH alone is not enough: ``-m`` puts the working directory first on sys.path,
+    and run from a checkout that is the checkout's own code, whatever PYTHONPATH says (so
+    until this was found, every comparison run from the project's root compared the
+    working tree with itself).  PYTHONSAFEPATH (Python 3.11) leaves it out.
+    """
+    return {"PYTHONPATH": str(tree.resolve()), "PYTHONSAFEPATH": "1"}
+
+
 def start_lab(
     tree: Path, directory: Path, pairs: int
 ) -> tuple[bench.Lab, dict[str, int], list[bench.Pair]]:
-    """A lab whose daemons import qkmsd from ``tree`` (PYTHONPATH is all that differs)."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tree)
+    """A lab whose daemons import qkmsd from ``tree`` (the environment is all that differs)."""
+    saved = {name: os.environ.get(name) for name in TREE_ENV}
+    os.environ.update(tree_env(tree))
     try:
         lab = bench.Lab(directory)
         manifest = lab.up(bench.topology(pairs, bench.RATE_BPS))
     finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     all_pairs = bench.pairs_of(manifest, pairs)
     bench.wait_for_key(all_pairs[0], 4 * bench.BATCH)
     return lab, {n: int(k["pid"]) for n, k in manifest["kmes"].items()}, all_pairs

@@ -7,6 +7,8 @@ only when every half of its target holds in that row.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,23 @@ def test_in_daemon_times_come_from_the_window_s_access_log_lines_only(
         f.write(line("/api/v1/keys/SAE_M2/dec_keys", 200, 2.25))
     assert access.durations("dec_keys") == [1.5, 2.25]
     assert access.durations("enc_keys") == [0.7]
+
+
+def test_the_compare_tool_s_daemons_import_the_tree_they_are_given(tmp_path: Path) -> None:
+    # Run from the project's root, as the docs say: the cwd must not win over the tree.
+    spec = importlib.util.spec_from_file_location(
+        "etsi014_compare", _PATH.with_name("etsi014_compare.py")
+    )
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    tree = tmp_path / "tree"
+    (tree / "qkmsd").mkdir(parents=True)
+    (tree / "qkmsd" / "__init__.py").write_text("")
+    (tree / "qkmsd" / "__main__.py").write_text("print(__file__)\n")
+    root = _PATH.parents[1]
+    env = {**os.environ, **compare.tree_env(tree)}
+    out = subprocess.run(
+        [sys.executable, "-m", "qkmsd"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == str((tree / "qkmsd" / "__main__.py").resolve())
