@@ -2,14 +2,19 @@
 
 SQLite with ``synchronous=FULL`` fsyncs on every commit: that must not block the
 event loop, and one fsync per request would cap a node at the disk's fsync rate.
-So calls queue up; one worker takes everything queued, runs it on a thread inside
-one store transaction (``KeyStore.batch``: each call under its own savepoint),
-commits once, and only then hands each caller its result.  Under load, many
-concurrent requests share one fsync; alone, a call costs what it did before.
+So calls queue up; the worker takes everything queued, runs it inside one store
+transaction (``KeyStore.batch``: each call under its own savepoint), commits once,
+and only then hands each caller its result.  Under load, many concurrent requests
+share one fsync; alone, a call costs what it did before.
+
+A caller hands its call straight to the worker's queue and is woken once by the
+worker: no task of ours in between, since every task a call passes through costs it
+a pass of the scheduler, a millisecond or more when the event loop is busy (paired
+windows at 500 round trips/s: p50 0.78, p99 0.87 of the version with a task between).
 
 A call that has started always finishes (it is not abandoned on cancellation), so
 a transaction is never cut in half by a cancelled task; the caller's own wait is
-cancellable.
+cancellable.  When ``run`` ends, the worker finishes what it was handed first.
 
 The worker is one long-lived thread of our own rather than ``trio.to_thread``:
 handing a batch to it and back costs half as much CPU (no thread cache, no renaming
@@ -54,7 +59,9 @@ class StoreThread:
     def __init__(self, store: Batchable | None = None) -> None:
         self._store = store
         self._limiter = trio.CapacityLimiter(1)
-        self._send, self._recv = trio.open_memory_channel[_Call](10_000)
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stopped = False
         self.batches = 0
         self.calls = 0
 
@@ -62,8 +69,14 @@ class StoreThread:
         bound = functools.partial(fn, *args, **kwargs)
         if self._store is None:
             return await trio.to_thread.run_sync(bound, limiter=self._limiter)
+        assert self._token is not None, "run() first"
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._stopped:
+            raise trio.ClosedResourceError("the store thread has stopped")
         item = _Call(bound)
-        await self._send.send(item)
+        # Straight to the worker: each task in between would cost the caller a pass of the
+        # scheduler, a millisecond or more when the event loop is busy.
+        self._queue.put(item)
         await item.done.wait()
         if item.error is not None:
             raise item.error
@@ -71,51 +84,55 @@ class StoreThread:
         return result
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drain the queue in batches until cancelled."""
-        jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        worker = threading.Thread(target=_serve_jobs, args=(jobs,), name="qkmsd-store", daemon=True)
+        """Run the worker until cancelled; then let it finish what was handed to it."""
+        self._token = trio.lowlevel.current_trio_token()
+        worker = threading.Thread(target=self._serve, name="qkmsd-store", daemon=True)
         worker.start()
         try:
             task_status.started()
-            async with self._recv:
-                while True:
-                    items = [await self._recv.receive()]
-                    while len(items) < MAX_BATCH:
-                        try:
-                            items.append(self._recv.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                    await self._run_batch(items, jobs)
+            await trio.sleep_forever()
         finally:
-            jobs.put(None)  # the worker ends; no batch is in flight (they are awaited shielded)
+            self._stopped = True  # later calls fail at once instead of waiting for ever
+            self._queue.put(None)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(worker.join)
 
-    async def _run_batch(
-        self, items: list[_Call], jobs: queue.SimpleQueue[Callable[[], None] | None]
-    ) -> None:
-        assert self._store is not None
-        store = self._store
-        token = trio.lowlevel.current_trio_token()
-        finished = trio.Event()
-        failure: list[Exception] = []
+    def _serve(self) -> None:
+        """The worker: everything queued while a batch ran becomes the next batch."""
+        while (first := self._queue.get()) is not None:
+            items = [first]
+            stop = False
+            while len(items) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                items.append(item)
+            self._run_batch(items)
+            if stop:
+                return
 
-        def work() -> None:
-            try:
-                with store.batch():
-                    for item in items:
-                        try:
-                            item.result = item.fn()
-                        except Exception as exc:  # delivered to that caller only
-                            item.error = exc
-            except Exception as exc:  # the commit itself failed: nobody's change is durable
-                failure.append(exc)
-            token.run_sync_soon(finished.set)
-
-        jobs.put(work)
-        with trio.CancelScope(shield=True):
-            await finished.wait()
-        if failure:
+    def _run_batch(self, items: list[_Call]) -> None:
+        assert self._store is not None and self._token is not None
+        try:
+            with self._store.batch():
+                for item in items:
+                    try:
+                        item.result = item.fn()
+                    except Exception as exc:  # delivered to that caller only
+                        item.error = exc
+        except Exception as exc:  # the commit itself failed: nobody's change is durable
             for item in items:
-                item.error, item.result = failure[0], None
+                item.error, item.result = exc, None
+        try:
+            self._token.run_sync_soon(self._finished, items)
+        except trio.RunFinishedError:
+            pass  # the daemon is gone; so are the callers
+
+    def _finished(self, items: list[_Call]) -> None:
         self.batches += 1
         self.calls += len(items)
         for item in items:
@@ -123,8 +140,3 @@ class StoreThread:
 
     def statistics(self) -> dict[str, Any]:
         return {"batches": self.batches, "calls": self.calls}
-
-
-def _serve_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
-    while (job := jobs.get()) is not None:
-        job()

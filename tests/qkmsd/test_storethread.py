@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from qkmsd.keystore import KeyState, KeyStore, KeyStoreError, NewBlock
 from qkmsd.storethread import StoreThread
@@ -70,3 +71,35 @@ async def test_a_failing_call_undoes_only_itself(tmp_path: Path) -> None:
         assert outcome == {"good": [2], "bad": "raised"}
         # The failed cut consumed nothing: the block is untouched.
         assert store.pool(LINK).ready_bits == 256
+
+
+async def test_a_call_after_the_thread_stopped_fails_at_once(tmp_path: Path) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            assert await thread.call(store.add_blocks, [block(1)]) == [1]
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
+            await thread.call(store.add_blocks, [block(2)])
+        assert store.states(LINK, [1, 2]) == {1: KeyState.RECEIVED}
+
+
+async def test_work_handed_over_before_the_end_is_done_before_run_returns(
+    tmp_path: Path,
+) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            async with trio.open_nursery() as callers:
+                for i in range(40):
+                    callers.start_soon(thread.call, store.add_blocks, [block(i)])
+                await trio.testing.wait_all_tasks_blocked()  # every call handed over
+                nursery.cancel_scope.cancel()
+        # The callers gave up waiting, but what they handed over was done, and done before
+        # run() returned: nothing writes afterwards (the daemon closes the store next).
+        done = store.states(LINK, range(40))
+        assert done == {i: KeyState.RECEIVED for i in range(40)}
+        await trio.sleep(0.2)
+        assert store.states(LINK, range(40)) == done
