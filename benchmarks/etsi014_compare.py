@@ -6,8 +6,9 @@ change.  This tool starts one lab per code tree (KME_A + KME_B each, both labs u
 once, each idle while the other is measured) and alternates short paced windows between
 them: round r measures X then Y, round r+1 Y then X.  Each round gives a ratio Y/X taken
 a few seconds apart, so the drift mostly cancels; the median of the ratios is the result.
-The load generator is this tree's (``etsi014_bench``, blocking client, one thread per
-pair), so only the daemons differ.
+The load generator is this tree's (``etsi014_bench``; ``--generator``: ``threads``, a
+blocking client with one thread per pair, the default, or ``curl``, libcurl with half the
+CPU per round trip and so less noise), so only the daemons differ.
 
 Run, e.g. to compare the working tree with the last commit::
 
@@ -78,10 +79,13 @@ def start_lab(
 
 
 def window(
-    lab: tuple[bench.Lab, dict[str, int], list[bench.Pair]], seconds: float, rate: float
+    lab: tuple[bench.Lab, dict[str, int], list[bench.Pair]],
+    seconds: float,
+    rate: float,
+    generator: str = "threads",
 ) -> dict[str, float]:
     _, pids, pairs = lab
-    row = bench.scenario(pids, "threads", pairs, 1, seconds, rate)
+    row = bench.scenario(pids, generator, pairs, 1, seconds, rate)
     trips = row["round_trips_per_s"]
     cpu = row["cpu_cores"]
     return {
@@ -109,6 +113,12 @@ def main() -> None:
         default=bench.TARGET_SINGLE_RT_PER_S,
         help="round trips/s over all pairs",
     )
+    parser.add_argument(
+        "--generator",
+        choices=sorted(bench.GENERATORS),
+        default="threads",
+        help="load generator (default threads; curl costs half the CPU per round trip)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     trees = [args.x.resolve(), args.y.resolve()]
@@ -126,7 +136,7 @@ def main() -> None:
             labs.append(start_lab(tree, base / "xy"[i], args.pairs))
         for r in range(args.rounds):
             for i in (0, 1) if r % 2 == 0 else (1, 0):
-                w = window(labs[i], args.seconds, args.rate)
+                w = window(labs[i], args.seconds, args.rate, args.generator)
                 windows[i].append(w)
                 print(
                     f"round {r} {'XY'[i]}: {w['round_trips_per_s']:.0f} rt/s, p50 {w['p50_ms']:.1f} ms, "
@@ -166,6 +176,7 @@ def main() -> None:
         "machine": info,
         "trees": {"x": str(trees[0]), "y": str(trees[1])},
         "pairs": args.pairs,
+        "generator": args.generator,
         "rate_round_trips_per_s": args.rate,
         "seconds_per_window": args.seconds,
         "windows": {"x": windows[0], "y": windows[1]},
