@@ -25,8 +25,14 @@ WAIT_S = 30.0
 FINGERPRINT = re.compile(r"\b[0-9a-f]{16}\b")
 
 
-def wait_for_key(manifest: dict[str, Any], master: str, slave: str) -> None:
-    files = manifest["saes"][master]
+def wait_for_key(
+    manifest: dict[str, Any], master: str, slave: str, files: dict[str, str] | None = None
+) -> None:
+    """Until ``master``'s KME can serve it 16 keys for ``slave``.
+
+    ``files``: the master's ``kme``, ``cert`` and ``key``, for an SAE not in the manifest.
+    """
+    files = files or manifest["saes"][master]
     url = manifest["kmes"][files["kme"]]["url"]
     with Etsi014Client(
         url, ca=manifest["ca"], cert=files["cert"], key=files["key"], timeout=5.0
@@ -67,6 +73,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 config.write("\n".join(lines) + "\n")
             lab.start(node)
         wait_for_key(lab.manifest(), "SAE_A", "SAE_B")
+        # Each end cuts keys from the blocks it owns: KME_B may have none ready yet.
+        saes = lab.dir / "pki" / "saes"
+        sae_p = {"kme": "KME_B", "cert": str(saes / "SAE_P.pem"), "key": str(saes / "SAE_P.key")}
+        wait_for_key(lab.manifest(), "SAE_P", "SAE_A", sae_p)
         yield lab
     finally:
         if lab.manifest_path.exists():
@@ -182,9 +192,9 @@ def test_pqc_wrapped_keys_are_unwrapped_with_pqc_key(lab: Lab, tmp_path: Path) -
     )
     assert fetched.exit_code == 0, fetched.output
     assert got[1]["fingerprint"] in fetched.stdout and "unwrapped" in fetched.stdout
-    as_json = json.loads(
-        as_sae_p(lab, "get-key", "SAE_A", "--pqc-key", str(key_file), "--json").stdout
-    )
+    as_master = as_sae_p(lab, "get-key", "SAE_A", "--pqc-key", str(key_file), "--json")
+    assert as_master.exit_code == 0, as_master.output
+    as_json = json.loads(as_master.stdout)
     assert as_json["pqc_unwrapped"] is True  # SAE_P as master: its keys come wrapped too
     bad = tmp_path / "not-a-key"
     bad.write_text("hello\n")
