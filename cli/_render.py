@@ -94,4 +94,18 @@ def node_status(status: dict[str, Any]) -> str:
             f"refused {supply.get('refused', 0)}  stocked {supply.get('stock_keys_in', 0)} "
             f"(handed out {supply.get('stock_keys_out', 0)})"
         )
+        tls = api.get("tls")
+        if tls:
+            page += "\n" + _tls_line(tls, api.get("hybrid_pq_tls_groups", False))
     return page
+
+
+def _tls_line(tls: dict[str, Any], hybrid_offered: bool) -> str:
+    """The API's TLS handshakes: how many, which versions and key exchange groups."""
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(tls["groups"].items())) or "-"
+    versions = ", ".join(f"{name} {n}" for name, n in sorted(tls["versions"].items())) or "-"
+    return (
+        f"TLS handshakes {tls['handshakes']} (failed {tls['failed']}, "
+        f"timed out {tls['timed_out']})  versions {versions}  groups {counts}  "
+        f"hybrid PQ group offered: {'yes' if hybrid_offered else 'no'}"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from qkms_pqc import HybridPublicKey, PqcError
 from .admin import AdminParamsError, AdminServer
 from .config import Config
 from .errors import StartupError
-from .http import serve_tcp_tls
+from .http import HandshakeStats, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
@@ -57,6 +58,7 @@ class Node:
         self.peers: PeerManager | None = None
         self.supply: KeySupply | None = None
         self.api_port: int | None = None
+        self.api_handshakes = HandshakeStats()
 
     async def run(
         self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
@@ -155,7 +157,11 @@ class Node:
             raise StartupError(str(exc)) from None
         try:
             port: int = await nursery.start(
-                serve_tcp_tls, supply.handle, context, cfg.api_listen.host, cfg.api_listen.port
+                partial(serve_tcp_tls, stats=self.api_handshakes),
+                supply.handle,
+                context,
+                cfg.api_listen.host,
+                cfg.api_listen.port,
             )
         except OSError as exc:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
@@ -183,6 +189,7 @@ class Node:
                 "listen": f"{self.config.api_listen.host if self.config.api_listen else ''}:"
                 f"{self.api_port}",
                 "hybrid_pq_tls_groups": hybrid_pq_groups_available(),
+                "tls": self.api_handshakes.snapshot(),
                 "supply": self.supply.statistics() if self.supply else {},
             },
         }

@@ -116,11 +116,14 @@ def api_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def hybrid_pq_groups_available() -> bool:
-    """Whether this Python and OpenSSL can negotiate ``X25519MLKEM768`` in TLS.
+    """Whether this Python and OpenSSL offer ``X25519MLKEM768`` in TLS key exchange.
 
-    Needs ``ssl.SSLContext.set_groups`` (newer Python) and OpenSSL >= 3.5 (or a provider
-    offering the group). False otherwise: then TLS key exchange is classical only, and
-    post-quantum protection of delivered keys rests on the SAE's registered hybrid key.
+    With ``ssl.SSLContext.get_groups``/``set_groups`` (Python 3.15 and newer), whether
+    OpenSSL has the group (3.5 and newer, or a provider offering it); ``api_context``
+    then puts it first. Without them, OpenSSL's default groups apply, and from OpenSSL 3.5
+    on those offer the hybrid group first. False otherwise: then TLS key exchange is
+    classical only, and post-quantum protection of delivered keys rests on the SAE's
+    registered hybrid key.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     get_groups = getattr(ctx, "get_groups", None)
@@ -131,7 +134,7 @@ def hybrid_pq_groups_available() -> bool:
             pass
     set_groups = getattr(ctx, "set_groups", None)
     if set_groups is None:
-        return False
+        return ssl.OPENSSL_VERSION_INFO >= (3, 5)
     try:
         set_groups(HYBRID_PQ_GROUP)
     except (ssl.SSLError, ValueError, NotImplementedError):

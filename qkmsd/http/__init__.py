@@ -11,15 +11,17 @@ with ``async def handler(request: Request) -> Response``; or, over any ``trio.ab
 """
 
 from ._server import serve_connection
-from ._tls import serve_tcp_tls, tls_peer
+from ._tls import HandshakeStats, negotiated_group, serve_tcp_tls, tls_peer
 from ._types import Handler, Limits, PeerInfo, Request, Response
 
 __all__ = [
+    "HandshakeStats",
     "Handler",
     "Limits",
     "PeerInfo",
     "Request",
     "Response",
+    "negotiated_group",
     "serve_connection",
     "serve_tcp_tls",
     "tls_peer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import ssl
@@ -13,7 +14,9 @@ import trio
 from ._server import DEFAULT_LIMITS, serve_connection
 from ._types import Handler, Limits, PeerInfo
 
-__all__ = ["serve_tcp_tls", "tls_peer"]
+__all__ = ["HandshakeStats", "negotiated_group", "serve_tcp_tls", "tls_peer"]
+
+_UNKNOWN: Final = "unknown"
 
 logger: Final = logging.getLogger("qkms.http")
 
@@ -42,6 +45,57 @@ def tls_peer(stream: trio.SSLStream[Any]) -> PeerInfo | None:
     )
 
 
+def negotiated_group(stream: trio.SSLStream[Any]) -> str | None:
+    """The key exchange group ``stream``'s handshake agreed on, or ``None`` if Python can't tell.
+
+    ``ssl.SSLObject.group()`` is new in Python 3.15; ``trio.SSLStream`` does not forward
+    it, so it is asked of the stream's SSL object.  On older Pythons the group is
+    negotiated all the same (OpenSSL 3.5 and newer offer ``X25519MLKEM768`` first by
+    default) but cannot be read.
+    """
+    group = getattr(getattr(stream, "_ssl_object", None), "group", None)
+    if not callable(group):
+        return None
+    try:
+        name = group()
+    except (ssl.SSLError, ValueError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+class HandshakeStats:
+    """The TLS handshakes of one listener since it started, for the node's status.
+
+    Counts only: which versions and key exchange groups clients negotiated (``unknown``
+    where this Python cannot read the group), and how many handshakes failed or timed out.
+    """
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed = 0
+        self.timed_out = 0
+        self.versions: collections.Counter[str] = collections.Counter()
+        self.groups: collections.Counter[str] = collections.Counter()
+        self.last_group: str | None = None
+
+    def record(self, stream: trio.SSLStream[Any]) -> None:
+        """Count the completed handshake of ``stream``."""
+        self.completed += 1
+        self.versions[stream.version() or _UNKNOWN] += 1
+        self.last_group = negotiated_group(stream) or _UNKNOWN
+        self.groups[self.last_group] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "handshakes": self.completed,
+            "failed": self.failed,
+            "timed_out": self.timed_out,
+            "versions": dict(self.versions),
+            "groups": dict(self.groups),
+            "last_group": self.last_group,
+        }
+
+
 def _subject_values(subject: object, attribute: str) -> list[str]:
     # getpeercert()'s subject: a tuple of RDNs, each a tuple of (name, value) pairs.
     values: list[str] = []
@@ -61,6 +115,7 @@ async def serve_tcp_tls(
     port: int,
     *,
     limits: Limits = DEFAULT_LIMITS,
+    stats: HandshakeStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTPS on ``host``:``port`` until cancelled; ``task_status.started(bound_port)``.
@@ -69,14 +124,15 @@ async def serve_tcp_tls(
     addresses gets one listener (and one port) per address and only the first is reported.
     Each connection gets a TLS handshake (at most ``limits.handshake_timeout`` seconds),
     its client identity from ``tls_peer``, then ``serve_connection``.  A failing
-    handshake or connection is logged and closed; it never stops the server.
+    handshake or connection is logged and closed; it never stops the server.  ``stats``,
+    if given, counts the handshakes.
 
     Raises ``OSError`` if it cannot listen.  Cancellation closes the listeners and every
     open connection.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
-    serve = partial(_serve_tls_connection, handler, ssl_context, limits)
+    serve = partial(_serve_tls_connection, handler, ssl_context, limits, stats or HandshakeStats())
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, serve, listeners)
         logger.info("http.listening", extra={"host": host, "port": bound_port})
@@ -87,6 +143,7 @@ async def _serve_tls_connection(
     handler: Handler,
     ssl_context: ssl.SSLContext,
     limits: Limits,
+    stats: HandshakeStats,
     tcp_stream: trio.SocketStream,
 ) -> None:
     client = _address(tcp_stream)
@@ -95,13 +152,16 @@ async def _serve_tls_connection(
         with trio.move_on_after(limits.handshake_timeout) as handshake:
             await ssl_stream.do_handshake()
         if handshake.cancelled_caught:
+            stats.timed_out += 1
             logger.info("http.tls_handshake_timeout", extra={"client": client})
             await trio.aclose_forcefully(ssl_stream)
             return
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        stats.failed += 1
         logger.info("http.tls_handshake_failed", extra={"client": client, "reason": _reason(exc)})
         await trio.aclose_forcefully(ssl_stream)
         return
+    stats.record(ssl_stream)
     try:
         await serve_connection(
             ssl_stream, handler, limits=limits, peer_identity=tls_peer(ssl_stream)

@@ -37,3 +37,19 @@ def test_a_node_with_the_api_shows_its_address_and_supply_counters() -> None:
 
 def test_a_node_without_the_api_has_no_api_line() -> None:
     assert "ETSI 014" not in node_status(status(api=None))
+
+
+def test_the_api_s_tls_handshakes_show_versions_and_negotiated_groups() -> None:
+    tls = {
+        "handshakes": 12,
+        "failed": 1,
+        "timed_out": 0,
+        "versions": {"TLSv1.3": 11, "TLSv1.2": 1},
+        "groups": {"X25519MLKEM768": 10, "x25519": 2},
+        "last_group": "X25519MLKEM768",
+    }
+    api = {"listen": "127.0.0.1:8443", "supply": {}, "tls": tls, "hybrid_pq_tls_groups": True}
+    assert node_status(status(api=api)).splitlines()[-1] == (
+        "TLS handshakes 12 (failed 1, timed out 0)  versions TLSv1.2 1, TLSv1.3 11  "
+        "groups X25519MLKEM768 10, x25519 2  hybrid PQ group offered: yes"
+    )

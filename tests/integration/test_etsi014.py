@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import trio
 
+from cli._admin import AdminClient
 from cli._pki import issue_sae
 from protocol import etsi014
 from qkms_client import (
@@ -897,6 +898,14 @@ async def test_client_certificate_from_another_ca_is_refused_at_tls(
             with pytest.raises(TransportError):
                 await net.client("KME_A", pki=rogue_sae, kind="nodes", kme="KME_A").status("SAE_B")
             await assert_still_serving(net)
+            status = await trio.to_thread.run_sync(
+                AdminClient(net.infos["KME_A"].admin_socket).call, "status"
+            )
+            # What operators see: the refused handshakes, and what the good ones negotiated.
+            tls = status["api"]["tls"]
+            assert tls["failed"] == 2 and tls["timed_out"] == 0
+            assert tls["handshakes"] >= 1 and sum(tls["groups"].values()) == tls["handshakes"]
+            assert set(tls["versions"]) == {"TLSv1.3"}
 
 
 # --- 503 (S014 Tables 4/6/8: error on the server side) -----------------------------------------

@@ -13,7 +13,16 @@ import pytest
 import trio
 import trio.testing
 
-from qkmsd.http import Limits, PeerInfo, Request, Response, serve_connection, serve_tcp_tls
+from qkmsd.http import (
+    HandshakeStats,
+    Limits,
+    PeerInfo,
+    Request,
+    Response,
+    negotiated_group,
+    serve_connection,
+    serve_tcp_tls,
+)
 
 SECRET = bytes.fromhex("5ec7e75ec7e75ec7e75ec7e75ec7e75e")
 ALICE = PeerInfo(common_name="SAE_A", role="sae")
@@ -363,3 +372,68 @@ async def test_over_tls_a_silent_client_is_dropped_after_the_handshake_timeout(
             assert await silent.receive_some(100) == b""
             await silent.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_handshakes_are_counted_by_version_and_group_and_failures_apart(pki: Pki) -> None:
+    stats = HandshakeStats()
+    limits = Limits(handshake_timeout=0.2)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                lambda task_status: serve_tcp_tls(
+                    echo,
+                    _server_context(pki),
+                    "127.0.0.1",
+                    0,
+                    limits=limits,
+                    stats=stats,
+                    task_status=task_status,
+                )
+            )
+            ok = await _tls_client(port, _client_context(pki))
+            assert (await ok.request("GET", "/x")).status == 200
+            await ok.stream.aclose()
+            with pytest.raises((trio.BrokenResourceError, h11.RemoteProtocolError)):
+                refused = await _tls_client(port, _client_context(pki, with_cert=False))
+                await refused.request("GET", "/x")
+            silent = await trio.open_tcp_stream("127.0.0.1", port)
+            assert await silent.receive_some(100) == b""
+            await silent.aclose()
+            nursery.cancel_scope.cancel()
+
+    snapshot = stats.snapshot()
+    assert (snapshot["handshakes"], snapshot["failed"], snapshot["timed_out"]) == (1, 1, 1)
+    assert snapshot["versions"] == {"TLSv1.3": 1}
+    # Python 3.15 reads the negotiated group; older ones cannot, and say so.
+    group = snapshot["last_group"]
+    assert snapshot["groups"] == {group: 1}
+    assert group != "unknown" if hasattr(ssl.SSLObject, "group") else group == "unknown"
+
+
+class _GroupReporting:
+    """An SSL object as Python 3.15 has it: ``group()`` names the negotiated group."""
+
+    def __init__(self, group: str | None) -> None:
+        self._group = group
+
+    def group(self) -> str | None:
+        return self._group
+
+
+class _Stream:
+    def __init__(self, ssl_object: object) -> None:
+        self._ssl_object = ssl_object
+
+
+@pytest.mark.parametrize(
+    ("ssl_object", "expected"),
+    [
+        (_GroupReporting("X25519MLKEM768"), "X25519MLKEM768"),
+        (_GroupReporting(None), None),  # no handshake yet
+        (object(), None),  # Python before 3.15: no group()
+    ],
+)
+def test_the_negotiated_group_is_read_where_python_offers_it(
+    ssl_object: object, expected: str | None
+) -> None:
+    assert negotiated_group(_Stream(ssl_object)) == expected  # type: ignore[arg-type]

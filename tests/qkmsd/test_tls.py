@@ -315,7 +315,20 @@ async def test_the_api_still_serves_tls_1_2_clients(pki: Pki) -> None:
 
 
 def test_hybrid_pq_groups_are_reported_as_this_platform_offers_them() -> None:
-    offered = hasattr(ssl.SSLContext, "set_groups") and ssl.OPENSSL_VERSION_INFO >= (3, 5)
+    # OpenSSL 3.5 and newer have the group, and offer it first by default.
+    offered = ssl.OPENSSL_VERSION_INFO >= (3, 5)
+
+    assert hybrid_pq_groups_available() is offered
+
+
+@pytest.mark.skipif(
+    hasattr(ssl.SSLContext, "set_groups"), reason="this Python can ask OpenSSL directly"
+)
+@pytest.mark.parametrize(("version", "offered"), [((3, 0, 19), False), ((3, 5, 0), True)])
+def test_without_set_groups_openssl_3_5_defaults_count_as_offering_the_hybrid_group(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[int, ...], offered: bool
+) -> None:
+    monkeypatch.setattr(ssl, "OPENSSL_VERSION_INFO", (*version, 0, 0))
 
     assert hybrid_pq_groups_available() is offered
 
