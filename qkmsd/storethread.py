@@ -20,6 +20,14 @@ cancellable.  When ``run`` ends, the worker finishes what it was handed first.
 The worker is one long-lived thread of our own rather than ``trio.to_thread``:
 handing a batch to it and back costs half as much CPU (no thread cache, no renaming
 the thread per job), and a node makes a hand-off for every key request.
+
+Small calls that answer a request (a ``dec_keys`` fetch) may skip the hand-off:
+``call_inline`` runs them on the event loop itself, commit and fsync included, when the
+worker is idle and such calls have been quick.  A hand-off costs two thread wake-ups,
+each a wait for a core on a busy machine; an idle store and a fast disk make the inline
+call cheaper (paired windows at 500 round trips/s: p50 ratio 0.55, CPU 0.94).  On a slow
+disk an inline call would stall every request, so one that takes longer than
+``INLINE_SLOW_S`` sends the calls after it to the worker for ``INLINE_BACKOFF_S``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import dataclasses
 import functools
 import queue
 import threading
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -36,10 +46,16 @@ import trio
 T = TypeVar("T")
 
 MAX_BATCH = 256
+INLINE_SLOW_S = 0.005
+"""An inline call slower than this (a slow disk, a stalled machine) turns inlining off..."""
+INLINE_BACKOFF_S = 1.0
+"""...for this long; then the next idle call is tried inline again."""
 
 
 class Batchable(Protocol):
     def batch(self) -> Any: ...
+
+    def try_hold(self) -> AbstractContextManager[bool]: ...
 
 
 @dataclasses.dataclass
@@ -57,14 +73,19 @@ class StoreThread:
     one at a time with no batching: for tests and tools.
     """
 
-    def __init__(self, store: Batchable | None = None) -> None:
+    def __init__(
+        self, store: Batchable | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._store = store
+        self._clock = clock
         self._limiter = trio.CapacityLimiter(1)
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopped = False
+        self._inline_after = float("-inf")
         self.batches = 0
         self.calls = 0
+        self.inline = 0
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         bound = functools.partial(fn, *args, **kwargs)
@@ -83,6 +104,31 @@ class StoreThread:
             raise item.error
         result: T = item.result
         return result
+
+    async def call_inline(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like ``call``, but run on the event loop itself when the worker is idle.
+
+        For small calls only: the event loop waits for the call, its commit and fsync.
+        The call is its own transaction, durable when this returns, as with ``call``.
+        It is a cancellation point, but it does not yield to other tasks when it runs
+        inline.  Falls back to ``call`` while a batch is running, and for
+        ``INLINE_BACKOFF_S`` after an inline call slower than ``INLINE_SLOW_S``.
+        """
+        store = self._store
+        if store is None or self._stopped or self._clock() < self._inline_after:
+            return await self.call(fn, *args, **kwargs)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with store.try_hold() as held:
+            if held:
+                started = self._clock()
+                try:
+                    result: T = fn(*args, **kwargs)
+                finally:
+                    self.inline += 1
+                    if self._clock() - started > INLINE_SLOW_S:
+                        self._inline_after = self._clock() + INLINE_BACKOFF_S
+                return result
+        return await self.call(fn, *args, **kwargs)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until cancelled; then let it finish what was handed to it."""
@@ -140,4 +186,4 @@ class StoreThread:
             item.done.set()
 
     def statistics(self) -> dict[str, Any]:
-        return {"batches": self.batches, "calls": self.calls}
+        return {"batches": self.batches, "calls": self.calls, "inline": self.inline}

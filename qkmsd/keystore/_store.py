@@ -10,6 +10,11 @@ A block's encrypted material is a row of its own (``block_material``), deleted b
 trigger when the block enters a state that holds none.  Erased ciphertext leaves the disk
 file at the next WAL checkpoint (``secure_delete`` zeroes the freed space);
 ``checkpoint()`` forces one, and ``close()`` always runs one.
+
+Routine checkpoints run on a thread and connection of their own (``_Checkpointer``), not
+inside a commit: SQLite's automatic checkpoint runs in whichever commit crosses its
+threshold, on whichever thread made it, and small commits are made on the daemon's
+event loop (``StoreThread.call_inline``), which must not stall for milliseconds.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ _LINK_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,129}")
 _NONCE_SIZE: Final = 24
 _CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
 _PLAIN_CACHE_BYTES: Final = 4 << 20  # decrypted blocks kept for cutting (at least one)
+CHECKPOINT_INTERVAL_S: Final = 0.25
+"""How often the background checkpointer copies the WAL into the database file."""
+
 _CANARY: Final = b"qkms key store canary v1"
 _CANARY_AD: Final = b"qkms-meta\0canary"
 _ERASED_STATES = tuple(sorted(s.value for s in KeyState if s not in HOLDS_MATERIAL))
@@ -200,13 +208,20 @@ class KeyStore(ServiceKeyMethods):
         self._batch_depth = 0
         self._checkpoint_after_batch = False
         self._plain: dict[tuple[str, int], bytes] = {}
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def open(
-        cls, path: Path, master_key: bytes, *, clock: Callable[[], float] = time.time
+        cls,
+        path: Path,
+        master_key: bytes,
+        *,
+        clock: Callable[[], float] = time.time,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> KeyStore:
         """Open (creating if needed) the store at ``path``.
 
+        A background thread checkpoints the WAL every ``checkpoint_interval_s``.
         Raises ``KeyStoreError`` if the file cannot be opened or is in use by
         another ``KeyStore``, ``MasterKeyMismatch`` if the store was created with
         another master key, ``CorruptStoreError`` if its canary is missing.
@@ -226,6 +241,7 @@ class KeyStore(ServiceKeyMethods):
             store = cls(path, conn, master_key, lock_fd, clock)
             store._migrate()
             store.verify_master_key()
+            store._checkpointer = _Checkpointer(path, checkpoint_interval_s)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -255,6 +271,8 @@ class KeyStore(ServiceKeyMethods):
 
     def close(self) -> None:
         """Checkpoint the WAL (so erased ciphertext leaves the disk) and close.  Idempotent."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._mutex:
             conn, self._conn = self._conn, None
             if conn is None:
@@ -265,6 +283,25 @@ class KeyStore(ServiceKeyMethods):
                 conn.close()
             finally:
                 os.close(self._lock_fd)
+
+    @property
+    def background_checkpoints(self) -> int:
+        """How many background checkpoints have completed (see ``_Checkpointer``)."""
+        return 0 if self._checkpointer is None else self._checkpointer.completed
+
+    @contextlib.contextmanager
+    def try_hold(self) -> Iterator[bool]:
+        """Hold the store for this thread if no other thread is using it: yields whether it did.
+
+        While held, calls from this thread run at once and other threads wait.  For running
+        a small call on the caller's thread when the worker is idle (``StoreThread``).
+        """
+        held = self._mutex.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                self._mutex.release()
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the database file and truncate the WAL.
@@ -732,10 +769,50 @@ def _lock(path: Path) -> int:
     return fd
 
 
+class _Checkpointer:
+    """Copies the WAL into the database file every ``interval`` s, from its own thread.
+
+    A passive checkpoint waits for nobody: the store's writer carries on meanwhile, and
+    once every frame has been copied the next commit starts the WAL from its beginning,
+    so the WAL stays about as large as ``interval`` s of commits.  A checkpoint that
+    fails (a reader holding old frames, a busy lock) is simply tried again next time.
+    """
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self._path = path
+        self._interval = interval
+        self._stop = threading.Event()
+        self.completed = 0
+        self._thread = threading.Thread(target=self._run, name="qkmsd-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (after a checkpoint in progress).  Idempotent."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the store itself opened: its close() still checkpoints
+        try:
+            while not self._stop.wait(self._interval):
+                with contextlib.suppress(sqlite3.Error):
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if not busy:
+                        self.completed += 1
+        finally:
+            conn.close()
+
+
 def _configure(path: Path, conn: sqlite3.Connection) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode != "wal":
         raise KeyStoreError(f"key store {path}: cannot use WAL journal mode (got {mode})")
+    # No checkpoints inside commits: _Checkpointer runs them on a thread of its own.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA secure_delete = ON")
     conn.execute("PRAGMA foreign_keys = ON")

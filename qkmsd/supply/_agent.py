@@ -450,7 +450,8 @@ class KeySupply:
         key_ids = [ref.key_ID.lower() for ref in ids.key_IDs]
         if len(set(key_ids)) != len(key_ids):
             raise BadRequest("key_IDs repeats a key ID")
-        got = await self._thread.call(
+        # Small and on every dec_keys: inline when the store is idle (see call_inline).
+        got = await self._thread.call_inline(
             self._store.fetch_service_keys, key_ids, master_sae=master, requester=slave
         )
         self._counts["dec_keys"] += 1

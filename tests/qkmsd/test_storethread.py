@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from qkmsd.keystore import KeyState, KeyStore, KeyStoreError, NewBlock
-from qkmsd.storethread import StoreThread
+from qkmsd.keystore import KeyState, KeyStore, KeyStoreError, NewBlock, ServiceKeyNotFound
+from qkmsd.storethread import INLINE_BACKOFF_S, INLINE_SLOW_S, StoreThread
 
 LINK = "A~B"
 
@@ -103,3 +105,102 @@ async def test_work_handed_over_before_the_end_is_done_before_run_returns(
         assert done == {i: KeyState.RECEIVED for i in range(40)}
         await trio.sleep(0.2)
         assert store.states(LINK, range(40)) == done
+
+
+# -- call_inline: small calls on the event loop while the worker is idle -----------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def where(store: KeyStore, i: int) -> int:
+    """Add block ``i``; return the id of the thread that did."""
+    store.add_blocks([block(i)])
+    return threading.get_ident()
+
+
+async def test_an_inline_call_runs_on_the_event_loop_when_the_worker_is_idle(
+    tmp_path: Path,
+) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            assert await thread.call_inline(where, store, 1) == threading.get_ident()
+            assert await thread.call(where, store, 2) != threading.get_ident()
+            nursery.cancel_scope.cancel()
+        assert (thread.inline, thread.calls) == (1, 1)
+        assert store.states(LINK, [1, 2]) == {1: KeyState.RECEIVED, 2: KeyState.RECEIVED}
+
+
+async def test_an_inline_call_waits_for_the_worker_while_a_batch_runs(tmp_path: Path) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store)
+        entered, gate = threading.Event(), threading.Event()
+
+        def slow() -> None:
+            entered.set()
+            gate.wait(5)
+
+        got: list[int] = []
+        done = trio.Event()
+
+        async def inline_call() -> None:
+            got.append(await thread.call_inline(where, store, 1))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            nursery.start_soon(thread.call, slow)
+            await trio.to_thread.run_sync(entered.wait)
+            nursery.start_soon(inline_call)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # queued behind the batch, not run beside it
+            gate.set()
+            with trio.fail_after(5):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        assert got[0] != threading.get_ident()
+        assert thread.inline == 0
+
+
+async def test_a_slow_inline_call_sends_the_next_calls_to_the_worker_for_a_while(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+
+    def slow_disk(i: int) -> int:
+        clock.now += 2 * INLINE_SLOW_S
+        return where(store, i)
+
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store, clock=clock)
+        loop = threading.get_ident()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            assert await thread.call_inline(slow_disk, 1) == loop
+            assert await thread.call_inline(where, store, 2) != loop
+            clock.now += INLINE_BACKOFF_S
+            assert await thread.call_inline(where, store, 3) == loop
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_inline_call_that_fails_raises_to_its_caller_only(tmp_path: Path) -> None:
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            with pytest.raises(ServiceKeyNotFound):
+                await thread.call_inline(
+                    store.fetch_service_keys, [str(uuid.uuid4())], master_sae="S", requester="T"
+                )
+            assert await thread.call_inline(store.add_blocks, [block(1)]) == [1]
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
+            await thread.call_inline(store.add_blocks, [block(2)])
+        assert store.states(LINK, [1, 2]) == {1: KeyState.RECEIVED}

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -387,6 +388,43 @@ def test_checkpoint_inside_a_batch_runs_after_the_commit(store: KeyStore, store_
     assert not wal.exists() or wal.stat().st_size == 0
     assert store.read_block(LINK, 2)
     assert store.checkpoint() is True
+
+
+def _wal_sizes(path: Path, master_key: bytes, interval_s: float) -> tuple[int, int]:
+    """WAL bytes after 60 commits, and again after a pause and 60 more commits."""
+    wal = path.with_name(path.name + "-wal")
+    with KeyStore.open(path, master_key, checkpoint_interval_s=interval_s) as store:
+        for i in range(60):
+            store.add_blocks([block(i, os.urandom(4096))])
+        first = wal.stat().st_size
+        done = store.background_checkpoints
+        deadline = time.monotonic() + (10 if interval_s < 1 else 0.1)
+        while store.background_checkpoints < done + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a pass that began after the last commit has completed
+        for i in range(60, 120):
+            store.add_blocks([block(i, os.urandom(4096))])
+        return first, wal.stat().st_size
+
+
+def test_commits_leave_checkpoints_to_the_background_thread(
+    tmp_path: Path, master_key: bytes
+) -> None:
+    # No commit copies the WAL into the database (that would stall its caller): without the
+    # background thread the WAL keeps every commit; with it, once a checkpoint has copied
+    # the WAL, the next commit starts writing it from the beginning again.
+    first, second = _wal_sizes(tmp_path / "off.db", master_key, interval_s=3600)
+    assert second > 1.9 * first
+    first, second = _wal_sizes(tmp_path / "on.db", master_key, interval_s=0.01)
+    assert second < 1.2 * first
+
+
+def test_close_still_empties_the_wal(tmp_path: Path, master_key: bytes) -> None:
+    path = tmp_path / "k.db"
+    with KeyStore.open(path, master_key, checkpoint_interval_s=3600) as store:
+        store.add_blocks([block(1)])
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > 0
+    assert not wal.exists() or wal.stat().st_size == 0
 
 
 # -- the material in a table of its own (schema 4) --------------------------------------------
