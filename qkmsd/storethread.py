@@ -25,7 +25,8 @@ Small calls that answer a request (a ``dec_keys`` fetch) may skip the hand-off:
 ``call_inline`` runs them on the event loop itself, commit and fsync included, when the
 worker is idle and such calls have been quick.  A hand-off costs two thread wake-ups,
 each a wait for a core on a busy machine; an idle store and a fast disk make the inline
-call cheaper (paired windows at 500 round trips/s: p50 ratio 0.55, CPU 0.94).  On a slow
+call cheaper (paired windows at 500 round trips/s, a fast and a slow phase: p50 ratio 0.85
+and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow
 disk an inline call would stall every request, so one that takes longer than
 ``INLINE_SLOW_S`` sends the calls after it to the worker for ``INLINE_BACKOFF_S``.
 """

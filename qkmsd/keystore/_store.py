@@ -794,9 +794,9 @@ class _Checkpointer:
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self._path, isolation_level=None)
         except sqlite3.Error:
-            return  # the store itself opened: its close() still checkpoints
+            return  # the store itself stays open, and its close() still checkpoints
         try:
             while not self._stop.wait(self._interval):
                 with contextlib.suppress(sqlite3.Error):
