@@ -44,6 +44,7 @@ import resource
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -555,6 +556,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def code_version(tree: Path) -> dict[str, Any]:
+    """The commit of the code tree measured, and whether it had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(tree), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
 def filesystem_of(path: Path) -> str:
     """The mount's file system type (fsync cost depends on it)."""
     best, kind = "", "?"
@@ -834,6 +852,7 @@ def main() -> None:
         "benchmark": "etsi014",
         "description": "enc_keys at KME_A + dec_keys at KME_B per round trip, mutual TLS, keep-alive",
         "machine": info,
+        "code": code_version(ROOT),
         "lab": {
             "directory_fs": filesystem_of(directory.resolve()),
             "link": {"driver": "paired", "rate_bps": args.rate_bps, "block_bits": BLOCK_BITS},

@@ -175,6 +175,7 @@ def main() -> None:
         "description": "paired paced windows, single-key enc_keys + dec_keys, X then Y alternating",
         "machine": info,
         "trees": {"x": str(trees[0]), "y": str(trees[1])},
+        "code": {"x": bench.code_version(trees[0]), "y": bench.code_version(trees[1])},
         "pairs": args.pairs,
         "generator": args.generator,
         "rate_round_trips_per_s": args.rate,
