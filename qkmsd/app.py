@@ -59,6 +59,7 @@ class Node:
         self.supply: KeySupply | None = None
         self.api_port: int | None = None
         self.api_handshakes = HandshakeStats()
+        self.store_thread: StoreThread | None = None
 
     async def run(
         self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
@@ -73,7 +74,7 @@ class Node:
         try:
             drivers = _make_drivers(cfg)
             server_ctx, client_ctx = _peer_contexts(cfg)
-            store_thread = StoreThread(store)
+            self.store_thread = store_thread = StoreThread(store)
             self.keys = keys = KeyManager(
                 node_id=cfg.node_id,
                 store=store,
@@ -183,6 +184,7 @@ class Node:
             "peer_listen": f"{self.config.peer_listen.host}:{self.peers.port}",
             "peers": self.peers.peers_status(),
             "links": await self.keys.links_status(),
+            "store": self.store_thread.statistics() if self.store_thread else {},
             "api": None
             if self.api_port is None
             else {

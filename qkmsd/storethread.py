@@ -187,4 +187,5 @@ class StoreThread:
             item.done.set()
 
     def statistics(self) -> dict[str, Any]:
+        """Batches committed, the calls they carried, and the calls run inline."""
         return {"batches": self.batches, "calls": self.calls, "inline": self.inline}

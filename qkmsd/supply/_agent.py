@@ -83,6 +83,8 @@ RESERVATIONS_IN_FLIGHT = 256
 STOCK_RETRY_S = 1.0
 # Pairs whose keys are valid for less than this keep no stock.
 STOCK_MIN_VALIDITY_S = 60.0
+# dec_keys for at most this many keys may run on the event loop (StoreThread.call_inline).
+INLINE_FETCH_MAX_KEYS = 8
 
 
 @dataclasses.dataclass
@@ -450,8 +452,12 @@ class KeySupply:
         key_ids = [ref.key_ID.lower() for ref in ids.key_IDs]
         if len(set(key_ids)) != len(key_ids):
             raise BadRequest("key_IDs repeats a key ID")
-        # Small and on every dec_keys: inline when the store is idle (see call_inline).
-        got = await self._thread.call_inline(
+        # A small fetch runs on the event loop when the store is idle (see call_inline); a
+        # large one on the store thread, so that it cannot hold up other requests for long.
+        call = (
+            self._thread.call_inline if len(key_ids) <= INLINE_FETCH_MAX_KEYS else self._thread.call
+        )
+        got = await call(
             self._store.fetch_service_keys, key_ids, master_sae=master, requester=slave
         )
         self._counts["dec_keys"] += 1

@@ -41,6 +41,7 @@ from qkms_client import (
 from qkms_pqc import HybridPrivateKey, generate_keypair
 from qkmsd.app import Node, NodeInfo
 from qkmsd.config import Config
+from qkmsd.supply import INLINE_FETCH_MAX_KEYS
 
 from ..conftest import ConfigFactory
 
@@ -443,6 +444,35 @@ async def test_dec_keys_by_the_slave_gives_the_same_bytes_post_and_get(
                 body=key_ids_body(*rest),
             )
             assert keys_of(by_get) | keys_of(by_post) == delivered
+
+
+async def test_small_dec_keys_may_run_inline_and_large_ones_never_do(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    # A fetch of up to INLINE_FETCH_MAX_KEYS keys runs on KME_B's event loop when its store
+    # is idle; a larger one on the store thread, so that it cannot hold up other requests.
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki) as net:
+            master, slave = net.client("SAE_A"), net.client("SAE_B")
+
+            async def store_stats() -> dict[str, int]:
+                admin = AdminClient(net.infos["KME_B"].admin_socket)
+                status = await trio.to_thread.run_sync(admin.call, "status")
+                stats: dict[str, int] = status["store"]
+                return stats
+
+            async def round_trips(number: int) -> int:
+                """Inline calls at KME_B during ten round trips of ``number`` keys."""
+                before = (await store_stats())["inline"]
+                for _ in range(10):
+                    keys = await master.get_key("SAE_B", number=number)
+                    fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in keys])
+                    assert [k.key for k in fetched] == [k.key for k in keys]
+                return (await store_stats())["inline"] - before
+
+            assert await round_trips(INLINE_FETCH_MAX_KEYS + 1) == 0
+            # Inline only if the store was idle at that moment: not every time, but some.
+            assert await round_trips(1) > 0
 
 
 async def test_dec_keys_of_a_key_already_fetched_is_400_not_found(
