@@ -85,6 +85,13 @@ def node_status(status: dict[str, Any]) -> str:
         ],
     )
     page = f"{head}\n\n{peers}\n\n{links}"
+    store = status.get("store")
+    if store:
+        per_batch = store["calls"] / store["batches"] if store["batches"] else 0.0
+        page += (
+            f"\n\nkey store: {store['batches']} commits on the store thread carrying "
+            f"{store['calls']} calls ({per_batch:.1f} per commit), {store['inline']} calls inline"
+        )
     api = status.get("api")
     if api:
         supply = api.get("supply", {})

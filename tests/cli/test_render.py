@@ -53,3 +53,12 @@ def test_the_api_s_tls_handshakes_show_versions_and_negotiated_groups() -> None:
         "TLS handshakes 12 (failed 1, timed out 0)  versions TLSv1.2 1, TLSv1.3 11  "
         "groups X25519MLKEM768 10, x25519 2  hybrid PQ group offered: yes"
     )
+
+
+def test_the_store_line_shows_how_many_calls_share_a_commit() -> None:
+    page = node_status(status(store={"batches": 40, "calls": 100, "inline": 7}))
+    assert page.splitlines()[-1] == (
+        "key store: 40 commits on the store thread carrying 100 calls (2.5 per commit), "
+        "7 calls inline"
+    )
+    assert "key store" not in node_status(status())
