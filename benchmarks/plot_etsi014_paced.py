@@ -93,7 +93,7 @@ def plot(windows: list[Window], output: Path) -> None:
     ax.set_title(f"Single-key round trips, 8 pairs paced at 500/s, 4-5 s windows ({first})")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=dt.UTC))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)

@@ -26,9 +26,11 @@ Small calls that answer a request (a ``dec_keys`` fetch) may skip the hand-off:
 worker is idle and such calls have been quick.  A hand-off costs two thread wake-ups,
 each a wait for a core on a busy machine; an idle store and a fast disk make the inline
 call cheaper (paired windows at 500 round trips/s, a fast and a slow phase: p50 ratio 0.85
-and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow
-disk an inline call would stall every request, so one that takes longer than
-``INLINE_SLOW_S`` sends the calls after it to the worker for ``INLINE_BACKOFF_S``.
+and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow disk an inline call would
+stall every request, so calls go to the worker for ``INLINE_BACKOFF_S`` after an inline
+call slower than ``INLINE_SLOW_S`` or a worker commit slower than ``WORKER_SLOW_COMMIT_S``;
+the pause doubles while such slow calls keep coming (up to ``INLINE_BACKOFF_MAX_S``), so
+a disk that stays slow is not probed from the event loop every second.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ MAX_BATCH = 256
 INLINE_SLOW_S = 0.005
 """An inline call slower than this (a slow disk, a stalled machine) turns inlining off..."""
 INLINE_BACKOFF_S = 1.0
-"""...for this long; then the next idle call is tried inline again."""
+"""...for this long; then the next idle call is tried inline again..."""
+INLINE_BACKOFF_MAX_S = 64.0
+"""...and if that one is slow too, for twice as long, up to this."""
+WORKER_SLOW_COMMIT_S = 0.02
+"""A worker commit slower than this (the disk, not a busy core) also turns inlining off."""
 
 
 class Batchable(Protocol):
@@ -84,6 +90,7 @@ class StoreThread:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopped = False
         self._inline_after = float("-inf")
+        self._backoff = INLINE_BACKOFF_S
         self.batches = 0
         self.calls = 0
         self.inline = 0
@@ -127,9 +134,16 @@ class StoreThread:
                 finally:
                     self.inline += 1
                     if self._clock() - started > INLINE_SLOW_S:
-                        self._inline_after = self._clock() + INLINE_BACKOFF_S
+                        self._slow()
+                    else:
+                        self._backoff = INLINE_BACKOFF_S
                 return result
         return await self.call(fn, *args, **kwargs)
+
+    def _slow(self) -> None:
+        """A slow store call: no inlining for a while, twice as long as last time."""
+        self._inline_after = self._clock() + self._backoff
+        self._backoff = min(2 * self._backoff, INLINE_BACKOFF_MAX_S)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until cancelled; then let it finish what was handed to it."""
@@ -165,6 +179,7 @@ class StoreThread:
 
     def _run_batch(self, items: list[_Call]) -> None:
         assert self._store is not None and self._token is not None
+        ran = committed = 0.0
         try:
             with self._store.batch():
                 for item in items:
@@ -172,17 +187,22 @@ class StoreThread:
                         item.result = item.fn()
                     except Exception as exc:  # delivered to that caller only
                         item.error = exc
+                ran = time.perf_counter()
+            committed = time.perf_counter()
         except Exception as exc:  # the commit itself failed: nobody's change is durable
             for item in items:
                 item.error, item.result = exc, None
+        slow = committed - ran > WORKER_SLOW_COMMIT_S
         try:
-            self._token.run_sync_soon(self._finished, items)
+            self._token.run_sync_soon(self._finished, items, slow)
         except trio.RunFinishedError:
             pass  # the daemon is gone; so are the callers
 
-    def _finished(self, items: list[_Call]) -> None:
+    def _finished(self, items: list[_Call], slow_commit: bool) -> None:
         self.batches += 1
         self.calls += len(items)
+        if slow_commit:
+            self._slow()
         for item in items:
             item.done.set()
 

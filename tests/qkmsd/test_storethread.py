@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import trio
 import trio.testing
 
 from qkmsd.keystore import KeyState, KeyStore, KeyStoreError, NewBlock, ServiceKeyNotFound
-from qkmsd.storethread import INLINE_BACKOFF_S, INLINE_SLOW_S, StoreThread
+from qkmsd.storethread import INLINE_BACKOFF_S, INLINE_SLOW_S, WORKER_SLOW_COMMIT_S, StoreThread
 
 LINK = "A~B"
 
@@ -204,3 +207,65 @@ async def test_an_inline_call_that_fails_raises_to_its_caller_only(tmp_path: Pat
         with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
             await thread.call_inline(store.add_blocks, [block(2)])
         assert store.states(LINK, [1, 2]) == {1: KeyState.RECEIVED}
+
+
+class FakeStore:
+    """Just what StoreThread needs of a store, with a commit that takes ``commit_s``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.commit_s = 0.0
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        with self.lock:
+            yield
+            time.sleep(self.commit_s)
+
+    @contextlib.contextmanager
+    def try_hold(self) -> Iterator[bool]:
+        held = self.lock.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                self.lock.release()
+
+
+async def test_a_slow_commit_on_the_worker_turns_inlining_off_too() -> None:
+    store, clock = FakeStore(), Clock()
+    thread = StoreThread(store, clock=clock)
+    loop = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(thread.run)
+        store.commit_s = 2 * WORKER_SLOW_COMMIT_S  # a disk that stalls
+        await thread.call(threading.get_ident)
+        store.commit_s = 0.0
+        assert await thread.call_inline(threading.get_ident) != loop
+        clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(threading.get_ident) == loop
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_pause_doubles_while_inline_calls_stay_slow() -> None:
+    store, clock = FakeStore(), Clock()
+    thread = StoreThread(store, clock=clock)
+    loop = threading.get_ident()
+
+    def slow() -> int:
+        clock.now += 2 * INLINE_SLOW_S
+        return threading.get_ident()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(thread.run)
+        assert await thread.call_inline(slow) == loop  # pause 1 s
+        clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(slow) == loop  # slow again: pause 2 s
+        clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(threading.get_ident) != loop
+        clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(threading.get_ident) == loop  # fast: back to 1 s
+        assert await thread.call_inline(slow) == loop
+        clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(threading.get_ident) == loop
+        nursery.cancel_scope.cancel()
