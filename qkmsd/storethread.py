@@ -119,8 +119,8 @@ class StoreThread:
         For small calls only: the event loop waits for the call, its commit and fsync.
         The call is its own transaction, durable when this returns, as with ``call``.
         It is a cancellation point, but it does not yield to other tasks when it runs
-        inline.  Falls back to ``call`` while a batch is running, and for
-        ``INLINE_BACKOFF_S`` after an inline call slower than ``INLINE_SLOW_S``.
+        inline.  Falls back to ``call`` while a batch is running, and for a while after a
+        slow store call (see the module's docstring).
         """
         store = self._store
         if store is None or self._stopped or self._clock() < self._inline_after:
