@@ -6,7 +6,6 @@ only when every half of its target holds in that row.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,17 +14,12 @@ from typing import Any
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "etsi014_bench.py"
+from . import BENCHMARKS, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("etsi014_bench", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("etsi014_bench", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("etsi014_bench")
 
 
 def row(**fields: Any) -> dict[str, Any]:
@@ -125,17 +119,12 @@ def test_in_daemon_times_come_from_the_window_s_access_log_lines_only(
 
 def test_the_compare_tool_s_daemons_import_the_tree_they_are_given(tmp_path: Path) -> None:
     # Run from the project's root, as the docs say: the cwd must not win over the tree.
-    spec = importlib.util.spec_from_file_location(
-        "etsi014_compare", _PATH.with_name("etsi014_compare.py")
-    )
-    assert spec is not None and spec.loader is not None
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_benchmark("etsi014_compare")
     tree = tmp_path / "tree"
     (tree / "qkmsd").mkdir(parents=True)
     (tree / "qkmsd" / "__init__.py").write_text("")
     (tree / "qkmsd" / "__main__.py").write_text("print(__file__)\n")
-    root = _PATH.parents[1]
+    root = BENCHMARKS.parent
     env = {**os.environ, **compare.tree_env(tree)}
     out = subprocess.run(
         [sys.executable, "-m", "qkmsd"], cwd=root, env=env, capture_output=True, text=True

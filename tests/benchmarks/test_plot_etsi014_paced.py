@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "plot_etsi014_paced.py"
+from . import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def plot_module() -> Any:
-    spec = importlib.util.spec_from_file_location("plot_etsi014_paced", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("plot_etsi014_paced", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("plot_etsi014_paced")
 
 
 def result(path: Path, rows: list[dict[str, Any]], **extra: Any) -> Path:

@@ -6,6 +6,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h11
@@ -358,16 +359,8 @@ async def test_over_tls_a_silent_client_is_dropped_after_the_handshake_timeout(
     limits = Limits(handshake_timeout=0.2)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                lambda task_status: serve_tcp_tls(
-                    echo,
-                    _server_context(pki),
-                    "127.0.0.1",
-                    0,
-                    limits=limits,
-                    task_status=task_status,
-                )
-            )
+            serve = partial(serve_tcp_tls, limits=limits)
+            port = await nursery.start(serve, echo, _server_context(pki), "127.0.0.1", 0)
             silent = await trio.open_tcp_stream("127.0.0.1", port)
             assert await silent.receive_some(100) == b""
             await silent.aclose()
@@ -379,17 +372,8 @@ async def test_handshakes_are_counted_by_version_and_group_and_failures_apart(pk
     limits = Limits(handshake_timeout=0.2)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                lambda task_status: serve_tcp_tls(
-                    echo,
-                    _server_context(pki),
-                    "127.0.0.1",
-                    0,
-                    limits=limits,
-                    stats=stats,
-                    task_status=task_status,
-                )
-            )
+            serve = partial(serve_tcp_tls, limits=limits, stats=stats)
+            port = await nursery.start(serve, echo, _server_context(pki), "127.0.0.1", 0)
             ok = await _tls_client(port, _client_context(pki))
             assert (await ok.request("GET", "/x")).status == 200
             await ok.stream.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -139,6 +140,38 @@ async def test_an_inline_call_runs_on_the_event_loop_when_the_worker_is_idle(
             nursery.cancel_scope.cancel()
         assert (thread.inline, thread.calls) == (1, 1)
         assert store.states(LINK, [1, 2]) == {1: KeyState.RECEIVED, 2: KeyState.RECEIVED}
+
+
+async def test_an_inline_fetch_is_committed_before_it_returns(tmp_path: Path) -> None:
+    # No key reuse: "delivered" is on disk before the key goes out, inline as on the worker.
+    key_id = str(uuid.uuid4())
+    path = tmp_path / "k.db"
+    with KeyStore.open(path, os.urandom(32)) as store:
+        store.add_blocks([block(1)])
+        store.mark_ready(LINK, [1])
+        store.cut_service_keys(
+            LINK, [(key_id, 8)], master_sae="S", local_slaves=["T"], expires_at=1e12
+        )
+        thread = StoreThread(store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            [(got, _)] = await thread.call_inline(
+                store.fetch_service_keys, [key_id], master_sae="S", requester="T"
+            )
+            assert (got, thread.inline) == (key_id, 1)
+            other = sqlite3.connect(path)  # what a restarted node would read
+            try:
+                row = other.execute(
+                    "SELECT state, material FROM service_keys WHERE key_id = ?", (key_id,)
+                ).fetchone()
+            finally:
+                other.close()
+            assert row == ("erased", None)
+            with pytest.raises(ServiceKeyNotFound):
+                await thread.call_inline(
+                    store.fetch_service_keys, [key_id], master_sae="S", requester="T"
+                )
+            nursery.cancel_scope.cancel()
 
 
 async def test_an_inline_call_waits_for_the_worker_while_a_batch_runs(tmp_path: Path) -> None:
