@@ -152,18 +152,19 @@ class Node:
     async def _start_api(self, nursery: trio.Nursery, supply: KeySupply) -> int:
         cfg = self.config
         assert cfg.api_listen is not None
-        try:
-            context = api_context(cfg.ca, cfg.cert, cfg.key)
-        except TlsError as exc:
-            raise StartupError(str(exc)) from None
+        # A context maker rather than a context: the server then makes two, and can name
+        # each handshake's key exchange group on any Python (see serve_tcp_tls).
+        make_context = partial(api_context, cfg.ca, cfg.cert, cfg.key)
         try:
             port: int = await nursery.start(
                 partial(serve_tcp_tls, stats=self.api_handshakes),
                 supply.handle,
-                context,
+                make_context,
                 cfg.api_listen.host,
                 cfg.api_listen.port,
             )
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
         return port

@@ -6,11 +6,13 @@ import collections
 import hashlib
 import logging
 import ssl
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
 
 import trio
 
+from ._hello import HelloReader, group_name
 from ._server import DEFAULT_LIMITS, serve_connection
 from ._types import Handler, Limits, PeerInfo
 
@@ -45,29 +47,31 @@ def tls_peer(stream: trio.SSLStream[Any]) -> PeerInfo | None:
     )
 
 
-def negotiated_group(stream: trio.SSLStream[Any]) -> str | None:
-    """The key exchange group ``stream``'s handshake agreed on, or ``None`` if Python can't tell.
+def negotiated_group(stream: trio.SSLStream[Any], reader: HelloReader | None = None) -> str | None:
+    """The key exchange group ``stream``'s handshake agreed on, or ``None`` if unknown.
 
-    ``ssl.SSLObject.group()`` is new in Python 3.15; ``trio.SSLStream`` does not forward
-    it, so it is asked of the stream's SSL object.  On older Pythons the group is
-    negotiated all the same (OpenSSL 3.5 and newer offer ``X25519MLKEM768`` first by
-    default) but cannot be read.
+    Python 3.15 and newer say it (``ssl.SSLObject.group()``; ``trio.SSLStream`` does not
+    forward it, so it is asked of the stream's SSL object).  Before 3.15, ``reader`` (if
+    it watched the stream's context) read it from the server's handshake messages.
     """
-    group = getattr(getattr(stream, "_ssl_object", None), "group", None)
-    if not callable(group):
-        return None
-    try:
-        name = group()
-    except (ssl.SSLError, ValueError):
-        return None
-    return name if isinstance(name, str) and name else None
+    ssl_object = getattr(stream, "_ssl_object", None)
+    group = getattr(ssl_object, "group", None)
+    if callable(group):
+        try:
+            name = group()
+        except (ssl.SSLError, ValueError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    code = reader.pop(ssl_object) if reader is not None and ssl_object is not None else None
+    return None if code is None else group_name(code)
 
 
 class HandshakeStats:
     """The TLS handshakes of one listener since it started, for the node's status.
 
     Counts only: which versions and key exchange groups clients negotiated (``unknown``
-    where this Python cannot read the group), and how many handshakes failed or timed out.
+    where the group could not be read), and how many handshakes failed or timed out.
     """
 
     def __init__(self) -> None:
@@ -78,11 +82,11 @@ class HandshakeStats:
         self.groups: collections.Counter[str] = collections.Counter()
         self.last_group: str | None = None
 
-    def record(self, stream: trio.SSLStream[Any]) -> None:
-        """Count the completed handshake of ``stream``."""
+    def record(self, stream: trio.SSLStream[Any], reader: HelloReader | None = None) -> None:
+        """Count the completed handshake of ``stream`` (``reader``: see ``negotiated_group``)."""
         self.completed += 1
         self.versions[stream.version() or _UNKNOWN] += 1
-        self.last_group = negotiated_group(stream) or _UNKNOWN
+        self.last_group = negotiated_group(stream, reader) or _UNKNOWN
         self.groups[self.last_group] += 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -108,9 +112,36 @@ def _subject_values(subject: object, attribute: str) -> list[str]:
     return values
 
 
+class _Contexts:
+    """The server's TLS contexts: one for handshakes, and the one connections move to after.
+
+    Given a context, that one serves throughout.  Given a function that makes contexts,
+    and a Python that cannot name a handshake's group (before 3.15), the handshake context
+    is watched by a ``HelloReader`` and each connection then moves to a second, unwatched
+    one (see ``HelloReader`` for why).
+    """
+
+    def __init__(self, source: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> None:
+        self.reader: HelloReader | None = None
+        self._after: ssl.SSLContext | None = None
+        if isinstance(source, ssl.SSLContext):
+            self.handshake = source
+            return
+        self.handshake = source()
+        if hasattr(ssl.SSLObject, "group"):
+            return  # Python 3.15 or newer reads the group itself
+        reader = HelloReader()
+        if reader.watch(self.handshake):
+            self.reader, self._after = reader, source()
+
+    def after_handshake(self, stream: trio.SSLStream[Any]) -> None:
+        if self._after is not None:
+            stream.context = self._after
+
+
 async def serve_tcp_tls(
     handler: Handler,
-    ssl_context: ssl.SSLContext,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
     host: str,
     port: int,
     *,
@@ -127,12 +158,17 @@ async def serve_tcp_tls(
     handshake or connection is logged and closed; it never stops the server.  ``stats``,
     if given, counts the handshakes.
 
-    Raises ``OSError`` if it cannot listen.  Cancellation closes the listeners and every
-    open connection.
+    ``ssl_context`` is the server's context, or a function that makes one: given a
+    function, the server calls it twice and can then name each handshake's key exchange
+    group on Pythons before 3.15 as well (``HelloReader``).
+
+    Raises ``OSError`` if it cannot listen, and whatever the function raises.
+    Cancellation closes the listeners and every open connection.
     """
+    contexts = _Contexts(ssl_context)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
-    serve = partial(_serve_tls_connection, handler, ssl_context, limits, stats or HandshakeStats())
+    serve = partial(_serve_tls_connection, handler, contexts, limits, stats or HandshakeStats())
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, serve, listeners)
         logger.info("http.listening", extra={"host": host, "port": bound_port})
@@ -141,13 +177,15 @@ async def serve_tcp_tls(
 
 async def _serve_tls_connection(
     handler: Handler,
-    ssl_context: ssl.SSLContext,
+    contexts: _Contexts,
     limits: Limits,
     stats: HandshakeStats,
     tcp_stream: trio.SocketStream,
 ) -> None:
     client = _address(tcp_stream)
-    ssl_stream = trio.SSLStream(tcp_stream, ssl_context, server_side=True, https_compatible=True)
+    ssl_stream = trio.SSLStream(
+        tcp_stream, contexts.handshake, server_side=True, https_compatible=True
+    )
     try:
         with trio.move_on_after(limits.handshake_timeout) as handshake:
             await ssl_stream.do_handshake()
@@ -161,7 +199,8 @@ async def _serve_tls_connection(
         logger.info("http.tls_handshake_failed", extra={"client": client, "reason": _reason(exc)})
         await trio.aclose_forcefully(ssl_stream)
         return
-    stats.record(ssl_stream)
+    stats.record(ssl_stream, contexts.reader)
+    contexts.after_handshake(ssl_stream)
     try:
         await serve_connection(
             ssl_stream, handler, limits=limits, peer_identity=tls_peer(ssl_stream)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import h11
 import pytest
@@ -24,6 +25,7 @@ from qkmsd.http import (
     serve_connection,
     serve_tcp_tls,
 )
+from qkmsd.http._hello import HelloReader
 
 SECRET = bytes.fromhex("5ec7e75ec7e75ec7e75ec7e75ec7e75e")
 ALICE = PeerInfo(common_name="SAE_A", role="sae")
@@ -373,7 +375,7 @@ async def test_handshakes_are_counted_by_version_and_group_and_failures_apart(pk
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             serve = partial(serve_tcp_tls, limits=limits, stats=stats)
-            port = await nursery.start(serve, echo, _server_context(pki), "127.0.0.1", 0)
+            port = await nursery.start(serve, echo, partial(_server_context, pki), "127.0.0.1", 0)
             ok = await _tls_client(port, _client_context(pki))
             assert (await ok.request("GET", "/x")).status == 200
             await ok.stream.aclose()
@@ -388,10 +390,97 @@ async def test_handshakes_are_counted_by_version_and_group_and_failures_apart(pk
     snapshot = stats.snapshot()
     assert (snapshot["handshakes"], snapshot["failed"], snapshot["timed_out"]) == (1, 1, 1)
     assert snapshot["versions"] == {"TLSv1.3": 1}
-    # Python 3.15 reads the negotiated group; older ones cannot, and say so.
-    group = snapshot["last_group"]
-    assert snapshot["groups"] == {group: 1}
-    assert group != "unknown" if hasattr(ssl.SSLObject, "group") else group == "unknown"
+    assert snapshot["groups"] == {DEFAULT_GROUP: 1}
+    assert snapshot["last_group"] == DEFAULT_GROUP
+
+
+# What a client of this OpenSSL with default settings agrees on with our server: from
+# OpenSSL 3.5 on, both offer the ML-KEM hybrid first.
+DEFAULT_GROUP = "X25519MLKEM768" if ssl.OPENSSL_VERSION_INFO >= (3, 5) else "x25519"
+
+
+def _curve(name: str) -> Callable[[ssl.SSLContext], None]:
+    return lambda ctx: ctx.set_ecdh_curve(name)
+
+
+def _tls12(ctx: ssl.SSLContext) -> None:
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize(
+    ("client_setting", "version", "group"),
+    [
+        (None, "TLSv1.3", DEFAULT_GROUP),
+        (_curve("prime256v1"), "TLSv1.3", "secp256r1"),
+        (_curve("secp384r1"), "TLSv1.3", "secp384r1"),
+        (_tls12, "TLSv1.2", "x25519"),  # read from the ECDHE ServerKeyExchange
+    ],
+    ids=["default", "P-256", "P-384", "TLS 1.2"],
+)
+async def test_the_group_each_handshake_agreed_on_is_named_on_any_python(
+    pki: Pki,
+    client_setting: Callable[[ssl.SSLContext], None] | None,
+    version: str,
+    group: str,
+) -> None:
+    stats = HandshakeStats()
+    client_context = _client_context(pki)
+    if client_setting is not None:
+        client_setting(client_context)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            serve = partial(serve_tcp_tls, stats=stats)
+            port = await nursery.start(serve, echo, partial(_server_context, pki), "127.0.0.1", 0)
+            client = await _tls_client(port, client_context)
+            assert (await client.request("GET", "/x")).status == 200
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert stats.snapshot()["versions"] == {version: 1}
+    assert stats.snapshot()["groups"] == {group: 1}
+
+
+async def test_given_one_context_the_group_is_named_only_where_python_reads_it(pki: Pki) -> None:
+    stats = HandshakeStats()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            serve = partial(serve_tcp_tls, stats=stats)
+            port = await nursery.start(serve, echo, _server_context(pki), "127.0.0.1", 0)
+            client = await _tls_client(port, _client_context(pki))
+            assert (await client.request("GET", "/x")).status == 200
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+    python_reads_it = hasattr(ssl.SSLObject, "group")
+    assert stats.snapshot()["last_group"] == (DEFAULT_GROUP if python_reads_it else "unknown")
+
+
+@pytest.mark.skipif(hasattr(ssl.SSLObject, "group"), reason="Python reads the group itself")
+async def test_after_its_handshake_a_connection_no_longer_calls_into_the_hello_reader(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While a context is watched, OpenSSL calls the reader for every record: each request
+    # would cost the server about 20 us more.  Connections leave the watched context.
+    calls = 0
+    message = HelloReader._message
+
+    def counting(self: HelloReader, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        message(self, *args)
+
+    monkeypatch.setattr(HelloReader, "_message", counting)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            make_context = partial(_server_context, pki)
+            port = await nursery.start(serve_tcp_tls, echo, make_context, "127.0.0.1", 0)
+            client = await _tls_client(port, _client_context(pki))
+            assert (await client.request("GET", "/x")).status == 200
+            during_handshake = calls
+            for _ in range(20):
+                assert (await client.request("GET", "/x")).status == 200
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert during_handshake > 0
+    assert calls == during_handshake
 
 
 class _GroupReporting:
