@@ -226,7 +226,7 @@ class KeyManager:
         if link is None:
             return
         ids = sorted(set(message.block_ids))
-        states = await self._thread.call(self._store.states, link.link_id, ids)
+        states, moved = await self._thread.call(_settle, self._store, link.link_id, ids)
         now = self._clock()
         for block_id in ids:
             if block_id not in states:
@@ -234,8 +234,6 @@ class KeyManager:
         if message.refs and link.driver.fetches_by_reference:
             wanted = [(i, r) for i, r in zip(message.block_ids, message.refs, strict=True)]
             await link.driver.fetch([(i, r) for i, r in wanted if i not in states])
-        received = [i for i in ids if states.get(i) is KeyState.RECEIVED]
-        moved = await self._thread.call(self._store.mark_ready, link.link_id, received)
         confirm = moved + [i for i in ids if states.get(i) in _HELD_BY_US]
         for block_id in confirm:
             link.refs.pop(block_id, None)
@@ -249,12 +247,7 @@ class KeyManager:
         if link is None:
             return
         ids = sorted(set(message.block_ids))
-        states = await self._thread.call(self._store.states, link.link_id, ids)
-        await self._thread.call(
-            self._store.mark_ready,
-            link.link_id,
-            [i for i in ids if states.get(i) is KeyState.RECEIVED],
-        )
+        states, _ = await self._thread.call(_settle, self._store, link.link_id, ids)
         link.to_announce.difference_update(ids)
         for block_id in ids:
             link.refs.pop(block_id, None)
@@ -354,6 +347,17 @@ class KeyManager:
         for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
             chunk = list(ids[start : start + MAX_IDS_PER_MESSAGE])
             await self._send(link.peer, kind(link_id=link.link_id, block_ids=chunk, **extra))
+
+
+def _settle(store: KeyStore, link_id: str, ids: list[int]) -> tuple[dict[int, KeyState], list[int]]:
+    """The states of ``ids`` here, and which of them moved RECEIVED -> READY now.
+
+    Both ends hold these blocks: those we had only received become ready.  One store call
+    (one transaction, one hand-off to the store thread) for the lookup and the move.
+    """
+    states = store.states(link_id, ids)
+    received = [i for i in ids if states.get(i) is KeyState.RECEIVED]
+    return states, store.mark_ready(link_id, received) if received else []
 
 
 def _check_blocks(store: KeyStore, link_id: str, first: int, last: int) -> dict[str, Any]:
