@@ -184,12 +184,15 @@ class Tally:
     cpu: dict[str, float] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, AccessLog] = field(default_factory=dict)
+    # Seconds each daemon's threads spent waiting, runnable, for a core (within the window).
+    cpu_wait: dict[str, float | None] = field(default_factory=dict)
     # Milliseconds inside each daemon for the request it serves in a round trip.
     in_daemon: dict[str, list[float]] = field(default_factory=dict)
 
     def start_window(self) -> None:
         self.cpu = {"load_generator": self_cpu_seconds()}
         self.cpu |= {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self.cpu_wait = self._cpu_waits()
         for log in self.logs.values():
             log.mark()
 
@@ -197,7 +200,13 @@ class Tally:
         now = {"load_generator": self_cpu_seconds()}
         now |= {n: cpu_seconds(p) for n, p in self.pids.items()}
         self.cpu = {n: now[n] - self.cpu[n] for n in now}
+        self.cpu_wait = {n: _minus(w, self.cpu_wait.get(n)) for n, w in self._cpu_waits().items()}
         self.in_daemon = {n: log.durations(ENDPOINTS[n]) for n, log in self.logs.items()}
+
+    def _cpu_waits(self) -> dict[str, float | None]:
+        # The daemons only: the generators' threads end with the window, and their counts
+        # with them.
+        return {n: cpu_wait_seconds(p) for n, p in self.pids.items()}
 
     def error(self, exc: Exception) -> None:
         name = type(exc).__name__
@@ -206,6 +215,10 @@ class Tally:
     def warm_up_retry(self, exc: Exception) -> None:
         name = type(exc).__name__
         self.warm_up_retries[name] = self.warm_up_retries.get(name, 0) + 1
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 class Mismatch(Exception):
@@ -513,6 +526,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_wait_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """How long the threads of a process have waited, runnable, for a core (Linux schedstat).
+
+    The sum over its live threads of the second field of ``task/*/schedstat`` (run-queue
+    wait in ns); ``None`` where the kernel does not keep it.
+    """
+    total = 0
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -633,6 +665,12 @@ def scenario(
             tally.cpu["load_generator"] * 1000 / trips if trips else float("nan")
         ),
         "cpu_cores": {n: round(v / elapsed, 3) for n, v in tally.cpu.items()},
+        # A daemon's threads runnable but waiting for one of the cores, in ms per second of
+        # the window: how much of the tail is queueing for the machine.
+        "cpu_wait_ms_per_s": {
+            n: None if w is None else round(w * 1000 / elapsed, 1)
+            for n, w in tally.cpu_wait.items()
+        },
         # Every latency of the window, for the summary's p99 over all windows of a paced load;
         # left out of the JSON (see ``for_json``).
         "_latencies_ms": sorted(x * 1000 for x in tally.latencies),
@@ -735,11 +773,17 @@ def _in_daemon_p99(row: dict[str, Any], node: str) -> str:
     return "-" if not entry or not entry["requests"] else f"{entry['p99']:.1f}"
 
 
+def _cpu_waits(row: dict[str, Any]) -> str:
+    waits = row.get("cpu_wait_ms_per_s", {})
+    a, b = waits.get("KME_A"), waits.get("KME_B")
+    return "-" if a is None or b is None else f"{a:.0f}/{b:.0f}"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'generator':<8} {'load':>7} {'pairs':>5} {'keys/req':>8} {'rt/s':>8} {'keys/s':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'gen ms/rt':>9} {'cpu A':>6} {'cpu B':>6} "
-        f"{'A enc p99':>9} {'B dec p99':>9}  target"
+        f"{'A enc p99':>9} {'B dec p99':>9} {'A/B wait':>9}  target"
     )
     print(head)
     print("-" * len(head))
@@ -756,7 +800,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['p99_ms']:>7.2f} {sum(r['errors'].values()):>4} "
             f"{r['load_generator_cpu_ms_per_round_trip']:>9.2f} "
             f"{cpu['KME_A']:>6.2f} {cpu['KME_B']:>6.2f} "
-            f"{_in_daemon_p99(r, 'KME_A'):>9} {_in_daemon_p99(r, 'KME_B'):>9}  {verdict(r)}"
+            f"{_in_daemon_p99(r, 'KME_A'):>9} {_in_daemon_p99(r, 'KME_B'):>9} "
+            f"{_cpu_waits(r):>9}  {verdict(r)}"
         )
 
 
@@ -819,9 +864,9 @@ def main() -> None:
         ]
         # Paced rows come in windows, the generators' order reversed each window, so that
         # the machine's drift (about 25 % minute to minute) falls on every generator alike.
-        for n, rate in paced:
+        for n, pace in paced:
             for w in range(args.windows):
-                runs += [(1, n, g, rate) for g in (generators if w % 2 == 0 else generators[::-1])]
+                runs += [(1, n, g, pace) for g in (generators if w % 2 == 0 else generators[::-1])]
         for batch, count, generator, rate in runs:
             row = scenario(pids, generator, all_pairs[:count], batch, args.seconds, rate, logs=logs)
             check_alive(lab, manifest)

@@ -117,6 +117,24 @@ def test_in_daemon_times_come_from_the_window_s_access_log_lines_only(
     assert access.durations("enc_keys") == [0.7]
 
 
+def test_a_daemon_s_wait_for_the_cpu_sums_its_threads_run_queue_time(
+    bench: Any, tmp_path: Path
+) -> None:
+    # /proc/PID/task/TID/schedstat: time on a core, time runnable but waiting (ns), slices.
+    for tid, stat in (("41", "9000000 2000000000 12\n"), ("42", "5 500000000 3\n")):
+        (tmp_path / "40" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "40" / "task" / tid / "schedstat").write_text(stat)
+    (tmp_path / "40" / "task" / "43").mkdir()  # a thread that ended while being read
+    assert bench.cpu_wait_seconds(40, proc=tmp_path) == 2.5
+    assert bench.cpu_wait_seconds(41, proc=tmp_path) is None  # no such process
+
+
+def test_the_table_shows_each_daemon_s_wait_for_the_cpu(bench: Any) -> None:
+    assert bench._cpu_waits(row(cpu_wait_ms_per_s={"KME_A": 101.4, "KME_B": 187.6})) == "101/188"
+    assert bench._cpu_waits(row(cpu_wait_ms_per_s={"KME_A": None, "KME_B": 3.0})) == "-"
+    assert bench._cpu_waits(row()) == "-"  # results from before the column
+
+
 def test_the_compare_tool_s_daemons_import_the_tree_they_are_given(tmp_path: Path) -> None:
     # Run from the project's root, as the docs say: the cwd must not win over the tree.
     compare = load_benchmark("etsi014_compare")
