@@ -135,8 +135,12 @@ class _Contexts:
             self.reader, self._after = reader, source()
 
     def after_handshake(self, stream: trio.SSLStream[Any]) -> None:
-        if self._after is not None:
+        if self._after is None:
+            return
+        try:
             stream.context = self._after
+        except (ssl.SSLError, TypeError, ValueError):
+            pass  # the connection keeps the watched context: slower, nothing worse
 
 
 async def serve_tcp_tls(

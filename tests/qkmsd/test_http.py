@@ -26,6 +26,7 @@ from qkmsd.http import (
     serve_tcp_tls,
 )
 from qkmsd.http._hello import HelloReader
+from qkmsd.http._tls import _Contexts
 
 SECRET = bytes.fromhex("5ec7e75ec7e75ec7e75ec7e75ec7e75e")
 ALICE = PeerInfo(common_name="SAE_A", role="sae")
@@ -510,3 +511,24 @@ def test_the_negotiated_group_is_read_where_python_offers_it(
     ssl_object: object, expected: str | None
 ) -> None:
     assert negotiated_group(_Stream(ssl_object)) == expected  # type: ignore[arg-type]
+
+
+class _StuckStream:
+    """A stream whose context cannot be changed."""
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        raise AssertionError("not read")
+
+    @context.setter
+    def context(self, value: ssl.SSLContext) -> None:
+        raise TypeError("no")
+
+
+@pytest.mark.skipif(hasattr(ssl.SSLObject, "group"), reason="Python reads the group itself")
+def test_a_connection_that_cannot_leave_the_watched_context_is_served_all_the_same(
+    pki: Pki,
+) -> None:
+    contexts = _Contexts(partial(_server_context, pki))
+    assert contexts.reader is not None
+    contexts.after_handshake(_StuckStream())  # type: ignore[arg-type]
