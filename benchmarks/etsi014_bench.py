@@ -773,7 +773,7 @@ def _in_daemon_p99(row: dict[str, Any], node: str) -> str:
     return "-" if not entry or not entry["requests"] else f"{entry['p99']:.1f}"
 
 
-def _cpu_waits(row: dict[str, Any]) -> str:
+def _wait_cell(row: dict[str, Any]) -> str:
     waits = row.get("cpu_wait_ms_per_s", {})
     a, b = waits.get("KME_A"), waits.get("KME_B")
     return "-" if a is None or b is None else f"{a:.0f}/{b:.0f}"
@@ -801,7 +801,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['load_generator_cpu_ms_per_round_trip']:>9.2f} "
             f"{cpu['KME_A']:>6.2f} {cpu['KME_B']:>6.2f} "
             f"{_in_daemon_p99(r, 'KME_A'):>9} {_in_daemon_p99(r, 'KME_B'):>9} "
-            f"{_cpu_waits(r):>9}  {verdict(r)}"
+            f"{_wait_cell(r):>9}  {verdict(r)}"
         )
 
 

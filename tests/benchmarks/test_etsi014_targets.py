@@ -130,9 +130,9 @@ def test_a_daemon_s_wait_for_the_cpu_sums_its_threads_run_queue_time(
 
 
 def test_the_table_shows_each_daemon_s_wait_for_the_cpu(bench: Any) -> None:
-    assert bench._cpu_waits(row(cpu_wait_ms_per_s={"KME_A": 101.4, "KME_B": 187.6})) == "101/188"
-    assert bench._cpu_waits(row(cpu_wait_ms_per_s={"KME_A": None, "KME_B": 3.0})) == "-"
-    assert bench._cpu_waits(row()) == "-"  # results from before the column
+    assert bench._wait_cell(row(cpu_wait_ms_per_s={"KME_A": 101.4, "KME_B": 187.6})) == "101/188"
+    assert bench._wait_cell(row(cpu_wait_ms_per_s={"KME_A": None, "KME_B": 3.0})) == "-"
+    assert bench._wait_cell(row()) == "-"  # results from before the column
 
 
 def test_the_compare_tool_s_daemons_import_the_tree_they_are_given(tmp_path: Path) -> None:
