@@ -47,7 +47,13 @@ def test_a_paced_row_needs_the_rate_held_and_the_p99(bench: Any) -> None:
     assert bench.verdict(paced).startswith("met")
     assert bench.verdict(paced | {"p99_ms": 20.1}).startswith("MISSED")
     assert bench.verdict(paced | {"round_trips_per_s": 480.0}).startswith("MISSED")
-    assert bench.verdict(paced | {"paced_round_trips_per_s": 400.0}).startswith("MISSED")
+    faster = paced | {"paced_round_trips_per_s": 600.0, "round_trips_per_s": 599.0}
+    assert bench.verdict(faster).startswith("met")
+
+
+def test_a_paced_row_slower_than_the_target_rate_carries_no_verdict(bench: Any) -> None:
+    slow = row(paced_round_trips_per_s=250.0, round_trips_per_s=250.0, p99_ms=11.6)
+    assert bench.verdict(slow) == ""
 
 
 def test_batched_rows_are_judged_on_keys_per_second_only(bench: Any) -> None:
