@@ -46,7 +46,8 @@ def paced_windows(paths: Iterable[Path]) -> list[Window]:
     """Every paced window in the benchmark result files ``paths``, in time order.
 
     Files that are not ``etsi014_bench`` results (the null KMEs', the compare tool's,
-    unreadable ones), and runs with another link than the benchmark's default, are skipped.
+    unreadable ones), runs with another link than the benchmark's default, and windows at
+    another load than the target's (8 pairs at 500/s) are skipped.
     """
     out: list[Window] = []
     for path in paths:
@@ -60,11 +61,19 @@ def paced_windows(paths: Iterable[Path]) -> list[Window]:
             continue
         elapsed = 0.0
         for row in rows:
-            if row.get("paced_round_trips_per_s") and row.get("p99_ms") is not None:
+            if _at_target_load(row) and row.get("p99_ms") is not None:
                 at = start + dt.timedelta(seconds=elapsed)
                 out.append(Window(at, row["generator"], float(row["p99_ms"]), path.name))
             elapsed += float(row.get("seconds", 0.0))
     return sorted(out)
+
+
+def _at_target_load(row: dict[str, Any]) -> bool:
+    """A paced window at the target's load: 8 pairs, 500 round trips/s (not a rate sweep's)."""
+    return (
+        row.get("paced_round_trips_per_s") == bench.TARGET_SINGLE_RT_PER_S
+        and row.get("pairs") == bench.TARGET_SINGLE_PAIRS
+    )
 
 
 def plot(windows: list[Window], output: Path) -> None:

@@ -29,9 +29,16 @@ def result(path: Path, rows: list[dict[str, Any]], **extra: Any) -> Path:
     return path
 
 
-def window(generator: str, p99: float, *, paced: bool = True) -> dict[str, Any]:
-    rate = 500.0 if paced else None
-    return {"generator": generator, "paced_round_trips_per_s": rate, "p99_ms": p99, "seconds": 5}
+def window(
+    generator: str, p99: float, *, paced: bool = True, rate: float = 500.0, pairs: int = 8
+) -> dict[str, Any]:
+    return {
+        "generator": generator,
+        "paced_round_trips_per_s": rate if paced else None,
+        "pairs": pairs,
+        "p99_ms": p99,
+        "seconds": 5,
+    }
 
 
 def test_paced_windows_are_placed_after_the_rows_that_ran_before_them(
@@ -64,6 +71,16 @@ def test_other_benchmarks_other_links_and_broken_files_are_left_out(
     ]
     paths[2].write_text("{not json")
     assert [w.source for w in plot_module.paced_windows(paths)] == ["ok.json"]
+
+
+def test_only_windows_at_the_target_s_load_are_plotted(plot_module: Any, tmp_path: Path) -> None:
+    rows = [
+        window("curl", 14.0, rate=250.0),  # a sweep of rates
+        window("curl", 19.0, pairs=4),
+        window("curl", 21.0),
+    ]
+    got = plot_module.paced_windows([result(tmp_path / "sweep.json", rows)])
+    assert [w.p99_ms for w in got] == [21.0]
 
 
 def test_the_plot_is_written(plot_module: Any, tmp_path: Path) -> None:
