@@ -84,6 +84,9 @@ TARGET_SINGLE_P99_MS = 20.0
 TARGET_SINGLE_PAIRS = 8
 # A paced window "held" its rate if it delivered at least this share of the planned round trips.
 RATE_HELD = 0.99
+# Which servers a row measured: qkmsd, or (``--control``) etsi014_null_kms's null KMEs.
+QKMSD = "qkmsd"
+NULL_KMS = "null"
 
 
 def topology(pairs: int, rate_bps: float) -> Topology:
@@ -686,6 +689,8 @@ def scenario(
 
 
 def verdict(row: dict[str, Any]) -> str:
+    if row.get("kms") == NULL_KMS:
+        return "control"  # the HTTP stack alone: a measure of the machine, not a result
     if row["keys_per_request"] > 1:
         ok = row["keys_per_s"] >= TARGET_BATCHED_KEYS_PER_S
         return f"{'met' if ok else 'MISSED'} (>= {TARGET_BATCHED_KEYS_PER_S:,.0f} keys/s)"
@@ -712,17 +717,18 @@ def verdict(row: dict[str, Any]) -> str:
 
 def paced_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per generator and paced load: how many windows held the latency target."""
-    groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int, float], list[dict[str, Any]]] = {}
     for r in rows:
         if r["paced_round_trips_per_s"] is not None:
-            key = (r["generator"], r["pairs"], r["paced_round_trips_per_s"])
+            key = (r.get("kms", QKMSD), r["generator"], r["pairs"], r["paced_round_trips_per_s"])
             groups.setdefault(key, []).append(r)
     out = []
-    for (generator, pairs, rate), group in groups.items():
+    for (kms, generator, pairs, rate), group in groups.items():
         p99 = sorted(r["p99_ms"] for r in group)
         held = [r for r in group if r["round_trips_per_s"] >= RATE_HELD * rate]
         out.append(
             {
+                "kms": kms,
                 "generator": generator,
                 "pairs": pairs,
                 "paced_round_trips_per_s": rate,
@@ -756,12 +762,89 @@ def summary_lines(summary: list[dict[str, Any]]) -> list[str]:
     for s in summary:
         low, mid, high = s["p99_ms_min_median_max"]
         pooled = s.get("p99_ms_all_windows")
+        who = s["generator"] + (" against null KMEs" if s.get("kms") == NULL_KMS else "")
         lines.append(
-            f"{s['generator']:<8} {s['pairs']} pairs at {s['paced_round_trips_per_s']:g}/s: "
+            f"{who:<8} {s['pairs']} pairs at {s['paced_round_trips_per_s']:g}/s: "
             f"p99 < {TARGET_SINGLE_P99_MS:g} ms in {s['windows_p99_under_target']} of "
             f"{s['windows']} windows (p99 {low:.1f} / {mid:.1f} / {high:.1f} ms min / median / max"
             + ("" if pooled is None else f"; {pooled:.1f} ms over all their round trips")
             + f"; generator {s['generator_cpu_ms_per_round_trip_median']:.2f} ms CPU per round trip)"
+        )
+    return lines
+
+
+def control_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How qkmsd's paced windows fared against the machine's speed at the time.
+
+    With ``--control`` each paced window of qkmsd has a twin against the null KMEs, run
+    right before or after it.  Per generator and load: qkmsd's windows under the target,
+    all and split at the median of their twins' p99 (the machine's faster and slower
+    half of the run), and the rank correlation of the two p99s.
+    """
+    twins: dict[tuple[str, int, float], tuple[list[float], list[float]]] = {}
+    for r in rows:
+        if r["paced_round_trips_per_s"] is None:
+            continue
+        key = (r["generator"], r["pairs"], r["paced_round_trips_per_s"])
+        ours, null = twins.setdefault(key, ([], []))
+        (null if r.get("kms") == NULL_KMS else ours).append(r["p99_ms"])
+    out = []
+    for (generator, pairs, rate), (ours, null) in twins.items():
+        n = min(len(ours), len(null))
+        if n == 0:
+            continue
+        # Twins in run order; sorted, the machine's fastest windows come first.
+        pairs_p99 = sorted(zip(null[:n], ours[:n], strict=True))
+        faster, slower = pairs_p99[: (n + 1) // 2], pairs_p99[(n + 1) // 2 :]
+
+        def under(half: list[tuple[float, float]]) -> int:
+            return sum(o < TARGET_SINGLE_P99_MS for _, o in half)
+
+        out.append(
+            {
+                "generator": generator,
+                "pairs": pairs,
+                "paced_round_trips_per_s": rate,
+                "twins": n,
+                "under_target": under(pairs_p99),
+                "faster_half": {"windows": len(faster), "under_target": under(faster)},
+                "slower_half": {"windows": len(slower), "under_target": under(slower)},
+                "null_p99_median_ms": statistics.median(x for x, _ in pairs_p99),
+                "rank_correlation": _rank_correlation(pairs_p99),
+            }
+        )
+    return out
+
+
+def _rank_correlation(pairs: list[tuple[float, float]]) -> float | None:
+    """Spearman's rho of the pairs (no ties expected in measured latencies)."""
+    n = len(pairs)
+    if n < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[int]:
+        order = sorted(range(n), key=values.__getitem__)
+        out = [0] * n
+        for rank, i in enumerate(order):
+            out[i] = rank
+        return out
+
+    a, b = ranks([x for x, _ in pairs]), ranks([y for _, y in pairs])
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) / (n * (n * n - 1))
+
+
+def control_lines(summary: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for c in summary:
+        rho = c["rank_correlation"]
+        lines.append(
+            f"{c['generator']:<8} {c['pairs']} pairs at {c['paced_round_trips_per_s']:g}/s, "
+            f"against the null KMEs' twin windows (median p99 {c['null_p99_median_ms']:.1f} ms): "
+            f"under {TARGET_SINGLE_P99_MS:g} ms in {c['under_target']} of {c['twins']}; "
+            f"{c['faster_half']['under_target']} of {c['faster_half']['windows']} in the "
+            f"machine's faster half, {c['slower_half']['under_target']} of "
+            f"{c['slower_half']['windows']} in its slower half"
+            + ("" if rho is None else f"; rank correlation {rho:.2f}")
         )
     return lines
 
@@ -803,6 +886,35 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+class Control:
+    """The null KMEs of ``etsi014_null_kms.py``, for twin windows (``--control``)."""
+
+    def __init__(self, directory: Path) -> None:
+        import etsi014_null_kms as null  # it imports this module: load it only when asked
+
+        self._directory = directory
+        self.pids, self.pairs, self._procs = null.start_pair(directory)
+
+    @classmethod
+    def start(cls) -> Control:
+        return cls(Path(tempfile.mkdtemp(prefix="qkms-etsi014-control-")))
+
+    def window(
+        self, generator: str, count: int, seconds: float, rate: float | None
+    ) -> dict[str, Any]:
+        logs = {n: self._directory / f"{n}.log" for n in self.pids}
+        row = scenario(self.pids, generator, self.pairs[:count], 1, seconds, rate, logs=logs)
+        row["kms"] = NULL_KMS
+        return row
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            proc.wait(timeout=10)
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per scenario (default 5)")
@@ -826,6 +938,12 @@ def main() -> None:
         default=3,
         help="paced runs: windows of --seconds per generator, generators alternating (default 3)",
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="paced runs: give each window a twin against null KMEs (etsi014_null_kms.py, "
+        "the HTTP stack alone), right before or after it: the machine's speed at that time",
+    )
     parser.add_argument("--rate-bps", type=float, default=RATE_BPS, help="simulated link rate")
     parser.add_argument("--dir", type=Path, help="lab directory (default: a fresh temp dir)")
     parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
@@ -845,7 +963,10 @@ def main() -> None:
     print(f"lab in {directory} ({filesystem_of(directory.resolve())}); starting KME_A, KME_B")
     manifest = lab.up(topology(max(counts_needed), args.rate_bps))
     rows: list[dict[str, Any]] = []
+    control: Control | None = None
     try:
+        if args.control and paced:
+            control = Control.start()
         pids = {n: int(k["pid"]) for n, k in manifest["kmes"].items()}
         logs = {n: Path(k["log"]) for n, k in manifest["kmes"].items()}
         all_pairs = pairs_of(manifest, max(counts_needed))
@@ -857,21 +978,30 @@ def main() -> None:
             f"daemons at rest (link producing {args.rate_bps / 1e6:g} Mbit/s): "
             + ", ".join(f"{n} {v:.2f} cores" for n, v in idle.items())
         )
-        runs: list[tuple[int, int, str, float | None]] = [
-            (b, n, g, None) for b in batches for n in counts for g in generators
+        runs: list[tuple[int, int, str, float | None, str]] = [
+            (b, n, g, None, QKMSD) for b in batches for n in counts for g in generators
         ]
         # Paced rows come in windows, the generators' order reversed each window, so that
-        # the machine's drift (about 25 % minute to minute) falls on every generator alike.
+        # the machine's drift (about 25 % minute to minute) falls on every generator alike;
+        # a control twin runs right after a window, then right before the next one.
         for n, pace in paced:
             for w in range(args.windows):
-                runs += [(1, n, g, pace) for g in (generators if w % 2 == 0 else generators[::-1])]
-        for batch, count, generator, rate in runs:
-            row = scenario(pids, generator, all_pairs[:count], batch, args.seconds, rate, logs=logs)
+                for g in generators if w % 2 == 0 else generators[::-1]:
+                    kinds = [QKMSD, NULL_KMS] if control is not None else [QKMSD]
+                    runs += [(1, n, g, pace, k) for k in (kinds if w % 2 == 0 else kinds[::-1])]
+        for batch, count, generator, rate, kms in runs:
+            if kms == NULL_KMS and control is not None:
+                row = control.window(generator, count, args.seconds, rate)
+            else:
+                row = scenario(
+                    pids, generator, all_pairs[:count], batch, args.seconds, rate, logs=logs
+                )
             check_alive(lab, manifest)
             rows.append(row)
             load = "closed loop" if rate is None else f"paced at {rate:g} rt/s"
             print(
-                f"  {generator:<7} {count:>2} pair(s) x {batch:>2} keys, {load}: "
+                f"  {generator + (' (null)' if kms == NULL_KMS else ''):<7} "
+                f"{count:>2} pair(s) x {batch:>2} keys, {load}: "
                 f"{row['keys_per_s']:9.1f} keys/s, {row['round_trips_per_s']:7.1f} rt/s, "
                 f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
                 + (
@@ -882,6 +1012,8 @@ def main() -> None:
                 flush=True,
             )
     finally:
+        if control is not None:
+            control.stop()
         if not args.keep:
             lab.down()
             if args.dir is None:  # our temp dir: its key stores hold hundreds of MB
@@ -890,6 +1022,9 @@ def main() -> None:
     print_table(rows)
     summary = paced_summary(rows)
     for line in summary_lines(summary):
+        print(line)
+    controls = control_summary(rows) if control is not None else []
+    for line in control_lines(controls):
         print(line)
     result = {
         "benchmark": "etsi014",
@@ -909,6 +1044,7 @@ def main() -> None:
         },
         "rows": [{**r, "target": verdict(r)} for r in for_json(rows)],
         "paced_summary": summary,
+        **({"control_summary": controls} if control is not None else {}),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -69,9 +69,11 @@ def paced_windows(paths: Iterable[Path]) -> list[Window]:
 
 
 def _at_target_load(row: dict[str, Any]) -> bool:
-    """A paced window at the target's load: 8 pairs, 500 round trips/s (not a rate sweep's)."""
+    """A paced window of qkmsd at the target's load: 8 pairs, 500 round trips/s (not a rate
+    sweep's, nor a control window against null KMEs)."""
     return (
-        row.get("paced_round_trips_per_s") == bench.TARGET_SINGLE_RT_PER_S
+        row.get("kms", bench.QKMSD) == bench.QKMSD
+        and row.get("paced_round_trips_per_s") == bench.TARGET_SINGLE_RT_PER_S
         and row.get("pairs") == bench.TARGET_SINGLE_PAIRS
     )
 

@@ -123,6 +123,47 @@ def test_in_daemon_times_come_from_the_window_s_access_log_lines_only(
     assert access.durations("enc_keys") == [0.7]
 
 
+def paced(generator: str, p99: float, *, null: bool = False) -> dict[str, Any]:
+    r = row(generator=generator, paced_round_trips_per_s=500.0, round_trips_per_s=500.0)
+    return (
+        r
+        | {"p99_ms": p99, "load_generator_cpu_ms_per_round_trip": 0.4}
+        | ({"kms": "null"} if null else {})
+    )
+
+
+def test_control_windows_against_null_kmes_are_no_result(bench: Any) -> None:
+    assert bench.verdict(paced("curl", 5.0, null=True)) == "control"
+    summary = bench.paced_summary([paced("curl", 19.0), paced("curl", 5.0, null=True)])
+    assert [(s["kms"], s["windows_p99_under_target"]) for s in summary] == [
+        ("qkmsd", 1),
+        ("null", 1),
+    ]
+
+
+def test_the_control_summary_splits_windows_by_their_twins_speed(bench: Any) -> None:
+    # Twins in run order: qkmsd then null, then null then qkmsd, ...
+    rows = [
+        paced("curl", 15.0), paced("curl", 4.0, null=True),
+        paced("curl", 30.0, null=True), paced("curl", 45.0),
+        paced("curl", 18.0), paced("curl", 6.0, null=True),
+        paced("curl", 9.0, null=True), paced("curl", 12.0),
+    ]  # fmt: skip
+    [c] = bench.control_summary(rows)
+    assert (c["twins"], c["under_target"]) == (4, 3)
+    # Faster half: the twins with null p99 4 and 6 (qkmsd 15 and 18): both under 20 ms;
+    # slower half: 9 and 30 (qkmsd 12 and 45).
+    assert c["faster_half"] == {"windows": 2, "under_target": 2}
+    assert c["slower_half"] == {"windows": 2, "under_target": 1}
+    assert c["null_p99_median_ms"] == 7.5
+    # Ranks by null p99 0, 1, 2, 3 against qkmsd's 1, 2, 0, 3: 1 - 6 * 6 / (4 * 15).
+    assert c["rank_correlation"] == pytest.approx(0.4)
+
+
+def test_without_twins_there_is_no_control_summary(bench: Any) -> None:
+    assert bench.control_summary([paced("curl", 15.0), row()]) == []
+
+
 def test_a_daemon_s_wait_for_the_cpu_sums_its_threads_run_queue_time(
     bench: Any, tmp_path: Path
 ) -> None:

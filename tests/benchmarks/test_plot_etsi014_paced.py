@@ -77,6 +77,7 @@ def test_only_windows_at_the_target_s_load_are_plotted(plot_module: Any, tmp_pat
     rows = [
         window("curl", 14.0, rate=250.0),  # a sweep of rates
         window("curl", 19.0, pairs=4),
+        window("curl", 4.0) | {"kms": "null"},  # a control window against null KMEs
         window("curl", 21.0),
     ]
     got = plot_module.paced_windows([result(tmp_path / "sweep.json", rows)])
