@@ -796,19 +796,15 @@ def control_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Twins in run order; sorted, the machine's fastest windows come first.
         pairs_p99 = sorted(zip(null[:n], ours[:n], strict=True))
         faster, slower = pairs_p99[: (n + 1) // 2], pairs_p99[(n + 1) // 2 :]
-
-        def under(half: list[tuple[float, float]]) -> int:
-            return sum(o < TARGET_SINGLE_P99_MS for _, o in half)
-
         out.append(
             {
                 "generator": generator,
                 "pairs": pairs,
                 "paced_round_trips_per_s": rate,
                 "twins": n,
-                "under_target": under(pairs_p99),
-                "faster_half": {"windows": len(faster), "under_target": under(faster)},
-                "slower_half": {"windows": len(slower), "under_target": under(slower)},
+                "under_target": _under_target(pairs_p99),
+                "faster_half": {"windows": len(faster), "under_target": _under_target(faster)},
+                "slower_half": {"windows": len(slower), "under_target": _under_target(slower)},
                 "null_p99_median_ms": statistics.median(x for x, _ in pairs_p99),
                 "rank_correlation": _rank_correlation(pairs_p99),
             }
@@ -816,20 +812,24 @@ def control_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _under_target(twins: list[tuple[float, float]]) -> int:
+    """How many of the (null p99, qkmsd p99) twins have qkmsd under the target."""
+    return sum(ours < TARGET_SINGLE_P99_MS for _, ours in twins)
+
+
+def _ranks(values: list[float]) -> list[int]:
+    ranks = [0] * len(values)
+    for rank, i in enumerate(sorted(range(len(values)), key=values.__getitem__)):
+        ranks[i] = rank
+    return ranks
+
+
 def _rank_correlation(pairs: list[tuple[float, float]]) -> float | None:
     """Spearman's rho of the pairs (no ties expected in measured latencies)."""
     n = len(pairs)
     if n < 3:
         return None
-
-    def ranks(values: list[float]) -> list[int]:
-        order = sorted(range(n), key=values.__getitem__)
-        out = [0] * n
-        for rank, i in enumerate(order):
-            out[i] = rank
-        return out
-
-    a, b = ranks([x for x, _ in pairs]), ranks([y for _, y in pairs])
+    a, b = _ranks([x for x, _ in pairs]), _ranks([y for _, y in pairs])
     return 1 - 6 * sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) / (n * (n * n - 1))
 
 
