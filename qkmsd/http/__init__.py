@@ -11,7 +11,7 @@ with ``async def handler(request: Request) -> Response``; or, over any ``trio.ab
 """
 
 from ._server import serve_connection
-from ._tls import HandshakeStats, negotiated_group, serve_tcp_tls, tls_peer
+from ._tls import HandshakeStats, serve_tcp_tls, tls_peer
 from ._types import Handler, Limits, PeerInfo, Request, Response
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "PeerInfo",
     "Request",
     "Response",
-    "negotiated_group",
     "serve_connection",
     "serve_tcp_tls",
     "tls_peer",

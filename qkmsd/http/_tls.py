@@ -12,11 +12,11 @@ from typing import Any, Final
 
 import trio
 
-from ._hello import HelloReader, group_name
+from ..tlsgroup import TlsContexts
 from ._server import DEFAULT_LIMITS, serve_connection
 from ._types import Handler, Limits, PeerInfo
 
-__all__ = ["HandshakeStats", "negotiated_group", "serve_tcp_tls", "tls_peer"]
+__all__ = ["HandshakeStats", "serve_tcp_tls", "tls_peer"]
 
 _UNKNOWN: Final = "unknown"
 
@@ -47,26 +47,6 @@ def tls_peer(stream: trio.SSLStream[Any]) -> PeerInfo | None:
     )
 
 
-def negotiated_group(stream: trio.SSLStream[Any], reader: HelloReader | None = None) -> str | None:
-    """The key exchange group ``stream``'s handshake agreed on, or ``None`` if unknown.
-
-    Python 3.15 and newer say it (``ssl.SSLObject.group()``; ``trio.SSLStream`` does not
-    forward it, so it is asked of the stream's SSL object).  Before 3.15, ``reader`` (if
-    it watched the stream's context) read it from the server's handshake messages.
-    """
-    ssl_object = getattr(stream, "_ssl_object", None)
-    group = getattr(ssl_object, "group", None)
-    if callable(group):
-        try:
-            name = group()
-        except (ssl.SSLError, ValueError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
-    code = reader.pop(ssl_object) if reader is not None and ssl_object is not None else None
-    return None if code is None else group_name(code)
-
-
 class HandshakeStats:
     """The TLS handshakes of one listener since it started, for the node's status.
 
@@ -82,11 +62,11 @@ class HandshakeStats:
         self.groups: collections.Counter[str] = collections.Counter()
         self.last_group: str | None = None
 
-    def record(self, stream: trio.SSLStream[Any], reader: HelloReader | None = None) -> None:
-        """Count the completed handshake of ``stream`` (``reader``: see ``negotiated_group``)."""
+    def record(self, stream: trio.SSLStream[Any], group: str | None) -> None:
+        """Count the completed handshake of ``stream``, which agreed on ``group``."""
         self.completed += 1
         self.versions[stream.version() or _UNKNOWN] += 1
-        self.last_group = negotiated_group(stream, reader) or _UNKNOWN
+        self.last_group = group or _UNKNOWN
         self.groups[self.last_group] += 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -112,37 +92,6 @@ def _subject_values(subject: object, attribute: str) -> list[str]:
     return values
 
 
-class _Contexts:
-    """The server's TLS contexts: one for handshakes, and the one connections move to after.
-
-    Given a context, that one serves throughout.  Given a function that makes contexts,
-    and a Python that cannot name a handshake's group (before 3.15), the handshake context
-    is watched by a ``HelloReader`` and each connection then moves to a second, unwatched
-    one (see ``HelloReader`` for why).
-    """
-
-    def __init__(self, source: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> None:
-        self.reader: HelloReader | None = None
-        self._after: ssl.SSLContext | None = None
-        if isinstance(source, ssl.SSLContext):
-            self.handshake = source
-            return
-        self.handshake = source()
-        if hasattr(ssl.SSLObject, "group"):
-            return  # Python 3.15 or newer reads the group itself
-        reader = HelloReader()
-        if reader.watch(self.handshake):
-            self.reader, self._after = reader, source()
-
-    def after_handshake(self, stream: trio.SSLStream[Any]) -> None:
-        if self._after is None:
-            return
-        try:
-            stream.context = self._after
-        except (ssl.SSLError, TypeError, ValueError):
-            pass  # the connection keeps the watched context: slower, nothing worse
-
-
 async def serve_tcp_tls(
     handler: Handler,
     ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
@@ -164,12 +113,12 @@ async def serve_tcp_tls(
 
     ``ssl_context`` is the server's context, or a function that makes one: given a
     function, the server calls it twice and can then name each handshake's key exchange
-    group on Pythons before 3.15 as well (``HelloReader``).
+    group on Pythons before 3.15 as well (``TlsContexts``).
 
     Raises ``OSError`` if it cannot listen, and whatever the function raises.
     Cancellation closes the listeners and every open connection.
     """
-    contexts = _Contexts(ssl_context)
+    contexts = TlsContexts(ssl_context)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
     serve = partial(_serve_tls_connection, handler, contexts, limits, stats or HandshakeStats())
@@ -181,7 +130,7 @@ async def serve_tcp_tls(
 
 async def _serve_tls_connection(
     handler: Handler,
-    contexts: _Contexts,
+    contexts: TlsContexts,
     limits: Limits,
     stats: HandshakeStats,
     tcp_stream: trio.SocketStream,
@@ -203,8 +152,7 @@ async def _serve_tls_connection(
         logger.info("http.tls_handshake_failed", extra={"client": client, "reason": _reason(exc)})
         await trio.aclose_forcefully(ssl_stream)
         return
-    stats.record(ssl_stream, contexts.reader)
-    contexts.after_handshake(ssl_stream)
+    stats.record(ssl_stream, contexts.after_handshake(ssl_stream))
     try:
         await serve_connection(
             ssl_stream, handler, limits=limits, peer_identity=tls_peer(ssl_stream)

@@ -21,12 +21,10 @@ from qkmsd.http import (
     PeerInfo,
     Request,
     Response,
-    negotiated_group,
     serve_connection,
     serve_tcp_tls,
 )
-from qkmsd.http._hello import HelloReader
-from qkmsd.http._tls import _Contexts
+from qkmsd.tlsgroup import HelloReader, TlsContexts, negotiated_group
 
 SECRET = bytes.fromhex("5ec7e75ec7e75ec7e75ec7e75ec7e75e")
 ALICE = PeerInfo(common_name="SAE_A", role="sae")
@@ -484,6 +482,28 @@ async def test_after_its_handshake_a_connection_no_longer_calls_into_the_hello_r
     assert calls == during_handshake
 
 
+async def test_a_client_names_the_group_of_its_handshakes_too(pki: Pki) -> None:
+    def p384_client() -> ssl.SSLContext:
+        ctx = _client_context(pki)
+        ctx.set_ecdh_curve("secp384r1")
+        return ctx
+
+    contexts = TlsContexts(p384_client)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_tcp_tls, echo, _server_context(pki), "127.0.0.1", 0)
+            stream = await trio.open_ssl_over_tcp_stream(
+                "127.0.0.1", port, ssl_context=contexts.handshake, https_compatible=True
+            )
+            await stream.do_handshake()
+            assert contexts.after_handshake(stream) == "secp384r1"
+            assert stream.context is not contexts.handshake or contexts.reader is None
+            client = Client(stream)
+            assert (await client.request("GET", "/x")).status == 200  # served on the twin
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
 class _GroupReporting:
     """An SSL object as Python 3.15 has it: ``group()`` names the negotiated group."""
 
@@ -529,6 +549,6 @@ class _StuckStream:
 def test_a_connection_that_cannot_leave_the_watched_context_is_served_all_the_same(
     pki: Pki,
 ) -> None:
-    contexts = _Contexts(partial(_server_context, pki))
+    contexts = TlsContexts(partial(_server_context, pki))
     assert contexts.reader is not None
     contexts.after_handshake(_StuckStream())  # type: ignore[arg-type]

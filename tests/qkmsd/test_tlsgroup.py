@@ -1,4 +1,4 @@
-"""Reading the key exchange group from a server's TLS handshake messages."""
+"""Reading the key exchange group from the server's TLS handshake messages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qkmsd.http._hello import HelloReader, group_name, handshake_group
+from qkmsd.tlsgroup import HelloReader, group_name, handshake_group
 
 X25519, X25519MLKEM768, SECP384R1 = 0x001D, 0x11EC, 0x0018
 HANDSHAKE = 22
@@ -119,16 +119,18 @@ class _Conn:
     """Stands in for an ``ssl.SSLObject``: the reader keys its groups by connection."""
 
 
-def test_the_reader_keeps_the_group_of_the_server_s_own_hello_per_connection() -> None:
+def test_the_reader_keeps_the_group_of_each_connection_s_server_hello() -> None:
     reader = HelloReader()
-    first, second = _Conn(), _Conn()
-    hello = server_hello(key_share(X25519MLKEM768, bytes(1120)))
-    reader._message(first, "write", 0x304, HANDSHAKE, 2, hello)
-    reader._message(second, "read", 0x304, HANDSHAKE, 2, hello)  # the client's view: ignored
-    reader._message(second, "write", 0x304, 23, 2, hello)  # not a handshake record
-    assert reader.pop(first) == X25519MLKEM768
-    assert reader.pop(first) is None  # forgotten once read
-    assert reader.pop(second) is None
+    server, client, other = _Conn(), _Conn(), _Conn()
+    hybrid = server_hello(key_share(X25519MLKEM768, bytes(1120)))
+    classical = server_hello(key_share(X25519, bytes(32)))
+    reader._message(server, "write", 0x304, HANDSHAKE, 2, hybrid)
+    reader._message(client, "read", 0x304, HANDSHAKE, 2, classical)
+    reader._message(other, "write", 0x304, 23, 2, classical)  # not a handshake record
+    assert reader.pop(server) == X25519MLKEM768  # a server writes its hello
+    assert reader.pop(client) == X25519  # a client reads it
+    assert reader.pop(server) is None  # forgotten once read
+    assert reader.pop(other) is None
 
 
 def test_the_reader_never_raises_into_openssl() -> None:

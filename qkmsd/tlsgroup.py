@@ -1,21 +1,29 @@
-"""The key exchange group of a TLS handshake, read from the server's own handshake messages.
+"""The key exchange group of a TLS handshake, read from the server's handshake messages.
 
 Python reads the group a handshake agreed on only from 3.15 (``SSLObject.group()``).  The
 server's messages say it on every version: in TLS 1.3 the ServerHello's ``key_share``
 extension (RFC 8446, 4.2.8; a HelloRetryRequest's names the group it asks for), in
 TLS 1.2 an ECDHE ServerKeyExchange's named curve (RFC 8422, 5.4).  ``HelloReader`` watches
-a server context's messages through ``SSLContext._msg_callback`` and keeps each
-connection's group until asked; ``handshake_group`` is the sans-IO part: one message's bytes
-in, a group code or ``None`` out, never an exception.
+a context's messages through ``SSLContext._msg_callback`` (a server's context sees them
+written, a client's read) and keeps each connection's group until asked;
+``handshake_group`` is the sans-IO part: one message's bytes in, a group code or ``None``
+out, never an exception.
+
+``TlsContexts`` is what a server or a client uses: a watched context for handshakes, an
+unwatched twin that each connection moves to after its handshake, and the group that
+handshake agreed on; ``negotiated_group`` asks Python first, where it can tell.
 """
 
 from __future__ import annotations
 
 import ssl
 import weakref
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
-__all__ = ["GROUP_NAMES", "HelloReader", "group_name", "handshake_group"]
+import trio
+
+__all__ = ["GROUP_NAMES", "HelloReader", "TlsContexts", "group_name", "handshake_group"]
 
 _HANDSHAKE: Final = 22  # TLS record content type
 _SERVER_HELLO: Final = 2
@@ -96,7 +104,7 @@ def handshake_group(message: bytes) -> int | None:
 
 
 class HelloReader:
-    """Reads the key exchange group of each handshake on the server contexts it watches.
+    """Reads the key exchange group of each handshake on the contexts it watches.
 
     ``watch(context)`` before the context's first handshake; after a connection's
     handshake, ``pop(ssl_object)`` gives the group that handshake agreed on.  While a
@@ -132,9 +140,11 @@ class HelloReader:
         data: bytes,
     ) -> None:
         # Called by OpenSSL in the middle of a handshake: anything raised here would fail
-        # the handshake, so nothing may be.
+        # the handshake, so nothing may be.  Only a server writes a ServerHello or a
+        # ServerKeyExchange, and only a client reads one: either way it is this
+        # connection's, so the direction does not matter.
         try:
-            if direction != "write" or content_type != _HANDSHAKE:
+            if content_type != _HANDSHAKE:
                 return
             if msg_type != _SERVER_HELLO and msg_type != _SERVER_KEY_EXCHANGE:
                 return
@@ -143,3 +153,57 @@ class HelloReader:
                 self._groups[conn] = group
         except Exception:  # noqa: BLE001, S110 - a group we cannot read is "unknown"
             pass
+
+
+def negotiated_group(stream: trio.SSLStream[Any], reader: HelloReader | None = None) -> str | None:
+    """The key exchange group ``stream``'s handshake agreed on, or ``None`` if unknown.
+
+    Python 3.15 and newer say it (``ssl.SSLObject.group()``; ``trio.SSLStream`` does not
+    forward it, so it is asked of the stream's SSL object).  Before 3.15, ``reader`` (if
+    it watched the stream's context) read it from the server's handshake messages.
+    """
+    ssl_object = getattr(stream, "_ssl_object", None)
+    group = getattr(ssl_object, "group", None)
+    if callable(group):
+        try:
+            name = group()
+        except (ssl.SSLError, ValueError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    code = reader.pop(ssl_object) if reader is not None and ssl_object is not None else None
+    return None if code is None else group_name(code)
+
+
+class TlsContexts:
+    """The TLS contexts of one side of a protocol: one for handshakes, one for after them.
+
+    Given a context, that one serves throughout.  Given a function that makes contexts,
+    and a Python that cannot name a handshake's group (before 3.15), the handshake context
+    is watched by a ``HelloReader`` and each connection then moves to a second, unwatched
+    one (see ``HelloReader`` for why).  Servers and clients alike: open each connection
+    with ``handshake``, and call ``after_handshake`` once its handshake is done.
+    """
+
+    def __init__(self, source: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> None:
+        self.reader: HelloReader | None = None
+        self._after: ssl.SSLContext | None = None
+        if isinstance(source, ssl.SSLContext):
+            self.handshake = source
+            return
+        self.handshake = source()
+        if hasattr(ssl.SSLObject, "group"):
+            return  # Python 3.15 or newer reads the group itself
+        reader = HelloReader()
+        if reader.watch(self.handshake):
+            self.reader, self._after = reader, source()
+
+    def after_handshake(self, stream: trio.SSLStream[Any]) -> str | None:
+        """The group ``stream``'s handshake agreed on (``None`` if unknown); moves it on."""
+        group = negotiated_group(stream, self.reader)
+        if self._after is not None:
+            try:
+                stream.context = self._after
+            except (ssl.SSLError, TypeError, ValueError):
+                pass  # the connection keeps the watched context: slower, nothing worse
+        return group
