@@ -35,6 +35,12 @@ def ago(ts: float | None) -> str:
     return f"{seconds / 60:.0f}m ago"
 
 
+def peer_tls(peer: dict[str, Any]) -> str:
+    """The last handshake's TLS version and key exchange group; daemons before them: -."""
+    version, group = peer.get("tls_version"), peer.get("tls_group")
+    return f"{version} {group}" if version else "-"
+
+
 def node_status(status: dict[str, Any]) -> str:
     """A readable page for one node's ``status`` answer."""
     head = (
@@ -42,7 +48,7 @@ def node_status(status: dict[str, Any]) -> str:
         f"peer port {status['peer_listen']}"
     )
     peers = table(
-        ["peer", "state", "since", "last seen", "connects", "last error"],
+        ["peer", "state", "since", "last seen", "connects", "tls", "last error"],
         [
             [
                 p["node_id"],
@@ -50,6 +56,7 @@ def node_status(status: dict[str, Any]) -> str:
                 ago(p["connected_since"]),
                 ago(p["last_seen"]),
                 p["connects"],
+                peer_tls(p),
                 p["last_error"],
             ]
             for p in status["peers"]

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ._admin import AdminClient, AdminError
-from ._render import ago, bits, node_status, table
+from ._render import ago, bits, node_status, peer_tls, table
 
 DEFAULT_SOCKET = "/run/qkms/admin.sock"
 
@@ -82,10 +82,17 @@ def peers(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(result, indent=2))
         return
     rows = [
-        [p["node_id"], p["address"], p["state"], ago(p["connected_since"]), p["last_error"]]
+        [
+            p["node_id"],
+            p["address"],
+            p["state"],
+            ago(p["connected_since"]),
+            peer_tls(p),
+            p["last_error"],
+        ]
         for p in result["peers"]
     ]
-    click.echo(table(["peer", "address", "state", "since", "last error"], rows))
+    click.echo(table(["peer", "address", "state", "since", "tls", "last error"], rows))
 
 
 @click.command()

@@ -31,6 +31,7 @@ from .storethread import StoreThread
 from .supply import KeySupply
 from .systemd import Notifier
 from .tls import TlsError, api_context, hybrid_pq_groups_available, peer_context
+from .tlsgroup import TlsContexts
 
 log = get_logger("qkms.node")
 
@@ -153,7 +154,7 @@ class Node:
         cfg = self.config
         assert cfg.api_listen is not None
         # A context maker rather than a context: the server then makes two, and can name
-        # each handshake's key exchange group on any Python (see serve_tcp_tls).
+        # each handshake's key exchange group on any Python (see TlsContexts).
         make_context = partial(api_context, cfg.ca, cfg.cert, cfg.key)
         try:
             port: int = await nursery.start(
@@ -267,11 +268,13 @@ def _pqc_keys(cfg: Config) -> dict[str, HybridPublicKey]:
     return keys
 
 
-def _peer_contexts(cfg: Config) -> tuple[Any, Any]:
+def _peer_contexts(cfg: Config) -> tuple[TlsContexts, TlsContexts]:
+    # Context makers rather than contexts: each side then has two, and can name each
+    # handshake's key exchange group on any Python (see TlsContexts).
     try:
         return (
-            peer_context(cfg.ca, cfg.cert, cfg.key, server=True),
-            peer_context(cfg.ca, cfg.cert, cfg.key, server=False),
+            TlsContexts(partial(peer_context, cfg.ca, cfg.cert, cfg.key, server=True)),
+            TlsContexts(partial(peer_context, cfg.ca, cfg.cert, cfg.key, server=False)),
         )
     except TlsError as exc:
         raise StartupError(str(exc)) from None

@@ -43,6 +43,7 @@ from .._exc import collapse
 from ..errors import PeerConnectionLost
 from ..log import get_logger
 from ..tls import CertificateIdentityError, certificate_identity, expect_identity
+from ..tlsgroup import TlsContexts
 
 log = get_logger("qkms.peers")
 
@@ -67,6 +68,11 @@ class PeerState:
     connects: int = 0
     refused: int = 0
     version: int | None = None
+    """The peer protocol version of the current or last session."""
+    tls_version: str | None = None
+    """The TLS version and key exchange group of the last handshake (``unknown`` where the
+    group could not be read)."""
+    tls_group: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,8 +105,8 @@ class PeerManager:
         peers: dict[str, str],
         listen_host: str,
         listen_port: int,
-        server_context: ssl.SSLContext,
-        client_context: ssl.SSLContext,
+        server_context: ssl.SSLContext | TlsContexts,
+        client_context: ssl.SSLContext | TlsContexts,
         handlers: dict[type[Any], Handler],
         on_up: PeerEvent,
         on_down: PeerEvent,
@@ -110,8 +116,10 @@ class PeerManager:
     ) -> None:
         self.node_id = node_id
         self._listen = (listen_host, listen_port)
-        self._server_ctx = server_context
-        self._client_ctx = client_context
+        # Given TlsContexts made from functions, each handshake's group is named on any
+        # Python; given bare contexts, where Python can tell (see TlsContexts).
+        self._server_tls = _contexts(server_context)
+        self._client_tls = _contexts(client_context)
         self._handlers = handlers
         self._on_up = on_up
         self._on_down = on_down
@@ -174,9 +182,9 @@ class PeerManager:
             except OSError as exc:
                 state.last_error = f"connect: {exc.strerror or exc}"
             else:
-                stream = trio.SSLStream(tcp, self._client_ctx, server_hostname=None)
+                stream = trio.SSLStream(tcp, self._client_tls.handshake, server_hostname=None)
                 began = trio.current_time()
-                ran = await self._run_connection(stream, expected=state.node_id)
+                ran = await self._run_connection(stream, self._client_tls, expected=state.node_id)
                 # Only a session that lasted resets the backoff: one that opens and dies
                 # at once (a peer that rejects us) must not turn into a reconnect storm.
                 if ran and trio.current_time() - began > 3 * self._heartbeat:
@@ -187,19 +195,24 @@ class PeerManager:
             await trio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _accept(self, tcp: trio.SocketStream) -> None:
-        stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
-        await self._run_connection(stream, expected=None)
+        stream = trio.SSLStream(tcp, self._server_tls.handshake, server_side=True)
+        await self._run_connection(stream, self._server_tls, expected=None)
 
-    async def _run_connection(self, stream: trio.SSLStream[Any], *, expected: str | None) -> bool:
+    async def _run_connection(
+        self, stream: trio.SSLStream[Any], tls: TlsContexts, *, expected: str | None
+    ) -> bool:
         """Handshake, authenticate, run the session.  True if a session opened."""
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
+            group = tls.after_handshake(stream)
             identity = certificate_identity(stream)
             expect_identity(identity, common_name=expected, role="node")
             peer = identity.common_name
             if peer not in self._peers:
                 raise CertificateIdentityError(f"node {peer!r} is not a configured peer")
+            state = self._peers[peer]
+            state.tls_version, state.tls_group = stream.version(), group or "unknown"
         except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
             self._note_refusal(expected, f"TLS handshake failed: {_reason(exc)}")
             await trio.aclose_forcefully(stream)
@@ -364,6 +377,10 @@ class PeerManager:
                 LocalProtocolError,
             ):
                 pass
+
+
+def _contexts(given: ssl.SSLContext | TlsContexts) -> TlsContexts:
+    return given if isinstance(given, TlsContexts) else TlsContexts(given)
 
 
 def _reason(exc: BaseException) -> str:

@@ -55,6 +55,31 @@ def test_the_api_s_tls_handshakes_show_versions_and_negotiated_groups() -> None:
     )
 
 
+def peer(**extra: Any) -> dict[str, Any]:
+    return {
+        "node_id": "KME_B",
+        "state": "connected",
+        "connected_since": None,
+        "last_seen": None,
+        "connects": 1,
+        "last_error": "",
+        **extra,
+    }
+
+
+def test_each_peer_shows_the_tls_version_and_group_of_its_last_handshake() -> None:
+    page = node_status(status(peers=[peer(tls_version="TLSv1.3", tls_group="X25519MLKEM768")]))
+    header, _, row = page.splitlines()[2:5]
+    assert "tls" in header.split()
+    assert "TLSv1.3 X25519MLKEM768" in row
+
+
+def test_a_peer_never_handshaken_with_shows_no_tls() -> None:
+    never = peer(state="disconnected", connects=0, tls_version=None, tls_group=None)
+    row = node_status(status(peers=[never])).splitlines()[4]
+    assert row.split()[:2] == ["KME_B", "disconnected"] and "TLSv" not in row
+
+
 def test_the_store_line_shows_how_many_calls_share_a_commit() -> None:
     page = node_status(status(store={"batches": 40, "calls": 100, "inline": 7}))
     assert page.splitlines()[-1] == (

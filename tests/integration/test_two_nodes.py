@@ -16,10 +16,13 @@ from cli._admin import AdminClient
 from qkmsd.app import Node, NodeInfo
 from qkmsd.config import Config
 from qkmsd.keystore import KeyState, KeyStore, load_master_key
+from qkmsd.tls import HYBRID_PQ_GROUP, hybrid_pq_groups_available
 
 from ..conftest import ConfigFactory
 
 LINK = "KME_A~KME_B"
+# Peer links keep OpenSSL's default groups: from OpenSSL 3.5 the hybrid one comes first.
+DEFAULT_GROUP = HYBRID_PQ_GROUP if hybrid_pq_groups_available() else "x25519"
 FAST = {"rate_bps": 65536.0, "block_bits": 1024, "seed": "integration-test-seed-0001"}
 
 
@@ -87,6 +90,10 @@ async def test_two_nodes_fill_identical_synchronised_pools(node_config: ConfigFa
             status = await admin_async(info_a, "status")
             assert status["node_id"] == "KME_A"
             assert [p["state"] for p in status["peers"]] == ["connected"]
+            # KME_A dialled (a TLS client), KME_B accepted: both name the same handshake.
+            for info in (info_a, info_b):
+                (link,) = (await admin_async(info, "peers"))["peers"]
+                assert (link["tls_version"], link["tls_group"]) == ("TLSv1.3", DEFAULT_GROUP)
             await wait_for(lambda: same_check_values(info_a, info_b))
             nursery.cancel_scope.cancel()
     a, b = ready_blocks(cfg_a), ready_blocks(cfg_b)
