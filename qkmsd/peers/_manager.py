@@ -70,9 +70,9 @@ class PeerState:
     version: int | None = None
     """The peer protocol version of the current or last session."""
     tls_version: str | None = None
-    """The TLS version and key exchange group of the last handshake (``unknown`` where the
-    group could not be read)."""
+    """The TLS version of the last handshake that authenticated this peer."""
     tls_group: str | None = None
+    """That handshake's key exchange group (``unknown`` where it could not be read)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
