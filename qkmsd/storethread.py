@@ -21,16 +21,18 @@ The worker is one long-lived thread of our own rather than ``trio.to_thread``:
 handing a batch to it and back costs half as much CPU (no thread cache, no renaming
 the thread per job), and a node makes a hand-off for every key request.
 
-Small calls that answer a request (a ``dec_keys`` fetch) may skip the hand-off:
-``call_inline`` runs them on the event loop itself, commit and fsync included, when the
-worker is idle and such calls have been quick.  A hand-off costs two thread wake-ups,
-each a wait for a core on a busy machine; an idle store and a fast disk make the inline
-call cheaper (paired windows at 500 round trips/s, a fast and a slow phase: p50 ratio 0.85
-and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow disk an inline call would
-stall every request, so calls go to the worker for ``INLINE_BACKOFF_S`` after an inline
-call slower than ``INLINE_SLOW_S`` or a worker commit slower than ``WORKER_SLOW_COMMIT_S``;
-the pause doubles while such slow calls keep coming (up to ``INLINE_BACKOFF_MAX_S``), so
-a disk that stays slow is not probed from the event loop every second.
+Small calls that answer a request (a ``dec_keys`` fetch, the recording of a peer's
+reservation) may skip the hand-off: ``call_inline`` runs them on the event loop itself,
+commit and fsync included, when the worker is idle and such calls have been quick.  A
+hand-off costs two thread wake-ups, each a wait for a core on a busy machine, and a wait
+behind whatever batch the worker is running; an idle store and a fast disk make the
+inline call cheaper (paired windows at 500 round trips/s, fetches inline, a fast and a
+slow phase: p50 ratio 0.85 and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow
+disk an inline call would stall every request, so calls go to the worker for
+``INLINE_BACKOFF_S`` after an inline call slower than its limit (``INLINE_SLOW_S`` unless
+the caller gives another) or a worker commit slower than ``WORKER_SLOW_COMMIT_S``; the
+pause doubles while such slow calls keep coming (up to ``INLINE_BACKOFF_MAX_S``), so a
+disk that stays slow is not probed from the event loop every second.
 """
 
 from __future__ import annotations
@@ -113,14 +115,22 @@ class StoreThread:
         result: T = item.result
         return result
 
-    async def call_inline(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def call_inline(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        slow_after: float = INLINE_SLOW_S,
+        **kwargs: Any,
+    ) -> T:
         """Like ``call``, but run on the event loop itself when the worker is idle.
 
         For small calls only: the event loop waits for the call, its commit and fsync.
         The call is its own transaction, durable when this returns, as with ``call``.
         It is a cancellation point, but it does not yield to other tasks when it runs
         inline.  Falls back to ``call`` while a batch is running, and for a while after a
-        slow store call (see the module's docstring).
+        slow store call (see the module's docstring): an inline call counts as slow past
+        ``slow_after`` seconds (ours, not passed to ``fn``), which a call that does more
+        than a commit's worth of work raises.
         """
         store = self._store
         if store is None or self._stopped or self._clock() < self._inline_after:
@@ -133,7 +143,7 @@ class StoreThread:
                     result: T = fn(*args, **kwargs)
                 finally:
                     self.inline += 1
-                    if self._clock() - started > INLINE_SLOW_S:
+                    if self._clock() - started > slow_after:
                         self._slow()
                     else:
                         self._backoff = INLINE_BACKOFF_S

@@ -41,7 +41,7 @@ from qkms_client import (
 from qkms_pqc import HybridPrivateKey, generate_keypair
 from qkmsd.app import Node, NodeInfo
 from qkmsd.config import Config
-from qkmsd.supply import INLINE_FETCH_MAX_KEYS
+from qkmsd.supply import INLINE_FETCH_MAX_KEYS, INLINE_RECORD_MAX_KEYS
 
 from ..conftest import ConfigFactory
 
@@ -462,17 +462,49 @@ async def test_small_dec_keys_may_run_inline_and_large_ones_never_do(
                 return stats
 
             async def round_trips(number: int) -> int:
-                """Inline calls at KME_B during ten round trips of ``number`` keys."""
-                before = (await store_stats())["inline"]
+                """Inline calls at KME_B during the dec_keys of ten round trips of ``number``
+                keys.  Not the pair's key size: no stock, so no refill recorded at KME_B
+                meanwhile (a recording may run inline too)."""
+                inline = 0
                 for _ in range(10):
-                    keys = await master.get_key("SAE_B", number=number)
+                    keys = await master.get_key("SAE_B", number=number, size=64)
+                    before = (await store_stats())["inline"]
                     fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in keys])
+                    inline += (await store_stats())["inline"] - before
                     assert [k.key for k in fetched] == [k.key for k in keys]
-                return (await store_stats())["inline"] - before
+                return inline
 
             assert await round_trips(INLINE_FETCH_MAX_KEYS + 1) == 0
             # Inline only if the store was idle at that moment: not every time, but some.
             assert await round_trips(1) > 0
+
+
+async def test_small_reservations_may_be_recorded_inline_at_the_slave_s_kme_large_ones_never(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    # KME_B records a reservation of up to INLINE_RECORD_MAX_KEYS keys on its event loop
+    # when its store is idle, so that its fetches need not wait behind it on the worker.
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki) as net:
+            master = net.client("SAE_A")
+
+            async def inline_at_b() -> int:
+                admin = AdminClient(net.infos["KME_B"].admin_socket)
+                status = await trio.to_thread.run_sync(admin.call, "status")
+                inline: int = status["store"]["inline"]
+                return inline
+
+            async def reservations(number: int) -> int:
+                """Inline calls at KME_B during ten enc_keys of ``number`` keys."""
+                before = await inline_at_b()
+                for _ in range(10):
+                    # Not the pair's key size: cut for the request and reserved, not stocked.
+                    await master.get_key("SAE_B", number=number, size=64)
+                return await inline_at_b() - before
+
+            assert await reservations(INLINE_RECORD_MAX_KEYS + 1) == 0
+            # Inline only if the store was idle at that moment: not every time, but some.
+            assert await reservations(1) > 0
 
 
 async def test_dec_keys_of_a_key_already_fetched_is_400_not_found(

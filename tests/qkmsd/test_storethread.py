@@ -226,6 +226,25 @@ async def test_a_slow_inline_call_sends_the_next_calls_to_the_worker_for_a_while
             nursery.cancel_scope.cancel()
 
 
+async def test_a_call_may_set_its_own_limit_for_slow(tmp_path: Path) -> None:
+    clock = Clock()
+
+    def busy(i: int) -> int:  # slower than a fetch may be, within its own limit
+        clock.now += 2 * INLINE_SLOW_S
+        return where(store, i)
+
+    with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
+        thread = StoreThread(store, clock=clock)
+        loop = threading.get_ident()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            assert await thread.call_inline(busy, 1, slow_after=3 * INLINE_SLOW_S) == loop
+            assert await thread.call_inline(where, store, 2) == loop  # inlining stays on
+            assert await thread.call_inline(busy, 3, slow_after=INLINE_SLOW_S) == loop
+            assert await thread.call_inline(where, store, 4) != loop  # past its limit: off
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_inline_call_that_fails_raises_to_its_caller_only(tmp_path: Path) -> None:
     with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
         thread = StoreThread(store)
