@@ -30,9 +30,14 @@ inline call cheaper (paired windows at 500 round trips/s, fetches inline, a fast
 slow phase: p50 ratio 0.85 and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow
 disk an inline call would stall every request, so calls go to the worker for
 ``INLINE_BACKOFF_S`` after an inline call slower than its limit (``INLINE_SLOW_S`` unless
-the caller gives another) or a worker commit slower than ``WORKER_SLOW_COMMIT_S``; the
-pause doubles while such slow calls keep coming (up to ``INLINE_BACKOFF_MAX_S``), so a
-disk that stays slow is not probed from the event loop every second.
+the caller gives another) or a worker commit slower than ``WORKER_SLOW_COMMIT_S``.  The
+first inline call after the pause is the probe: if it is slow too, the next pause is twice
+as long (up to ``INLINE_BACKOFF_MAX_S``), so a disk that stays slow is not probed from the
+event loop every second; if it is quick, pauses are back to ``INLINE_BACKOFF_S``.  A slow
+worker commit restarts the pause but does not lengthen it: otherwise a stall of a second
+or two, in which every batch is slow, kept every call off the event loop for a minute or
+more after it (seen at KME_B in the benchmark: twice its wait for a core for the minute and
+a half that followed such a stall).
 """
 
 from __future__ import annotations
@@ -144,16 +149,20 @@ class StoreThread:
                 finally:
                     self.inline += 1
                     if self._clock() - started > slow_after:
-                        self._slow()
+                        self._slow_inline()
                     else:
                         self._backoff = INLINE_BACKOFF_S
                 return result
         return await self.call(fn, *args, **kwargs)
 
-    def _slow(self) -> None:
-        """A slow store call: no inlining for a while, twice as long as last time."""
+    def _slow_inline(self) -> None:
+        """A slow inline call: no inlining for a while, and twice as long the next time."""
         self._inline_after = self._clock() + self._backoff
         self._backoff = min(2 * self._backoff, INLINE_BACKOFF_MAX_S)
+
+    def _slow_worker_commit(self) -> None:
+        """A slow commit on the worker: no inlining for the current pause, from now."""
+        self._inline_after = max(self._inline_after, self._clock() + self._backoff)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until cancelled; then let it finish what was handed to it."""
@@ -212,7 +221,7 @@ class StoreThread:
         self.batches += 1
         self.calls += len(items)
         if slow_commit:
-            self._slow()
+            self._slow_worker_commit()
         for item in items:
             item.done.set()
 

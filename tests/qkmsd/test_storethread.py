@@ -299,6 +299,27 @@ async def test_a_slow_commit_on_the_worker_turns_inlining_off_too() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_slow_commits_on_the_worker_restart_the_pause_without_lengthening_it() -> None:
+    # A stall of the machine makes every batch slow for a moment; once it is over, calls
+    # go back on the event loop a pause later, not a minute later.
+    store, clock = FakeStore(), Clock()
+    thread = StoreThread(store, clock=clock)
+    loop = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(thread.run)
+        store.commit_s = 2 * WORKER_SLOW_COMMIT_S
+        for _ in range(8):  # enough to reach the longest pause if each one doubled it
+            clock.now += 0.1
+            await thread.call(threading.get_ident)
+        last = clock.now
+        store.commit_s = 0.0
+        clock.now = last + INLINE_BACKOFF_S / 2
+        assert await thread.call_inline(threading.get_ident) != loop  # restarted by the last
+        clock.now = last + INLINE_BACKOFF_S * 1.01
+        assert await thread.call_inline(threading.get_ident) == loop
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_pause_doubles_while_inline_calls_stay_slow() -> None:
     store, clock = FakeStore(), Clock()
     thread = StoreThread(store, clock=clock)
