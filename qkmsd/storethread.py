@@ -34,10 +34,10 @@ the caller gives another) or a worker commit slower than ``WORKER_SLOW_COMMIT_S`
 first inline call after the pause is the probe: if it is slow too, the next pause is twice
 as long (up to ``INLINE_BACKOFF_MAX_S``), so a disk that stays slow is not probed from the
 event loop every second; if it is quick, pauses are back to ``INLINE_BACKOFF_S``.  A slow
-worker commit restarts the pause but does not lengthen it: otherwise a stall of a second
-or two, in which every batch is slow, kept every call off the event loop for a minute or
-more after it (seen at KME_B in the benchmark: twice its wait for a core for the minute and
-a half that followed such a stall).
+worker commit restarts the pause but does not lengthen it: a burst of slow batches (a
+stall of the machine, the WAL truncation once a minute) says the worker was slow, not that
+a probe on the event loop would be, and must not keep calls off the event loop for a
+minute.
 """
 
 from __future__ import annotations
