@@ -133,9 +133,9 @@ class StoreThread:
         The call is its own transaction, durable when this returns, as with ``call``.
         It is a cancellation point, but it does not yield to other tasks when it runs
         inline.  Falls back to ``call`` while a batch is running, and for a while after a
-        slow store call (see the module's docstring): an inline call counts as slow past
-        ``slow_after`` seconds (ours, not passed to ``fn``), which a call that does more
-        than a commit's worth of work raises.
+        slow store call (see the module's docstring).  An inline call counts as slow past
+        ``slow_after`` seconds (ours, not passed to ``fn``): a call that does more than a
+        commit's worth of work gives a limit of its own.
         """
         store = self._store
         if store is None or self._stopped or self._clock() < self._inline_after:

@@ -23,7 +23,14 @@ from typing import Any, Final
 
 import trio
 
-__all__ = ["GROUP_NAMES", "HelloReader", "TlsContexts", "group_name", "handshake_group"]
+__all__ = [
+    "GROUP_NAMES",
+    "HelloReader",
+    "TlsContexts",
+    "group_name",
+    "handshake_group",
+    "negotiated_group",
+]
 
 _HANDSHAKE: Final = 22  # TLS record content type
 _SERVER_HELLO: Final = 2
@@ -110,7 +117,7 @@ class HelloReader:
     handshake, ``pop(ssl_object)`` gives the group that handshake agreed on.  While a
     context is watched, OpenSSL calls back into Python for every TLS record, handshake
     or not (about 20 us per request and response on this project's benchmark machine), so
-    a server moves each connection to a twin context without the watch once its
+    each connection moves to a twin context without the watch once its
     handshake is done (``ssl_object.context = twin``).
     """
 
