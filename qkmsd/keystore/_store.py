@@ -207,6 +207,9 @@ class KeyStore(ServiceKeyMethods):
         self._mutex = threading.RLock()
         self._batch_depth = 0
         self._checkpoint_after_batch = False
+        self.last_commit_s = 0.0
+        """How long the last ``batch``'s COMMIT took: its write and fsync, not the WAL
+        truncation that may follow it."""
         self._plain: dict[tuple[str, int], bytes] = {}
         self._checkpointer: _Checkpointer | None = None
 
@@ -640,7 +643,9 @@ class KeyStore(ServiceKeyMethods):
                 self._batch_depth += 1
                 try:
                     yield
+                    started = time.perf_counter()
                     conn.execute("COMMIT")
+                    self.last_commit_s = time.perf_counter() - started
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")

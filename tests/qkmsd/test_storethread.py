@@ -262,17 +262,22 @@ async def test_an_inline_call_that_fails_raises_to_its_caller_only(tmp_path: Pat
 
 
 class FakeStore:
-    """Just what StoreThread needs of a store, with a commit that takes ``commit_s``."""
+    """Just what StoreThread needs of a store, with a commit that takes ``commit_s`` and
+    maintenance after it (a WAL truncation) that takes ``after_commit_s``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.commit_s = 0.0
+        self.after_commit_s = 0.0
+        self.last_commit_s = 0.0
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         with self.lock:
             yield
             time.sleep(self.commit_s)
+            self.last_commit_s = self.commit_s
+            time.sleep(self.after_commit_s)
 
     @contextlib.contextmanager
     def try_hold(self) -> Iterator[bool]:
@@ -295,6 +300,18 @@ async def test_a_slow_commit_on_the_worker_turns_inlining_off_too() -> None:
         store.commit_s = 0.0
         assert await thread.call_inline(threading.get_ident) != loop
         clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(threading.get_ident) == loop
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_wal_truncation_after_a_quick_commit_leaves_inlining_on() -> None:
+    store = FakeStore()
+    thread = StoreThread(store)
+    loop = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(thread.run)
+        store.after_commit_s = 2 * WORKER_SLOW_COMMIT_S
+        await thread.call(threading.get_ident)
         assert await thread.call_inline(threading.get_ident) == loop
         nursery.cancel_scope.cancel()
 

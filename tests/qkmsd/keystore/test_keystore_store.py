@@ -390,6 +390,15 @@ def test_checkpoint_inside_a_batch_runs_after_the_commit(store: KeyStore, store_
     assert store.checkpoint() is True
 
 
+def test_a_batch_says_how_long_its_commit_took(store: KeyStore) -> None:
+    # The store thread judges the disk by the commit alone (see StoreThread).
+    assert store.last_commit_s == 0.0
+    started = time.perf_counter()
+    with store.batch():
+        store.add_blocks([block(1)])
+    assert 0.0 < store.last_commit_s <= time.perf_counter() - started
+
+
 def _wal_sizes(path: Path, master_key: bytes, interval_s: float) -> tuple[int, int]:
     """WAL bytes after 60 commits, and again after a pause and 60 more commits."""
     wal = path.with_name(path.name + "-wal")
