@@ -151,6 +151,12 @@ class Kmes:
         assert supply is not None
         return supply.statistics()
 
+    def inline_calls(self, kme: str) -> int:
+        """Store calls ``kme`` has run on its event loop (``StoreThread.call_inline``)."""
+        store_thread = self.nodes[kme].store_thread
+        assert store_thread is not None
+        return store_thread.inline
+
     async def wait_for_stock(self, kme: str, keys: int) -> None:
         """Until ``kme`` has put ``keys`` keys in its stocks (keys recorded at the peer)."""
         while True:
@@ -455,12 +461,6 @@ async def test_small_dec_keys_may_run_inline_and_large_ones_never_do(
         async with network(node_config, sae_pki) as net:
             master, slave = net.client("SAE_A"), net.client("SAE_B")
 
-            async def store_stats() -> dict[str, int]:
-                admin = AdminClient(net.infos["KME_B"].admin_socket)
-                status = await trio.to_thread.run_sync(admin.call, "status")
-                stats: dict[str, int] = status["store"]
-                return stats
-
             async def round_trips(number: int) -> int:
                 """Inline calls at KME_B during the dec_keys of ten round trips of ``number``
                 keys.  Not the pair's key size: no stock, so no refill recorded at KME_B
@@ -468,15 +468,20 @@ async def test_small_dec_keys_may_run_inline_and_large_ones_never_do(
                 inline = 0
                 for _ in range(10):
                     keys = await master.get_key("SAE_B", number=number, size=64)
-                    before = (await store_stats())["inline"]
+                    before = net.inline_calls("KME_B")
                     fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in keys])
-                    inline += (await store_stats())["inline"] - before
+                    inline += net.inline_calls("KME_B") - before
                     assert [k.key for k in fetched] == [k.key for k in keys]
                 return inline
 
             assert await round_trips(INLINE_FETCH_MAX_KEYS + 1) == 0
             # Inline only if the store was idle at that moment: not every time, but some.
             assert await round_trips(1) > 0
+            # Operators see the same count in the status (qkmsctl status: the store line).
+            status = await trio.to_thread.run_sync(
+                AdminClient(net.infos["KME_B"].admin_socket).call, "status"
+            )
+            assert status["store"]["inline"] == net.inline_calls("KME_B")
 
 
 async def test_small_reservations_may_be_recorded_inline_at_the_slave_s_kme_large_ones_never(
@@ -488,19 +493,13 @@ async def test_small_reservations_may_be_recorded_inline_at_the_slave_s_kme_larg
         async with network(node_config, sae_pki) as net:
             master = net.client("SAE_A")
 
-            async def inline_at_b() -> int:
-                admin = AdminClient(net.infos["KME_B"].admin_socket)
-                status = await trio.to_thread.run_sync(admin.call, "status")
-                inline: int = status["store"]["inline"]
-                return inline
-
             async def reservations(number: int) -> int:
                 """Inline calls at KME_B during ten enc_keys of ``number`` keys."""
-                before = await inline_at_b()
+                before = net.inline_calls("KME_B")
                 for _ in range(10):
                     # Not the pair's key size: cut for the request and reserved, not stocked.
                     await master.get_key("SAE_B", number=number, size=64)
-                return await inline_at_b() - before
+                return net.inline_calls("KME_B") - before
 
             assert await reservations(INLINE_RECORD_MAX_KEYS + 1) == 0
             # Inline only if the store was idle at that moment: not every time, but some.

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -289,73 +289,76 @@ class FakeStore:
                 self.lock.release()
 
 
-async def test_a_slow_commit_on_the_worker_turns_inlining_off_too() -> None:
-    store, clock = FakeStore(), Clock()
+@contextlib.asynccontextmanager
+async def running(store: FakeStore, clock: Clock) -> AsyncIterator[StoreThread]:
+    """A StoreThread over ``store`` with ``clock``, its worker running until the block ends."""
     thread = StoreThread(store, clock=clock)
-    loop = threading.get_ident()
     async with trio.open_nursery() as nursery:
         await nursery.start(thread.run)
-        store.commit_s = 2 * WORKER_SLOW_COMMIT_S  # a disk that stalls
-        await thread.call(threading.get_ident)
-        store.commit_s = 0.0
-        assert await thread.call_inline(threading.get_ident) != loop
-        clock.now += INLINE_BACKOFF_S
-        assert await thread.call_inline(threading.get_ident) == loop
+        yield thread
         nursery.cancel_scope.cancel()
+
+
+def on_loop() -> int:
+    """Which thread ran the call: the event loop's, or the worker's."""
+    return threading.get_ident()
+
+
+async def test_a_slow_commit_on_the_worker_turns_inlining_off_too() -> None:
+    store, clock = FakeStore(), Clock()
+    loop = threading.get_ident()
+    async with running(store, clock) as thread:
+        store.commit_s = 2 * WORKER_SLOW_COMMIT_S  # a disk that stalls
+        await thread.call(on_loop)
+        store.commit_s = 0.0
+        assert await thread.call_inline(on_loop) != loop
+        clock.now += INLINE_BACKOFF_S
+        assert await thread.call_inline(on_loop) == loop
 
 
 async def test_a_slow_wal_truncation_after_a_quick_commit_leaves_inlining_on() -> None:
-    store = FakeStore()
-    thread = StoreThread(store)
+    store, clock = FakeStore(), Clock()
     loop = threading.get_ident()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(thread.run)
+    async with running(store, clock) as thread:
         store.after_commit_s = 2 * WORKER_SLOW_COMMIT_S
-        await thread.call(threading.get_ident)
-        assert await thread.call_inline(threading.get_ident) == loop
-        nursery.cancel_scope.cancel()
+        await thread.call(on_loop)
+        assert await thread.call_inline(on_loop) == loop
 
 
 async def test_slow_commits_on_the_worker_restart_the_pause_without_lengthening_it() -> None:
     # A stall of the machine makes every batch slow for a moment; once it is over, calls
     # go back on the event loop a pause later, not a minute later.
     store, clock = FakeStore(), Clock()
-    thread = StoreThread(store, clock=clock)
     loop = threading.get_ident()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(thread.run)
+    async with running(store, clock) as thread:
         store.commit_s = 2 * WORKER_SLOW_COMMIT_S
         for _ in range(8):  # enough to reach the longest pause if each one doubled it
             clock.now += 0.1
-            await thread.call(threading.get_ident)
+            await thread.call(on_loop)
         last = clock.now
         store.commit_s = 0.0
         clock.now = last + INLINE_BACKOFF_S / 2
-        assert await thread.call_inline(threading.get_ident) != loop  # restarted by the last
+        assert await thread.call_inline(on_loop) != loop  # restarted by the last
         clock.now = last + INLINE_BACKOFF_S * 1.01
-        assert await thread.call_inline(threading.get_ident) == loop
-        nursery.cancel_scope.cancel()
+        assert await thread.call_inline(on_loop) == loop
 
 
 async def test_the_pause_doubles_while_inline_calls_stay_slow() -> None:
     store, clock = FakeStore(), Clock()
-    thread = StoreThread(store, clock=clock)
     loop = threading.get_ident()
 
     def slow() -> int:
         clock.now += 2 * INLINE_SLOW_S
         return threading.get_ident()
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(thread.run)
+    async with running(store, clock) as thread:
         assert await thread.call_inline(slow) == loop  # pause 1 s
         clock.now += INLINE_BACKOFF_S
         assert await thread.call_inline(slow) == loop  # slow again: pause 2 s
         clock.now += INLINE_BACKOFF_S
-        assert await thread.call_inline(threading.get_ident) != loop
+        assert await thread.call_inline(on_loop) != loop
         clock.now += INLINE_BACKOFF_S
-        assert await thread.call_inline(threading.get_ident) == loop  # fast: back to 1 s
+        assert await thread.call_inline(on_loop) == loop  # fast: back to 1 s
         assert await thread.call_inline(slow) == loop
         clock.now += INLINE_BACKOFF_S
-        assert await thread.call_inline(threading.get_ident) == loop
-        nursery.cancel_scope.cancel()
+        assert await thread.call_inline(on_loop) == loop
