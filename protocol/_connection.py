@@ -34,16 +34,19 @@ from ._messages import (
     Error,
     Hello,
     MessageDecoder,
+    PeerMessage,
     to_wire,
 )
 
 
-class _NeedData:
+class NeedData:
+    """The type of ``NEED_DATA``: feed more bytes before the next message."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData()
 
 
 class FramedConnection:
@@ -140,15 +143,15 @@ class PeerSession:
             raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "data after session closed")
         self._conn.receive_data(data)
 
-    def next_event(self) -> Any:
+    def next_event(self) -> PeerMessage | NeedData:
         """The next message, or ``NEED_DATA``.  Raises ``RemoteProtocolError``.
 
         The peer's ``Hello`` is returned too, once the session is open.
         """
         if self.state is SessionState.CLOSED:
             return NEED_DATA
-        message = self._conn.next_event()
-        if message is NEED_DATA:
+        message: PeerMessage | NeedData = self._conn.next_event()
+        if isinstance(message, NeedData):
             return message
         kind = _kind(message)
         next_state = _TRANSITIONS.get((self.state, kind))

@@ -49,7 +49,7 @@ from typing import Annotated, Final, Literal, TypeAlias
 
 import msgspec
 
-from ._connection import NEED_DATA, _NeedData
+from ._connection import NEED_DATA, NeedData
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._messages import U32, U63, LinkId, MessageDecoder, NodeId, ShortText, to_wire
 
@@ -410,7 +410,7 @@ class DeviceClient:
         """Feed bytes from the device (at most ``max_chunk`` between drains)."""
         self._frames.receive_data(data)
 
-    def next_event(self) -> DeviceToKms | _NeedData:
+    def next_event(self) -> DeviceToKms | NeedData:
         """The next message from the device, or ``NEED_DATA``.
 
         Raises ``RemoteProtocolError`` for a bad frame, a bad message, a message
@@ -519,7 +519,7 @@ class DeviceEndpoint:
         """Feed bytes from the KMS (at most ``max_chunk`` between drains)."""
         self._frames.receive_data(data)
 
-    def next_event(self) -> KmsToDevice | _NeedData:
+    def next_event(self) -> KmsToDevice | NeedData:
         """The next command from the KMS, or ``NEED_DATA``.
 
         Raises ``RemoteProtocolError`` for a bad frame or message (dropped; call again).

@@ -162,6 +162,15 @@ PEER_MESSAGE_TYPES: Final = (
     SupplyResult,
 )
 
+PeerRequest: TypeAlias = SupplyReserve
+"""Peer messages that ask for an answer: each carries an ``id`` its reply repeats."""
+PeerReply: TypeAlias = SupplyResult
+"""Peer messages that answer a request, naming it by ``id``."""
+REPLY_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
+    SupplyReserve: SupplyResult,
+}
+"""``{request type: the type of its reply}``."""
+
 
 # --- admin protocol ------------------------------------------------------------------
 
