@@ -13,3 +13,7 @@ class StartupError(QkmsError):
 
 class PeerConnectionLost(QkmsError):
     """The transport to a peer broke or closed."""
+
+
+class PeerUnavailable(QkmsError):
+    """No session with the peer, or it ended before the peer answered a request."""

@@ -1,5 +1,5 @@
 """Peer links: mutual-TLS sessions with neighbouring nodes."""
 
-from ._manager import PeerManager, PeerState
+from ._manager import REQUESTS_IN_FLIGHT, PeerManager, PeerState, PeerStatistics
 
-__all__ = ["PeerManager", "PeerState"]
+__all__ = ["REQUESTS_IN_FLIGHT", "PeerManager", "PeerState", "PeerStatistics"]

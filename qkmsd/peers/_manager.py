@@ -15,6 +15,15 @@ dispatches messages to the agents in order, one sends heartbeats, and a peer
 silent for three heartbeats is dropped.  A protocol violation is answered with
 an ``Error`` frame and the connection is closed; the node carries on.  The
 dialer reconnects with jittered exponential backoff.
+
+Agents register for what they own: ``on_message(KeyAnnounce, handler)`` for
+one-way messages (handled one at a time, in the order they arrived),
+``on_request(SupplyReserve, handler)`` for requests (served concurrently, up to
+``REQUESTS_IN_FLIGHT`` a session; the handler's return value is sent back under
+the request's id), and ``on_connectivity(up, down)`` for sessions opening and
+closing.  ``request(peer, message)`` sends a request under a fresh id and
+returns its reply; the reader hands replies straight to their waiting
+caller, so a reply never queues behind the agents' work.
 """
 
 from __future__ import annotations
@@ -24,15 +33,20 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import trio
 
 from protocol import (
-    NEED_DATA,
+    REPLY_TYPES,
     Error,
     ErrorCode,
     LocalProtocolError,
+    NeedData,
+    PeerMessage,
+    PeerReply,
+    PeerRequest,
     PeerSession,
     Ping,
     Pong,
@@ -40,17 +54,22 @@ from protocol import (
 )
 
 from .._exc import collapse
-from ..errors import PeerConnectionLost
+from ..errors import PeerConnectionLost, PeerUnavailable
 from ..log import get_logger
 from ..tls import CertificateIdentityError, certificate_identity, expect_identity
 from ..tlsgroup import TlsContexts
 
 log = get_logger("qkms.peers")
 
+M = TypeVar("M", bound=msgspec.Struct)
+R = TypeVar("R", bound=PeerRequest)
 Handler = Callable[[str, Any], Awaitable[None]]
+RequestHandler = Callable[[str, Any], Awaitable[PeerReply]]
 PeerEvent = Callable[[str], Awaitable[None]]
 
 HANDSHAKE_TIMEOUT = 10.0
+REQUESTS_IN_FLIGHT = 256
+"""Requests from one peer served at once; past this the peer's session waits."""
 _READ_SIZE = 65536
 
 
@@ -74,8 +93,21 @@ class PeerState:
     tls_group: str | None = None
     """That handshake's key exchange group (``unknown`` where it could not be read)."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+class PeerStatistics(msgspec.Struct, frozen=True):
+    connected: int
+    """Peers with an open session."""
+    configured: int
+    """Peers in the configuration."""
+
+
+@dataclasses.dataclass
+class _Waiting:
+    """A request sent on a session, waiting for its reply."""
+
+    reply_type: type[msgspec.Struct]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    reply: PeerReply | None = None
 
 
 class _Session:
@@ -88,6 +120,15 @@ class _Session:
         self.send_lock = trio.Lock()
         self.cancel_scope = trio.CancelScope()
         self.last_rx = trio.current_time()
+        self.waiting: dict[int, _Waiting] = {}
+        self.closed = False
+        self.requests = trio.CapacityLimiter(REQUESTS_IN_FLIGHT)
+
+    def end(self) -> None:
+        """Wake every caller still waiting for a reply on this session: none will come."""
+        self.closed = True
+        for waiting in self.waiting.values():
+            waiting.done.set()
 
     async def send(self, message: Any) -> None:
         async with self.send_lock:
@@ -107,9 +148,6 @@ class PeerManager:
         listen_port: int,
         server_context: ssl.SSLContext | TlsContexts,
         client_context: ssl.SSLContext | TlsContexts,
-        handlers: dict[type[Any], Handler],
-        on_up: PeerEvent,
-        on_down: PeerEvent,
         heartbeat: float,
         reconnect_max: float,
         max_frame_size: int = 1 << 20,
@@ -120,9 +158,11 @@ class PeerManager:
         # Python; given bare contexts, where Python can tell (see TlsContexts).
         self._server_tls = _contexts(server_context)
         self._client_tls = _contexts(client_context)
-        self._handlers = handlers
-        self._on_up = on_up
-        self._on_down = on_down
+        self._handlers: dict[type[Any], Handler] = {}
+        self._request_handlers: dict[type[Any], RequestHandler] = {}
+        self._on_up: list[PeerEvent] = []
+        self._on_down: list[PeerEvent] = []
+        self._next_request_id = 1
         self._heartbeat = heartbeat
         self._reconnect_max = reconnect_max
         self._max_frame = max_frame_size
@@ -131,6 +171,36 @@ class PeerManager:
         }
         self._live: dict[str, _Session] = {}
         self.port: int | None = None
+
+    # --- registration: each agent names the messages it owns ------------------------------
+
+    def on_message(self, kind: type[M], handler: Callable[[str, M], Awaitable[None]]) -> None:
+        """Hand every ``kind`` message from any peer to ``handler(peer, message)``.
+
+        Handled one at a time per session, in the order they arrived.
+        """
+        self._register(kind)
+        self._handlers[kind] = handler
+
+    def on_request(self, kind: type[R], handler: Callable[[str, R], Awaitable[PeerReply]]) -> None:
+        """Answer every ``kind`` request with what ``handler(peer, request)`` returns.
+
+        Requests are served concurrently; the reply goes back under the request's id.
+        A handler that raises sends no reply (the requester times out), and is logged.
+        """
+        if kind not in REPLY_TYPES:
+            raise TypeError(f"{kind.__name__} is not a request type")
+        self._register(kind)
+        self._request_handlers[kind] = handler
+
+    def on_connectivity(self, up: PeerEvent, down: PeerEvent) -> None:
+        """Call ``up(peer)`` when a session opens and ``down(peer)`` when it closes."""
+        self._on_up.append(up)
+        self._on_down.append(down)
+
+    def _register(self, kind: type[Any]) -> None:
+        if kind in self._handlers or kind in self._request_handlers:
+            raise ValueError(f"{kind.__name__} already has a handler")
 
     # --- public --------------------------------------------------------------------
 
@@ -160,14 +230,44 @@ class PeerManager:
             return False
         return True
 
+    async def request(self, peer: str, message: R) -> PeerReply:
+        """Send ``message`` to ``peer`` under a fresh id and return the peer's reply.
+
+        Raises ``PeerUnavailable`` if no session is open, or if it ends before the reply
+        comes.  The caller owns the time limit (``trio.move_on_after``); on cancellation
+        the request is forgotten and a late reply dropped.  Either way the peer may
+        still have acted on the request.
+        """
+        live = self._live.get(peer)
+        name = type(message).__name__
+        if live is None:
+            raise PeerUnavailable(f"peer {peer} is not connected")
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        message = msgspec.structs.replace(message, id=request_id)
+        waiting = live.waiting[request_id] = _Waiting(REPLY_TYPES[type(message)])
+        try:
+            try:
+                await live.send(message)
+            except PeerConnectionLost as exc:
+                live.cancel_scope.cancel()
+                raise PeerUnavailable(f"peer {peer}: {exc}") from None
+            await waiting.done.wait()
+        finally:
+            del live.waiting[request_id]
+        if waiting.reply is None:
+            raise PeerUnavailable(f"the session with {peer} ended before it answered {name}")
+        return waiting.reply
+
     def is_connected(self, peer: str) -> bool:
         return peer in self._live
 
-    def peers_status(self) -> list[dict[str, Any]]:
-        return [p.as_dict() for p in self._peers.values()]
+    def peers_status(self) -> list[PeerState]:
+        """Copies of every configured peer's state."""
+        return [dataclasses.replace(p) for p in self._peers.values()]
 
-    def statistics(self) -> dict[str, Any]:
-        return {"connected": len(self._live), "configured": len(self._peers)}
+    def statistics(self) -> PeerStatistics:
+        return PeerStatistics(connected=len(self._live), configured=len(self._peers))
 
     # --- connections ---------------------------------------------------------------
 
@@ -247,7 +347,7 @@ class PeerManager:
             with live.cancel_scope:
                 await stream.send_all(session.hello())
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._dispatch, peer, inbox_recv)
+                    nursery.start_soon(self._dispatch, live, inbox_recv, nursery)
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         await self._next_message(live)  # the session admits only Hello first
                     opened = True
@@ -274,6 +374,7 @@ class PeerManager:
             else:
                 raise
         finally:
+            live.end()
             if opened:
                 await self._close(live)
             await trio.aclose_forcefully(stream)
@@ -291,7 +392,8 @@ class PeerManager:
         state.version = live.session.version
         state.last_error = ""
         log.info("peer.connected", peer=live.peer, version=live.session.version)
-        await self._on_up(live.peer)
+        for up in self._on_up:
+            await up(live.peer)
 
     async def _close(self, live: _Session) -> None:
         if self._live.get(live.peer) is live:
@@ -301,12 +403,13 @@ class PeerManager:
             state.connected_since = None
             log.info("peer.disconnected", peer=live.peer, reason=state.last_error or "closed")
             with trio.CancelScope(shield=True):
-                await self._on_down(live.peer)
+                for down in self._on_down:
+                    await down(live.peer)
 
-    async def _next_message(self, live: _Session) -> Any:
+    async def _next_message(self, live: _Session) -> PeerMessage:
         while True:
             message = live.session.next_event()
-            if message is not NEED_DATA:
+            if not isinstance(message, NeedData):
                 live.last_rx = trio.current_time()
                 self._peers[live.peer].last_seen = time.time()
                 return message
@@ -319,9 +422,11 @@ class PeerManager:
             live.session.receive_data(bytes(data))
 
     async def _handle(
-        self, live: _Session, message: Any, inbox: trio.MemorySendChannel[Any]
+        self, live: _Session, message: PeerMessage, inbox: trio.MemorySendChannel[Any]
     ) -> None:
-        if isinstance(message, Ping):
+        if isinstance(message, PeerReply):
+            self._deliver_reply(live, message)
+        elif isinstance(message, Ping):
             await live.send(Pong(nonce=message.nonce))
         elif isinstance(message, Pong):
             pass
@@ -330,16 +435,34 @@ class PeerManager:
                 "peer.error_received", peer=live.peer, code=message.code, error=message.message
             )
             raise PeerConnectionLost(f"{live.peer} sent error {message.code}: {message.message}")
-        elif type(message) in self._handlers:
+        elif type(message) in self._handlers or type(message) in self._request_handlers:
             await inbox.send(message)
         else:
             raise RemoteProtocolError(
                 ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} not handled"
             )
 
-    async def _dispatch(self, peer: str, inbox: trio.MemoryReceiveChannel[Any]) -> None:
+    def _deliver_reply(self, live: _Session, reply: PeerReply) -> None:
+        waiting = live.waiting.get(reply.id)
+        if waiting is None or not isinstance(reply, waiting.reply_type):
+            # Its caller gave up (time-out, cancellation): the answer has no one to go to.
+            log.warning("peer.reply_unexpected", peer=live.peer, id=reply.id)
+            return
+        waiting.reply = reply
+        waiting.done.set()
+
+    async def _dispatch(
+        self, live: _Session, inbox: trio.MemoryReceiveChannel[Any], nursery: trio.Nursery
+    ) -> None:
+        peer = live.peer
         async with inbox:
             async for message in inbox:
+                serve = self._request_handlers.get(type(message))
+                if serve is not None:
+                    token = object()
+                    await live.requests.acquire_on_behalf_of(token)
+                    nursery.start_soon(self._serve_request, live, serve, message, token)
+                    continue
                 try:
                     await self._handlers[type(message)](peer, message)
                 except PeerConnectionLost:
@@ -352,6 +475,24 @@ class PeerManager:
                         message=type(message).__name__,
                         exc_info=True,
                     )
+
+    async def _serve_request(
+        self, live: _Session, serve: RequestHandler, request: Any, token: object
+    ) -> None:
+        try:
+            try:
+                reply = await serve(live.peer, request)
+            except Exception:
+                log.error(
+                    "peer.handler_failed",
+                    peer=live.peer,
+                    message=type(request).__name__,
+                    exc_info=True,
+                )
+                return
+            await live.send(msgspec.structs.replace(reply, id=request.id))
+        finally:
+            live.requests.release_on_behalf_of(token)
 
     async def _heartbeat_loop(self, live: _Session) -> None:
         nonce = 0

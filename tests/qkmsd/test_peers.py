@@ -38,19 +38,19 @@ class Recorder:
 
 def manager(node: str, peer: str, rec: Recorder) -> PeerManager:
     unused = ssl.create_default_context()
-    return PeerManager(
+    peers = PeerManager(
         node_id=node,
         peers={peer: "127.0.0.1:1"},
         listen_host="127.0.0.1",
         listen_port=0,
         server_context=unused,
         client_context=unused,
-        handlers={KeyAnnounce: rec.on_announce},
-        on_up=rec.on_up,
-        on_down=rec.on_down,
         heartbeat=1.0,
         reconnect_max=5.0,
     )
+    peers.on_message(KeyAnnounce, rec.on_announce)
+    peers.on_connectivity(rec.on_up, rec.on_down)
+    return peers
 
 
 async def read_frames(stream: trio.abc.Stream) -> list[Any]:
@@ -98,7 +98,7 @@ async def test_a_silent_peer_is_dropped_after_three_heartbeats(
         opened = await a.serve_authenticated(left, "KME_B")
     assert opened
     assert rec.events == [("up", "KME_B"), ("down", "KME_B")]
-    assert "silent" in a.peers_status()[0]["last_error"]
+    assert "silent" in a.peers_status()[0].last_error
 
 
 async def test_hello_naming_another_node_is_refused_before_anything_happens() -> None:
