@@ -6,20 +6,17 @@ The only module that knows every agent.  Agents never import each other.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
 
-import msgspec
 import trio
 
-from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, SupplyReserve, SupplyResult
+from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, SupplyReserve
 from qkd_drivers import Driver, driver_class
 from qkms_pqc import HybridPublicKey, PqcError
 
-from .admin import AdminParamsError, AdminServer
+from .admin import AdminServer
 from .config import Config
 from .errors import StartupError
 from .http import HandshakeStats, serve_tcp_tls
@@ -27,10 +24,17 @@ from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
 from .peers import PeerManager
+from .status import Api, NodeStatusMethods
 from .storethread import StoreThread
-from .supply import KeySupply
+from .supply import (
+    DirectLinkSource,
+    Etsi014Front,
+    LocalSource,
+    RecordedKeys,
+    ReservationResponder,
+)
 from .systemd import Notifier
-from .tls import TlsError, api_context, hybrid_pq_groups_available, peer_context
+from .tls import TlsError, api_context, peer_context
 from .tlsgroup import TlsContexts
 
 log = get_logger("qkms.node")
@@ -49,15 +53,16 @@ class NodeInfo:
 
 
 class Node:
-    """One qkms node: key store, drivers, key manager, peers and admin endpoint."""
+    """One qkms node: key store, drivers, key manager, peers, key supply and admin endpoint."""
 
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier({})
-        self.started_at = time.time()
         self.keys: KeyManager | None = None
         self.peers: PeerManager | None = None
-        self.supply: KeySupply | None = None
+        self.supply: Etsi014Front | None = None
+        self.direct: DirectLinkSource | None = None
+        self.status: NodeStatusMethods | None = None
         self.api_port: int | None = None
         self.api_handshakes = HandshakeStats()
         self.store_thread: StoreThread | None = None
@@ -76,29 +81,6 @@ class Node:
             drivers = _make_drivers(cfg)
             server_ctx, client_ctx = _peer_contexts(cfg)
             self.store_thread = store_thread = StoreThread(store)
-            self.keys = keys = KeyManager(
-                node_id=cfg.node_id,
-                store=store,
-                store_thread=store_thread,
-                drivers=drivers,
-                send=self._send_to_peer,
-                sync_timeout=cfg.sync.timeout_s,
-                announce_interval=cfg.sync.announce_interval_s,
-                max_block_age=cfg.policy.max_block_age_s,
-                key_size=cfg.policy.key_size,
-            )
-            self.supply = supply = KeySupply(
-                node_id=cfg.node_id,
-                saes=cfg.saes,
-                policy_for=cfg.policy_for,
-                store=store,
-                store_thread=store_thread,
-                send=self._send_to_peer,
-                link_to={link.peer: link_id for link_id, link in reversed(cfg.links.items())},
-                pqc_keys=_pqc_keys(cfg),
-                reserve_timeout=cfg.supply.reserve_timeout_s,
-                retain_ended=cfg.supply.retain_ended_s,
-            )
             self.peers = peers = PeerManager(
                 node_id=cfg.node_id,
                 peers={p.node_id: str(p.address) for p in cfg.peers.values()},
@@ -106,42 +88,90 @@ class Node:
                 listen_port=cfg.peer_listen.port,
                 server_context=server_ctx,
                 client_context=client_ctx,
-                handlers={
-                    KeyAnnounce: keys.on_announce,
-                    KeyConfirm: keys.on_confirm,
-                    KeyDiscard: keys.on_discard,
-                    SupplyReserve: supply.on_reserve,
-                    SupplyResult: supply.on_result,
-                },
-                on_up=keys.peer_up,
-                on_down=keys.peer_down,
                 heartbeat=cfg.sync.heartbeat_s,
                 reconnect_max=cfg.sync.reconnect_max_s,
             )
-            admin = AdminServer(
-                cfg.admin_socket,
-                {
-                    "status": self._status,
-                    "peers": self._peers,
-                    "links": self._links,
-                    "check": self._check,
-                },
+            self.keys = keys = KeyManager(
+                node_id=cfg.node_id,
+                store=store,
+                store_thread=store_thread,
+                drivers=drivers,
+                send=peers.send,
+                sync_timeout=cfg.sync.timeout_s,
+                announce_interval=cfg.sync.announce_interval_s,
+                max_block_age=cfg.policy.max_block_age_s,
+                key_size=cfg.policy.key_size,
             )
+            peers.on_message(KeyAnnounce, keys.on_announce)
+            peers.on_message(KeyConfirm, keys.on_confirm)
+            peers.on_message(KeyDiscard, keys.on_discard)
+            peers.on_connectivity(keys.peer_up, keys.peer_down)
+
+            # Key supply: the ETSI 014 front, the key sources behind it, the neighbour's side.
+            link_to = {link.peer: link_id for link_id, link in reversed(cfg.links.items())}
+            recorded = RecordedKeys(
+                store=store, store_thread=store_thread, retain_ended=cfg.supply.retain_ended_s
+            )
+            self.direct = direct = DirectLinkSource(
+                node_id=cfg.node_id,
+                saes=cfg.saes,
+                store=store,
+                store_thread=store_thread,
+                recorded=recorded,
+                request=peers.request,
+                link_to=link_to,
+                reserve_timeout=cfg.supply.reserve_timeout_s,
+            )
+            local = LocalSource(
+                node_id=cfg.node_id, store=store, store_thread=store_thread, recorded=recorded
+            )
+            self.supply = front = Etsi014Front(
+                node_id=cfg.node_id,
+                saes=cfg.saes,
+                policy_for=cfg.policy_for,
+                sources=[local, direct],
+                pqc_keys=_pqc_keys(cfg),
+            )
+            responder = ReservationResponder(
+                node_id=cfg.node_id,
+                saes=cfg.saes,
+                policy_for=cfg.policy_for,
+                store=store,
+                store_thread=store_thread,
+                link_to=link_to,
+            )
+            peers.on_request(SupplyReserve, responder.handle)
+
+            self.status = status = NodeStatusMethods(
+                node_id=cfg.node_id,
+                version=VERSION,
+                peer_host=cfg.peer_listen.host,
+                link_ids=frozenset(cfg.links),
+                keys=keys,
+                peers=peers,
+                store_thread=store_thread,
+                started_at=time.time(),
+            )
+            admin = AdminServer(cfg.admin_socket, status.methods())
             async with trio.open_nursery() as nursery:
                 await nursery.start(store_thread.run)
                 await nursery.start(keys.run)
+                await nursery.start(recorded.run)
+                await nursery.start(direct.run)
                 try:
                     port = await nursery.start(peers.run)
                 except OSError as exc:
                     raise StartupError(
                         f"peer port {cfg.peer_listen}: {exc.strerror or exc}"
                     ) from None
-                await nursery.start(supply.run)
                 if cfg.api_listen is not None:
-                    self.api_port = await self._start_api(nursery, supply)
+                    self.api_port = await self._start_api(nursery, front)
+                    status.api = Api(
+                        f"{cfg.api_listen.host}:{self.api_port}", front, direct, self.api_handshakes
+                    )
                 await nursery.start(admin.run)
                 await nursery.start(self.notifier.watchdog)
-                self.started_at = time.time()
+                status.started_at = time.time()
                 info = NodeInfo(cfg.node_id, port, cfg.admin_socket, self.api_port)
                 log.info("node.ready", node=cfg.node_id, peer_port=port, links=len(drivers))
                 self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
@@ -150,7 +180,7 @@ class Node:
             store.close()
             log.info("node.stopped", node=cfg.node_id)
 
-    async def _start_api(self, nursery: trio.Nursery, supply: KeySupply) -> int:
+    async def _start_api(self, nursery: trio.Nursery, front: Etsi014Front) -> int:
         cfg = self.config
         assert cfg.api_listen is not None
         # A context maker rather than a context: the server then makes two, and can name
@@ -159,7 +189,7 @@ class Node:
         try:
             port: int = await nursery.start(
                 partial(serve_tcp_tls, stats=self.api_handshakes),
-                supply.handle,
+                front.handle,
                 make_context,
                 cfg.api_listen.host,
                 cfg.api_listen.port,
@@ -169,65 +199,6 @@ class Node:
         except OSError as exc:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
         return port
-
-    async def _send_to_peer(self, peer: str, message: Any) -> bool:
-        assert self.peers is not None
-        return await self.peers.send(peer, message)
-
-    # --- admin methods -------------------------------------------------------------
-
-    async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
-        assert self.keys is not None and self.peers is not None
-        return {
-            "node_id": self.config.node_id,
-            "version": VERSION,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "peer_listen": f"{self.config.peer_listen.host}:{self.peers.port}",
-            "peers": self.peers.peers_status(),
-            "links": await self.keys.links_status(),
-            "store": self.store_thread.statistics() if self.store_thread else {},
-            "api": None
-            if self.api_port is None
-            else {
-                "listen": f"{self.config.api_listen.host if self.config.api_listen else ''}:"
-                f"{self.api_port}",
-                "hybrid_pq_tls_groups": hybrid_pq_groups_available(),
-                "tls": self.api_handshakes.snapshot(),
-                "supply": self.supply.statistics() if self.supply else {},
-            },
-        }
-
-    async def _peers(self, params: dict[str, Any]) -> dict[str, Any]:
-        assert self.peers is not None
-        return {"peers": self.peers.peers_status()}
-
-    async def _links(self, params: dict[str, Any]) -> dict[str, Any]:
-        assert self.keys is not None
-        return {"links": await self.keys.links_status()}
-
-    async def _check(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Ready block ids of a link in [first, last] and their key check value."""
-        assert self.keys is not None
-        try:
-            p = msgspec.convert(params, CheckParams)
-        except msgspec.ValidationError as exc:
-            raise AdminParamsError(f"check: {exc}") from None
-        if not 0 <= p.last - p.first < MAX_CHECK_SPAN:
-            raise AdminParamsError(f"check: last - first must be in 0..{MAX_CHECK_SPAN - 1}")
-        if p.link_id not in self.config.links:
-            known = ", ".join(sorted(self.config.links)) or "none"
-            raise AdminParamsError(f"check: unknown link {p.link_id!r} (known: {known})")
-        return await self.keys.check(p.link_id, p.first, p.last)
-
-
-class CheckParams(msgspec.Struct, forbid_unknown_fields=True):
-    link_id: str
-    first: Annotated[int, msgspec.Meta(ge=0)]
-    last: Annotated[int, msgspec.Meta(ge=0)]
-
-
-MAX_CHECK_SPAN = 10_000
 
 
 def _open_store(cfg: Config) -> KeyStore:

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
+import msgspec
 import trio
 
 T = TypeVar("T")
@@ -227,6 +228,17 @@ class StoreThread:
         for item in items:
             item.done.set()
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> StoreStatistics:
         """Batches committed, the calls they carried, and the calls run inline."""
-        return {"batches": self.batches, "calls": self.calls, "inline": self.inline}
+        return StoreStatistics(batches=self.batches, calls=self.calls, inline=self.inline)
+
+
+class StoreStatistics(msgspec.Struct, frozen=True):
+    """What the store thread has done since the node started."""
+
+    batches: int
+    """Worker transactions committed."""
+    calls: int
+    """Store calls those transactions carried."""
+    inline: int
+    """Store calls run on the event loop instead (``call_inline``)."""

@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import trio
 
 from protocol import MAX_IDS_PER_MESSAGE, KeyAnnounce, KeyConfirm, KeyDiscard
@@ -52,6 +53,36 @@ def owns_block(local_node: str, peer_node: str, block_id: int) -> bool:
     """Whether this end may allocate from ``block_id`` (the other end computes the converse)."""
     parity = 0 if local_node < peer_node else 1
     return block_id % 2 == parity
+
+
+class LinkStatus(msgspec.Struct, frozen=True):
+    """One link as ``qkmsctl status`` and ``links`` show it: driver, QBER, pool levels."""
+
+    link_id: str
+    peer: str
+    driver: str
+    driver_state: str
+    driver_detail: str
+    qber: float | None
+    ready_bits: int
+    ready_keys: int
+    """Ready bits in keys of the node's default ``policy.key_size``."""
+    ready_blocks: int
+    owned_ready_bits: int
+    """Ready bits in blocks this end may allocate from."""
+    unconfirmed_blocks: int
+    discarded_blocks: int
+    expired_blocks: int
+    newest_block_id: int | None
+    synchronised: bool
+    """Whether a session with the peer is open (synchronisation running)."""
+
+
+class LinkStatistics(msgspec.Struct, frozen=True):
+    blocks_in: int
+    """Blocks stored from the driver since the node started."""
+    waiting_for_driver: int
+    """Ids the peer announced that our driver has not delivered yet."""
 
 
 class LinkSettings(Protocol):
@@ -271,30 +302,30 @@ class KeyManager:
 
     # --- monitoring ----------------------------------------------------------------
 
-    async def links_status(self) -> list[dict[str, Any]]:
+    async def links_status(self) -> list[LinkStatus]:
         out = []
         for link in self._links.values():
             pool = await self._thread.call(self._store.pool, link.link_id)
             newest = await self._thread.call(self._store.max_block_id, link.link_id)
             health = link.driver.health()
             out.append(
-                {
-                    "link_id": link.link_id,
-                    "peer": link.peer,
-                    "driver": link.driver.kind,
-                    "driver_state": str(health.state),
-                    "driver_detail": health.detail or link.last_error,
-                    "qber": health.last_qber,
-                    "ready_bits": pool.ready_bits,
-                    "ready_keys": pool.ready_bits // self._key_size,
-                    "ready_blocks": pool.ready_blocks,
-                    "owned_ready_bits": pool.owned_ready_bits,
-                    "unconfirmed_blocks": pool.received_blocks,
-                    "discarded_blocks": pool.discarded_blocks,
-                    "expired_blocks": pool.expired_blocks,
-                    "newest_block_id": newest,
-                    "synchronised": link.connected_since is not None,
-                }
+                LinkStatus(
+                    link_id=link.link_id,
+                    peer=link.peer,
+                    driver=link.driver.kind,
+                    driver_state=str(health.state),
+                    driver_detail=health.detail or link.last_error,
+                    qber=health.last_qber,
+                    ready_bits=pool.ready_bits,
+                    ready_keys=pool.ready_bits // self._key_size,
+                    ready_blocks=pool.ready_blocks,
+                    owned_ready_bits=pool.owned_ready_bits,
+                    unconfirmed_blocks=pool.received_blocks,
+                    discarded_blocks=pool.discarded_blocks,
+                    expired_blocks=pool.expired_blocks,
+                    newest_block_id=newest,
+                    synchronised=link.connected_since is not None,
+                )
             )
         return out
 
@@ -309,9 +340,11 @@ class KeyManager:
             raise KeyError(link_id)
         return await self._thread.call(_check_blocks, self._store, link_id, first, last)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> dict[str, LinkStatistics]:
         return {
-            link.link_id: {"blocks_in": link.blocks_in, "waiting_for_driver": len(link.peer_has)}
+            link.link_id: LinkStatistics(
+                blocks_in=link.blocks_in, waiting_for_driver=len(link.peer_has)
+            )
             for link in self._links.values()
         }
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -41,7 +42,6 @@ from qkms_client import (
 from qkms_pqc import HybridPrivateKey, generate_keypair
 from qkmsd.app import Node, NodeInfo
 from qkmsd.config import Config
-from qkmsd.supply import INLINE_FETCH_MAX_KEYS, INLINE_RECORD_MAX_KEYS
 
 from ..conftest import ConfigFactory
 
@@ -146,21 +146,18 @@ class Kmes:
     stack: contextlib.AsyncExitStack
     nodes: dict[str, Node] = dataclasses.field(default_factory=dict)
 
-    def supply_stats(self, kme: str) -> dict[str, Any]:
-        supply = self.nodes[kme].supply
-        assert supply is not None
-        return supply.statistics()
-
-    def inline_calls(self, kme: str) -> int:
-        """Store calls ``kme`` has run on its event loop (``StoreThread.call_inline``)."""
-        store_thread = self.nodes[kme].store_thread
-        assert store_thread is not None
-        return store_thread.inline
+    async def supply_stats(self, kme: str) -> dict[str, Any]:
+        """The key supply counts of ``kme``'s status, as ``qkmsctl status`` shows them."""
+        status = self.nodes[kme].status
+        assert status is not None
+        api = (await status.node_status()).api
+        assert api is not None
+        return msgspec.structs.asdict(api.supply)
 
     async def wait_for_stock(self, kme: str, keys: int) -> None:
         """Until ``kme`` has put ``keys`` keys in its stocks (keys recorded at the peer)."""
         while True:
-            if self.supply_stats(kme)["stock_keys_in"] >= keys:
+            if (await self.supply_stats(kme))["stock_keys_in"] >= keys:
                 return
             await trio.sleep(0.02)
 
@@ -450,60 +447,6 @@ async def test_dec_keys_by_the_slave_gives_the_same_bytes_post_and_get(
                 body=key_ids_body(*rest),
             )
             assert keys_of(by_get) | keys_of(by_post) == delivered
-
-
-async def test_small_dec_keys_may_run_inline_and_large_ones_never_do(
-    node_config: ConfigFactory, sae_pki: Path
-) -> None:
-    # A fetch of up to INLINE_FETCH_MAX_KEYS keys runs on KME_B's event loop when its store
-    # is idle; a larger one on the store thread, so that it cannot hold up other requests.
-    with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki) as net:
-            master, slave = net.client("SAE_A"), net.client("SAE_B")
-
-            async def round_trips(number: int) -> int:
-                """Inline calls at KME_B during the dec_keys of ten round trips of ``number``
-                keys.  Not the pair's key size: no stock, so no refill recorded at KME_B
-                meanwhile (a recording may run inline too)."""
-                inline = 0
-                for _ in range(10):
-                    keys = await master.get_key("SAE_B", number=number, size=64)
-                    before = net.inline_calls("KME_B")
-                    fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in keys])
-                    inline += net.inline_calls("KME_B") - before
-                    assert [k.key for k in fetched] == [k.key for k in keys]
-                return inline
-
-            assert await round_trips(INLINE_FETCH_MAX_KEYS + 1) == 0
-            # Inline only if the store was idle at that moment: not every time, but some.
-            assert await round_trips(1) > 0
-            # Operators see the same count in the status (qkmsctl status: the store line).
-            status = await trio.to_thread.run_sync(
-                AdminClient(net.infos["KME_B"].admin_socket).call, "status"
-            )
-            assert status["store"]["inline"] == net.inline_calls("KME_B")
-
-
-async def test_small_reservations_may_be_recorded_inline_at_the_slave_s_kme_large_ones_never(
-    node_config: ConfigFactory, sae_pki: Path
-) -> None:
-    # KME_B records a reservation of up to INLINE_RECORD_MAX_KEYS keys on its event loop
-    # when its store is idle, so that its fetches need not wait behind it on the worker.
-    with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki) as net:
-            master = net.client("SAE_A")
-
-            async def reservations(number: int) -> int:
-                """Inline calls at KME_B during ten enc_keys of ``number`` keys."""
-                before = net.inline_calls("KME_B")
-                for _ in range(10):
-                    # Not the pair's key size: cut for the request and reserved, not stocked.
-                    await master.get_key("SAE_B", number=number, size=64)
-                return net.inline_calls("KME_B") - before
-
-            assert await reservations(INLINE_RECORD_MAX_KEYS + 1) == 0
-            # Inline only if the store was idle at that moment: not every time, but some.
-            assert await reservations(1) > 0
 
 
 async def test_dec_keys_of_a_key_already_fetched_is_400_not_found(
@@ -1058,23 +1001,6 @@ async def stocked(
         yield net, master, first
 
 
-async def test_a_pair_stock_serves_keys_the_slave_kme_already_holds(
-    node_config: ConfigFactory, sae_pki: Path
-) -> None:
-    with trio.fail_after(TIME_LIMIT_S):
-        async with stocked(node_config, sae_pki) as (net, master, first):
-            slave = net.client("SAE_B")
-            assert net.supply_stats("KME_A")["stock_keys_out"] == 0
-            from_stock = list(await master.get_key("SAE_B", number=3))
-            assert net.supply_stats("KME_A")["stock_keys_out"] == 3
-            fetched = await slave.get_key_with_ids("SAE_A", [k.key_id for k in first + from_stock])
-            assert by_id(fetched) == by_id(first + from_stock)
-            # Keys go out once: the stock never hands out a key twice, nor a fetched one.
-            more = list(await master.get_key("SAE_B", number=3))
-            assert not set(by_id(more)) & set(by_id(first + from_stock))
-            assert len({k.key for k in first + from_stock + more}) == 7
-
-
 async def test_stocked_keys_are_served_while_the_target_kme_is_down(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:
@@ -1088,59 +1014,6 @@ async def test_stocked_keys_are_served_while_the_target_kme_is_down(
                 with pytest.raises(ServiceUnavailable) as refused:
                     await master.get_key("SAE_B")
             assert "target KME KME_B" in refused.value.message
-
-
-async def test_requests_the_stock_was_not_cut_for_are_reserved_on_request(
-    node_config: ConfigFactory, sae_pki: Path
-) -> None:
-    with trio.fail_after(TIME_LIMIT_S):
-        async with stocked(node_config, sae_pki) as (net, master, _):
-            other_size = await master.get_key("SAE_B", size=512)
-            two_slaves = await master.get_key("SAE_B", additional_slave_sae_ids=["SAE_C"])
-            more_than_stocked = await master.get_key("SAE_B", number=STOCK + 1)
-            assert net.supply_stats("KME_A")["stock_keys_out"] == 0
-            assert [len(k.key) for k in other_size] == [64]
-            for slave in ("SAE_B", "SAE_C"):
-                got = await net.client(slave).get_key_with_ids("SAE_A", [two_slaves[0].key_id])
-                assert by_id(got) == by_id(two_slaves)
-            got = await net.client("SAE_B").get_key_with_ids(
-                "SAE_A", [k.key_id for k in more_than_stocked]
-            )
-            assert by_id(got) == by_id(more_than_stocked)
-
-
-async def test_a_stock_the_pool_cannot_fill_leaves_the_kme_serving(
-    node_config: ConfigFactory, sae_pki: Path
-) -> None:
-    # 4096 keys of 4096 bits: 16 Mbit, more than the link has made; the refill fails.
-    big = {"key_size": 4096, "stock_keys": 4096}
-    with trio.fail_after(TIME_LIMIT_S):
-        async with network(node_config, sae_pki, default=big) as net:
-            await net.client("SAE_A").get_key("SAE_B")
-            await trio.sleep(0.5)
-            assert net.supply_stats("KME_A")["stock_keys_in"] == 0
-            await assert_still_serving(net)
-
-
-@pytest.mark.parametrize(
-    "override",
-    [{"stock_keys": 0}, {"key_validity_s": 30.0}],
-    ids=["stock_keys = 0", "keys valid under a minute"],
-)
-async def test_a_pair_can_keep_no_stock(
-    node_config: ConfigFactory, sae_pki: Path, override: dict[str, Any]
-) -> None:
-    pair = {"master": "SAE_A", "slave": "SAE_B", **override}
-    with trio.fail_after(TIME_LIMIT_S):
-        async with network(
-            node_config, sae_pki, default={"stock_keys": STOCK}, pairs=[pair]
-        ) as net:
-            for _ in range(3):
-                await net.client("SAE_A").get_key("SAE_B")
-            await net.client("SAE_A").get_key("SAE_C")  # the default: stocked
-            await net.wait_for_stock("KME_A", STOCK)
-            await trio.sleep(0.3)
-            assert net.supply_stats("KME_A")["stock_keys_in"] == STOCK  # SAE_C's alone
 
 
 # --- no key reuse (DESIGN.md invariants) ----------------------------------------------------

@@ -1,0 +1,168 @@
+"""The node's admin methods: ``status``, ``peers``, ``links``, ``check``.
+
+Reads the agents' ``statistics()`` and status calls and puts them together in the typed
+structures below; the admin endpoint sends them as plain maps.  Nothing here changes
+state, and nothing here holds key material: pools are counts, a check is ids and a
+24-bit key check value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Annotated, Any
+
+import msgspec
+
+from .admin import AdminParamsError
+from .http import HandshakeStats
+from .keymanager import KeyManager, LinkStatus
+from .peers import PeerManager, PeerState
+from .storethread import StoreStatistics, StoreThread
+from .supply import DirectLinkSource, Etsi014Front
+from .tls import hybrid_pq_groups_available
+
+MAX_CHECK_SPAN = 10_000
+
+
+class SupplyStatistics(msgspec.Struct, frozen=True):
+    """The ETSI 014 front's counts and the direct-link stocks' counts together."""
+
+    enc_keys: int
+    dec_keys: int
+    keys_out: int
+    refused: int
+    stock_keys_in: int
+    stock_keys_out: int
+
+
+class ApiStatus(msgspec.Struct, frozen=True):
+    listen: str
+    hybrid_pq_tls_groups: bool
+    """Whether this platform's TLS offers the hybrid ML-KEM group to SAEs."""
+    tls: dict[str, Any]
+    """The API's handshakes: counts by TLS version and key exchange group."""
+    supply: SupplyStatistics
+
+
+class NodeStatus(msgspec.Struct, frozen=True):
+    """What ``qkmsctl status`` shows."""
+
+    node_id: str
+    version: str
+    pid: int
+    uptime_s: float
+    peer_listen: str
+    peers: list[PeerState]
+    links: list[LinkStatus]
+    store: StoreStatistics
+    api: ApiStatus | None
+
+
+class CheckParams(msgspec.Struct, forbid_unknown_fields=True):
+    link_id: str
+    first: Annotated[int, msgspec.Meta(ge=0)]
+    last: Annotated[int, msgspec.Meta(ge=0)]
+
+
+@dataclasses.dataclass
+class Api:
+    """The ETSI 014 side of a node, once it listens."""
+
+    listen: str
+    front: Etsi014Front
+    direct: DirectLinkSource
+    handshakes: HandshakeStats
+
+
+class NodeStatusMethods:
+    """The admin methods of one node, over its running agents."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        version: str,
+        peer_host: str,
+        link_ids: frozenset[str],
+        keys: KeyManager,
+        peers: PeerManager,
+        store_thread: StoreThread,
+        started_at: float,
+    ) -> None:
+        self._node_id = node_id
+        self._version = version
+        self._peer_host = peer_host
+        self._link_ids = link_ids
+        self._keys = keys
+        self._peers = peers
+        self._store_thread = store_thread
+        self.started_at = started_at
+        self.api: Api | None = None
+
+    def methods(self) -> dict[str, Any]:
+        """``{method name: handler}`` for the admin endpoint."""
+        return {
+            "status": self.status,
+            "peers": self.peers,
+            "links": self.links,
+            "check": self.check,
+        }
+
+    async def node_status(self) -> NodeStatus:
+        api = None
+        if self.api is not None:
+            front, stock = self.api.front.statistics(), self.api.direct.statistics()
+            api = ApiStatus(
+                listen=self.api.listen,
+                hybrid_pq_tls_groups=hybrid_pq_groups_available(),
+                tls=self.api.handshakes.snapshot(),
+                supply=SupplyStatistics(
+                    enc_keys=front.enc_keys,
+                    dec_keys=front.dec_keys,
+                    keys_out=front.keys_out,
+                    refused=front.refused,
+                    stock_keys_in=stock.stock_keys_in,
+                    stock_keys_out=stock.stock_keys_out,
+                ),
+            )
+        return NodeStatus(
+            node_id=self._node_id,
+            version=self._version,
+            pid=os.getpid(),
+            uptime_s=round(time.time() - self.started_at, 3),
+            peer_listen=f"{self._peer_host}:{self._peers.port}",
+            peers=self._peers.peers_status(),
+            links=await self._keys.links_status(),
+            store=self._store_thread.statistics(),
+            api=api,
+        )
+
+    async def status(self, params: dict[str, Any]) -> dict[str, Any]:
+        status: dict[str, Any] = _plain(await self.node_status())
+        return status
+
+    async def peers(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"peers": _plain(self._peers.peers_status())}
+
+    async def links(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"links": _plain(await self._keys.links_status())}
+
+    async def check(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Ready block ids of a link in [first, last] and their key check value."""
+        try:
+            p = msgspec.convert(params, CheckParams)
+        except msgspec.ValidationError as exc:
+            raise AdminParamsError(f"check: {exc}") from None
+        if not 0 <= p.last - p.first < MAX_CHECK_SPAN:
+            raise AdminParamsError(f"check: last - first must be in 0..{MAX_CHECK_SPAN - 1}")
+        if p.link_id not in self._link_ids:
+            known = ", ".join(sorted(self._link_ids)) or "none"
+            raise AdminParamsError(f"check: unknown link {p.link_id!r} (known: {known})")
+        return await self._keys.check(p.link_id, p.first, p.last)
+
+
+def _plain(value: Any) -> Any:
+    result: Any = msgspec.to_builtins(value)
+    return result

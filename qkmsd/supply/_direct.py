@@ -1,0 +1,260 @@
+"""Keys for SAE pairs across a QKD link: cut from the link's pool, reserved at the neighbour.
+
+Theory of operation
+-------------------
+For a slave attached to neighbour T, the keys are cut from the blocks of the link to T
+that this node owns (exact pool bits, never stretched; ``KeyStore.cut_service_keys``),
+then T is asked to consume the same bytes and record the keys for the slave
+(``supply.reserve``, answered by ``supply.result`` once durable at T).  Only then are the
+keys handed out.  If T refuses, is not connected or does not answer in time, the cut bits
+are burnt, never offered again, and the request gets 503.
+
+A pair that asked once keeps a small stock (see ``._stock``): keys cut and reserved at T
+ahead of demand, refilled in the background when half are gone and only from what the
+pool holds beyond what the refill takes.  A request for the pair's default size with no
+additional slaves is served from it with no round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+import trio
+
+from protocol import (
+    MAX_KEYS_PER_RESERVATION,
+    PeerReply,
+    ReservedKey,
+    SegmentRef,
+    SupplyReserve,
+    SupplyResult,
+)
+
+from ..config import SaeConfig, SupplyPolicy
+from ..errors import PeerUnavailable
+from ..keystore import CutKey, KeyStore, KeyStoreError
+from ..log import get_logger
+from ..storethread import StoreThread
+from ._errors import SupplyError, Unavailable
+from ._ids import new_key_id
+from ._recorded import RecordedKeys
+from ._source import KeyOrder
+from ._stock import PairStock
+
+log = get_logger("qkms.supply")
+
+RequestFn = Callable[[str, SupplyReserve], Awaitable[PeerReply]]
+
+STOCK_RETRY_S = 1.0
+"""A pair's stock is not refilled again within this many seconds of a failed refill."""
+STOCK_MIN_VALIDITY_S = 60.0
+"""Pairs whose keys are valid for less than this keep no stock."""
+
+
+class StockStatistics(msgspec.Struct, frozen=True):
+    """Keys that went through the per-pair stocks since the node started."""
+
+    stock_keys_in: int
+    """Keys cut and reserved at the neighbour ahead of demand."""
+    stock_keys_out: int
+    """Keys handed to masters from a stock."""
+
+
+class DirectLinkSource:
+    """The key source for target KMEs that are QKD neighbours.  See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        saes: dict[str, SaeConfig],
+        store: KeyStore,
+        store_thread: StoreThread,
+        recorded: RecordedKeys,
+        request: RequestFn,
+        link_to: dict[str, str],
+        reserve_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self._saes = saes
+        self._store = store
+        self._thread = store_thread
+        self._recorded = recorded
+        self._request = request
+        self._link_to = link_to
+        self._reserve_timeout = reserve_timeout
+        self._clock = clock
+        self._stocks: dict[tuple[str, str], PairStock] = {}
+        self._nursery: trio.Nursery | None = None
+        self.stock_keys_in = 0
+        self.stock_keys_out = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the stock refills.  Until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def serves(self, target_kme: str) -> bool:
+        return target_kme in self._link_to
+
+    def statistics(self) -> StockStatistics:
+        return StockStatistics(self.stock_keys_in, self.stock_keys_out)
+
+    async def available(
+        self, master: str, slave: str, target_kme: str, policy: SupplyPolicy
+    ) -> int:
+        pool = await self._thread.call(self._store.pool, self._link_to[target_kme])
+        stock = self._stocks.get((master, slave))
+        return pool.owned_ready_bits // policy.key_size + (len(stock) if stock else 0)
+
+    async def fetch(
+        self, key_ids: Sequence[str], *, master: str, requester: str
+    ) -> list[tuple[str, bytes]]:
+        return await self._recorded.fetch(key_ids, master=master, requester=requester)
+
+    async def new_keys(self, order: KeyOrder) -> list[CutKey]:
+        policy = order.policy
+        stocked = (
+            _stock_target(policy) > 0
+            and len(order.slaves) == 1
+            and order.size_bits == policy.key_size
+        )
+        keys = self._take_stock(order) if stocked else None
+        if keys is None:
+            here = [s for s in order.slaves if self._saes[s].kme == self.node_id]
+            there = [s for s in order.slaves if s not in here]
+            keys = await self._cut_and_reserve(
+                order.master,
+                order.target_kme,
+                [new_key_id() for _ in range(order.number)],
+                order.size_bits,
+                here,
+                there,
+                self._clock() + policy.key_validity_s,
+            )
+        if stocked:
+            self._refill_soon(order.master, order.slave, order.target_kme, policy)
+        return keys
+
+    async def _cut_and_reserve(
+        self,
+        master: str,
+        target_kme: str,
+        key_ids: list[str],
+        size: int,
+        here: list[str],
+        there: list[str],
+        expires_at: float,
+        keep: int = 0,
+    ) -> list[CutKey]:
+        link_id = self._link_to[target_kme]
+        keys: list[CutKey] = await self._thread.call(
+            self._store.cut_service_keys,
+            link_id,
+            [(k, size // 8) for k in key_ids],
+            master_sae=master,
+            local_slaves=here,
+            expires_at=expires_at,
+            slaves=[*here, *there],
+            keep=keep,
+        )
+        message = SupplyReserve(
+            id=0,  # the peer manager gives the request its id
+            link_id=link_id,
+            master_sae=master,
+            slave_saes=there,
+            expires_at=expires_at,
+            keys=[
+                ReservedKey(
+                    key_id=k.key_id,
+                    segments=[SegmentRef(s.block_id, s.offset, s.length) for s in k.segments],
+                )
+                for k in keys
+            ],
+        )
+        result = None
+        try:
+            with trio.move_on_after(self._reserve_timeout):
+                result = await self._request(target_kme, message)
+        except PeerUnavailable as exc:
+            raise Unavailable(f"target KME {target_kme} is unreachable: {exc}") from None
+        if result is None:
+            log.warning("supply.reserve_timeout", peer=target_kme, keys=len(keys))
+            raise Unavailable(f"target KME {target_kme} did not confirm the keys in time")
+        assert isinstance(result, SupplyResult)
+        if not result.ok:
+            log.warning("supply.reserve_refused", peer=target_kme, code=result.code)
+            raise Unavailable(f"target KME {target_kme} refused the keys: {result.message}")
+        return keys
+
+    # --- the per-pair stock (see ._stock) ----------------------------------------------
+
+    def _stock(self, master: str, slave: str, policy: SupplyPolicy) -> PairStock:
+        stock = self._stocks.get((master, slave))
+        if stock is None:
+            stock = self._stocks[(master, slave)] = PairStock(_stock_target(policy))
+        return stock
+
+    def _take_stock(self, order: KeyOrder) -> list[CutKey] | None:
+        stock = self._stock(order.master, order.slave, order.policy)
+        keys = stock.take(order.number, now=self._clock())
+        if keys is not None:
+            self.stock_keys_out += order.number
+        return keys
+
+    def _refill_soon(self, master: str, slave: str, target_kme: str, policy: SupplyPolicy) -> None:
+        """Start topping the pair's stock up in the background, if it runs low."""
+        assert self._nursery is not None, "run() first"
+        stock = self._stock(master, slave, policy)
+        if stock.wanted(self._clock(), retry_after=STOCK_RETRY_S):
+            stock.refilling = True
+            self._nursery.start_soon(self._refill, master, slave, target_kme, stock, policy)
+
+    async def _refill(
+        self, master: str, slave: str, target_kme: str, stock: PairStock, policy: SupplyPolicy
+    ) -> None:
+        try:
+            while (want := stock.shortfall(self._clock())) > 0:
+                number = min(want, MAX_KEYS_PER_RESERVATION)
+                expires_at = self._clock() + policy.key_validity_s
+                try:
+                    keys = await self._cut_and_reserve(
+                        master,
+                        target_kme,
+                        [new_key_id() for _ in range(number)],
+                        policy.key_size,
+                        [],
+                        [slave],
+                        expires_at,
+                        # A stock takes from surplus only: at least as much stays in the
+                        # pool for requests it does not cover (other pairs, other sizes).
+                        keep=number * policy.key_size // 8,
+                    )
+                except (SupplyError, KeyStoreError) as exc:  # short pool, peer away or full
+                    # Retried while requests come (at most once a second): say it once.
+                    first = stock.failed_at == float("-inf")
+                    stock.failed_at = self._clock()
+                    (log.info if first else log.debug)(
+                        "supply.stock_refill_failed",
+                        master=master,
+                        slave=slave,
+                        reason=str(exc)[:200],
+                    )
+                    return
+                stock.add(keys, expires_at=expires_at, validity_s=policy.key_validity_s)
+                stock.failed_at = float("-inf")
+                self.stock_keys_in += number
+        finally:
+            stock.refilling = False
+
+
+def _stock_target(policy: SupplyPolicy) -> int:
+    if policy.key_validity_s < STOCK_MIN_VALIDITY_S:
+        return 0  # stocked keys would go stale (half their validity) before they are used
+    # Stocked keys count against the slave's max_stored_keys: leave it room.
+    return min(policy.stock_keys, policy.max_stored_keys // 2)

@@ -1,0 +1,95 @@
+"""The peer side of ``supply.reserve``: record keys a neighbour cut for slaves attached here.
+
+The neighbour cut the keys from blocks it owns and names them as segments; this node
+consumes exactly those bytes of its copy of the blocks (refusing any overlap with bytes
+already used) and records the keys for its slaves, durably, before it answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from protocol import SupplyReserve, SupplyResult
+
+from ..config import SaeConfig, SupplyPolicy
+from ..keystore import KeySpec, KeyStore, KeyStoreError, Segment, SegmentRefused
+from ..log import get_logger
+from ..storethread import StoreThread
+
+log = get_logger("qkms.supply")
+
+INLINE_RECORD_MAX_KEYS = 32
+"""A reservation of at most this many keys (a default stock's refill) may be recorded on the
+event loop when the store is idle (``StoreThread.call_inline``), so that fetches arriving
+meanwhile need not wait behind it on the worker."""
+INLINE_RECORD_SLOW_S = 0.02
+"""Such a recording is mostly CPU (tens of microseconds a key): only past this is it taken
+for a slow disk."""
+
+
+class ReservationResponder:
+    """Answers a neighbour's ``supply.reserve`` with ``supply.result``."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        saes: dict[str, SaeConfig],
+        policy_for: Callable[[str, str], SupplyPolicy],
+        store: KeyStore,
+        store_thread: StoreThread,
+        link_to: dict[str, str],
+    ) -> None:
+        self.node_id = node_id
+        self._saes = saes
+        self._policy_for = policy_for
+        self._store = store
+        self._thread = store_thread
+        self._link_to = link_to
+
+    async def handle(self, peer: str, message: SupplyReserve) -> SupplyResult:
+        """Record the keys, or refuse with a code; never raises for what the peer asked."""
+        code, text = "", ""
+        if self._link_to.get(peer) != message.link_id:
+            code, text = "unknown-link", f"{message.link_id} is not our link with {peer}"
+        local = [
+            s for s in message.slave_saes if (c := self._saes.get(s)) and c.kme == self.node_id
+        ]
+        if not code and not local:
+            code, text = "no-slave-here", f"none of the slave SAEs is attached to {self.node_id}"
+        if not code:
+            code, text = await self._record(message, local)
+        if code:
+            log.warning("supply.reserve_refused_here", peer=peer, code=code)
+        return SupplyResult(id=message.id, ok=not code, code=code, message=text[:1000])
+
+    async def _record(self, message: SupplyReserve, local: list[str]) -> tuple[str, str]:
+        limits = {s: self._policy_for(message.master_sae, s).max_stored_keys for s in local}
+        specs = [
+            KeySpec(k.key_id, tuple(Segment(s.block_id, s.offset, s.length) for s in k.segments))
+            for k in message.keys
+        ]
+
+        def record() -> tuple[str, str]:
+            # One store call: no other call can record keys between the check and the record.
+            for slave, limit in limits.items():
+                stored = self._store.stored_service_keys(message.master_sae, slave)
+                if stored + len(specs) > limit:
+                    return "stored-keys-full", f"{slave} already holds {stored} of {limit} keys"
+            self._store.record_service_keys(
+                message.link_id,
+                specs,
+                master_sae=message.master_sae,
+                local_slaves=local,
+                expires_at=message.expires_at,
+            )
+            return "", ""
+
+        try:
+            if len(specs) <= INLINE_RECORD_MAX_KEYS:
+                return await self._thread.call_inline(record, slow_after=INLINE_RECORD_SLOW_S)
+            return await self._thread.call(record)
+        except SegmentRefused as exc:
+            return "segment-refused", str(exc)
+        except KeyStoreError as exc:
+            return "store-error", str(exc)

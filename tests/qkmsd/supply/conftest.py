@@ -1,0 +1,127 @@
+"""Two ends of a QKD link for the key supply's units: KME_A owns every block, KME_B holds
+the same copies; KME_A's direct-link source reserves at KME_B's responder."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from protocol import PeerReply, SupplyReserve
+from qkmsd.config import SaeConfig, SupplyPolicy
+from qkmsd.keystore import KeyStore, NewBlock
+from qkmsd.supply import DirectLinkSource, RecordedKeys, ReservationResponder
+
+LINK = "KME_A~KME_B"
+BLOCK_BYTES = 1024
+SAES = {
+    "SAE_A": SaeConfig("SAE_A", "KME_A", None),
+    "SAE_A2": SaeConfig("SAE_A2", "KME_A", None),
+    "SAE_B": SaeConfig("SAE_B", "KME_B", None),
+    "SAE_C": SaeConfig("SAE_C", "KME_B", None),
+}
+
+
+class RecordingStoreThread:
+    """Runs store calls at once and notes how each was asked to run: ``call`` (the worker)
+    or ``call_inline`` (the event loop)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.paths.append("worker")
+        await trio.lowlevel.checkpoint()
+        return fn(*args, **kwargs)
+
+    async def call_inline(
+        self, fn: Callable[..., Any], *args: Any, slow_after: float = 0.005, **kwargs: Any
+    ) -> Any:
+        self.paths.append("inline")
+        await trio.lowlevel.checkpoint()
+        return fn(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class LinkEnds:
+    """KME_A's side (store, source, recorded keys) and KME_B's (store, responder)."""
+
+    store_a: KeyStore
+    store_b: KeyStore
+    thread_a: RecordingStoreThread
+    thread_b: RecordingStoreThread
+    source: DirectLinkSource
+    recorded_b: RecordedKeys
+    responder: ReservationResponder
+    policies: dict[tuple[str, str], SupplyPolicy]
+    requests: list[SupplyReserve]
+    answer: Callable[[str, SupplyReserve], Awaitable[PeerReply]]
+
+    def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
+        return self.policies.get((master, slave), SupplyPolicy())
+
+    def owned_ready_bits(self) -> int:
+        return self.store_a.pool(LINK).owned_ready_bits
+
+
+@pytest.fixture
+def ends(tmp_path: Path) -> Iterator[LinkEnds]:
+    store_a = KeyStore.open(tmp_path / "a.db", os.urandom(32))
+    store_b = KeyStore.open(tmp_path / "b.db", os.urandom(32))
+    material = {i: os.urandom(BLOCK_BYTES) for i in range(8)}
+    for store, owned in ((store_a, True), (store_b, False)):
+        store.add_blocks([NewBlock(LINK, i, k, 0.01, 1.0, owned) for i, k in material.items()])
+        store.mark_ready(LINK, list(material))
+    thread_a, thread_b = RecordingStoreThread(), RecordingStoreThread()
+    policies: dict[tuple[str, str], SupplyPolicy] = {}
+
+    def policy_for(master: str, slave: str) -> SupplyPolicy:
+        return policies.get((master, slave), SupplyPolicy())
+
+    responder = ReservationResponder(
+        node_id="KME_B",
+        saes=SAES,
+        policy_for=policy_for,
+        store=store_b,
+        store_thread=thread_b,  # type: ignore[arg-type]
+        link_to={"KME_A": LINK},
+    )
+    requests: list[SupplyReserve] = []
+
+    async def request(peer: str, message: SupplyReserve) -> PeerReply:
+        assert peer == "KME_B"
+        message = msgspec.structs.replace(message, id=len(requests) + 1)
+        requests.append(message)
+        return await pair.answer("KME_A", message)
+
+    source = DirectLinkSource(
+        node_id="KME_A",
+        saes=SAES,
+        store=store_a,
+        store_thread=thread_a,  # type: ignore[arg-type]
+        recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
+        request=request,
+        link_to={"KME_B": LINK},
+        reserve_timeout=2.0,
+    )
+    pair = LinkEnds(
+        store_a,
+        store_b,
+        thread_a,
+        thread_b,
+        source,
+        RecordedKeys(store=store_b, store_thread=thread_b),  # type: ignore[arg-type]
+        responder,
+        policies,
+        requests,
+        responder.handle,
+    )
+    yield pair
+    store_a.close()
+    store_b.close()

@@ -1,0 +1,165 @@
+"""The direct-link key source: keys cut from the link at KME_A, reserved at KME_B, and the
+per-pair stock that reserves ahead of demand."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from protocol import SupplyReserve, SupplyResult
+from qkmsd.config import SupplyPolicy
+from qkmsd.supply import KeyOrder, Unavailable
+
+from .conftest import BLOCK_BYTES, LinkEnds
+
+
+def order(
+    ends: LinkEnds,
+    number: int = 1,
+    *,
+    size_bits: int | None = None,
+    slaves: tuple[str, ...] = ("SAE_B",),
+    master: str = "SAE_A",
+) -> KeyOrder:
+    policy = ends.policy(master, slaves[0])
+    size = policy.key_size if size_bits is None else size_bits
+    return KeyOrder(master, slaves, "KME_B", number, size, policy)
+
+
+async def test_keys_cut_here_are_the_keys_the_slave_fetches_at_the_neighbour(
+    ends: LinkEnds,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        keys = await ends.source.new_keys(order(ends, 3, size_bits=512))
+        fetched = await ends.recorded_b.fetch(
+            [k.key_id for k in keys], master="SAE_A", requester="SAE_B"
+        )
+        assert fetched == [(k.key_id, k.key) for k in keys]
+        assert [len(k.key) for k in keys] == [64, 64, 64]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_reservation_is_503_and_its_cut_bits_are_never_offered_again(
+    ends: LinkEnds,
+) -> None:
+    async def refuse(peer: str, message: SupplyReserve) -> SupplyResult:
+        return SupplyResult(id=message.id, ok=False, code="store-error", message="disk full")
+
+    ends.answer = refuse
+    before = ends.owned_ready_bits()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable, match="target KME KME_B refused the keys: disk full"):
+            await ends.source.new_keys(order(ends, 2, size_bits=512))
+        assert ends.owned_ready_bits() == before - 2 * 512
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_neighbour_that_does_not_answer_in_time_is_503(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def silent(peer: str, message: SupplyReserve) -> SupplyResult:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    ends.answer = silent
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable, match="did not confirm the keys in time"):
+            await ends.source.new_keys(order(ends, 1, size_bits=512))
+        nursery.cancel_scope.cancel()
+
+
+# --- the per-pair stock ---------------------------------------------------------------------
+
+
+async def test_a_pair_that_asked_once_gets_a_stock_and_is_then_served_with_no_round_trip(
+    ends: LinkEnds,
+) -> None:
+    target = SupplyPolicy().stock_keys
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        first = await ends.source.new_keys(order(ends))  # no stock yet: reserved on request
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.source.statistics().stock_keys_in == target
+        asked = len(ends.requests)
+        stocked = await ends.source.new_keys(order(ends, 3))
+        assert len(ends.requests) == asked  # no reservation for these
+        assert ends.source.statistics().stock_keys_out == 3
+        # The slave's KME already holds them, and no key goes out twice.
+        fetched = await ends.recorded_b.fetch(
+            [k.key_id for k in first + stocked], master="SAE_A", requester="SAE_B"
+        )
+        assert dict(fetched) == {k.key_id: k.key for k in first + stocked}
+        assert len({k.key for k in first + stocked}) == 4
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        {"size_bits": 512},
+        {"slaves": ("SAE_B", "SAE_C")},
+        {"number": SupplyPolicy().stock_keys + 1},
+    ],
+    ids=["another size", "additional slaves", "more than the stock"],
+)
+async def test_requests_the_stock_was_not_cut_for_are_reserved_on_request(
+    ends: LinkEnds, ask: dict[str, object]
+) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        await ends.source.new_keys(order(ends))
+        await trio.testing.wait_all_tasks_blocked()
+        asked = len(ends.requests)
+        await ends.source.new_keys(order(ends, **ask))  # type: ignore[arg-type]
+        assert len(ends.requests) > asked
+        assert ends.source.statistics().stock_keys_out == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stock_the_pool_cannot_fill_takes_nothing_and_the_pool_still_serves(
+    ends: LinkEnds,
+) -> None:
+    # 4096 keys of 4096 bits: far more than the link holds; the refill fails whole.
+    ends.policies[("SAE_A", "SAE_B")] = SupplyPolicy(key_size=4096, stock_keys=4096)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        await ends.source.new_keys(order(ends))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.source.statistics().stock_keys_in == 0
+        left = ends.owned_ready_bits()
+        assert left == 8 * BLOCK_BYTES * 8 - 4096  # nothing cut for the failed stock
+        assert len(await ends.source.new_keys(order(ends, 2))) == 2
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [SupplyPolicy(stock_keys=0), SupplyPolicy(key_validity_s=30.0)],
+    ids=["stock_keys = 0", "keys valid under a minute"],
+)
+async def test_a_pair_can_keep_no_stock(ends: LinkEnds, policy: SupplyPolicy) -> None:
+    ends.policies[("SAE_A", "SAE_B")] = policy
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        for _ in range(3):
+            await ends.source.new_keys(order(ends))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.source.statistics().stock_keys_in == 0
+        assert len(ends.requests) == 3  # one reservation per request, none ahead
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_stock_counts_in_the_keys_available_to_the_pair(ends: LinkEnds) -> None:
+    policy = ends.policy()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        await ends.source.new_keys(order(ends))
+        await trio.testing.wait_all_tasks_blocked()
+        available = await ends.source.available("SAE_A", "SAE_B", "KME_B", policy)
+        in_pool = ends.owned_ready_bits() // policy.key_size
+        assert available == in_pool + policy.stock_keys
+        nursery.cancel_scope.cancel()
