@@ -9,35 +9,32 @@ share one fsync; alone, a call costs what it did before.
 
 A caller hands its call straight to the worker's queue and is woken once by the
 worker: no task of ours in between, since every task a call passes through costs it
-a pass of the scheduler, a millisecond or more when the event loop is busy (paired
-windows at 500 round trips/s, three runs against the version with a task between: p50
-ratio 0.71 to 0.95, p99 0.82 to 1.00).
+a pass of the scheduler, a millisecond or more when the event loop is busy.
 
 A call that has started always finishes (it is not abandoned on cancellation), so
 a transaction is never cut in half by a cancelled task; the caller's own wait is
 cancellable.  When ``run`` ends, the worker finishes what it was handed first.
 
 The worker is one long-lived thread of our own rather than ``trio.to_thread``:
-handing a batch to it and back costs half as much CPU (no thread cache, no renaming
-the thread per job), and a node makes a hand-off for every key request.
+handing a batch to it and back costs less CPU (no thread cache, no renaming the
+thread per job), and a node makes a hand-off for every key request.
 
 Small calls that answer a request (a ``dec_keys`` fetch, the recording of a peer's
 reservation) may skip the hand-off: ``call_inline`` runs them on the event loop itself,
 commit and fsync included, when the worker is idle and such calls have been quick.  A
 hand-off costs two thread wake-ups, each a wait for a core on a busy machine, and a wait
-behind whatever batch the worker is running; an idle store and a fast disk make the
-inline call cheaper (paired windows at 500 round trips/s, fetches inline, a fast and a
-slow phase: p50 ratio 0.85 and 0.55, p99 0.90 and 0.99, CPU 0.90 and 0.94).  On a slow
-disk an inline call would stall every request, so calls go to the worker for
-``INLINE_BACKOFF_S`` after an inline call slower than its limit (``INLINE_SLOW_S`` unless
-the caller gives another) or a worker commit slower than ``WORKER_SLOW_COMMIT_S``.  The
-first inline call after the pause is the probe: if it is slow too, the next pause is twice
-as long (up to ``INLINE_BACKOFF_MAX_S``), so a disk that stays slow is not probed from the
-event loop every second; if it is quick, pauses are back to ``INLINE_BACKOFF_S``.  A slow
-worker commit restarts the pause but does not lengthen it: a burst of slow batches (a
-stall of the machine) says the worker was slow, not that a probe on the event loop would
-be, and must not keep calls off the event loop for a minute.  Only the commit counts
-(``last_commit_s``), not the WAL truncation that follows one batch a minute.
+behind whatever batch the worker is running; with an idle store and a fast disk the
+inline call is cheaper.  On a slow disk an inline call would stall every request, so
+calls go to the worker for ``INLINE_BACKOFF_S`` after an inline call slower than its
+limit (``INLINE_SLOW_S`` unless the caller gives another) or a worker commit slower than
+``WORKER_SLOW_COMMIT_S``.  The first inline call after the pause is the probe: if it is
+slow too, the next pause is twice as long (up to ``INLINE_BACKOFF_MAX_S``), so a disk
+that stays slow is not probed from the event loop every second; if it is quick, pauses
+are back to ``INLINE_BACKOFF_S``.  A slow worker commit restarts the pause but does not
+lengthen it: a burst of slow batches (a stall of the machine) says the worker was slow,
+not that a probe on the event loop would be, and must not keep calls off the event loop
+for a minute.  Only the commit counts (``last_commit_s``), not the WAL truncation that
+follows one batch a minute.
 """
 
 from __future__ import annotations

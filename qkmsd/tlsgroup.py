@@ -115,10 +115,9 @@ class HelloReader:
 
     ``watch(context)`` before the context's first handshake; after a connection's
     handshake, ``pop(ssl_object)`` gives the group that handshake agreed on.  While a
-    context is watched, OpenSSL calls back into Python for every TLS record, handshake
-    or not (about 20 us per request and response on this project's benchmark machine), so
-    each connection moves to a twin context without the watch once its
-    handshake is done (``ssl_object.context = twin``).
+    context is watched, OpenSSL calls back into Python for every TLS record, handshake or
+    not, a cost on every request and response; so each connection moves to a twin context
+    without the watch once its handshake is done (``ssl_object.context = twin``).
     """
 
     def __init__(self) -> None:

@@ -5,8 +5,8 @@ API on 127.0.0.1.  SAE_A and SAE_X are attached to KME_A, SAE_B and SAE_C to KME
 KME_C (which does not run).  SAEs talk to their KME with ``qkms_client`` or, where the test
 is about the bytes on the wire, with a plain ``http.client`` connection.
 
-Spec references (S014 = ETSI GS QKD 014 V1.1.1) are in /work/shared/SPEC-NOTES.md section 1;
-docs/etsi014.md maps each of them to the test here that proves it.
+Spec references (S014 = ETSI GS QKD 014 V1.1.1) are stated in our words in docs/etsi014.md,
+which maps each of them to the test here that proves it.
 """
 
 from __future__ import annotations
@@ -1016,7 +1016,7 @@ async def test_stocked_keys_are_served_while_the_target_kme_is_down(
             assert "target KME KME_B" in refused.value.message
 
 
-# --- no key reuse (DESIGN.md invariants) ----------------------------------------------------
+# --- no key reuse (the invariants in docs/architecture.md) -----------------------------------
 
 
 async def test_concurrent_enc_keys_never_serve_a_key_twice(
