@@ -20,15 +20,13 @@ from ._lifecycle import (
     is_legal,
 )
 from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
+from ._pool import Allocation, InsufficientKey, Segment, SegmentRefused
 from ._service import (
     MAX_SEGMENTS_PER_KEY,
     RETAIN_ENDED_S,
     CutKey,
-    InsufficientKey,
     KeySpec,
     NotAuthorised,
-    Segment,
-    SegmentRefused,
     ServiceKeyNotFound,
 )
 from ._store import (
@@ -41,6 +39,7 @@ from ._store import (
 )
 
 __all__ = [
+    "Allocation",
     "MAX_SEGMENTS_PER_KEY",
     "RETAIN_ENDED_S",
     "CutKey",

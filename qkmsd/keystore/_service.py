@@ -23,14 +23,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import itertools
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from ._errors import KeyStoreError
-from ._lifecycle import KeyState, check_transition
+from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
+from ._pool import PoolMethods, Segment, SegmentRefused
 
 MAX_SEGMENTS_PER_KEY: Final = 64
 RETAIN_ENDED_S: Final = 86400.0
@@ -72,28 +74,12 @@ SERVICE_KEYS_SCHEMA: Final = (
 )
 
 
-class InsufficientKey(KeyStoreError):
-    """The pool holds fewer owned ready bits than asked for.  Nothing was cut."""
-
-
-class SegmentRefused(KeyStoreError):
-    """The peer asked us to consume segments we cannot: unknown, not ready, owned by us,
-    already used, or out of range.  Nothing was consumed."""
-
-
 class ServiceKeyNotFound(KeyStoreError):
     """One or more key ids are unknown here, or already fetched by this SAE."""
 
 
 class NotAuthorised(KeyStoreError):
     """The requesting SAE was not named as a slave of a key it asked for."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Segment:
-    block_id: int
-    offset: int
-    length: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,8 +99,9 @@ class KeySpec:
     segments: tuple[Segment, ...]
 
 
-class ServiceKeyMethods(abc.ABC):
-    """Service-key operations of ``KeyStore`` (mixed in; uses its transactions)."""
+class ServiceKeyMethods(PoolMethods):
+    """Service-key operations of ``KeyStore`` (mixed in; uses its transactions and the pool
+    primitive)."""
 
     _key: bytes
     _clock: Callable[[], float]
@@ -124,12 +111,6 @@ class ServiceKeyMethods(abc.ABC):
 
     @abc.abstractmethod
     def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
-
-    @abc.abstractmethod
-    def _block_plain(self, conn: sqlite3.Connection, link_id: str, block_id: int) -> bytes: ...
-
-    @abc.abstractmethod
-    def _forget_blocks(self, link_id: str, block_ids: Iterable[int]) -> None: ...
 
     @abc.abstractmethod
     def _seal(self, items: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]: ...
@@ -163,48 +144,12 @@ class ServiceKeyMethods(abc.ABC):
             _check_key_id(key_id)
             if size <= 0:
                 raise KeyStoreError(f"service key {key_id}: size must be positive")
-        need = sum(size for _, size in keys)
-        out: list[CutKey] = []
         with self._writing() as conn:
-            rows = conn.execute(
-                "SELECT block_id, size_bits, used_bits FROM blocks"
-                " WHERE link_id = ? AND state = 'ready' AND owned = 1 AND used_bits < size_bits"
-                " ORDER BY block_id",
-                (link_id,),
-            )
-            chosen: list[tuple[int, int, int]] = []  # id, used bytes, size bytes
-            have = 0
-            for block_id, size_bits, used_bits in rows:
-                if have >= need + keep:
-                    break
-                if have < need:
-                    chosen.append((block_id, used_bits // 8, size_bits // 8))
-                have += size_bits // 8 - used_bits // 8
-            if have < need + keep:
-                kept = f" and {keep * 8} kept back" if keep else ""
-                raise InsufficientKey(
-                    f"link {link_id}: {need * 8} bits asked{kept}, {have * 8} owned ready bits"
-                    " available"
-                )
-            blocks = [(b, u, t, self._block_plain(conn, link_id, b)) for b, u, t in chosen]
-            cursor = 0
-            for key_id, size in keys:
-                segments: list[Segment] = []
-                parts: list[bytes] = []
-                while size > 0:
-                    block_id, used, total, plain = blocks[cursor]
-                    take = min(size, total - used)
-                    segments.append(Segment(block_id, used, take))
-                    parts.append(plain[used : used + take])
-                    used += take
-                    size -= take
-                    blocks[cursor] = (block_id, used, total, plain)
-                    if used == total:
-                        cursor += 1
-                if len(segments) > MAX_SEGMENTS_PER_KEY:
-                    raise KeyStoreError(f"service key {key_id}: spans too many blocks")
-                out.append(CutKey(key_id, tuple(segments), b"".join(parts)))
-            self._advance(conn, link_id, [(b, used) for b, used, _, _ in blocks[: cursor + 1]])
+            taken = self._allocate(conn, link_id, [size for _, size in keys], keep=keep)
+            out = [
+                CutKey(key_id, a.segments, a.material)
+                for (key_id, _), a in zip(keys, taken, strict=True)
+            ]
             if slaves or local_slaves:
                 named = [*slaves, *(s for s in local_slaves if s not in slaves)]
                 self._insert_keys(conn, link_id, out, master_sae, named, local_slaves, expires_at)
@@ -230,126 +175,17 @@ class ServiceKeyMethods(abc.ABC):
             _check_key_id(spec.key_id)
             if not spec.segments or len(spec.segments) > MAX_SEGMENTS_PER_KEY:
                 raise SegmentRefused(f"service key {spec.key_id}: 1 to 64 segments")
-        out: list[CutKey] = []
         with self._writing() as conn:
-            blocks: dict[int, tuple[int, int, bytes]] = {}  # id -> used, size, plain
-            spans: dict[int, list[tuple[int, int]]] = {}  # id -> [(start, stop), ...]
-            for spec in specs:
-                parts = []
-                for seg in spec.segments:
-                    if seg.block_id not in blocks:
-                        blocks[seg.block_id] = self._peer_block(conn, link_id, seg.block_id)
-                    used, total, plain = blocks[seg.block_id]
-                    start, stop = seg.offset, seg.offset + seg.length
-                    if seg.length <= 0 or start < 0 or stop > total:
-                        raise SegmentRefused(
-                            f"link {link_id}: segment {seg.block_id}[{start}:+{seg.length}]"
-                            f" outside the block's {total} bytes"
-                        )
-                    spans.setdefault(seg.block_id, []).append((start, stop))
-                    parts.append(plain[start:stop])
-                    blocks[seg.block_id] = (used + seg.length, total, plain)
-                out.append(CutKey(spec.key_id, spec.segments, b"".join(parts)))
-            for block_id, block_spans in spans.items():
-                self._consume(conn, link_id, block_id, block_spans)
-            self._advance(conn, link_id, [(b, used) for b, (used, _, _) in blocks.items()])
+            material = self._consume_segments(conn, link_id, [spec.segments for spec in specs])
+            out = [
+                CutKey(spec.key_id, spec.segments, key)
+                for spec, key in zip(specs, material, strict=True)
+            ]
             if local_slaves:
                 self._insert_keys(
                     conn, link_id, out, master_sae, local_slaves, local_slaves, expires_at
                 )
         return out
-
-    def _consume(
-        self,
-        conn: sqlite3.Connection,
-        link_id: str,
-        block_id: int,
-        spans: list[tuple[int, int]],
-    ) -> None:
-        """Record byte ranges of a block as used; refuse any that overlaps a used one.
-
-        A reservation's keys are usually cut back to back: adjacent ranges are merged
-        first, so a reservation of many keys costs one check and one row per block.
-        """
-        merged: list[tuple[int, int]] = []
-        for start, stop in sorted(spans):
-            if merged and start < merged[-1][1]:
-                raise SegmentRefused(
-                    f"link {link_id}: segment {block_id}[{start}:+{stop - start}]"
-                    f" overlaps bytes already used [{merged[-1][0]}:{merged[-1][1]}]"
-                    " by the same reservation"
-                )
-            if merged and start == merged[-1][1]:
-                merged[-1] = (merged[-1][0], stop)
-            else:
-                merged.append((start, stop))
-        for start, stop in merged:
-            # Used ranges never overlap, so only the last one starting before `stop`
-            # can overlap [start, stop): one index seek, not a scan.
-            clash = conn.execute(
-                "SELECT start, stop FROM consumed WHERE link_id = ? AND block_id = ?"
-                " AND start < ? ORDER BY start DESC LIMIT 1",
-                (link_id, block_id, stop),
-            ).fetchone()
-            if clash is not None and clash[1] > start:
-                raise SegmentRefused(
-                    f"link {link_id}: segment {block_id}[{start}:+{stop - start}]"
-                    f" overlaps bytes already used [{clash[0]}:{clash[1]}]"
-                )
-            conn.execute(
-                "INSERT INTO consumed (link_id, block_id, start, stop) VALUES (?, ?, ?, ?)",
-                (link_id, block_id, start, stop),
-            )
-
-    def _peer_block(
-        self, conn: sqlite3.Connection, link_id: str, block_id: int
-    ) -> tuple[int, int, bytes]:
-        row = conn.execute(
-            "SELECT state, owned, size_bits, used_bits FROM blocks"
-            " WHERE link_id = ? AND block_id = ?",
-            (link_id, block_id),
-        ).fetchone()
-        if row is None:
-            raise SegmentRefused(f"link {link_id}: block {block_id} unknown here")
-        state, owned, size_bits, used_bits = row
-        if state != KeyState.READY.value:
-            raise SegmentRefused(f"link {link_id}: block {block_id} is {state}, not ready")
-        if owned:
-            raise SegmentRefused(f"link {link_id}: block {block_id} is ours to allocate, not yours")
-        return used_bits // 8, size_bits // 8, self._block_plain(conn, link_id, block_id)
-
-    def _advance(
-        self, conn: sqlite3.Connection, link_id: str, cursors: Sequence[tuple[int, int]]
-    ) -> None:
-        now = self._clock()
-        for block_id, used in cursors:
-            size_bits = conn.execute(
-                "SELECT size_bits FROM blocks WHERE link_id = ? AND block_id = ?",
-                (link_id, block_id),
-            ).fetchone()[0]
-            if used * 8 < size_bits:
-                conn.execute(
-                    "UPDATE blocks SET used_bits = ? WHERE link_id = ? AND block_id = ?",
-                    (used * 8, link_id, block_id),
-                )
-                continue
-            # Every bit handed out: the block's material has done its job.
-            for old, new in (
-                (KeyState.READY, KeyState.RESERVED),
-                (KeyState.RESERVED, KeyState.DELIVERED),
-                (KeyState.DELIVERED, KeyState.ERASED),
-            ):
-                check_transition(old, new)
-            conn.execute(
-                "DELETE FROM consumed WHERE link_id = ? AND block_id = ?", (link_id, block_id)
-            )
-            self._forget_blocks(link_id, [block_id])
-            conn.execute(  # the material goes with it (trigger blocks_erase_material)
-                "UPDATE blocks SET used_bits = size_bits, state = 'erased', state_changed_at = ?,"
-                " reason = 'all bits delivered'"
-                " WHERE link_id = ? AND block_id = ? AND state = 'ready'",
-                (now, link_id, block_id),
-            )
 
     def _insert_keys(
         self,
@@ -465,14 +301,7 @@ class ServiceKeyMethods(abc.ABC):
                         (json.dumps(waiting), key_id),
                     )
                 else:
-                    check_transition(KeyState.RESERVED, KeyState.DELIVERED)
-                    check_transition(KeyState.DELIVERED, KeyState.ERASED)
-                    conn.execute(
-                        "UPDATE service_keys SET pending = '[]', state = 'erased',"
-                        " state_changed_at = ?, reason = 'delivered', nonce = NULL, material = NULL"
-                        " WHERE key_id = ?",
-                        (now, key_id),
-                    )
+                    _end_service_keys(conn, _DELIVERED, "delivered", now, "key_id = ?", (key_id,))
         return out
 
     def expire_service_keys(self, *, retain_s: float = RETAIN_ENDED_S) -> int:
@@ -483,14 +312,8 @@ class ServiceKeyMethods(abc.ABC):
         late requests still get the right answer, then removed.
         """
         now = self._clock()
-        check_transition(KeyState.RESERVED, KeyState.DISCARDED)
         with self._writing() as conn:
-            cursor = conn.execute(
-                "UPDATE service_keys SET state = 'discarded', state_changed_at = ?,"
-                " reason = 'expired', nonce = NULL, material = NULL"
-                " WHERE state = 'reserved' AND expires_at <= ?",
-                (now, now),
-            )
+            expired = _end_service_keys(conn, _EXPIRED, "expired", now, "expires_at <= ?", (now,))
             # Counted from the key's expiry (never before its end): an index range over
             # exactly the rows to delete.  Counted from the end, every second's sweep would
             # walk every ended row whose key has expired: days of rows on a busy node.
@@ -499,7 +322,7 @@ class ServiceKeyMethods(abc.ABC):
                 " AND expires_at < ?",
                 (now - retain_s,),
             )
-            return cursor.rowcount
+            return expired
 
     def stored_service_keys(self, master_sae: str, slave_sae: str) -> int:
         """Keys held here for ``slave_sae`` from ``master_sae``, not yet fetched."""
@@ -510,6 +333,34 @@ class ServiceKeyMethods(abc.ABC):
                 (master_sae, slave_sae),
             ).fetchone()[0]
         return count
+
+
+_DELIVERED: Final = (KeyState.RESERVED, KeyState.DELIVERED, KeyState.ERASED)
+_EXPIRED: Final = (KeyState.RESERVED, KeyState.DISCARDED)
+
+
+def _end_service_keys(
+    conn: sqlite3.Connection,
+    path: Sequence[KeyState],
+    reason: str,
+    now: float,
+    where: str,
+    params: tuple[object, ...],
+) -> int:
+    """Move the service keys matching ``where`` along ``path`` of the life-cycle table to
+    its last state, which holds no material, and erase their material.  The one place a
+    recorded service key changes state; returns how many rows moved."""
+    for old, new in itertools.pairwise(path):
+        check_transition(old, new)
+    final = path[-1]
+    assert final not in HOLDS_MATERIAL, "a service key ends without its material"
+    cursor = conn.execute(
+        "UPDATE service_keys SET pending = '[]', state = ?, state_changed_at = ?, reason = ?,"
+        f" nonce = NULL, material = NULL WHERE state = ? AND {where}",
+        (final.value, now, reason, path[0].value, *params),
+    )
+    count: int = cursor.rowcount
+    return count
 
 
 def _first_reused(conn: sqlite3.Connection, key_ids: list[str]) -> str | None:
