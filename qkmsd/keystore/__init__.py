@@ -21,7 +21,6 @@ from ._lifecycle import (
 )
 from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
 from ._service import (
-    MAX_SEGMENTS_PER_KEY,
     RETAIN_ENDED_S,
     CutKey,
     InsufficientKey,
@@ -33,7 +32,6 @@ from ._service import (
 )
 from ._store import (
     MAX_BLOCK_BYTES,
-    MAX_BLOCK_ID,
     SCHEMA_VERSION,
     KeyStore,
     NewBlock,
@@ -41,7 +39,6 @@ from ._store import (
 )
 
 __all__ = [
-    "MAX_SEGMENTS_PER_KEY",
     "RETAIN_ENDED_S",
     "CutKey",
     "InsufficientKey",
@@ -54,7 +51,6 @@ __all__ = [
     "HOLDS_MATERIAL",
     "MASTER_KEY_SIZE",
     "MAX_BLOCK_BYTES",
-    "MAX_BLOCK_ID",
     "SCHEMA_VERSION",
     "TERMINAL",
     "TRANSITIONS",
