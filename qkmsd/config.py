@@ -19,12 +19,16 @@ import msgspec
 from protocol import LINK_ID_RE, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
 from qkd_drivers import DriverConfigError, LinkEnd, driver_class
 
+from .errors import EXIT_CONFIG, QkmsError
+
 NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400 * 365)]
 
 
-class ConfigError(Exception):
+class ConfigError(QkmsError):
     """The configuration is invalid.  ``str()`` is the one line to show the operator."""
+
+    exit_code = EXIT_CONFIG
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

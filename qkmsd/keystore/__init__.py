@@ -6,9 +6,13 @@ Synchronous and single-writer; the daemon calls it from one worker thread.
 from ._errors import (
     CorruptStoreError,
     IllegalTransition,
+    InsufficientKey,
     KeyStoreError,
     MasterKeyError,
     MasterKeyMismatch,
+    NotAuthorised,
+    SegmentRefused,
+    ServiceKeyNotFound,
 )
 from ._lifecycle import (
     HOLDS_MATERIAL,
@@ -23,12 +27,8 @@ from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, l
 from ._service import (
     RETAIN_ENDED_S,
     CutKey,
-    InsufficientKey,
     KeySpec,
-    NotAuthorised,
     Segment,
-    SegmentRefused,
-    ServiceKeyNotFound,
 )
 from ._store import (
     MAX_BLOCK_BYTES,

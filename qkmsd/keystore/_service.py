@@ -30,7 +30,13 @@ from typing import Final
 
 from protocol import KEY_ID_RE, MAX_SEGMENTS_PER_KEY, SAE_ID_RE
 
-from ._errors import KeyStoreError
+from ._errors import (
+    InsufficientKey,
+    KeyStoreError,
+    NotAuthorised,
+    SegmentRefused,
+    ServiceKeyNotFound,
+)
 from ._lifecycle import KeyState, check_transition
 
 RETAIN_ENDED_S: Final = 86400.0
@@ -70,23 +76,6 @@ SERVICE_KEYS_SCHEMA: Final = (
     )""",
     "CREATE INDEX consumed_by_block ON consumed (link_id, block_id, start)",
 )
-
-
-class InsufficientKey(KeyStoreError):
-    """The pool holds fewer owned ready bits than asked for.  Nothing was cut."""
-
-
-class SegmentRefused(KeyStoreError):
-    """The peer asked us to consume segments we cannot: unknown, not ready, owned by us,
-    already used, or out of range.  Nothing was consumed."""
-
-
-class ServiceKeyNotFound(KeyStoreError):
-    """One or more key ids are unknown here, or already fetched by this SAE."""
-
-
-class NotAuthorised(KeyStoreError):
-    """The requesting SAE was not named as a slave of a key it asked for."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -54,7 +54,6 @@ from ..keystore import (
     KeyStore,
     KeyStoreError,
     Segment,
-    SegmentRefused,
 )
 from ..log import get_logger
 from ..storethread import StoreThread
@@ -554,10 +553,8 @@ class KeySupply:
             if len(specs) <= INLINE_RECORD_MAX_KEYS:
                 return await self._thread.call_inline(record, slow_after=INLINE_RECORD_SLOW_S)
             return await self._thread.call(record)
-        except SegmentRefused as exc:
-            return "segment-refused", str(exc)
-        except KeyStoreError as exc:
-            return "store-error", str(exc)
+        except KeyStoreError as exc:  # SegmentRefused, or the store failed
+            return str(exc.wire_code), str(exc)
 
     async def on_result(self, peer: str, message: SupplyResult) -> None:
         pending = self._pending.get(message.id)
