@@ -33,6 +33,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol import NODE_ID_RE
 
+from ._errors import CliError
+
 __all__ = [
     "CaFiles",
     "CertInfo",
@@ -65,7 +67,7 @@ _LOOPBACK_SANS: tuple[x509.GeneralName, ...] = (
 )
 
 
-class PkiError(Exception):
+class PkiError(CliError):
     """A PKI operation cannot proceed; the message names the file or value and the fix."""
 
 

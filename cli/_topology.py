@@ -11,10 +11,12 @@ import msgspec
 from protocol import NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE
 from qkd_drivers import DriverConfigError, driver_class
 
+from ._errors import CliError
+
 Id = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 
 
-class TopologyError(Exception):
+class TopologyError(CliError):
     """The topology file is invalid; the message names the file and the key."""
 
 
