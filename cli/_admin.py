@@ -15,8 +15,10 @@ from protocol import (
     admin_connection,
 )
 
+from ._errors import CliError
 
-class AdminError(Exception):
+
+class AdminError(CliError):
     """The daemon could not be reached or refused the request."""
 
     def __init__(self, message: str, *, code: str = "unreachable") -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from qkms_pqc import generate_keypair, write_private_key
 
 from ._admin import AdminClient, AdminError
+from ._errors import CliError
 from ._pki import init_ca, issue_node, issue_sae
 from ._topology import Topology
 
@@ -39,7 +40,7 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 
-class LabError(Exception):
+class LabError(CliError):
     """The lab cannot do what was asked; the message says why and what to do."""
 
 

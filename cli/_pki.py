@@ -31,6 +31,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol import NODE_ID_RE
+
+from ._errors import CliError
+
 __all__ = [
     "CaFiles",
     "CertInfo",
@@ -46,7 +50,7 @@ __all__ = [
 Kind = Literal["ca", "node", "sae"]
 
 ORGANIZATION = "qkms"
-_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_ID_RE = NODE_ID_RE  # node and SAE ids share the rule
 # Labels of letters, digits, '_' and inner '-'; an optional leading wildcard label.
 _DNS_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME_RE = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?")
@@ -63,7 +67,7 @@ _LOOPBACK_SANS: tuple[x509.GeneralName, ...] = (
 )
 
 
-class PkiError(Exception):
+class PkiError(CliError):
     """A PKI operation cannot proceed; the message names the file or value and the fix."""
 
 

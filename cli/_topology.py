@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
+from protocol import NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE
 from qkd_drivers import DriverConfigError, driver_class
 
-_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
-Id = Annotated[str, msgspec.Meta(pattern=_ID)]
+from ._errors import CliError
+
+Id = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 
 
-class TopologyError(Exception):
+class TopologyError(CliError):
     """The topology file is invalid; the message names the file and the key."""
 
 
@@ -99,7 +100,7 @@ def topology_from_mapping(data: dict[str, Any], *, label: str) -> Topology:
     except msgspec.ValidationError as exc:
         raise TopologyError(f"topology {label}: {exc}") from None
     for node in topo.nodes:
-        if not re.fullmatch(_ID, node):
+        if not NODE_ID_RE.fullmatch(node):
             raise TopologyError(f"topology {label}: [nodes.{node}] is not a valid node id")
     seen: set[str] = set()
     for i, link in enumerate(topo.links):
@@ -117,7 +118,7 @@ def topology_from_mapping(data: dict[str, Any], *, label: str) -> Topology:
         except DriverConfigError as exc:
             raise TopologyError(f"{where}: {exc}") from None
     for sae, spec in topo.saes.items():
-        if not re.fullmatch(_ID, sae):
+        if not SAE_ID_RE.fullmatch(sae):
             raise TopologyError(f"topology {label}: [saes.{sae}] is not a valid SAE id")
         if spec.kme not in topo.nodes:
             raise TopologyError(

@@ -23,6 +23,8 @@ from qkd_drivers.bb84 import (
 )
 from qkd_drivers.bb84._driver import pulses_per_block
 
+from ._errors import CliError, Group
+
 
 class _Count(click.ParamType):  # type: ignore[type-arg]
     """An integer that may be written 1e9 or 1_000_000."""
@@ -45,7 +47,7 @@ def _setup(params: str, eve: str | None) -> tuple[Bb84Params, Eve]:
     try:
         return load_params(params), parse_eve(eve)
     except Bb84ParamsError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CliError(str(exc)) from None
 
 
 def _run(
@@ -57,7 +59,7 @@ def _run(
             physics, distance, pulses, rng, eve=eve, mode="pulse" if mode == "pulse" else "event"
         )
     except Bb84ParamsError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CliError(str(exc)) from None
 
 
 def _fmt(value: Any) -> str:
@@ -81,7 +83,7 @@ _STAGES = [
 ]
 
 
-@click.group()
+@click.group(cls=Group)
 def bb84() -> None:
     """Simulate decoy-state BB84 links: one block, or a sweep over distance."""
 
@@ -204,7 +206,7 @@ def _plot(rows: list[dict[str, Any]], physics: Bb84Params, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise click.ClickException("--plot needs matplotlib: pip install 'qkms[plot]'") from None
+        raise CliError("--plot needs matplotlib: pip install 'qkms[plot]'") from None
     d = [r["distance_km"] for r in rows]
 
     def series(key: str) -> list[float]:

@@ -20,7 +20,8 @@ from qkms_client import Etsi014Client, Etsi014Error
 from qkms_pqc import HybridPrivateKey
 
 from ._admin import AdminClient
-from ._lab import Lab, LabError
+from ._errors import CliError, Command
+from ._lab import Lab
 from ._render import bits, node_status
 from ._topology import topology_from_mapping
 
@@ -77,7 +78,7 @@ def _lab_dir(directory: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
     "--dir",
     "directory",
@@ -109,10 +110,7 @@ def demo(directory: Path | None, keep: bool) -> None:
             "this CA only; a certificate from any other CA is refused during the handshake."
         )
         started = time.monotonic()
-        try:
-            manifest = lab.up(topo, progress=lambda s: say(f"  - {s}", dim=True))
-        except LabError as exc:
-            raise click.ClickException(str(exc)) from None
+        manifest = lab.up(topo, progress=lambda s: say(f"  - {s}", dim=True))
         try:
             _narrate(lab, manifest, total)
             if keep:
@@ -198,7 +196,7 @@ def _narrate(lab: Lab, manifest: dict[str, Any], total: int) -> None:
         p["state"] == "connected" for c in clients.values() for p in c.call("peers")["peers"]
     ):
         if time.monotonic() > deadline:
-            raise click.ClickException("the nodes did not connect within 20 s; see their logs")
+            raise CliError("the nodes did not connect within 20 s; see their logs")
         time.sleep(0.1)
     for node, client in clients.items():
         for peer in client.call("peers")["peers"]:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from ._lab import Lab, LabError
-from ._pki import PkiError
+from ._errors import Group
+from ._lab import Lab
 from ._render import node_status
-from ._topology import TopologyError, load_topology
+from ._topology import load_topology
 
 _dir = click.option(
     "--dir",
@@ -21,11 +21,7 @@ _dir = click.option(
 )
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
-
-
-@click.group()
+@click.group(cls=Group)
 def lab() -> None:
     """Run a local lab network on loopback: up, status, kill, start, down."""
 
@@ -40,11 +36,8 @@ def lab() -> None:
 @_dir
 def up(topology: Path, directory: Path) -> None:
     """Make the PKI and configs, start every node, wait until all are ready."""
-    try:
-        topo = load_topology(topology)
-        manifest = Lab(directory).up(topo, progress=lambda s: click.echo(s, err=True))
-    except (TopologyError, LabError, PkiError) as exc:
-        raise _fail(exc) from None
+    topo = load_topology(topology)
+    manifest = Lab(directory).up(topo, progress=lambda s: click.echo(s, err=True))
     for node, kme in manifest["kmes"].items():
         click.echo(f"{node}: pid {kme['pid']}  admin {kme['admin_socket']}")
     click.echo(f"lab is up: {Lab(directory).manifest_path}")
@@ -54,10 +47,7 @@ def up(topology: Path, directory: Path) -> None:
 @_dir
 def down(directory: Path) -> None:
     """Stop every node (SIGTERM, then SIGKILL after a deadline)."""
-    try:
-        stopped = Lab(directory).down()
-    except LabError as exc:
-        raise _fail(exc) from None
+    stopped = Lab(directory).down()
     click.echo(f"stopped {len(stopped)} node(s)" + (f": {', '.join(stopped)}" if stopped else ""))
 
 
@@ -66,10 +56,7 @@ def down(directory: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the raw status as JSON")
 def status(directory: Path, as_json: bool) -> None:
     """Print every node's status: peers and pool levels."""
-    try:
-        statuses = Lab(directory).status()
-    except LabError as exc:
-        raise _fail(exc) from None
+    statuses = Lab(directory).status()
     if as_json:
         click.echo(json.dumps(statuses, indent=2))
         return
@@ -83,10 +70,7 @@ def status(directory: Path, as_json: bool) -> None:
 @click.argument("node")
 def kill(directory: Path, node: str) -> None:
     """Kill one node with SIGKILL (a crash)."""
-    try:
-        pid = Lab(directory).kill(node)
-    except LabError as exc:
-        raise _fail(exc) from None
+    pid = Lab(directory).kill(node)
     click.echo(f"killed {node} (pid {pid})")
 
 
@@ -95,8 +79,5 @@ def kill(directory: Path, node: str) -> None:
 @click.argument("node")
 def start(directory: Path, node: str) -> None:
     """Start one node again on its ports and state."""
-    try:
-        pid = Lab(directory).start(node)
-    except LabError as exc:
-        raise _fail(exc) from None
+    pid = Lab(directory).start(node)
     click.echo(f"started {node} (pid {pid})")

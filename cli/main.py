@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ._errors import Group
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qkms")
 def qkmsctl() -> None:
     """Administer qkms nodes, build their PKI and run local lab networks."""

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from ._admin import AdminClient, AdminError
+from ._admin import AdminClient
+from ._errors import CliError, Command, Group
 from ._render import ago, bits, node_status, peer_tls, table
 
 DEFAULT_SOCKET = "/run/qkms/admin.sock"
@@ -25,19 +26,14 @@ def _socket_from(config: Path | None, socket_path: str | None) -> str:
             data = tomllib.loads(config.read_text())
             return str((config.parent / data["listen"]["admin_socket"]).resolve())
         except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
-            raise click.ClickException(
-                f"config {config}: cannot find [listen] admin_socket ({exc})"
-            ) from None
+            raise CliError(f"config {config}: cannot find [listen] admin_socket ({exc})") from None
     return DEFAULT_SOCKET
 
 
 def _call(ctx: click.Context, method: str) -> dict[str, Any]:
     obj = ctx.obj or {}
     path = _socket_from(obj.get("config"), obj.get("socket"))
-    try:
-        return AdminClient(path).call(method)
-    except AdminError as exc:
-        raise click.ClickException(str(exc)) from None
+    return AdminClient(path).call(method)
 
 
 _socket = click.option("--socket", "socket_path", help=f"admin socket (default {DEFAULT_SOCKET})")
@@ -65,7 +61,7 @@ def _target(f: Any) -> Any:
     return wrapper
 
 
-@click.command()
+@click.command(cls=Command)
 @_target
 def status(ctx: click.Context, as_json: bool) -> None:
     """A node's status: peers, links and pool levels."""
@@ -73,7 +69,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else node_status(result))
 
 
-@click.command()
+@click.command(cls=Command)
 @_target
 def peers(ctx: click.Context, as_json: bool) -> None:
     """A node's peers and their session state."""
@@ -95,7 +91,7 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     click.echo(table(["peer", "address", "state", "since", "tls", "last error"], rows))
 
 
-@click.command()
+@click.command(cls=Command)
 @_target
 def links(ctx: click.Context, as_json: bool) -> None:
     """A node's QKD links and their key pools."""
@@ -117,7 +113,7 @@ def links(ctx: click.Context, as_json: bool) -> None:
     click.echo(table(["link", "peer", "state", "ready", "keys", "unconfirmed"], rows))
 
 
-@click.group()
+@click.group(cls=Group)
 def config() -> None:
     """Node configuration files."""
 

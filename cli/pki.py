@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli._pki import PkiError, init_ca, issue_node, issue_sae, list_certificates
+from cli._errors import Group
+from cli._pki import init_ca, issue_node, issue_sae, list_certificates
 
 __all__ = ["pki"]
 
@@ -20,7 +21,7 @@ _DIR_OPTION = click.option(
 )
 
 
-@click.group()
+@click.group(cls=Group)
 def pki() -> None:
     """Build the network PKI: one CA, a certificate per node and per SAE."""
 
@@ -34,10 +35,7 @@ def pki() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing CA (orphans its certificates).")
 def init_command(directory: Path, common_name: str, days: int, force: bool) -> None:
     """Create the network CA in --dir."""
-    try:
-        files = init_ca(directory, common_name=common_name, days=days, force=force)
-    except PkiError as exc:
-        raise click.ClickException(str(exc)) from None
+    files = init_ca(directory, common_name=common_name, days=days, force=force)
     click.echo(f"wrote {files.cert}")
     click.echo(f"wrote {files.key} (private, 0600: keep it off the nodes)")
     if force:
@@ -78,15 +76,12 @@ def issue_command(
         raise click.UsageError("give one of --node ID or --sae ID, not both")
     if sae_id is not None and hosts:
         raise click.UsageError("--host applies to --node only: an SAE is never a TLS server")
-    try:
-        if node_id is not None:
-            files = issue_node(directory, node_id, hosts=hosts, days=days, force=force)
-        elif sae_id is not None:
-            files = issue_sae(directory, sae_id, days=days, force=force)
-        else:
-            raise click.UsageError("give --node ID or --sae ID")
-    except PkiError as exc:
-        raise click.ClickException(str(exc)) from None
+    if node_id is not None:
+        files = issue_node(directory, node_id, hosts=hosts, days=days, force=force)
+    elif sae_id is not None:
+        files = issue_sae(directory, sae_id, days=days, force=force)
+    else:
+        raise click.UsageError("give --node ID or --sae ID")
     click.echo(f"wrote {files.cert} ({files.kind} {files.id}, valid until {files.not_after:%F})")
     click.echo(f"wrote {files.key} (private, 0600)")
 
@@ -96,10 +91,7 @@ def issue_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(directory: Path, as_json: bool) -> None:
     """List the CA and the certificates issued in --dir."""
-    try:
-        infos = list_certificates(directory)
-    except PkiError as exc:
-        raise click.ClickException(str(exc)) from None
+    infos = list_certificates(directory)
     if as_json:
         rows = [
             {

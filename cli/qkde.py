@@ -20,8 +20,10 @@ from protocol._device import DEVICE_PROTOCOL_VERSIONS, MAX_KEY_BYTES, DeviceHell
 from qkd_drivers import DriverConfigError
 from qkd_drivers.vendor import DeviceEmulator, bb84_source, is_loopback, seeded_source
 
+from ._errors import CliError, Group
 
-@click.group()
+
+@click.group(cls=Group)
 def qkde() -> None:
     """Emulate QKD devices speaking the qkms device protocol."""
 
@@ -170,7 +172,7 @@ def emulate(
     except KeyboardInterrupt:
         click.echo("qkde: stopped", err=True)
     except OSError as exc:
-        raise click.ClickException(f"cannot serve: {exc.strerror or exc}") from None
+        raise CliError(f"cannot serve: {exc.strerror or exc}") from None
 
 
 async def _run(emulator: DeviceEmulator, serve: Callable[..., Awaitable[None]]) -> None:

@@ -33,7 +33,8 @@ from qkms_client import (
 )
 from qkms_pqc import HybridPrivateKey, PqcError, generate_keypair, write_private_key
 
-from ._lab import Lab, LabError
+from ._errors import CliError, Group
+from ._lab import Lab
 from ._render import table
 
 FINGERPRINT_HEX = 16
@@ -51,7 +52,7 @@ class _Kme:
     timeout: float
 
 
-def _error(exc: Etsi014Error, kme: _Kme) -> click.ClickException:
+def _error(exc: Etsi014Error, kme: _Kme) -> CliError:
     """The one line an operator sees for a failed ETSI 014 call (exit status 1)."""
     who = f"SAE {kme.sae}" if kme.sae else f"the SAE of {kme.cert}"
     if isinstance(exc, Unauthorized):
@@ -67,14 +68,11 @@ def _error(exc: Etsi014Error, kme: _Kme) -> click.ClickException:
         message = str(exc)
     else:
         message = f"KME {kme.url} answered outside ETSI 014: {exc}"
-    return click.ClickException(message)
+    return CliError(message)
 
 
 def _from_lab(directory: Path, sae: str) -> dict[str, Any]:
-    try:
-        manifest = Lab(directory).manifest()
-    except LabError as exc:
-        raise click.ClickException(str(exc)) from None
+    manifest = Lab(directory).manifest()
     try:
         entry = manifest["saes"][sae]
         return {
@@ -85,7 +83,7 @@ def _from_lab(directory: Path, sae: str) -> dict[str, Any]:
         }
     except KeyError:
         known = ", ".join(sorted(manifest.get("saes", {}))) or "none"
-        raise click.ClickException(
+        raise CliError(
             f"{directory / 'lab.json'}: no SAE {sae!r} in this lab (known: {known})"
         ) from None
 
@@ -155,9 +153,9 @@ def _client(kme: _Kme, pqc_key: Path | None = None) -> Etsi014Client:
         try:
             private = HybridPrivateKey.load(pqc_key)
         except OSError as exc:
-            raise click.ClickException(f"PQC key {pqc_key}: {exc.strerror or exc}") from None
+            raise CliError(f"PQC key {pqc_key}: {exc.strerror or exc}") from None
         except PqcError as exc:
-            raise click.ClickException(f"PQC key {pqc_key}: {exc}") from None
+            raise CliError(f"PQC key {pqc_key}: {exc}") from None
     try:
         return Etsi014Client(
             kme.url,
@@ -168,7 +166,7 @@ def _client(kme: _Kme, pqc_key: Path | None = None) -> Etsi014Client:
             timeout=kme.timeout,
         )
     except ValueError as exc:
-        raise click.ClickException(f"--url: {exc}") from None
+        raise CliError(f"--url: {exc}") from None
     except Etsi014Error as exc:
         raise _error(exc, kme) from None
 
@@ -218,7 +216,7 @@ def _print_keys(delivery: KeyDelivery, *, show_key: bool, as_json: bool) -> None
         click.echo("(delivered PQC-wrapped, unwrapped with --pqc-key)")
 
 
-@click.group()
+@click.group(cls=Group)
 def sae() -> None:
     """Act as an SAE towards a KME (ETSI GS QKD 014): status, get keys, register PQC keys."""
 
@@ -339,23 +337,23 @@ def register_pqc(out: Path, public_out: Path, sae_id: str) -> None:
     """Make a hybrid ML-KEM-768 + X25519 key pair for PQC-wrapped delivery."""
     for path in (out, public_out):
         if path.exists() or path.is_symlink():
-            raise click.ClickException(f"{path} already exists; not overwriting it")
+            raise CliError(f"{path} already exists; not overwriting it")
     try:
         private = generate_keypair()
     except PqcError as exc:
-        raise click.ClickException(f"cannot make a PQC key pair: {exc}") from None
+        raise CliError(f"cannot make a PQC key pair: {exc}") from None
     public = private.public_key()
     try:
         write_private_key(out, private)
     except OSError as exc:
-        raise click.ClickException(f"{out}: {exc.strerror or exc}") from None
+        raise CliError(f"{out}: {exc.strerror or exc}") from None
     try:
         fd = os.open(public_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as file:
             file.write(public.to_pem())
     except OSError as exc:
         out.unlink(missing_ok=True)  # no private key without its public half
-        raise click.ClickException(f"{public_out}: {exc.strerror or exc}") from None
+        raise CliError(f"{public_out}: {exc.strerror or exc}") from None
     click.echo(f"private key: {out} (mode 0600: keep it with the SAE, secret)")
     click.echo(f"public key:  {public_out}")
     click.echo(f"public key fingerprint (SHA-256): {public.fingerprint()}")

@@ -156,9 +156,10 @@ class PeerSession:
         kind = _kind(message)
         next_state = _TRANSITIONS.get((self.state, kind))
         if next_state is None:
+            arrived_in = self.state  # name the state the message came in, not CLOSED
             self.state = SessionState.CLOSED
             raise RemoteProtocolError(
-                ErrorCode.UNEXPECTED_MESSAGE, f"{kind!r} not allowed in state {self.state.value}"
+                ErrorCode.UNEXPECTED_MESSAGE, f"{kind!r} not allowed in state {arrived_in.value}"
             )
         if isinstance(message, Hello):
             self._accept_hello(message)

@@ -10,7 +10,7 @@ import enum
 
 
 class ErrorCode(enum.StrEnum):
-    """Wire error codes carried in ``Error`` messages and ``RemoteProtocolError``."""
+    """Wire error codes: in ``Error`` messages, ``SupplyResult.code``, ``RemoteProtocolError``."""
 
     FRAME_TOO_LARGE = "frame-too-large"
     BAD_FRAME = "bad-frame"
@@ -25,6 +25,11 @@ class ErrorCode(enum.StrEnum):
     BAD_CHECKSUM = "bad-checksum"
     BLOCK_OUT_OF_ORDER = "block-out-of-order"
     DUPLICATE_BLOCK = "duplicate-block"
+    # A refused ``supply.reserve`` (``SupplyResult.code``).
+    NO_SLAVE_HERE = "no-slave-here"
+    STORED_KEYS_FULL = "stored-keys-full"
+    SEGMENT_REFUSED = "segment-refused"
+    STORE_ERROR = "store-error"
 
 
 class ProtocolError(Exception):

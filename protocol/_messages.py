@@ -12,16 +12,34 @@ from typing import Annotated, Any, Final, TypeAlias
 import msgspec
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._limits import (
+    KEY_ID_PATTERN,
+    LINK_ID_MAX_LENGTH,
+    LINK_ID_PATTERN,
+    MAX_BLOCK_ID,
+    MAX_IDS_PER_MESSAGE,
+    MAX_KEYS_PER_RESERVATION,
+    MAX_SEGMENTS_PER_KEY,
+    MAX_SLAVES_PER_RESERVATION,
+    NODE_ID_MAX_LENGTH,
+    NODE_ID_PATTERN,
+    SAE_ID_MAX_LENGTH,
+    SAE_ID_PATTERN,
+)
 
 PROTOCOL_VERSIONS: Final = (1,)
-MAX_IDS_PER_MESSAGE: Final = 4096
 
-NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-LinkId = Annotated[str, msgspec.Meta(min_length=1, max_length=129, pattern=r"^[A-Za-z0-9_.:~-]+$")]
+NodeId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=NODE_ID_MAX_LENGTH, pattern=NODE_ID_PATTERN)
+]
+LinkId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=LINK_ID_MAX_LENGTH, pattern=LINK_ID_PATTERN)
+]
 U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+BlockId = Annotated[int, msgspec.Meta(ge=0, le=MAX_BLOCK_ID)]
 ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
-BlockIds = Annotated[list[U63], msgspec.Meta(max_length=MAX_IDS_PER_MESSAGE)]
+BlockIds = Annotated[list[BlockId], msgspec.Meta(max_length=MAX_IDS_PER_MESSAGE)]
 
 
 class _Message(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -91,18 +109,16 @@ class KeyDiscard(_Message, tag="key.discard", frozen=True):
     reason: Annotated[str, msgspec.Meta(max_length=64)]
 
 
-MAX_KEYS_PER_RESERVATION: Final = 4096
-MAX_SEGMENTS_PER_KEY: Final = 64
-SaeName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-KeyId = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+SaeName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=SAE_ID_MAX_LENGTH, pattern=SAE_ID_PATTERN)
 ]
+KeyId = Annotated[str, msgspec.Meta(pattern=KEY_ID_PATTERN)]
 
 
 class SegmentRef(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
     """Bytes ``[offset, offset + length)`` of block ``block_id``: ``[id, offset, length]``."""
 
-    block_id: U63
+    block_id: BlockId
     offset: U32
     length: Annotated[int, msgspec.Meta(ge=1, le=2**32 - 1)]
 
@@ -123,7 +139,9 @@ class SupplyReserve(_Message, tag="supply.reserve", frozen=True):
     id: U63
     link_id: LinkId
     master_sae: SaeName
-    slave_saes: Annotated[list[SaeName], msgspec.Meta(min_length=1, max_length=256)]
+    slave_saes: Annotated[
+        list[SaeName], msgspec.Meta(min_length=1, max_length=MAX_SLAVES_PER_RESERVATION)
+    ]
     expires_at: Annotated[float, msgspec.Meta(ge=0)]
     keys: Annotated[
         list[ReservedKey], msgspec.Meta(min_length=1, max_length=MAX_KEYS_PER_RESERVATION)

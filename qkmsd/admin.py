@@ -31,7 +31,7 @@ from protocol import (
     admin_connection,
 )
 
-from .errors import StartupError
+from .errors import QkmsError, StartupError
 from .log import get_logger
 
 log = get_logger("qkms.admin")
@@ -39,8 +39,10 @@ log = get_logger("qkms.admin")
 Method = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class AdminParamsError(Exception):
+class AdminParamsError(QkmsError):
     """A method's params are invalid; the message goes back to the client."""
+
+    wire_code = ErrorCode.BAD_MESSAGE
 
 
 class AdminServer:
@@ -115,8 +117,11 @@ class AdminServer:
             )
         try:
             return AdminResponse(id=message.id, result=await method(message.params))
-        except AdminParamsError as exc:
-            return Error(code=str(ErrorCode.BAD_MESSAGE), message=str(exc), id=message.id)
+        except QkmsError as exc:
+            if exc.wire_code is ErrorCode.INTERNAL:
+                log.error("admin.method_failed", method=message.method, exc_info=True)
+                return _internal_error(message.id)
+            return Error(code=str(exc.wire_code), message=str(exc), id=message.id)
         except Exception:
             log.error("admin.method_failed", method=message.method, exc_info=True)
             return _internal_error(message.id)

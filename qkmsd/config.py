@@ -16,16 +16,19 @@ from typing import Annotated, Any
 
 import msgspec
 
+from protocol import LINK_ID_RE, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
 from qkd_drivers import DriverConfigError, LinkEnd, driver_class
 
-_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
-_LINK_ID = r"^[A-Za-z0-9_.:~-]{1,129}$"
-NodeId = Annotated[str, msgspec.Meta(pattern=_ID)]
+from .errors import EXIT_CONFIG, QkmsError
+
+NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400 * 365)]
 
 
-class ConfigError(Exception):
+class ConfigError(QkmsError):
     """The configuration is invalid.  ``str()`` is the one line to show the operator."""
+
+    exit_code = EXIT_CONFIG
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -88,9 +91,9 @@ class SupplyPolicy(_Section, frozen=True):
     key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16, multiple_of=8)] = 256
     min_key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16, multiple_of=8)] = 64
     max_key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16, multiple_of=8)] = 8192
-    max_key_per_request: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 128
+    max_key_per_request: Annotated[int, msgspec.Meta(ge=1, le=etsi014.MAX_KEYS_PER_REQUEST)] = 128
     max_stored_keys: Annotated[int, msgspec.Meta(ge=1, le=1 << 24)] = 100_000
-    max_sae_id_count: Annotated[int, msgspec.Meta(ge=0, le=256)] = 8
+    max_sae_id_count: Annotated[int, msgspec.Meta(ge=0, le=etsi014.MAX_SLAVE_SAE_IDS)] = 8
     key_validity_s: Seconds = 3600.0
     rate_keys_per_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     burst_keys: Annotated[int, msgspec.Meta(ge=1)] = 1024
@@ -278,7 +281,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         raise fail("[listen] peer:", str(exc)) from None
     peers: dict[str, PeerConfig] = {}
     for node_id, peer in raw.peers.items():
-        if not re.fullmatch(_ID, node_id):
+        if not NODE_ID_RE.fullmatch(node_id):
             raise fail(f"[peers.{node_id}]", "is not a valid node id (1-64 of A-Z a-z 0-9 _ . : -)")
         if node_id == raw.node.id:
             raise fail(f"[peers.{node_id}]", "is this node itself; remove it")
@@ -288,7 +291,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             raise fail(f"[peers.{node_id}] address:", str(exc)) from None
     links: dict[str, LinkConfig] = {}
     for link_id, link in raw.links.items():
-        if not re.fullmatch(_LINK_ID, link_id):
+        if not LINK_ID_RE.fullmatch(link_id):
             raise fail(
                 f"[links.{link_id}]", "is not a valid link id (1-129 of A-Z a-z 0-9 _ . : ~ -)"
             )
@@ -324,7 +327,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             raise fail("[listen] api:", str(exc)) from None
     saes: dict[str, SaeConfig] = {}
     for sae_id, sae in raw.saes.items():
-        if not re.fullmatch(_ID, sae_id):
+        if not SAE_ID_RE.fullmatch(sae_id):
             raise fail(f"[saes.{sae_id}]", "is not a valid SAE id (1-64 of A-Z a-z 0-9 _ . : -)")
         key = resolve(sae.pqc_public_key) if sae.pqc_public_key else None
         saes[sae_id] = SaeConfig(sae_id, sae.kme, key)

@@ -1,7 +1,7 @@
-"""``qkmsd``: the node daemon's entry point.
+"""``qkmsd``: the node daemon's entry point, where errors become exit statuses.
 
 Exit status: 0 after a clean shutdown, 2 for an invalid configuration, 1 when
-the node cannot start (the message says what to fix).
+the node cannot start (the message says what to fix): each error's ``exit_code``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import trio
 from ._exc import collapse
 from .app import VERSION, Node
 from .config import Config, ConfigError, load_config
-from .errors import StartupError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, QkmsError, StartupError
 from .keystore import MasterKeyError, generate_master_key
 from .log import configure, get_logger
 from .systemd import Notifier
@@ -62,31 +62,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.generate_master_key:
         try:
             generate_master_key(Path(args.generate_master_key))
-        except (MasterKeyError, OSError) as exc:
+        except MasterKeyError as exc:
+            return _fail(exc)
+        except OSError as exc:
             print(f"qkmsd: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         print(f"master key written to {args.generate_master_key} (mode 0600)")
-        return 0
+        return EXIT_OK
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"qkmsd: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     if args.check:
         print(f"config {config.source}: ok (node {config.node_id}, {len(config.links)} link(s))")
-        return 0
+        return EXIT_OK
     configure(config.log.level, config.log.format, node_id=config.node_id)
     try:
         trio.run(serve, config, Notifier())
     except BaseException as raw:
         cause = collapse(raw)
         if isinstance(cause, StartupError):
-            print(f"qkmsd: {cause}", file=sys.stderr)
-            return 1
+            return _fail(cause)
         if isinstance(cause, KeyboardInterrupt):
-            return 130
+            return EXIT_INTERRUPTED
         raise
-    return 0
+    return EXIT_OK
+
+
+def _fail(exc: QkmsError) -> int:
+    """The operator's one line on stderr, and the exit status of ``exc``'s kind."""
+    print(f"qkmsd: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from protocol import ErrorCode
+
+from .errors import QkmsError
+
 __all__ = [
     "HYBRID_PQ_GROUP",
     "CertificateIdentityError",
@@ -46,7 +50,7 @@ _TLS12_CIPHERS = (
 )
 
 
-class TlsError(Exception):
+class TlsError(QkmsError):
     """Root of the TLS helpers' errors."""
 
 
@@ -56,6 +60,8 @@ class TlsConfigError(TlsError):
 
 class CertificateIdentityError(TlsError):
     """The peer's certificate does not say, or does not say the expected, who it is."""
+
+    wire_code = ErrorCode.WRONG_PEER
 
 
 @dataclass(frozen=True, slots=True)

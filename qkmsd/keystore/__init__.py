@@ -6,9 +6,13 @@ Synchronous and single-writer; the daemon calls it from one worker thread.
 from ._errors import (
     CorruptStoreError,
     IllegalTransition,
+    InsufficientKey,
     KeyStoreError,
     MasterKeyError,
     MasterKeyMismatch,
+    NotAuthorised,
+    SegmentRefused,
+    ServiceKeyNotFound,
 )
 from ._lifecycle import (
     HOLDS_MATERIAL,
@@ -20,18 +24,14 @@ from ._lifecycle import (
     is_legal,
 )
 from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
-from ._pool import Allocation, InsufficientKey, Segment, SegmentRefused
+from ._pool import Allocation, Segment
 from ._service import (
-    MAX_SEGMENTS_PER_KEY,
     RETAIN_ENDED_S,
     CutKey,
     KeySpec,
-    NotAuthorised,
-    ServiceKeyNotFound,
 )
 from ._store import (
     MAX_BLOCK_BYTES,
-    MAX_BLOCK_ID,
     SCHEMA_VERSION,
     KeyStore,
     NewBlock,
@@ -40,7 +40,6 @@ from ._store import (
 
 __all__ = [
     "Allocation",
-    "MAX_SEGMENTS_PER_KEY",
     "RETAIN_ENDED_S",
     "CutKey",
     "InsufficientKey",
@@ -53,7 +52,6 @@ __all__ = [
     "HOLDS_MATERIAL",
     "MASTER_KEY_SIZE",
     "MAX_BLOCK_BYTES",
-    "MAX_BLOCK_ID",
     "SCHEMA_VERSION",
     "TERMINAL",
     "TRANSITIONS",

@@ -28,20 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 from protocol import MAX_SEGMENTS_PER_KEY
 
-from ._errors import KeyStoreError
+from ._errors import InsufficientKey, KeyStoreError, SegmentRefused
 from ._lifecycle import KeyState
 
 MAX_SEGMENTS_PER_ALLOCATION = MAX_SEGMENTS_PER_KEY
 """Segments one allocation may span (the wire's limit for one key)."""
-
-
-class InsufficientKey(KeyStoreError):
-    """The pool holds fewer owned ready bits than asked for.  Nothing was cut."""
-
-
-class SegmentRefused(KeyStoreError):
-    """The peer asked us to consume segments we cannot: unknown, not ready, owned by us,
-    already used, or out of range.  Nothing was consumed."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

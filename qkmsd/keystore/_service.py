@@ -25,23 +25,23 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from ._errors import KeyStoreError
-from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
-from ._pool import PoolMethods, Segment, SegmentRefused
+from protocol import KEY_ID_RE, MAX_SEGMENTS_PER_KEY, SAE_ID_RE
 
-MAX_SEGMENTS_PER_KEY: Final = 64
+from ._errors import KeyStoreError, NotAuthorised, SegmentRefused, ServiceKeyNotFound
+from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
+from ._pool import PoolMethods, Segment
+
 RETAIN_ENDED_S: Final = 86400.0
 """How long, by default, the row of a fetched, expired or elsewhere-served key outlives its
 validity (``[supply] retain_ended_s``).  About 260 bytes a row at the slave's KME."""
-_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_KEY_ID = KEY_ID_RE
 # Rows per INSERT statement: 13 parameters each, well under SQLite's 32,766.
 _ROWS_PER_INSERT = 256
-_SAE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_SAE_ID = SAE_ID_RE
 
 SERVICE_KEYS_SCHEMA: Final = (
     """CREATE TABLE service_keys (
@@ -72,14 +72,6 @@ SERVICE_KEYS_SCHEMA: Final = (
     )""",
     "CREATE INDEX consumed_by_block ON consumed (link_id, block_id, start)",
 )
-
-
-class ServiceKeyNotFound(KeyStoreError):
-    """One or more key ids are unknown here, or already fetched by this SAE."""
-
-
-class NotAuthorised(KeyStoreError):
-    """The requesting SAE was not named as a slave of a key it asked for."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ import dataclasses
 import fcntl
 import math
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -39,6 +38,8 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 
+from protocol import LINK_ID_RE, MAX_BLOCK_ID
+
 from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
@@ -48,9 +49,8 @@ MAX_BLOCK_BYTES: Final = 1 << 24
 """Largest key block accepted (16 MiB)."""
 
 MAX_REASON_LENGTH: Final = 256
-MAX_BLOCK_ID: Final = (1 << 63) - 1
 
-_LINK_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,129}")
+_LINK_ID = LINK_ID_RE
 _NONCE_SIZE: Final = 24
 _CHUNK: Final = 500  # ids per IN (...) query, well under SQLite's variable limit
 _PLAIN_CACHE_BYTES: Final = 4 << 20  # decrypted blocks kept for cutting (at least one)

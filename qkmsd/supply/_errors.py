@@ -1,4 +1,8 @@
-"""Key supply errors and the one table that turns them into ETSI 014 answers."""
+"""Key supply errors, and the one function that turns errors into ETSI 014 answers.
+
+The status each kind is answered with is its ``http_status`` (see ``qkmsd.errors``);
+``HANDLED`` lists the kinds the agent answers, the rest reach the server as a 500.
+"""
 
 from __future__ import annotations
 
@@ -23,38 +27,41 @@ class SupplyError(QkmsError):
 class BadRequest(SupplyError):
     """The request is malformed or outside the pair's policy (400)."""
 
+    http_status = 400
+
 
 class Unauthorised(SupplyError):
     """The caller may not do this (401, sent without a body)."""
+
+    http_status = 401
 
 
 class Unavailable(SupplyError):
     """Not enough key, the target KME is unreachable, or a rate limit (503)."""
 
+    http_status = 503
 
-_STATUS: dict[type[Exception], int] = {
-    BadRequest: 400,
-    Unauthorised: 401,
-    Unavailable: 503,
-    NotAuthorised: 401,
-    ServiceKeyNotFound: 400,
-    InsufficientKey: 503,
-}
+
+HANDLED: tuple[type[Exception], ...] = (
+    etsi014.ApiRequestError,
+    BadRequest,
+    Unauthorised,
+    Unavailable,
+    NotAuthorised,
+    ServiceKeyNotFound,
+    InsufficientKey,
+)
+"""What the agent answers an SAE with: each has an ``http_status`` (a test checks)."""
 
 
 def error_response(exc: Exception) -> Response:
-    """The ETSI 014 answer for ``exc`` (one of the types in the table above)."""
+    """The ETSI 014 answer for ``exc``, one of ``HANDLED``."""
     if isinstance(exc, etsi014.ApiRequestError):
         allow = (("allow", ", ".join(exc.allowed)),) if exc.allowed else ()
         return Response(exc.http_status, etsi014.error_body(exc.message), headers=allow)
-    status = next(code for cls, code in _STATUS.items() if isinstance(exc, cls))
-    if status == 401:
+    if not isinstance(exc, QkmsError) or exc.http_status is None:
+        raise TypeError(f"{type(exc).__name__} has no ETSI 014 answer") from exc
+    if exc.http_status == 401:
         return Response(401)
-    if isinstance(exc, ServiceKeyNotFound):
-        return Response(400, etsi014.error_body(etsi014.MSG_KEYS_NOT_FOUND))
-    if isinstance(exc, SupplyError):
-        return Response(status, etsi014.error_body(exc.message, exc.details))
-    return Response(status, etsi014.error_body(str(exc)))
-
-
-HANDLED: tuple[type[Exception], ...] = (etsi014.ApiRequestError, *_STATUS)
+    details = exc.details if isinstance(exc, SupplyError) else None
+    return Response(exc.http_status, etsi014.error_body(exc.sae_message or str(exc), details))

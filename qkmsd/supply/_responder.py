@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from protocol import SupplyReserve, SupplyResult
+from protocol import ErrorCode, SupplyReserve, SupplyResult
 
 from ..config import SaeConfig, SupplyPolicy
-from ..keystore import KeySpec, KeyStore, KeyStoreError, Segment, SegmentRefused
+from ..keystore import KeySpec, KeyStore, KeyStoreError, Segment
 from ..log import get_logger
 from ..storethread import StoreThread
 
@@ -51,12 +51,13 @@ class ReservationResponder:
         """Record the keys, or refuse with a code; never raises for what the peer asked."""
         code, text = "", ""
         if self._link_to.get(peer) != message.link_id:
-            code, text = "unknown-link", f"{message.link_id} is not our link with {peer}"
+            code, text = ErrorCode.UNKNOWN_LINK, f"{message.link_id} is not our link with {peer}"
         local = [
             s for s in message.slave_saes if (c := self._saes.get(s)) and c.kme == self.node_id
         ]
         if not code and not local:
-            code, text = "no-slave-here", f"none of the slave SAEs is attached to {self.node_id}"
+            code = ErrorCode.NO_SLAVE_HERE
+            text = f"none of the slave SAEs is attached to {self.node_id}"
         if not code:
             code, text = await self._record(message, local)
         if code:
@@ -75,7 +76,8 @@ class ReservationResponder:
             for slave, limit in limits.items():
                 stored = self._store.stored_service_keys(message.master_sae, slave)
                 if stored + len(specs) > limit:
-                    return "stored-keys-full", f"{slave} already holds {stored} of {limit} keys"
+                    full = f"{slave} already holds {stored} of {limit} keys"
+                    return ErrorCode.STORED_KEYS_FULL, full
             self._store.record_service_keys(
                 message.link_id,
                 specs,
@@ -89,7 +91,5 @@ class ReservationResponder:
             if len(specs) <= INLINE_RECORD_MAX_KEYS:
                 return await self._thread.call_inline(record, slow_after=INLINE_RECORD_SLOW_S)
             return await self._thread.call(record)
-        except SegmentRefused as exc:
-            return "segment-refused", str(exc)
-        except KeyStoreError as exc:
-            return "store-error", str(exc)
+        except KeyStoreError as exc:  # SegmentRefused, or the store failed
+            return str(exc.wire_code), str(exc)

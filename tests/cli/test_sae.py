@@ -284,5 +284,5 @@ def test_service_unavailable_reads_as_such() -> None:
     from cli.sae import _error, _Kme
 
     kme = _Kme("https://kme:443", Path("ca"), Path("c"), Path("k"), "SAE_A", 1.0)
-    message = _error(ServiceUnavailable("not enough key"), kme).message
+    message = str(_error(ServiceUnavailable("not enough key"), kme))
     assert message == "KME https://kme:443 cannot serve now (503): not enough key"

@@ -76,13 +76,27 @@ def test_a_message_before_hello_is_a_violation() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         a.next_event()
     assert info.value.code is ErrorCode.UNEXPECTED_MESSAGE
+    assert "'ping' not allowed in state await-hello" in info.value.message
+    assert a.state is SessionState.CLOSED
 
 
 def test_a_second_hello_is_a_violation() -> None:
     a, b = open_pair()
     a.receive_data(b.hello())
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError) as info:
         a.next_event()
+    assert info.value.code is ErrorCode.UNEXPECTED_MESSAGE
+
+
+def test_an_unexpected_message_error_names_the_state_it_arrived_in() -> None:
+    # The session closes on a violation; the error must still report where it happened.
+    a, b = open_pair()
+    a.receive_data(b.hello())
+    with pytest.raises(RemoteProtocolError) as info:
+        a.next_event()
+    assert "'hello' not allowed in state open" in info.value.message
+    assert "closed" not in info.value.message
+    assert a.state is SessionState.CLOSED
 
 
 def test_we_cannot_send_before_the_session_is_open() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from qkmsd.keystore._service import _KEY_ID
+from protocol import KEY_ID_RE
 from qkmsd.supply._ids import new_key_id
 
 
@@ -15,7 +15,7 @@ def test_a_key_id_is_a_lower_case_uuid_of_version_7() -> None:
     assert str(parsed) == key_id
     assert parsed.version == 7
     assert parsed.variant == uuid.RFC_4122
-    assert _KEY_ID.fullmatch(key_id)  # the key store accepts it
+    assert KEY_ID_RE.fullmatch(key_id)  # the wire and the key store accept it
 
 
 def test_a_key_id_starts_with_its_creation_time_in_milliseconds() -> None:
