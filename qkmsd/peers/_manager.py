@@ -42,6 +42,7 @@ from protocol import (
 from .._exc import collapse
 from ..errors import PeerConnectionLost
 from ..log import get_logger
+from ..netguard import Admission, ConnectionGate, GateLimits, wait_for_data
 from ..tls import CertificateIdentityError, certificate_identity, expect_identity
 from ..tlsgroup import TlsContexts
 
@@ -113,6 +114,8 @@ class PeerManager:
         heartbeat: float,
         reconnect_max: float,
         max_frame_size: int = 1 << 20,
+        gate: GateLimits | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.node_id = node_id
         self._listen = (listen_host, listen_port)
@@ -131,6 +134,9 @@ class PeerManager:
         }
         self._live: dict[str, _Session] = {}
         self.port: int | None = None
+        # Strangers reach the peer port too: cap them before any TLS state exists.
+        self._gate = ConnectionGate("peer", gate or GateLimits(256, 64))
+        self._accept_timeout = handshake_timeout
 
     # --- public --------------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class PeerManager:
         self.port = listeners[0].socket.getsockname()[1]
         log.info("peers.listening", host=host, port=self.port)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            await nursery.start(self._gate.serve, listeners, self._accept)
             for state in self._peers.values():
                 if state.dials:
                     nursery.start_soon(self._dial_forever, state)
@@ -163,11 +169,20 @@ class PeerManager:
     def is_connected(self, peer: str) -> bool:
         return peer in self._live
 
+    def last_heard(self, peer: str) -> float | None:
+        """When ``peer`` last sent us anything (``time.time()``), or None."""
+        state = self._peers.get(peer)
+        return state.last_seen if state is not None else None
+
     def peers_status(self) -> list[dict[str, Any]]:
         return [p.as_dict() for p in self._peers.values()]
 
     def statistics(self) -> dict[str, Any]:
-        return {"connected": len(self._live), "configured": len(self._peers)}
+        return {
+            "connected": len(self._live),
+            "configured": len(self._peers),
+            "listener": self._gate.statistics(),
+        }
 
     # --- connections ---------------------------------------------------------------
 
@@ -194,16 +209,31 @@ class PeerManager:
             delay = min(self._reconnect_max, 0.5 * 2 ** min(failures, 10))
             await trio.sleep(delay * random.uniform(0.5, 1.0))
 
-    async def _accept(self, tcp: trio.SocketStream) -> None:
+    async def _accept(self, tcp: trio.SocketStream, admission: Admission) -> None:
+        deadline = admission.admitted_at + self._accept_timeout
+        with trio.move_on_at(deadline) as waiting:
+            await wait_for_data(tcp)  # no TLS state for a silent socket
+        if waiting.cancelled_caught:
+            self._gate.note_refused("handshake_timeout")
+            return
         stream = trio.SSLStream(tcp, self._server_tls.handshake, server_side=True)
-        await self._run_connection(stream, self._server_tls, expected=None)
+        await self._run_connection(stream, self._server_tls, expected=None, admission=admission)
 
     async def _run_connection(
-        self, stream: trio.SSLStream[Any], tls: TlsContexts, *, expected: str | None
+        self,
+        stream: trio.SSLStream[Any],
+        tls: TlsContexts,
+        *,
+        expected: str | None,
+        admission: Admission | None = None,
     ) -> bool:
         """Handshake, authenticate, run the session.  True if a session opened."""
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
+            if admission is None:
+                deadline = trio.current_time() + HANDSHAKE_TIMEOUT
+            else:
+                deadline = admission.admitted_at + self._accept_timeout
+            with trio.fail_at(deadline):
                 await stream.do_handshake()
             group = tls.after_handshake(stream)
             identity = certificate_identity(stream)
@@ -214,20 +244,29 @@ class PeerManager:
             state = self._peers[peer]
             state.tls_version, state.tls_group = stream.version(), group or "unknown"
         except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
-            self._note_refusal(expected, f"TLS handshake failed: {_reason(exc)}")
+            kind = "handshake_timeout" if isinstance(exc, trio.TooSlowError) else "tls"
+            self._note_refusal(expected, f"TLS handshake failed: {_reason(exc)}", kind)
             await trio.aclose_forcefully(stream)
             return False
         except CertificateIdentityError as exc:
-            self._note_refusal(expected, str(exc))
+            self._note_refusal(expected, str(exc), "identity")
             await trio.aclose_forcefully(stream)
             return False
+        if admission is not None:
+            admission.authenticated()
         return await self.serve_authenticated(stream, peer)
 
-    def _note_refusal(self, expected: str | None, reason: str) -> None:
-        log.warning("peer.refused", peer=expected or "?", reason=reason)
-        if expected is not None:
-            self._peers[expected].refused += 1
-            self._peers[expected].last_error = reason
+    def _note_refusal(self, expected: str | None, reason: str, kind: str) -> None:
+        if expected is None:
+            # An accepted stranger: counted, and logged once per interval with the rest
+            # (a flood must not write a line per connection).
+            self._gate.note_refused(kind)
+            return
+        log.warning("peer.refused", peer=expected, reason=reason)
+        state = self._peers[expected]
+        state.refused += 1
+        if expected not in self._live:  # never overwrite a healthy session's last error
+            state.last_error = reason
 
     async def serve_authenticated(self, stream: trio.abc.Stream, peer: str) -> bool:
         """Run the peer session over a transport that already authenticated ``peer``.
