@@ -22,10 +22,11 @@ from qkms_pqc import HybridPublicKey, PqcError
 from .admin import AdminParamsError, AdminServer
 from .config import Config
 from .errors import StartupError
-from .http import HandshakeStats, serve_tcp_tls
+from .http import HandshakeStats, Limits, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
+from .netguard import GateLimits
 from .peers import PeerManager
 from .storethread import StoreThread
 from .supply import KeySupply
@@ -86,6 +87,9 @@ class Node:
                 announce_interval=cfg.sync.announce_interval_s,
                 max_block_age=cfg.policy.max_block_age_s,
                 key_size=cfg.policy.key_size,
+                peer_heard=self._peer_heard,
+                # A healthy peer is heard at least once a heartbeat (its pings, our pongs).
+                liveness_window=2 * cfg.sync.heartbeat_s,
             )
             self.supply = supply = KeySupply(
                 node_id=cfg.node_id,
@@ -117,6 +121,8 @@ class Node:
                 on_down=keys.peer_down,
                 heartbeat=cfg.sync.heartbeat_s,
                 reconnect_max=cfg.sync.reconnect_max_s,
+                gate=GateLimits(cfg.peer.max_connections, cfg.peer.max_connections_per_source),
+                handshake_timeout=cfg.peer.handshake_timeout_s,
             )
             admin = AdminServer(
                 cfg.admin_socket,
@@ -158,7 +164,12 @@ class Node:
         make_context = partial(api_context, cfg.ca, cfg.cert, cfg.key)
         try:
             port: int = await nursery.start(
-                partial(serve_tcp_tls, stats=self.api_handshakes),
+                partial(
+                    serve_tcp_tls,
+                    stats=self.api_handshakes,
+                    limits=Limits(handshake_timeout=cfg.api.handshake_timeout_s),
+                    gate=GateLimits(cfg.api.max_connections, cfg.api.max_connections_per_source),
+                ),
                 supply.handle,
                 make_context,
                 cfg.api_listen.host,
@@ -173,6 +184,9 @@ class Node:
     async def _send_to_peer(self, peer: str, message: Any) -> bool:
         assert self.peers is not None
         return await self.peers.send(peer, message)
+
+    def _peer_heard(self, peer: str) -> float | None:
+        return self.peers.last_heard(peer) if self.peers is not None else None
 
     # --- admin methods -------------------------------------------------------------
 
