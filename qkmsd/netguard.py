@@ -26,7 +26,11 @@ count per errno), and only if something happened.  Handlers add their own reason
 (``note_refused``) such as TLS handshakes that failed or timed out.
 
 Memory: a pending connection holds its socket, a small task and its ``Admission``;
-handlers wait for the client's first byte (``wait_for_data``) before they build TLS state.
+handlers wait for the client's first byte (``wait_for_data``) before they build TLS state,
+and build it only holding a handshake slot (``Admission.start_handshake``; at most
+``max_handshakes`` at once), so the tens of KiB
+that OpenSSL takes per handshake are spent on a few connections at a time, never on all
+the pending ones (the allocator would keep that memory after the flood).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import collections
 import dataclasses
 import errno
 import re
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -62,10 +67,14 @@ class GateLimits:
 
     max_connections: int = 4096
     max_per_source: int = 256
+    max_handshakes: int = 64
+    """TLS handshakes in progress at once: each holds tens of KiB of OpenSSL state."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_per_source <= self.max_connections:
             raise ValueError("GateLimits needs 1 <= max_per_source <= max_connections")
+        if self.max_handshakes < 1:
+            raise ValueError("GateLimits needs max_handshakes >= 1")
 
 
 class Admission:
@@ -76,7 +85,16 @@ class Admission:
     for the handler's handshake deadline.
     """
 
-    __slots__ = ("source", "admitted_at", "scope", "shed", "is_authenticated", "_gate", "_open")
+    __slots__ = (
+        "source",
+        "admitted_at",
+        "scope",
+        "shed",
+        "is_authenticated",
+        "_gate",
+        "_open",
+        "_handshaking",
+    )
 
     def __init__(self, gate: ConnectionGate, source: str, admitted_at: float) -> None:
         self.source = source
@@ -86,15 +104,32 @@ class Admission:
         self.is_authenticated = False
         self._gate = gate
         self._open = True
+        self._handshaking = False
+
+    async def start_handshake(self) -> None:
+        """Wait for one of the gate's handshake slots; hold it until ``end_handshake``.
+
+        Build TLS state only after this.  On cancellation nothing is held.
+        """
+        await self._gate.handshakes.acquire_on_behalf_of(self)
+        self._handshaking = True
+
+    def end_handshake(self) -> None:
+        """Give the handshake slot back (idempotent; ``authenticated`` and ``release`` do)."""
+        if self._handshaking:
+            self._handshaking = False
+            self._gate.handshakes.release_on_behalf_of(self)
 
     def authenticated(self) -> None:
         """The peer is who it must be: from now on this connection is never shed."""
+        self.end_handshake()
         if self._open and not self.is_authenticated:
             self.is_authenticated = True
             self._gate._forget_pending(self)
 
     def release(self) -> None:
         """The connection has ended (idempotent)."""
+        self.end_handshake()
         if self._open:
             self._open = False
             self._gate._release(self)
@@ -121,6 +156,7 @@ class ConnectionGate:
         self._refused: collections.Counter[str] = collections.Counter()
         self._accept_errors: collections.Counter[str] = collections.Counter()
         self._totals: collections.Counter[str] = collections.Counter()
+        self.handshakes = trio.CapacityLimiter(limits.max_handshakes)
 
     # --- admission -------------------------------------------------------------------
 
@@ -282,9 +318,16 @@ class ConnectionGate:
             await trio.aclose_forcefully(stream)
 
 
-async def wait_for_data(stream: trio.SocketStream) -> None:
-    """Until the client has sent something (or closed): no TLS state for silent sockets."""
+async def wait_for_data(stream: trio.SocketStream) -> bool:
+    """Until the client has sent something: True; False if it closed or reset first.
+
+    Costs no buffer and no TLS state, however long the client stays silent.
+    """
     await trio.lowlevel.wait_readable(stream.socket)
+    try:
+        return bool(await stream.socket.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
 
 
 def _source(stream: trio.SocketStream) -> str:

@@ -153,7 +153,11 @@ async def _serve_tls_connection(
 ) -> None:
     ssl_stream: trio.SSLStream[trio.SocketStream] | None = None
     with trio.move_on_at(admission.admitted_at + limits.handshake_timeout) as handshake:
-        await wait_for_data(tcp_stream)
+        if not await wait_for_data(tcp_stream):
+            stats.failed += 1
+            gate.note_refused("closed_before_tls")
+            return
+        await admission.start_handshake()  # TLS state for a few strangers at a time
         ssl_stream = trio.SSLStream(
             tcp_stream, contexts.handshake, server_side=True, https_compatible=True
         )
@@ -164,6 +168,8 @@ async def _serve_tls_connection(
             gate.note_refused(f"tls_{_reason(exc)}")
             await trio.aclose_forcefully(ssl_stream)
             return
+        finally:
+            admission.end_handshake()
     if handshake.cancelled_caught or ssl_stream is None:
         stats.timed_out += 1
         gate.note_refused("handshake_timeout")

@@ -211,10 +211,14 @@ class PeerManager:
 
     async def _accept(self, tcp: trio.SocketStream, admission: Admission) -> None:
         deadline = admission.admitted_at + self._accept_timeout
+        spoke = False
         with trio.move_on_at(deadline) as waiting:
-            await wait_for_data(tcp)  # no TLS state for a silent socket
-        if waiting.cancelled_caught:
-            self._gate.note_refused("handshake_timeout")
+            spoke = await wait_for_data(tcp)  # no TLS state for a silent socket
+            if spoke:
+                await admission.start_handshake()  # TLS state for a few strangers at a time
+        if waiting.cancelled_caught or not spoke:
+            timed_out = waiting.cancelled_caught
+            self._gate.note_refused("handshake_timeout" if timed_out else "closed_before_tls")
             return
         stream = trio.SSLStream(tcp, self._server_tls.handshake, server_side=True)
         await self._run_connection(stream, self._server_tls, expected=None, admission=admission)
