@@ -225,3 +225,20 @@ async def test_over_tcp_a_refused_connection_is_closed_at_once() -> None:
             await client.aclose()
             await refused.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_tls_state_is_built_for_at_most_max_handshakes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    g = ConnectionGate("api", GateLimits(10, 10, max_handshakes=2))
+    first, second, third = (admitted(g, "10.0.0.1") for _ in range(3))
+    await first.start_handshake()
+    await second.start_handshake()
+    with trio.move_on_after(5) as waited:
+        await third.start_handshake()
+    assert waited.cancelled_caught  # both slots taken
+    first.authenticated()  # a finished handshake gives its slot back
+    second.release()  # and so does a connection that ends mid-handshake
+    await third.start_handshake()
+    third.end_handshake()
+    assert g.handshakes.borrowed_tokens == 0
