@@ -19,10 +19,11 @@ from qkms_pqc import HybridPublicKey, PqcError
 from .admin import AdminServer
 from .config import Config
 from .errors import StartupError
-from .http import HandshakeStats, serve_tcp_tls
+from .http import HandshakeStats, Limits, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
+from .netguard import GateLimits
 from .peers import PeerManager
 from .status import Api, NodeStatusMethods
 from .storethread import StoreThread
@@ -90,6 +91,8 @@ class Node:
                 client_context=client_ctx,
                 heartbeat=cfg.sync.heartbeat_s,
                 reconnect_max=cfg.sync.reconnect_max_s,
+                gate=GateLimits(cfg.peer.max_connections, cfg.peer.max_connections_per_source),
+                handshake_timeout=cfg.peer.handshake_timeout_s,
             )
             self.keys = keys = KeyManager(
                 node_id=cfg.node_id,
@@ -101,6 +104,9 @@ class Node:
                 announce_interval=cfg.sync.announce_interval_s,
                 max_block_age=cfg.policy.max_block_age_s,
                 key_size=cfg.policy.key_size,
+                peer_heard=peers.last_heard,
+                # A healthy peer is heard at least once a heartbeat (its pings, our pongs).
+                liveness_window=2 * cfg.sync.heartbeat_s,
             )
             peers.on_message(KeyAnnounce, keys.on_announce)
             peers.on_message(KeyConfirm, keys.on_confirm)
@@ -188,7 +194,12 @@ class Node:
         make_context = partial(api_context, cfg.ca, cfg.cert, cfg.key)
         try:
             port: int = await nursery.start(
-                partial(serve_tcp_tls, stats=self.api_handshakes),
+                partial(
+                    serve_tcp_tls,
+                    stats=self.api_handshakes,
+                    limits=Limits(handshake_timeout=cfg.api.handshake_timeout_s),
+                    gate=GateLimits(cfg.api.max_connections, cfg.api.max_connections_per_source),
+                ),
                 front.handle,
                 make_context,
                 cfg.api_listen.host,

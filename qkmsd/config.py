@@ -70,6 +70,25 @@ class SyncSection(_Section, frozen=True):
     reconnect_max_s: Seconds = 30.0
 
 
+Connections = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+
+
+class ApiSection(_Section, frozen=True):
+    """Caps on the ETSI 014 listener's connections (``[api]``)."""
+
+    max_connections: Connections = 4096
+    max_connections_per_source: Connections = 256
+    handshake_timeout_s: Seconds = 10.0
+
+
+class PeerListenerSection(_Section, frozen=True):
+    """Caps on the peer listener's connections (``[peer]``)."""
+
+    max_connections: Connections = 256
+    max_connections_per_source: Connections = 64
+    handshake_timeout_s: Seconds = 10.0
+
+
 class PolicySection(_Section, frozen=True):
     key_size: Annotated[int, msgspec.Meta(ge=8, le=1 << 16)] = 256
     max_block_age_s: Seconds = 7 * 86400.0
@@ -142,6 +161,8 @@ class _RawConfig(_Section, frozen=True):
     log: LogSection = LogSection()
     saes: dict[str, SaeSection] = {}
     supply: SupplySection = SupplySection()
+    api: ApiSection = ApiSection()
+    peer: PeerListenerSection = PeerListenerSection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -191,6 +212,8 @@ class Config(msgspec.Struct, frozen=True):
     api_listen: HostPort | None = None
     saes: dict[str, SaeConfig] = {}
     supply: SupplySection = SupplySection()
+    api: ApiSection = ApiSection()
+    peer: PeerListenerSection = PeerListenerSection()
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
 
@@ -319,6 +342,9 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         raise fail("[log] format:", f"{raw.log.format!r} unknown (known: kv, json)")
     if raw.sync.heartbeat_s * 2 > raw.sync.timeout_s:
         raise fail("[sync] timeout_s:", "must be at least twice heartbeat_s")
+    for name, caps in (("api", raw.api), ("peer", raw.peer)):
+        if caps.max_connections_per_source > caps.max_connections:
+            raise fail(f"[{name}] max_connections_per_source:", "must be at most max_connections")
     api_listen = None
     if raw.listen.api is not None:
         try:
@@ -372,6 +398,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         api_listen=api_listen,
         saes=saes,
         supply=raw.supply,
+        api=raw.api,
+        peer=raw.peer,
         pair_policies=pair_policies,
     )
 

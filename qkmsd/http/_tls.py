@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import trio
 
+from ..netguard import Admission, ConnectionGate, GateLimits, wait_for_data
 from ..tlsgroup import TlsContexts
 from ._server import DEFAULT_LIMITS, serve_connection
 from ._types import Handler, Limits, PeerInfo
@@ -100,16 +101,21 @@ async def serve_tcp_tls(
     *,
     limits: Limits = DEFAULT_LIMITS,
     stats: HandshakeStats | None = None,
+    gate: GateLimits | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTPS on ``host``:``port`` until cancelled; ``task_status.started(bound_port)``.
 
     ``port`` 0 picks a free port; give a numeric ``host`` then, since a name with several
     addresses gets one listener (and one port) per address and only the first is reported.
-    Each connection gets a TLS handshake (at most ``limits.handshake_timeout`` seconds),
-    its client identity from ``tls_peer``, then ``serve_connection``.  A failing
-    handshake or connection is logged and closed; it never stops the server.  ``stats``,
-    if given, counts the handshakes.
+    Connections pass a ``ConnectionGate`` with ``gate``'s caps (defaults: ``GateLimits()``):
+    past a cap the oldest connection still in its handshake is shed.  Each admitted
+    connection gets a TLS handshake, counted from accept, of at most
+    ``limits.handshake_timeout`` seconds (TLS state is built only once the client has
+    sent its first byte), its client identity from ``tls_peer``, then
+    ``serve_connection``.  A failing handshake or connection is closed and counted (one
+    aggregated log line per interval); it never stops the server.  ``stats``, if given,
+    counts the handshakes.
 
     ``ssl_context`` is the server's context, or a function that makes one: given a
     function, the server calls it twice and can then name each handshake's key exchange
@@ -121,9 +127,17 @@ async def serve_tcp_tls(
     contexts = TlsContexts(ssl_context)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
-    serve = partial(_serve_tls_connection, handler, contexts, limits, stats or HandshakeStats())
+    connection_gate = ConnectionGate("api", gate or GateLimits())
+    serve = partial(
+        _serve_tls_connection,
+        handler,
+        contexts,
+        limits,
+        stats or HandshakeStats(),
+        connection_gate,
+    )
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, serve, listeners)
+        await nursery.start(connection_gate.serve, listeners, serve)
         logger.info("http.listening", extra={"host": host, "port": bound_port})
         task_status.started(bound_port)
 
@@ -133,33 +147,44 @@ async def _serve_tls_connection(
     contexts: TlsContexts,
     limits: Limits,
     stats: HandshakeStats,
+    gate: ConnectionGate,
     tcp_stream: trio.SocketStream,
+    admission: Admission,
 ) -> None:
-    client = _address(tcp_stream)
-    ssl_stream = trio.SSLStream(
-        tcp_stream, contexts.handshake, server_side=True, https_compatible=True
-    )
-    try:
-        with trio.move_on_after(limits.handshake_timeout) as handshake:
+    ssl_stream: trio.SSLStream[trio.SocketStream] | None = None
+    with trio.move_on_at(admission.admitted_at + limits.handshake_timeout) as handshake:
+        if not await wait_for_data(tcp_stream):
+            stats.failed += 1
+            gate.note_refused("closed_before_tls")
+            return
+        await admission.start_handshake()  # TLS state for a few strangers at a time
+        ssl_stream = trio.SSLStream(
+            tcp_stream, contexts.handshake, server_side=True, https_compatible=True
+        )
+        try:
             await ssl_stream.do_handshake()
-        if handshake.cancelled_caught:
-            stats.timed_out += 1
-            logger.info("http.tls_handshake_timeout", extra={"client": client})
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            stats.failed += 1
+            gate.note_refused(f"tls_{_reason(exc)}")
             await trio.aclose_forcefully(ssl_stream)
             return
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        stats.failed += 1
-        logger.info("http.tls_handshake_failed", extra={"client": client, "reason": _reason(exc)})
-        await trio.aclose_forcefully(ssl_stream)
+        finally:
+            admission.end_handshake()
+    if handshake.cancelled_caught or ssl_stream is None:
+        stats.timed_out += 1
+        gate.note_refused("handshake_timeout")
+        await trio.aclose_forcefully(ssl_stream or tcp_stream)
         return
     stats.record(ssl_stream, contexts.after_handshake(ssl_stream))
+    peer = tls_peer(ssl_stream)
+    if peer is not None:
+        admission.authenticated()  # an anonymous client stays sheddable
     try:
-        await serve_connection(
-            ssl_stream, handler, limits=limits, peer_identity=tls_peer(ssl_stream)
-        )
+        await serve_connection(ssl_stream, handler, limits=limits, peer_identity=peer)
     except Exception as exc:  # noqa: BLE001 - one bad connection must not stop the server
         logger.error(
-            "http.connection_failed", extra={"client": client, "error": type(exc).__name__}
+            "http.connection_failed",
+            extra={"client": _address(tcp_stream), "error": type(exc).__name__},
         )
         await trio.aclose_forcefully(ssl_stream)
 

@@ -14,9 +14,14 @@ when both ends hold it:
   again (the peer may have missed our confirm); those we discarded are answered
   with ``KeyDiscard``; unknown ids are remembered until our driver catches up.
 * A confirm moves RECEIVED to READY.  A discard discards.
-* A block still RECEIVED after ``sync.timeout_s`` of *connected* time is
+* A block still RECEIVED after ``sync.timeout_s`` of *live* connected time is
   discarded at our end and the peer is told.  Time while the peer is away does
-  not count: a restarting peer gets the whole time-out to answer.
+  not count: a restarting peer gets the whole time-out to answer.  Nor does time
+  while the peer is connected but silent (``peer_heard``: nothing received from it,
+  heartbeats included, for more than ``liveness_window``): a peer whose event loop
+  is starved for a while cannot confirm, and its blocks must wait for it rather
+  than be discarded on a wall-clock deadline.  So a block is discarded only when the
+  peer was demonstrably answering, yet did not confirm it, for the whole time-out.
 * On (re)connection both ends re-announce every RECEIVED block.
 
 Allocation never collides: each block is owned by exactly one end, by a rule
@@ -26,6 +31,7 @@ end allocates only from blocks it owns.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import time
@@ -101,6 +107,15 @@ class _Link:
     connected_since: float | None = None
     blocks_in: int = 0
     last_error: str = ""
+    # The live clock: seconds of connected time while the peer was heard from.
+    live_s: float = 0.0
+    ticked_at: float | None = None
+    heard_at: float | None = None
+    # (wall time, live clock then), oldest first; one entry per live clock value, the
+    # latest wall time that had it.  Maps a live-time cut-off to a received-at cut-off.
+    marks: collections.deque[tuple[float, float]] = dataclasses.field(
+        default_factory=collections.deque
+    )
 
 
 class KeyManager:
@@ -119,7 +134,13 @@ class KeyManager:
         max_block_age: float,
         key_size: int,
         clock: Callable[[], float] = time.time,
+        peer_heard: Callable[[str], float | None] | None = None,
+        liveness_window: float = 10.0,
     ) -> None:
+        """``peer_heard(peer)`` is when anything last arrived from ``peer`` (``clock``
+        time); without it, all connected time counts as live.  Time more than
+        ``liveness_window`` after the peer was last heard does not count.
+        """
         self.node_id = node_id
         self._store = store
         self._thread = store_thread
@@ -132,6 +153,8 @@ class KeyManager:
         self._max_block_age = max_block_age
         self._key_size = key_size
         self._clock = clock
+        self._peer_heard = peer_heard
+        self._liveness_window = liveness_window
         self._wake_announcer = trio.Event()
 
     # --- services ------------------------------------------------------------------
@@ -219,9 +242,11 @@ class KeyManager:
             for block_id, seen in list(link.peer_has.items()):
                 if seen < cutoff:
                     del link.peer_has[block_id]
-            if link.connected_since is not None and link.connected_since <= cutoff:
+            self._tick(link, now)
+            received_before = self._unconfirmed_cutoff(link)
+            if received_before is not None:
                 stale = await self._thread.call(
-                    self._store.unconfirmed, link.link_id, older_than=cutoff
+                    self._store.unconfirmed, link.link_id, older_than=received_before
                 )
                 if stale:
                     gone = await self._thread.call(
@@ -242,7 +267,12 @@ class KeyManager:
     async def peer_up(self, peer: str) -> None:
         """The session with ``peer`` opened: re-announce everything still unconfirmed."""
         for link in self._links_of(peer):
-            link.connected_since = self._clock()
+            now = self._clock()
+            self._tick(link, now)
+            link.connected_since = now
+            # A new session: every block waits a whole time-out of live time from now.
+            link.marks.clear()
+            link.marks.append((now, link.live_s))
             link.to_announce.clear()
             pending = await self._thread.call(self._store.unconfirmed, link.link_id)
             link.refs.update(await self._thread.call(self._store.unconfirmed_refs, link.link_id))
@@ -250,7 +280,40 @@ class KeyManager:
 
     async def peer_down(self, peer: str) -> None:
         for link in self._links_of(peer):
+            self._tick(link, self._clock())
             link.connected_since = None
+
+    # --- the live clock -------------------------------------------------------------
+
+    def _tick(self, link: _Link, now: float) -> None:
+        """Advance ``link``'s live clock to ``now``."""
+        start = link.ticked_at if link.ticked_at is not None else now
+        link.ticked_at = now
+        if link.connected_since is not None and now > start:
+            start = max(start, link.connected_since)
+            if self._peer_heard is None:
+                link.live_s += max(0.0, now - start)
+            else:
+                heard = self._peer_heard(link.peer)
+                marks = {m for m in (link.heard_at, heard) if m is not None}
+                link.heard_at = heard
+                link.live_s += _covered(start, now, marks, self._liveness_window)
+        if link.marks and link.marks[-1][1] == link.live_s:
+            link.marks[-1] = (now, link.live_s)
+        else:
+            link.marks.append((now, link.live_s))
+
+    def _unconfirmed_cutoff(self, link: _Link) -> float | None:
+        """Blocks received before this time have waited a whole time-out of live time."""
+        if link.connected_since is None or not link.marks:
+            return None
+        target = link.live_s - self._sync_timeout
+        marks = link.marks
+        if marks[0][1] > target:
+            return None
+        while len(marks) >= 2 and marks[1][1] <= target:
+            marks.popleft()
+        return marks[0][0]
 
     async def on_announce(self, peer: str, message: KeyAnnounce) -> None:
         link = self._link_for(peer, message.link_id)
@@ -380,6 +443,18 @@ class KeyManager:
         for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
             chunk = list(ids[start : start + MAX_IDS_PER_MESSAGE])
             await self._send(link.peer, kind(link_id=link.link_id, block_ids=chunk, **extra))
+
+
+def _covered(start: float, end: float, marks: set[float], window: float) -> float:
+    """How much of ``[start, end]`` lies within ``window`` after one of ``marks``."""
+    spans = sorted((max(start, m), min(end, m + window)) for m in marks)
+    total, reach = 0.0, start
+    for lo, hi in spans:
+        lo = max(lo, reach)
+        if hi > lo:
+            total += hi - lo
+            reach = hi
+    return total
 
 
 def _settle(store: KeyStore, link_id: str, ids: list[int]) -> tuple[dict[int, KeyState], list[int]]:

@@ -56,6 +56,7 @@ from protocol import (
 from .._exc import collapse
 from ..errors import PeerConnectionLost, PeerUnavailable
 from ..log import get_logger
+from ..netguard import Admission, ConnectionGate, GateLimits, GateStatistics, wait_for_data
 from ..tls import CertificateIdentityError, certificate_identity, expect_identity
 from ..tlsgroup import TlsContexts
 
@@ -99,6 +100,8 @@ class PeerStatistics(msgspec.Struct, frozen=True):
     """Peers with an open session."""
     configured: int
     """Peers in the configuration."""
+    listener: GateStatistics
+    """The peer port's connection gate."""
 
 
 @dataclasses.dataclass
@@ -151,6 +154,8 @@ class PeerManager:
         heartbeat: float,
         reconnect_max: float,
         max_frame_size: int = 1 << 20,
+        gate: GateLimits | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.node_id = node_id
         self._listen = (listen_host, listen_port)
@@ -171,6 +176,9 @@ class PeerManager:
         }
         self._live: dict[str, _Session] = {}
         self.port: int | None = None
+        # Strangers reach the peer port too: cap them before any TLS state exists.
+        self._gate = ConnectionGate("peer", gate or GateLimits(256, 64))
+        self._accept_timeout = handshake_timeout
 
     # --- registration: each agent names the messages it owns ------------------------------
 
@@ -211,7 +219,7 @@ class PeerManager:
         self.port = listeners[0].socket.getsockname()[1]
         log.info("peers.listening", host=host, port=self.port)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            await nursery.start(self._gate.serve, listeners, self._accept)
             for state in self._peers.values():
                 if state.dials:
                     nursery.start_soon(self._dial_forever, state)
@@ -262,12 +270,21 @@ class PeerManager:
     def is_connected(self, peer: str) -> bool:
         return peer in self._live
 
+    def last_heard(self, peer: str) -> float | None:
+        """When ``peer`` last sent us anything (``time.time()``), or None."""
+        state = self._peers.get(peer)
+        return state.last_seen if state is not None else None
+
     def peers_status(self) -> list[PeerState]:
         """Copies of every configured peer's state."""
         return [dataclasses.replace(p) for p in self._peers.values()]
 
     def statistics(self) -> PeerStatistics:
-        return PeerStatistics(connected=len(self._live), configured=len(self._peers))
+        return PeerStatistics(
+            connected=len(self._live),
+            configured=len(self._peers),
+            listener=self._gate.statistics(),
+        )
 
     # --- connections ---------------------------------------------------------------
 
@@ -294,16 +311,35 @@ class PeerManager:
             delay = min(self._reconnect_max, 0.5 * 2 ** min(failures, 10))
             await trio.sleep(delay * random.uniform(0.5, 1.0))
 
-    async def _accept(self, tcp: trio.SocketStream) -> None:
+    async def _accept(self, tcp: trio.SocketStream, admission: Admission) -> None:
+        deadline = admission.admitted_at + self._accept_timeout
+        spoke = False
+        with trio.move_on_at(deadline) as waiting:
+            spoke = await wait_for_data(tcp)  # no TLS state for a silent socket
+            if spoke:
+                await admission.start_handshake()  # TLS state for a few strangers at a time
+        if waiting.cancelled_caught or not spoke:
+            timed_out = waiting.cancelled_caught
+            self._gate.note_refused("handshake_timeout" if timed_out else "closed_before_tls")
+            return
         stream = trio.SSLStream(tcp, self._server_tls.handshake, server_side=True)
-        await self._run_connection(stream, self._server_tls, expected=None)
+        await self._run_connection(stream, self._server_tls, expected=None, admission=admission)
 
     async def _run_connection(
-        self, stream: trio.SSLStream[Any], tls: TlsContexts, *, expected: str | None
+        self,
+        stream: trio.SSLStream[Any],
+        tls: TlsContexts,
+        *,
+        expected: str | None,
+        admission: Admission | None = None,
     ) -> bool:
         """Handshake, authenticate, run the session.  True if a session opened."""
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
+            if admission is None:
+                deadline = trio.current_time() + HANDSHAKE_TIMEOUT
+            else:
+                deadline = admission.admitted_at + self._accept_timeout
+            with trio.fail_at(deadline):
                 await stream.do_handshake()
             group = tls.after_handshake(stream)
             identity = certificate_identity(stream)
@@ -314,20 +350,29 @@ class PeerManager:
             state = self._peers[peer]
             state.tls_version, state.tls_group = stream.version(), group or "unknown"
         except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
-            self._note_refusal(expected, f"TLS handshake failed: {_reason(exc)}")
+            kind = "handshake_timeout" if isinstance(exc, trio.TooSlowError) else "tls"
+            self._note_refusal(expected, f"TLS handshake failed: {_reason(exc)}", kind)
             await trio.aclose_forcefully(stream)
             return False
         except CertificateIdentityError as exc:
-            self._note_refusal(expected, str(exc))
+            self._note_refusal(expected, str(exc), "identity")
             await trio.aclose_forcefully(stream)
             return False
+        if admission is not None:
+            admission.authenticated()
         return await self.serve_authenticated(stream, peer)
 
-    def _note_refusal(self, expected: str | None, reason: str) -> None:
-        log.warning("peer.refused", peer=expected or "?", reason=reason)
-        if expected is not None:
-            self._peers[expected].refused += 1
-            self._peers[expected].last_error = reason
+    def _note_refusal(self, expected: str | None, reason: str, kind: str) -> None:
+        if expected is None:
+            # An accepted stranger: counted, and logged once per interval with the rest
+            # (a flood must not write a line per connection).
+            self._gate.note_refused(kind)
+            return
+        log.warning("peer.refused", peer=expected, reason=reason)
+        state = self._peers[expected]
+        state.refused += 1
+        if expected not in self._live:  # never overwrite a healthy session's last error
+            state.last_error = reason
 
     async def serve_authenticated(self, stream: trio.abc.Stream, peer: str) -> bool:
         """Run the peer session over a transport that already authenticated ``peer``.

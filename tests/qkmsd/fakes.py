@@ -53,10 +53,16 @@ class InlineStoreThread:
 
 
 class Wire:
-    """Carries messages between two key managers, in order, while ``up``."""
+    """Carries messages between two key managers, in order, while ``up``.
+
+    ``stall()`` holds every message (and the heartbeats) until ``resume()``: a peer whose
+    event loop is starved, still connected but answering nothing.
+    """
 
     def __init__(self) -> None:
         self.up = False
+        self.stalled_at: float | None = None
+        self._resumed = trio.Event()
         self.sent: list[tuple[str, Any]] = []
         self._ends: dict[str, KeyManager] = {}
         self._queue_send, self._queue_recv = trio.open_memory_channel[tuple[str, str, Any]](10000)
@@ -74,8 +80,22 @@ class Wire:
 
         return send
 
+    def heard(self, peer: str) -> float | None:
+        """When the other end last heard ``peer``: now, as heartbeats flow, unless stalled."""
+        return self.stalled_at if self.stalled_at is not None else trio.current_time()
+
+    def stall(self) -> None:
+        self.stalled_at = trio.current_time()
+        self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        self.stalled_at = None
+        self._resumed.set()
+
     async def run(self) -> None:
         async for src, dst, message in self._queue_recv:
+            if self.stalled_at is not None:
+                await self._resumed.wait()
             if not self.up:
                 continue
             manager = self._ends[dst]
@@ -126,6 +146,8 @@ def make_end(
         max_block_age=settings.get("max_block_age", 3600.0),
         key_size=256,
         clock=clock,
+        peer_heard=wire.heard,
+        liveness_window=settings.get("liveness_window", 2.0),
     )
     wire.attach(node, manager)
     return End(node, store, driver, manager)

@@ -146,3 +146,19 @@ def test_supply_retain_ended_s_defaults_to_a_day_and_must_be_positive() -> None:
 def test_supply_stock_keys_out_of_range_names_the_key() -> None:
     message = error_of(base(supply={"default": {"stock_keys": -1}}))
     assert "[supply.default] stock_keys" in message
+
+
+def test_connection_caps_default_per_listener_and_can_be_set() -> None:
+    config = config_from_mapping(
+        base(api={"max_connections": 100, "max_connections_per_source": 10}), source=SOURCE
+    )
+    assert (config.api.max_connections, config.api.max_connections_per_source) == (100, 10)
+    assert config.api.handshake_timeout_s == config.peer.handshake_timeout_s == 10.0
+    assert (config.peer.max_connections, config.peer.max_connections_per_source) == (256, 64)
+
+
+def test_a_per_source_cap_above_the_listener_cap_names_the_key() -> None:
+    data = base(peer={"max_connections": 8, "max_connections_per_source": 9})
+    assert error_of(data).endswith(
+        "[peer] max_connections_per_source: must be at most max_connections"
+    )

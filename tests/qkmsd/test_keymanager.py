@@ -180,3 +180,39 @@ async def test_device_references_survive_a_restart_of_the_announcing_node(
     assert state(a, 7) is state(b, 7) is KeyState.READY
     a.store.close()
     b.store.close()
+
+
+async def test_a_peer_that_stalls_longer_than_the_timeout_then_answers_loses_no_block(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    await a.driver.emit(11, b"s" * 32)
+    wire.stall()  # B's loop starves: A's announce waits, B answers nothing
+    await trio.sleep(5)
+    await b.driver.emit(11, b"s" * 32)  # B's driver catches up; its announce waits too
+    await trio.sleep(45)  # half again the 30 s time-out, still connected
+    assert state(a, 11) is state(b, 11) is KeyState.RECEIVED
+    wire.resume()
+    await trio.sleep(2)
+    assert state(a, 11) is state(b, 11) is KeyState.READY
+    assert a.store.read_block(LINK, 11) == b.store.read_block(LINK, 11)
+    assert not any(isinstance(m, KeyDiscard) for _, m in wire.sent)
+
+
+async def test_live_time_before_and_after_a_stall_adds_up_to_the_timeout(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, _, wire = pair
+    await wire.connect()
+    await a.driver.emit(13, b"t" * 32)  # B never gets this block
+    await trio.sleep(20)
+    wire.stall()
+    await trio.sleep(60)
+    wire.resume()
+    # 20 s live before, at most the 2 s liveness window during the stall: not yet 30.
+    await trio.sleep(5)
+    assert state(a, 13) is KeyState.RECEIVED
+    await trio.sleep(10)
+    assert state(a, 13) is KeyState.DISCARDED
+    assert any(isinstance(m, KeyDiscard) and 13 in m.block_ids for _, m in wire.sent)
