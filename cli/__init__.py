@@ -1,2 +1,2 @@
-"""Command-line tools: ``qkmsctl`` and the ``qkmsd`` entry point.  Never imports ``qkmsd``
-except through ``cli.qkmsd_main``, the daemon's own entry point."""
+"""Command-line tools: ``qkmsctl``.  Never imports ``qkmsd``: it reaches a daemon only
+through its admin socket (the ``qkmsd`` command is ``qkmsd.main:main``)."""

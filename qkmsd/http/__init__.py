@@ -1,4 +1,5 @@
-"""A small HTTP/1.1 server shell (h11 on trio) for the ETSI 014 API, metrics and dashboard.
+"""A small HTTP/1.1 server shell (h11 on trio) for the ETSI 014 API (and, later, metrics and
+the dashboard).
 
 Why our own shell: an SAE's identity is its TLS client certificate, and the ASGI servers on
 trio do not hand it to the application.  This one does (``Request.peer``), and keeps the

@@ -4,8 +4,8 @@ ETSI GS QKD 014 asks only for a UUID.  Version 7 puts the creation time (Unix
 milliseconds, 48 bits) first and fills the other 74 bits from the CSPRNG, so IDs made one
 after another sort one after another.  Both KMEs keep every key ID in a B-tree index for
 as long as its row lives: random (v4) IDs land on a random leaf each, so a reservation of
-n keys rewrote up to n index pages (8.3 KiB of WAL per key at the slave's KME, measured);
-time-ordered IDs land on the same rightmost leaf (2.9 KiB per key).  The creation time an
+n keys rewrote up to n index pages; time-ordered IDs land on the same rightmost leaf, a
+third of the write-ahead log per key (benchmarks/NOTES.md).  The creation time an
 ID reveals is known anyway to everyone who sees the ID: the SAEs that asked for the key
 and the KMEs that made it.
 """
