@@ -102,9 +102,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ("ALTER TABLE blocks ADD COLUMN ref TEXT",),
     # Key material in a table of its own.  In the blocks row, every change of state or of
     # used_bits that changed the row's size rewrote all of it: for a 1 Mbit block, 128 KiB
-    # of ciphertext written again and as much zeroed by secure_delete.  A trigger erases the material
-    # in the same statement that moves a block to a state that holds none, as the CHECK
-    # on the old row did.
+    # of ciphertext written again and as much zeroed by secure_delete.  A trigger erases
+    # the material in the same statement that moves a block to a state that holds none,
+    # as the CHECK on the old row did.
     (
         """CREATE TABLE block_material (
             link_id TEXT NOT NULL,
