@@ -12,15 +12,17 @@ window against qkmsd has a twin against the null KMEs right before or after it. 
 twin gives a **ratio qkmsd / null** (round trips/s for single keys, keys/s when batched):
 what qkmsd keeps of what the HTTP stack alone does on this machine at this moment.  The
 median over ``--rounds`` twins is the figure to track; the target for single keys is
-0.7.  Paced windows (open loop, 500 round trips/s over 8 pairs) judge the p99 target, as
-before, with null twins on request (``--control``).
+0.7.  (A null KME answers a repeated request from a cache, with no work per key, so the
+batched ratio weighs all of qkmsd's per-key cost.)  Paced windows (open loop, 500 round
+trips/s over 8 pairs) judge the p99 target, as before, with null twins on request
+(``--control``).
 
 Server-side figures (requests, keys out, store commits) come from each node's admin
 ``status``, taken before and after each window.
 
 Run::
 
-    .venv/bin/python benchmarks/etsi014_bench.py --quick   # smoke run, about 30 s
+    .venv/bin/python benchmarks/etsi014_bench.py --quick   # smoke run, about 15 s
     .venv/bin/python benchmarks/etsi014_bench.py           # about 8 minutes
     .venv/bin/python benchmarks/etsi014_bench.py --pairs 8 --batches 1 --rounds 6
     .venv/bin/python benchmarks/etsi014_bench.py --pairs '' --batches '' --windows 10
