@@ -135,7 +135,7 @@ def ratio_lines(summary: list[dict[str, Any]]) -> list[str]:
             f"{s['generator']:<8} {s['pairs']:>2} pairs, {what:<12} "
             f"qkmsd {s[f'qkmsd_{unit}_median']:9.1f} {name:<13} "
             f"null {s[f'null_{unit}_median']:9.1f}   "
-            + ("ratio -" if ratio is None else f"ratio {ratio:.2f}")
+            + ("ratio -" if ratio is None else f"ratio {ratio:.3f}")
             + (f" [{', '.join(f'{x:.2f}' for x in s['ratios'])}]" if len(s["ratios"]) > 1 else "")
             + (f"  {s['target']}" if s["target"] else "")
         )
