@@ -6,7 +6,7 @@ change.  This tool starts one lab per code tree (KME_A + KME_B each, both labs u
 once, each idle while the other is measured) and alternates short paced windows between
 them: round r measures X then Y, round r+1 Y then X.  Each round gives a ratio Y/X taken
 a few seconds apart, so the drift mostly cancels; the median of the ratios is the result.
-The load generator is this tree's (``etsi014_bench``; ``--generator``: ``threads``, a
+The load generator is this tree's (``_etsi014_harness``; ``--generator``: ``threads``, a
 blocking client with one thread per pair, the default, or ``curl``, libcurl with half the
 CPU per round trip and so less noise), so only the daemons differ.
 
@@ -37,9 +37,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+for _path in (str(HERE.parent), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-import etsi014_bench as bench  # noqa: E402
+import _etsi014_harness as harness  # noqa: E402
+import _etsi014_stats as stats  # noqa: E402
 
 RESULTS = HERE / "results" / "etsi014_compare.json"
 
@@ -58,34 +61,27 @@ def tree_env(tree: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(tree.resolve()), "PYTHONSAFEPATH": "1"}
 
 
-def start_lab(
-    tree: Path, directory: Path, pairs: int
-) -> tuple[bench.Lab, dict[str, int], list[bench.Pair]]:
+def start_lab(tree: Path, directory: Path, pairs: int) -> harness.Servers:
     """A lab whose daemons import qkmsd from ``tree`` (the environment is all that differs)."""
     saved = {name: os.environ.get(name) for name in TREE_ENV}
     os.environ.update(tree_env(tree))
     try:
-        lab = bench.Lab(directory)
-        manifest = lab.up(bench.topology(pairs, bench.RATE_BPS))
+        return harness.start_lab(directory, pairs, harness.RATE_BPS)
     finally:
         for name, value in saved.items():
             if value is None:
                 del os.environ[name]
             else:
                 os.environ[name] = value
-    all_pairs = bench.pairs_of(manifest, pairs)
-    bench.wait_for_key(all_pairs[0], 4 * bench.BATCH)
-    return lab, {n: int(k["pid"]) for n, k in manifest["kmes"].items()}, all_pairs
 
 
 def window(
-    lab: tuple[bench.Lab, dict[str, int], list[bench.Pair]],
+    servers: harness.Servers,
     seconds: float,
     rate: float,
     generator: str = "threads",
 ) -> dict[str, float]:
-    _, pids, pairs = lab
-    row = bench.scenario(pids, generator, pairs, 1, seconds, rate)
+    row = harness.run_window(servers, generator, len(servers.pairs), 1, seconds, rate)
     trips = row["round_trips_per_s"]
     cpu = row["cpu_cores"]
     return {
@@ -106,16 +102,16 @@ def main() -> None:
     parser.add_argument("y", type=Path, help="code tree Y (the change)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="per window")
-    parser.add_argument("--pairs", type=int, default=bench.TARGET_SINGLE_PAIRS)
+    parser.add_argument("--pairs", type=int, default=stats.TARGET_SINGLE_PAIRS)
     parser.add_argument(
         "--rate",
         type=float,
-        default=bench.TARGET_SINGLE_RT_PER_S,
+        default=stats.TARGET_SINGLE_RT_PER_S,
         help="round trips/s over all pairs",
     )
     parser.add_argument(
         "--generator",
-        choices=sorted(bench.GENERATORS),
+        choices=sorted(harness.GENERATORS),
         default="threads",
         help="load generator (default threads; curl costs half the CPU per round trip)",
     )
@@ -126,7 +122,7 @@ def main() -> None:
         if not (tree / "qkmsd" / "__init__.py").is_file():
             raise SystemExit(f"{tree} is not a qkms tree (no qkmsd/__init__.py)")
 
-    info = bench.machine()
+    info = harness.machine()
     base = Path(tempfile.mkdtemp(prefix="qkms-etsi014-compare-"))
     labs = []
     windows: list[list[dict[str, float]]] = [[], []]
@@ -146,8 +142,8 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        for lab, _, _ in labs:
-            lab.down()
+        for lab in labs:
+            lab.stop()
         shutil.rmtree(base, ignore_errors=True)
 
     keys = list(windows[0][0])
@@ -175,7 +171,7 @@ def main() -> None:
         "description": "paired paced windows, single-key enc_keys + dec_keys, X then Y alternating",
         "machine": info,
         "trees": {"x": str(trees[0]), "y": str(trees[1])},
-        "code": {"x": bench.code_version(trees[0]), "y": bench.code_version(trees[1])},
+        "code": {"x": harness.code_version(trees[0]), "y": harness.code_version(trees[1])},
         "pairs": args.pairs,
         "generator": args.generator,
         "rate_round_trips_per_s": args.rate,

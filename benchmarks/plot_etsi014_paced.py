@@ -24,14 +24,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+for _path in (str(HERE.parent), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-import etsi014_bench as bench  # noqa: E402
+import _etsi014_harness as harness  # noqa: E402
+import _etsi014_stats as stats  # noqa: E402
 
 RESULTS = HERE / "results"
 OUTPUT = HERE.parent / "docs" / "etsi014_paced_p99.png"
-TARGET_P99_MS = bench.TARGET_SINGLE_P99_MS
-LINK = {"driver": "paired", "rate_bps": bench.RATE_BPS, "block_bits": bench.BLOCK_BITS}
+TARGET_P99_MS = stats.TARGET_SINGLE_P99_MS
+LINK = {"driver": "paired", "rate_bps": harness.RATE_BPS, "block_bits": harness.BLOCK_BITS}
 MARKERS = {"curl": "o", "threads": "s", "trio": "^"}
 
 
@@ -72,9 +75,9 @@ def _at_target_load(row: dict[str, Any]) -> bool:
     """A paced window of qkmsd at the target's load: 8 pairs, 500 round trips/s (not a rate
     sweep's, nor a control window against null KMEs)."""
     return (
-        row.get("kms", bench.QKMSD) == bench.QKMSD
-        and row.get("paced_round_trips_per_s") == bench.TARGET_SINGLE_RT_PER_S
-        and row.get("pairs") == bench.TARGET_SINGLE_PAIRS
+        row.get("kms", stats.QKMSD) == stats.QKMSD
+        and row.get("paced_round_trips_per_s") == stats.TARGET_SINGLE_RT_PER_S
+        and row.get("pairs") == stats.TARGET_SINGLE_PAIRS
     )
 
 
