@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .admin import AdminParamsError
-from .http import HandshakeStats
+from .http import HandshakeStats, TlsStatistics
 from .keymanager import KeyManager, LinkStatus
 from .peers import PeerManager, PeerState
 from .storethread import StoreStatistics, StoreThread
@@ -41,8 +41,9 @@ class ApiStatus(msgspec.Struct, frozen=True):
     listen: str
     hybrid_pq_tls_groups: bool
     """Whether this platform's TLS offers the hybrid ML-KEM group to SAEs."""
-    tls: dict[str, Any]
-    """The API's handshakes: counts by TLS version and key exchange group."""
+    tls: TlsStatistics
+    """The API's handshakes (counts by TLS version and key exchange group) and its
+    connection gate."""
     supply: SupplyStatistics
 
 

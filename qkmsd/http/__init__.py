@@ -12,7 +12,7 @@ with ``async def handler(request: Request) -> Response``; or, over any ``trio.ab
 """
 
 from ._server import serve_connection
-from ._tls import HandshakeStats, serve_tcp_tls, tls_peer
+from ._tls import HandshakeStats, TlsStatistics, serve_tcp_tls, tls_peer
 from ._types import Handler, Limits, PeerInfo, Request, Response
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "PeerInfo",
     "Request",
     "Response",
+    "TlsStatistics",
     "serve_connection",
     "serve_tcp_tls",
     "tls_peer",

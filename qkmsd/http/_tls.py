@@ -10,9 +10,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
 
+import msgspec
 import trio
 
-from ..netguard import Admission, ConnectionGate, GateLimits, wait_for_data
+from ..netguard import Admission, ConnectionGate, GateLimits, GateStatistics, wait_for_data
 from ..tlsgroup import TlsContexts
 from ._server import DEFAULT_LIMITS, serve_connection
 from ._types import Handler, Limits, PeerInfo
@@ -62,6 +63,8 @@ class HandshakeStats:
         self.versions: collections.Counter[str] = collections.Counter()
         self.groups: collections.Counter[str] = collections.Counter()
         self.last_group: str | None = None
+        self.gate: ConnectionGate | None = None
+        """The listener's connection gate, once ``serve_tcp_tls`` serves with these stats."""
 
     def record(self, stream: trio.SSLStream[Any], group: str | None) -> None:
         """Count the completed handshake of ``stream``, which agreed on ``group``."""
@@ -70,15 +73,30 @@ class HandshakeStats:
         self.last_group = group or _UNKNOWN
         self.groups[self.last_group] += 1
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "handshakes": self.completed,
-            "failed": self.failed,
-            "timed_out": self.timed_out,
-            "versions": dict(self.versions),
-            "groups": dict(self.groups),
-            "last_group": self.last_group,
-        }
+    def snapshot(self) -> TlsStatistics:
+        return TlsStatistics(
+            handshakes=self.completed,
+            failed=self.failed,
+            timed_out=self.timed_out,
+            versions=dict(self.versions),
+            groups=dict(self.groups),
+            last_group=self.last_group,
+            listener=self.gate.statistics() if self.gate is not None else None,
+        )
+
+
+class TlsStatistics(msgspec.Struct, frozen=True):
+    """A listener's TLS handshakes since it started, and its connection gate."""
+
+    handshakes: int
+    failed: int
+    timed_out: int
+    versions: dict[str, int]
+    """Completed handshakes by TLS version."""
+    groups: dict[str, int]
+    """Completed handshakes by key exchange group (``unknown`` where it could not be read)."""
+    last_group: str | None
+    listener: GateStatistics | None
 
 
 def _subject_values(subject: object, attribute: str) -> list[str]:
@@ -128,14 +146,9 @@ async def serve_tcp_tls(
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
     connection_gate = ConnectionGate("api", gate or GateLimits())
-    serve = partial(
-        _serve_tls_connection,
-        handler,
-        contexts,
-        limits,
-        stats or HandshakeStats(),
-        connection_gate,
-    )
+    stats = stats or HandshakeStats()
+    stats.gate = connection_gate
+    serve = partial(_serve_tls_connection, handler, contexts, limits, stats, connection_gate)
     async with trio.open_nursery() as nursery:
         await nursery.start(connection_gate.serve, listeners, serve)
         logger.info("http.listening", extra={"host": host, "port": bound_port})

@@ -913,6 +913,11 @@ async def test_client_certificate_from_another_ca_is_refused_at_tls(
             # Named on any Python; from OpenSSL 3.5 on, both ends offer the ML-KEM hybrid first.
             hybrid = ssl.OPENSSL_VERSION_INFO >= (3, 5)
             assert set(tls["groups"]) == {"X25519MLKEM768" if hybrid else "x25519"}
+            # And the listener's connection gate: every connection counted, none open now
+            # but the clients' kept-alive ones.
+            listener = tls["listener"]
+            assert listener["totals"]["admitted"] >= tls["handshakes"] + tls["failed"]
+            assert listener["pending"] == 0
 
 
 # --- 503 (S014 Tables 4/6/8: error on the server side) -----------------------------------------

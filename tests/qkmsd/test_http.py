@@ -387,10 +387,10 @@ async def test_handshakes_are_counted_by_version_and_group_and_failures_apart(pk
             nursery.cancel_scope.cancel()
 
     snapshot = stats.snapshot()
-    assert (snapshot["handshakes"], snapshot["failed"], snapshot["timed_out"]) == (1, 1, 1)
-    assert snapshot["versions"] == {"TLSv1.3": 1}
-    assert snapshot["groups"] == {DEFAULT_GROUP: 1}
-    assert snapshot["last_group"] == DEFAULT_GROUP
+    assert (snapshot.handshakes, snapshot.failed, snapshot.timed_out) == (1, 1, 1)
+    assert snapshot.versions == {"TLSv1.3": 1}
+    assert snapshot.groups == {DEFAULT_GROUP: 1}
+    assert snapshot.last_group == DEFAULT_GROUP
 
 
 # What a client of this OpenSSL with default settings agrees on with our server: from
@@ -434,8 +434,8 @@ async def test_the_group_each_handshake_agreed_on_is_named_on_any_python(
             assert (await client.request("GET", "/x")).status == 200
             await client.stream.aclose()
             nursery.cancel_scope.cancel()
-    assert stats.snapshot()["versions"] == {version: 1}
-    assert stats.snapshot()["groups"] == {group: 1}
+    assert stats.snapshot().versions == {version: 1}
+    assert stats.snapshot().groups == {group: 1}
 
 
 async def test_given_one_context_the_group_is_named_only_where_python_reads_it(pki: Pki) -> None:
@@ -449,7 +449,7 @@ async def test_given_one_context_the_group_is_named_only_where_python_reads_it(p
             await client.stream.aclose()
             nursery.cancel_scope.cancel()
     python_reads_it = hasattr(ssl.SSLObject, "group")
-    assert stats.snapshot()["last_group"] == (DEFAULT_GROUP if python_reads_it else "unknown")
+    assert stats.snapshot().last_group == (DEFAULT_GROUP if python_reads_it else "unknown")
 
 
 @pytest.mark.skipif(hasattr(ssl.SSLObject, "group"), reason="Python reads the group itself")
