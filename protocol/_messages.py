@@ -157,6 +157,80 @@ class SupplyResult(_Message, tag="supply.result", frozen=True):
     message: ShortText = ""
 
 
+MAX_RELAY_PATH: Final = 32
+"""Nodes on one relay path, source and destination included."""
+MAX_RELAY_KEY_BYTES: Final = 65536
+"""Key one relay carries (the relayed key and its confirmation key)."""
+RELAY_TAG_BYTES: Final = 16
+"""A Poly1305 tag."""
+RELAY_CONFIRM_KEY_BYTES: Final = 32
+"""The last bytes of a relayed key: the one-time key of the destination's confirmation."""
+
+
+class RelayHop(_Message, tag="relay.hop", frozen=True):
+    """One hop of a key relay: the key, one-time padded with link key of this hop's link.
+
+    The sender allocated ``pad`` (as long as ``ciphertext``) and ``mac_key`` (32 bytes)
+    from blocks of ``link_id`` it owns; the receiver consumes exactly those bytes, checks
+    ``tag`` (Poly1305 under ``mac_key`` over ``relay_hop_auth_data``), and recovers the
+    key as ``ciphertext xor pad``.  ``path[hop]`` is the receiver; ``path[0]`` the source,
+    ``path[-1]`` the destination, which keeps the key as block ``block_id`` of
+    ``e2e_link_id``.  Answered by ``RelayResult`` with the same ``id``.
+    """
+
+    id: U63
+    relay_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    e2e_link_id: LinkId
+    block_id: U63
+    path: Annotated[list[NodeId], msgspec.Meta(min_length=2, max_length=MAX_RELAY_PATH)]
+    hop: Annotated[int, msgspec.Meta(ge=1, le=MAX_RELAY_PATH - 1)]
+    link_id: LinkId
+    pad: Annotated[list[SegmentRef], msgspec.Meta(min_length=1, max_length=MAX_SEGMENTS_PER_KEY)]
+    mac_key: Annotated[
+        list[SegmentRef], msgspec.Meta(min_length=1, max_length=MAX_SEGMENTS_PER_KEY)
+    ]
+    ciphertext: Annotated[
+        bytes, msgspec.Meta(min_length=RELAY_CONFIRM_KEY_BYTES + 1, max_length=MAX_RELAY_KEY_BYTES)
+    ]
+    tag: Annotated[bytes, msgspec.Meta(min_length=RELAY_TAG_BYTES, max_length=RELAY_TAG_BYTES)]
+
+    def __post_init__(self) -> None:
+        if self.hop >= len(self.path):
+            raise ValueError("hop must name a node of path after the source")
+        if len(set(self.path)) != len(self.path):
+            raise ValueError("path must not visit a node twice")
+
+
+class RelayResult(_Message, tag="relay.result", frozen=True):
+    """The answer to relay hop ``id``, passed back along the path.
+
+    ``ok``: the destination holds the key; ``confirm`` is its Poly1305 tag over
+    ``relay_confirm_data(relay_id)`` under the key's last 32 bytes, which proves to the
+    source that the destination holds exactly the key sent.  Else ``code`` and
+    ``message`` say which node refused and why.
+    """
+
+    id: U63
+    ok: bool
+    confirm: Annotated[bytes, msgspec.Meta(max_length=RELAY_TAG_BYTES)] = b""
+    code: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    message: ShortText = ""
+
+
+def relay_hop_auth_data(hop: RelayHop) -> bytes:
+    """The bytes a hop's tag authenticates: the whole message but its request id and tag.
+
+    The id is the sender's session counter, not part of the relay; everything else (the
+    relay, the path, the position on it, the segments spent and the ciphertext) is bound.
+    """
+    return b"qkms-relay-hop\0" + to_wire(msgspec.structs.replace(hop, id=0, tag=b""))
+
+
+def relay_confirm_data(relay_id: str) -> bytes:
+    """The bytes the destination's confirmation tag authenticates."""
+    return b"qkms-relay-confirm\0" + relay_id.encode("utf-8")
+
+
 PeerMessage: TypeAlias = (
     Hello
     | Error
@@ -167,6 +241,8 @@ PeerMessage: TypeAlias = (
     | KeyDiscard
     | SupplyReserve
     | SupplyResult
+    | RelayHop
+    | RelayResult
 )
 PEER_MESSAGE_TYPES: Final = (
     Hello,
@@ -178,14 +254,17 @@ PEER_MESSAGE_TYPES: Final = (
     KeyDiscard,
     SupplyReserve,
     SupplyResult,
+    RelayHop,
+    RelayResult,
 )
 
-PeerRequest: TypeAlias = SupplyReserve
+PeerRequest: TypeAlias = SupplyReserve | RelayHop
 """Peer messages that ask for an answer: each carries an ``id`` its reply repeats."""
-PeerReply: TypeAlias = SupplyResult
+PeerReply: TypeAlias = SupplyResult | RelayResult
 """Peer messages that answer a request, naming it by ``id``."""
 REPLY_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
     SupplyReserve: SupplyResult,
+    RelayHop: RelayResult,
 }
 """``{request type: the type of its reply}``."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,6 +149,36 @@ class LogSection(_Section, frozen=True):
     format: str = "kv"
 
 
+class RelayPoolSection(_Section, frozen=True):
+    """An end-to-end pool with a distant node (``[relay.pools.<node>]``)."""
+
+    link_id: str | None = None
+    """The pool's (virtual) link id; by default ``<lower id>~<higher id>``."""
+    route: list[NodeId] | None = None
+    """A manual route: the intermediate nodes, in order from this node."""
+
+
+Bits = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+
+
+class RelaySection(_Section, frozen=True):
+    """Key relay: the end-to-end pools this node keeps, and how (``[relay]``)."""
+
+    block_bits: Annotated[int, msgspec.Meta(ge=256, le=(1 << 19) - 256, multiple_of=8)] = 8192
+    """Key carried by one relay (a block of the end-to-end pool)."""
+    low_bits: Bits = 65536
+    """Relays start when the pool's ready bits fall below this..."""
+    high_bits: Bits = 262144
+    """...and go on until they reach this."""
+    timeout_s: Seconds = 5.0
+    """One relay, from the source to the destination's confirmation."""
+    in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    """Relays under way at once for one pool."""
+    topology: list[Annotated[list[NodeId], msgspec.Meta(min_length=2, max_length=2)]] = []
+    """The network's QKD links as node pairs, for computed routes."""
+    pools: dict[str, RelayPoolSection] = {}
+
+
 class _RawConfig(_Section, frozen=True):
     node: NodeSection
     tls: TlsSection
@@ -163,6 +193,7 @@ class _RawConfig(_Section, frozen=True):
     supply: SupplySection = SupplySection()
     api: ApiSection = ApiSection()
     peer: PeerListenerSection = PeerListenerSection()
+    relay: RelaySection = RelaySection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -191,6 +222,16 @@ class SaeConfig(msgspec.Struct, frozen=True):
     pqc_public_key: Path | None
 
 
+class RelayPoolConfig(msgspec.Struct, frozen=True):
+    """An end-to-end pool with ``peer``, kept filled by relays over ``route`` (or a computed
+    one); the end with the lower node id starts the relays."""
+
+    peer: str
+    link_id: str
+    route: tuple[str, ...] | None
+    """Manual: the intermediate nodes in order from this node, or None to compute."""
+
+
 class Config(msgspec.Struct, frozen=True):
     """A validated node configuration with absolute paths."""
 
@@ -214,6 +255,9 @@ class Config(msgspec.Struct, frozen=True):
     supply: SupplySection = SupplySection()
     api: ApiSection = ApiSection()
     peer: PeerListenerSection = PeerListenerSection()
+    relay: RelaySection = RelaySection()
+    relay_pools: dict[str, RelayPoolConfig] = {}
+    """End-to-end pools by link id."""
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
 
@@ -379,6 +423,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         if problem:
             raise fail(where, problem)
 
+    relay_pools = _relay_pools(raw, peers, links, fail)
+
     return Config(
         source=source.resolve(),
         node_id=raw.node.id,
@@ -400,8 +446,43 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         supply=raw.supply,
         api=raw.api,
         peer=raw.peer,
+        relay=raw.relay,
+        relay_pools=relay_pools,
         pair_policies=pair_policies,
     )
+
+
+def _relay_pools(
+    raw: _RawConfig,
+    peers: dict[str, PeerConfig],
+    links: dict[str, LinkConfig],
+    fail: Callable[[str, str], ConfigError],
+) -> dict[str, RelayPoolConfig]:
+    relay = raw.relay
+    if relay.low_bits > relay.high_bits:
+        raise fail("[relay] low_bits:", "must be at most high_bits")
+    for i, (a, b) in enumerate(relay.topology):
+        if a == b:
+            raise fail(f"[relay] topology[{i}]:", f"a link joins two different nodes, not {a}-{a}")
+    pools: dict[str, RelayPoolConfig] = {}
+    for peer, pool in relay.pools.items():
+        where = f"[relay.pools.{peer}]"
+        if peer not in peers:
+            raise fail(
+                where,
+                f"{peer!r} is not in [peers]: the two ends of an end-to-end pool talk directly;"
+                f" add [peers.{peer}]",
+            )
+        link_id = pool.link_id or "~".join(sorted((raw.node.id, peer)))
+        if not LINK_ID_RE.fullmatch(link_id):
+            raise fail(f"{where} link_id:", f"{link_id!r} is not a valid link id")
+        if link_id in links or link_id in pools:
+            raise fail(f"{where} link_id:", f"{link_id!r} is already a link of this node")
+        if pool.route is not None and ({raw.node.id, peer} & set(pool.route)):
+            raise fail(f"{where} route:", "names the intermediate nodes only, not the two ends")
+        route = tuple(pool.route) if pool.route is not None else None
+        pools[link_id] = RelayPoolConfig(peer, link_id, route)
+    return pools
 
 
 def _merged(default: SupplyPolicy, pair: SupplyPairSection) -> SupplyPolicy:

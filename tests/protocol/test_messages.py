@@ -23,6 +23,7 @@ from protocol import (
     Hello,
     KeyAnnounce,
     LocalProtocolError,
+    RelayHop,
     RemoteProtocolError,
     ReservedKey,
     SegmentRef,
@@ -34,6 +35,13 @@ from protocol import (
 node_ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
 link_ids = st.from_regex(r"[A-Za-z0-9_.:~-]{1,129}", fullmatch=True)
 u63 = st.integers(0, 2**63 - 1)
+
+
+segments = st.lists(
+    st.builds(SegmentRef, u63, st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1)),
+    min_size=1,
+    max_size=3,
+)
 
 
 def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
@@ -76,7 +84,24 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         ),
         "ok": st.booleans(),
         "refs": st.just([]),
+        "relay_id": st.text(min_size=1, max_size=40),
+        "e2e_link_id": link_ids,
+        "block_id": u63,
+        "pad": segments,
+        "mac_key": segments,
+        "ciphertext": st.binary(min_size=33, max_size=200),
+        "tag": st.binary(min_size=16, max_size=16),
+        "confirm": st.binary(max_size=16),
     }
+    if cls is RelayHop:
+        return st.lists(node_ids, min_size=2, max_size=6, unique=True).flatmap(
+            lambda path: st.builds(
+                RelayHop,
+                path=st.just(path),
+                hop=st.integers(1, len(path) - 1),
+                **{f: overrides[f] for f in cls.__struct_fields__ if f not in ("path", "hop")},
+            )
+        )
     fields = {f: overrides[f] for f in cls.__struct_fields__}
     return st.builds(cls, **fields)
 
