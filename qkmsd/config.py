@@ -174,6 +174,9 @@ class RelaySection(_Section, frozen=True):
     """One relay, from the source to the destination's confirmation."""
     in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     """Relays under way at once for one pool."""
+    request_wait_s: Seconds = 3.0
+    """How long an ``enc_keys`` that finds the end-to-end pool short waits for relays
+    before it gets 503."""
     topology: list[Annotated[list[NodeId], msgspec.Meta(min_length=2, max_length=2)]] = []
     """The network's QKD links as node pairs, for computed routes."""
     pools: dict[str, RelayPoolSection] = {}

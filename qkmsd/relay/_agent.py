@@ -206,6 +206,51 @@ class RelayAgent:
             pool.in_flight -= 1
             slots.release()
 
+    async def top_up(self, destination: str, bits: int) -> None:
+        """Relay until this end owns ``bits`` more ready key in the pool with ``destination``.
+
+        For a request that found the pool short.  Relays run ``in_flight`` at a time;
+        about half of the relayed blocks are this end's to allocate (the ownership rule),
+        and each becomes READY once link key synchronisation has run.  Raises
+        ``RelayFailed`` with the reason after three relays in a row fail; the caller
+        owns the time limit.
+        """
+        pool = self._by_peer.get(destination)
+        if pool is None:
+            raise RelayFailed(ErrorCode.UNKNOWN_LINK, f"no end-to-end pool with {destination}")
+        link_id = pool.config.link_id
+        target = await self._owned_bits(link_id) + bits
+        failures: list[RelayFailed] = []
+        slots = trio.Semaphore(self._settings.in_flight)
+
+        async def one() -> None:
+            try:
+                await self.relay(link_id)
+                failures.clear()
+            except RelayFailed as exc:
+                failures.append(exc)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while (owned := await self._owned_bits(link_id)) < target:
+                if len(failures) >= 3:
+                    break
+                # Half of what is relayed becomes this end's; count the relays under way.
+                under_way = self._settings.in_flight - slots.value
+                if owned + under_way * self._settings.block_bits // 2 < target and slots.value:
+                    await slots.acquire()
+                    nursery.start_soon(one)
+                else:
+                    await trio.sleep(0.02)  # synchronisation makes the relayed keys ready
+            nursery.cancel_scope.cancel()
+        if len(failures) >= 3:  # raised out here: inside the nursery it would be a group
+            raise failures[-1]
+
+    async def _owned_bits(self, link_id: str) -> int:
+        level = await self._thread.call(self._store.pool, link_id)
+        return level.owned_ready_bits
+
     async def _pool_bits(self, pool: _Pool) -> int:
         level = await self._thread.call(self._store.pool, pool.config.link_id)
         return level.ready_bits + level.received_blocks * self._settings.block_bits
