@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -156,9 +156,15 @@ class RelayPoolSection(_Section, frozen=True):
     """The pool's (virtual) link id; by default ``<lower id>~<higher id>``."""
     route: list[NodeId] | None = None
     """A manual route: the intermediate nodes, in order from this node."""
+    paths: Annotated[int, msgspec.Meta(ge=1, le=8)] | Literal["disjoint"] = 1
+    """1: each key over one route.  N or ``"disjoint"``: each key split into XOR shares,
+    one over each of up to N (or ``max_paths``) node-disjoint paths, so that no single
+    intermediate node learns it."""
 
 
 Bits = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+MAX_DISJOINT_PATHS = 8
+"""What ``paths = "disjoint"`` means: as many node-disjoint paths as exist, up to this."""
 
 
 class RelaySection(_Section, frozen=True):
@@ -233,6 +239,8 @@ class RelayPoolConfig(msgspec.Struct, frozen=True):
     link_id: str
     route: tuple[str, ...] | None
     """Manual: the intermediate nodes in order from this node, or None to compute."""
+    paths: int = 1
+    """Node-disjoint paths each key is split over (1: no split)."""
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -484,7 +492,8 @@ def _relay_pools(
         if pool.route is not None and ({raw.node.id, peer} & set(pool.route)):
             raise fail(f"{where} route:", "names the intermediate nodes only, not the two ends")
         route = tuple(pool.route) if pool.route is not None else None
-        pools[link_id] = RelayPoolConfig(peer, link_id, route)
+        paths = MAX_DISJOINT_PATHS if pool.paths == "disjoint" else pool.paths
+        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths)
     return pools
 
 

@@ -164,6 +164,7 @@ class RelayAgent:
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._counts = _Counts()
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
+        self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
 
     # --- services ------------------------------------------------------------------
 
@@ -267,6 +268,8 @@ class RelayAgent:
         """
         pool = self._pools[e2e_link_id]
         size = (bits or self._settings.block_bits) // 8
+        if pool.config.paths > 1:
+            return await self._relay_split(pool, size)
         paths = self._routes.paths(pool.config.peer)
         if not paths:
             self._counts.relays_failed += 1
@@ -280,11 +283,74 @@ class RelayAgent:
         self._counts.relays_failed += 1
         raise failure
 
-    async def _relay_on(self, pool: _Pool, path: list[str], size: int) -> RelayRecord:
+    async def _relay_split(self, pool: _Pool, size: int) -> RelayRecord:
+        """One key as XOR shares over node-disjoint paths, kept only if every share lands."""
+        paths = self._routes.disjoint_paths(pool.config.peer, pool.config.paths)
+        if len(paths) < 2:
+            self._counts.relays_failed += 1
+            raise RelayFailed(
+                ErrorCode.WRONG_PATH,
+                f"{len(paths)} node-disjoint path(s) to {pool.config.peer}; a split needs 2",
+            )
         block_id = self._block_id(pool)
+        shares = [os.urandom(size + RELAY_CONFIRM_KEY_BYTES) for _ in paths[1:]]
+        key = os.urandom(size)
+        last = key + bytes(RELAY_CONFIRM_KEY_BYTES)
+        for share in shares:
+            last = _xor(last, share)
+        # The key is the XOR of the shares (its last 32 bytes ignored); the last share
+        # makes it so.  Each share alone is uniformly random.
+        shares.append(last)
+        records: list[RelayRecord | RelayFailed] = [RelayFailed("", "")] * len(paths)
+
+        async def one(i: int) -> None:
+            try:
+                records[i] = await self._relay_on(
+                    pool,
+                    list(paths[i]),
+                    size,
+                    block_id=block_id,
+                    share=(i, len(paths)),
+                    payload=shares[i],
+                )
+            except RelayFailed as exc:
+                records[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(paths)):
+                nursery.start_soon(one, i)
+        failed = [r for r in records if isinstance(r, RelayFailed)]
+        if failed:
+            self._counts.relays_failed += 1
+            raise failed[0]
+        await pool.driver.deliver(KeyBlock(pool.config.link_id, block_id, key, 0.0, self._clock()))
+        self._counts.relays_confirmed += 1
+        self._counts.bits_relayed += size * 8
+        first = records[0]
+        assert isinstance(first, RelayRecord)
+        log.info("relay.confirmed", relay=first.relay_id, shares=len(paths), bits=size * 8)
+        return first
+
+    async def _relay_on(
+        self,
+        pool: _Pool,
+        path: list[str],
+        size: int,
+        *,
+        block_id: int | None = None,
+        share: tuple[int, int] = (0, 1),
+        payload: bytes | None = None,
+    ) -> RelayRecord:
+        """Relay ``payload`` (default: a fresh key) over ``path``; keep it when the destination
+        confirms, unless it is one share of a split key (the caller keeps the whole)."""
+        split = payload is not None
+        if block_id is None:
+            block_id = self._block_id(pool)
         relay_id = f"{pool.config.link_id}/{block_id}"
+        if split:
+            relay_id += f"#{share[0]}"
         record = self._record(relay_id, pool.config.link_id, path, "source", size * 8)
-        key = os.urandom(size + RELAY_CONFIRM_KEY_BYTES)
+        key = payload if payload is not None else os.urandom(size + RELAY_CONFIRM_KEY_BYTES)
         try:
             hop = await self._seal_hop(
                 RelayHop(
@@ -299,6 +365,8 @@ class RelayAgent:
                     mac_key=[SegmentRef(0, 0, 1)],
                     ciphertext=key,
                     tag=bytes(16),
+                    share=share[0],
+                    shares=share[1],
                 ),
                 key,
             )
@@ -317,10 +385,12 @@ class RelayAgent:
         except RelayFailed as exc:
             self._fail(record, exc)
             raise
+        record.state, record.ended_at = "confirmed", self._clock()
+        if split:
+            return record
         await pool.driver.deliver(
             KeyBlock(pool.config.link_id, block_id, key[:size], 0.0, self._clock())
         )
-        record.state, record.ended_at = "confirmed", self._clock()
         self._counts.relays_confirmed += 1
         self._counts.bits_relayed += size * 8
         log.info("relay.confirmed", relay=relay_id, path="-".join(path), bits=size * 8)
@@ -431,7 +501,8 @@ class RelayAgent:
         return _xor(hop.ciphertext, pad)
 
     async def _keep(self, hop: RelayHop, key: bytes) -> bytes:
-        """At the destination: hand the key to the pool's driver; the confirmation tag."""
+        """At the destination: hand the key to the pool's driver (for a split key, once
+        every share is here); the confirmation tag of what arrived."""
         source = hop.path[0]
         pool = self._by_peer.get(source)
         if pool is None or pool.config.link_id != hop.e2e_link_id:
@@ -445,14 +516,35 @@ class RelayAgent:
             raise RelayFailed(
                 ErrorCode.DUPLICATE_BLOCK, f"block {hop.block_id} of {hop.e2e_link_id} exists"
             )
+        confirm = Poly1305.generate_tag(
+            key[-RELAY_CONFIRM_KEY_BYTES:], relay_confirm_data(hop.relay_id)
+        )
+        whole = key
+        if hop.shares > 1:
+            self._drop_stale_shares()
+            parts = self._shares.setdefault((hop.e2e_link_id, hop.block_id), ({}, self._clock()))[0]
+            if hop.share in parts:
+                raise RelayFailed(ErrorCode.DUPLICATE_BLOCK, f"share {hop.share} arrived twice")
+            parts[hop.share] = key
+            if len(parts) < hop.shares:
+                return confirm  # the key is kept once the last share is here
+            del self._shares[(hop.e2e_link_id, hop.block_id)]
+            whole = parts[0]
+            for i in range(1, hop.shares):
+                whole = _xor(whole, parts[i])
         seen[hop.block_id] = None
         while len(seen) > 4096:
             seen.popitem(last=False)
         size = len(key) - RELAY_CONFIRM_KEY_BYTES
-        await pool.driver.deliver(
-            KeyBlock(hop.e2e_link_id, hop.block_id, key[:size], 0.0, self._clock())
-        )
-        return Poly1305.generate_tag(key[size:], relay_confirm_data(hop.relay_id))
+        block = KeyBlock(hop.e2e_link_id, hop.block_id, whole[:size], 0.0, self._clock())
+        await pool.driver.deliver(block)
+        return confirm
+
+    def _drop_stale_shares(self) -> None:
+        """Forget split keys whose other shares never came: that key is lost at both ends."""
+        cutoff = self._clock() - 2 * self._settings.timeout_s
+        for entry in [e for e, (_, at) in self._shares.items() if at < cutoff]:
+            del self._shares[entry]
 
     # --- records and status --------------------------------------------------------
 

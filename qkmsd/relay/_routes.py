@@ -75,6 +75,21 @@ class RoutingTable:
         """
         return [e.path for e in self._table(destination)]
 
+    def disjoint_paths(self, destination: str, limit: int) -> list[tuple[str, ...]]:
+        """Up to ``limit`` node-disjoint paths to ``destination`` (computed, shortest first).
+
+        No node but the two ends is on two of them, so no single intermediate node sees
+        two shares of a key split over them.
+        """
+        if destination not in self._graph or destination == self.node_id:
+            return []
+        try:
+            found = nx.node_disjoint_paths(self._graph, self.node_id, destination)
+            paths = sorted((tuple(p) for p in found), key=lambda p: (len(p), p))
+        except nx.NetworkXNoPath:
+            return []
+        return [p for p in paths if p[1] in self._neighbours][:limit]
+
     def routes(self, destinations: Iterable[str]) -> list[Route]:
         now = self._clock()
         return [
