@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol import LINK_ID_RE, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
+from protocol import LINK_ID_RE, MAX_RELAY_PATH, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
 from qkd_drivers import DriverConfigError, LinkEnd, driver_class
 
 from .errors import EXIT_CONFIG, QkmsError
@@ -491,6 +491,10 @@ def _relay_pools(
             raise fail(f"{where} link_id:", f"{link_id!r} is already a link of this node")
         if pool.route is not None and ({raw.node.id, peer} & set(pool.route)):
             raise fail(f"{where} route:", "names the intermediate nodes only, not the two ends")
+        if pool.route is not None and len(set(pool.route)) != len(pool.route):
+            raise fail(f"{where} route:", "names a node twice; a relay visits each node once")
+        if pool.route is not None and len(pool.route) > MAX_RELAY_PATH - 2:
+            raise fail(f"{where} route:", f"at most {MAX_RELAY_PATH - 2} intermediate nodes")
         route = tuple(pool.route) if pool.route is not None else None
         paths = MAX_DISJOINT_PATHS if pool.paths == "disjoint" else pool.paths
         pools[link_id] = RelayPoolConfig(peer, link_id, route, paths)

@@ -21,10 +21,14 @@ managers store K as RECEIVED, and link key synchronisation over the direct S-D s
 makes it READY only when both hold it, discarding it at both ends otherwise: a relayed
 key is READY at both ends or at neither.  The confirmation key is never stored.
 
-The end with the lower node id keeps the pool between ``low_bits`` and ``high_bits``
-with up to ``in_flight`` relays at once; a relay that fails on a path is retried on the
-next route.  Block ids are microseconds since the epoch (never below what the pool holds),
-so an id is never reused for another key, also after a restart.
+Each end of a pool relays for itself: a hop X -> Y pads with blocks of X~Y that X owns
+(half of the link, by the ownership rule), so each end relays toward the other with its
+own halves of the links, and a relayed block's id has the parity that makes it the
+relaying end's to allocate.  Each end keeps its own ready share of the pool between
+``low_bits`` and ``high_bits`` with up to ``in_flight`` relays at once; a relay that fails
+on a path is retried on the next route.  Block ids are microseconds since the epoch, above
+every id the pool holds, of the relaying end's parity: an id is never reused for another
+key, also after a restart, and the two ends never make the same one.
 """
 
 from __future__ import annotations
@@ -113,7 +117,9 @@ class RelayFailed(QkmsError):
 class _Pool:
     config: RelayPoolConfig
     driver: RelayedKeys
-    starts: bool
+    parity: int
+    """The parity of the block ids this end makes: the ids it owns (lower node id: even)."""
+    seeded: bool = False
     in_flight: int = 0
     next_id: int = 0
     retry_at: float = float("-inf")
@@ -154,7 +160,7 @@ class RelayAgent:
         self._request = request
         self._link_to = dict(link_to)
         self._pools = {
-            link_id: _Pool(pool, drivers[link_id], starts=node_id < pool.peer)
+            link_id: _Pool(pool, drivers[link_id], parity=0 if node_id < pool.peer else 1)
             for link_id, pool in pools.items()
         }
         self._by_peer = {p.config.peer: p for p in self._pools.values()}
@@ -169,11 +175,10 @@ class RelayAgent:
     # --- services ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the pools this node starts between their watermarks.  Until cancelled."""
+        """Keep this end's share of every pool between its watermarks.  Until cancelled."""
         async with trio.open_nursery() as nursery:
             for pool in self._pools.values():
-                if pool.starts:
-                    nursery.start_soon(self._keep_filled, pool)
+                nursery.start_soon(self._keep_filled, pool)
             task_status.started()
 
     async def _keep_filled(self, pool: _Pool) -> None:
@@ -201,8 +206,11 @@ class RelayAgent:
             await self.relay(pool.config.link_id)
             pool.retry_s = 1.0
         except RelayFailed:
-            pool.retry_at = self._clock() + pool.retry_s
-            pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
+            # Relays that fail together (a link out of key, a node down) count as one
+            # failure: the pause doubles only when a relay started after it fails too.
+            if self._clock() >= pool.retry_at:
+                pool.retry_at = self._clock() + pool.retry_s
+                pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
         finally:
             pool.in_flight -= 1
             slots.release()
@@ -211,8 +219,8 @@ class RelayAgent:
         """Relay until this end owns ``bits`` more ready key in the pool with ``destination``.
 
         For a request that found the pool short.  Relays run ``in_flight`` at a time;
-        about half of the relayed blocks are this end's to allocate (the ownership rule),
-        and each becomes READY once link key synchronisation has run.  Raises
+        each relayed block is this end's to allocate (its id's parity), and becomes READY
+        once link key synchronisation has run.  Raises
         ``RelayFailed`` with the reason after three relays in a row fail; the caller
         owns the time limit.
         """
@@ -237,9 +245,9 @@ class RelayAgent:
             while (owned := await self._owned_bits(link_id)) < target:
                 if len(failures) >= 3:
                     break
-                # Half of what is relayed becomes this end's; count the relays under way.
+                # What this end relays is its own to allocate; count the relays under way.
                 under_way = self._settings.in_flight - slots.value
-                if owned + under_way * self._settings.block_bits // 2 < target and slots.value:
+                if owned + under_way * self._settings.block_bits < target and slots.value:
                     await slots.acquire()
                     nursery.start_soon(one)
                 else:
@@ -253,8 +261,7 @@ class RelayAgent:
         return level.owned_ready_bits
 
     async def _pool_bits(self, pool: _Pool) -> int:
-        level = await self._thread.call(self._store.pool, pool.config.link_id)
-        return level.ready_bits + level.received_blocks * self._settings.block_bits
+        return await self._owned_bits(pool.config.link_id)
 
     # --- the source ------------------------------------------------------------------
 
@@ -292,7 +299,7 @@ class RelayAgent:
                 ErrorCode.WRONG_PATH,
                 f"{len(paths)} node-disjoint path(s) to {pool.config.peer}; a split needs 2",
             )
-        block_id = self._block_id(pool)
+        block_id = await self._block_id(pool)
         shares = [os.urandom(size + RELAY_CONFIRM_KEY_BYTES) for _ in paths[1:]]
         key = os.urandom(size)
         last = key + bytes(RELAY_CONFIRM_KEY_BYTES)
@@ -345,7 +352,7 @@ class RelayAgent:
         confirms, unless it is one share of a split key (the caller keeps the whole)."""
         split = payload is not None
         if block_id is None:
-            block_id = self._block_id(pool)
+            block_id = await self._block_id(pool)
         relay_id = f"{pool.config.link_id}/{block_id}"
         if split:
             relay_id += f"#{share[0]}"
@@ -396,10 +403,15 @@ class RelayAgent:
         log.info("relay.confirmed", relay=relay_id, path="-".join(path), bits=size * 8)
         return record
 
-    def _block_id(self, pool: _Pool) -> int:
-        # Microseconds since the epoch, strictly increasing: never the id of another key,
-        # also after a restart (the pool's own ids are all older).
-        pool.next_id = max(pool.next_id + 1, time.time_ns() // 1000)
+    async def _block_id(self, pool: _Pool) -> int:
+        # Microseconds since the epoch, above every id the pool holds (tombstones too), of
+        # this end's parity: the two ends never make the same id, and an id is never
+        # reused for another key, also after a restart with the clock stepped back.
+        if not pool.seeded:
+            held = await self._thread.call(self._store.max_block_id, pool.config.link_id)
+            pool.next_id, pool.seeded = max(pool.next_id, held or 0), True
+        candidate = max(pool.next_id + 1, time.time_ns() // 1000)
+        pool.next_id = candidate + (candidate % 2 != pool.parity)
         return pool.next_id
 
     # --- hops ------------------------------------------------------------------------

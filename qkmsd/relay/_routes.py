@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import msgspec
 import networkx as nx
 
+from protocol import MAX_RELAY_PATH
+
 ALTERNATES = 3
 """Computed paths kept per destination."""
 
@@ -118,4 +120,11 @@ class RoutingTable:
                         out.append(_Entry(tuple(path), "computed", now))
             except nx.NetworkXNoPath:
                 pass
-        return [e for e in out if len(e.path) >= 2 and e.path[1] in self._neighbours]
+        return [e for e in out if _usable(e.path, self._neighbours)]
+
+
+def _usable(path: tuple[str, ...], neighbours: frozenset[str]) -> bool:
+    """A path a relay can take: first to a neighbour, no node twice, not too long."""
+    return (
+        2 <= len(path) <= MAX_RELAY_PATH and path[1] in neighbours and len(set(path)) == len(path)
+    )

@@ -421,11 +421,6 @@ async def test_a_relay_that_fails_on_its_first_route_is_retried_on_the_next(
         assert len(at_a) == len(at_c) == 1 and at_a[0].key == at_c[0].key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a manual route visiting a node twice makes relay() raise ValueError"
-    " (RelayHop.__post_init__), not RelayFailed; the route is not skipped",
-)
 async def test_a_manual_route_that_visits_a_node_twice_fails_over_to_the_next_route(
     tmp_path: Path,
 ) -> None:
@@ -438,11 +433,6 @@ async def test_a_manual_route_that_visits_a_node_twice_fails_over_to_the_next_ro
         assert record.path == [A, B, C]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _block_id starts from the clock, not from the ids the pool holds"
-    " (the module docstring says 'never below what the pool holds')",
-)
 async def test_a_relayed_block_id_is_above_every_id_the_pool_already_holds(
     line3: Net,
 ) -> None:
