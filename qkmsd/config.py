@@ -180,6 +180,9 @@ class RelaySection(_Section, frozen=True):
     """One relay, from the source to the destination's confirmation."""
     in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     """Relays under way at once for one pool."""
+    link_reserve_bits: Bits = 65536
+    """Link key relays leave on each QKD link for the SAE pairs across it: a relay takes
+    no pad from a link whose owned ready key would fall below this."""
     request_wait_s: Seconds = 3.0
     """How long an ``enc_keys`` that finds the end-to-end pool short waits for relays
     before it gets 503."""

@@ -426,7 +426,10 @@ class RelayAgent:
             )
         try:
             pad, mac = await self._thread.call(
-                self._store.allocate_link_key, link_id, [len(key), MAC_KEY_BYTES]
+                self._store.allocate_link_key,
+                link_id,
+                [len(key), MAC_KEY_BYTES],
+                keep=self._settings.link_reserve_bits // 8,
             )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc)) from None

@@ -26,7 +26,13 @@ FAST = {"rate_bps": 2e6, "block_bits": 65536}
 E2E = "KME_A~KME_C"
 SAES = {"SAE_A": {"kme": "KME_A"}, "SAE_B": {"kme": "KME_B"}, "SAE_C": {"kme": "KME_C"}}
 TOPOLOGY = [["KME_A", "KME_B"], ["KME_B", "KME_C"]]
-RELAY = {"block_bits": 4096, "low_bits": 16384, "high_bits": 32768, "timeout_s": 5.0}
+RELAY = {
+    "block_bits": 4096,
+    "low_bits": 16384,
+    "high_bits": 32768,
+    "timeout_s": 5.0,
+    "link_reserve_bits": 0,
+}
 TIME_LIMIT_S = 60
 
 

@@ -24,7 +24,13 @@ FAST = {"rate_bps": 2e6, "block_bits": 65536}
 E2E = "KME_A~KME_C"
 RING = ["KME_A", "KME_B", "KME_C", "KME_D"]
 LINKS = [("KME_A", "KME_B"), ("KME_B", "KME_C"), ("KME_C", "KME_D"), ("KME_A", "KME_D")]
-RELAY = {"block_bits": 4096, "low_bits": 0, "high_bits": 0, "timeout_s": 3.0}
+RELAY = {
+    "block_bits": 4096,
+    "low_bits": 0,
+    "high_bits": 0,
+    "timeout_s": 3.0,
+    "link_reserve_bits": 0,
+}
 TIME_LIMIT_S = 60
 
 

@@ -32,7 +32,7 @@ from qkmsd.relay import RelayAgent, RelayedKeys, RoutingTable
 
 A, B, C, D = "KME_A", "KME_B", "KME_C", "KME_D"
 BLOCK_BYTES = 1024
-SETTINGS = RelaySection(block_bits=256, timeout_s=5.0)
+SETTINGS = RelaySection(block_bits=256, timeout_s=5.0, link_reserve_bits=0)
 """A relayed key of 32 bytes plus its 32-byte confirmation key: 96 bytes of link key a hop."""
 HOP_BYTES = 256 // 8 + 32 + 32
 

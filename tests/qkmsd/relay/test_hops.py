@@ -518,3 +518,17 @@ async def test_no_byte_of_link_key_is_used_twice_at_either_end(
                     for block_id, key in source.items():
                         if block_id in dest:
                             assert dest[block_id] == key
+
+
+async def test_relays_leave_the_link_reserve_to_the_sae_pairs_across_the_link(
+    line3: Net,
+) -> None:
+    # With a reserve as large as what A owns on A~B, a relay may take nothing from it.
+    owned = line3[A].store.pool(link_id(A, B)).owned_ready_bits
+    line3[A].agent._settings = msgspec.structs.replace(
+        line3[A].agent._settings, link_reserve_bits=owned
+    )
+    with pytest.raises(RelayFailed) as failed:
+        await line3[A].agent.relay(AC)
+    assert failed.value.code == "insufficient-key"
+    assert line3[A].store.pool(link_id(A, B)).owned_ready_bits == owned
