@@ -20,7 +20,7 @@ from .admin import AdminParamsError
 from .http import HandshakeStats, TlsStatistics
 from .keymanager import KeyManager, LinkStatus
 from .peers import PeerManager, PeerState
-from .relay import RelayAgent, RelayFailed
+from .relay import RelayAgent, RelayFailed, RelayStatistics
 from .storethread import StoreStatistics, StoreThread
 from .supply import DirectLinkSource, Etsi014Front
 from .tls import hybrid_pq_groups_available
@@ -58,6 +58,7 @@ class NodeStatus(msgspec.Struct, frozen=True):
     peers: list[PeerState]
     links: list[LinkStatus]
     store: StoreStatistics
+    relay: RelayStatistics
     api: ApiStatus | None
 
 
@@ -167,6 +168,7 @@ class NodeStatusMethods:
             peers=self._peers.peers_status(),
             links=await self._keys.links_status(),
             store=self._store_thread.statistics(),
+            relay=self._relay.statistics(),
             api=api,
         )
 

@@ -187,6 +187,10 @@ async def test_each_hop_spends_fresh_link_key_for_the_pad_and_the_mac(
             assert source.statistics().link_bits_spent == per_hop_bits
             assert middle.statistics().link_bits_spent == per_hop_bits
             assert middle.statistics().hops_received == 1
+            # Operators see the same counts in the node's status.
+            status = await net.nodes["KME_A"].status.status({})  # type: ignore[union-attr]
+            assert status["relay"]["relays_confirmed"] == 1
+            assert status["relay"]["link_bits_spent"] == per_hop_bits
 
 
 async def test_a_relay_with_no_route_fails_with_a_clear_reason(
