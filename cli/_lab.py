@@ -39,6 +39,17 @@ from ._topology import Topology
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
+# Relay in a lab: small relays and low watermarks, so that end-to-end pools fill within
+# seconds from the examples' simulated links (8 to 16 kbit/s, shared by every pool whose
+# route crosses them).  A production node keeps the daemon's defaults.
+LAB_RELAY: dict[str, Any] = {
+    "block_bits": 4096,
+    "low_bits": 16384,
+    "high_bits": 32768,
+    "timeout_s": 5.0,
+    "in_flight": 4,
+}
+
 
 class LabError(CliError):
     """The lab cannot do what was asked; the message says why and what to do."""
@@ -76,6 +87,15 @@ def _toml_value(value: Any) -> str:
 def _table(name: str, values: dict[str, Any]) -> str:
     lines = [f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def relay_partners(topo: Topology, node: str) -> list[str]:
+    """The nodes ``node`` keeps an end-to-end pool with: both ends have SAEs attached and
+    no QKD link joins them, so their SAEs get keys only through relay."""
+    with_saes = {spec.kme for spec in topo.saes.values()}
+    if node not in with_saes:
+        return []
+    return sorted(with_saes - {node} - set(topo.neighbours(node)))
 
 
 def node_config(
@@ -118,7 +138,9 @@ def node_config(
         _table("controller", {"eligible": spec.controller, "priority": spec.priority}),
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
     ]
-    for peer in topo.neighbours(node):
+    partners = relay_partners(topo, node)
+    # An end-to-end pool's two ends talk directly (a peer session without a QKD link).
+    for peer in sorted({*topo.neighbours(node), *partners}):
         parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
     for sae, sae_spec in topo.saes.items():
         entry: dict[str, Any] = {"kme": sae_spec.kme}
@@ -134,6 +156,10 @@ def node_config(
         )
         params = topo.params_of(link, seed=seeds[link.link_id])
         parts.append(_table(f'links."{link.link_id}".params', params))
+    topology = [sorted((link.a, link.b)) for link in topo.links]
+    parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
+    for peer in partners:  # routes are computed from the topology
+        parts.append(_table(f'relay.pools."{peer}"', {}))
     return "\n".join(parts)
 
 
@@ -321,6 +347,10 @@ class Lab:
                 running = kme["pid"] and _alive(kme["pid"], kme["config"])
                 out[node] = {"error": str(exc) if running else "not running"}
         return out
+
+    def admin_socket(self, node: str) -> str:
+        """The admin socket of one node of this lab.  Raises ``LabError``."""
+        return str(self._kme(self.manifest(), node)["admin_socket"])
 
     def _kme(self, manifest: dict[str, Any], node: str) -> dict[str, Any]:
         try:
