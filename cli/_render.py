@@ -41,6 +41,88 @@ def peer_tls(peer: dict[str, Any]) -> str:
     return f"{version} {group}" if version else "-"
 
 
+def link_driver(link: dict[str, Any]) -> str:
+    """A link's driver, or ``relay (e2e)`` for an end-to-end pool kept by key relay."""
+    return "relay (e2e)" if link.get("e2e") else str(link["driver"])
+
+
+def path_text(path: Sequence[str]) -> str:
+    return " -> ".join(path)
+
+
+def routes_table(result: dict[str, Any]) -> str:
+    """A node's ``routes`` answer: one row a destination."""
+    return table(
+        ["destination", "path", "hops", "source", "cost", "age"],
+        [
+            [
+                r["destination"],
+                path_text(r["path"]),
+                len(r["path"]) - 1,
+                r["source"],
+                r["cost"],
+                f"{r['age_s']:.0f}s",
+            ]
+            for r in result["routes"]
+        ],
+    )
+
+
+def relays_table(result: dict[str, Any]) -> str:
+    """A node's ``relays`` answer (recent relays, newest first)."""
+    return table(
+        ["relay", "pool", "path", "role", "state", "key", "started", "took", "error"],
+        [
+            [
+                r["relay_id"],
+                r["e2e_link_id"],
+                path_text(r["path"]),
+                r["role"],
+                r["state"],
+                bits(r["bits"]),
+                ago(r["started_at"]),
+                _took(r["started_at"], r["ended_at"]),
+                r["error"],
+            ]
+            for r in result["relays"]
+        ],
+    )
+
+
+def _took(started: float, ended: float | None) -> str:
+    return "-" if ended is None else f"{(ended - started) * 1e3:.0f} ms"
+
+
+def relay_hops_table(result: dict[str, Any]) -> str:
+    """The link key a ``relay_test`` spent on each hop: the one-time pad (as much as the key
+    relayed) and the rest, which authenticated the hop's messages."""
+    relayed = result["bytes"]
+    return table(
+        ["hop", "link", "link key spent", "one-time pad", "authentication"],
+        [
+            [
+                i,
+                hop["link_id"],
+                f"{hop['bytes']} B",
+                f"{min(relayed, hop['bytes'])} B",
+                f"{max(0, hop['bytes'] - relayed)} B",
+            ]
+            for i, hop in enumerate(result["hops"], start=1)
+        ],
+    )
+
+
+def relay_test_report(source: str, result: dict[str, Any]) -> str:
+    """A ``relay_test`` answer for humans: what went where, what it cost, what is left."""
+    return (
+        f"{source} -> {result['destination']}: {result['relays']} relay(s) carried "
+        f"{result['bytes']} B ({bits(8 * result['bytes'])}) of end-to-end key "
+        f"in {result['seconds']:.2f} s\n\n{relay_hops_table(result)}\n\n"
+        f"the end-to-end pool of {source} with {result['destination']} now holds "
+        f"{bits(result['pool_ready_bits'])} ready"
+    )
+
+
 def node_status(status: dict[str, Any]) -> str:
     """A readable page for one node's ``status`` answer."""
     head = (
@@ -79,7 +161,7 @@ def node_status(status: dict[str, Any]) -> str:
             [
                 link["link_id"],
                 link["peer"],
-                link["driver"],
+                link_driver(link),
                 link["driver_state"],
                 bits(link["ready_bits"]),
                 link["ready_keys"],
