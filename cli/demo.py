@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import heapq
 import tempfile
+import textwrap
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -69,17 +70,25 @@ kme = "KME3"
 """
 
 STEPS = 5
+WIDTH = 88
 WATCH_SECONDS = 3
 RELAY_BYTES = 1024
 """Key relayed in step 3: two relays of the lab's 4096-bit relay blocks."""
 WAIT_S = 60.0
 """The longest the demo waits for anything (sessions, routes, key) before giving up."""
 
+ROUTE_ORIGIN = {"computed": "computed from the network's topology", "manual": "set by hand"}
+
 T = TypeVar("T")
 
 
 def say(text: str = "", **style: Any) -> None:
     click.secho(text, **style)
+
+
+def para(text: str, **style: Any) -> None:
+    """Narration, wrapped to the demo's width."""
+    say(textwrap.fill(" ".join(text.split()), width=WIDTH), **style)
 
 
 def step(n: int | str, title: str) -> None:
@@ -227,39 +236,42 @@ def demo(topology: Path | None, directory: Path | None, keep: bool) -> None:
     ends = farthest_ends(topo, label=str(topology or "embedded"))
     saes = first_sae(topo, ends.source), first_sae(topo, ends.destination)
     say("qkms demo: key relay in a quantum key management network", bold=True, fg="cyan")
-    say(
-        f"Network {topo.name!r}: {len(topo.nodes)} trusted nodes (KMEs) and {len(topo.links)} "
-        f"QKD links. {saes[0]} on {ends.source} and {saes[1]} on {ends.destination} want\n"
-        f"shared keys, but no QKD link joins {ends.source} and {ends.destination}. The nodes "
-        "between them relay key:\neach hop encrypts it with a one-time pad of that link's "
-        "QKD key, so the key crosses the\nnetwork while only trusted nodes ever see it. These "
-        "are the five steps of the paper's\nverification (Table 5). The QKD devices are "
-        "simulated by the 'paired' driver: both ends\nof a link derive the same key from a "
-        "shared seed (a stand-in for key management, not physics)."
+    para(
+        f"Network {topo.name!r}: {len(topo.nodes)} trusted nodes (KMEs) and "
+        f"{len(topo.links)} QKD links. {saes[0]} on {ends.source} and {saes[1]} on "
+        f"{ends.destination} want shared keys, but no QKD link joins {ends.source} and "
+        f"{ends.destination}. The nodes between them relay key: each hop encrypts it with "
+        "a one-time pad of that link's QKD key, so the key crosses the network while only "
+        "trusted nodes ever see it. These are the five steps of the paper's verification "
+        "(Table 5). The QKD devices are simulated by the 'paired' driver: both ends of a "
+        "link derive the same key from a shared seed (a stand-in for key management, "
+        "not physics)."
     )
     with _lab_dir(directory) as where:
         lab = Lab(where)
         step("setup", "Network PKI, node configuration, one qkmsd per node")
-        say(
-            "A certificate authority for this network signs one certificate per node and one\n"
-            "per application (SAE); nodes authenticate each other with mutual TLS 1.3. "
-            f"{ends.source} and\n{ends.destination} are configured with an end-to-end pool: "
-            "a direct session between them, kept\nfilled with relayed key, that serves "
+        para(
+            "A certificate authority for this network signs one certificate per node and "
+            "one per application (SAE); nodes authenticate each other with mutual TLS 1.3. "
+            f"{ends.source} and {ends.destination} are configured with an end-to-end pool: "
+            "a direct session between them, kept filled with relayed key, that serves "
             "applications like a QKD link would."
         )
         started = time.monotonic()
         manifest = lab.up(topo, progress=lambda s: say(f"  - {s}", dim=True))
         try:
-            _Narration(lab, manifest, topo, ends, saes).run()
+            _Narration(manifest, topo, ends, saes).run()
             if keep:
-                say(f"\nThe lab keeps running. Try: qkmsctl lab status --dir {where}", bold=True)
+                say()
+                say(f"The lab keeps running. Try: qkmsctl lab status --dir {where}", bold=True)
                 return
         finally:
             if not keep:
                 step("end", "Shutting the lab down")
                 stopped = lab.down()
                 say(f"  stopped {len(stopped)} node(s) with SIGTERM (graceful shutdown)")
-        say(f"\nDemo finished in {time.monotonic() - started:.0f} s.", bold=True, fg="green")
+        say()
+        say(f"Demo finished in {time.monotonic() - started:.0f} s.", bold=True, fg="green")
 
 
 def _client(manifest: dict[str, Any], sae: str) -> Etsi014Client:
@@ -292,13 +304,11 @@ class _Narration:
 
     def __init__(
         self,
-        lab: Lab,
         manifest: dict[str, Any],
         topo: Topology,
         ends: Ends,
         saes: tuple[str, str],
     ) -> None:
-        self.lab = lab
         self.manifest = manifest
         self.topo = topo
         self.ends = ends
@@ -379,11 +389,11 @@ class _Narration:
 
     def qkd_key(self, path: list[str]) -> None:
         step(1, "QKD key arrives on each link of the route and is synchronised")
-        say(
+        para(
             f"The relay route from {path[0]} to {path[-1]} is {path_text(path)}: "
-            f"{len(path) - 1} QKD link(s).\nEach link's two nodes store the key their devices "
-            "produce (encrypted under the node's\nmaster key) and agree, block by block, on "
-            "which key both hold before any may be used.\nThe QBER is the error rate the "
+            f"{len(path) - 1} QKD link(s). Each link's two nodes store the key their devices "
+            "produce (encrypted under the node's master key) and agree, block by block, on "
+            "which key both hold before any may be used. The QBER is the error rate the "
             "devices measured while making the key."
         )
         for second in range(1, WATCH_SECONDS + 1):
@@ -399,9 +409,9 @@ class _Narration:
                     f"  t={second}s  {link_id:<24} ready: {levels}  "
                     f"QBER {'-' if qber is None else f'{qber:.1%}'}"
                 )
-        say(
-            "Synchronised means the same key at both ends. Each node reports the ids of its\n"
-            "ready blocks in a window and a key check value (24 bits of a keyed hash over those\n"
+        para(
+            "Synchronised means the same key at both ends. Each node reports the ids of its "
+            "ready blocks in a window and a key check value (24 bits of a keyed hash over those "
             "blocks: equal values mean equal key, and 24 bits say nothing useful about it):"
         )
         for link_id in hop_links(path):
@@ -414,11 +424,11 @@ class _Narration:
     def service_keys(self, path: list[str]) -> None:
         step(2, "The key is reformatted into service keys")
         key_size = self.key_size()
-        say(
-            "A QKD device delivers key in blocks; applications get keys of one fixed size over\n"
+        para(
+            "A QKD device delivers key in blocks; applications get keys of one fixed size over "
             f"ETSI GS QKD 014 (here {key_size} bits). Each node cuts its ready blocks into keys "
-            "of that\nsize; each block belongs to one end (by a rule both compute), so the two "
-            "ends can\nserve keys at the same time without handing out the same bits."
+            "of that size; each block belongs to one end (by a rule both compute), so the two "
+            "ends can serve keys at the same time without handing out the same bits."
         )
         for link_id in hop_links(path):
             for node in link_id.split("~"):
@@ -441,13 +451,14 @@ class _Narration:
     def relay(self, route: dict[str, Any]) -> dict[str, Any]:
         source, destination = self.ends
         step(3, f"A key is relayed {path_text(route['path'])}")
-        say(
-            f"The route was {route['source']} (cost {route['cost']}). {source} draws fresh "
-            f"key, XORs it with\nkey of the first link (a one-time pad), tags it with a Poly1305 "
-            "key also taken from\nthat link, and sends it on. Each intermediate node checks the "
-            "tag, removes the pad\nand pads the key again with key of its next link; only "
-            f"{destination} keeps it, and\nconfirms to {source}. Each hop spends as much link "
-            "key as the key relayed, plus the\nauthentication key. Relaying "
+        para(
+            f"The route was {ROUTE_ORIGIN.get(route['source'], route['source'])} (cost "
+            f"{route['cost']}). {source} draws fresh "
+            f"key, XORs it with key of the first link (a one-time pad), tags it with a Poly1305 "
+            "key also taken from that link, and sends it on. Each intermediate node checks the "
+            "tag, removes the pad and pads the key again with key of its next link; only "
+            f"{destination} keeps it, and confirms to {source}. Each hop spends as much link "
+            "key as the key relayed, plus the authentication key. Relaying "
             f"{RELAY_BYTES} bytes ({RELAY_BYTES * 8} bits) now:"
         )
         since = time.time()
@@ -486,9 +497,9 @@ class _Narration:
     def same_key(self, pool: dict[str, Any]) -> None:
         source, destination = self.ends
         step(4, f"{source} and {destination} hold the same end-to-end key")
-        say(
+        para(
             f"The end-to-end pool {pool['link_id']} works like a QKD link's pool: the same "
-            "check, asked\nof both ends over the same window of block ids:"
+            "check, asked of both ends over the same window of block ids:"
         )
         checks = self.check(pool["link_id"], self.ends)
         for node, check in checks.items():
@@ -505,10 +516,10 @@ class _Narration:
     def applications(self) -> None:
         (sae_a, sae_b), (kme_a, kme_b) = self.saes, self.ends
         step(5, f"{sae_a} and {sae_b} get the same keys over ETSI GS QKD 014")
-        say(
+        para(
             f"{sae_a} asks {kme_a} for two keys to share with {sae_b} (enc_keys); {kme_a} cuts "
-            "them from the\nend-to-end pool and has "
-            f"{kme_b} record the key IDs. {sae_b} then asks {kme_b} for those IDs\n"
+            "them from the end-to-end pool and has "
+            f"{kme_b} record the key IDs. {sae_b} then asks {kme_b} for those IDs "
             "(dec_keys). Keys are shown by fingerprint (a hash), never as key material."
         )
         try:
