@@ -30,6 +30,13 @@ class ErrorCode(enum.StrEnum):
     STORED_KEYS_FULL = "stored-keys-full"
     SEGMENT_REFUSED = "segment-refused"
     STORE_ERROR = "store-error"
+    # A refused ``relay.hop`` (``RelayResult.code``).
+    WRONG_PATH = "wrong-path"
+    NOT_A_NEIGHBOUR = "not-a-neighbour"
+    BAD_TAG = "bad-tag"
+    INSUFFICIENT_KEY = "insufficient-key"
+    PEER_UNREACHABLE = "peer-unreachable"
+    PEER_TIMEOUT = "peer-timeout"
 
 
 class ProtocolError(Exception):

@@ -147,6 +147,9 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def health(self) -> DriverHealth: ...
 
+    end_to_end: ClassVar[bool] = False
+    """True for the key source of an end-to-end pool (keys relayed, not from a device)."""
+
     fetches_by_reference: ClassVar[bool] = False
     """True for drivers whose blocks at this end must be fetched by the peer's reference
     (``KeyBlock.ref``), e.g. the slave end of an upstream ETSI 014 KME pair."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import trio
 
-from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, SupplyReserve
-from qkd_drivers import Driver, driver_class
+from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, RelayHop, SupplyReserve
+from qkd_drivers import Driver, LinkEnd, driver_class
 from qkms_pqc import HybridPublicKey, PqcError
 
 from .admin import AdminServer
@@ -25,6 +25,7 @@ from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
 from .netguard import GateLimits
 from .peers import PeerManager
+from .relay import RelayAgent, RelayedKeys, RoutingTable
 from .status import Api, NodeStatusMethods
 from .storethread import StoreThread
 from .supply import (
@@ -64,6 +65,7 @@ class Node:
         self.supply: Etsi014Front | None = None
         self.direct: DirectLinkSource | None = None
         self.status: NodeStatusMethods | None = None
+        self.relay: RelayAgent | None = None
         self.api_port: int | None = None
         self.api_handshakes = HandshakeStats()
         self.store_thread: StoreThread | None = None
@@ -80,6 +82,11 @@ class Node:
         store = _open_store(cfg)
         try:
             drivers = _make_drivers(cfg)
+            relayed = {
+                link_id: RelayedKeys(LinkEnd(link_id, cfg.node_id, pool.peer))
+                for link_id, pool in cfg.relay_pools.items()
+            }
+            drivers.update({link_id: (d.link.peer_node, d) for link_id, d in relayed.items()})
             server_ctx, client_ctx = _peer_contexts(cfg)
             self.store_thread = store_thread = StoreThread(store)
             self.peers = peers = PeerManager(
@@ -113,8 +120,32 @@ class Node:
             peers.on_message(KeyDiscard, keys.on_discard)
             peers.on_connectivity(keys.peer_up, keys.peer_down)
 
+            # Key relay: end-to-end pools with distant nodes, filled hop by hop.
+            qkd_link_to = {link.peer: link_id for link_id, link in reversed(cfg.links.items())}
+            self.relay = relay = RelayAgent(
+                node_id=cfg.node_id,
+                store=store,
+                store_thread=store_thread,
+                request=peers.request,
+                link_to=qkd_link_to,
+                pools=cfg.relay_pools,
+                drivers=relayed,
+                routes=RoutingTable(
+                    cfg.node_id,
+                    links=cfg.relay.topology,
+                    manual={p.peer: p.route for p in cfg.relay_pools.values() if p.route},
+                    neighbours=qkd_link_to,
+                ),
+                settings=cfg.relay,
+            )
+            peers.on_request(RelayHop, relay.handle_hop)
+
             # Key supply: the ETSI 014 front, the key sources behind it, the neighbour's side.
-            link_to = {link.peer: link_id for link_id, link in reversed(cfg.links.items())}
+            # An end-to-end pool serves like a QKD link.
+            link_to = {
+                **qkd_link_to,
+                **{pool.peer: link_id for link_id, pool in cfg.relay_pools.items()},
+            }
             recorded = RecordedKeys(
                 store=store, store_thread=store_thread, retain_ended=cfg.supply.retain_ended_s
             )
@@ -152,9 +183,10 @@ class Node:
                 node_id=cfg.node_id,
                 version=VERSION,
                 peer_host=cfg.peer_listen.host,
-                link_ids=frozenset(cfg.links),
+                link_ids=frozenset(cfg.links) | frozenset(cfg.relay_pools),
                 keys=keys,
                 peers=peers,
+                relay=relay,
                 store_thread=store_thread,
                 started_at=time.time(),
             )
@@ -164,6 +196,7 @@ class Node:
                 await nursery.start(keys.run)
                 await nursery.start(recorded.run)
                 await nursery.start(direct.run)
+                await nursery.start(relay.run)
                 try:
                     port = await nursery.start(peers.run)
                 except OSError as exc:

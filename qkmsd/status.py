@@ -9,6 +9,7 @@ state, and nothing here holds key material: pools are counts, a check is ids and
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from typing import Annotated, Any
@@ -19,11 +20,10 @@ from .admin import AdminParamsError
 from .http import HandshakeStats, TlsStatistics
 from .keymanager import KeyManager, LinkStatus
 from .peers import PeerManager, PeerState
+from .relay import RelayAgent, RelayFailed
 from .storethread import StoreStatistics, StoreThread
 from .supply import DirectLinkSource, Etsi014Front
 from .tls import hybrid_pq_groups_available
-
-MAX_CHECK_SPAN = 10_000
 
 
 class SupplyStatistics(msgspec.Struct, frozen=True):
@@ -61,6 +61,31 @@ class NodeStatus(msgspec.Struct, frozen=True):
     api: ApiStatus | None
 
 
+class RelayTestParams(msgspec.Struct, forbid_unknown_fields=True):
+    destination: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
+
+
+class HopSpend(msgspec.Struct, frozen=True):
+    hop: str
+    """``A-B``: the link between two nodes of the path."""
+    bytes: int
+    """Link key spent on it: the pads and the one-time MAC keys."""
+
+
+class RelayTestResult(msgspec.Struct, frozen=True):
+    destination: str
+    e2e_link_id: str
+    relays: int
+    bytes: int
+    """End-to-end key relayed (without the confirmation keys)."""
+    seconds: float
+    hops: list[HopSpend]
+    pool_ready_bits: int
+    """The end-to-end pool's ready bits when the test ended (synchronisation may still be
+    making the last relays ready)."""
+
+
 class CheckParams(msgspec.Struct, forbid_unknown_fields=True):
     link_id: str
     first: Annotated[int, msgspec.Meta(ge=0)]
@@ -89,6 +114,7 @@ class NodeStatusMethods:
         link_ids: frozenset[str],
         keys: KeyManager,
         peers: PeerManager,
+        relay: RelayAgent,
         store_thread: StoreThread,
         started_at: float,
     ) -> None:
@@ -98,6 +124,7 @@ class NodeStatusMethods:
         self._link_ids = link_ids
         self._keys = keys
         self._peers = peers
+        self._relay = relay
         self._store_thread = store_thread
         self.started_at = started_at
         self.api: Api | None = None
@@ -109,6 +136,9 @@ class NodeStatusMethods:
             "peers": self.peers,
             "links": self.links,
             "check": self.check,
+            "routes": self.routes,
+            "relays": self.relays,
+            "relay_test": self.relay_test,
         }
 
     async def node_status(self) -> NodeStatus:
@@ -150,14 +180,71 @@ class NodeStatusMethods:
     async def links(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"links": _plain(await self._keys.links_status())}
 
+    async def routes(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"routes": _plain(self._relay.routes())}
+
+    async def relays(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"relays": _plain(self._relay.relays())}
+
+    async def relay_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Relay ``bytes`` of key into the end-to-end pool with ``destination``, now."""
+        try:
+            p = msgspec.convert(params, RelayTestParams)
+        except msgspec.ValidationError as exc:
+            raise AdminParamsError(f"relay_test: {exc}") from None
+        link_id = self._relay.pool_of(p.destination)
+        if link_id is None:
+            raise AdminParamsError(
+                f"relay_test: no end-to-end pool with {p.destination!r} here"
+                " (configure [relay.pools] at both ends)"
+            )
+        block = self._relay.block_bits // 8
+        count = -(-p.bytes // block)
+        started = time.monotonic()
+        records = []
+        try:
+            for _ in range(count):
+                records.append(await self._relay.relay(link_id))
+        except RelayFailed as exc:
+            raise AdminParamsError(
+                f"relay_test: relay {len(records) + 1} of {count} failed: {exc}"
+            ) from None
+        seconds = time.monotonic() - started
+        spent: dict[str, int] = {}
+        for record in records:
+            for a, b in itertools.pairwise(record.path):
+                # Each hop: the key and its confirmation key padded, and a MAC key.
+                hop = f"{a}-{b}"
+                spent[hop] = spent.get(hop, 0) + record.bits // 8 + 2 * 32
+        ready = next(
+            (
+                link.ready_bits
+                for link in await self._keys.links_status()
+                if link.link_id == link_id
+            ),
+            0,
+        )
+        result: dict[str, Any] = _plain(
+            RelayTestResult(
+                destination=p.destination,
+                e2e_link_id=link_id,
+                relays=len(records),
+                bytes=sum(r.bits for r in records) // 8,
+                seconds=round(seconds, 6),
+                hops=[HopSpend(hop, n) for hop, n in spent.items()],
+                pool_ready_bits=ready,
+            )
+        )
+        return result
+
     async def check(self, params: dict[str, Any]) -> dict[str, Any]:
         """Ready block ids of a link in [first, last] and their key check value."""
         try:
             p = msgspec.convert(params, CheckParams)
         except msgspec.ValidationError as exc:
             raise AdminParamsError(f"check: {exc}") from None
-        if not 0 <= p.last - p.first < MAX_CHECK_SPAN:
-            raise AdminParamsError(f"check: last - first must be in 0..{MAX_CHECK_SPAN - 1}")
+        if p.last < p.first:
+            raise AdminParamsError("check: last must be at least first")
         if p.link_id not in self._link_ids:
             known = ", ".join(sorted(self._link_ids)) or "none"
             raise AdminParamsError(f"check: unknown link {p.link_id!r} (known: {known})")

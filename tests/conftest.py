@@ -74,7 +74,8 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
     ``(peer, driver, params)``.  ``api=True`` serves the ETSI 014 API on a free
     loopback port; ``saes`` maps SAE id to its ``[saes.X]`` table (e.g.
     ``{"kme": "KME_A"}``); ``supply`` is the ``[supply]`` section, with ``default`` a
-    table and ``pairs`` a list of tables.
+    table and ``pairs`` a list of tables; ``relay`` is the ``[relay]`` section, with
+    ``pools`` mapping a peer to its ``[relay.pools.X]`` table.
     """
 
     def make(
@@ -88,6 +89,7 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
         api: bool = False,
         saes: dict[str, dict[str, Any]] | None = None,
         supply: dict[str, Any] | None = None,
+        relay: dict[str, Any] | None = None,
     ) -> Config:
         home = tmp_path / node
         home.mkdir(exist_ok=True)
@@ -125,6 +127,10 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
             lines += _table(f'saes."{sae}"', table)
         if supply is not None:
             lines += _supply_lines(supply)
+        if relay is not None:
+            lines += _table("relay", {k: v for k, v in relay.items() if k != "pools"})
+            for peer, pool in relay.get("pools", {}).items():
+                lines += _table(f'relay.pools."{peer}"', pool)
         path = home / "qkmsd.toml"
         path.write_text("\n".join(lines) + "\n")
         return load_config(path)

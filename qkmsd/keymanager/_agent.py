@@ -53,6 +53,8 @@ log = get_logger("qkms.keys")
 SendFn = Callable[[str, Any], Awaitable[bool]]
 
 CHECKPOINT_INTERVAL_S = 60.0
+MAX_CHECK_IDS = 10_000
+"""Ready block ids one ``check`` covers at most (the lowest of the window)."""
 
 
 def owns_block(local_node: str, peer_node: str, block_id: int) -> bool:
@@ -82,6 +84,8 @@ class LinkStatus(msgspec.Struct, frozen=True):
     newest_block_id: int | None
     synchronised: bool
     """Whether a session with the peer is open (synchronisation running)."""
+    e2e: bool = False
+    """An end-to-end pool (relayed key), not a QKD link."""
 
 
 class LinkStatistics(msgspec.Struct, frozen=True):
@@ -388,6 +392,7 @@ class KeyManager:
                     expired_blocks=pool.expired_blocks,
                     newest_block_id=newest,
                     synchronised=link.connected_since is not None,
+                    e2e=link.driver.end_to_end,
                 )
             )
         return out
@@ -469,8 +474,7 @@ def _settle(store: KeyStore, link_id: str, ids: list[int]) -> tuple[dict[int, Ke
 
 
 def _check_blocks(store: KeyStore, link_id: str, first: int, last: int) -> dict[str, Any]:
-    states = store.states(link_id, range(first, last + 1))
-    ready = sorted(i for i, s in states.items() if s is KeyState.READY)
+    ready = store.ready_ids(link_id, first, last, limit=MAX_CHECK_IDS)
     kcv = hashlib.blake2b(digest_size=3, key=b"qkms-key-check-value")
     for block_id in ready:
         kcv.update(store.read_block(link_id, block_id))

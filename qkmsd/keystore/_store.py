@@ -546,6 +546,19 @@ class KeyStore(ServiceKeyMethods):
         with self._reading() as conn:
             return self._fetch_states(conn, link_id, ids)
 
+    def ready_ids(self, link_id: str, first: int, last: int, *, limit: int) -> list[int]:
+        """Ids of the READY blocks in ``[first, last]``, lowest first, at most ``limit``."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            return [
+                row[0]
+                for row in conn.execute(
+                    "SELECT block_id FROM blocks WHERE link_id = ? AND state = ?"
+                    " AND block_id BETWEEN ? AND ? ORDER BY block_id LIMIT ?",
+                    (link_id, KeyState.READY.value, first, last, limit),
+                )
+            ]
+
     def unconfirmed(self, link_id: str, *, older_than: float | None = None) -> list[int]:
         """Ids of RECEIVED blocks, optionally only those received before ``older_than``."""
         _check_link_id(link_id)

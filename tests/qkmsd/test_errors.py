@@ -38,6 +38,7 @@ from qkmsd.keystore import (
     ServiceKeyNotFound,
 )
 from qkmsd.main import main
+from qkmsd.relay import RelayFailed
 from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
 from qkmsd.supply._errors import HANDLED, error_response
 from qkmsd.tls import CertificateIdentityError, TlsConfigError, TlsError
@@ -51,6 +52,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     StartupError: (INTERNAL, None, EXIT_FAILURE),
     PeerConnectionLost: (INTERNAL, None, EXIT_FAILURE),
     PeerUnavailable: (INTERNAL, None, EXIT_FAILURE),
+    RelayFailed: (INTERNAL, None, EXIT_FAILURE),
     ConfigError: (INTERNAL, None, EXIT_CONFIG),
     TlsError: (INTERNAL, None, EXIT_FAILURE),
     TlsConfigError: (INTERNAL, None, EXIT_FAILURE),
@@ -143,7 +145,7 @@ def test_an_error_without_a_status_is_not_answered_to_an_sae() -> None:
 
 async def test_the_admin_socket_answers_with_the_errors_wire_code(tmp_path: Path) -> None:
     async def params(_: dict[str, Any]) -> dict[str, Any]:
-        raise AdminParamsError("check: last - first must be in 0..9999")
+        raise AdminParamsError("check: last must be at least first")
 
     async def store(_: dict[str, Any]) -> dict[str, Any]:
         raise KeyStoreError("key store /var/lib/qkms/keystore.sqlite: disk I/O error")
@@ -168,7 +170,7 @@ async def test_the_admin_socket_answers_with_the_errors_wire_code(tmp_path: Path
         refused = await trio.to_thread.run_sync(call, "params")
         assert (refused.code, str(refused)) == (
             "bad-message",
-            "check: last - first must be in 0..9999",
+            "check: last must be at least first",
         )
         failed = await trio.to_thread.run_sync(call, "store")
         assert failed.code == "store-error" and "disk I/O error" in str(failed)

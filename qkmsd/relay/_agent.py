@@ -1,0 +1,461 @@
+"""The key relay agent: keys between nodes with no QKD link, one-time padded hop by hop.
+
+Theory of operation
+-------------------
+To add a key to the end-to-end pool it shares with distant node D, source S draws a fresh
+random key K from the OS CSPRNG, ``block_bits`` long plus a 32-byte confirmation key.  For
+each hop X -> Y of the path, X allocates from the blocks of link X~Y it owns (the pool
+primitive) a pad as long as K and a 32-byte one-time MAC key, and sends Y ``K xor pad``
+with a Poly1305 tag over the whole hop message under the MAC key (Wegman-Carter: the pad
+makes the hop information-theoretically secret, the one-time MAC information-theoretically
+authentic).  Y consumes exactly the named bytes of its copy of X~Y (refusing any overlap
+with bytes used before), checks the tag, recovers K, and either keeps it (Y = D) or
+forwards it the same way on its own outgoing link.  Link key spent on a hop is spent for
+good, whatever happens to the relay afterwards.
+
+D hands K (without the confirmation key) to the driver of the end-to-end pool and answers
+with a Poly1305 tag over the relay id under the confirmation key: only a node holding
+exactly K can make it, so S cannot be led to keep a K that D lacks.  The answer travels
+back along the path; S checks it and hands K to its own end's driver.  Both ends' key
+managers store K as RECEIVED, and link key synchronisation over the direct S-D session
+makes it READY only when both hold it, discarding it at both ends otherwise: a relayed
+key is READY at both ends or at neither.  The confirmation key is never stored.
+
+The end with the lower node id keeps the pool between ``low_bits`` and ``high_bits``
+with up to ``in_flight`` relays at once; a relay that fails on a path is retried on the
+next route.  Block ids are microseconds since the epoch (never below what the pool holds),
+so an id is never reused for another key, also after a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import msgspec
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from protocol import (
+    RELAY_CONFIRM_KEY_BYTES,
+    ErrorCode,
+    PeerReply,
+    RelayHop,
+    RelayResult,
+    SegmentRef,
+    relay_confirm_data,
+    relay_hop_auth_data,
+)
+from qkd_drivers import KeyBlock
+
+from ..config import RelayPoolConfig, RelaySection
+from ..errors import PeerUnavailable, QkmsError
+from ..keystore import Allocation, InsufficientKey, KeyStore, KeyStoreError, Segment
+from ..log import get_logger
+from ..storethread import StoreThread
+from ._driver import RelayedKeys
+from ._routes import Route, RoutingTable
+
+log = get_logger("qkms.relay")
+
+RequestFn = Callable[[str, RelayHop], Awaitable[PeerReply]]
+MAC_KEY_BYTES = 32
+RECENT_RELAYS = 256
+"""Relays kept in memory for ``qkmsctl relays``."""
+POLL_S = 0.5
+"""How often a full pool's level is looked at again."""
+RETRY_MAX_S = 10.0
+
+
+class RelayRecord(msgspec.Struct):
+    """One relay as this node saw it (``qkmsctl relays``)."""
+
+    relay_id: str
+    e2e_link_id: str
+    path: list[str]
+    role: str
+    """``source``, ``intermediate`` or ``destination``."""
+    state: str
+    """``started``, ``forwarded``, ``received``, ``confirmed`` or ``failed``."""
+    bits: int
+    started_at: float
+    ended_at: float | None = None
+    error: str = ""
+
+
+class RelayStatistics(msgspec.Struct, frozen=True):
+    relays_confirmed: int
+    """Relays this node started that the destination confirmed."""
+    relays_failed: int
+    """Relays this node started that failed on every route tried."""
+    hops_forwarded: int
+    hops_received: int
+    hops_refused: int
+    bits_relayed: int
+    """End-to-end key bits this node started and had confirmed."""
+    link_bits_spent: int
+    """Link key this node spent on hops it sent: pads and MAC keys."""
+
+
+class RelayFailed(QkmsError):
+    """A relay did not complete; ``code`` says why (a wire error code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class _Pool:
+    config: RelayPoolConfig
+    driver: RelayedKeys
+    starts: bool
+    in_flight: int = 0
+    next_id: int = 0
+    retry_at: float = float("-inf")
+    retry_s: float = 1.0
+
+
+@dataclasses.dataclass
+class _Counts:
+    relays_confirmed: int = 0
+    relays_failed: int = 0
+    hops_forwarded: int = 0
+    hops_received: int = 0
+    hops_refused: int = 0
+    bits_relayed: int = 0
+    link_bits_spent: int = 0
+
+
+class RelayAgent:
+    """Relays keys into this node's end-to-end pools.  See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        store: KeyStore,
+        store_thread: StoreThread,
+        request: RequestFn,
+        link_to: Mapping[str, str],
+        pools: Mapping[str, RelayPoolConfig],
+        drivers: Mapping[str, RelayedKeys],
+        routes: RoutingTable,
+        settings: RelaySection,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self._store = store
+        self._thread = store_thread
+        self._request = request
+        self._link_to = dict(link_to)
+        self._pools = {
+            link_id: _Pool(pool, drivers[link_id], starts=node_id < pool.peer)
+            for link_id, pool in pools.items()
+        }
+        self._by_peer = {p.config.peer: p for p in self._pools.values()}
+        self._routes = routes
+        self._settings = settings
+        self._clock = clock
+        self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
+        self._counts = _Counts()
+        self._seen: dict[str, collections.OrderedDict[int, None]] = {}
+
+    # --- services ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the pools this node starts between their watermarks.  Until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for pool in self._pools.values():
+                if pool.starts:
+                    nursery.start_soon(self._keep_filled, pool)
+            task_status.started()
+
+    async def _keep_filled(self, pool: _Pool) -> None:
+        s = self._settings
+        slots = trio.Semaphore(s.in_flight)
+        filling = False
+        async with trio.open_nursery() as nursery:
+            while True:
+                level = await self._pool_bits(pool) + pool.in_flight * s.block_bits
+                if level >= (s.high_bits if filling else s.low_bits) or s.high_bits == 0:
+                    filling = False
+                    await trio.sleep(POLL_S)
+                    continue
+                filling = True
+                wait = pool.retry_at - self._clock()
+                if wait > 0:
+                    await trio.sleep(wait)
+                    continue
+                await slots.acquire()
+                pool.in_flight += 1
+                nursery.start_soon(self._background_relay, pool, slots)
+
+    async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
+        try:
+            await self.relay(pool.config.link_id)
+            pool.retry_s = 1.0
+        except RelayFailed:
+            pool.retry_at = self._clock() + pool.retry_s
+            pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
+        finally:
+            pool.in_flight -= 1
+            slots.release()
+
+    async def _pool_bits(self, pool: _Pool) -> int:
+        level = await self._thread.call(self._store.pool, pool.config.link_id)
+        return level.ready_bits + level.received_blocks * self._settings.block_bits
+
+    # --- the source ------------------------------------------------------------------
+
+    async def relay(self, e2e_link_id: str, *, bits: int | None = None) -> RelayRecord:
+        """Relay one key of ``bits`` (default ``block_bits``) into pool ``e2e_link_id``.
+
+        Tries each route in turn.  Returns the record of the relay that the destination
+        confirmed; raises ``RelayFailed`` (with the last route's reason) if none did.
+        Cancellation abandons the relay: the destination's copy, if any, is discarded by
+        link key synchronisation, never made READY alone.
+        """
+        pool = self._pools[e2e_link_id]
+        size = (bits or self._settings.block_bits) // 8
+        paths = self._routes.paths(pool.config.peer)
+        if not paths:
+            self._counts.relays_failed += 1
+            raise RelayFailed(ErrorCode.WRONG_PATH, f"no route to {pool.config.peer}")
+        failure = RelayFailed(ErrorCode.WRONG_PATH, "no route tried")
+        for path in paths:
+            try:
+                return await self._relay_on(pool, list(path), size)
+            except RelayFailed as exc:
+                failure = exc
+        self._counts.relays_failed += 1
+        raise failure
+
+    async def _relay_on(self, pool: _Pool, path: list[str], size: int) -> RelayRecord:
+        block_id = self._block_id(pool)
+        relay_id = f"{pool.config.link_id}/{block_id}"
+        record = self._record(relay_id, pool.config.link_id, path, "source", size * 8)
+        key = os.urandom(size + RELAY_CONFIRM_KEY_BYTES)
+        try:
+            hop = await self._seal_hop(
+                RelayHop(
+                    id=0,
+                    relay_id=relay_id,
+                    e2e_link_id=pool.config.link_id,
+                    block_id=block_id,
+                    path=path,
+                    hop=1,
+                    link_id="-",
+                    pad=[SegmentRef(0, 0, 1)],
+                    mac_key=[SegmentRef(0, 0, 1)],
+                    ciphertext=key,
+                    tag=bytes(16),
+                ),
+                key,
+            )
+            record.state = "forwarded"
+            result = await self._forward(hop)
+            if not result.ok:
+                raise RelayFailed(result.code, result.message)
+            try:
+                Poly1305.verify_tag(
+                    key[-RELAY_CONFIRM_KEY_BYTES:], relay_confirm_data(relay_id), result.confirm
+                )
+            except InvalidSignature:
+                raise RelayFailed(
+                    ErrorCode.BAD_TAG, f"{path[-1]}'s confirmation does not match the key sent"
+                ) from None
+        except RelayFailed as exc:
+            self._fail(record, exc)
+            raise
+        await pool.driver.deliver(
+            KeyBlock(pool.config.link_id, block_id, key[:size], 0.0, self._clock())
+        )
+        record.state, record.ended_at = "confirmed", self._clock()
+        self._counts.relays_confirmed += 1
+        self._counts.bits_relayed += size * 8
+        log.info("relay.confirmed", relay=relay_id, path="-".join(path), bits=size * 8)
+        return record
+
+    def _block_id(self, pool: _Pool) -> int:
+        # Microseconds since the epoch, strictly increasing: never the id of another key,
+        # also after a restart (the pool's own ids are all older).
+        pool.next_id = max(pool.next_id + 1, time.time_ns() // 1000)
+        return pool.next_id
+
+    # --- hops ------------------------------------------------------------------------
+
+    async def _seal_hop(self, hop: RelayHop, key: bytes) -> RelayHop:
+        """``hop`` for the link to ``path[hop.hop]``, padded and tagged with fresh link key."""
+        nxt = hop.path[hop.hop]
+        link_id = self._link_to.get(nxt)
+        if link_id is None:
+            raise RelayFailed(
+                ErrorCode.NOT_A_NEIGHBOUR, f"{nxt} is not a neighbour of {self.node_id}"
+            )
+        try:
+            pad, mac = await self._thread.call(
+                self._store.allocate_link_key, link_id, [len(key), MAC_KEY_BYTES]
+            )
+        except InsufficientKey as exc:
+            raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc)) from None
+        except KeyStoreError as exc:
+            raise RelayFailed(ErrorCode.STORE_ERROR, str(exc)) from None
+        self._counts.link_bits_spent += (len(key) + MAC_KEY_BYTES) * 8
+        sealed = msgspec.structs.replace(
+            hop,
+            link_id=link_id,
+            pad=_refs(pad),
+            mac_key=_refs(mac),
+            ciphertext=_xor(key, pad.material),
+            tag=bytes(16),
+        )
+        tag = Poly1305.generate_tag(mac.material, relay_hop_auth_data(sealed))
+        return msgspec.structs.replace(sealed, tag=tag)
+
+    async def _forward(self, hop: RelayHop) -> RelayResult:
+        nxt = hop.path[hop.hop]
+        result: PeerReply | None = None
+        try:
+            with trio.move_on_after(self._settings.timeout_s):
+                result = await self._request(nxt, hop)
+        except PeerUnavailable as exc:
+            raise RelayFailed(ErrorCode.PEER_UNREACHABLE, str(exc)) from None
+        if result is None:
+            raise RelayFailed(
+                ErrorCode.PEER_TIMEOUT,
+                f"{nxt} did not answer within {self._settings.timeout_s:g} s",
+            )
+        assert isinstance(result, RelayResult)
+        self._counts.hops_forwarded += 1
+        return result
+
+    async def handle_hop(self, peer: str, hop: RelayHop) -> RelayResult:
+        """Receive one hop from ``peer``: keep the key here or pass it on.  Never raises."""
+        role = "destination" if hop.hop == len(hop.path) - 1 else "intermediate"
+        record = self._record(hop.relay_id, hop.e2e_link_id, list(hop.path), role, 0)
+        try:
+            key = await self._open_hop(peer, hop)
+            record.bits = (len(key) - RELAY_CONFIRM_KEY_BYTES) * 8
+            self._counts.hops_received += 1
+            if role == "destination":
+                confirm = await self._keep(hop, key)
+                record.state, record.ended_at = "received", self._clock()
+                return RelayResult(id=hop.id, ok=True, confirm=confirm)
+            onward = await self._seal_hop(msgspec.structs.replace(hop, hop=hop.hop + 1), key)
+            record.state = "forwarded"
+            result = await self._forward(onward)
+            record.state = "confirmed" if result.ok else "failed"
+            record.ended_at, record.error = self._clock(), result.message
+            return msgspec.structs.replace(result, id=hop.id)
+        except RelayFailed as exc:
+            self._counts.hops_refused += 1
+            self._fail(record, exc)
+            return RelayResult(
+                id=hop.id, ok=False, code=exc.code, message=f"{self.node_id}: {exc}"[:1000]
+            )
+
+    async def _open_hop(self, peer: str, hop: RelayHop) -> bytes:
+        """Consume the hop's link key, check its tag, return the key it carries."""
+        if hop.path[hop.hop] != self.node_id or hop.path[hop.hop - 1] != peer:
+            raise RelayFailed(
+                ErrorCode.WRONG_PATH,
+                f"hop {hop.hop} of {'-'.join(hop.path)} is not from {peer} to {self.node_id}",
+            )
+        if self._link_to.get(peer) != hop.link_id:
+            raise RelayFailed(ErrorCode.UNKNOWN_LINK, f"{hop.link_id} is not our link with {peer}")
+        try:
+            pad, mac = await self._thread.call(
+                self._store.consume_link_key,
+                hop.link_id,
+                [_segments(hop.pad), _segments(hop.mac_key)],
+            )
+        except KeyStoreError as exc:  # SegmentRefused above all: bytes used or unknown
+            raise RelayFailed(str(exc.wire_code), str(exc)) from None
+        # The link key is spent now, whatever the checks below say.
+        if len(pad) != len(hop.ciphertext) or len(mac) != MAC_KEY_BYTES:
+            raise RelayFailed(ErrorCode.BAD_TAG, "pad or MAC key of the wrong length")
+        try:
+            Poly1305.verify_tag(mac, relay_hop_auth_data(hop), hop.tag)
+        except InvalidSignature:
+            raise RelayFailed(ErrorCode.BAD_TAG, f"hop from {peer} fails authentication") from None
+        return _xor(hop.ciphertext, pad)
+
+    async def _keep(self, hop: RelayHop, key: bytes) -> bytes:
+        """At the destination: hand the key to the pool's driver; the confirmation tag."""
+        source = hop.path[0]
+        pool = self._by_peer.get(source)
+        if pool is None or pool.config.link_id != hop.e2e_link_id:
+            raise RelayFailed(
+                ErrorCode.UNKNOWN_LINK,
+                f"no end-to-end pool {hop.e2e_link_id} with {source} here",
+            )
+        seen = self._seen.setdefault(hop.e2e_link_id, collections.OrderedDict())
+        known = await self._thread.call(self._store.states, hop.e2e_link_id, [hop.block_id])
+        if hop.block_id in seen or known:
+            raise RelayFailed(
+                ErrorCode.DUPLICATE_BLOCK, f"block {hop.block_id} of {hop.e2e_link_id} exists"
+            )
+        seen[hop.block_id] = None
+        while len(seen) > 4096:
+            seen.popitem(last=False)
+        size = len(key) - RELAY_CONFIRM_KEY_BYTES
+        await pool.driver.deliver(
+            KeyBlock(hop.e2e_link_id, hop.block_id, key[:size], 0.0, self._clock())
+        )
+        return Poly1305.generate_tag(key[size:], relay_confirm_data(hop.relay_id))
+
+    # --- records and status --------------------------------------------------------
+
+    def _record(
+        self, relay_id: str, link_id: str, path: list[str], role: str, bits: int
+    ) -> RelayRecord:
+        record = RelayRecord(relay_id, link_id, path, role, "started", bits, self._clock())
+        self._recent.appendleft(record)
+        return record
+
+    def _fail(self, record: RelayRecord, exc: RelayFailed) -> None:
+        record.state, record.ended_at, record.error = "failed", self._clock(), str(exc)[:300]
+        log.warning(
+            "relay.failed",
+            relay=record.relay_id,
+            role=record.role,
+            code=exc.code,
+            error=str(exc)[:300],
+        )
+
+    def relays(self) -> list[RelayRecord]:
+        """Recent relays, newest first."""
+        return list(self._recent)
+
+    def routes(self) -> list[Route]:
+        return self._routes.routes(sorted(p.config.peer for p in self._pools.values()))
+
+    @property
+    def block_bits(self) -> int:
+        """Key carried by one relay."""
+        return self._settings.block_bits
+
+    def pool_of(self, destination: str) -> str | None:
+        """The end-to-end pool's link id with ``destination``, if this node keeps one."""
+        pool = self._by_peer.get(destination)
+        return pool.config.link_id if pool is not None else None
+
+    def statistics(self) -> RelayStatistics:
+        return RelayStatistics(**dataclasses.asdict(self._counts))
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def _refs(allocation: Allocation) -> list[SegmentRef]:
+    return [SegmentRef(s.block_id, s.offset, s.length) for s in allocation.segments]
+
+
+def _segments(refs: list[SegmentRef]) -> tuple[Segment, ...]:
+    return tuple(Segment(r.block_id, r.offset, r.length) for r in refs)

@@ -1,0 +1,106 @@
+"""The routing table: which paths a relay to each destination takes (paper Table 3 item 6).
+
+A manual route from config (the intermediate nodes, in order) comes first; computed routes
+follow: the shortest simple paths over the network's QKD links (``[relay] topology``), by
+hop count, up to ``alternates`` of them.  A relay that fails on one path is retried on the
+next.  The controller will later replace the computed part; the table's shape stays.
+
+networkx computes the paths (``shortest_simple_paths``, Yen's algorithm): a well-kept
+library rather than graph code of our own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import msgspec
+import networkx as nx
+
+ALTERNATES = 3
+"""Computed paths kept per destination."""
+
+
+class Route(msgspec.Struct, frozen=True):
+    """One entry of the routing table, as ``qkmsctl routes`` shows it."""
+
+    destination: str
+    path: list[str]
+    """Every node from this one to the destination."""
+    source: str
+    """``manual`` (from config) or ``computed``."""
+    cost: int
+    """Hops: each spends link key equal to the relayed key plus a 32-byte MAC key."""
+    age_s: float
+    """Seconds since the entry was made."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    path: tuple[str, ...]
+    source: str
+    made_at: float
+
+
+class RoutingTable:
+    """Routes from ``node_id`` to distant nodes over the QKD links it knows."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        links: Iterable[Sequence[str]],
+        manual: Mapping[str, Sequence[str]],
+        neighbours: Iterable[str],
+        alternates: int = ALTERNATES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self._graph: nx.Graph[str] = nx.Graph()
+        self._graph.add_node(node_id)
+        self._graph.add_edges_from((a, b) for a, b in links)
+        self._graph.add_edges_from((node_id, n) for n in neighbours)
+        self._neighbours = frozenset(neighbours)
+        self._manual = {dst: tuple(via) for dst, via in manual.items()}
+        self._alternates = alternates
+        self._clock = clock
+        self._entries: dict[str, list[_Entry]] = {}
+
+    def paths(self, destination: str) -> list[tuple[str, ...]]:
+        """Paths to ``destination`` in the order to try them: manual, then computed.
+
+        Every path starts here and goes first to a QKD neighbour; empty if none is known.
+        """
+        return [e.path for e in self._table(destination)]
+
+    def routes(self, destinations: Iterable[str]) -> list[Route]:
+        now = self._clock()
+        return [
+            Route(dst, list(e.path), e.source, len(e.path) - 1, round(now - e.made_at, 3))
+            for dst in destinations
+            for e in self._table(dst)
+        ]
+
+    def _table(self, destination: str) -> list[_Entry]:
+        entries = self._entries.get(destination)
+        if entries is None:
+            entries = self._entries[destination] = self._compute(destination)
+        return entries
+
+    def _compute(self, destination: str) -> list[_Entry]:
+        now = self._clock()
+        out: list[_Entry] = []
+        via = self._manual.get(destination)
+        if via is not None:
+            out.append(_Entry((self.node_id, *via, destination), "manual", now))
+        if destination in self._graph and destination != self.node_id:
+            try:
+                found = nx.shortest_simple_paths(self._graph, self.node_id, destination)
+                for path in itertools.islice(found, self._alternates):
+                    if tuple(path) not in {e.path for e in out}:
+                        out.append(_Entry(tuple(path), "computed", now))
+            except nx.NetworkXNoPath:
+                pass
+        return [e for e in out if len(e.path) >= 2 and e.path[1] in self._neighbours]
