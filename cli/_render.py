@@ -94,15 +94,16 @@ def _took(started: float, ended: float | None) -> str:
 
 
 def relay_hops_table(result: dict[str, Any]) -> str:
-    """The link key a ``relay_test`` spent on each hop: the one-time pad (as much as the key
-    relayed) and the rest, which authenticated the hop's messages."""
+    """The link key a ``relay_test`` spent on each hop: a pad as long as the key relayed,
+    and the rest (per relay, a pad for the destination's confirmation key and a one-time
+    MAC key)."""
     relayed = result["bytes"]
     return table(
-        ["hop", "link", "link key spent", "one-time pad", "authentication"],
+        ["hop", "link", "link key spent", "pad of the key", "confirmation and MAC keys"],
         [
             [
                 i,
-                hop["link_id"],
+                hop.get("link_id") or hop.get("hop"),
                 f"{hop['bytes']} B",
                 f"{min(relayed, hop['bytes'])} B",
                 f"{max(0, hop['bytes'] - relayed)} B",
@@ -114,12 +115,12 @@ def relay_hops_table(result: dict[str, Any]) -> str:
 
 def relay_test_report(source: str, result: dict[str, Any]) -> str:
     """A ``relay_test`` answer for humans: what went where, what it cost, what is left."""
+    pool = result.get("e2e_link_id") or f"of {source} with {result['destination']}"
     return (
         f"{source} -> {result['destination']}: {result['relays']} relay(s) carried "
         f"{result['bytes']} B ({bits(8 * result['bytes'])}) of end-to-end key "
         f"in {result['seconds']:.2f} s\n\n{relay_hops_table(result)}\n\n"
-        f"the end-to-end pool of {source} with {result['destination']} now holds "
-        f"{bits(result['pool_ready_bits'])} ready"
+        f"the end-to-end pool {pool} now holds {bits(result['pool_ready_bits'])} ready"
     )
 
 
@@ -168,7 +169,8 @@ def node_status(status: dict[str, Any]) -> str:
                 link["ready_blocks"],
                 link["unconfirmed_blocks"],
                 link["discarded_blocks"],
-                "-" if link["qber"] is None else f"{link['qber']:.2%}",
+                # An end-to-end pool measures no error rate: its key came through links.
+                "-" if link["qber"] is None or link.get("e2e") else f"{link['qber']:.2%}",
             ]
             for link in status["links"]
         ],

@@ -17,7 +17,7 @@ import tempfile
 import textwrap
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -158,6 +158,18 @@ def hop_links(path: Sequence[str]) -> list[str]:
     return ["~".join(sorted(pair)) for pair in zip(path, path[1:], strict=False)]
 
 
+def hop_link_id(hop: dict[str, Any], nodes: Collection[str]) -> str:
+    """A ``relay_test`` hop's link id: given, or made from its ``A-B`` (node ids may hold
+    ``-``, so the split is the one whose both sides are nodes)."""
+    if hop.get("link_id"):
+        return str(hop["link_id"])
+    text = str(hop["hop"])
+    for i, char in enumerate(text):
+        if char == "-" and text[:i] in nodes and text[i + 1 :] in nodes:
+            return "~".join(sorted((text[:i], text[i + 1 :])))
+    return text
+
+
 def relay_trace(
     relays_by_node: dict[str, list[dict[str, Any]]], relay_id: str
 ) -> list[tuple[str, dict[str, Any] | None]]:
@@ -184,8 +196,10 @@ def trace_line(node: str, record: dict[str, Any] | None) -> str:
 
 
 def same_check(checks: Sequence[dict[str, Any]]) -> bool:
-    return all(
-        (c["ready_ids"], c["kcv"]) == (checks[0]["ready_ids"], checks[0]["kcv"]) for c in checks
+    """Whether every end reports the same ready blocks, at least one, and key check value."""
+    first = checks[0]
+    return bool(first["ready_ids"]) and all(
+        (c["ready_ids"], c["kcv"]) == (first["ready_ids"], first["kcv"]) for c in checks
     )
 
 
@@ -341,15 +355,15 @@ class _Narration:
         return next((x for x in links if x.get("e2e") and x["peer"] == peer), None)
 
     def check(self, link_id: str, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Both ends' check over the same recent window, retried while blocks are in flight
-        (READY at one end, not yet at the other)."""
+        """Both ends' check up to the newest block both have, retried while blocks are in
+        flight (READY at one end, not yet at the other)."""
         checks: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + 5
         while True:
             newest = [(self.link(n, link_id) or {}).get("newest_block_id") for n in nodes]
             if None not in newest:
                 last = min(int(x) for x in newest if x is not None)
-                window = {"link_id": link_id, "first": max(0, last - 400), "last": last}
+                window = {"link_id": link_id, "first": 0, "last": last}
                 checks = {n: self.admin[n].call("check", **window) for n in nodes}
                 if same_check(list(checks.values())) or time.monotonic() > deadline:
                     return checks
@@ -434,10 +448,9 @@ class _Narration:
             for node in link_id.split("~"):
                 link = self.link(node, link_id) or {}
                 blocks, ready = link.get("ready_blocks", 0), link.get("ready_bits", 0)
-                per_block = ready // blocks if blocks else 0
                 say(
-                    f"  {link_id} at {node}: {blocks} blocks of {per_block} bits = "
-                    f"{ready} bits = {ready // key_size} keys of {key_size} bits"
+                    f"  {link_id} at {node}: {blocks} ready blocks holding {ready} bits "
+                    f"= {ready // key_size} keys of {key_size} bits"
                 )
 
     def key_size(self) -> int:
@@ -469,7 +482,8 @@ class _Narration:
             f"  {result['relays']} relay(s) carried {result['bytes']} bytes in "
             f"{result['seconds']:.2f} s. Link key spent, hop by hop:"
         )
-        for line in relay_hops_table(result).splitlines():
+        hops = [{**h, "link_id": hop_link_id(h, self.topo.nodes)} for h in result["hops"]]
+        for line in relay_hops_table({**result, "hops": hops}).splitlines():
             say(f"    {line}")
         pool = _wait(
             f"{source}'s end-to-end pool with {destination}",
@@ -488,10 +502,8 @@ class _Narration:
             relays_by_node = {n: self.admin[n].call("relays")["relays"] for n in relay["path"]}
             for node, record in relay_trace(relays_by_node, relay["relay_id"]):
                 say(trace_line(node, record))
-        say(
-            f"  {source}'s end-to-end pool with {destination} ({pool['link_id']}) now holds "
-            f"{bits(result['pool_ready_bits'])} ready; relays keep it filled in the background."
-        )
+        say(f"  The end-to-end pool {pool['link_id']} now holds {bits(result['pool_ready_bits'])}")
+        say("  ready; relays keep it filled in the background.")
         return pool
 
     def same_key(self, pool: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from cli.demo import (
     check_line,
     farthest_ends,
     first_sae,
+    hop_link_id,
     hop_links,
     relay_trace,
     same_check,
@@ -118,5 +119,14 @@ def test_checks_agree_only_on_the_same_ids_and_key_check_value() -> None:
     assert same_check([a, dict(a)])
     assert not same_check([a, {**a, "kcv": "000000"}])
     assert not same_check([a, {**a, "ready_ids": [4, 5]}])
+    empty = {**a, "ready_ids": [], "kcv": "000000"}
+    assert not same_check([empty, dict(empty)])  # nothing to compare is no evidence
     assert check_line("KME1", a) == "  KME1: 3 ready blocks, ids 4..6, KCV a1b2c3"
     assert check_line("KME3", {**a, "ready_ids": []}) == "  KME3: no ready blocks in the window"
+
+
+def test_a_relay_test_hop_is_named_by_its_link_id() -> None:
+    nodes = {"KME-1", "KME-2", "KME1"}
+    assert hop_link_id({"hop": "KME-2-KME-1", "bytes": 1}, nodes) == "KME-1~KME-2"
+    assert hop_link_id({"link_id": "KME-1~KME-2", "bytes": 1}, nodes) == "KME-1~KME-2"
+    assert hop_link_id({"hop": "X-Y", "bytes": 1}, nodes) == "X-Y"

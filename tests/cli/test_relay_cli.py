@@ -57,10 +57,11 @@ RELAYS = {
 }
 RELAY_TEST = {
     "destination": "KME3",
+    "e2e_link_id": "KME1~KME3",
     "relays": 2,
     "seconds": 0.4213,
     "bytes": 1024,
-    "hops": [{"link_id": "KME1~KME2", "bytes": 1088}, {"link_id": "KME2~KME3", "bytes": 1088}],
+    "hops": [{"hop": "KME1-KME2", "bytes": 1152}, {"hop": "KME2-KME3", "bytes": 1152}],
     "pool_ready_bits": 40960,
 }
 
@@ -149,9 +150,14 @@ def test_relay_test_asks_the_source_and_shows_each_hop(short_dir: Path) -> None:
     assert lines[0] == (
         "KME1 -> KME3: 2 relay(s) carried 1024 B (8.0 kbit) of end-to-end key in 0.42 s"
     )
-    assert lines[4].split() == ["1", "KME1~KME2", "1088", "B", "1024", "B", "64", "B"]
-    assert lines[5].split()[:2] == ["2", "KME2~KME3"]
-    assert lines[-1] == "the end-to-end pool of KME1 with KME3 now holds 40.0 kbit ready"
+    assert lines[4].split() == ["1", "KME1-KME2", "1152", "B", "1024", "B", "128", "B"]
+    assert lines[5].split()[:2] == ["2", "KME2-KME3"]
+    assert lines[-1] == "the end-to-end pool KME1~KME3 now holds 40.0 kbit ready"
+
+
+def test_a_hop_named_by_its_link_id_shows_the_link_id() -> None:
+    result = {**RELAY_TEST, "hops": [{"link_id": "KME1~KME2", "bytes": 1152}]}
+    assert relay_test_report("KME1", result).splitlines()[4].split()[:2] == ["1", "KME1~KME2"]
 
 
 def test_relay_test_json(short_dir: Path) -> None:
