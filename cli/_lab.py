@@ -17,8 +17,10 @@ so ``start`` brings a killed node back on the same ports with the same state.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -37,6 +39,8 @@ from ._pki import init_ca, issue_node, issue_sae
 from ._topology import Topology
 
 READY_TIMEOUT_S = 30.0
+FIRST_LAB_PORT = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 STOP_TIMEOUT_S = 10.0
 
 # Relay in a lab: small relays and low watermarks, so that end-to-end pools fill within
@@ -61,15 +65,36 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports.  All stay bound until all are chosen: a port closed
-    at once may be handed out again by the next bind."""
+    """``count`` distinct free ports below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also uses for
+    outgoing connections, so between choosing it and the node binding it, another node's
+    dial to a peer may take it (a 17-node lab lost that race now and then).  Ports below
+    the range are handed out only on request.  All stay bound until all are chosen: a port
+    closed at once may be chosen again.
+    """
+    low = _ephemeral_range()[0]
+    candidates = random.sample(range(FIRST_LAB_PORT, low), k=low - FIRST_LAB_PORT)
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for port in itertools.chain(candidates, itertools.repeat(0)):
+            if len(ports) == count:
+                break
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
             ports.append(int(sock.getsockname()[1]))
         return ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return max(low, FIRST_LAB_PORT), high
 
 
 def _toml_value(value: Any) -> str:
