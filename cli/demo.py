@@ -410,17 +410,15 @@ class _Narration:
             "which key both hold before any may be used. The QBER is the error rate the "
             "devices measured while making the key."
         )
+        width = max(len(link_id) for link_id in hop_links(path))
         for second in range(1, WATCH_SECONDS + 1):
             time.sleep(1)
             for link_id in hop_links(path):
-                a, b = link_id.split("~")
-                ends = {n: self.link(n, link_id) or {} for n in (a, b)}
-                levels = "  ".join(
-                    f"{n} {bits(e.get('ready_bits', 0)):>10}" for n, e in ends.items()
-                )
-                qber = ends[a].get("qber")
+                ends = [self.link(n, link_id) or {} for n in link_id.split("~")]
+                levels = " / ".join(f"{bits(e.get('ready_bits', 0)):>9}" for e in ends)
+                qber = ends[0].get("qber")
                 say(
-                    f"  t={second}s  {link_id:<24} ready: {levels}  "
+                    f"  t={second}s  {link_id:<{width}}  {levels} ready at its two ends  "
                     f"QBER {'-' if qber is None else f'{qber:.1%}'}"
                 )
         para(
@@ -445,11 +443,14 @@ class _Narration:
             "ends can serve keys at the same time without handing out the same bits."
         )
         for link_id in hop_links(path):
+            levels = {}
             for node in link_id.split("~"):
                 link = self.link(node, link_id) or {}
-                blocks, ready = link.get("ready_blocks", 0), link.get("ready_bits", 0)
+                levels[node] = (link.get("ready_blocks", 0), link.get("ready_bits", 0))
+            where = {"both ends": levels[node]} if len(set(levels.values())) == 1 else levels
+            for at, (blocks, ready) in where.items():
                 say(
-                    f"  {link_id} at {node}: {blocks} ready blocks holding {ready} bits "
+                    f"  {link_id} ({at}): {blocks} ready blocks, {ready} bits "
                     f"= {ready // key_size} keys of {key_size} bits"
                 )
 
@@ -475,9 +476,7 @@ class _Narration:
             f"{RELAY_BYTES} bytes ({RELAY_BYTES * 8} bits) now:"
         )
         since = time.time()
-        result = AdminClient(self.manifest["kmes"][source]["admin_socket"], timeout=WAIT_S).call(
-            "relay_test", destination=destination, bytes=RELAY_BYTES
-        )
+        result = self.relay_test()
         say(
             f"  {result['relays']} relay(s) carried {result['bytes']} bytes in "
             f"{result['seconds']:.2f} s. Link key spent, hop by hop:"
@@ -505,6 +504,23 @@ class _Narration:
         say(f"  The end-to-end pool {pool['link_id']} now holds {bits(result['pool_ready_bits'])}")
         say("  ready; relays keep it filled in the background.")
         return pool
+
+    def relay_test(self) -> dict[str, Any]:
+        """``relay_test`` at the source, tried again while links lack key: in a network
+        with many end-to-end pools the relays that fill them compete for link key."""
+        source, destination = self.ends
+        client = AdminClient(self.manifest["kmes"][source]["admin_socket"], timeout=WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                return client.call("relay_test", destination=destination, bytes=RELAY_BYTES)
+            except AdminError as exc:
+                if exc.code in ("unreachable", "protocol") or time.monotonic() > deadline:
+                    raise
+                say(f"  not yet: {exc}", dim=True)
+                say("  (the relays filling the network's end-to-end pools use link key too;")
+                say("  trying again in 2 s)")
+                time.sleep(2)
 
     def same_key(self, pool: dict[str, Any]) -> None:
         source, destination = self.ends
