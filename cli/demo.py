@@ -88,7 +88,7 @@ def say(text: str = "", **style: Any) -> None:
 
 def para(text: str, **style: Any) -> None:
     """Narration, wrapped to the demo's width."""
-    say(textwrap.fill(" ".join(text.split()), width=WIDTH), **style)
+    say(textwrap.fill(" ".join(text.split()), width=WIDTH, break_on_hyphens=False), **style)
 
 
 def step(n: int | str, title: str) -> None:
@@ -501,8 +501,10 @@ class _Narration:
             relays_by_node = {n: self.admin[n].call("relays")["relays"] for n in relay["path"]}
             for node, record in relay_trace(relays_by_node, relay["relay_id"]):
                 say(trace_line(node, record))
-        say(f"  The end-to-end pool {pool['link_id']} now holds {bits(result['pool_ready_bits'])}")
-        say("  ready; relays keep it filled in the background.")
+        para(
+            f"The end-to-end pool {pool['link_id']} holds {bits(result['pool_ready_bits'])} "
+            "ready; relays keep it filled in the background."
+        )
         return pool
 
     def relay_test(self) -> dict[str, Any]:
