@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     most = max(n for _, n, _, _, _ in runs)
 
     info = harness.machine()  # before the servers start: the load average says what else runs
+    # Before the run too: a commit made in the tree while it runs is not what it measured.
+    code = harness.code_version(ROOT)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="qkms-etsi014-bench-"))
     null_dir = Path(tempfile.mkdtemp(prefix="qkms-etsi014-null-"))
     fs = harness.filesystem_of(directory.resolve())
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "description": "enc_keys at KME_A + dec_keys at KME_B per round trip, mutual TLS, "
         "keep-alive; qkmsd and null KMEs in twin windows",
         "machine": info,
-        "code": harness.code_version(ROOT),
+        "code": code,
         "settings": {
             "quick": args.quick,
             "seconds": args.seconds,

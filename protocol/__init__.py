@@ -151,6 +151,7 @@ __all__ = [
     "RELAY_TAG_BYTES",
     "MAX_RELAY_KEY_BYTES",
     "MAX_RELAY_PATH",
+    "MAX_RELAY_SHARES",
     "RelayHop",
     "RelayResult",
     "ReservedKey",

@@ -163,6 +163,8 @@ MAX_RELAY_KEY_BYTES: Final = 65536
 """Key one relay carries (the relayed key and its confirmation key)."""
 RELAY_TAG_BYTES: Final = 16
 """A Poly1305 tag."""
+MAX_RELAY_SHARES: Final = 8
+"""Node-disjoint paths one key may be split over."""
 RELAY_CONFIRM_KEY_BYTES: Final = 32
 """The last bytes of a relayed key: the one-time key of the destination's confirmation."""
 
@@ -193,8 +195,15 @@ class RelayHop(_Message, tag="relay.hop", frozen=True):
         bytes, msgspec.Meta(min_length=RELAY_CONFIRM_KEY_BYTES + 1, max_length=MAX_RELAY_KEY_BYTES)
     ]
     tag: Annotated[bytes, msgspec.Meta(min_length=RELAY_TAG_BYTES, max_length=RELAY_TAG_BYTES)]
+    share: Annotated[int, msgspec.Meta(ge=0, le=MAX_RELAY_SHARES - 1)] = 0
+    """Which share of the key this relay carries, when it is split over several paths."""
+    shares: Annotated[int, msgspec.Meta(ge=1, le=MAX_RELAY_SHARES)] = 1
+    """Into how many shares the key is split: the key is the XOR of them all, each relayed
+    over its own node-disjoint path; the destination keeps it once every share arrived."""
 
     def __post_init__(self) -> None:
+        if self.share >= self.shares:
+            raise ValueError("share must be below shares")
         if self.hop >= len(self.path):
             raise ValueError("hop must name a node of path after the source")
         if len(set(self.path)) != len(self.path):

@@ -33,6 +33,7 @@ from .supply import (
     Etsi014Front,
     LocalSource,
     RecordedKeys,
+    RelayedPoolSource,
     ReservationResponder,
 )
 from .systemd import Notifier
@@ -141,23 +142,27 @@ class Node:
             peers.on_request(RelayHop, relay.handle_hop)
 
             # Key supply: the ETSI 014 front, the key sources behind it, the neighbour's side.
-            # An end-to-end pool serves like a QKD link.
-            link_to = {
-                **qkd_link_to,
-                **{pool.peer: link_id for link_id, pool in cfg.relay_pools.items()},
-            }
+            e2e_link_to = {pool.peer: link_id for link_id, pool in cfg.relay_pools.items()}
             recorded = RecordedKeys(
                 store=store, store_thread=store_thread, retain_ended=cfg.supply.retain_ended_s
             )
-            self.direct = direct = DirectLinkSource(
-                node_id=cfg.node_id,
-                saes=cfg.saes,
-                store=store,
-                store_thread=store_thread,
-                recorded=recorded,
-                request=peers.request,
-                link_to=link_to,
-                reserve_timeout=cfg.supply.reserve_timeout_s,
+
+            def pool_source(link_to: dict[str, str]) -> DirectLinkSource:
+                return DirectLinkSource(
+                    node_id=cfg.node_id,
+                    saes=cfg.saes,
+                    store=store,
+                    store_thread=store_thread,
+                    recorded=recorded,
+                    request=peers.request,
+                    link_to=link_to,
+                    reserve_timeout=cfg.supply.reserve_timeout_s,
+                )
+
+            self.direct = direct = pool_source(qkd_link_to)
+            e2e = pool_source(e2e_link_to)
+            relayed_source = RelayedPoolSource(
+                pools=e2e, top_up=relay.top_up, wait_s=cfg.relay.request_wait_s
             )
             local = LocalSource(
                 node_id=cfg.node_id, store=store, store_thread=store_thread, recorded=recorded
@@ -166,7 +171,7 @@ class Node:
                 node_id=cfg.node_id,
                 saes=cfg.saes,
                 policy_for=cfg.policy_for,
-                sources=[local, direct],
+                sources=[local, direct, relayed_source],
                 pqc_keys=_pqc_keys(cfg),
             )
             responder = ReservationResponder(
@@ -175,7 +180,7 @@ class Node:
                 policy_for=cfg.policy_for,
                 store=store,
                 store_thread=store_thread,
-                link_to=link_to,
+                link_to={**qkd_link_to, **e2e_link_to},
             )
             peers.on_request(SupplyReserve, responder.handle)
 
@@ -196,6 +201,7 @@ class Node:
                 await nursery.start(keys.run)
                 await nursery.start(recorded.run)
                 await nursery.start(direct.run)
+                await nursery.start(e2e.run)
                 await nursery.start(relay.run)
                 try:
                     port = await nursery.start(peers.run)

@@ -12,11 +12,11 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol import LINK_ID_RE, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
+from protocol import LINK_ID_RE, MAX_RELAY_PATH, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
 from qkd_drivers import DriverConfigError, LinkEnd, driver_class
 
 from .errors import EXIT_CONFIG, QkmsError
@@ -156,9 +156,15 @@ class RelayPoolSection(_Section, frozen=True):
     """The pool's (virtual) link id; by default ``<lower id>~<higher id>``."""
     route: list[NodeId] | None = None
     """A manual route: the intermediate nodes, in order from this node."""
+    paths: Annotated[int, msgspec.Meta(ge=1, le=8)] | Literal["disjoint"] = 1
+    """1: each key over one route.  N or ``"disjoint"``: each key split into XOR shares,
+    one over each of up to N (or ``max_paths``) node-disjoint paths, so that no single
+    intermediate node learns it."""
 
 
 Bits = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+MAX_DISJOINT_PATHS = 8
+"""What ``paths = "disjoint"`` means: as many node-disjoint paths as exist, up to this."""
 
 
 class RelaySection(_Section, frozen=True):
@@ -174,6 +180,12 @@ class RelaySection(_Section, frozen=True):
     """One relay, from the source to the destination's confirmation."""
     in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     """Relays under way at once for one pool."""
+    link_reserve_bits: Bits = 65536
+    """Link key relays leave on each QKD link for the SAE pairs across it: a relay takes
+    no pad from a link whose owned ready key would fall below this."""
+    request_wait_s: Seconds = 3.0
+    """How long an ``enc_keys`` that finds the end-to-end pool short waits for relays
+    before it gets 503."""
     topology: list[Annotated[list[NodeId], msgspec.Meta(min_length=2, max_length=2)]] = []
     """The network's QKD links as node pairs, for computed routes."""
     pools: dict[str, RelayPoolSection] = {}
@@ -230,6 +242,8 @@ class RelayPoolConfig(msgspec.Struct, frozen=True):
     link_id: str
     route: tuple[str, ...] | None
     """Manual: the intermediate nodes in order from this node, or None to compute."""
+    paths: int = 1
+    """Node-disjoint paths each key is split over (1: no split)."""
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -480,8 +494,13 @@ def _relay_pools(
             raise fail(f"{where} link_id:", f"{link_id!r} is already a link of this node")
         if pool.route is not None and ({raw.node.id, peer} & set(pool.route)):
             raise fail(f"{where} route:", "names the intermediate nodes only, not the two ends")
+        if pool.route is not None and len(set(pool.route)) != len(pool.route):
+            raise fail(f"{where} route:", "names a node twice; a relay visits each node once")
+        if pool.route is not None and len(pool.route) > MAX_RELAY_PATH - 2:
+            raise fail(f"{where} route:", f"at most {MAX_RELAY_PATH - 2} intermediate nodes")
         route = tuple(pool.route) if pool.route is not None else None
-        pools[link_id] = RelayPoolConfig(peer, link_id, route)
+        paths = MAX_DISJOINT_PATHS if pool.paths == "disjoint" else pool.paths
+        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths)
     return pools
 
 

@@ -21,10 +21,14 @@ managers store K as RECEIVED, and link key synchronisation over the direct S-D s
 makes it READY only when both hold it, discarding it at both ends otherwise: a relayed
 key is READY at both ends or at neither.  The confirmation key is never stored.
 
-The end with the lower node id keeps the pool between ``low_bits`` and ``high_bits``
-with up to ``in_flight`` relays at once; a relay that fails on a path is retried on the
-next route.  Block ids are microseconds since the epoch (never below what the pool holds),
-so an id is never reused for another key, also after a restart.
+Each end of a pool relays for itself: a hop X -> Y pads with blocks of X~Y that X owns
+(half of the link, by the ownership rule), so each end relays toward the other with its
+own halves of the links, and a relayed block's id has the parity that makes it the
+relaying end's to allocate.  Each end keeps its own ready share of the pool between
+``low_bits`` and ``high_bits`` with up to ``in_flight`` relays at once; a relay that fails
+on a path is retried on the next route.  Block ids are microseconds since the epoch, above
+every id the pool holds, of the relaying end's parity: an id is never reused for another
+key, also after a restart, and the two ends never make the same one.
 """
 
 from __future__ import annotations
@@ -113,7 +117,9 @@ class RelayFailed(QkmsError):
 class _Pool:
     config: RelayPoolConfig
     driver: RelayedKeys
-    starts: bool
+    parity: int
+    """The parity of the block ids this end makes: the ids it owns (lower node id: even)."""
+    seeded: bool = False
     in_flight: int = 0
     next_id: int = 0
     retry_at: float = float("-inf")
@@ -154,7 +160,7 @@ class RelayAgent:
         self._request = request
         self._link_to = dict(link_to)
         self._pools = {
-            link_id: _Pool(pool, drivers[link_id], starts=node_id < pool.peer)
+            link_id: _Pool(pool, drivers[link_id], parity=0 if node_id < pool.peer else 1)
             for link_id, pool in pools.items()
         }
         self._by_peer = {p.config.peer: p for p in self._pools.values()}
@@ -164,15 +170,15 @@ class RelayAgent:
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._counts = _Counts()
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
+        self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
 
     # --- services ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the pools this node starts between their watermarks.  Until cancelled."""
+        """Keep this end's share of every pool between its watermarks.  Until cancelled."""
         async with trio.open_nursery() as nursery:
             for pool in self._pools.values():
-                if pool.starts:
-                    nursery.start_soon(self._keep_filled, pool)
+                nursery.start_soon(self._keep_filled, pool)
             task_status.started()
 
     async def _keep_filled(self, pool: _Pool) -> None:
@@ -200,15 +206,62 @@ class RelayAgent:
             await self.relay(pool.config.link_id)
             pool.retry_s = 1.0
         except RelayFailed:
-            pool.retry_at = self._clock() + pool.retry_s
-            pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
+            # Relays that fail together (a link out of key, a node down) count as one
+            # failure: the pause doubles only when a relay started after it fails too.
+            if self._clock() >= pool.retry_at:
+                pool.retry_at = self._clock() + pool.retry_s
+                pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
         finally:
             pool.in_flight -= 1
             slots.release()
 
+    async def top_up(self, destination: str, bits: int) -> None:
+        """Relay until this end owns ``bits`` more ready key in the pool with ``destination``.
+
+        For a request that found the pool short.  Relays run ``in_flight`` at a time;
+        each relayed block is this end's to allocate (its id's parity), and becomes READY
+        once link key synchronisation has run.  Raises
+        ``RelayFailed`` with the reason after three relays in a row fail; the caller
+        owns the time limit.
+        """
+        pool = self._by_peer.get(destination)
+        if pool is None:
+            raise RelayFailed(ErrorCode.UNKNOWN_LINK, f"no end-to-end pool with {destination}")
+        link_id = pool.config.link_id
+        target = await self._owned_bits(link_id) + bits
+        failures: list[RelayFailed] = []
+        slots = trio.Semaphore(self._settings.in_flight)
+
+        async def one() -> None:
+            try:
+                await self.relay(link_id)
+                failures.clear()
+            except RelayFailed as exc:
+                failures.append(exc)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while (owned := await self._owned_bits(link_id)) < target:
+                if len(failures) >= 3:
+                    break
+                # What this end relays is its own to allocate; count the relays under way.
+                under_way = self._settings.in_flight - slots.value
+                if owned + under_way * self._settings.block_bits < target and slots.value:
+                    await slots.acquire()
+                    nursery.start_soon(one)
+                else:
+                    await trio.sleep(0.02)  # synchronisation makes the relayed keys ready
+            nursery.cancel_scope.cancel()
+        if len(failures) >= 3:  # raised out here: inside the nursery it would be a group
+            raise failures[-1]
+
+    async def _owned_bits(self, link_id: str) -> int:
+        level = await self._thread.call(self._store.pool, link_id)
+        return level.owned_ready_bits
+
     async def _pool_bits(self, pool: _Pool) -> int:
-        level = await self._thread.call(self._store.pool, pool.config.link_id)
-        return level.ready_bits + level.received_blocks * self._settings.block_bits
+        return await self._owned_bits(pool.config.link_id)
 
     # --- the source ------------------------------------------------------------------
 
@@ -222,6 +275,8 @@ class RelayAgent:
         """
         pool = self._pools[e2e_link_id]
         size = (bits or self._settings.block_bits) // 8
+        if pool.config.paths > 1:
+            return await self._relay_split(pool, size)
         paths = self._routes.paths(pool.config.peer)
         if not paths:
             self._counts.relays_failed += 1
@@ -235,11 +290,74 @@ class RelayAgent:
         self._counts.relays_failed += 1
         raise failure
 
-    async def _relay_on(self, pool: _Pool, path: list[str], size: int) -> RelayRecord:
-        block_id = self._block_id(pool)
+    async def _relay_split(self, pool: _Pool, size: int) -> RelayRecord:
+        """One key as XOR shares over node-disjoint paths, kept only if every share lands."""
+        paths = self._routes.disjoint_paths(pool.config.peer, pool.config.paths)
+        if len(paths) < 2:
+            self._counts.relays_failed += 1
+            raise RelayFailed(
+                ErrorCode.WRONG_PATH,
+                f"{len(paths)} node-disjoint path(s) to {pool.config.peer}; a split needs 2",
+            )
+        block_id = await self._block_id(pool)
+        shares = [os.urandom(size + RELAY_CONFIRM_KEY_BYTES) for _ in paths[1:]]
+        key = os.urandom(size)
+        last = key + bytes(RELAY_CONFIRM_KEY_BYTES)
+        for share in shares:
+            last = _xor(last, share)
+        # The key is the XOR of the shares (its last 32 bytes ignored); the last share
+        # makes it so.  Each share alone is uniformly random.
+        shares.append(last)
+        records: list[RelayRecord | RelayFailed] = [RelayFailed("", "")] * len(paths)
+
+        async def one(i: int) -> None:
+            try:
+                records[i] = await self._relay_on(
+                    pool,
+                    list(paths[i]),
+                    size,
+                    block_id=block_id,
+                    share=(i, len(paths)),
+                    payload=shares[i],
+                )
+            except RelayFailed as exc:
+                records[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(paths)):
+                nursery.start_soon(one, i)
+        failed = [r for r in records if isinstance(r, RelayFailed)]
+        if failed:
+            self._counts.relays_failed += 1
+            raise failed[0]
+        await pool.driver.deliver(KeyBlock(pool.config.link_id, block_id, key, 0.0, self._clock()))
+        self._counts.relays_confirmed += 1
+        self._counts.bits_relayed += size * 8
+        first = records[0]
+        assert isinstance(first, RelayRecord)
+        log.info("relay.confirmed", relay=first.relay_id, shares=len(paths), bits=size * 8)
+        return first
+
+    async def _relay_on(
+        self,
+        pool: _Pool,
+        path: list[str],
+        size: int,
+        *,
+        block_id: int | None = None,
+        share: tuple[int, int] = (0, 1),
+        payload: bytes | None = None,
+    ) -> RelayRecord:
+        """Relay ``payload`` (default: a fresh key) over ``path``; keep it when the destination
+        confirms, unless it is one share of a split key (the caller keeps the whole)."""
+        split = payload is not None
+        if block_id is None:
+            block_id = await self._block_id(pool)
         relay_id = f"{pool.config.link_id}/{block_id}"
+        if split:
+            relay_id += f"#{share[0]}"
         record = self._record(relay_id, pool.config.link_id, path, "source", size * 8)
-        key = os.urandom(size + RELAY_CONFIRM_KEY_BYTES)
+        key = payload if payload is not None else os.urandom(size + RELAY_CONFIRM_KEY_BYTES)
         try:
             hop = await self._seal_hop(
                 RelayHop(
@@ -254,6 +372,8 @@ class RelayAgent:
                     mac_key=[SegmentRef(0, 0, 1)],
                     ciphertext=key,
                     tag=bytes(16),
+                    share=share[0],
+                    shares=share[1],
                 ),
                 key,
             )
@@ -272,19 +392,26 @@ class RelayAgent:
         except RelayFailed as exc:
             self._fail(record, exc)
             raise
+        record.state, record.ended_at = "confirmed", self._clock()
+        if split:
+            return record
         await pool.driver.deliver(
             KeyBlock(pool.config.link_id, block_id, key[:size], 0.0, self._clock())
         )
-        record.state, record.ended_at = "confirmed", self._clock()
         self._counts.relays_confirmed += 1
         self._counts.bits_relayed += size * 8
         log.info("relay.confirmed", relay=relay_id, path="-".join(path), bits=size * 8)
         return record
 
-    def _block_id(self, pool: _Pool) -> int:
-        # Microseconds since the epoch, strictly increasing: never the id of another key,
-        # also after a restart (the pool's own ids are all older).
-        pool.next_id = max(pool.next_id + 1, time.time_ns() // 1000)
+    async def _block_id(self, pool: _Pool) -> int:
+        # Microseconds since the epoch, above every id the pool holds (tombstones too), of
+        # this end's parity: the two ends never make the same id, and an id is never
+        # reused for another key, also after a restart with the clock stepped back.
+        if not pool.seeded:
+            held = await self._thread.call(self._store.max_block_id, pool.config.link_id)
+            pool.next_id, pool.seeded = max(pool.next_id, held or 0), True
+        candidate = max(pool.next_id + 1, time.time_ns() // 1000)
+        pool.next_id = candidate + (candidate % 2 != pool.parity)
         return pool.next_id
 
     # --- hops ------------------------------------------------------------------------
@@ -299,7 +426,10 @@ class RelayAgent:
             )
         try:
             pad, mac = await self._thread.call(
-                self._store.allocate_link_key, link_id, [len(key), MAC_KEY_BYTES]
+                self._store.allocate_link_key,
+                link_id,
+                [len(key), MAC_KEY_BYTES],
+                keep=self._settings.link_reserve_bits // 8,
             )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc)) from None
@@ -386,7 +516,8 @@ class RelayAgent:
         return _xor(hop.ciphertext, pad)
 
     async def _keep(self, hop: RelayHop, key: bytes) -> bytes:
-        """At the destination: hand the key to the pool's driver; the confirmation tag."""
+        """At the destination: hand the key to the pool's driver (for a split key, once
+        every share is here); the confirmation tag of what arrived."""
         source = hop.path[0]
         pool = self._by_peer.get(source)
         if pool is None or pool.config.link_id != hop.e2e_link_id:
@@ -400,14 +531,35 @@ class RelayAgent:
             raise RelayFailed(
                 ErrorCode.DUPLICATE_BLOCK, f"block {hop.block_id} of {hop.e2e_link_id} exists"
             )
+        confirm = Poly1305.generate_tag(
+            key[-RELAY_CONFIRM_KEY_BYTES:], relay_confirm_data(hop.relay_id)
+        )
+        whole = key
+        if hop.shares > 1:
+            self._drop_stale_shares()
+            parts = self._shares.setdefault((hop.e2e_link_id, hop.block_id), ({}, self._clock()))[0]
+            if hop.share in parts:
+                raise RelayFailed(ErrorCode.DUPLICATE_BLOCK, f"share {hop.share} arrived twice")
+            parts[hop.share] = key
+            if len(parts) < hop.shares:
+                return confirm  # the key is kept once the last share is here
+            del self._shares[(hop.e2e_link_id, hop.block_id)]
+            whole = parts[0]
+            for i in range(1, hop.shares):
+                whole = _xor(whole, parts[i])
         seen[hop.block_id] = None
         while len(seen) > 4096:
             seen.popitem(last=False)
         size = len(key) - RELAY_CONFIRM_KEY_BYTES
-        await pool.driver.deliver(
-            KeyBlock(hop.e2e_link_id, hop.block_id, key[:size], 0.0, self._clock())
-        )
-        return Poly1305.generate_tag(key[size:], relay_confirm_data(hop.relay_id))
+        block = KeyBlock(hop.e2e_link_id, hop.block_id, whole[:size], 0.0, self._clock())
+        await pool.driver.deliver(block)
+        return confirm
+
+    def _drop_stale_shares(self) -> None:
+        """Forget split keys whose other shares never came: that key is lost at both ends."""
+        cutoff = self._clock() - 2 * self._settings.timeout_s
+        for entry in [e for e, (_, at) in self._shares.items() if at < cutoff]:
+            del self._shares[entry]
 
     # --- records and status --------------------------------------------------------
 

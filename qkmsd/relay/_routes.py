@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import msgspec
 import networkx as nx
 
+from protocol import MAX_RELAY_PATH
+
 ALTERNATES = 3
 """Computed paths kept per destination."""
 
@@ -75,6 +77,21 @@ class RoutingTable:
         """
         return [e.path for e in self._table(destination)]
 
+    def disjoint_paths(self, destination: str, limit: int) -> list[tuple[str, ...]]:
+        """Up to ``limit`` node-disjoint paths to ``destination`` (computed, shortest first).
+
+        No node but the two ends is on two of them, so no single intermediate node sees
+        two shares of a key split over them.
+        """
+        if destination not in self._graph or destination == self.node_id:
+            return []
+        try:
+            found = nx.node_disjoint_paths(self._graph, self.node_id, destination)
+            paths = sorted((tuple(p) for p in found), key=lambda p: (len(p), p))
+        except nx.NetworkXNoPath:
+            return []
+        return [p for p in paths if p[1] in self._neighbours][:limit]
+
     def routes(self, destinations: Iterable[str]) -> list[Route]:
         now = self._clock()
         return [
@@ -103,4 +120,11 @@ class RoutingTable:
                         out.append(_Entry(tuple(path), "computed", now))
             except nx.NetworkXNoPath:
                 pass
-        return [e for e in out if len(e.path) >= 2 and e.path[1] in self._neighbours]
+        return [e for e in out if _usable(e.path, self._neighbours)]
+
+
+def _usable(path: tuple[str, ...], neighbours: frozenset[str]) -> bool:
+    """A path a relay can take: first to a neighbour, no node twice, not too long."""
+    return (
+        2 <= len(path) <= MAX_RELAY_PATH and path[1] in neighbours and len(set(path)) == len(path)
+    )

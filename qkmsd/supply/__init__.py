@@ -11,6 +11,7 @@ from ._errors import BadRequest, SupplyError, Unauthorised, Unavailable
 from ._front import EXT_PQC_WRAP, Etsi014Front, FrontStatistics
 from ._local import LocalSource
 from ._recorded import INLINE_FETCH_MAX_KEYS, RecordedKeys
+from ._relayed import RelayedPoolSource
 from ._responder import INLINE_RECORD_MAX_KEYS, ReservationResponder
 from ._source import KeyOrder, KeySource
 
@@ -26,6 +27,7 @@ __all__ = [
     "KeySource",
     "LocalSource",
     "RecordedKeys",
+    "RelayedPoolSource",
     "ReservationResponder",
     "StockStatistics",
     "SupplyError",

@@ -141,3 +141,20 @@ def test_a_window_against_the_null_kmes_counts_round_trips_and_keys(
     assert row["keys_per_s"] == pytest.approx(4 * row["round_trips_per_s"])
     assert row["server"] == {}  # null KMEs have no admin socket
     assert set(row["cpu_cores"]) == {"load_generator", "KME_A", "KME_B"}
+
+
+def test_the_code_version_is_read_before_the_servers_start(
+    bench: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run takes minutes; a commit made meanwhile must not be recorded as the code measured.
+    calls: list[str] = []
+    monkeypatch.setattr(bench.harness, "code_version", lambda tree: calls.append("code"))
+
+    def start_lab(*args: Any) -> None:
+        calls.append("lab")
+        raise SystemExit("stop here")
+
+    monkeypatch.setattr(bench.harness, "start_lab", start_lab)
+    with pytest.raises(SystemExit, match="stop here"):
+        bench.main(["--quick"])
+    assert calls == ["code", "lab"]

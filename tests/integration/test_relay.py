@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from qkms_client import TrioEtsi014Client
+from qkms_client import ServiceUnavailable, TrioEtsi014Client
 from qkmsd.app import Node, NodeInfo
 from qkmsd.relay import RelayFailed
 
@@ -26,7 +26,13 @@ FAST = {"rate_bps": 2e6, "block_bits": 65536}
 E2E = "KME_A~KME_C"
 SAES = {"SAE_A": {"kme": "KME_A"}, "SAE_B": {"kme": "KME_B"}, "SAE_C": {"kme": "KME_C"}}
 TOPOLOGY = [["KME_A", "KME_B"], ["KME_B", "KME_C"]]
-RELAY = {"block_bits": 4096, "low_bits": 16384, "high_bits": 32768, "timeout_s": 5.0}
+RELAY = {
+    "block_bits": 4096,
+    "low_bits": 16384,
+    "high_bits": 32768,
+    "timeout_s": 5.0,
+    "link_reserve_bits": 0,
+}
 TIME_LIMIT_S = 60
 
 
@@ -195,3 +201,31 @@ async def test_a_relay_with_no_route_fails_with_a_clear_reason(
             with pytest.raises(RelayFailed, match="no route to KME_C"):
                 await relay.relay(E2E)
             assert relay.statistics().link_bits_spent == 0
+
+
+async def test_a_request_that_finds_the_pool_empty_waits_for_relays(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    # No background relays: the request itself asks relay for key, and gets it.
+    with trio.fail_after(TIME_LIMIT_S):
+        async with line(node_config, pki, relay={"low_bits": 0, "high_bits": 0}) as net:
+            await wait_for_link_key(net, 2 * 65536)
+            assert net.store("KME_A").pool(E2E).ready_bits == 0
+            keys = await net.client("SAE_A").get_key("SAE_C", number=2)
+            fetched = await net.client("SAE_C").get_key_with_ids("SAE_A", [k.key_id for k in keys])
+            assert {k.key_id: k.key for k in fetched} == {k.key_id: k.key for k in keys}
+
+
+async def test_a_request_no_relay_can_serve_is_503_naming_the_cause(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with line(
+            node_config, pki, relay={"low_bits": 0, "high_bits": 0, "request_wait_s": 1.0}
+        ) as net:
+            relay = net.nodes["KME_A"].relay
+            assert relay is not None
+            relay._routes._entries["KME_C"] = []  # the table knows no path to C
+            with pytest.raises(ServiceUnavailable) as refused:
+                await net.client("SAE_A").get_key("SAE_C")
+            assert "key relay to KME_C failed: no route to KME_C" in refused.value.message

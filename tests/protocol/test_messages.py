@@ -94,12 +94,17 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "confirm": st.binary(max_size=16),
     }
     if cls is RelayHop:
-        return st.lists(node_ids, min_size=2, max_size=6, unique=True).flatmap(
-            lambda path: st.builds(
+        fixed = ("path", "hop", "share", "shares")
+        return st.tuples(
+            st.lists(node_ids, min_size=2, max_size=6, unique=True), st.integers(1, 8)
+        ).flatmap(
+            lambda ps: st.builds(
                 RelayHop,
-                path=st.just(path),
-                hop=st.integers(1, len(path) - 1),
-                **{f: overrides[f] for f in cls.__struct_fields__ if f not in ("path", "hop")},
+                path=st.just(ps[0]),
+                hop=st.integers(1, len(ps[0]) - 1),
+                shares=st.just(ps[1]),
+                share=st.integers(0, ps[1] - 1),
+                **{f: overrides[f] for f in cls.__struct_fields__ if f not in fixed},
             )
         )
     fields = {f: overrides[f] for f in cls.__struct_fields__}
