@@ -52,6 +52,9 @@ LAB_RELAY: dict[str, Any] = {
     "high_bits": 32768,
     "timeout_s": 5.0,
     "in_flight": 4,
+    # The lab's SAE pairs are few and mostly far apart: a small reserve for the pairs across
+    # a QKD link, so relays start within a second of the links' first key.
+    "link_reserve_bits": 8192,
 }
 
 
