@@ -93,23 +93,28 @@ def _took(started: float, ended: float | None) -> str:
     return "-" if ended is None else f"{(ended - started) * 1e3:.0f} ms"
 
 
+RELAY_OVERHEAD_BYTES = 64
+"""Link key one relay spends on a hop besides the pad of its key: a pad for the
+destination's 32-byte confirmation key and a 32-byte one-time MAC key (docs/relay.md)."""
+
+
 def relay_hops_table(result: dict[str, Any]) -> str:
-    """The link key a ``relay_test`` spent on each hop: a pad as long as the key relayed,
-    and the rest (per relay, a pad for the destination's confirmation key and a one-time
-    MAC key)."""
-    relayed = result["bytes"]
+    """The link key a ``relay_test`` spent on each link it crossed (relays may take
+    different routes): how many relays crossed it, the pads of their keys, the rest."""
+    per_relay = result["bytes"] // result["relays"] if result["relays"] else 0
+    rows = []
+    for hop in result["hops"]:
+        spent = hop["bytes"]
+        crossed, rest = divmod(spent, per_relay + RELAY_OVERHEAD_BYTES) if per_relay else (0, 1)
+        split = (
+            [crossed, f"{crossed * per_relay} B", f"{crossed * RELAY_OVERHEAD_BYTES} B"]
+            if crossed and not rest
+            else ["-", "-", "-"]  # not as this version of the protocol spends it
+        )
+        rows.append([hop.get("link_id") or hop.get("hop"), f"{spent} B", *split])
     return table(
-        ["hop", "link", "link key spent", "pad of the key", "confirmation and MAC keys"],
-        [
-            [
-                i,
-                hop.get("link_id") or hop.get("hop"),
-                f"{hop['bytes']} B",
-                f"{min(relayed, hop['bytes'])} B",
-                f"{max(0, hop['bytes'] - relayed)} B",
-            ]
-            for i, hop in enumerate(result["hops"], start=1)
-        ],
+        ["link", "link key spent", "relays", "pads of the keys", "confirmation and MAC keys"],
+        rows,
     )
 
 

@@ -471,8 +471,9 @@ class _Narration:
             f"key, XORs it with key of the first link (a one-time pad), tags it with a Poly1305 "
             "key also taken from that link, and sends it on. Each intermediate node checks the "
             "tag, removes the pad and pads the key again with key of its next link; only "
-            f"{destination} keeps it, and confirms to {source}. Each hop spends as much link "
-            "key as the key relayed, plus the authentication key. Relaying "
+            f"{destination} keeps it, and confirms to {source}. Each relay spends on each hop "
+            "a pad as long as its key, plus 64 bytes: a pad for the confirmation key and the "
+            "one-time MAC key. Relaying "
             f"{RELAY_BYTES} bytes ({RELAY_BYTES * 8} bits) now:"
         )
         since = time.time()
@@ -502,8 +503,9 @@ class _Narration:
             for node, record in relay_trace(relays_by_node, relay["relay_id"]):
                 say(trace_line(node, record))
         para(
-            f"The end-to-end pool {pool['link_id']} holds {bits(result['pool_ready_bits'])} "
-            "ready; relays keep it filled in the background."
+            f"The end-to-end pool {pool['link_id']} holds {bits(pool['ready_bits'])} ready now "
+            "(less what the ETSI 014 front has stocked for the SAEs); relays keep it filled in "
+            "the background."
         )
         return pool
 
@@ -520,8 +522,8 @@ class _Narration:
                 if exc.code in ("unreachable", "protocol") or time.monotonic() > deadline:
                     raise
                 say(f"  not yet: {exc}", dim=True)
-                say("  (the relays filling the network's end-to-end pools use link key too;")
-                say("  trying again in 2 s)")
+                say("  (relays leave each link a reserve for its own SAEs, and the relays that")
+                say("  fill the end-to-end pools draw on the links too; trying again in 2 s)")
                 time.sleep(2)
 
     def same_key(self, pool: dict[str, Any]) -> None:

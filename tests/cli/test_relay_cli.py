@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cli._render import node_status, relay_test_report
+from cli._render import node_status, relay_hops_table, relay_test_report
 from cli.main import qkmsctl
 from protocol import Error
 
@@ -150,14 +150,40 @@ def test_relay_test_asks_the_source_and_shows_each_hop(short_dir: Path) -> None:
     assert lines[0] == (
         "KME1 -> KME3: 2 relay(s) carried 1024 B (8.0 kbit) of end-to-end key in 0.42 s"
     )
-    assert lines[4].split() == ["1", "KME1-KME2", "1152", "B", "1024", "B", "128", "B"]
-    assert lines[5].split()[:2] == ["2", "KME2-KME3"]
+    assert lines[4].split() == ["KME1-KME2", "1152", "B", "2", "1024", "B", "128", "B"]
+    assert lines[5].split()[:2] == ["KME2-KME3", "1152"]
     assert lines[-1] == "the end-to-end pool KME1~KME3 now holds 40.0 kbit ready"
 
 
 def test_a_hop_named_by_its_link_id_shows_the_link_id() -> None:
     result = {**RELAY_TEST, "hops": [{"link_id": "KME1~KME2", "bytes": 1152}]}
-    assert relay_test_report("KME1", result).splitlines()[4].split()[:2] == ["1", "KME1~KME2"]
+    assert relay_test_report("KME1", result).splitlines()[4].split()[:2] == ["KME1~KME2", "1152"]
+
+
+def test_relays_over_different_routes_are_counted_per_link() -> None:
+    # Two relays of 512 bytes: one via KME2, one via KME4 (a ring).
+    hops = [
+        {"hop": "KME1-KME2", "bytes": 576},
+        {"hop": "KME2-KME3", "bytes": 576},
+        {"hop": "KME1-KME4", "bytes": 576},
+        {"hop": "KME4-KME3", "bytes": 576},
+    ]
+    rows = relay_hops_table({**RELAY_TEST, "hops": hops}).splitlines()[2:]
+    assert [r.split() for r in rows] == [
+        [hop["hop"], "576", "B", "1", "512", "B", "64", "B"] for hop in hops
+    ]
+
+
+def test_a_spend_the_cli_cannot_split_shows_only_the_total() -> None:
+    result = {**RELAY_TEST, "hops": [{"hop": "KME1-KME2", "bytes": 1000}]}
+    assert relay_hops_table(result).splitlines()[2].split() == [
+        "KME1-KME2",
+        "1000",
+        "B",
+        "-",
+        "-",
+        "-",
+    ]
 
 
 def test_relay_test_json(short_dir: Path) -> None:
