@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/qkmsctl demo
+	$(BIN)/qkmsctl demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -17,8 +17,10 @@ so ``start`` brings a killed node back on the same ports with the same state.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -37,7 +39,23 @@ from ._pki import init_ca, issue_node, issue_sae
 from ._topology import Topology
 
 READY_TIMEOUT_S = 30.0
+FIRST_LAB_PORT = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 STOP_TIMEOUT_S = 10.0
+
+# Relay in a lab: small relays and low watermarks, so that end-to-end pools fill within
+# seconds from the examples' simulated links (8 to 16 kbit/s, shared by every pool whose
+# route crosses them).  A production node keeps the daemon's defaults.
+LAB_RELAY: dict[str, Any] = {
+    "block_bits": 4096,
+    "low_bits": 16384,
+    "high_bits": 32768,
+    "timeout_s": 5.0,
+    "in_flight": 4,
+    # The lab's SAE pairs are few and mostly far apart: a small reserve for the pairs across
+    # a QKD link, so relays start within a second of the links' first key.
+    "link_reserve_bits": 8192,
+}
 
 
 class LabError(CliError):
@@ -50,15 +68,36 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports.  All stay bound until all are chosen: a port closed
-    at once may be handed out again by the next bind."""
+    """``count`` distinct free ports below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also uses for
+    outgoing connections, so between choosing it and the node binding it, another node's
+    dial to a peer may take it (a 17-node lab lost that race now and then).  Ports below
+    the range are handed out only on request.  All stay bound until all are chosen: a port
+    closed at once may be chosen again.
+    """
+    low = _ephemeral_range()[0]
+    candidates = random.sample(range(FIRST_LAB_PORT, low), k=low - FIRST_LAB_PORT)
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for port in itertools.chain(candidates, itertools.repeat(0)):
+            if len(ports) == count:
+                break
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
             ports.append(int(sock.getsockname()[1]))
         return ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return max(low, FIRST_LAB_PORT), high
 
 
 def _toml_value(value: Any) -> str:
@@ -76,6 +115,15 @@ def _toml_value(value: Any) -> str:
 def _table(name: str, values: dict[str, Any]) -> str:
     lines = [f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def relay_partners(topo: Topology, node: str) -> list[str]:
+    """The nodes ``node`` keeps an end-to-end pool with: both ends have SAEs attached and
+    no QKD link joins them, so their SAEs get keys only through relay."""
+    with_saes = {spec.kme for spec in topo.saes.values()}
+    if node not in with_saes:
+        return []
+    return sorted(with_saes - {node} - set(topo.neighbours(node)))
 
 
 def node_config(
@@ -118,7 +166,9 @@ def node_config(
         _table("controller", {"eligible": spec.controller, "priority": spec.priority}),
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
     ]
-    for peer in topo.neighbours(node):
+    partners = relay_partners(topo, node)
+    # An end-to-end pool's two ends talk directly (a peer session without a QKD link).
+    for peer in sorted({*topo.neighbours(node), *partners}):
         parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
     for sae, sae_spec in topo.saes.items():
         entry: dict[str, Any] = {"kme": sae_spec.kme}
@@ -134,6 +184,10 @@ def node_config(
         )
         params = topo.params_of(link, seed=seeds[link.link_id])
         parts.append(_table(f'links."{link.link_id}".params', params))
+    topology = [sorted((link.a, link.b)) for link in topo.links]
+    parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
+    for peer in partners:  # routes are computed from the topology
+        parts.append(_table(f'relay.pools."{peer}"', {}))
     return "\n".join(parts)
 
 
@@ -321,6 +375,10 @@ class Lab:
                 running = kme["pid"] and _alive(kme["pid"], kme["config"])
                 out[node] = {"error": str(exc) if running else "not running"}
         return out
+
+    def admin_socket(self, node: str) -> str:
+        """The admin socket of one node of this lab.  Raises ``LabError``."""
+        return str(self._kme(self.manifest(), node)["admin_socket"])
 
     def _kme(self, manifest: dict[str, Any], node: str) -> dict[str, Any]:
         try:

@@ -41,6 +41,94 @@ def peer_tls(peer: dict[str, Any]) -> str:
     return f"{version} {group}" if version else "-"
 
 
+def link_driver(link: dict[str, Any]) -> str:
+    """A link's driver, or ``relay (e2e)`` for an end-to-end pool kept by key relay."""
+    return "relay (e2e)" if link.get("e2e") else str(link["driver"])
+
+
+def path_text(path: Sequence[str]) -> str:
+    return " -> ".join(path)
+
+
+def routes_table(result: dict[str, Any]) -> str:
+    """A node's ``routes`` answer: one row a destination."""
+    return table(
+        ["destination", "path", "hops", "source", "cost", "age"],
+        [
+            [
+                r["destination"],
+                path_text(r["path"]),
+                len(r["path"]) - 1,
+                r["source"],
+                r["cost"],
+                f"{r['age_s']:.0f}s",
+            ]
+            for r in result["routes"]
+        ],
+    )
+
+
+def relays_table(result: dict[str, Any]) -> str:
+    """A node's ``relays`` answer (recent relays, newest first)."""
+    return table(
+        ["relay", "pool", "path", "role", "state", "key", "started", "took", "error"],
+        [
+            [
+                r["relay_id"],
+                r["e2e_link_id"],
+                path_text(r["path"]),
+                r["role"],
+                r["state"],
+                bits(r["bits"]),
+                ago(r["started_at"]),
+                _took(r["started_at"], r["ended_at"]),
+                r["error"],
+            ]
+            for r in result["relays"]
+        ],
+    )
+
+
+def _took(started: float, ended: float | None) -> str:
+    return "-" if ended is None else f"{(ended - started) * 1e3:.0f} ms"
+
+
+RELAY_OVERHEAD_BYTES = 64
+"""Link key one relay spends on a hop besides the pad of its key: a pad for the
+destination's 32-byte confirmation key and a 32-byte one-time MAC key (docs/relay.md)."""
+
+
+def relay_hops_table(result: dict[str, Any]) -> str:
+    """The link key a ``relay_test`` spent on each link it crossed (relays may take
+    different routes): how many relays crossed it, the pads of their keys, the rest."""
+    per_relay = result["bytes"] // result["relays"] if result["relays"] else 0
+    rows = []
+    for hop in result["hops"]:
+        spent = hop["bytes"]
+        crossed, rest = divmod(spent, per_relay + RELAY_OVERHEAD_BYTES) if per_relay else (0, 1)
+        split = (
+            [crossed, f"{crossed * per_relay} B", f"{crossed * RELAY_OVERHEAD_BYTES} B"]
+            if crossed and not rest
+            else ["-", "-", "-"]  # not as this version of the protocol spends it
+        )
+        rows.append([hop.get("link_id") or hop.get("hop"), f"{spent} B", *split])
+    return table(
+        ["link", "link key spent", "relays", "pads of the keys", "confirmation and MAC keys"],
+        rows,
+    )
+
+
+def relay_test_report(source: str, result: dict[str, Any]) -> str:
+    """A ``relay_test`` answer for humans: what went where, what it cost, what is left."""
+    pool = result.get("e2e_link_id") or f"of {source} with {result['destination']}"
+    return (
+        f"{source} -> {result['destination']}: {result['relays']} relay(s) carried "
+        f"{result['bytes']} B ({bits(8 * result['bytes'])}) of end-to-end key "
+        f"in {result['seconds']:.2f} s\n\n{relay_hops_table(result)}\n\n"
+        f"the end-to-end pool {pool} now holds {bits(result['pool_ready_bits'])} ready"
+    )
+
+
 def node_status(status: dict[str, Any]) -> str:
     """A readable page for one node's ``status`` answer."""
     head = (
@@ -79,14 +167,15 @@ def node_status(status: dict[str, Any]) -> str:
             [
                 link["link_id"],
                 link["peer"],
-                link["driver"],
+                link_driver(link),
                 link["driver_state"],
                 bits(link["ready_bits"]),
                 link["ready_keys"],
                 link["ready_blocks"],
                 link["unconfirmed_blocks"],
                 link["discarded_blocks"],
-                "-" if link["qber"] is None else f"{link['qber']:.2%}",
+                # An end-to-end pool measures no error rate: its key came through links.
+                "-" if link["qber"] is None or link.get("e2e") else f"{link['qber']:.2%}",
             ]
             for link in status["links"]
         ],

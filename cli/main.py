@@ -19,9 +19,24 @@ from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
 from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
+from .relay import relay, relays, routes  # noqa: E402
 from .sae import sae  # noqa: E402
 
-for _command in (bb84, demo, pki, lab, status, peers, links, config, qkde, sae):
+for _command in (
+    bb84,
+    demo,
+    pki,
+    lab,
+    status,
+    peers,
+    links,
+    routes,
+    relays,
+    relay,
+    config,
+    qkde,
+    sae,
+):
     qkmsctl.add_command(_command)
 
 

@@ -1,4 +1,8 @@
-"""``qkmsctl status|peers|links|config``: talk to one node through its admin socket."""
+"""``qkmsctl status|peers|links|config``: talk to one node through its admin socket.
+
+A node is named by ``--socket``, by ``--config`` (its admin socket is read from there), or
+in a lab by ``--lab DIR --node N``; by default ``/run/qkms/admin.sock``.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,24 @@ import click
 
 from ._admin import AdminClient
 from ._errors import CliError, Command, Group
-from ._render import ago, bits, node_status, peer_tls, table
+from ._lab import Lab
+from ._render import ago, bits, link_driver, node_status, peer_tls, table
 
 DEFAULT_SOCKET = "/run/qkms/admin.sock"
 
 
-def _socket_from(config: Path | None, socket_path: str | None) -> str:
+def _socket_from(
+    config: Path | None,
+    socket_path: str | None,
+    lab_dir: Path | None = None,
+    node: str | None = None,
+) -> str:
+    if (lab_dir is None) != (node is None):
+        raise click.UsageError("--lab and --node go together: the lab directory and a node in it")
+    if lab_dir is not None and (socket_path or config is not None):
+        raise click.UsageError("name the node by --lab/--node, --socket or --config, not several")
+    if lab_dir is not None and node is not None:
+        return Lab(lab_dir).admin_socket(node)
     if socket_path:
         return socket_path
     if config is not None:
@@ -30,10 +46,10 @@ def _socket_from(config: Path | None, socket_path: str | None) -> str:
     return DEFAULT_SOCKET
 
 
-def _call(ctx: click.Context, method: str) -> dict[str, Any]:
+def _call(ctx: click.Context, method: str, **params: Any) -> dict[str, Any]:
     obj = ctx.obj or {}
-    path = _socket_from(obj.get("config"), obj.get("socket"))
-    return AdminClient(path).call(method)
+    path = _socket_from(obj.get("config"), obj.get("socket"), obj.get("lab"), obj.get("node"))
+    return AdminClient(path).call(method, **params)
 
 
 _socket = click.option("--socket", "socket_path", help=f"admin socket (default {DEFAULT_SOCKET})")
@@ -42,18 +58,32 @@ _config = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="read the socket path from this node config",
 )
+_lab = click.option(
+    "--lab",
+    "lab_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="a lab directory (`qkmsctl lab up`); with --node",
+)
+_node = click.option("--node", help="the lab node to ask; with --lab")
 _json = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
 def _target(f: Any) -> Any:
     @_socket
     @_config
+    @_lab
+    @_node
     @_json
     @click.pass_context
     def wrapper(
-        ctx: click.Context, socket_path: str | None, config: Path | None, as_json: bool
+        ctx: click.Context,
+        socket_path: str | None,
+        config: Path | None,
+        lab_dir: Path | None,
+        node: str | None,
+        as_json: bool,
     ) -> None:
-        ctx.obj = {"socket": socket_path, "config": config}
+        ctx.obj = {"socket": socket_path, "config": config, "lab": lab_dir, "node": node}
         f(ctx, as_json)
 
     wrapper.__name__ = f.__name__
@@ -94,7 +124,7 @@ def peers(ctx: click.Context, as_json: bool) -> None:
 @click.command(cls=Command)
 @_target
 def links(ctx: click.Context, as_json: bool) -> None:
-    """A node's QKD links and their key pools."""
+    """A node's QKD links and end-to-end pools, and their key."""
     result = _call(ctx, "links")
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -103,6 +133,7 @@ def links(ctx: click.Context, as_json: bool) -> None:
         [
             link["link_id"],
             link["peer"],
+            link_driver(link),
             link["driver_state"],
             bits(link["ready_bits"]),
             link["ready_keys"],
@@ -110,7 +141,7 @@ def links(ctx: click.Context, as_json: bool) -> None:
         ]
         for link in result["links"]
     ]
-    click.echo(table(["link", "peer", "state", "ready", "keys", "unconfirmed"], rows))
+    click.echo(table(["link", "peer", "driver", "state", "ready", "keys", "unconfirmed"], rows))
 
 
 @click.group(cls=Group)
