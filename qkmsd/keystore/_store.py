@@ -43,6 +43,7 @@ from protocol import LINK_ID_RE, MAX_BLOCK_ID
 from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
+from ._relays import RELAYS_SCHEMA, RelayJournalMethods
 from ._service import SERVICE_KEYS_SCHEMA, ServiceKeyMethods
 
 MAX_BLOCK_BYTES: Final = 1 << 24
@@ -149,6 +150,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
                 WHERE link_id = OLD.link_id AND block_id = OLD.block_id;
             END""",
     ),
+    # The relay journal (``_relays``): what each relay this node took part in came to.
+    RELAYS_SCHEMA,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -181,7 +184,7 @@ class PoolLevel:
     expired_blocks: int
 
 
-class KeyStore(ServiceKeyMethods):
+class KeyStore(ServiceKeyMethods, RelayJournalMethods):
     """Per-link pools of key blocks with their life-cycle state.
 
     Open with ``KeyStore.open``; use as a context manager or call ``close()``.

@@ -73,6 +73,8 @@ RECENT_RELAYS = 256
 POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
+JOURNAL_S = 0.2
+"""How often changed relay records are written to the key store's journal."""
 
 
 class RelayRecord(msgspec.Struct):
@@ -84,7 +86,8 @@ class RelayRecord(msgspec.Struct):
     role: str
     """``source``, ``intermediate`` or ``destination``."""
     state: str
-    """``started``, ``forwarded``, ``received``, ``confirmed`` or ``failed``."""
+    """``started``, ``forwarded``, ``received``, ``confirmed``, ``failed``, or ``discarded``
+    (under way when the node stopped)."""
     bits: int
     started_at: float
     ended_at: float | None = None
@@ -168,6 +171,7 @@ class RelayAgent:
         self._settings = settings
         self._clock = clock
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
+        self._dirty: dict[str, RelayRecord] = {}
         self._counts = _Counts()
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
@@ -175,11 +179,38 @@ class RelayAgent:
     # --- services ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep this end's share of every pool between its watermarks.  Until cancelled."""
+        """Keep this end's share of every pool between its watermarks.  Until cancelled.
+
+        First settles the journal: relays under way when the node last stopped are
+        ``discarded`` (link key synchronisation settles their keys, if any end stored one).
+        """
+        abandoned = await self._thread.call(
+            self._store.abandon_open_relays, "interrupted: the node stopped"
+        )
+        if abandoned:
+            log.warning("relay.abandoned_at_start", count=abandoned)
+        for row in reversed(await self._thread.call(self._store.recent_relays, RECENT_RELAYS)):
+            self._recent.appendleft(msgspec.convert(row, RelayRecord))
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._journal_writer)
             for pool in self._pools.values():
                 nursery.start_soon(self._keep_filled, pool)
             task_status.started()
+
+    async def _journal_writer(self) -> None:
+        """Write changed relay records to the journal, a batch every ``JOURNAL_S``."""
+        while True:
+            await trio.sleep(JOURNAL_S)
+            if self._dirty:
+                batch, self._dirty = list(self._dirty.values()), {}
+                rows = [msgspec.structs.asdict(r) for r in batch]
+                try:
+                    await self._thread.call(self._store.journal_relays, rows)
+                except KeyStoreError as exc:
+                    log.error("relay.journal_failed", error=str(exc)[:200])
+
+    def _note(self, record: RelayRecord) -> None:
+        self._dirty[record.relay_id] = record
 
     async def _keep_filled(self, pool: _Pool) -> None:
         s = self._settings
@@ -378,6 +409,7 @@ class RelayAgent:
                 key,
             )
             record.state = "forwarded"
+            self._note(record)
             result = await self._forward(hop)
             if not result.ok:
                 raise RelayFailed(result.code, result.message)
@@ -393,6 +425,7 @@ class RelayAgent:
             self._fail(record, exc)
             raise
         record.state, record.ended_at = "confirmed", self._clock()
+        self._note(record)
         if split:
             return record
         await pool.driver.deliver(
@@ -475,12 +508,15 @@ class RelayAgent:
             if role == "destination":
                 confirm = await self._keep(hop, key)
                 record.state, record.ended_at = "received", self._clock()
+                self._note(record)
                 return RelayResult(id=hop.id, ok=True, confirm=confirm)
             onward = await self._seal_hop(msgspec.structs.replace(hop, hop=hop.hop + 1), key)
             record.state = "forwarded"
+            self._note(record)
             result = await self._forward(onward)
             record.state = "confirmed" if result.ok else "failed"
             record.ended_at, record.error = self._clock(), result.message
+            self._note(record)
             return msgspec.structs.replace(result, id=hop.id)
         except RelayFailed as exc:
             self._counts.hops_refused += 1
@@ -568,10 +604,12 @@ class RelayAgent:
     ) -> RelayRecord:
         record = RelayRecord(relay_id, link_id, path, role, "started", bits, self._clock())
         self._recent.appendleft(record)
+        self._note(record)
         return record
 
     def _fail(self, record: RelayRecord, exc: RelayFailed) -> None:
         record.state, record.ended_at, record.error = "failed", self._clock(), str(exc)[:300]
+        self._note(record)
         log.warning(
             "relay.failed",
             relay=record.relay_id,
