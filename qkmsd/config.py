@@ -156,6 +156,9 @@ class RelayPoolSection(_Section, frozen=True):
     """The pool's (virtual) link id; by default ``<lower id>~<higher id>``."""
     route: list[NodeId] | None = None
     """A manual route: the intermediate nodes, in order from this node."""
+    spread: bool = False
+    """Spread relays over the node-disjoint paths in turn (for throughput: up to the
+    max-flow of the links between the two ends), instead of the first route first."""
     paths: Annotated[int, msgspec.Meta(ge=1, le=8)] | Literal["disjoint"] = 1
     """1: each key over one route.  N or ``"disjoint"``: each key split into XOR shares,
     one over each of up to N (or ``max_paths``) node-disjoint paths, so that no single
@@ -244,6 +247,8 @@ class RelayPoolConfig(msgspec.Struct, frozen=True):
     """Manual: the intermediate nodes in order from this node, or None to compute."""
     paths: int = 1
     """Node-disjoint paths each key is split over (1: no split)."""
+    spread: bool = False
+    """Relays take the node-disjoint paths in turn."""
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -500,7 +505,13 @@ def _relay_pools(
             raise fail(f"{where} route:", f"at most {MAX_RELAY_PATH - 2} intermediate nodes")
         route = tuple(pool.route) if pool.route is not None else None
         paths = MAX_DISJOINT_PATHS if pool.paths == "disjoint" else pool.paths
-        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths)
+        if pool.spread and paths > 1:
+            raise fail(
+                f"{where} spread:",
+                "spreads whole keys over the paths; with paths > 1 each key is split"
+                " over them already",
+            )
+        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths, pool.spread)
     return pools
 
 

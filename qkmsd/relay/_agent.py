@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from protocol import (
+    MAX_RELAY_SHARES,
     RELAY_CONFIRM_KEY_BYTES,
     ErrorCode,
     PeerReply,
@@ -127,6 +128,7 @@ class _Pool:
     next_id: int = 0
     retry_at: float = float("-inf")
     retry_s: float = 1.0
+    turn: int = 0
 
 
 @dataclasses.dataclass
@@ -309,6 +311,14 @@ class RelayAgent:
         if pool.config.paths > 1:
             return await self._relay_split(pool, size)
         paths = self._routes.paths(pool.config.peer)
+        if pool.config.spread:
+            # The node-disjoint paths in turn, then the rest: relays over different paths
+            # draw on different links, up to the max-flow between the two ends.
+            disjoint = self._routes.disjoint_paths(pool.config.peer, MAX_RELAY_SHARES)
+            if disjoint:
+                pool.turn = (pool.turn + 1) % len(disjoint)
+                first = disjoint[pool.turn :] + disjoint[: pool.turn]
+                paths = first + [p for p in paths if p not in first]
         if not paths:
             self._counts.relays_failed += 1
             raise RelayFailed(ErrorCode.WRONG_PATH, f"no route to {pool.config.peer}")

@@ -57,7 +57,9 @@ async def _run(
 
 
 @contextlib.asynccontextmanager
-async def ring(node_config: ConfigFactory, pki: Path, *, paths: Any = 1) -> AsyncIterator[Ring]:
+async def ring(
+    node_config: ConfigFactory, pki: Path, *, paths: Any = 1, spread: bool = False
+) -> AsyncIterator[Ring]:
     ports: dict[str, int] = {}
     nodes: dict[str, Node] = {}
     scopes: dict[str, trio.CancelScope] = {}
@@ -78,7 +80,7 @@ async def ring(node_config: ConfigFactory, pki: Path, *, paths: Any = 1) -> Asyn
             if kme in ("KME_A", "KME_C"):
                 other = "KME_C" if kme == "KME_A" else "KME_A"
                 peers[other] = f"127.0.0.1:{ports.get(other, 1)}"
-                pools[other] = {"paths": paths}
+                pools[other] = {"paths": paths, "spread": spread}
             cfg = node_config(
                 kme, peers=peers, links=links, relay={**RELAY, "topology": topology, "pools": pools}
             )
@@ -166,3 +168,14 @@ async def test_relays_take_the_other_side_of_the_ring_when_a_middle_node_goes(
                 ("KME_A", "KME_D", "KME_C"),
             }
             assert second.path == ["KME_A", "KME_D", "KME_C"]
+
+
+async def test_a_spread_pool_takes_both_sides_of_the_ring_in_turn(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with ring(node_config, pki, spread=True) as net:
+            await wait_for_link_key(net, 65536)
+            taken = [tuple((await net.relay("KME_A").relay(E2E)).path) for _ in range(4)]
+            assert set(taken) == {("KME_A", "KME_B", "KME_C"), ("KME_A", "KME_D", "KME_C")}
+            assert taken[0] != taken[1] and taken[1] != taken[2]
