@@ -156,6 +156,10 @@ class RelayPoolSection(_Section, frozen=True):
     """The pool's (virtual) link id; by default ``<lower id>~<higher id>``."""
     route: list[NodeId] | None = None
     """A manual route: the intermediate nodes, in order from this node."""
+    low_bits: Bits | None = None
+    """This pool's own low watermark (default: ``[relay] low_bits``)."""
+    high_bits: Bits | None = None
+    """This pool's own high watermark (default: ``[relay] high_bits``)."""
     spread: bool = False
     """Spread relays over the node-disjoint paths in turn (for throughput: up to the
     max-flow of the links between the two ends), instead of the first route first."""
@@ -249,6 +253,9 @@ class RelayPoolConfig(msgspec.Struct, frozen=True):
     """Node-disjoint paths each key is split over (1: no split)."""
     spread: bool = False
     """Relays take the node-disjoint paths in turn."""
+    low_bits: int = 65536
+    high_bits: int = 262144
+    """The pool's watermarks: each end keeps its own ready share between them."""
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -511,7 +518,11 @@ def _relay_pools(
                 "spreads whole keys over the paths; with paths > 1 each key is split"
                 " over them already",
             )
-        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths, pool.spread)
+        low = relay.low_bits if pool.low_bits is None else pool.low_bits
+        high = relay.high_bits if pool.high_bits is None else pool.high_bits
+        if low > high:
+            raise fail(f"{where} low_bits:", "must be at most high_bits")
+        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths, pool.spread, low, high)
     return pools
 
 

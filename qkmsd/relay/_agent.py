@@ -220,8 +220,9 @@ class RelayAgent:
         filling = False
         async with trio.open_nursery() as nursery:
             while True:
+                low, high = pool.config.low_bits, pool.config.high_bits
                 level = await self._pool_bits(pool) + pool.in_flight * s.block_bits
-                if level >= (s.high_bits if filling else s.low_bits) or s.high_bits == 0:
+                if level >= (high if filling else low) or high == 0:
                     filling = False
                     await trio.sleep(POLL_S)
                     continue

@@ -162,3 +162,40 @@ def test_a_per_source_cap_above_the_listener_cap_names_the_key() -> None:
     assert error_of(data).endswith(
         "[peer] max_connections_per_source: must be at most max_connections"
     )
+
+
+def relay(**pool: Any) -> dict[str, Any]:
+    """A config with an end-to-end pool with KME_C (a direct peer)."""
+    peers = {"KME_B": {"address": "127.0.0.1:7002"}, "KME_C": {"address": "127.0.0.1:7003"}}
+    return base(peers=peers, relay={"low_bits": 100, "high_bits": 200, "pools": {"KME_C": pool}})
+
+
+def test_an_end_to_end_pool_takes_the_default_watermarks_or_its_own() -> None:
+    default = config_from_mapping(relay(), source=SOURCE).relay_pools["KME_A~KME_C"]
+    own = config_from_mapping(relay(low_bits=10, high_bits=20), source=SOURCE)
+    assert (default.low_bits, default.high_bits) == (100, 200)
+    assert (own.relay_pools["KME_A~KME_C"].low_bits, own.relay_pools["KME_A~KME_C"].high_bits) == (
+        10,
+        20,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ({"low_bits": 300}, "[relay.pools.KME_C] low_bits: must be at most high_bits"),
+        ({"route": ["KME_B", "KME_B"]}, "names a node twice"),
+        ({"route": ["KME_C"]}, "names the intermediate nodes only"),
+        ({"paths": 2, "spread": True}, "[relay.pools.KME_C] spread:"),
+    ],
+    ids=["watermarks", "route repeats a node", "route names an end", "spread and split"],
+)
+def test_a_bad_end_to_end_pool_is_refused_with_its_reason(
+    pool: dict[str, Any], message: str
+) -> None:
+    assert message in error_of(relay(**pool))
+
+
+def test_an_end_to_end_pool_needs_a_direct_peer() -> None:
+    data = base(relay={"pools": {"KME_Z": {}}})
+    assert "[relay.pools.KME_Z] 'KME_Z' is not in [peers]" in error_of(data)
