@@ -186,8 +186,9 @@ def node_config(
         parts.append(_table(f'links."{link.link_id}".params', params))
     topology = [sorted((link.a, link.b)) for link in topo.links]
     parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
+    pool = {} if topo.relay.paths == 1 else {"paths": topo.relay.paths}
     for peer in partners:  # routes are computed from the topology
-        parts.append(_table(f'relay.pools."{peer}"', {}))
+        parts.append(_table(f'relay.pools."{peer}"', pool))
     return "\n".join(parts)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -54,6 +54,13 @@ class Defaults(_Strict, frozen=True):
     params: dict[str, Any] = {}
 
 
+class RelaySpec(_Strict, frozen=True):
+    """How the lab's end-to-end pools relay (``[relay]`` of a topology file)."""
+
+    paths: Annotated[int, msgspec.Meta(ge=1, le=8)] | Literal["disjoint"] = 1
+    """1, or split each key into XOR shares over N (or all) node-disjoint paths."""
+
+
 class Topology(_Strict, frozen=True):
     name: str
     nodes: dict[str, NodeSpec]
@@ -61,6 +68,7 @@ class Topology(_Strict, frozen=True):
     saes: dict[str, SaeSpec] = {}
     description: str = ""
     defaults: Defaults = Defaults()
+    relay: RelaySpec = RelaySpec()
 
     def driver_of(self, link: LinkSpec) -> str:
         return link.driver or self.defaults.driver

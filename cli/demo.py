@@ -478,6 +478,14 @@ class _Narration:
         )
         since = time.time()
         result = self.relay_test()
+        shares = int(result.get("shares", 1))
+        if shares > 1:
+            para(
+                f"This pool splits each key into {shares} shares: random strings whose XOR "
+                f"is the key, each relayed over its own node-disjoint path. No intermediate "
+                "node sees more than one share, and one share says nothing about the key; the "
+                "destination keeps the key only once every share has arrived."
+            )
         say(
             f"  {result['relays']} relay(s) carried {result['bytes']} bytes in "
             f"{result['seconds']:.2f} s. Link key spent, hop by hop:"

@@ -84,6 +84,8 @@ class RelayTestResult(msgspec.Struct, frozen=True):
     destination: str
     e2e_link_id: str
     relays: int
+    shares: int
+    """Node-disjoint paths each key was split over (1: no split)."""
     bytes: int
     """End-to-end key relayed (without the confirmation keys)."""
     seconds: float
@@ -221,8 +223,16 @@ class NodeStatusMethods:
                     ) from None
                 await trio.sleep(0.1)  # the links gain key every block the devices make
         seconds = time.monotonic() - started
+        # A key split into shares crossed one path per share: count every share's hops.
+        shares = [
+            r
+            for first in records
+            for r in self._relay.relays()
+            if r.role == "source"
+            and (r.relay_id == first.relay_id or _base(r.relay_id) == _base(first.relay_id))
+        ]
         spent: dict[str, int] = {}
-        for record in records:
+        for record in shares:
             for a, b in itertools.pairwise(record.path):
                 # Each hop: the key and its confirmation key padded, and a MAC key.
                 hop = f"{a}-{b}"
@@ -240,6 +250,7 @@ class NodeStatusMethods:
                 destination=p.destination,
                 e2e_link_id=link_id,
                 relays=len(records),
+                shares=len(shares) // max(len(records), 1),
                 bytes=sum(r.bits for r in records) // 8,
                 seconds=round(seconds, 6),
                 hops=[HopSpend(hop, n) for hop, n in spent.items()],
@@ -260,6 +271,11 @@ class NodeStatusMethods:
             known = ", ".join(sorted(self._link_ids)) or "none"
             raise AdminParamsError(f"check: unknown link {p.link_id!r} (known: {known})")
         return await self._keys.check(p.link_id, p.first, p.last)
+
+
+def _base(relay_id: str) -> str:
+    """The relay id of the key a share (``...#n``) belongs to."""
+    return relay_id.split("#", 1)[0]
 
 
 def _plain(value: Any) -> Any:

@@ -54,11 +54,13 @@ def test_every_node_knows_the_whole_topology_and_the_lab_relay_settings(
         assert {k: relay[k] for k in LAB_RELAY} == LAB_RELAY
 
 
-def test_ring_opposite_nodes_with_saes_share_a_pool(tmp_path: Path) -> None:
-    topo = load_topology(EXAMPLES / "ring4.toml")
+def test_ring_opposite_nodes_with_saes_share_a_pool_split_over_both_sides(
+    tmp_path: Path,
+) -> None:
+    topo = load_topology(EXAMPLES / "ring4.toml")  # [relay] paths = "disjoint"
     cfg = configs(topo, tmp_path)
-    assert cfg["KME_1"]["relay"]["pools"] == {"KME_3": {}}
-    assert cfg["KME_3"]["relay"]["pools"] == {"KME_1": {}}
+    assert cfg["KME_1"]["relay"]["pools"] == {"KME_3": {"paths": "disjoint"}}
+    assert cfg["KME_3"]["relay"]["pools"] == {"KME_1": {"paths": "disjoint"}}
     assert set(cfg["KME_1"]["peers"]) == {"KME_2", "KME_3", "KME_4"}
     for node in ("KME_2", "KME_4"):  # no SAEs: neighbours only, no pools
         assert "pools" not in cfg[node]["relay"]
