@@ -138,6 +138,7 @@ class Node:
                     neighbours=qkd_link_to,
                 ),
                 settings=cfg.relay,
+                is_up=peers.is_connected,
             )
             peers.on_request(RelayHop, relay.handle_hop)
 

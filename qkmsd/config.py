@@ -250,7 +250,10 @@ class RelayPoolConfig(msgspec.Struct, frozen=True):
     route: tuple[str, ...] | None
     """Manual: the intermediate nodes in order from this node, or None to compute."""
     paths: int = 1
-    """Node-disjoint paths each key is split over (1: no split)."""
+    """Node-disjoint paths each key is split over at most (1: no split)."""
+    paths_required: int = 1
+    """Paths a split needs: N for ``paths = N``; 1 for ``"disjoint"`` (with one path up,
+    keys go whole over it rather than not at all)."""
     spread: bool = False
     """Relays take the node-disjoint paths in turn."""
     low_bits: int = 65536
@@ -522,7 +525,17 @@ def _relay_pools(
         high = relay.high_bits if pool.high_bits is None else pool.high_bits
         if low > high:
             raise fail(f"{where} low_bits:", "must be at most high_bits")
-        pools[link_id] = RelayPoolConfig(peer, link_id, route, paths, pool.spread, low, high)
+        required = 1 if pool.paths == "disjoint" else paths
+        pools[link_id] = RelayPoolConfig(
+            peer=peer,
+            link_id=link_id,
+            route=route,
+            paths=paths,
+            paths_required=required,
+            spread=pool.spread,
+            low_bits=low,
+            high_bits=high,
+        )
     return pools
 
 

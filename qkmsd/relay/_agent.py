@@ -157,6 +157,7 @@ class RelayAgent:
         drivers: Mapping[str, RelayedKeys],
         routes: RoutingTable,
         settings: RelaySection,
+        is_up: Callable[[str], bool] = lambda peer: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
@@ -171,6 +172,7 @@ class RelayAgent:
         self._by_peer = {p.config.peer: p for p in self._pools.values()}
         self._routes = routes
         self._settings = settings
+        self._is_up = is_up
         self._clock = clock
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._dirty: dict[str, RelayRecord] = {}
@@ -311,7 +313,12 @@ class RelayAgent:
         size = (bits or self._settings.block_bits) // 8
         if pool.config.paths > 1:
             return await self._relay_split(pool, size)
-        paths = self._routes.paths(pool.config.peer)
+        return await self._relay_whole(pool, size, self._routes.paths(pool.config.peer))
+
+    async def _relay_whole(
+        self, pool: _Pool, size: int, paths: list[tuple[str, ...]]
+    ) -> RelayRecord:
+        """One key, whole, over the first of ``paths`` that works."""
         if pool.config.spread:
             # The node-disjoint paths in turn, then the rest: relays over different paths
             # draw on different links, up to the max-flow between the two ends.
@@ -334,12 +341,18 @@ class RelayAgent:
 
     async def _relay_split(self, pool: _Pool, size: int) -> RelayRecord:
         """One key as XOR shares over node-disjoint paths, kept only if every share lands."""
-        paths = self._routes.disjoint_paths(pool.config.peer, pool.config.paths)
-        if len(paths) < 2:
+        found = self._routes.disjoint_paths(pool.config.peer, pool.config.paths)
+        paths = [p for p in found if self._is_up(p[1])]
+        required = max(2, pool.config.paths_required)
+        if len(paths) < required:
+            if pool.config.paths_required <= 1 and paths:
+                # "disjoint": as many paths as are up; with one, the key goes whole.
+                return await self._relay_whole(pool, size, [p for p in paths])
             self._counts.relays_failed += 1
             raise RelayFailed(
                 ErrorCode.WRONG_PATH,
-                f"{len(paths)} node-disjoint path(s) to {pool.config.peer}; a split needs 2",
+                f"{len(paths)} node-disjoint path(s) up to {pool.config.peer} of"
+                f" {len(found)}; this pool splits each key over {required}",
             )
         block_id = await self._block_id(pool)
         shares = [os.urandom(size + RELAY_CONFIRM_KEY_BYTES) for _ in paths[1:]]

@@ -179,3 +179,17 @@ async def test_a_spread_pool_takes_both_sides_of_the_ring_in_turn(
             taken = [tuple((await net.relay("KME_A").relay(E2E)).path) for _ in range(4)]
             assert set(taken) == {("KME_A", "KME_B", "KME_C"), ("KME_A", "KME_D", "KME_C")}
             assert taken[0] != taken[1] and taken[1] != taken[2]
+
+
+async def test_a_disjoint_pool_relays_whole_keys_over_the_one_side_left(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    # paths = "disjoint" uses as many disjoint paths as are up: with B gone, one.
+    with trio.fail_after(TIME_LIMIT_S):
+        async with ring(node_config, pki, paths="disjoint") as net:
+            await wait_for_link_key(net, 65536)
+            net.scopes["KME_B"].cancel()
+            await disconnected(net, "KME_A", "KME_B")
+            record = await net.relay("KME_A").relay(E2E)
+            assert record.path == ["KME_A", "KME_D", "KME_C"]
+            assert "#" not in record.relay_id  # whole, not a share
