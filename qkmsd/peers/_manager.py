@@ -527,7 +527,9 @@ class PeerManager:
             try:
                 data = await live.stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                raise PeerConnectionLost(f"receive from {live.peer} failed: {exc}") from None
+                raise PeerConnectionLost(
+                    f"receive from {live.peer} failed: {_reason(exc)}"
+                ) from None
             if not data:
                 raise PeerConnectionLost(f"{live.peer} closed the connection")
             live.session.receive_data(bytes(data))
