@@ -232,7 +232,7 @@ class Node:
                 store_thread=store_thread,
                 started_at=time.time(),
             )
-            admin = AdminServer(cfg.admin_socket, status.methods())
+            admin = AdminServer(cfg.admin_socket, status.methods(), group=cfg.admin_group)
             async with trio.open_nursery() as nursery:
                 await nursery.start(store_thread.run)
                 await nursery.start(keys.run)
