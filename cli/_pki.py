@@ -26,10 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 import re
-import secrets
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +40,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protocol import NODE_ID_RE
 
 from ._errors import CliError
+from ._files import private_dir as _private_dir
+from ._files import write_private as _write_private
+from ._files import write_public as _write_public
 
 __all__ = [
     "CaFiles",
@@ -647,39 +647,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _private_dir(path: Path) -> None:
-    # Keys live here: 0700 whatever the umask, also for a directory made before.
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
-        path.chmod(0o700)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    # The umask keeps its say here: it can only make a key stricter than 0600.
-    _write_atomically(path, data, 0o600, exact_mode=False)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    # A certificate is public: 0644 whatever the umask, so every service can read it.
-    _write_atomically(path, data, 0o644, exact_mode=True)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int, *, exact_mode: bool) -> None:
-    # A fresh file created with its final mode, then renamed over the target: a key is never
-    # readable by others, not even for an instant, and a crash leaves the old file or the
-    # new one, never half of each. O_EXCL so that a stale temporary file is never reused.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        if exact_mode:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
