@@ -35,6 +35,7 @@ from qkms_pqc import generate_keypair, write_private_key
 
 from ._admin import AdminClient, AdminError
 from ._errors import CliError
+from ._files import private_dir, write_private
 from ._pki import init_ca, issue_node, issue_sae
 from ._topology import Topology
 
@@ -248,13 +249,17 @@ class Lab:
         }
         for node, spec in topo.nodes.items():
             home = self.dir / "nodes" / node
-            (home / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(home)  # master.key, and the config with the drivers' seeds
+            private_dir(home / "state")
             issue_node(pki, node, hosts=spec.hosts, force=True)
             key_file = home / "master.key"
             if not key_file.exists():
                 _generate_master_key(key_file)
             config = home / "qkmsd.toml"
-            config.write_text(node_config(topo, node, lab=self.dir, ports=ports, seeds=seeds))
+            # The config holds the paired drivers' seeds: private.
+            write_private(
+                config, node_config(topo, node, lab=self.dir, ports=ports, seeds=seeds).encode()
+            )
             manifest["kmes"][node] = {
                 "url": f"https://127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),

@@ -3,13 +3,20 @@
 Layout of a PKI directory ``D``::
 
     D/ca.pem  D/ca.key            the network CA (the only trust anchor of every node)
+    D/crl.pem                     the CA's revocation list, which nodes load (``[tls] crl``)
+    D/index.json                  every certificate issued: serial, kind, id, revocation
     D/nodes/<id>.pem  <id>.key    a node (KME): serverAuth + clientAuth, OU=node
     D/saes/<id>.pem   <id>.key    an application (SAE): clientAuth only, OU=sae
 
 Keys are ECDSA P-256, stored unencrypted (PKCS#8 PEM) because the daemon loads them
 unattended; they are created with mode 0600 from the first byte (``os.open`` with the mode,
-then an atomic rename), never made private after the fact. The role of a certificate is its
-OU; the daemon reads it back with ``qkmsd.tls.certificate_identity``.
+then an atomic rename), never made private after the fact, in directories kept 0700. The
+role of a certificate is its OU; the daemon reads it back with
+``qkmsd.tls.certificate_identity``.
+
+One name has one current certificate: issuing a new one for a name (``force``) revokes
+the previous one as superseded, and ``revoke`` revokes it outright; either way the CRL is
+signed again. A stolen key is then refused by every node that has loaded the new CRL.
 
 Pure functions, no printing: ``cli/pki.py`` is the command-line face.
 """
@@ -18,9 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
+import json
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protocol import NODE_ID_RE
 
 from ._errors import CliError
+from ._files import private_dir as _private_dir
+from ._files import write_private as _write_private
+from ._files import write_public as _write_public
 
 __all__ = [
     "CaFiles",
@@ -41,13 +50,17 @@ __all__ = [
     "IssuedFiles",
     "Kind",
     "PkiError",
+    "Revoked",
     "init_ca",
     "issue_node",
     "issue_sae",
     "list_certificates",
+    "revoke",
+    "sign_crl",
 ]
 
 Kind = Literal["ca", "node", "sae"]
+Reason = Literal["revoked", "superseded"]
 
 ORGANIZATION = "qkms"
 _ID_RE = NODE_ID_RE  # node and SAE ids share the rule
@@ -56,6 +69,15 @@ _DNS_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME_RE = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?")
 _CA_CERT = "ca.pem"
 _CA_KEY = "ca.key"
+_CRL = "crl.pem"
+_INDEX = "index.json"
+CRL_DAYS = 90
+"""Default validity of a CRL: nodes refuse every handshake once their CRL is past its
+next update, so it must be signed again (``sign_crl``, ``qkmsctl pki crl``) before that."""
+_REASON_CODE: dict[str, x509.ReasonFlags] = {
+    "revoked": x509.ReasonFlags.unspecified,
+    "superseded": x509.ReasonFlags.superseded,
+}
 _SUBDIR: dict[Kind, str] = {"node": "nodes", "sae": "saes"}
 # Certificates start a little in the past so that a peer whose clock lags ours by a few
 # minutes does not reject a certificate issued moments ago.
@@ -90,10 +112,26 @@ class IssuedFiles:
 class CertInfo:
     kind: Kind
     id: str
-    path: Path
+    path: Path | None
+    """The certificate file; ``None`` for a revoked certificate whose file was replaced."""
     not_after: dt.datetime
     fingerprint: str
     """SHA-256 of the DER certificate, lower-case hex with colons (as ``openssl x509``)."""
+    serial: str = ""
+    """The serial number, lower-case hex."""
+    revoked: dt.datetime | None = None
+    reason: str = ""
+    """Why it was revoked: ``revoked`` (``qkmsctl pki revoke``) or ``superseded`` (reissued)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """A certificate ``revoke`` revoked, and the CRL that now lists it."""
+
+    kind: Kind
+    id: str
+    serial: str
+    crl: Path
 
 
 def init_ca(
@@ -120,7 +158,7 @@ def init_ca(
                     f"{existing} already exists: a new CA would orphan every certificate the "
                     "old one issued; use --force to replace it"
                 )
-    directory.mkdir(parents=True, exist_ok=True)
+    _private_dir(directory)
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
@@ -154,6 +192,10 @@ def init_ca(
     # to overwrite silently and issue reports as a mismatch, rather than the reverse.
     _write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    # A new CA starts a new history: the old CA's serials mean nothing under it.
+    index = _Index(certificates=[])
+    _write_public(directory / _INDEX, index.dump())
+    _write_crl(directory, cert, key, index, days=CRL_DAYS)
     return CaFiles(cert=cert_path, key=key_path)
 
 
@@ -216,13 +258,35 @@ def list_certificates(directory: Path) -> list[CertInfo]:
         raise PkiError(f"{directory}: no such PKI directory; create one with `pki init`")
     found: list[CertInfo] = []
     ca_path = directory / _CA_CERT
+    index = _Index(certificates=[])
     if ca_path.exists():
-        found.append(_info("ca", "ca", ca_path))
+        found.append(_info("ca", "ca", ca_path, None))
+        index = _load_index(directory, _read_cert(ca_path))
+    by_serial = {r.serial: r for r in index.certificates}
     for kind in ("node", "sae"):
         subdir = directory / _SUBDIR[kind]
+        files: list[CertInfo] = []
         if subdir.is_dir():
             for path in sorted(subdir.glob("*.pem")):
-                found.append(_info(kind, path.name.removesuffix(".pem"), path))
+                if path.name.endswith(".pqc.pem") or path.name.endswith(".pub.pem"):
+                    continue  # an SAE's PQC key pair (the lab keeps it beside the certificate)
+                files.append(_info(kind, path.name.removesuffix(".pem"), path, by_serial))
+        shown = {info.serial for info in files}
+        gone = [
+            CertInfo(
+                kind=r.kind,
+                id=r.id,
+                path=None,
+                not_after=dt.datetime.fromisoformat(r.not_after),
+                fingerprint=r.sha256,
+                serial=r.serial,
+                revoked=dt.datetime.fromisoformat(r.revoked) if r.revoked else None,
+                reason=r.reason,
+            )
+            for r in index.certificates
+            if r.kind == kind and r.serial not in shown and r.revoked
+        ]
+        found += sorted([*files, *gone], key=lambda i: (i.id, i.revoked is not None))
     return found
 
 
@@ -248,7 +312,7 @@ def _issue(
                     f"{existing} already exists: {kind} {ident!r} has a certificate; "
                     "use --force to issue a new one"
                 )
-    subdir.mkdir(parents=True, exist_ok=True)
+    _private_dir(subdir)
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
@@ -281,9 +345,59 @@ def _issue(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
+    # The index first: a crash after it leaves a serial without a file, never a
+    # certificate that revocation cannot find. The previous certificate of this name
+    # is revoked as superseded, so one name has one certificate nodes accept.
+    index = _load_index(directory, ca_cert)
+    superseded = index.revoke(kind, ident, "superseded", now)
+    index.certificates.append(_Record.of(kind, ident, cert))
+    _write_public(directory / _INDEX, index.dump())
     _write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    if superseded:
+        _write_crl(directory, ca_cert, ca_key, index, days=CRL_DAYS)
     return IssuedFiles(kind=kind, id=ident, cert=cert_path, key=key_path, not_after=not_after)
+
+
+def revoke(directory: Path, ident: str, *, kind: Kind | None = None) -> list[Revoked]:
+    """Revoke the current certificate(s) of ``ident`` (of ``kind`` only, if given).
+
+    Writes ``crl.pem``, signed by the CA, valid ``CRL_DAYS``; nodes refuse the revoked
+    certificates once they load it (at start, or on ``SIGHUP``). The certificate files stay
+    where they are; ``list_certificates`` marks them revoked.
+
+    Raises ``PkiError`` if the CA is missing or inconsistent, or if ``ident`` has no
+    current certificate.
+    """
+    directory = Path(directory)
+    ca_cert, ca_key = _load_ca(directory)
+    index = _load_index(directory, ca_cert)
+    kinds: tuple[Kind, ...] = (kind,) if kind is not None else ("node", "sae")
+    revoked: list[_Record] = []
+    for one in kinds:
+        revoked += index.revoke(one, ident, "revoked", _now())
+    if not revoked:
+        what = f"{kind} {ident!r}" if kind is not None else repr(ident)
+        raise PkiError(
+            f"{what} has no current certificate in {directory}: "
+            "`pki list` shows what was issued and what is revoked"
+        )
+    _write_public(directory / _INDEX, index.dump())
+    crl = _write_crl(directory, ca_cert, ca_key, index, days=CRL_DAYS)
+    return [Revoked(kind=r.kind, id=r.id, serial=r.serial, crl=crl) for r in revoked]
+
+
+def sign_crl(directory: Path, *, days: int = CRL_DAYS) -> Path:
+    """Sign ``crl.pem`` again, with every revocation so far, valid ``days`` from now.
+
+    Nodes refuse every TLS handshake once their CRL is past its next update: run this
+    (``qkmsctl pki crl``) and hand the nodes the new file before then. Raises ``PkiError``
+    as ``revoke`` does, or if ``days`` is not positive.
+    """
+    _check_days(days)
+    directory = Path(directory)
+    ca_cert, ca_key = _load_ca(directory)
+    return _write_crl(directory, ca_cert, ca_key, _load_index(directory, ca_cert), days=days)
 
 
 def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -316,16 +430,157 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     return cert, key
 
 
-def _info(kind: Kind, ident: str, path: Path) -> CertInfo:
+def _info(kind: Kind, ident: str, path: Path, index: dict[str, _Record] | None) -> CertInfo:
     cert = _read_cert(path)
     digest = cert.fingerprint(hashes.SHA256())
+    serial = f"{cert.serial_number:x}"
+    record = (index or {}).get(serial)
+    revoked = record.revoked if record is not None else None
     return CertInfo(
         kind=kind,
         id=ident,
         path=path,
         not_after=cert.not_valid_after_utc,
         fingerprint=digest.hex(":"),
+        serial=serial,
+        revoked=dt.datetime.fromisoformat(revoked) if revoked else None,
+        reason=record.reason if record is not None else "",
     )
+
+
+# --- the index of issued certificates, and the CRL ---------------------------------------
+
+
+@dataclass(slots=True)
+class _Record:
+    kind: Kind
+    id: str
+    serial: str
+    not_after: str
+    sha256: str
+    revoked: str | None = None
+    reason: str = ""
+
+    @classmethod
+    def of(cls, kind: Kind, ident: str, cert: x509.Certificate) -> _Record:
+        return cls(
+            kind=kind,
+            id=ident,
+            serial=f"{cert.serial_number:x}",
+            not_after=cert.not_valid_after_utc.isoformat(),
+            sha256=cert.fingerprint(hashes.SHA256()).hex(":"),
+        )
+
+
+@dataclass(slots=True)
+class _Index:
+    certificates: list[_Record]
+    crl_number: int = 0
+
+    def revoke(self, kind: Kind, ident: str, reason: Reason, when: dt.datetime) -> list[_Record]:
+        """Mark every current certificate of (kind, ident) revoked; those records."""
+        hit = [r for r in self.certificates if (r.kind, r.id) == (kind, ident) and not r.revoked]
+        for record in hit:
+            record.revoked, record.reason = when.isoformat(), reason
+        return hit
+
+    def dump(self) -> bytes:
+        rows = [
+            {
+                "kind": r.kind,
+                "id": r.id,
+                "serial": r.serial,
+                "not_after": r.not_after,
+                "sha256": r.sha256,
+                "revoked": r.revoked,
+                "reason": r.reason,
+            }
+            for r in self.certificates
+        ]
+        data = {"crl_number": self.crl_number, "certificates": rows}
+        return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _load_index(directory: Path, ca_cert: x509.Certificate) -> _Index:
+    path = directory / _INDEX
+    try:
+        data = json.loads(path.read_bytes())
+        records = [
+            _Record(
+                kind=row["kind"],
+                id=row["id"],
+                serial=row["serial"],
+                not_after=row["not_after"],
+                sha256=row["sha256"],
+                revoked=row["revoked"],
+                reason=row["reason"],
+            )
+            for row in data["certificates"]
+        ]
+        return _Index(certificates=records, crl_number=int(data["crl_number"]))
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError):
+        raise PkiError(
+            f"{path} is not a qkms certificate index: restore it from backup "
+            "(without it, revocation cannot find the certificates issued)"
+        ) from None
+    # A PKI directory from before the index: what is on disk is what was issued.
+    index = _Index(certificates=[])
+    for kind in ("node", "sae"):
+        subdir = directory / _SUBDIR[kind]
+        for pem in sorted(subdir.glob("*.pem")) if subdir.is_dir() else ():
+            cert = _read_cert_or_none(pem)
+            if cert is not None and cert.issuer == ca_cert.subject:
+                index.certificates.append(_Record.of(kind, pem.name.removesuffix(".pem"), cert))
+    return index
+
+
+def _write_crl(
+    directory: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    index: _Index,
+    *,
+    days: int,
+) -> Path:
+    now = _now()
+    index.crl_number += 1
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - _BACKDATE)
+        .next_update(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.CRLNumber(index.crl_number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+    )
+    for record in index.certificates:
+        if record.revoked is None:
+            continue
+        reason = _REASON_CODE.get(record.reason, x509.ReasonFlags.unspecified)
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(record.serial, 16))
+            .revocation_date(dt.datetime.fromisoformat(record.revoked))
+            .add_extension(x509.CRLReason(reason), critical=False)
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    # The number first: a CRL never reuses one, even if writing it fails.
+    _write_public(directory / _INDEX, index.dump())
+    path = directory / _CRL
+    _write_public(path, crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _read_cert_or_none(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        return None
 
 
 def _read_cert(path: Path) -> x509.Certificate:
@@ -392,32 +647,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    # The umask keeps its say here: it can only make a key stricter than 0600.
-    _write_atomically(path, data, 0o600, exact_mode=False)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    # A certificate is public: 0644 whatever the umask, so every service can read it.
-    _write_atomically(path, data, 0o644, exact_mode=True)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int, *, exact_mode: bool) -> None:
-    # A fresh file created with its final mode, then renamed over the target: a key is never
-    # readable by others, not even for an instant, and a crash leaves the old file or the
-    # new one, never half of each. O_EXCL so that a stale temporary file is never reused.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        if exact_mode:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

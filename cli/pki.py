@@ -1,4 +1,4 @@
-"""``qkmsctl pki``: create the network CA and issue node and SAE certificates."""
+"""``qkmsctl pki``: create the network CA, issue node and SAE certificates, revoke them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 
 from cli._errors import Group
-from cli._pki import init_ca, issue_node, issue_sae, list_certificates
+from cli._pki import (
+    CRL_DAYS,
+    Kind,
+    init_ca,
+    issue_node,
+    issue_sae,
+    list_certificates,
+    revoke,
+    sign_crl,
+)
 
 __all__ = ["pki"]
 
@@ -17,7 +26,7 @@ _DIR_OPTION = click.option(
     "directory",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="PKI directory (ca.pem, ca.key, nodes/, saes/).",
+    help="PKI directory (ca.pem, ca.key, crl.pem, index.json, nodes/, saes/).",
 )
 
 
@@ -62,7 +71,11 @@ def init_command(directory: Path, common_name: str, days: int, force: bool) -> N
     show_default=True,
     help="Validity in days (never beyond the CA's own expiry).",
 )
-@click.option("--force", is_flag=True, help="Replace an existing certificate for this id.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing certificate for this id (the old one is revoked in crl.pem).",
+)
 def issue_command(
     directory: Path,
     node_id: str | None,
@@ -84,22 +97,62 @@ def issue_command(
         raise click.UsageError("give --node ID or --sae ID")
     click.echo(f"wrote {files.cert} ({files.kind} {files.id}, valid until {files.not_after:%F})")
     click.echo(f"wrote {files.key} (private, 0600)")
+    if force:
+        click.echo(
+            "note: any previous certificate for this id is revoked; copy crl.pem to every "
+            "node and reload them (systemctl reload qkmsd)",
+            err=True,
+        )
+
+
+@pki.command("revoke")
+@_DIR_OPTION
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice(["node", "sae"]),
+    help="Revoke only this kind's certificate (default: whichever NAME has).",
+)
+def revoke_command(directory: Path, name: str, kind: str | None) -> None:
+    """Revoke the current certificate of NAME and sign crl.pem again."""
+    chosen: Kind | None = "node" if kind == "node" else "sae" if kind == "sae" else None
+    revoked = revoke(directory, name, kind=chosen)
+    for one in revoked:
+        click.echo(f"revoked {one.kind} {one.id} (serial {one.serial})")
+    click.echo(f"wrote {revoked[0].crl}: copy it to every node and reload them")
+
+
+@pki.command("crl")
+@_DIR_OPTION
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=CRL_DAYS,
+    show_default=True,
+    help="Days until the CRL's next update; nodes refuse every handshake after it.",
+)
+def crl_command(directory: Path, days: int) -> None:
+    """Sign crl.pem again with every revocation so far (before its next update)."""
+    click.echo(f"wrote {sign_crl(directory, days=days)}: copy it to every node and reload them")
 
 
 @pki.command("list")
 @_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(directory: Path, as_json: bool) -> None:
-    """List the CA and the certificates issued in --dir."""
+    """List the CA and the certificates issued in --dir, revoked ones too."""
     infos = list_certificates(directory)
     if as_json:
         rows = [
             {
                 "kind": info.kind,
                 "id": info.id,
-                "path": str(info.path),
+                "path": str(info.path) if info.path is not None else None,
                 "not_after": info.not_after.isoformat(),
                 "sha256": info.fingerprint,
+                "serial": info.serial,
+                "revoked": info.revoked.isoformat() if info.revoked else None,
+                "reason": info.reason or None,
             }
             for info in infos
         ]
@@ -109,8 +162,10 @@ def list_command(directory: Path, as_json: bool) -> None:
         click.echo(f"no certificates in {directory}")
         return
     width = max(len(info.id) for info in infos)
-    click.echo(f"{'KIND':<5} {'ID':<{width}} {'NOT AFTER':<10} SHA-256")
+    click.echo(f"{'KIND':<5} {'ID':<{width}} {'NOT AFTER':<10} {'STATUS':<10} SHA-256")
     for info in infos:
+        status = (info.reason or "revoked") if info.revoked else "valid"
         click.echo(
-            f"{info.kind:<5} {info.id:<{width}} {info.not_after:%Y-%m-%d} {info.fingerprint}"
+            f"{info.kind:<5} {info.id:<{width}} {info.not_after:%Y-%m-%d} {status:<10} "
+            f"{info.fingerprint}"
         )

@@ -1,4 +1,9 @@
-"""The admin endpoint: the framed protocol on a Unix socket (mode 0660).
+"""The admin endpoint: the framed protocol on a Unix socket.
+
+The socket is the only door to the node's administration, and its file mode is the lock:
+0600 (this user only) by default, 0660 with ``[listen] admin_group`` (that group too).  It
+is created under a umask that allows no more than that, then checked after bind: a socket
+file that is not ours or is open to anyone else stops the node at start.
 
 Requests are ``{"type": "request", "id": n, "method": "status", "params": {}}``;
 answers echo ``id`` as ``{"type": "response", "id": n, "result": {...}}`` or
@@ -11,6 +16,7 @@ Either way the daemon keeps serving everyone else.
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import socket
 import stat
@@ -47,23 +53,49 @@ class AdminParamsError(QkmsError):
 
 class AdminServer:
     def __init__(
-        self, path: Path, methods: dict[str, Method], *, max_connections: int = 64
+        self,
+        path: Path,
+        methods: dict[str, Method],
+        *,
+        max_connections: int = 64,
+        group: str | None = None,
     ) -> None:
         self.path = path
         self.methods = methods
+        self.group = group
         self._slots = trio.CapacityLimiter(max_connections)
 
     async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started(path)`` once listening.
+
+        Raises ``StartupError`` if the socket cannot be made, the group is unknown, or the
+        socket file is not this user's with mode 0600 (0660 and the group, given one).
+        """
+        gid = _group_id(self.path, self.group)
+        mode = 0o600 if gid is None else 0o660
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_socket(self.path)
-            await sock.bind(str(self.path))
-            os.chmod(self.path, 0o660)
+            # The umask is the process's: set only around bind, so that the socket is never,
+            # even for an instant, open to more than its final mode allows.
+            old_umask = os.umask(0o777 & ~mode)
+            try:
+                await sock.bind(str(self.path))
+            finally:
+                os.umask(old_umask)
+            if gid is not None:
+                os.chown(self.path, -1, gid)
+            os.chmod(self.path, mode)
+            check_socket_file(self.path, mode=mode, gid=gid)
             sock.listen(64)
         except OSError as exc:
             sock.close()
             raise StartupError(f"admin socket {self.path}: {exc.strerror or exc}") from None
+        except StartupError:
+            sock.close()
+            self.path.unlink(missing_ok=True)
+            raise
         listener = trio.SocketListener(sock)
         log.info("admin.listening", socket=str(self.path))
         try:
@@ -131,6 +163,40 @@ def _internal_error(request_id: int | None) -> Error:
     return Error(
         code=str(ErrorCode.INTERNAL), message="internal error; see the daemon log", id=request_id
     )
+
+
+def check_socket_file(path: Path, *, mode: int, gid: int | None) -> None:
+    """Check that ``path`` is a socket owned by this user with exactly ``mode`` (and group
+    ``gid``, if given).  Raises ``StartupError`` naming what is wrong and the fix."""
+    st = path.lstat()
+    uid = os.geteuid()
+    found = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISSOCK(st.st_mode):
+        problem = "is not a socket"
+    elif st.st_uid != uid:
+        problem = f"is owned by uid {st.st_uid}, not by this user (uid {uid})"
+    elif found != mode:
+        problem = f"has mode {found:04o}, not {mode:04o}"
+    elif gid is not None and st.st_gid != gid:
+        problem = f"has group {st.st_gid}, not {gid}"
+    else:
+        return
+    raise StartupError(
+        f"admin socket {path} {problem}: anyone it lets in may administer this node; "
+        "check the directory's file system and [listen] admin_group"
+    )
+
+
+def _group_id(path: Path, group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StartupError(
+            f"admin socket {path}: [listen] admin_group {group!r} is not a group on this "
+            "host; create it or remove admin_group (the socket is then 0600)"
+        ) from None
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -19,7 +19,7 @@ from qkms_pqc import HybridPublicKey, PqcError
 from .admin import AdminServer
 from .config import Config
 from .errors import StartupError
-from .http import HandshakeStats, Limits, serve_tcp_tls
+from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
@@ -37,7 +37,7 @@ from .supply import (
     ReservationResponder,
 )
 from .systemd import Notifier
-from .tls import TlsError, api_context, peer_context
+from .tls import Revocations, TlsError, api_context, load_crl, peer_context
 from .tlsgroup import TlsContexts
 
 log = get_logger("qkms.node")
@@ -69,7 +69,40 @@ class Node:
         self.relay: RelayAgent | None = None
         self.api_port: int | None = None
         self.api_handshakes = HandshakeStats()
+        self.api_connections = OpenConnections()
         self.store_thread: StoreThread | None = None
+        self.revocations: Revocations | None = None
+        self._tls: _NodeTls | None = None
+
+    def reload(self) -> Revocations | None:
+        """Load the TLS files again (CA, certificate, key, CRL) and apply them.
+
+        New handshakes, on the peer port and the API, use the new files; open peer
+        sessions and API connections whose certificate the new CRL revokes are closed.
+        Other configuration changes need a restart.  Returns the CRL's revocations
+        (``None`` without ``[tls] crl``).
+
+        Raises ``TlsError`` naming the file if one cannot be loaded; the node then goes
+        on with what it had.
+        """
+        if self._tls is None:
+            raise TlsError("the node is not running: nothing to reload")
+        fresh = _NodeTls.load(self.config)
+        self._tls.adopt(fresh)
+        self.revocations = revocations = fresh.revocations
+        closed: list[str] = []
+        api_closed = 0
+        if revocations is not None:
+            if self.peers is not None:
+                closed = self.peers.close_revoked(revocations.serials)
+            api_closed = self.api_connections.close_revoked(revocations.serials)
+        log.info(
+            "node.reloaded",
+            revoked=len(revocations.serials) if revocations else 0,
+            peers_closed=",".join(closed) or "-",
+            api_connections_closed=api_closed,
+        )
+        return revocations
 
     async def run(
         self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
@@ -88,15 +121,19 @@ class Node:
                 for link_id, pool in cfg.relay_pools.items()
             }
             drivers.update({link_id: (d.link.peer_node, d) for link_id, d in relayed.items()})
-            server_ctx, client_ctx = _peer_contexts(cfg)
+            try:
+                self._tls = tls = _NodeTls.load(cfg)
+            except TlsError as exc:
+                raise StartupError(str(exc)) from None
+            self.revocations = tls.revocations
             self.store_thread = store_thread = StoreThread(store)
             self.peers = peers = PeerManager(
                 node_id=cfg.node_id,
                 peers={p.node_id: str(p.address) for p in cfg.peers.values()},
                 listen_host=cfg.peer_listen.host,
                 listen_port=cfg.peer_listen.port,
-                server_context=server_ctx,
-                client_context=client_ctx,
+                server_context=tls.peer_server,
+                client_context=tls.peer_client,
                 heartbeat=cfg.sync.heartbeat_s,
                 reconnect_max=cfg.sync.reconnect_max_s,
                 gate=GateLimits(cfg.peer.max_connections, cfg.peer.max_connections_per_source),
@@ -196,7 +233,7 @@ class Node:
                 store_thread=store_thread,
                 started_at=time.time(),
             )
-            admin = AdminServer(cfg.admin_socket, status.methods())
+            admin = AdminServer(cfg.admin_socket, status.methods(), group=cfg.admin_group)
             async with trio.open_nursery() as nursery:
                 await nursery.start(store_thread.run)
                 await nursery.start(keys.run)
@@ -211,7 +248,7 @@ class Node:
                         f"peer port {cfg.peer_listen}: {exc.strerror or exc}"
                     ) from None
                 if cfg.api_listen is not None:
-                    self.api_port = await self._start_api(nursery, front)
+                    self.api_port = await self._start_api(nursery, front, tls.api)
                     status.api = Api(
                         f"{cfg.api_listen.host}:{self.api_port}", front, direct, self.api_handshakes
                     )
@@ -226,12 +263,11 @@ class Node:
             store.close()
             log.info("node.stopped", node=cfg.node_id)
 
-    async def _start_api(self, nursery: trio.Nursery, front: Etsi014Front) -> int:
+    async def _start_api(
+        self, nursery: trio.Nursery, front: Etsi014Front, contexts: TlsContexts
+    ) -> int:
         cfg = self.config
         assert cfg.api_listen is not None
-        # A context maker rather than a context: the server then makes two, and can name
-        # each handshake's key exchange group on any Python (see TlsContexts).
-        make_context = partial(api_context, cfg.ca, cfg.cert, cfg.key)
         try:
             port: int = await nursery.start(
                 partial(
@@ -239,14 +275,13 @@ class Node:
                     stats=self.api_handshakes,
                     limits=Limits(handshake_timeout=cfg.api.handshake_timeout_s),
                     gate=GateLimits(cfg.api.max_connections, cfg.api.max_connections_per_source),
+                    connections=self.api_connections,
                 ),
                 front.handle,
-                make_context,
+                contexts,
                 cfg.api_listen.host,
                 cfg.api_listen.port,
             )
-        except TlsError as exc:
-            raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
         return port
@@ -290,13 +325,48 @@ def _pqc_keys(cfg: Config) -> dict[str, HybridPublicKey]:
     return keys
 
 
-def _peer_contexts(cfg: Config) -> tuple[TlsContexts, TlsContexts]:
-    # Context makers rather than contexts: each side then has two, and can name each
-    # handshake's key exchange group on any Python (see TlsContexts).
-    try:
-        return (
-            TlsContexts(partial(peer_context, cfg.ca, cfg.cert, cfg.key, server=True)),
-            TlsContexts(partial(peer_context, cfg.ca, cfg.cert, cfg.key, server=False)),
+@dataclasses.dataclass
+class _NodeTls:
+    """The node's TLS contexts (peer server, peer client, API) and its CRL's revocations."""
+
+    peer_server: TlsContexts
+    peer_client: TlsContexts
+    api: TlsContexts
+    revocations: Revocations | None
+
+    @classmethod
+    def load(cls, cfg: Config) -> _NodeTls:
+        """Raises ``TlsError`` naming the file that cannot be loaded."""
+        # The CRL is checked first (signed by the CA, not expired): OpenSSL would load a
+        # stale or foreign one and then refuse every handshake.
+        revocations = load_crl(cfg.ca, cfg.crl) if cfg.crl is not None else None
+        if revocations is not None:
+            left = revocations.next_update.timestamp() - time.time()
+            if left < _CRL_WARNING_S:
+                log.warning(
+                    "tls.crl_expires_soon",
+                    crl=str(cfg.crl),
+                    next_update=revocations.next_update.isoformat(),
+                )
+        files = (cfg.ca, cfg.cert, cfg.key)
+        # Context makers rather than contexts: each side then has two, and can name each
+        # handshake's key exchange group on any Python (see TlsContexts).
+        return cls(
+            peer_server=TlsContexts(partial(peer_context, *files, server=True, crl=cfg.crl)),
+            peer_client=TlsContexts(partial(peer_context, *files, server=False, crl=cfg.crl)),
+            api=TlsContexts(partial(api_context, *files, crl=cfg.crl)),
+            revocations=revocations,
         )
-    except TlsError as exc:
-        raise StartupError(str(exc)) from None
+
+    def adopt(self, fresh: _NodeTls) -> None:
+        """New handshakes use ``fresh``'s contexts: the peer manager and the API server
+        hold these objects, which take the new contexts in place."""
+        self.peer_server.adopt(fresh.peer_server)
+        self.peer_client.adopt(fresh.peer_client)
+        self.api.adopt(fresh.api)
+        self.revocations = fresh.revocations
+
+
+_CRL_WARNING_S = 7 * 86400.0
+"""A CRL this close to its next update is logged at start and reload: once past it, every
+handshake fails until a new CRL is loaded."""

@@ -45,12 +45,14 @@ class TlsSection(_Section, frozen=True):
     ca: str
     cert: str
     key: str
+    crl: str | None = None
 
 
 class ListenSection(_Section, frozen=True):
     peer: str
     admin_socket: str
     api: str | None = None
+    admin_group: str | None = None
 
 
 class PeerSection(_Section, frozen=True):
@@ -289,6 +291,10 @@ class Config(msgspec.Struct, frozen=True):
     """End-to-end pools by link id."""
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
+    crl: Path | None = None
+    """The network CA's CRL (``[tls] crl``): revoked peers and SAEs are refused."""
+    admin_group: str | None = None
+    """The group that may use the admin socket (mode 0660); ``None``: 0600, owner only."""
 
     def policy_for(self, master: str, slave: str) -> SupplyPolicy:
         """The policy of ``[[supply.pairs]]`` for this pair, else ``[supply.default]``."""
@@ -462,6 +468,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         ca=resolve(raw.tls.ca),
         cert=resolve(raw.tls.cert),
         key=resolve(raw.tls.key),
+        crl=resolve(raw.tls.crl) if raw.tls.crl else None,
+        admin_group=raw.listen.admin_group,
         peer_listen=peer_listen,
         admin_socket=resolve(raw.listen.admin_socket),
         peers=peers,

@@ -2,6 +2,9 @@
 
 Exit status: 0 after a clean shutdown, 2 for an invalid configuration, 1 when
 the node cannot start (the message says what to fix): each error's ``exit_code``.
+
+SIGHUP reloads the node's TLS files (``Node.reload``): the CA, certificate, key and CRL.
+A reload that fails is logged and changes nothing; the node carries on.
 """
 
 from __future__ import annotations
@@ -42,15 +45,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def serve(config: Config, notifier: Notifier) -> None:
-    """Run the node until SIGTERM or SIGINT, then stop it within the grace period."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Run the node until SIGTERM or SIGINT, then stop it within the grace period.
+
+    SIGHUP reloads the TLS files meanwhile.
+    """
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Node(config, notifier=notifier).run)
+            node = Node(config, notifier=notifier)
+            await nursery.start(node.run)
             # What starting built (modules, config, TLS contexts) lives as long as the
             # process: keep it out of the collector's full passes, which otherwise walk it
             # all while every request in flight waits.
             gc.freeze()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    try:
+                        node.reload()
+                    except QkmsError as exc:
+                        log.error("node.reload_failed", error=str(exc))
+                    continue
                 log.info("node.stopping", signal=signal.Signals(signum).name)
                 notifier.notify("STOPPING=1")
                 nursery.cancel_scope.cancel()

@@ -6,6 +6,12 @@ certificate it issues names its holder in the CN and its role in the OU (``node`
 OpenSSL's hostname check: after the handshake, ``certificate_identity`` reads (CN, OU) and
 ``expect_identity`` compares them with the peer or SAE the connection is supposed to be.
 
+Revocation: with a CRL (``[tls] crl``, written by ``qkmsctl pki revoke``), OpenSSL also
+checks the leaf certificate against it (``VERIFY_CRL_CHECK_LEAF``), so a revoked node or
+SAE is refused in the handshake; ``load_crl`` checks the file first (signed by the CA, not
+past its next update) and gives the revoked serials, which the node uses on reload to
+close connections opened before the revocation.
+
 OpenSSL's default verify purpose also helps: a server verifying a client checks the
 clientAuth EKU, a client verifying a server checks serverAuth. So an SAE certificate
 (clientAuth only) can never pose as a node's *server* side; as a client it passes the chain
@@ -14,12 +20,16 @@ check and is caught by ``expect_identity``.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from protocol import ErrorCode
 
@@ -30,12 +40,15 @@ __all__ = [
     "CertificateIdentityError",
     "Identity",
     "PeerCertificateSource",
+    "Revocations",
     "TlsConfigError",
     "TlsError",
     "api_context",
     "certificate_identity",
+    "certificate_serial",
     "expect_identity",
     "hybrid_pq_groups_available",
+    "load_crl",
     "peer_context",
 ]
 
@@ -73,18 +86,86 @@ class Identity:
     """The certificate's OU: ``"node"`` or ``"sae"`` for certificates from ``qkmsctl pki``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    """What a CRL says: the serial numbers it revokes, and when it must be replaced."""
+
+    serials: frozenset[int]
+    next_update: dt.datetime
+
+
 class PeerCertificateSource(Protocol):
     """Anything with ``getpeercert()``: ``ssl.SSLObject``, ``ssl.SSLSocket``, ``trio.SSLStream``."""
 
     def getpeercert(self) -> Mapping[str, object] | None: ...
 
 
-def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLContext:
+def load_crl(ca: Path, crl: Path, *, now: dt.datetime | None = None) -> Revocations:
+    """Read the CRL ``crl`` and check it is ``ca``'s and current.
+
+    Raises ``TlsConfigError`` naming the file and the fix if it cannot be read, is not a
+    PEM CRL, is not signed by ``ca``, or is past its next update (OpenSSL would then refuse
+    every handshake).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        data = crl.read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(
+            f"cannot read CRL {crl}: {exc.strerror or exc}; copy the network's crl.pem "
+            "(qkmsctl pki revoke, pki crl) or remove [tls] crl"
+        ) from None
+    try:
+        parsed = x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise TlsConfigError(
+            f"CRL {crl} is not a PEM certificate revocation list: copy the network's "
+            "crl.pem (qkmsctl pki crl)"
+        ) from None
+    try:
+        issuer = x509.load_pem_x509_certificate(ca.read_bytes())
+    except (OSError, ValueError):
+        raise TlsConfigError(
+            f"cannot load CA certificate {ca} to check CRL {crl}: "
+            "point to the network's ca.pem (qkmsctl pki init)"
+        ) from None
+    key = issuer.public_key()
+    if (
+        parsed.issuer != issuer.subject
+        or not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        or not parsed.is_signature_valid(key)
+    ):
+        raise TlsConfigError(
+            f"CRL {crl} is not signed by the CA {ca}: copy the crl.pem of this network's PKI"
+        )
+    next_update = parsed.next_update_utc
+    if next_update is None or next_update <= now:
+        when = f"on {next_update:%Y-%m-%d %H:%M} UTC" if next_update else "(no next update)"
+        raise TlsConfigError(
+            f"CRL {crl} expired {when}: every handshake would fail; sign a new one with "
+            "`qkmsctl pki crl` and copy it here"
+        )
+    return Revocations(frozenset(r.serial_number for r in parsed), next_update)
+
+
+def certificate_serial(ssl_object: PeerCertificateSource) -> int | None:
+    """The serial number of the verified certificate the peer presented, or ``None``."""
+    cert = ssl_object.getpeercert()
+    serial = cert.get("serialNumber") if cert else None
+    try:
+        return int(str(serial), 16) if serial is not None else None
+    except ValueError:
+        return None
+
+
+def peer_context(
+    ca: Path, cert: Path, key: Path, *, server: bool, crl: Path | None = None
+) -> ssl.SSLContext:
     """A context for the node-to-node peer protocol: mutual TLS 1.3, ``ca`` as sole anchor.
 
     Both sides require and verify the other's certificate. Hostname checking is off because
     the identity check is ours (``certificate_identity`` + ``expect_identity``), so a client
-    needs no ``server_hostname``.
+    needs no ``server_hostname``. With ``crl``, a revoked peer certificate is refused.
 
     Raises ``TlsConfigError`` if a file cannot be loaded or the key does not match the
     certificate.
@@ -95,17 +176,17 @@ def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLCon
     ctx.verify_mode = ssl.CERT_REQUIRED
     # Our own PKI issues RFC 5280-conformant certificates, so the strict checks cost nothing.
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    _load(ctx, ca, cert, key)
+    _load(ctx, ca, cert, key, crl)
     return ctx
 
 
-def api_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+def api_context(ca: Path, cert: Path, key: Path, *, crl: Path | None = None) -> ssl.SSLContext:
     """The server context of the ETSI 014 API: TLS 1.2 or 1.3, client certificate required.
 
     TLS 1.3 is chosen whenever the client offers it. The SAE's identity is its client
-    certificate, verified against ``ca``. Where OpenSSL offers the ML-KEM hybrid group
-    (see ``hybrid_pq_groups_available``), it is put first in the key exchange groups;
-    otherwise OpenSSL's default groups stay.
+    certificate, verified against ``ca`` (and ``crl``, if given: a revoked one is refused).
+    Where OpenSSL offers the ML-KEM hybrid group (see ``hybrid_pq_groups_available``), it
+    is put first in the key exchange groups; otherwise OpenSSL's default groups stay.
 
     Raises ``TlsConfigError`` as ``peer_context`` does.
     """
@@ -117,7 +198,7 @@ def api_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     set_groups = getattr(ctx, "set_groups", None)
     if set_groups is not None and hybrid_pq_groups_available():
         set_groups(_API_GROUPS)
-    _load(ctx, ca, cert, key)
+    _load(ctx, ca, cert, key, crl)
     return ctx
 
 
@@ -185,7 +266,7 @@ def expect_identity(identity: Identity, *, common_name: str | None = None, role:
     )
 
 
-def _load(ctx: ssl.SSLContext, ca: Path, cert: Path, key: Path) -> None:
+def _load(ctx: ssl.SSLContext, ca: Path, cert: Path, key: Path, crl: Path | None) -> None:
     try:
         ctx.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
@@ -201,6 +282,16 @@ def _load(ctx: ssl.SSLContext, ca: Path, cert: Path, key: Path) -> None:
             f"cannot load certificate {cert} with key {key}: {_reason(exc)}; "
             "check both paths and that the key is the certificate's (qkmsctl pki issue)"
         ) from None
+    if crl is None:
+        return
+    try:
+        ctx.load_verify_locations(cafile=crl)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"cannot load CRL {crl}: {_reason(exc)}; copy the network's crl.pem "
+            "(qkmsctl pki crl) or remove [tls] crl"
+        ) from None
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def _reason(exc: OSError | ssl.SSLError) -> str:

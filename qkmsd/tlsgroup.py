@@ -204,6 +204,11 @@ class TlsContexts:
         if reader.watch(self.handshake):
             self.reader, self._after = reader, source()
 
+    def adopt(self, fresh: TlsContexts) -> None:
+        """Use ``fresh``'s contexts from now on (a reload): new connections handshake with
+        them; connections already open keep the contexts they have."""
+        self.handshake, self.reader, self._after = fresh.handshake, fresh.reader, fresh._after
+
     def after_handshake(self, stream: trio.SSLStream[Any]) -> str | None:
         """The group ``stream``'s handshake agreed on (``None`` if unknown); moves it on."""
         group = negotiated_group(stream, self.reader)

@@ -75,7 +75,7 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
     loopback port; ``saes`` maps SAE id to its ``[saes.X]`` table (e.g.
     ``{"kme": "KME_A"}``); ``supply`` is the ``[supply]`` section, with ``default`` a
     table and ``pairs`` a list of tables; ``relay`` is the ``[relay]`` section, with
-    ``pools`` mapping a peer to its ``[relay.pools.X]`` table.
+    ``pools`` mapping a peer to its ``[relay.pools.X]`` table; ``crl`` is ``[tls] crl``.
     """
 
     def make(
@@ -90,6 +90,7 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
         saes: dict[str, dict[str, Any]] | None = None,
         supply: dict[str, Any] | None = None,
         relay: dict[str, Any] | None = None,
+        crl: Path | None = None,
     ) -> Config:
         home = tmp_path / node
         home.mkdir(exist_ok=True)
@@ -106,6 +107,7 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
             f'ca = "{certs / "ca.pem"}"',
             f'cert = "{certs / "nodes" / f"{node}.pem"}"',
             f'key = "{certs / "nodes" / f"{node}.key"}"',
+            *([f'crl = "{crl}"'] if crl is not None else []),
             "[listen]",
             f'peer = "127.0.0.1:{port}"',
             f'admin_socket = "{home / "admin.sock"}"',

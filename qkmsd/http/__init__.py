@@ -12,13 +12,14 @@ with ``async def handler(request: Request) -> Response``; or, over any ``trio.ab
 """
 
 from ._server import serve_connection
-from ._tls import HandshakeStats, TlsStatistics, serve_tcp_tls, tls_peer
+from ._tls import HandshakeStats, OpenConnections, TlsStatistics, serve_tcp_tls, tls_peer
 from ._types import Handler, Limits, PeerInfo, Request, Response
 
 __all__ = [
     "HandshakeStats",
     "Handler",
     "Limits",
+    "OpenConnections",
     "PeerInfo",
     "Request",
     "Response",

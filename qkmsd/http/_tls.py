@@ -14,11 +14,12 @@ import msgspec
 import trio
 
 from ..netguard import Admission, ConnectionGate, GateLimits, GateStatistics, wait_for_data
+from ..tls import certificate_serial
 from ..tlsgroup import TlsContexts
 from ._server import DEFAULT_LIMITS, serve_connection
 from ._types import Handler, Limits, PeerInfo
 
-__all__ = ["HandshakeStats", "serve_tcp_tls", "tls_peer"]
+__all__ = ["HandshakeStats", "OpenConnections", "serve_tcp_tls", "tls_peer"]
 
 _UNKNOWN: Final = "unknown"
 
@@ -85,6 +86,30 @@ class HandshakeStats:
         )
 
 
+class OpenConnections:
+    """A listener's open connections, by the serial of their client certificate.
+
+    ``close_revoked`` ends those a new CRL revokes: the contexts' CRL refuses new
+    handshakes, this ends what was authenticated before.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[trio.CancelScope, int] = {}
+
+    def close_revoked(self, serials: frozenset[int]) -> int:
+        """Close every connection whose client certificate has one of ``serials``; how many."""
+        hit = [scope for scope, serial in self._open.items() if serial in serials]
+        for scope in hit:
+            scope.cancel()
+        return len(hit)
+
+    def add(self, scope: trio.CancelScope, serial: int) -> None:
+        self._open[scope] = serial
+
+    def discard(self, scope: trio.CancelScope) -> None:
+        self._open.pop(scope, None)
+
+
 class TlsStatistics(msgspec.Struct, frozen=True):
     """A listener's TLS handshakes since it started, and its connection gate."""
 
@@ -113,13 +138,14 @@ def _subject_values(subject: object, attribute: str) -> list[str]:
 
 async def serve_tcp_tls(
     handler: Handler,
-    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | TlsContexts,
     host: str,
     port: int,
     *,
     limits: Limits = DEFAULT_LIMITS,
     stats: HandshakeStats | None = None,
     gate: GateLimits | None = None,
+    connections: OpenConnections | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTPS on ``host``:``port`` until cancelled; ``task_status.started(bound_port)``.
@@ -137,18 +163,28 @@ async def serve_tcp_tls(
 
     ``ssl_context`` is the server's context, or a function that makes one: given a
     function, the server calls it twice and can then name each handshake's key exchange
-    group on Pythons before 3.15 as well (``TlsContexts``).
+    group on Pythons before 3.15 as well (``TlsContexts``).  Given ``TlsContexts``, the
+    server uses them, and whatever they ``adopt`` later (a reload) for new handshakes.
+    ``connections``, if given, keeps the open connections for ``close_revoked``.
 
     Raises ``OSError`` if it cannot listen, and whatever the function raises.
     Cancellation closes the listeners and every open connection.
     """
-    contexts = TlsContexts(ssl_context)
+    contexts = ssl_context if isinstance(ssl_context, TlsContexts) else TlsContexts(ssl_context)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port: int = listeners[0].socket.getsockname()[1]
     connection_gate = ConnectionGate("api", gate or GateLimits())
     stats = stats or HandshakeStats()
     stats.gate = connection_gate
-    serve = partial(_serve_tls_connection, handler, contexts, limits, stats, connection_gate)
+    serve = partial(
+        _serve_tls_connection,
+        handler,
+        contexts,
+        limits,
+        stats,
+        connection_gate,
+        connections or OpenConnections(),
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(connection_gate.serve, listeners, serve)
         logger.info("http.listening", extra={"host": host, "port": bound_port})
@@ -161,6 +197,7 @@ async def _serve_tls_connection(
     limits: Limits,
     stats: HandshakeStats,
     gate: ConnectionGate,
+    connections: OpenConnections,
     tcp_stream: trio.SocketStream,
     admission: Admission,
 ) -> None:
@@ -192,13 +229,22 @@ async def _serve_tls_connection(
     peer = tls_peer(ssl_stream)
     if peer is not None:
         admission.authenticated()  # an anonymous client stays sheddable
-    try:
-        await serve_connection(ssl_stream, handler, limits=limits, peer_identity=peer)
-    except Exception as exc:  # noqa: BLE001 - one bad connection must not stop the server
-        logger.error(
-            "http.connection_failed",
-            extra={"client": _address(tcp_stream), "error": type(exc).__name__},
-        )
+    serial = certificate_serial(ssl_stream)
+    with trio.CancelScope() as scope:
+        if serial is not None:
+            connections.add(scope, serial)
+        try:
+            await serve_connection(ssl_stream, handler, limits=limits, peer_identity=peer)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must not stop the server
+            logger.error(
+                "http.connection_failed",
+                extra={"client": _address(tcp_stream), "error": type(exc).__name__},
+            )
+            await trio.aclose_forcefully(ssl_stream)
+        finally:
+            connections.discard(scope)
+    if scope.cancelled_caught:  # its certificate was revoked
+        logger.warning("http.revoked_client_closed", extra={"client": _address(tcp_stream)})
         await trio.aclose_forcefully(ssl_stream)
 
 

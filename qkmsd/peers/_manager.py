@@ -16,6 +16,16 @@ silent for three heartbeats is dropped.  A protocol violation is answered with
 an ``Error`` frame and the connection is closed; the node carries on.  The
 dialer reconnects with jittered exponential backoff.
 
+A connection that fails before its session opens (TLS, certificate, ``Hello``, time-out)
+changes nothing of the peer's shown state while another session with that peer is open:
+a stranger using a live peer's name must not be able to write its ``last_error`` or TLS
+details, nor close it.  A second session that does open (a valid certificate for the
+peer, then a valid ``Hello``) replaces the first: the newer wins, so that a peer that
+restarted is back at once instead of waiting for its old, half-open session to time out
+after three heartbeats.  Only a holder of the peer's key can do that, and the answer to a
+stolen key is revocation: ``close_revoked`` ends the sessions whose certificate the new
+CRL revokes.
+
 Agents register for what they own: ``on_message(KeyAnnounce, handler)`` for
 one-way messages (handled one at a time, in the order they arrived),
 ``on_request(SupplyReserve, handler)`` for requests (served concurrently, up to
@@ -57,7 +67,12 @@ from .._exc import collapse
 from ..errors import PeerConnectionLost, PeerUnavailable
 from ..log import get_logger
 from ..netguard import Admission, ConnectionGate, GateLimits, GateStatistics, wait_for_data
-from ..tls import CertificateIdentityError, certificate_identity, expect_identity
+from ..tls import (
+    CertificateIdentityError,
+    certificate_identity,
+    certificate_serial,
+    expect_identity,
+)
 from ..tlsgroup import TlsContexts
 
 log = get_logger("qkms.peers")
@@ -120,6 +135,12 @@ class _Session:
         self.peer = peer
         self.stream = stream
         self.session = session
+        self.serial: int | None = None
+        """The serial number of the peer's certificate, where TLS authenticated it."""
+        self.tls_version: str | None = None
+        self.tls_group: str | None = None
+        self.error = ""
+        """Why this session ended; the peer's ``last_error`` if it was the peer's session."""
         self.send_lock = trio.Lock()
         self.cancel_scope = trio.CancelScope()
         self.last_rx = trio.current_time()
@@ -175,6 +196,8 @@ class PeerManager:
             node: PeerState(node, address, dials=node_id < node) for node, address in peers.items()
         }
         self._live: dict[str, _Session] = {}
+        self._sessions: set[_Session] = set()
+        """Every authenticated connection, open or still waiting for its ``Hello``."""
         self.port: int | None = None
         # Strangers reach the peer port too: cap them before any TLS state exists.
         self._gate = ConnectionGate("peer", gate or GateLimits(256, 64))
@@ -267,6 +290,22 @@ class PeerManager:
             raise PeerUnavailable(f"the session with {peer} ended before it answered {name}")
         return waiting.reply
 
+    def close_revoked(self, serials: frozenset[int]) -> list[str]:
+        """Close every session whose peer certificate has one of ``serials``; their peers.
+
+        New handshakes are refused by the TLS contexts' CRL; this ends what was
+        authenticated before the revocation.
+        """
+        closed: list[str] = []
+        for live in list(self._sessions):
+            if live.serial is not None and live.serial in serials:
+                live.error = f"certificate revoked (serial {live.serial:x})"
+                live.cancel_scope.cancel()
+                closed.append(live.peer)
+        for peer in closed:
+            log.warning("peer.revoked", peer=peer)
+        return closed
+
     def is_connected(self, peer: str) -> bool:
         return peer in self._live
 
@@ -347,8 +386,6 @@ class PeerManager:
             peer = identity.common_name
             if peer not in self._peers:
                 raise CertificateIdentityError(f"node {peer!r} is not a configured peer")
-            state = self._peers[peer]
-            state.tls_version, state.tls_group = stream.version(), group or "unknown"
         except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
             kind = "handshake_timeout" if isinstance(exc, trio.TooSlowError) else "tls"
             self._note_refusal(expected, f"TLS handshake failed: {_reason(exc)}", kind)
@@ -360,7 +397,13 @@ class PeerManager:
             return False
         if admission is not None:
             admission.authenticated()
-        return await self.serve_authenticated(stream, peer)
+        return await self.serve_authenticated(
+            stream,
+            peer,
+            tls_version=stream.version(),
+            tls_group=group or "unknown",
+            serial=certificate_serial(stream),
+        )
 
     def _note_refusal(self, expected: str | None, reason: str, kind: str) -> None:
         if expected is None:
@@ -374,19 +417,30 @@ class PeerManager:
         if expected not in self._live:  # never overwrite a healthy session's last error
             state.last_error = reason
 
-    async def serve_authenticated(self, stream: trio.abc.Stream, peer: str) -> bool:
+    async def serve_authenticated(
+        self,
+        stream: trio.abc.Stream,
+        peer: str,
+        *,
+        tls_version: str | None = None,
+        tls_group: str | None = None,
+        serial: int | None = None,
+    ) -> bool:
         """Run the peer session over a transport that already authenticated ``peer``.
 
-        The TLS paths call this after the certificate check; tests call it with
-        memory streams.  Takes ownership of ``stream`` and closes it.  Returns
-        whether the session opened, once it has ended.
+        The TLS paths call this after the certificate check, with the handshake's
+        version, group and the certificate's serial (shown, and checked on revocation,
+        once the session opens); tests call it with memory streams.  Takes ownership of
+        ``stream`` and closes it.  Returns whether the session opened, once it has ended.
         """
         session = PeerSession(
             local_node=self.node_id, expected_peer=peer, max_frame_size=self._max_frame
         )
         live = _Session(peer, stream, session)
+        live.tls_version, live.tls_group, live.serial = tls_version, tls_group, serial
         state = self._peers[peer]
         opened = False
+        self._sessions.add(live)
         inbox_send, inbox_recv = trio.open_memory_channel[Any](1024)
         try:
             with live.cancel_scope:
@@ -406,20 +460,26 @@ class PeerManager:
             exc = collapse(raw)
             if isinstance(exc, RemoteProtocolError):
                 log.warning("peer.protocol_error", peer=peer, code=str(exc.code), error=exc.message)
-                state.last_error = f"protocol error: {exc.code}"
+                live.error = f"protocol error: {exc.code}"
                 await self._send_error(live, exc.code, exc.message)
             elif isinstance(exc, PeerConnectionLost):
-                state.last_error = str(exc)
+                live.error = str(exc)
             elif isinstance(exc, trio.TooSlowError):
-                state.last_error = "no hello within the handshake time-out"
+                live.error = "no hello within the handshake time-out"
             elif isinstance(
                 exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError
             ):
-                state.last_error = f"connection lost: {_reason(exc)}"
+                live.error = f"connection lost: {_reason(exc)}"
             else:
                 raise
         finally:
+            self._sessions.discard(live)
             live.end()
+            # The peer's state is this session's to write only if it is (or was) the
+            # peer's session, or if there is none: a failed stranger with a live peer's
+            # name leaves the healthy session's state alone.
+            if live.error and self._live.get(peer) in (None, live):
+                state.last_error = live.error
             if opened:
                 await self._close(live)
             await trio.aclose_forcefully(stream)
@@ -429,13 +489,18 @@ class PeerManager:
         state = self._peers[live.peer]
         old = self._live.get(live.peer)
         if old is not None:
+            # The newer authenticated session wins (see the module's docstring).
+            old.error = "replaced by a new session from the same peer"
             old.cancel_scope.cancel()
+            log.info("peer.session_replaced", peer=live.peer)
         self._live[live.peer] = live
         state.state = "connected"
         state.connected_since = time.time()
         state.connects += 1
         state.version = live.session.version
         state.last_error = ""
+        if live.tls_version is not None:
+            state.tls_version, state.tls_group = live.tls_version, live.tls_group
         log.info("peer.connected", peer=live.peer, version=live.session.version)
         for up in self._on_up:
             await up(live.peer)
@@ -446,7 +511,7 @@ class PeerManager:
             state = self._peers[live.peer]
             state.state = "disconnected"
             state.connected_since = None
-            log.info("peer.disconnected", peer=live.peer, reason=state.last_error or "closed")
+            log.info("peer.disconnected", peer=live.peer, reason=live.error or "closed")
             with trio.CancelScope(shield=True):
                 for down in self._on_down:
                     await down(live.peer)
@@ -456,12 +521,15 @@ class PeerManager:
             message = live.session.next_event()
             if not isinstance(message, NeedData):
                 live.last_rx = trio.current_time()
-                self._peers[live.peer].last_seen = time.time()
+                if self._live.get(live.peer) in (None, live):  # not a stranger's Hello
+                    self._peers[live.peer].last_seen = time.time()
                 return message
             try:
                 data = await live.stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                raise PeerConnectionLost(f"receive from {live.peer} failed: {exc}") from None
+                raise PeerConnectionLost(
+                    f"receive from {live.peer} failed: {_reason(exc)}"
+                ) from None
             if not data:
                 raise PeerConnectionLost(f"{live.peer} closed the connection")
             live.session.receive_data(bytes(data))

@@ -18,8 +18,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cli._pki import PkiError, init_ca, issue_node, issue_sae, list_certificates
+from cli._pki import (
+    PkiError,
+    init_ca,
+    issue_node,
+    issue_sae,
+    list_certificates,
+    revoke,
+    sign_crl,
+)
 from cli.pki import pki
+
+CA_FILES = {"ca.pem", "ca.key", "crl.pem", "index.json"}
+"""What ``pki init`` writes: the CA, its (empty) CRL and the index of what it issued."""
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -259,7 +270,7 @@ def test_ids_outside_the_allowed_alphabet_are_rejected(pki_dir: Path, bad_id: st
     with pytest.raises(PkiError, match="1-64 characters"):
         issue_sae(pki_dir, bad_id)
 
-    assert all_files(pki_dir) == {"ca.pem", "ca.key"}
+    assert all_files(pki_dir) == CA_FILES
 
 
 @pytest.mark.parametrize("good_id", ["A", "x" * 64, "kme-1.lab:2_b"])
@@ -321,6 +332,7 @@ def test_list_reports_the_ca_then_nodes_then_saes_with_sha256_fingerprints(
         ("sae", "SAE_A"),
     ]
     for info in infos:
+        assert info.path is not None
         cert = load_cert(info.path)
         assert info.fingerprint == cert.fingerprint(hashes.SHA256()).hex(":")
         assert info.not_after == cert.not_valid_after_utc
@@ -332,8 +344,7 @@ def test_writing_leaves_no_temporary_files_behind(pki_dir: Path) -> None:
     issue_sae(pki_dir, "SAE_A", force=True)
 
     assert all_files(pki_dir) == {
-        "ca.pem",
-        "ca.key",
+        *CA_FILES,
         "nodes/KME_A.pem",
         "nodes/KME_A.key",
         "saes/SAE_A.pem",
@@ -396,7 +407,14 @@ def test_cli_list_prints_a_table_or_json(tmp_path: Path) -> None:
     as_json = runner.invoke(pki, ["list", "--dir", str(d), "--json"])
 
     assert table.exit_code == 0
-    assert table.output.splitlines()[0].split() == ["KIND", "ID", "NOT", "AFTER", "SHA-256"]
+    assert table.output.splitlines()[0].split() == [
+        "KIND",
+        "ID",
+        "NOT",
+        "AFTER",
+        "STATUS",
+        "SHA-256",
+    ]
     assert [line.split()[:2] for line in table.output.splitlines()[1:]] == [
         ["ca", "ca"],
         ["node", "KME_A"],
@@ -448,4 +466,172 @@ def test_cli_issue_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     result = runner.invoke(pki, ["issue", "--dir", str(d), *args])
 
     assert result.exit_code == 2
-    assert all_files(d) == {"ca.pem", "ca.key"}
+    assert all_files(d) == CA_FILES
+
+
+# --- revocation -----------------------------------------------------------------------
+
+
+def load_crl(directory: Path) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl((directory / "crl.pem").read_bytes())
+
+
+def revoked_serials(directory: Path) -> set[int]:
+    return {r.serial_number for r in load_crl(directory)}
+
+
+def test_init_writes_an_empty_crl_signed_by_the_ca(pki_dir: Path) -> None:
+    crl = load_crl(pki_dir)
+    ca = load_cert(pki_dir / "ca.pem")
+
+    assert crl.is_signature_valid(ca.public_key())
+    assert crl.issuer == ca.subject
+    assert len(crl) == 0
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=80)
+    assert mode(pki_dir / "crl.pem") == 0o644
+
+
+def test_revoke_lists_the_current_certificate_in_a_new_crl(pki_dir: Path) -> None:
+    files = issue_sae(pki_dir, "SAE_A")
+    issue_node(pki_dir, "KME_A")
+    before = load_crl(pki_dir).extensions.get_extension_for_class(x509.CRLNumber).value
+
+    (revoked,) = revoke(pki_dir, "SAE_A")
+
+    serial = load_cert(files.cert).serial_number
+    assert (revoked.kind, revoked.id, int(revoked.serial, 16)) == ("sae", "SAE_A", serial)
+    assert revoked_serials(pki_dir) == {serial}
+    crl = load_crl(pki_dir)
+    assert crl.is_signature_valid(load_cert(pki_dir / "ca.pem").public_key())
+    entry = crl.get_revoked_certificate_by_serial_number(serial)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.unspecified
+    )
+    after = crl.extensions.get_extension_for_class(x509.CRLNumber).value
+    assert after.crl_number > before.crl_number
+
+
+def test_revoke_with_a_kind_leaves_the_other_kind_of_the_same_name(pki_dir: Path) -> None:
+    node = issue_node(pki_dir, "X1")
+    sae = issue_sae(pki_dir, "X1")
+
+    revoke(pki_dir, "X1", kind="sae")
+
+    assert revoked_serials(pki_dir) == {load_cert(sae.cert).serial_number}
+    revoke(pki_dir, "X1")
+    assert revoked_serials(pki_dir) == {load_cert(p).serial_number for p in (sae.cert, node.cert)}
+
+
+def test_revoking_a_name_without_a_current_certificate_says_so(pki_dir: Path) -> None:
+    issue_sae(pki_dir, "SAE_A")
+    revoke(pki_dir, "SAE_A")
+
+    with pytest.raises(PkiError, match="'SAE_A' has no current certificate.*pki list"):
+        revoke(pki_dir, "SAE_A")
+    with pytest.raises(PkiError, match="node 'SAE_B' has no current certificate"):
+        revoke(pki_dir, "SAE_B", kind="node")
+
+
+def test_reissuing_a_name_revokes_its_previous_certificate_as_superseded(pki_dir: Path) -> None:
+    old = load_cert(issue_sae(pki_dir, "SAE_A").cert)
+
+    new = load_cert(issue_sae(pki_dir, "SAE_A", force=True).cert)
+
+    assert revoked_serials(pki_dir) == {old.serial_number}
+    entry = load_crl(pki_dir).get_revoked_certificate_by_serial_number(old.serial_number)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.superseded
+    )
+    infos = [i for i in list_certificates(pki_dir) if i.id == "SAE_A"]
+    assert [(i.serial, i.revoked is None, i.reason, i.path is None) for i in infos] == [
+        (f"{new.serial_number:x}", True, "", False),
+        (f"{old.serial_number:x}", False, "superseded", True),
+    ]
+
+
+def test_list_marks_a_revoked_certificate_whose_file_is_still_there(pki_dir: Path) -> None:
+    issue_node(pki_dir, "KME_A")
+    revoke(pki_dir, "KME_A")
+
+    (info,) = [i for i in list_certificates(pki_dir) if i.id == "KME_A"]
+
+    assert info.path == pki_dir / "nodes/KME_A.pem"
+    assert info.revoked is not None and info.reason == "revoked"
+
+
+def test_a_pki_directory_from_before_the_index_is_indexed_from_its_files(pki_dir: Path) -> None:
+    old = load_cert(issue_node(pki_dir, "KME_A").cert)
+    (pki_dir / "index.json").unlink()
+
+    revoke(pki_dir, "KME_A")
+
+    assert revoked_serials(pki_dir) == {old.serial_number}
+
+
+def test_a_new_ca_starts_with_an_empty_crl(pki_dir: Path) -> None:
+    issue_node(pki_dir, "KME_A")
+    revoke(pki_dir, "KME_A")
+
+    init_ca(pki_dir, force=True)
+
+    assert revoked_serials(pki_dir) == set()
+
+
+def test_sign_crl_renews_the_next_update(pki_dir: Path) -> None:
+    issue_node(pki_dir, "KME_A")
+    revoke(pki_dir, "KME_A")
+
+    sign_crl(pki_dir, days=400)
+
+    crl = load_crl(pki_dir)
+    assert len(crl) == 1
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=399)
+
+
+def test_key_directories_are_0700_even_under_a_permissive_umask(
+    tmp_path: Path, umask_0: None
+) -> None:
+    directory = tmp_path / "pki"
+    init_ca(directory)
+    issue_node(directory, "KME_A")
+    issue_sae(directory, "SAE_A")
+
+    for sub in (directory, directory / "nodes", directory / "saes"):
+        assert mode(sub) == 0o700
+    for key in ("ca.key", "nodes/KME_A.key", "saes/SAE_A.key"):
+        assert mode(directory / key) == 0o600
+
+
+def test_cli_revoke_writes_the_crl_and_list_shows_it(tmp_path: Path) -> None:
+    runner = CliRunner()
+    d = tmp_path / "pki"
+    runner.invoke(pki, ["init", "--dir", str(d)])
+    runner.invoke(pki, ["issue", "--dir", str(d), "--sae", "SAE_A"])
+
+    result = runner.invoke(pki, ["revoke", "--dir", str(d), "SAE_A", "--kind", "sae"])
+    table = runner.invoke(pki, ["list", "--dir", str(d)])
+    rows = json.loads(runner.invoke(pki, ["list", "--dir", str(d), "--json"]).output)
+    again = runner.invoke(pki, ["revoke", "--dir", str(d), "SAE_A"])
+
+    assert result.exit_code == 0, result.output
+    assert "revoked sae SAE_A" in result.output and str(d / "crl.pem") in result.output
+    assert table.output.splitlines()[-1].split()[:4][3] == "revoked"
+    assert rows[-1]["reason"] == "revoked" and rows[-1]["revoked"] is not None
+    assert again.exit_code == 1 and "no current certificate" in again.stderr
+
+
+def test_cli_crl_signs_the_list_again(tmp_path: Path) -> None:
+    runner = CliRunner()
+    d = tmp_path / "pki"
+    runner.invoke(pki, ["init", "--dir", str(d)])
+
+    result = runner.invoke(pki, ["crl", "--dir", str(d), "--days", "7"])
+
+    assert result.exit_code == 0
+    next_update = load_crl(d).next_update_utc
+    assert next_update is not None
+    assert next_update < dt.datetime.now(dt.UTC) + dt.timedelta(days=8)

@@ -213,7 +213,7 @@ async def test_admin_socket_survives_hostile_clients(node_config: ConfigFactory)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             info: NodeInfo = await nursery.start(Node(cfg).run)
-            assert oct(info.admin_socket.stat().st_mode & 0o777) == "0o660"
+            assert oct(info.admin_socket.stat().st_mode & 0o777) == "0o600"
             cases = {
                 "garbage": struct.pack(">I", 3) + b"\xc1\xc1\xc1",
                 "oversized": struct.pack(">I", 1 << 30),

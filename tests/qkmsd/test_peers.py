@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -133,3 +137,144 @@ async def test_garbage_before_hello_gets_an_error_frame_and_no_session() -> None
 async def test_send_to_a_peer_without_a_session_reports_false() -> None:
     a = manager("KME_A", "KME_B", Recorder())
     assert not await a.send("KME_B", KeyAnnounce(link_id="L", block_ids=[1]))
+
+
+# --- strangers with a live peer's name, and second sessions ------------------------------
+
+
+async def open_healthy_pair(
+    nursery: trio.Nursery, a: PeerManager, b: PeerManager
+) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """A session KME_A <-> KME_B, as a TLS handshake would have authenticated it."""
+    left, right = trio.testing.memory_stream_pair()
+    nursery.start_soon(a.serve_authenticated, left, "KME_B")
+    nursery.start_soon(
+        partial(
+            b.serve_authenticated,
+            right,
+            "KME_A",
+            tls_version="TLSv1.3",
+            tls_group="x25519",
+            serial=0xA1,
+        )
+    )
+    await trio.sleep(0.1)
+    assert a.is_connected("KME_B") and b.is_connected("KME_A")
+    return left, right
+
+
+async def stranger_sends_nothing(stream: trio.abc.Stream) -> None:
+    await trio.sleep(3600)
+
+
+async def stranger_hangs_up(stream: trio.abc.Stream) -> None:
+    await stream.aclose()
+
+
+async def stranger_sends_garbage(stream: trio.abc.Stream) -> None:
+    await stream.send_all(b"\x00\x00\x00\x02\xc1\xc1")
+    await read_frames(stream)
+
+
+async def stranger_names_another_node(stream: trio.abc.Stream) -> None:
+    await stream.send_all(PeerSession(local_node="KME_C", expected_peer="KME_B").hello())
+    await read_frames(stream)
+
+
+@pytest.mark.parametrize(
+    "stranger",
+    [
+        stranger_sends_nothing,
+        stranger_hangs_up,
+        stranger_sends_garbage,
+        stranger_names_another_node,
+    ],
+)
+async def test_a_failed_stranger_with_a_live_peers_name_leaves_its_session_alone(
+    autojump_clock: trio.testing.MockClock,
+    stranger: Callable[[trio.abc.Stream], Awaitable[None]],
+) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = manager("KME_A", "KME_B", rec_a), manager("KME_B", "KME_A", rec_b)
+    async with trio.open_nursery() as nursery:
+        left, _ = await open_healthy_pair(nursery, a, b)
+        before = b.peers_status()[0]
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(stranger, theirs)
+
+        opened = await b.serve_authenticated(
+            ours, "KME_A", tls_version="TLSv1.2", tls_group="secp384r1", serial=0xBAD
+        )
+
+        assert not opened
+        after = b.peers_status()[0]
+        assert after == dataclasses.replace(before, last_seen=after.last_seen)
+        assert (after.state, after.last_error, after.tls_version, after.tls_group) == (
+            "connected",
+            "",
+            "TLSv1.3",
+            "x25519",
+        )
+        assert await a.send("KME_B", KeyAnnounce(link_id="L", block_ids=[7]))
+        await rec_b.got.wait()
+        # The healthy session's own end is what its last error and log say.
+        await left.aclose()
+        await trio.sleep(0.1)
+        assert b.peers_status()[0].last_error == "KME_A closed the connection"
+        nursery.cancel_scope.cancel()
+    assert rec_b.events[0] == ("up", "KME_A")
+    assert ("down", "KME_A") in rec_b.events
+
+
+async def test_a_second_session_that_opens_replaces_the_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec_b = Recorder()
+    a, b = manager("KME_A", "KME_B", Recorder()), manager("KME_B", "KME_A", rec_b)
+    a2 = manager("KME_A", "KME_B", Recorder())  # KME_A after a restart
+    async with trio.open_nursery() as nursery:
+        first, _ = await open_healthy_pair(nursery, a, b)
+        left, right = trio.testing.memory_stream_pair()
+        nursery.start_soon(a2.serve_authenticated, left, "KME_B")
+        nursery.start_soon(
+            partial(
+                b.serve_authenticated,
+                right,
+                "KME_A",
+                tls_version="TLSv1.3",
+                tls_group="X25519MLKEM768",
+                serial=0xA2,
+            )
+        )
+        await trio.sleep(0.1)
+
+        state = b.peers_status()[0]
+        assert (state.state, state.connects, state.last_error) == ("connected", 2, "")
+        assert state.tls_group == "X25519MLKEM768"
+        assert not a.is_connected("KME_B")  # b closed the older session
+        assert await a2.send("KME_B", KeyAnnounce(link_id="L", block_ids=[1]))
+        await rec_b.got.wait()
+        # Agents hear "up" for the new session and no "down" in between: the peer
+        # never went away.
+        assert [e for e in rec_b.events if e[0] != "announce"] == [("up", "KME_A")] * 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_close_revoked_ends_only_the_sessions_with_a_revoked_serial(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec_b = Recorder()
+    a, b = manager("KME_A", "KME_B", Recorder()), manager("KME_B", "KME_A", rec_b)
+    async with trio.open_nursery() as nursery:
+        await open_healthy_pair(nursery, a, b)
+
+        assert b.close_revoked(frozenset({0xA0, 0xA2})) == []
+        await trio.sleep(0.1)
+        assert b.is_connected("KME_A")
+
+        assert b.close_revoked(frozenset({0xA1})) == ["KME_A"]
+        await trio.sleep(0.1)
+        assert not b.is_connected("KME_A")
+        assert b.peers_status()[0].last_error == "certificate revoked (serial a1)"
+        assert rec_b.events[-1] == ("down", "KME_A")
+        nursery.cancel_scope.cancel()

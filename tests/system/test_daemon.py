@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli._admin import AdminClient, AdminError
+from cli._pki import init_ca, issue_node, revoke
 from cli.main import qkmsctl
 from qkd_drivers import known_drivers, paired_block
 from qkmsd.config import Config, load_config
@@ -309,6 +310,47 @@ def test_missing_certificate_is_a_startup_error(node_config: ConfigFactory) -> N
     cfg.source.write_text(text)
     line = startup_failure(load_config(cfg.source))
     assert ".missing" in line
+
+
+def test_sighup_reloads_the_crl_and_a_bad_one_is_logged_and_changes_nothing(
+    node_config: ConfigFactory, tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    for node in ("KME_A", "KME_B"):
+        issue_node(pki, node)
+    cfg = node_config("KME_A", ca_dir=pki, crl=pki / "crl.pem")
+    log = tmp_path / "qkmsd.log"
+
+    def logged(event: str) -> bool:
+        return f"event={event}" in log.read_text()
+
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            qkmsd("--config", str(cfg.source)),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            env=child_env(),
+        )
+        try:
+            wait_until(lambda: answers(cfg.admin_socket), timeout=START_TIMEOUT_S, what="start")
+            revoke(pki, "KME_B")
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: logged("node.reloaded"), timeout=10, what="the reload")
+            (pki / "crl.pem").write_text("truncated\n")
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: logged("node.reload_failed"), timeout=10, what="the failed reload")
+            assert answers(cfg.admin_socket) and proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=STOP_GRACE_S) == 0
+    lines = [parse_kv(line) for line in log.read_text().splitlines() if "event=node.relo" in line]
+    assert [(x["event"], x.get("revoked")) for x in lines] == [
+        ("node.reloaded", "1"),
+        ("node.reload_failed", None),
+    ]
+    assert "is not a PEM certificate revocation list" in lines[1]["error"]
 
 
 # --- logs: structured, and never key material -----------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,6 +171,27 @@ def assert_absolute_file(value: Any) -> None:
     assert isinstance(value, str) and os.path.isabs(value) and Path(value).is_file(), value
 
 
+def file_mode(path: Path | str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def assert_secrets_are_private(lab: Lab, manifest: dict[str, Any]) -> None:
+    """Files holding secrets are 0600 in 0700 directories; the admin socket is 0600."""
+    for kme in manifest["kmes"].values():
+        home = Path(kme["config"]).parent
+        assert file_mode(home) == 0o700
+        assert file_mode(home / "state") == 0o700
+        assert file_mode(kme["config"]) == 0o600  # the paired drivers' seeds
+        assert file_mode(home / "master.key") == 0o600
+        assert file_mode(kme["admin_socket"]) == 0o600
+    pki = lab.dir / "pki"
+    for directory in (pki, pki / "nodes", pki / "saes"):
+        assert file_mode(directory) == 0o700
+    keys = [pki / "ca.key", *pki.glob("*/*.key"), *pki.glob("saes/*.pqc.pem")]
+    assert len(keys) >= 5
+    assert {str(k): file_mode(k) for k in keys} == {str(k): 0o600 for k in keys}
+
+
 def test_lab_up_status_down(lab: Lab) -> None:
     result = invoke("lab", "up", "--topology", str(PAIR), "--dir", str(lab.dir))
     assert result.exit_code == 0, result.output
@@ -201,6 +223,7 @@ def test_lab_up_status_down(lab: Lab) -> None:
         assert_absolute_file(sae["cert"])
         assert_absolute_file(sae["key"])
     assert manifest["links"] == [["KME_A", "KME_B"]]
+    assert_secrets_are_private(lab, manifest)
     for line, (node, kme) in zip(
         result.stdout.splitlines()[:2], manifest["kmes"].items(), strict=True
     ):
