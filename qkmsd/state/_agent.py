@@ -15,7 +15,8 @@ qber-high      link id      the QBER of the link's last block
 pool-low       link id      ready bits
 pool-empty     link id      ETSI 014 refusals since the last look, while the link has no
                             ready key this end may hand out (0 otherwise)
-store-error    keystore     1 if a store read failed or took over 30 s, else 0
+store-error    keystore     1 if a store read (the probe, or the links' levels) failed or
+                            the probe took over 30 s, else 0
 disk-low       state_dir    free MiB in the state directory's file system
 cert-expiring  cert:node,   days until the certificate's notAfter (read once, at start)
                cert:ca
@@ -364,8 +365,16 @@ class StateAgent:
             total = src.refused()
             refusals = total - self._refused_seen if self._refused_seen is not None else 0
             self._refused_seen = total
+        links: Sequence[LinkReading] = []
+        links_failed = False
         if src.links is not None:
-            for link in await src.links():
+            try:
+                links = await src.links()
+            except Exception as exc:  # the links' levels come from the key store
+                log.debug("alarms.links_unreadable", error=type(exc).__name__)
+                links_failed = True
+        if links:
+            for link in links:
                 lid = link.link_id
                 if not link.e2e:
                     up = link.driver_state not in ("down", "stopped")
@@ -379,7 +388,8 @@ class StateAgent:
                     out.append(("pool-empty", lid, float(refusals) if empty else 0.0))
                 out.extend(self._rose("blocks-discarded", lid, link.discarded_blocks))
         if src.store_probe is not None:
-            out.append(("store-error", "keystore", await self._probe_store(src.store_probe)))
+            failed = await self._probe_store(src.store_probe)
+            out.append(("store-error", "keystore", max(failed, float(links_failed))))
         if src.state_dir is not None and self._settings.disk_free_min_mib > 0:
             try:
                 free = shutil.disk_usage(src.state_dir).free / _MIB
