@@ -23,9 +23,11 @@ from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
+from .metrics import MetricsSources, metrics_handler, serve_metrics
 from .netguard import GateLimits
 from .peers import PeerManager
 from .relay import RelayAgent, RelayedKeys, RoutingTable
+from .state import Sources, StateAgent
 from .status import Api, NodeStatusMethods
 from .storethread import StoreThread
 from .supply import (
@@ -53,6 +55,7 @@ class NodeInfo:
     peer_port: int
     admin_socket: Path
     api_port: int | None = None
+    metrics_port: int | None = None
 
 
 class Node:
@@ -71,6 +74,8 @@ class Node:
         self.api_handshakes = HandshakeStats()
         self.api_connections = OpenConnections()
         self.store_thread: StoreThread | None = None
+        self.state: StateAgent | None = None
+        self.metrics_port: int | None = None
         self.revocations: Revocations | None = None
         self._tls: _NodeTls | None = None
 
@@ -233,7 +238,27 @@ class Node:
                 store_thread=store_thread,
                 started_at=time.time(),
             )
-            admin = AdminServer(cfg.admin_socket, status.methods(), group=cfg.admin_group)
+            # Operations: alarms from every agent's statistics, and Prometheus metrics.
+            self.state = state = StateAgent(
+                settings=cfg.alarms,
+                sources=Sources(
+                    links=keys.links_status,
+                    peers=peers.peers_status,
+                    refused=lambda: front.statistics().refused,
+                    relay_failures=lambda: relay.statistics().relays_failed,
+                    store_probe=partial(store_thread.call, store.verify_master_key),
+                    state_dir=cfg.state_dir,
+                    certificates={"cert:node": cfg.cert, "cert:ca": cfg.ca},
+                    hold_link=keys.hold_link,
+                    release_link=keys.release_link,
+                ),
+                history_path=cfg.alarm_history_path,
+            )
+            admin = AdminServer(
+                cfg.admin_socket,
+                {**status.methods(), **state.admin_methods()},
+                group=cfg.admin_group,
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(store_thread.run)
                 await nursery.start(keys.run)
@@ -241,6 +266,7 @@ class Node:
                 await nursery.start(direct.run)
                 await nursery.start(e2e.run)
                 await nursery.start(relay.run)
+                await nursery.start(state.run)
                 try:
                     port = await nursery.start(peers.run)
                 except OSError as exc:
@@ -252,10 +278,14 @@ class Node:
                     status.api = Api(
                         f"{cfg.api_listen.host}:{self.api_port}", front, direct, self.api_handshakes
                     )
+                if cfg.metrics_listen is not None:
+                    self.metrics_port = await self._start_metrics(nursery, status, state)
                 await nursery.start(admin.run)
                 await nursery.start(self.notifier.watchdog)
                 status.started_at = time.time()
-                info = NodeInfo(cfg.node_id, port, cfg.admin_socket, self.api_port)
+                info = NodeInfo(
+                    cfg.node_id, port, cfg.admin_socket, self.api_port, self.metrics_port
+                )
                 log.info("node.ready", node=cfg.node_id, peer_port=port, links=len(drivers))
                 self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
                 task_status.started(info)
@@ -284,6 +314,20 @@ class Node:
             )
         except OSError as exc:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
+        return port
+
+    async def _start_metrics(
+        self, nursery: trio.Nursery, status: NodeStatusMethods, state: StateAgent
+    ) -> int:
+        listen = self.config.metrics_listen
+        assert listen is not None
+        handler = metrics_handler(
+            MetricsSources(status.node_status, state.statistics, state.alarms)
+        )
+        try:
+            port: int = await nursery.start(serve_metrics, handler, listen.host, listen.port)
+        except OSError as exc:
+            raise StartupError(f"metrics {listen}: {exc.strerror or exc}") from None
         return port
 
 

@@ -19,6 +19,7 @@ import msgspec
 from protocol import LINK_ID_RE, MAX_RELAY_PATH, NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE, etsi014
 from qkd_drivers import DriverConfigError, LinkEnd, driver_class
 
+from .disruptions import CODES, Action
 from .errors import EXIT_CONFIG, QkmsError
 
 NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
@@ -53,6 +54,7 @@ class ListenSection(_Section, frozen=True):
     admin_socket: str
     api: str | None = None
     admin_group: str | None = None
+    metrics: str | None = None
 
 
 class PeerSection(_Section, frozen=True):
@@ -200,6 +202,31 @@ class RelaySection(_Section, frozen=True):
     pools: dict[str, RelayPoolSection] = {}
 
 
+class AlarmsSection(_Section, frozen=True):
+    """Disruption detection: thresholds, hold-down, history, actions (``[alarms]``)."""
+
+    interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 5.0
+    """How often the state agent looks at the other agents' statistics."""
+    hold_down_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
+    """An alarm clears (or moves to a lower severity) only after its condition has been
+    gone this long: no flapping."""
+    qber_max: Annotated[float, msgspec.Meta(gt=0, le=0.5)] = 0.11
+    qber_clear: Literal["auto", "operator"] = "auto"
+    """``qber-high`` clears when the QBER recovers (auto) or only by ``alarm_clear``."""
+    pool_low_bits: Bits = 16384
+    cert_warn_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    relay_failures_per_min: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = 6.0
+    disk_free_min_mib: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 256
+    history_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
+    history_max: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 100_000
+    actions: dict[str, str] = {}
+    """Per disruption code, the action instead of its default."""
+
+    def action(self, code: str) -> Action:
+        """The action of ``code`` (validated by ``load_config``)."""
+        return Action(self.actions.get(code, CODES[code].action))
+
+
 class _RawConfig(_Section, frozen=True):
     node: NodeSection
     tls: TlsSection
@@ -215,6 +242,7 @@ class _RawConfig(_Section, frozen=True):
     api: ApiSection = ApiSection()
     peer: PeerListenerSection = PeerListenerSection()
     relay: RelaySection = RelaySection()
+    alarms: AlarmsSection = AlarmsSection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -289,6 +317,8 @@ class Config(msgspec.Struct, frozen=True):
     relay: RelaySection = RelaySection()
     relay_pools: dict[str, RelayPoolConfig] = {}
     """End-to-end pools by link id."""
+    alarms: AlarmsSection = AlarmsSection()
+    metrics_listen: HostPort | None = None
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
     crl: Path | None = None
@@ -303,6 +333,10 @@ class Config(msgspec.Struct, frozen=True):
     @property
     def keystore_path(self) -> Path:
         return self.state_dir / "keystore.sqlite"
+
+    @property
+    def alarm_history_path(self) -> Path:
+        return self.state_dir / "alarms.sqlite"
 
     def link_end(self, link_id: str) -> LinkEnd:
         link = self.links[link_id]
@@ -430,6 +464,13 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             api_listen = parse_host_port(raw.listen.api)
         except ValueError as exc:
             raise fail("[listen] api:", str(exc)) from None
+    metrics_listen = None
+    if raw.listen.metrics is not None:
+        try:
+            metrics_listen = parse_host_port(raw.listen.metrics)
+        except ValueError as exc:
+            raise fail("[listen] metrics:", str(exc)) from None
+    _check_alarm_actions(raw.alarms, fail)
     saes: dict[str, SaeConfig] = {}
     for sae_id, sae in raw.saes.items():
         if not SAE_ID_RE.fullmatch(sae_id):
@@ -485,8 +526,25 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         peer=raw.peer,
         relay=raw.relay,
         relay_pools=relay_pools,
+        alarms=raw.alarms,
+        metrics_listen=metrics_listen,
         pair_policies=pair_policies,
     )
+
+
+def _check_alarm_actions(alarms: AlarmsSection, fail: Callable[[str, str], ConfigError]) -> None:
+    for code, action in alarms.actions.items():
+        where = f"[alarms.actions] {code}:"
+        row = CODES.get(code)
+        if row is None:
+            known = ", ".join(sorted(CODES))
+            raise fail(where, f"unknown disruption code (known: {known})")
+        allowed = ", ".join(sorted(a.value for a in row.actions))
+        if action not in {a.value for a in Action}:
+            raise fail(where, f"action {action!r} unknown (known for {code}: {allowed})")
+        if Action(action) not in row.actions:
+            why = "for this code" if action == Action.STOP_LINK else "in this version"
+            raise fail(where, f"action {action!r} is not available {why} (use: {allowed})")
 
 
 def _relay_pools(

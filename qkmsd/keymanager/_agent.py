@@ -86,6 +86,8 @@ class LinkStatus(msgspec.Struct, frozen=True):
     """Whether a session with the peer is open (synchronisation running)."""
     e2e: bool = False
     """An end-to-end pool (relayed key), not a QKD link."""
+    held: list[str] = []
+    """Why the link's new blocks are kept out of its pool (``hold_link``), if they are."""
 
 
 class LinkStatistics(msgspec.Struct, frozen=True):
@@ -111,6 +113,7 @@ class _Link:
     connected_since: float | None = None
     blocks_in: int = 0
     last_error: str = ""
+    held: set[str] = dataclasses.field(default_factory=set)
     # The live clock: seconds of connected time while the peer was heard from.
     live_s: float = 0.0
     ticked_at: float | None = None
@@ -208,6 +211,14 @@ class KeyManager:
             log.warning("block.duplicate", link=link.link_id, block=block.block_id)
             return
         link.blocks_in += 1
+        if link.held:
+            # Stored, then discarded at once: the id is spent (a tombstone) and the peer,
+            # told, discards its copy too, so the block is ready at neither end.
+            link.peer_has.pop(block.block_id, None)
+            reason = f"held:{min(link.held)}"[:64]
+            gone = await self._thread.call(self._store.discard, link.link_id, added, reason)
+            await self._send_ids(link, KeyDiscard, gone, reason="held")
+            return
         if link.peer_has.pop(block.block_id, None) is not None:
             ready = await self._thread.call(self._store.mark_ready, link.link_id, added)
             await self._send_ids(link, KeyConfirm, ready)
@@ -265,6 +276,29 @@ class KeyManager:
             if expired:
                 log.info("blocks.expired", link=link.link_id, count=len(expired))
                 await self._send_ids(link, KeyDiscard, expired, reason="expired")
+
+    # --- holds ----------------------------------------------------------------------
+
+    def hold_link(self, link_id: str, reason: str) -> None:
+        """Keep ``link_id``'s new blocks out of its pool until every hold is released.
+
+        While a link is held, each block its driver delivers is stored and discarded at
+        once, and the peer is told to discard it too: it becomes ready at neither end.
+        Blocks already in the pool stay.  ``reason`` (e.g. an alarm code) names the hold;
+        holding twice for one reason is one hold.  Raises ``KeyError`` for an unknown link.
+        """
+        link = self._links[link_id]
+        if reason not in link.held:
+            link.held.add(reason)
+            log.warning("link.held", link=link_id, reason=reason)
+
+    def release_link(self, link_id: str, reason: str) -> None:
+        """Release the hold ``reason`` on ``link_id`` (no-op if it has none).  Raises
+        ``KeyError`` for an unknown link."""
+        link = self._links[link_id]
+        if reason in link.held:
+            link.held.discard(reason)
+            log.info("link.released", link=link_id, reason=reason, holds=len(link.held))
 
     # --- peer events ---------------------------------------------------------------
 
@@ -393,6 +427,7 @@ class KeyManager:
                     newest_block_id=newest,
                     synchronised=link.connected_since is not None,
                     e2e=link.driver.end_to_end,
+                    held=sorted(link.held),
                 )
             )
         return out

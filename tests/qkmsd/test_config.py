@@ -199,3 +199,51 @@ def test_a_bad_end_to_end_pool_is_refused_with_its_reason(
 def test_an_end_to_end_pool_needs_a_direct_peer() -> None:
     data = base(relay={"pools": {"KME_Z": {}}})
     assert "[relay.pools.KME_Z] 'KME_Z' is not in [peers]" in error_of(data)
+
+
+def test_alarms_default_and_metrics_listen_is_optional() -> None:
+    config = config_from_mapping(base(), source=SOURCE)
+    assert config.alarms.qber_max == 0.11 and config.alarms.hold_down_s == 60.0
+    assert str(config.alarms.action("qber-high")) == "stop-link"
+    assert config.metrics_listen is None
+    assert config.alarm_history_path == Path("/var/lib/qkms/alarms.sqlite")
+    listen = {"peer": "127.0.0.1:7001", "admin_socket": "/a.sock", "metrics": "127.0.0.1:9464"}
+    config = config_from_mapping(base(listen=listen), source=SOURCE)
+    assert str(config.metrics_listen) == "127.0.0.1:9464"
+
+
+def test_a_bad_metrics_address_names_the_key() -> None:
+    listen = {"peer": "127.0.0.1:7001", "admin_socket": "/a.sock", "metrics": "nowhere"}
+    assert "[listen] metrics:" in error_of(base(listen=listen))
+
+
+def test_alarm_actions_may_be_changed_per_code() -> None:
+    alarms = {"qber_clear": "operator", "actions": {"qber-high": "notify", "pool-low": "none"}}
+    config = config_from_mapping(base(alarms=alarms), source=SOURCE)
+    assert str(config.alarms.action("qber-high")) == "notify"
+    assert str(config.alarms.action("pool-low")) == "none"
+    assert config.alarms.qber_clear == "operator"
+
+
+@pytest.mark.parametrize(
+    ("actions", "expected"),
+    [
+        ({"qber-hi": "notify"}, "[alarms.actions] qber-hi: unknown disruption code (known: "),
+        ({"qber-high": "page"}, "action 'page' unknown (known for qber-high: none, notify, stop"),
+        ({"peer-down": "stop-link"}, "'stop-link' is not available for this code (use: none, n"),
+        ({"link-down": "route-down"}, "'route-down' is not available in this version (use: no"),
+    ],
+)
+def test_bad_alarm_actions_name_the_code_and_the_choices(
+    actions: dict[str, str], expected: str
+) -> None:
+    assert expected in error_of(base(alarms={"actions": actions}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("qber_max", 0.0), ("qber_max", 0.7), ("hold_down_s", -1.0), ("history_max", 1),
+     ("cert_warn_days", 0), ("qber_clear", "never"), ("interval_s", 0.0)],
+)  # fmt: skip
+def test_out_of_range_alarm_settings_name_the_key(key: str, value: object) -> None:
+    assert f"[alarms] {key}:" in error_of(base(alarms={key: value}))

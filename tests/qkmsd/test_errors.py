@@ -39,6 +39,7 @@ from qkmsd.keystore import (
 )
 from qkmsd.main import main
 from qkmsd.relay import RelayFailed
+from qkmsd.state import AlarmHistoryError
 from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
 from qkmsd.supply._errors import HANDLED, error_response
 from qkmsd.tls import CertificateIdentityError, TlsConfigError, TlsError
@@ -53,6 +54,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     PeerConnectionLost: (INTERNAL, None, EXIT_FAILURE),
     PeerUnavailable: (INTERNAL, None, EXIT_FAILURE),
     RelayFailed: (INTERNAL, None, EXIT_FAILURE),
+    AlarmHistoryError: (INTERNAL, None, EXIT_FAILURE),
     ConfigError: (INTERNAL, None, EXIT_CONFIG),
     TlsError: (INTERNAL, None, EXIT_FAILURE),
     TlsConfigError: (INTERNAL, None, EXIT_FAILURE),

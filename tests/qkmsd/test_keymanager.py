@@ -216,3 +216,51 @@ async def test_live_time_before_and_after_a_stall_adds_up_to_the_timeout(
     await trio.sleep(10)
     assert state(a, 13) is KeyState.DISCARDED
     assert any(isinstance(m, KeyDiscard) and 13 in m.block_ids for _, m in wire.sent)
+
+
+async def test_a_held_link_keeps_new_blocks_out_of_the_pool_at_both_ends(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    await a.driver.emit(1, b"k" * 32)
+    await b.driver.emit(1, b"k" * 32)
+    await trio.sleep(1)
+    a.manager.hold_link(LINK, "qber-high")
+    await a.driver.emit(2, b"m" * 32)
+    await b.driver.emit(2, b"m" * 32)
+    await trio.sleep(1)
+    assert state(a, 1) is state(b, 1) is KeyState.READY
+    assert state(a, 2) is state(b, 2) is KeyState.DISCARDED
+    [status] = await a.manager.links_status()
+    assert status.held == ["qber-high"] and status.ready_blocks == 1
+
+
+async def test_a_released_link_fills_its_pool_again(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    a.manager.hold_link(LINK, "qber-high")
+    a.manager.hold_link(LINK, "link-down")
+    a.manager.release_link(LINK, "qber-high")
+    await a.driver.emit(1, b"k" * 32)
+    await b.driver.emit(1, b"k" * 32)
+    await trio.sleep(1)
+    assert state(a, 1) is KeyState.DISCARDED
+    a.manager.release_link(LINK, "link-down")
+    a.manager.release_link(LINK, "link-down")
+    await a.driver.emit(3, b"n" * 32)
+    await b.driver.emit(3, b"n" * 32)
+    await trio.sleep(1)
+    assert state(a, 3) is state(b, 3) is KeyState.READY
+    [status] = await a.manager.links_status()
+    assert status.held == []
+
+
+def test_holding_an_unknown_link_is_a_key_error(tmp_path: Path) -> None:
+    wire = Wire()
+    a = make_end("KME_A", "KME_B", tmp_path, wire, lambda: 0.0)
+    with pytest.raises(KeyError):
+        a.manager.hold_link("nope", "qber-high")
+    a.store.close()

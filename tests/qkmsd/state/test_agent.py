@@ -1,0 +1,276 @@
+"""The state agent over fake agents' readings, on trio's autojump clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from qkmsd.admin import AdminParamsError
+from qkmsd.config import AlarmsSection
+from qkmsd.state import AlarmHistory, EventKind, Sources, StateAgent
+
+LINK = "KME_A~KME_B"
+
+
+@dataclasses.dataclass
+class FakeLink:
+    link_id: str = LINK
+    driver_state: str = "up"
+    driver_detail: str = ""
+    qber: float | None = 0.02
+    ready_bits: int = 1 << 20
+    owned_ready_bits: int = 1 << 19
+    discarded_blocks: int = 0
+    e2e: bool = False
+
+
+@dataclasses.dataclass
+class FakePeer:
+    node_id: str = "KME_B"
+    state: str = "connected"
+    refused: int = 0
+
+
+@dataclasses.dataclass
+class FakeNode:
+    """The readings the other agents would give, and the key manager's holds."""
+
+    link: FakeLink = dataclasses.field(default_factory=FakeLink)
+    peer: FakePeer = dataclasses.field(default_factory=FakePeer)
+    refused: int = 0
+    relay_failed: int = 0
+    store_fails: bool = False
+    holds: list[tuple[str, str, bool]] = dataclasses.field(default_factory=list)
+
+    async def links(self) -> list[FakeLink]:
+        return [dataclasses.replace(self.link)]
+
+    async def probe(self) -> None:
+        if self.store_fails:
+            raise OSError("disk I/O error")
+
+    def sources(self, **extra: object) -> Sources:
+        return Sources(
+            links=self.links,
+            peers=lambda: [dataclasses.replace(self.peer)],
+            refused=lambda: self.refused,
+            relay_failures=lambda: self.relay_failed,
+            store_probe=self.probe,
+            hold_link=lambda link, code: self.holds.append((link, code, True)),
+            release_link=lambda link, code: self.holds.append((link, code, False)),
+            **extra,  # type: ignore[arg-type]
+        )
+
+
+SETTINGS = AlarmsSection(interval_s=5.0, hold_down_s=60.0, disk_free_min_mib=0)
+
+
+def agent(node: FakeNode, history: Path | None = None, **settings: object) -> StateAgent:
+    s = msgspec.structs.replace(SETTINGS, **settings)
+    return StateAgent(
+        settings=s, sources=node.sources(), history_path=history, clock=trio.current_time
+    )
+
+
+def kinds(agent: StateAgent, code: str) -> list[str]:
+    return [f"{a.code}:{a.severity}" for a in agent.alarms() if a.code == code]
+
+
+async def test_a_high_qber_raises_once_holds_the_link_and_clears_after_the_hold_down(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    node = FakeNode()
+    state = agent(node, tmp_path / "alarms.sqlite")
+    await nursery.start(state.run)
+    await trio.sleep(12)
+    assert state.alarms() == []
+    node.link.qber = 0.2
+    await trio.sleep(30)  # six looks above the threshold: one raise
+    [alarm] = state.alarms()
+    assert (alarm.code, alarm.resource, alarm.severity, alarm.value) == (
+        "qber-high", LINK, "major", 0.2
+    )  # fmt: skip
+    assert node.holds == [(LINK, "qber-high", True)]
+    node.link.qber = 0.03
+    await trio.sleep(55)
+    assert kinds(state, "qber-high") == ["qber-high:major"]
+    await trio.sleep(10)
+    assert state.alarms() == []
+    assert node.holds == [(LINK, "qber-high", True), (LINK, "qber-high", False)]
+    history = [(e.kind, e.code) for e in await state.history()]
+    assert history == [("cleared", "qber-high"), ("raised", "qber-high")]
+    assert state.statistics().raised == 1 and state.statistics().cleared == 1
+
+
+async def test_a_flapping_qber_gives_one_raise_not_a_storm(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    state = agent(node)
+    await nursery.start(state.run)
+    for _ in range(20):
+        node.link.qber = 0.2 if node.link.qber == 0.02 else 0.02
+        await trio.sleep(5)
+    assert state.statistics().raised == 1 and state.statistics().cleared == 0
+
+
+async def test_an_operator_clears_a_latched_qber_alarm_and_the_link_is_released(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode(link=FakeLink(qber=0.3))
+    state = agent(node, qber_clear="operator")
+    await nursery.start(state.run)
+    await trio.sleep(6)
+    node.link.qber = 0.01
+    await trio.sleep(600)
+    assert kinds(state, "qber-high") == ["qber-high:major"]
+    methods = state.admin_methods()
+    assert await methods["alarm_ack"]({"code": "qber-high", "resource": LINK}) == {
+        "acknowledged": True
+    }
+    assert await methods["alarm_clear"]({"code": "qber-high", "resource": LINK}) == {
+        "cleared": True
+    }
+    assert state.alarms() == []
+    assert node.holds[-1] == (LINK, "qber-high", False)
+
+
+async def test_history_survives_reopening_and_active_alarms_are_restored(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "alarms.sqlite"
+    node = FakeNode(link=FakeLink(qber=0.3))
+    with trio.move_on_after(11):
+        await agent(node, path).run()
+    node2 = FakeNode(link=FakeLink(qber=0.3))
+    state = agent(node2, path)
+    await state.start()
+    [alarm] = state.alarms()
+    assert (alarm.code, alarm.resource) == ("qber-high", LINK)
+    assert node2.holds == [(LINK, "qber-high", True)]  # the link stays held across the restart
+    assert await state.look() == []  # still the same alarm, not a new raise
+    assert [e.kind for e in await state.history()] == ["raised"]
+
+
+def test_history_is_bounded_by_count_and_age(tmp_path: Path) -> None:
+    from qkmsd.state import AlarmTable, Rule, Severity
+
+    history = AlarmHistory.open(tmp_path / "a.sqlite", max_age_s=100.0, max_rows=10)
+    table = AlarmTable({"c": Rule(((0.0, Severity.MINOR),))}, hold_down_s=0.0)
+    for i in range(30):
+        history.record(table.observe("c", "r", float(i % 2), now=float(i)))
+    assert history.count() == 10
+    history.record(table.observe("c", "r", 0.0, now=1000.0))
+    assert history.count() == 1
+    history.close()
+
+
+async def test_peer_down_gets_one_look_of_grace_then_raises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode(peer=FakePeer(state="connecting"))
+    state = agent(node)
+    assert await state.look() == []
+    await trio.sleep(5)
+    [event] = await state.look()
+    assert (event.kind, event.code, event.resource, event.value) == (
+        EventKind.RAISED, "peer-down", "KME_B", 5.0
+    )  # fmt: skip
+
+
+async def test_link_down_a_refused_peer_and_discarded_blocks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode()
+    state = agent(node)
+    await state.look()
+    node.link.driver_state = "down"
+    node.peer.refused = 3
+    node.link.discarded_blocks = 7
+    events = await state.look()
+    assert {(e.kind, e.code, e.value) for e in events} == {
+        (EventKind.FAULT, "peer-refused", 3.0),
+        (EventKind.FAULT, "blocks-discarded", 7.0),
+    }
+    await trio.sleep(5)
+    [event] = await state.look()
+    assert (event.code, event.kind) == ("link-down", EventKind.RAISED)
+
+
+async def test_an_empty_pool_with_refused_requests_raises_pool_empty(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode(link=FakeLink(ready_bits=0, owned_ready_bits=0))
+    state = agent(node)
+    assert [e.code for e in await state.look()] == ["pool-low"]
+    node.refused = 4
+    [event] = await state.look()
+    assert (event.code, event.value, event.severity) == ("pool-empty", 4.0, 4)
+
+
+async def test_relay_failures_above_the_rate_store_errors(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode()
+    state = agent(node, relay_failures_per_min=2.0)
+    await state.look()
+    node.relay_failed = 3
+    node.store_fails = True
+    events = await state.look()
+    assert {(e.code, e.value) for e in events} == {("relay-failures", 3.0), ("store-error", 1.0)}
+
+
+async def test_action_none_turns_a_code_off(autojump_clock: trio.testing.MockClock) -> None:
+    node = FakeNode(link=FakeLink(ready_bits=0))
+    state = agent(node, actions={"pool-low": "none"})
+    assert await state.look() == []
+
+
+def _certificate(path: Path, days: float) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "KME_A")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+@pytest.mark.parametrize(("days", "severity"), [(400, None), (10, "warning"), (-1, "critical")])
+async def test_a_certificate_near_its_expiry_raises(
+    tmp_path: Path, days: float, severity: str | None
+) -> None:
+    node = FakeNode()
+    sources = node.sources(certificates={"cert:node": _certificate(tmp_path / "n.pem", days)})
+    state = StateAgent(settings=SETTINGS, sources=sources, history_path=None)
+    await state.start()
+    await state.look()
+    assert [a.severity for a in state.alarms() if a.code == "cert-expiring"] == (
+        [severity] if severity else []
+    )
+
+
+async def test_acking_an_alarm_that_is_not_active_names_the_active_ones() -> None:
+    state = agent(FakeNode())
+    with pytest.raises(AdminParamsError, match=r"no active alarm peer-down on 'KME_C' \(active"):
+        await state.admin_methods()["alarm_ack"]({"code": "peer-down", "resource": "KME_C"})
+    with pytest.raises(AdminParamsError, match="alarm_clear: "):
+        await state.admin_methods()["alarm_clear"]({"code": "peer-down"})
+    assert await state.admin_methods()["alarms"]({}) == {"active": [], "history": []}

@@ -1,0 +1,163 @@
+"""Metrics: the typed statistics of a node as Prometheus text, parsed back."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
+
+from qkmsd.http import TlsStatistics, serve_connection
+from qkmsd.keymanager import LinkStatus
+from qkmsd.metrics import MetricsSources, Snapshot, metrics_handler, render
+from qkmsd.peers import PeerState
+from qkmsd.relay import RelayStatistics
+from qkmsd.state import AlarmView, StateStatistics
+from qkmsd.status import ApiStatus, NodeStatus, SupplyStatistics
+from qkmsd.storethread import StoreStatistics
+
+LINK = LinkStatus(
+    link_id="KME_A~KME_B",
+    peer="KME_B",
+    driver="paired",
+    driver_state="up",
+    driver_detail="",
+    qber=0.021,
+    ready_bits=81920,
+    ready_keys=320,
+    ready_blocks=10,
+    owned_ready_bits=40960,
+    unconfirmed_blocks=2,
+    discarded_blocks=3,
+    expired_blocks=0,
+    newest_block_id=41,
+    synchronised=True,
+    held=["qber-high"],
+)
+STATUS = NodeStatus(
+    node_id="KME_A",
+    version="0.1.0",
+    pid=1,
+    uptime_s=12.5,
+    peer_listen="127.0.0.1:7001",
+    peers=[
+        PeerState("KME_B", "127.0.0.1:7002", True, state="connected", connects=2, refused=1),
+        PeerState("KME_C", "127.0.0.1:7003", False),
+    ],
+    links=[LINK],
+    store=StoreStatistics(batches=7, calls=30, inline=4),
+    relay=RelayStatistics(1, 2, 3, 4, 5, 8192, 9000),
+    api=ApiStatus(
+        listen="127.0.0.1:8443",
+        hybrid_pq_tls_groups=False,
+        tls=TlsStatistics(5, 1, 0, {"TLSv1.3": 5}, {"x25519": 5}, "x25519", None),
+        supply=SupplyStatistics(
+            enc_keys=3, dec_keys=2, keys_out=9, refused=4, stock_keys_in=32, stock_keys_out=6
+        ),
+    ),
+)
+ALARMS = StateStatistics(
+    active={"indeterminate": 0, "warning": 0, "minor": 0, "major": 1, "critical": 0},
+    raised=2,
+    cleared=1,
+    faults=5,
+    looks=9,
+)
+ACTIVE = (AlarmView("qber-high", "KME_A~KME_B", "major", 1.0, 1.0, 0.2, False, "stop-link"),)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    return found[(name, frozenset(labels.items()))]
+
+
+def test_the_scrape_carries_every_agents_statistics() -> None:
+    found = samples(render(Snapshot(STATUS, ALARMS, ACTIVE)).decode())
+    link = {"link": "KME_A~KME_B", "peer": "KME_B"}
+    assert value(found, "qkms_link_ready_bits", **link) == 81920
+    assert value(found, "qkms_link_owned_ready_bits", **link) == 40960
+    assert value(found, "qkms_link_unconfirmed_blocks", **link) == 2
+    assert value(found, "qkms_link_discarded_blocks", **link) == 3
+    assert value(found, "qkms_link_qber", **link) == 0.021
+    assert value(found, "qkms_link_held", **link) == 1
+    assert value(found, "qkms_link_driver_up", **link, driver="paired", state="up") == 1
+    assert value(found, "qkms_peer_up", peer="KME_B") == 1
+    assert value(found, "qkms_peer_up", peer="KME_C") == 0
+    assert value(found, "qkms_peer_refused_total", peer="KME_B") == 1
+    assert value(found, "qkms_peers_connected") == 1
+    assert value(found, "qkms_etsi014_requests_total", call="enc_keys") == 3
+    assert value(found, "qkms_etsi014_keys_total") == 9
+    assert value(found, "qkms_etsi014_refused_total") == 4
+    assert value(found, "qkms_store_commits_total") == 7
+    assert value(found, "qkms_store_inline_calls_total") == 4
+    assert value(found, "qkms_relays_failed_total") == 2
+    assert value(found, "qkms_relay_bits_total") == 8192
+    assert value(found, "qkms_alarms_active", severity="major") == 1
+    assert value(found, "qkms_alarms_raised_total") == 2
+    assert (
+        value(
+            found,
+            "qkms_alarm_active",
+            code="qber-high",
+            resource="KME_A~KME_B",
+            severity="major",
+            acknowledged="false",
+        )
+        == 1
+    )
+
+
+def test_only_counts_levels_states_and_qber_are_exported() -> None:
+    """Every sample is a number labelled by ids, codes and states; none is a key, a key id
+    or a block id (``newest_block_id`` is in the status, deliberately not here)."""
+    found = samples(render(Snapshot(STATUS, ALARMS, ACTIVE)).decode())
+    allowed_labels = {
+        "node", "version", "peer", "link", "driver", "state", "call", "severity", "code",
+        "resource", "acknowledged",
+    }  # fmt: skip
+    for name, labels in found:
+        assert name.startswith("qkms_")
+        assert {k for k, _ in labels} <= allowed_labels, name
+        assert "block_id" not in name and "key_id" not in name
+    assert not any("newest" in name for name, _ in found)
+
+
+def test_a_node_without_api_or_alarms_exports_the_rest() -> None:
+    status = NodeStatus(
+        **{**{f: getattr(STATUS, f) for f in STATUS.__struct_fields__}, "api": None}
+    )
+    found = samples(render(Snapshot(status)).decode())
+    assert ("qkms_etsi014_keys_total", frozenset()) not in found
+    assert not any(name.startswith("qkms_alarm") for name, _ in found)
+    assert value(found, "qkms_uptime_seconds") == 12.5
+
+
+async def _get(handler, target: str, method: str = "GET") -> bytes:  # type: ignore[no-untyped-def]
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, server, handler)
+        await client.send_all(
+            f"{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := await client.receive_some():
+            data += chunk
+    return data
+
+
+async def test_the_handler_serves_metrics_and_refuses_other_paths() -> None:
+    async def node_status() -> NodeStatus:
+        return STATUS
+
+    handler = metrics_handler(MetricsSources(node_status, lambda: ALARMS, lambda: list(ACTIVE)))
+    ok = await _get(handler, "/metrics")
+    assert ok.startswith(b"HTTP/1.1 200") and b"version=0.0.4" in ok
+    assert b'qkms_link_ready_bits{link="KME_A~KME_B",peer="KME_B"} 81920.0' in ok
+    assert (await _get(handler, "/")).startswith(b"HTTP/1.1 404")
+    assert (await _get(handler, "/metrics", "POST")).startswith(b"HTTP/1.1 405")
