@@ -148,6 +148,17 @@ class SupplyReserve(_Message, tag="supply.reserve", frozen=True):
     ]
 
 
+class SupplyBurn(_Message, tag="supply.burn", frozen=True):
+    """These bytes of our blocks of ``link_id`` were cut for keys you never recorded (the
+    reservation failed or went unanswered): consume them too, so that your copy of a
+    block we used up is used up as well.  One-way; segments you already used are skipped."""
+
+    link_id: LinkId
+    segments: Annotated[
+        list[SegmentRef], msgspec.Meta(min_length=1, max_length=MAX_IDS_PER_MESSAGE)
+    ]
+
+
 class SupplyResult(_Message, tag="supply.result", frozen=True):
     """The answer to request ``id``: recorded durably (``ok``), or refused with a code."""
 
@@ -250,6 +261,7 @@ PeerMessage: TypeAlias = (
     | KeyDiscard
     | SupplyReserve
     | SupplyResult
+    | SupplyBurn
     | RelayHop
     | RelayResult
 )
@@ -263,6 +275,7 @@ PEER_MESSAGE_TYPES: Final = (
     KeyDiscard,
     SupplyReserve,
     SupplyResult,
+    SupplyBurn,
     RelayHop,
     RelayResult,
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, RelayHop, SupplyReserve
+from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, RelayHop, SupplyBurn, SupplyReserve
 from qkd_drivers import Driver, LinkEnd, driver_class
 from qkms_pqc import HybridPublicKey, PqcError
 
@@ -198,6 +198,8 @@ class Node:
                     store_thread=store_thread,
                     recorded=recorded,
                     request=peers.request,
+                    send=peers.send,
+                    is_up=peers.is_connected,
                     link_to=link_to,
                     reserve_timeout=cfg.supply.reserve_timeout_s,
                 )
@@ -226,6 +228,9 @@ class Node:
                 link_to={**qkd_link_to, **e2e_link_to},
             )
             peers.on_request(SupplyReserve, responder.handle)
+            peers.on_message(SupplyBurn, responder.on_burn)
+            peers.on_connectivity(direct.peer_up, direct.peer_down)
+            peers.on_connectivity(e2e.peer_up, e2e.peer_down)
 
             self.status = status = NodeStatusMethods(
                 node_id=cfg.node_id,

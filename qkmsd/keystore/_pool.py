@@ -91,6 +91,27 @@ class PoolMethods(abc.ABC):
         with self._writing() as conn:
             return self._consume_segments(conn, link_id, allocations)
 
+    def burn_link_key(self, link_id: str, segments: Sequence[Segment]) -> int:
+        """Consume, and throw away, each of ``segments`` that is not used yet at this end.
+
+        For bytes the other end cut for keys this end never recorded: so that a block the
+        owner used up is used up (and erased) here too.  Each segment on its own: one this
+        end used already (the keys were recorded after all) or cannot find is skipped.
+        Returns how many were consumed.
+        """
+        burnt = 0
+        with self._writing() as conn:
+            for seg in segments:
+                conn.execute("SAVEPOINT burn")
+                try:
+                    self._consume_segments(conn, link_id, [[seg]])
+                except SegmentRefused:
+                    conn.execute("ROLLBACK TO burn")
+                else:
+                    burnt += 1
+                conn.execute("RELEASE burn")
+        return burnt
+
     # -- inside a transaction --------------------------------------------------------------
 
     def _allocate(

@@ -19,22 +19,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import msgspec
 import trio
 
 from protocol import (
+    MAX_IDS_PER_MESSAGE,
     MAX_KEYS_PER_RESERVATION,
     PeerReply,
     ReservedKey,
     SegmentRef,
+    SupplyBurn,
     SupplyReserve,
     SupplyResult,
 )
 
 from ..config import SaeConfig, SupplyPolicy
 from ..errors import PeerUnavailable
-from ..keystore import CutKey, KeyStore, KeyStoreError
+from ..keystore import CutKey, KeyStore, KeyStoreError, Segment
 from ..log import get_logger
 from ..storethread import StoreThread
 from ._errors import SupplyError, Unavailable
@@ -46,6 +49,7 @@ from ._stock import PairStock
 log = get_logger("qkms.supply")
 
 RequestFn = Callable[[str, SupplyReserve], Awaitable[PeerReply]]
+SendFn = Callable[[str, Any], Awaitable[bool]]
 
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
@@ -74,8 +78,10 @@ class DirectLinkSource:
         store_thread: StoreThread,
         recorded: RecordedKeys,
         request: RequestFn,
+        send: SendFn,
         link_to: dict[str, str],
         reserve_timeout: float,
+        is_up: Callable[[str], bool] = lambda peer: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
@@ -84,7 +90,11 @@ class DirectLinkSource:
         self._thread = store_thread
         self._recorded = recorded
         self._request = request
+        self._send = send
+        self._is_up = is_up
         self._link_to = link_to
+        self._burnt: dict[str, list[Segment]] = {}
+        """Per target KME: bytes cut for keys it never recorded, to tell it about."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
         self._stocks: dict[tuple[str, str], PairStock] = {}
@@ -153,6 +163,8 @@ class DirectLinkSource:
         keep: int = 0,
     ) -> list[CutKey]:
         link_id = self._link_to[target_kme]
+        if not self._is_up(target_kme):  # cut nothing that could only be burnt
+            raise Unavailable(f"target KME {target_kme} is unreachable: not connected")
         keys: list[CutKey] = await self._thread.call(
             self._store.cut_service_keys,
             link_id,
@@ -182,15 +194,48 @@ class DirectLinkSource:
             with trio.move_on_after(self._reserve_timeout):
                 result = await self._request(target_kme, message)
         except PeerUnavailable as exc:
+            await self._burn(target_kme, keys)
             raise Unavailable(f"target KME {target_kme} is unreachable: {exc}") from None
         if result is None:
             log.warning("supply.reserve_timeout", peer=target_kme, keys=len(keys))
+            await self._burn(target_kme, keys)
             raise Unavailable(f"target KME {target_kme} did not confirm the keys in time")
         assert isinstance(result, SupplyResult)
         if not result.ok:
             log.warning("supply.reserve_refused", peer=target_kme, code=result.code)
+            await self._burn(target_kme, keys)
             raise Unavailable(f"target KME {target_kme} refused the keys: {result.message}")
         return keys
+
+    # --- burnt bytes: the neighbour consumes them too ------------------------------------
+
+    async def _burn(self, target_kme: str, keys: list[CutKey]) -> None:
+        """The cut bytes are spent here; tell the neighbour, now or when it is back."""
+        pending = self._burnt.setdefault(target_kme, [])
+        pending.extend(seg for key in keys for seg in key.segments)
+        self._burnt[target_kme] = _merged(pending)
+        await self.flush_burnt(target_kme)
+
+    async def flush_burnt(self, target_kme: str) -> None:
+        """Send the neighbour the bytes burnt here that it has not heard of.  Kept for the
+        next session while it is away (in memory: after a restart of this node the
+        neighbour's copy of those bytes stays unused until its block expires)."""
+        link_id = self._link_to.get(target_kme)
+        pending = self._burnt.get(target_kme)
+        if link_id is None or not pending:
+            return
+        while pending:
+            chunk = pending[:MAX_IDS_PER_MESSAGE]
+            refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
+            if not await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
+                return
+            del pending[: len(chunk)]
+
+    async def peer_up(self, peer: str) -> None:
+        await self.flush_burnt(peer)
+
+    async def peer_down(self, peer: str) -> None:
+        pass
 
     # --- the per-pair stock (see ._stock) ----------------------------------------------
 
@@ -258,3 +303,19 @@ def _stock_target(policy: SupplyPolicy) -> int:
         return 0  # stocked keys would go stale (half their validity) before they are used
     # Stocked keys count against the slave's max_stored_keys: leave it room.
     return min(policy.stock_keys, policy.max_stored_keys // 2)
+
+
+def _merged(segments: list[Segment]) -> list[Segment]:
+    """``segments`` sorted, with back-to-back ranges of one block joined."""
+    out: list[Segment] = []
+    for seg in sorted(segments, key=lambda s: (s.block_id, s.offset)):
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.block_id == seg.block_id
+            and last.offset + last.length == seg.offset
+        ):
+            out[-1] = Segment(last.block_id, last.offset, last.length + seg.length)
+        else:
+            out.append(seg)
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from protocol import ErrorCode, SupplyReserve, SupplyResult
+from protocol import ErrorCode, SupplyBurn, SupplyReserve, SupplyResult
 
 from ..config import SaeConfig, SupplyPolicy
 from ..keystore import KeySpec, KeyStore, KeyStoreError, Segment
@@ -63,6 +63,20 @@ class ReservationResponder:
         if code:
             log.warning("supply.reserve_refused_here", peer=peer, code=code)
         return SupplyResult(id=message.id, ok=not code, code=code, message=text[:1000])
+
+    async def on_burn(self, peer: str, message: SupplyBurn) -> None:
+        """The peer burnt bytes of its blocks it had cut for keys we never recorded: consume
+        them here too, so that a block it used up is used up at this end as well."""
+        if self._link_to.get(peer) != message.link_id:
+            log.warning("supply.burn_unknown_link", peer=peer, link=message.link_id)
+            return
+        segments = [Segment(s.block_id, s.offset, s.length) for s in message.segments]
+        try:
+            burnt = await self._thread.call(self._store.burn_link_key, message.link_id, segments)
+        except KeyStoreError as exc:
+            log.error("supply.burn_failed", peer=peer, error=str(exc)[:200])
+            return
+        log.info("supply.burnt", peer=peer, link=message.link_id, segments=burnt)
 
     async def _record(self, message: SupplyReserve, local: list[str]) -> tuple[str, str]:
         limits = {s: self._policy_for(message.master_sae, s).max_stored_keys for s in local}

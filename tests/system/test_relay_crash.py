@@ -13,7 +13,7 @@ of the pool), both ends hold the same READY ids with the same bytes (``check``: 
 check value), and the ETSI 014 keys SAE1 and SAE3 took before and after the kills say the
 same: SAE3 got SAE1's value for every id, no value came under two ids, no id is delivered
 twice.  SAE traffic does not run during the kills: a key cut for an SAE while the slave's
-KME is down breaks the pool's agreement (the xfail test at the end).
+KME is down is burnt at both ends once that KME is back (the test at the end).
 """
 
 from __future__ import annotations
@@ -200,8 +200,8 @@ def cut_relays(lab: Lab, survivors: Sequence[str], victim: str, killed_at: float
 
 
 def stock_quiet(lab: Lab, node: str) -> Callable[[], bool]:
-    """Whether the node's ETSI 014 stocks stopped refilling (a refill cut while the slave's
-    KME dies burns its bits at this end only: see the xfail test below)."""
+    """Whether the node's ETSI 014 stocks stopped refilling (so that the kills below catch
+    relays, not refills)."""
     seen: list[int] = []
 
     def quiet() -> bool:
@@ -324,15 +324,6 @@ class OneSidedKey(AssertionError):
     """Blocks READY at one end of the pool only, once it settled."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OneSidedKey,
-    reason=(
-        "supply burns a key cut for an SAE when the slave's KME is unreachable at the "
-        "cutting end only: a block it used up there is ERASED at KME1 and stays READY at "
-        "KME3 (bytes never consumed), so `check` shows it READY at KME3 only, for good"
-    ),
-)
 def test_key_cut_for_sae1_while_kme3_is_down_is_ready_at_neither_end_after_the_restart(
     lab: Lab,
 ) -> None:

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import trio
 
-from protocol import PeerReply, SupplyReserve
+from protocol import PeerReply, SupplyBurn, SupplyReserve
 from qkmsd.config import SaeConfig, SupplyPolicy
 from qkmsd.keystore import KeyStore, NewBlock
 from qkmsd.supply import DirectLinkSource, RecordedKeys, ReservationResponder
@@ -62,6 +62,8 @@ class LinkEnds:
     policies: dict[tuple[str, str], SupplyPolicy]
     requests: list[SupplyReserve]
     answer: Callable[[str, SupplyReserve], Awaitable[PeerReply]]
+    up: bool = True
+    sent: list[object] = dataclasses.field(default_factory=list)
 
     def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
         return self.policies.get((master, slave), SupplyPolicy())
@@ -100,6 +102,15 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         requests.append(message)
         return await pair.answer("KME_A", message)
 
+    async def send(peer: str, message: object) -> bool:
+        """The neighbour gets one-way messages (burn notices) at once, while ``up``."""
+        if not pair.up:
+            return False
+        pair.sent.append(message)
+        assert isinstance(message, SupplyBurn)
+        await pair.responder.on_burn("KME_A", message)
+        return True
+
     source = DirectLinkSource(
         node_id="KME_A",
         saes=SAES,
@@ -107,6 +118,7 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         store_thread=thread_a,  # type: ignore[arg-type]
         recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
         request=request,
+        send=send,
         link_to={"KME_B": LINK},
         reserve_timeout=2.0,
     )

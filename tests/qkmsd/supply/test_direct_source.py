@@ -9,9 +9,11 @@ import trio.testing
 
 from protocol import SupplyReserve, SupplyResult
 from qkmsd.config import SupplyPolicy
+from qkmsd.errors import PeerUnavailable
+from qkmsd.keystore import KeyState
 from qkmsd.supply import KeyOrder, Unavailable
 
-from .conftest import BLOCK_BYTES, LinkEnds
+from .conftest import BLOCK_BYTES, LINK, LinkEnds
 
 
 def order(
@@ -163,3 +165,57 @@ async def test_the_stock_counts_in_the_keys_available_to_the_pair(ends: LinkEnds
         in_pool = ends.owned_ready_bits() // policy.key_size
         assert available == in_pool + policy.stock_keys
         nursery.cancel_scope.cancel()
+
+
+async def test_bytes_cut_for_a_failed_reservation_are_burnt_at_the_neighbour_too(
+    ends: LinkEnds,
+) -> None:
+    # A whole block cut, then refused: the block is used up at both ends, not READY at B.
+    async def refuse(peer: str, message: SupplyReserve) -> SupplyResult:
+        return SupplyResult(id=message.id, ok=False, code="store-error", message="disk full")
+
+    ends.answer = refuse
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        assert ends.store_a.states(LINK, [0]) == {0: KeyState.ERASED}
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_burn_notices_wait_for_the_neighbour_to_come_back(ends: LinkEnds) -> None:
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("peer KME_B is not connected")
+
+    ends.answer, ends.up = unreachable, False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable, match="unreachable"):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+        ends.up = True
+        await ends.source.peer_up("KME_B")
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        assert len(ends.sent) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_skips_bytes_the_neighbour_already_recorded(ends: LinkEnds) -> None:
+    # A reservation that timed out at A but was recorded at B: the keys stay fetchable.
+    keys = await ends.source.new_keys(order(ends, 2, size_bits=512))
+    segments = [s for k in keys for s in k.segments]
+    burnt = ends.store_b.burn_link_key(LINK, segments)
+    assert burnt == 0
+    fetched = await ends.recorded_b.fetch(
+        [k.key_id for k in keys], master="SAE_A", requester="SAE_B"
+    )
+    assert dict(fetched) == {k.key_id: k.key for k in keys}
+
+
+async def test_nothing_is_cut_for_a_neighbour_without_a_session(ends: LinkEnds) -> None:
+    ends.source._is_up = lambda peer: False
+    before = ends.owned_ready_bits()
+    with pytest.raises(Unavailable, match="KME_B is unreachable: not connected"):
+        await ends.source.new_keys(order(ends, 1, size_bits=512))
+    assert ends.owned_ready_bits() == before and ends.requests == []
