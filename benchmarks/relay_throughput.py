@@ -51,6 +51,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ for _path in (str(HERE.parent), str(HERE)):
 import trio
 from _etsi014_harness import code_version, machine
 from _relay_common import (
+    RELAY_OVERHEAD_BITS,
     Line,
     Net,
     Ring,
@@ -389,11 +391,12 @@ class Probe:
     """What one node's relay agent does, counted by wrapping three of its methods in this
     process (the benchmark's instrument; the daemon code is unchanged): the link key it
     spent on each link (pads and MAC keys of the hops it sealed, as source or
-    intermediate), each relay attempt on a path by outcome (``confirmed`` or the error
-    code; a split key makes one attempt per share), and each whole relay's outcome (after
-    every route tried) and latency."""
+    intermediate), each relay attempt on a path by outcome (``confirmed``, or the error
+    code and the node that refused, ``insufficient-key@KME_D``; a split key makes one
+    attempt per share), and each whole relay's outcome (after every route tried) and
+    latency."""
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: Any, nodes: Sequence[str]) -> None:
         self.spent: collections.Counter[str] = collections.Counter()
         self.attempts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.relays: list[tuple[float, float, str]] = []
@@ -409,7 +412,10 @@ class Probe:
             try:
                 record = await relay_on(pool, path, size, **kw)
             except RelayFailed as exc:
-                self.attempts["-".join(path), _code(exc)] += 1
+                # A refusal further on comes back as "<node>: <error>".
+                where = str(exc).split(": ", 1)[0]
+                where = where if where in nodes else agent.node_id
+                self.attempts["-".join(path), f"{_code(exc)}@{where}"] += 1
                 raise
             self.attempts["-".join(path), "confirmed"] += 1
             return record
@@ -492,6 +498,20 @@ def ring_figures(
                 "ends": ends,
             }
         )
+    # Link key spent on hops of attempts the destination confirmed (of a split key: shares
+    # confirmed, whether or not the other shares made it); the rest was burnt on failures.
+    confirmed_bits: collections.Counter[str] = collections.Counter()
+    for n in ring.ends:
+        for path, outcome in after["probes"][n]["attempts"]:
+            if outcome == "confirmed":
+                hops = path.split("-")
+                for a, b in zip(hops, hops[1:], strict=False):
+                    confirmed_bits[link_id(a, b)] += delta(n, "attempts", (path, outcome)) * (
+                        block + RELAY_OVERHEAD_BITS
+                    )
+    for link in links:
+        link["spent_on_confirmed_bps"] = confirmed_bits[link["link"]] / seconds
+        link["burnt_bps"] = link["spent_bps"] - link["spent_on_confirmed_bps"]
     e2e = rate(before["e2e_ready_bits"][destination], after["e2e_ready_bits"][destination], seconds)
     e2e_src = rate(before["e2e_ready_bits"][source], after["e2e_ready_bits"][source], seconds)
     t0 = before["t"]
@@ -555,7 +575,7 @@ async def ring_mode(
         nodes, _ = await start_nodes(
             nursery, ring, work / f"ring-{mode}", pki, args, relay=relay, pool=RING_MODES[mode]
         )
-        probes = {n: Probe(nodes[n].relay) for n in ring.nodes}
+        probes = {n: Probe(nodes[n].relay, ring.nodes) for n in ring.nodes}
         await trio.sleep(args.warmup_s)
         before = await ring_snapshot(ring, nodes, probes)
         await trio.sleep(args.window_s)
@@ -616,7 +636,8 @@ def ring_report(r: dict[str, Any]) -> None:
         )
         print(
             f"    {link['link']:<12} rate {link['rate_bps'] / 1e3:6.1f}, spent "
-            f"{link['spent_bps'] / 1e3:6.1f} kbit/s ({link['spent_share_of_rate']:.1%}): {ends}"
+            f"{link['spent_bps'] / 1e3:6.1f} kbit/s ({link['spent_share_of_rate']:.1%}), burnt "
+            f"{link['burnt_bps'] / 1e3:.1f}: {ends}"
         )
     for n, s in r["by_source"].items():
         print(
