@@ -1,4 +1,5 @@
-"""The relay benchmark's pure parts: the line of nodes, node configs as TOML, the figures.
+"""The relay benchmark's pure parts: the line and the ring of nodes, node configs as TOML,
+the figures.
 
 No I/O and no clock here, so ``tests/benchmarks/test_relay_common.py`` checks all of it.
 """
@@ -10,7 +11,9 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import networkx as nx
 
 RELAY_OVERHEAD_BITS = 512
 """Link key a hop spends beyond the relayed key: the 256-bit confirmation key, padded with
@@ -72,6 +75,17 @@ class Line:
         i = self.nodes.index(node)
         return [self.nodes[j] for j in (i - 1, i + 1) if 0 <= j < len(self.nodes)]
 
+    @property
+    def ends(self) -> tuple[str, str]:
+        return self.nodes[0], self.nodes[-1]
+
+    @property
+    def edges(self) -> list[tuple[str, str, float]]:
+        """Each QKD link: its two nodes and its key rate."""
+        return [
+            (a, b, r) for a, b, r in zip(self.nodes, self.nodes[1:], self.rates_bps, strict=False)
+        ]
+
 
 def make_line(hops: int, rate_bps: float, *, bottleneck: float = 1.0) -> Line:
     """``hops`` links at ``rate_bps``; with ``bottleneck`` < 1 the middle link (the later of
@@ -84,6 +98,84 @@ def make_line(hops: int, rate_bps: float, *, bottleneck: float = 1.0) -> Line:
     if bottleneck < 1:
         rates[hops // 2] = rate_bps * bottleneck
     return Line(tuple(node_ids(hops + 1)), tuple(rates))
+
+
+@dataclass(frozen=True)
+class Ring:
+    """A ring of nodes, one QKD link between ring neighbours, and one end-to-end pool."""
+
+    nodes: tuple[str, ...]
+    """In ring order."""
+    rates_bps: tuple[float, ...]
+    """``rates_bps[i]``: the link from ``nodes[i]`` to ``nodes[i + 1]`` (the last one back
+    to ``nodes[0]``)."""
+    ends: tuple[str, str]
+    """The end-to-end pool's two nodes, the lower id first."""
+
+    @property
+    def edges(self) -> list[tuple[str, str, float]]:
+        n = len(self.nodes)
+        return [(self.nodes[i], self.nodes[(i + 1) % n], self.rates_bps[i]) for i in range(n)]
+
+    @property
+    def links(self) -> list[str]:
+        return [link_id(a, b) for a, b, _ in self.edges]
+
+    @property
+    def e2e_link(self) -> str:
+        return link_id(*self.ends)
+
+    def neighbours(self, node: str) -> list[str]:
+        i, n = self.nodes.index(node), len(self.nodes)
+        return [self.nodes[(i - 1) % n], self.nodes[(i + 1) % n]]
+
+    def sides(self) -> list[tuple[str, ...]]:
+        """The two paths between the ends, one each way round (node-disjoint)."""
+        n = len(self.nodes)
+        i, j = (self.nodes.index(e) for e in self.ends)
+        one = tuple(self.nodes[(i + k) % n] for k in range((j - i) % n + 1))
+        other = tuple(self.nodes[(i - k) % n] for k in range((i - j) % n + 1))
+        return [one, other]
+
+    def rate_of(self, a: str, b: str) -> float:
+        return next(r for x, y, r in self.edges if {x, y} == {a, b})
+
+    def bottleneck_bps(self, path: Sequence[str]) -> float:
+        """The key rate of the slowest link on ``path``."""
+        return min(self.rate_of(a, b) for a, b in zip(path, path[1:], strict=False))
+
+
+def make_ring(rate_bps: float, *, slow: float = 0.5) -> Ring:
+    """A-B-C-D-A with the pool A~C: the side A-B-C at ``rate_bps``, the side A-D-C at
+    ``slow * rate_bps``."""
+    if not 0 < slow <= 1:
+        raise ValueError("slow is a factor in (0, 1]")
+    nodes = tuple(node_ids(4))
+    return Ring(nodes, (rate_bps, rate_bps, slow * rate_bps, slow * rate_bps), (nodes[0], nodes[2]))
+
+
+def max_flow_bps(edges: Sequence[tuple[str, str, float]], source: str, sink: str) -> float:
+    """The max-flow between ``source`` and ``sink`` with each link's key rate as its
+    capacity (each way: an undirected link) -- networkx ``maximum_flow_value``."""
+    graph: nx.Graph[str] = nx.Graph()
+    for a, b, r in edges:
+        graph.add_edge(a, b, capacity=r)
+    return float(nx.maximum_flow_value(graph, source, sink, capacity="capacity"))
+
+
+class Net(Protocol):
+    """What ``node_toml`` needs of a line or a ring."""
+
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+
+    @property
+    def ends(self) -> tuple[str, str]: ...
+
+    @property
+    def edges(self) -> list[tuple[str, str, float]]: ...
+
+    def neighbours(self, node: str) -> list[str]: ...
 
 
 def _toml(value: Any) -> str:
@@ -101,7 +193,7 @@ def _table(name: str, values: Mapping[str, Any]) -> list[str]:
 
 
 def node_toml(
-    line: Line,
+    line: Net,
     node: str,
     *,
     home: Path,
@@ -110,16 +202,18 @@ def node_toml(
     link_params: Mapping[str, Any],
     relay: Mapping[str, Any],
     saes: Mapping[str, str],
+    pool: Mapping[str, Any] | None = None,
 ) -> str:
-    """The config of one node of ``line``, as an operator would write it.
+    """The config of one node of ``line`` (a line or a ring), as an operator would write it.
 
     Its peers are its neighbours and, at the two ends, the other end (the direct session
     an end-to-end pool needs); ``peer_addresses`` gives the ones it dials (others are never
     dialled and get a placeholder).  ``link_params``: the ``paired`` driver's parameters
     but ``rate_bps`` and ``seed``, which come from the line.  ``relay``: ``[relay]`` but
-    ``topology`` and ``pools``.  ``saes``: SAE id -> its KME.
+    ``topology`` and ``pools``.  ``saes``: SAE id -> its KME.  ``pool``: the end-to-end
+    pool's settings at both ends (``paths``, ``spread``).
     """
-    first, last = line.nodes[0], line.nodes[-1]
+    first, last = line.ends
     peers = line.neighbours(node)
     if node in (first, last):
         peers.append(last if node == first else first)
@@ -147,13 +241,11 @@ def node_toml(
     ]
     for peer in peers:
         lines += _table(f'peers."{peer}"', {"address": peer_addresses.get(peer, "127.0.0.1:1")})
-    i = line.nodes.index(node)
-    for j in (i - 1, i):
-        if 0 <= j < line.hops:
-            a, b = line.nodes[j], line.nodes[j + 1]
+    for j, (a, b, link_rate) in enumerate(line.edges):
+        if node in (a, b):
             params = {
                 **link_params,
-                "rate_bps": line.rates_bps[j],
+                "rate_bps": link_rate,
                 "seed": f"relay-bench-link-{j}".ljust(16, "-"),
             }
             lines += _table(
@@ -162,14 +254,14 @@ def node_toml(
             )
     for sae, kme in saes.items():
         lines += _table(f'saes."{sae}"', {"kme": kme})
-    topology = [[a, b] for a, b in zip(line.nodes, line.nodes[1:], strict=False)]
+    topology = [[a, b] for a, b, _ in line.edges]
     lines += _table("relay", {**relay, "topology": topology})
     if node in (first, last):
-        lines += _table(f'relay.pools."{last if node == first else first}"', {})
+        lines += _table(f'relay.pools."{last if node == first else first}"', dict(pool or {}))
     return "\n".join(lines) + "\n"
 
 
-def dial_order(line: Line) -> list[str]:
+def dial_order(line: Net) -> list[str]:
     """Start order: a node dials the peers with higher ids, so those must listen first."""
     return sorted(line.nodes, reverse=True)
 

@@ -20,7 +20,21 @@ On the 3-node line, after the relay window, ETSI 014 single-key requests in a cl
 SAE_A for SAE_C (the end-to-end pool) alternated with SAE_A for SAE_B (the QKD link A~B),
 keys/s of each and the ratio.
 
-Default run: about a minute.  ``--window-s 60 --warmup-s 10`` for steadier figures.
+The ring scenario: KME_A-KME_B-KME_C-KME_D-KME_A with the end-to-end pool A~C, the side
+A-B-C at R and the side A-D-C at R/2 (``--ring-slow``).  Both ends relay without pause
+(``link_reserve_bits = 0``) in each of three pool modes, each on fresh nodes:
+
+- ``spread``: ``spread = true``, whole keys over the two node-disjoint paths in turn;
+- ``disjoint``: ``paths = "disjoint"``, each key split into XOR shares, one per path;
+- ``default``: the routes in order (the first, then the next when a relay fails on it).
+
+Figures: end-to-end rate, efficiency = rate x 1.0625 / the max-flow between A and C of the
+link key rates (networkx ``maximum_flow_value``; target >= 0.8 for ``spread``) and against
+each side's bottleneck, link key spent per link (both ends' hops), relays per path and
+failed by code, relay latency, CPU.
+
+Default run: about two and a half minutes (``--hops ""`` or ``--ring-modes ""`` leave a
+part out).  ``--window-s 60 --warmup-s 10`` for steadier figures.
 Writes ``benchmarks/results/relay_throughput.json``.
 """
 
@@ -37,6 +51,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +63,19 @@ for _path in (str(HERE.parent), str(HERE)):
 import trio
 from _etsi014_harness import code_version, machine
 from _relay_common import (
+    RELAY_OVERHEAD_BITS,
     Line,
+    Net,
+    Ring,
     dial_order,
     efficiency,
     failure_kind,
     latency_bound_bps,
     link_bits_per_relayed_bit,
+    link_id,
     make_line,
+    make_ring,
+    max_flow_bps,
     node_toml,
     percentiles,
     rate,
@@ -65,8 +86,15 @@ from qkms_client import Etsi014Error, TrioEtsi014Client
 from qkmsd.app import Node, NodeInfo
 from qkmsd.config import load_config
 from qkmsd.keystore import generate_master_key
+from qkmsd.relay._agent import MAC_KEY_BYTES, RelayFailed
 
 TARGET = 0.9
+RING_TARGET = 0.8
+RING_MODES = {
+    "spread": {"spread": True},
+    "disjoint": {"paths": "disjoint"},
+    "default": {},
+}
 OUT = HERE / "results" / "relay_throughput.json"
 
 
@@ -292,6 +320,43 @@ async def etsi_windows(
     return out
 
 
+async def start_nodes(
+    nursery: trio.Nursery,
+    net: Net,
+    work: Path,
+    pki: Path,
+    args: argparse.Namespace,
+    *,
+    relay: dict[str, Any],
+    pool: dict[str, Any],
+) -> tuple[dict[str, Node], dict[str, NodeInfo]]:
+    """Start ``net``'s nodes in ``nursery``, each in its own home under ``work``."""
+    saes = {sae_of(n): n for n in net.nodes}
+    nodes: dict[str, Node] = {}
+    infos: dict[str, NodeInfo] = {}
+    for node in dial_order(net):
+        home = work / node
+        home.mkdir(parents=True)
+        generate_master_key(home / "master.key")
+        path = home / "qkmsd.toml"
+        path.write_text(
+            node_toml(
+                net,
+                node,
+                home=home,
+                pki=pki,
+                peer_addresses={n: f"127.0.0.1:{i.peer_port}" for n, i in infos.items()},
+                link_params={"block_bits": args.link_block_bits},
+                relay=relay,
+                saes=saes,
+                pool=pool,
+            )
+        )
+        nodes[node] = Node(load_config(path))
+        infos[node] = await nursery.start(_run, nodes[node])
+    return nodes, infos
+
+
 async def scenario(
     line: Line, args: argparse.Namespace, pki: Path, work: Path, *, etsi: bool
 ) -> dict[str, Any]:
@@ -303,29 +368,10 @@ async def scenario(
         "timeout_s": 5.0,
         "in_flight": args.in_flight,
     }
-    saes = {sae_of(n): n for n in line.nodes}
-    nodes: dict[str, Node] = {}
-    infos: dict[str, NodeInfo] = {}
     async with trio.open_nursery() as nursery:
-        for node in dial_order(line):
-            home = work / f"{line.hops}hop" / node
-            home.mkdir(parents=True)
-            generate_master_key(home / "master.key")
-            path = home / "qkmsd.toml"
-            path.write_text(
-                node_toml(
-                    line,
-                    node,
-                    home=home,
-                    pki=pki,
-                    peer_addresses={n: f"127.0.0.1:{i.peer_port}" for n, i in infos.items()},
-                    link_params={"block_bits": args.link_block_bits},
-                    relay=relay,
-                    saes=saes,
-                )
-            )
-            nodes[node] = Node(load_config(path))
-            infos[node] = await nursery.start(_run, nodes[node])
+        nodes, infos = await start_nodes(
+            nursery, line, work / f"{line.hops}hop", pki, args, relay=relay, pool={}
+        )
         run = Running(line, nodes, infos)
         result = await relay_window(run, args)
         if etsi:
@@ -335,6 +381,275 @@ async def scenario(
                 result["etsi014"] = await etsi_windows(run, pki, args, stack)
         nursery.cancel_scope.cancel()
     return result
+
+
+def _code(exc: RelayFailed) -> str:
+    return str(exc.code)  # an ErrorCode (a StrEnum) or, from a reply, its value
+
+
+class Probe:
+    """What one node's relay agent does, counted by wrapping three of its methods in this
+    process (the benchmark's instrument; the daemon code is unchanged): the link key it
+    spent on each link (pads and MAC keys of the hops it sealed, as source or
+    intermediate), each relay attempt on a path by outcome (``confirmed``, or the error
+    code and the node that refused, ``insufficient-key@KME_D``; a split key makes one
+    attempt per share), and each whole relay's outcome (after every route tried) and
+    latency."""
+
+    def __init__(self, agent: Any, nodes: Sequence[str]) -> None:
+        self.spent: collections.Counter[str] = collections.Counter()
+        self.attempts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.relays: list[tuple[float, float, str]] = []
+        """(started, seconds, ``confirmed`` or the error code), monotonic clock."""
+        seal, relay_on, relay = agent._seal_hop, agent._relay_on, agent.relay
+
+        async def sealing(hop: Any, key: bytes) -> Any:
+            sealed = await seal(hop, key)
+            self.spent[sealed.link_id] += (len(key) + MAC_KEY_BYTES) * 8
+            return sealed
+
+        async def relaying_on(pool: Any, path: list[str], size: int, **kw: Any) -> Any:
+            try:
+                record = await relay_on(pool, path, size, **kw)
+            except RelayFailed as exc:
+                # A refusal further on comes back as "<node>: <error>".
+                where = str(exc).split(": ", 1)[0]
+                where = where if where in nodes else agent.node_id
+                self.attempts["-".join(path), f"{_code(exc)}@{where}"] += 1
+                raise
+            self.attempts["-".join(path), "confirmed"] += 1
+            return record
+
+        async def relaying(e2e_link_id: str, **kw: Any) -> Any:
+            t0 = time.monotonic()
+            try:
+                record = await relay(e2e_link_id, **kw)
+            except RelayFailed as exc:
+                self.relays.append((t0, time.monotonic() - t0, _code(exc)))
+                raise
+            self.relays.append((t0, time.monotonic() - t0, "confirmed"))
+            return record
+
+        agent._seal_hop, agent._relay_on, agent.relay = sealing, relaying_on, relaying
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"spent": dict(self.spent), "attempts": dict(self.attempts)}
+
+
+async def pool_level(node: Node, link: str) -> Any:
+    assert node.store_thread is not None
+    return await node.store_thread.call(node.store_thread._store.pool, link)  # type: ignore[union-attr]
+
+
+async def ring_snapshot(ring: Ring, nodes: dict[str, Node], probes: dict[str, Probe]) -> Any:
+    owned: dict[str, dict[str, int]] = {}
+    for a, b, _ in ring.edges:
+        link = link_id(a, b)
+        owned[link] = {n: (await pool_level(nodes[n], link)).owned_ready_bits for n in (a, b)}
+    e2e = {n: await pool_level(nodes[n], ring.e2e_link) for n in ring.ends}
+    return {
+        "t": time.monotonic(),
+        "cpu_s": cpu_s(),
+        "probes": {n: p.snapshot() for n, p in probes.items()},
+        "owned": owned,
+        "e2e_ready_bits": {n: level.ready_bits for n, level in e2e.items()},
+        "e2e_discarded_blocks": {n: level.discarded_blocks for n, level in e2e.items()},
+    }
+
+
+def ring_figures(
+    ring: Ring,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    probes: dict[str, Probe],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    seconds = after["t"] - before["t"]
+    block = args.block_bits
+    source, destination = ring.ends
+    flow = max_flow_bps(ring.edges, source, destination)
+    sides = [(side, ring.bottleneck_bps(side)) for side in ring.sides()]
+    slower = min(rate for _, rate in sides)
+
+    def delta(node: str, kind: str, key: Any) -> int:
+        return after["probes"][node][kind].get(key, 0) - before["probes"][node][kind].get(key, 0)
+
+    links = []
+    for a, b, link_rate in ring.edges:
+        link = link_id(a, b)
+        ends = {}
+        for n in (a, b):
+            spent = delta(n, "spent", link) / seconds
+            o0, o1 = before["owned"][link][n], after["owned"][link][n]
+            ends[n] = {
+                "spent_bps": spent,
+                "owned_ready_bits_start": o0,
+                "owned_ready_bits_end": o1,
+                # What this end could allocate in the window: spent, plus what it gained.
+                "owned_supply_bps": spent + rate(o0, o1, seconds),
+            }
+        spent = sum(e["spent_bps"] for e in ends.values())
+        links.append(
+            {
+                "link": link,
+                "rate_bps": link_rate,
+                "spent_bps": spent,
+                "spent_share_of_rate": spent / link_rate,
+                "ends": ends,
+            }
+        )
+    # Link key spent on hops of attempts the destination confirmed (of a split key: shares
+    # confirmed, whether or not the other shares made it); the rest was burnt on failures.
+    confirmed_bits: collections.Counter[str] = collections.Counter()
+    for n in ring.ends:
+        for path, outcome in after["probes"][n]["attempts"]:
+            if outcome == "confirmed":
+                hops = path.split("-")
+                for a, b in zip(hops, hops[1:], strict=False):
+                    confirmed_bits[link_id(a, b)] += delta(n, "attempts", (path, outcome)) * (
+                        block + RELAY_OVERHEAD_BITS
+                    )
+    for link in links:
+        link["spent_on_confirmed_bps"] = confirmed_bits[link["link"]] / seconds
+        link["burnt_bps"] = link["spent_bps"] - link["spent_on_confirmed_bps"]
+    e2e = rate(before["e2e_ready_bits"][destination], after["e2e_ready_bits"][destination], seconds)
+    e2e_src = rate(before["e2e_ready_bits"][source], after["e2e_ready_bits"][source], seconds)
+    t0 = before["t"]
+    by_source = {}
+    latencies: list[float] = []
+    for n in ring.ends:
+        attempts: dict[str, dict[str, int]] = {}
+        keys = set(after["probes"][n]["attempts"])
+        for path, outcome in sorted(keys):
+            count = delta(n, "attempts", (path, outcome))
+            if count:
+                attempts.setdefault(path, {})[outcome] = count
+        relays = [r for r in probes[n].relays if t0 <= r[0] < after["t"]]
+        failed = collections.Counter(code for _, _, code in relays if code != "confirmed")
+        confirmed = [s for _, s, code in relays if code == "confirmed"]
+        latencies += confirmed
+        by_source[n] = {
+            "relays_confirmed": len(confirmed),
+            "relays_failed_by_code": dict(failed),
+            "attempts_by_path": attempts,
+        }
+    cpu = after["cpu_s"] - before["cpu_s"]
+    relays_confirmed = sum(s["relays_confirmed"] for s in by_source.values())
+    mean_latency = sum(latencies) / len(latencies) if latencies else 0.0
+    return {
+        "window_s": round(seconds, 3),
+        "warmup_s": args.warmup_s,
+        "e2e_ready_bps_destination": e2e,
+        "e2e_ready_bps_source": e2e_src,
+        "max_flow_bps": flow,
+        "efficiency_vs_max_flow": efficiency(e2e, flow, block),
+        "efficiency_vs_slower_side": efficiency(e2e, slower, block),
+        "sides": [{"path": list(p), "bottleneck_bps": r} for p, r in sides],
+        "links": links,
+        "by_source": by_source,
+        "e2e_discarded_blocks": after["e2e_discarded_blocks"],
+        "relay_latency_s": {
+            "mean": mean_latency,
+            "p50_p90_p99": percentiles(latencies),
+            "samples": len(latencies),
+        },
+        "latency_bound_bps": 2 * latency_bound_bps(args.in_flight, block, mean_latency),
+        "cpu_cores": cpu / seconds,
+        "cpu_ms_per_relay": 1000 * cpu / relays_confirmed if relays_confirmed else None,
+    }
+
+
+async def ring_mode(
+    ring: Ring, mode: str, args: argparse.Namespace, pki: Path, work: Path
+) -> dict[str, Any]:
+    relay = {
+        "block_bits": args.block_bits,
+        # Far above what a run makes: the relays never pause; no key kept back on links.
+        "low_bits": 1 << 40,
+        "high_bits": 1 << 40,
+        "timeout_s": 5.0,
+        "in_flight": args.in_flight,
+        "link_reserve_bits": 0,
+    }
+    async with trio.open_nursery() as nursery:
+        nodes, _ = await start_nodes(
+            nursery, ring, work / f"ring-{mode}", pki, args, relay=relay, pool=RING_MODES[mode]
+        )
+        probes = {n: Probe(nodes[n].relay, ring.nodes) for n in ring.nodes}
+        await trio.sleep(args.warmup_s)
+        before = await ring_snapshot(ring, nodes, probes)
+        await trio.sleep(args.window_s)
+        after = await ring_snapshot(ring, nodes, probes)
+        nursery.cancel_scope.cancel()
+    return {
+        "mode": mode,
+        "pool": RING_MODES[mode],
+        **ring_figures(ring, before, after, probes, args),
+    }
+
+
+def ring_scenario(
+    ring: Ring, modes: list[str], args: argparse.Namespace, pki: Path, work: Path
+) -> dict[str, Any]:
+    source, destination = ring.ends
+    out: dict[str, Any] = {
+        "scenario": "ring",
+        "nodes": list(ring.nodes),
+        "e2e_link": ring.e2e_link,
+        "links": [{"link": link_id(a, b), "rate_bps": r} for a, b, r in ring.edges],
+        "max_flow_bps": max_flow_bps(ring.edges, source, destination),
+        "link_bits_per_relayed_bit": link_bits_per_relayed_bit(args.block_bits),
+        "target": RING_TARGET,
+        "target_mode": "spread",
+        "modes": {},
+    }
+    print(
+        f"\nring {'-'.join(ring.nodes)}-{ring.nodes[0]}, pool {ring.e2e_link}, "
+        f"max-flow {out['max_flow_bps'] / 1e3:.1f} kbit/s"
+    )
+    for mode in modes:
+        r = trio.run(functools.partial(ring_mode, ring, mode, args, pki, work))
+        out["modes"][mode] = r
+        ring_report(r)
+    if "spread" in out["modes"]:
+        out["target_met"] = out["modes"]["spread"]["efficiency_vs_max_flow"] >= RING_TARGET
+    return out
+
+
+def ring_report(r: dict[str, Any]) -> None:
+    sides = ", ".join(f"{'-'.join(s['path'])} {s['bottleneck_bps'] / 1e3:.0f}" for s in r["sides"])
+    verdict = ""
+    if r["mode"] == "spread":
+        met = r["efficiency_vs_max_flow"] >= RING_TARGET
+        verdict = f", target {RING_TARGET}: {'MET' if met else 'MISSED'}"
+    print(
+        f"  {r['mode']} {r['pool']}, window {r['window_s']:.1f} s: end-to-end READY "
+        f"{r['e2e_ready_bps_destination'] / 1e3:.1f} kbit/s; efficiency "
+        f"{r['efficiency_vs_max_flow']:.3f} of max-flow {r['max_flow_bps'] / 1e3:.0f}{verdict};"
+        f" {r['efficiency_vs_slower_side']:.3f} of the slower side (sides: {sides} kbit/s)"
+    )
+    for link in r["links"]:
+        ends = ", ".join(
+            f"{n} {e['spent_bps'] / 1e3:.1f} of {e['owned_supply_bps'] / 1e3:.1f} owned "
+            f"({e['owned_ready_bits_start']}->{e['owned_ready_bits_end']})"
+            for n, e in link["ends"].items()
+        )
+        print(
+            f"    {link['link']:<12} rate {link['rate_bps'] / 1e3:6.1f}, spent "
+            f"{link['spent_bps'] / 1e3:6.1f} kbit/s ({link['spent_share_of_rate']:.1%}), burnt "
+            f"{link['burnt_bps'] / 1e3:.1f}: {ends}"
+        )
+    for n, s in r["by_source"].items():
+        print(
+            f"    from {n}: {s['relays_confirmed']} relays confirmed, failed "
+            f"{s['relays_failed_by_code']}; attempts by path {s['attempts_by_path']}"
+        )
+    lat = r["relay_latency_s"]
+    print(
+        f"    relay latency mean {lat['mean'] * 1e3:.1f} ms over {lat['samples']}, p50/p90/p99 "
+        f"{[round(x * 1e3, 1) for x in lat['p50_p90_p99']]} ms; CPU {r['cpu_cores']:.2f} cores,"
+        f" {r['cpu_ms_per_relay'] or 0:.1f} ms per relay"
+    )
 
 
 def report(r: dict[str, Any]) -> None:
@@ -390,27 +705,42 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-s", type=float, default=20.0)
     p.add_argument("--etsi-window-s", type=float, default=2.0)
     p.add_argument("--etsi-rounds", type=int, default=2)
-    p.add_argument("--hops", default="2,4", help="comma-separated line lengths in hops")
+    p.add_argument(
+        "--hops", default="2,4", help='comma-separated line lengths in hops ("": no line)'
+    )
+    p.add_argument(
+        "--ring-modes",
+        default=",".join(RING_MODES),
+        help=f'comma-separated ring pool modes of {", ".join(RING_MODES)} ("": no ring)',
+    )
+    p.add_argument("--ring-slow", type=float, default=0.5, help="the ring's A-D-C side: x R")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    hops = [int(h) for h in args.hops.split(",")]
+    hops = [int(h) for h in args.hops.split(",") if h]
+    modes = [m for m in args.ring_modes.split(",") if m]
+    unknown = set(modes) - set(RING_MODES)
+    if unknown:
+        raise SystemExit(f"unknown ring modes {sorted(unknown)}; known: {list(RING_MODES)}")
     started = machine()
     results = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         work = Path(tmp)
         pki = work / "pki"
         init_ca(pki)
-        for node in make_line(max(hops), args.rate_bps).nodes:
+        for node in make_line(max([*hops, 3]), args.rate_bps).nodes:
             issue_node(pki, node)
             issue_sae(pki, sae_of(node))
         for n in hops:
             line = make_line(n, args.rate_bps, bottleneck=1.0 if n <= 2 else args.bottleneck)
             r = trio.run(functools.partial(scenario, line, args, pki, work, etsi=(n == 2)))
             report(r)
+            results.append({"scenario": "line", **r})
+        if modes:
+            r = ring_scenario(make_ring(args.rate_bps, slow=args.ring_slow), modes, args, pki, work)
             results.append(r)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -87,3 +87,46 @@ def test_figures_helpers(common: Any) -> None:
     )
     assert common.failure_kind("KME_B did not answer within 5 s") == "peer-timeout"
     assert common.failure_kind("something else") == "other"
+
+
+def test_the_ring_has_two_sides_and_its_max_flow_is_their_bottlenecks_summed(common: Any) -> None:
+    ring = common.make_ring(1000.0, slow=0.5)
+    assert ring.nodes == ("KME_A", "KME_B", "KME_C", "KME_D")
+    assert ring.ends == ("KME_A", "KME_C") and ring.e2e_link == "KME_A~KME_C"
+    assert ring.links == ["KME_A~KME_B", "KME_B~KME_C", "KME_C~KME_D", "KME_A~KME_D"]
+    assert ring.sides() == [("KME_A", "KME_B", "KME_C"), ("KME_A", "KME_D", "KME_C")]
+    assert [ring.bottleneck_bps(s) for s in ring.sides()] == [1000.0, 500.0]
+    assert common.max_flow_bps(ring.edges, "KME_A", "KME_C") == pytest.approx(1500.0)
+    assert ring.neighbours("KME_A") == ["KME_D", "KME_B"]
+    # A line's max-flow is its bottleneck.
+    line = common.make_line(4, 1000.0, bottleneck=0.5)
+    assert common.max_flow_bps(line.edges, *line.ends) == pytest.approx(500.0)
+    with pytest.raises(ValueError):
+        common.make_ring(1000.0, slow=1.5)
+
+
+def test_a_ring_node_has_its_two_links_and_the_ends_the_pool_mode(common: Any) -> None:
+    ring = common.make_ring(2000.0)
+
+    def config(node: str) -> dict[str, Any]:
+        text = common.node_toml(
+            ring,
+            node,
+            home=Path("/h") / node,
+            pki=Path("/pki"),
+            peer_addresses={},
+            link_params={"block_bits": 4096},
+            relay={"block_bits": 8192, "link_reserve_bits": 0},
+            saes={},
+            pool={"paths": "disjoint"},
+        )
+        return tomllib.loads(text)
+
+    a, b, d = config("KME_A"), config("KME_B"), config("KME_D")
+    assert set(a["peers"]) == {"KME_B", "KME_C", "KME_D"}
+    assert a["links"]["KME_A~KME_D"]["params"]["rate_bps"] == 1000.0
+    assert a["links"]["KME_A~KME_D"]["params"] == d["links"]["KME_A~KME_D"]["params"]
+    assert a["relay"]["pools"] == {"KME_C": {"paths": "disjoint"}}
+    assert len(a["relay"]["topology"]) == 4 and a["relay"]["link_reserve_bits"] == 0
+    assert set(b["peers"]) == {"KME_A", "KME_C"} and "pools" not in b["relay"]
+    assert common.dial_order(ring) == ["KME_D", "KME_C", "KME_B", "KME_A"]
