@@ -61,8 +61,14 @@ class NodeInfo:
 class Node:
     """One qkms node: key store, drivers, key manager, peers, key supply and admin endpoint."""
 
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: Config, *, notifier: Notifier | None = None, listen: bool = True
+    ) -> None:
+        """``listen=False``: no peer listener and no dialling; whoever runs the node joins
+        it to its peers with ``node.peers.serve_authenticated(stream, peer)`` (a network
+        of nodes in one process over memory streams, for tests and simulation)."""
         self.config = config
+        self._listen = listen
         self.notifier = notifier or Notifier({})
         self.keys: KeyManager | None = None
         self.peers: PeerManager | None = None
@@ -273,7 +279,7 @@ class Node:
                 await nursery.start(relay.run)
                 await nursery.start(state.run)
                 try:
-                    port = await nursery.start(peers.run)
+                    port = await nursery.start(peers.run) if self._listen else 0
                 except OSError as exc:
                     raise StartupError(
                         f"peer port {cfg.peer_listen}: {exc.strerror or exc}"
