@@ -17,7 +17,7 @@ from qkd_drivers import Driver, LinkEnd, driver_class
 from qkms_pqc import HybridPublicKey, PqcError
 
 from .admin import AdminServer
-from .config import Config
+from .config import Config, RelayPoolConfig
 from .errors import StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_tls
 from .keymanager import KeyManager
@@ -171,6 +171,41 @@ class Node:
 
             # Key relay: end-to-end pools with distant nodes, filled hop by hop.
             qkd_link_to = {link.peer: link_id for link_id, link in reversed(cfg.links.items())}
+            e2e_link_to = {pool.peer: link_id for link_id, pool in cfg.relay_pools.items()}
+            all_link_to = {**qkd_link_to, **e2e_link_to}
+            link_ids = set(cfg.links) | set(cfg.relay_pools)
+
+            def can_make_pool(peer: str) -> bool:
+                return (
+                    cfg.relay.auto_pools
+                    and peer in cfg.peers
+                    and peer not in qkd_link_to
+                    and "~".join(sorted((cfg.node_id, peer))) not in cfg.links
+                )
+
+            async def make_pool(peer: str) -> str | None:
+                """The end-to-end pool with ``peer``, made now if it can be (both ends make
+                it: this one when its SAEs ask, the other when the first relay arrives)."""
+                if peer in e2e_link_to:
+                    return e2e_link_to[peer]
+                if not can_make_pool(peer):
+                    return None
+                link_id = "~".join(sorted((cfg.node_id, peer)))
+                pool = RelayPoolConfig(
+                    peer=peer,
+                    link_id=link_id,
+                    route=None,
+                    low_bits=cfg.relay.low_bits,
+                    high_bits=cfg.relay.high_bits,
+                )
+                driver = RelayedKeys(LinkEnd(link_id, cfg.node_id, peer))
+                e2e_link_to[peer] = all_link_to[peer] = link_id
+                link_ids.add(link_id)
+                await keys.add_link(link_id, peer, driver)
+                relay.add_pool(pool, driver)
+                log.info("relay.pool_made", peer=peer, link=link_id)
+                return link_id
+
             self.relay = relay = RelayAgent(
                 node_id=cfg.node_id,
                 store=store,
@@ -187,11 +222,11 @@ class Node:
                 ),
                 settings=cfg.relay,
                 is_up=peers.is_connected,
+                make_pool=make_pool,
             )
             peers.on_request(RelayHop, relay.handle_hop)
 
             # Key supply: the ETSI 014 front, the key sources behind it, the neighbour's side.
-            e2e_link_to = {pool.peer: link_id for link_id, pool in cfg.relay_pools.items()}
             recorded = RecordedKeys(
                 store=store, store_thread=store_thread, retain_ended=cfg.supply.retain_ended_s
             )
@@ -213,7 +248,11 @@ class Node:
             self.direct = direct = pool_source(qkd_link_to)
             e2e = pool_source(e2e_link_to)
             relayed_source = RelayedPoolSource(
-                pools=e2e, top_up=relay.top_up, wait_s=cfg.relay.request_wait_s
+                pools=e2e,
+                top_up=relay.top_up,
+                wait_s=cfg.relay.request_wait_s,
+                can_make=can_make_pool,
+                make_pool=make_pool,
             )
             local = LocalSource(
                 node_id=cfg.node_id, store=store, store_thread=store_thread, recorded=recorded
@@ -231,7 +270,7 @@ class Node:
                 policy_for=cfg.policy_for,
                 store=store,
                 store_thread=store_thread,
-                link_to={**qkd_link_to, **e2e_link_to},
+                link_to=all_link_to,
             )
             peers.on_request(SupplyReserve, responder.handle)
             peers.on_message(SupplyBurn, responder.on_burn)
@@ -242,7 +281,7 @@ class Node:
                 node_id=cfg.node_id,
                 version=VERSION,
                 peer_host=cfg.peer_listen.host,
-                link_ids=frozenset(cfg.links) | frozenset(cfg.relay_pools),
+                link_ids=link_ids,
                 keys=keys,
                 peers=peers,
                 relay=relay,

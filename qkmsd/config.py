@@ -194,6 +194,10 @@ class RelaySection(_Section, frozen=True):
     link_reserve_bits: Bits = 65536
     """Link key relays leave on each QKD link for the SAE pairs across it: a relay takes
     no pad from a link whose owned ready key would fall below this."""
+    auto_pools: bool = True
+    """Make an end-to-end pool on demand with a node of ``[peers]`` that is no QKD
+    neighbour, when an SAE asks for keys to an SAE there (or its relays arrive), besides
+    the pools named in ``[relay.pools]``."""
     request_wait_s: Seconds = 3.0
     """How long an ``enc_keys`` that finds the end-to-end pool short waits for relays
     before it gets 503."""

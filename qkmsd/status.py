@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import os
 import time
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import msgspec
@@ -120,7 +121,7 @@ class NodeStatusMethods:
         node_id: str,
         version: str,
         peer_host: str,
-        link_ids: frozenset[str],
+        link_ids: Collection[str],
         keys: KeyManager,
         peers: PeerManager,
         relay: RelayAgent,

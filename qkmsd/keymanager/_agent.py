@@ -163,12 +163,15 @@ class KeyManager:
         self._peer_heard = peer_heard
         self._liveness_window = liveness_window
         self._wake_announcer = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._up: set[str] = set()
 
     # --- services ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read every driver, announce, sweep.  Runs until cancelled."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for link in self._links.values():
                 nursery.start_soon(self._read_driver, link)
             nursery.start_soon(self._announcer)
@@ -304,19 +307,35 @@ class KeyManager:
 
     async def peer_up(self, peer: str) -> None:
         """The session with ``peer`` opened: re-announce everything still unconfirmed."""
+        self._up.add(peer)
         for link in self._links_of(peer):
-            now = self._clock()
-            self._tick(link, now)
-            link.connected_since = now
-            # A new session: every block waits a whole time-out of live time from now.
-            link.marks.clear()
-            link.marks.append((now, link.live_s))
-            link.to_announce.clear()
-            pending = await self._thread.call(self._store.unconfirmed, link.link_id)
-            link.refs.update(await self._thread.call(self._store.unconfirmed_refs, link.link_id))
-            await self._announce(link, pending)
+            await self._link_up(link)
+
+    async def _link_up(self, link: _Link) -> None:
+        now = self._clock()
+        self._tick(link, now)
+        link.connected_since = now
+        # A new session: every block waits a whole time-out of live time from now.
+        link.marks.clear()
+        link.marks.append((now, link.live_s))
+        link.to_announce.clear()
+        pending = await self._thread.call(self._store.unconfirmed, link.link_id)
+        link.refs.update(await self._thread.call(self._store.unconfirmed_refs, link.link_id))
+        await self._announce(link, pending)
+
+    async def add_link(self, link_id: str, peer: str, driver: Driver) -> None:
+        """Take on a link made while the node runs (an end-to-end pool made on demand):
+        read its driver and synchronise it like the links the node started with."""
+        if link_id in self._links:
+            return
+        assert self._nursery is not None, "run() first"
+        link = self._links[link_id] = _Link(link_id, peer, driver)
+        self._nursery.start_soon(self._read_driver, link)
+        if peer in self._up:
+            await self._link_up(link)
 
     async def peer_down(self, peer: str) -> None:
+        self._up.discard(peer)
         for link in self._links_of(peer):
             self._tick(link, self._clock())
             link.connected_since = None

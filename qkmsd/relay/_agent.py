@@ -158,6 +158,7 @@ class RelayAgent:
         routes: RoutingTable,
         settings: RelaySection,
         is_up: Callable[[str], bool] = lambda peer: True,
+        make_pool: Callable[[str], Awaitable[str | None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
@@ -173,6 +174,8 @@ class RelayAgent:
         self._routes = routes
         self._settings = settings
         self._is_up = is_up
+        self._make_pool = make_pool
+        self._nursery: trio.Nursery | None = None
         self._clock = clock
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._dirty: dict[str, RelayRecord] = {}
@@ -196,10 +199,21 @@ class RelayAgent:
         for row in reversed(await self._thread.call(self._store.recent_relays, RECENT_RELAYS)):
             self._recent.appendleft(msgspec.convert(row, RelayRecord))
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._journal_writer)
             for pool in self._pools.values():
                 nursery.start_soon(self._keep_filled, pool)
             task_status.started()
+
+    def add_pool(self, config: RelayPoolConfig, driver: RelayedKeys) -> None:
+        """Keep a pool made while the node runs (for SAE pairs that asked for keys)."""
+        if config.link_id in self._pools:
+            return
+        pool = _Pool(config, driver, parity=0 if self.node_id < config.peer else 1)
+        self._pools[config.link_id] = pool
+        self._by_peer[config.peer] = pool
+        if self._nursery is not None:
+            self._nursery.start_soon(self._keep_filled, pool)
 
     async def _journal_writer(self) -> None:
         """Write changed relay records to the journal, a batch every ``JOURNAL_S``."""
@@ -580,6 +594,9 @@ class RelayAgent:
         every share is here); the confirmation tag of what arrived."""
         source = hop.path[0]
         pool = self._by_peer.get(source)
+        if pool is None and self._make_pool is not None:
+            await self._make_pool(source)  # the source's SAEs asked: keep a pool with it
+            pool = self._by_peer.get(source)
         if pool is None or pool.config.link_id != hop.e2e_link_id:
             raise RelayFailed(
                 ErrorCode.UNKNOWN_LINK,

@@ -22,6 +22,8 @@ from ._errors import Unavailable
 from ._source import KeyOrder
 
 TopUpFn = Callable[[str, int], Awaitable[None]]
+MakePoolFn = Callable[[str], Awaitable[str | None]]
+"""``make_pool(kme)``: the pool's link id with ``kme``, made now if it can be; else None."""
 """``top_up(kme, bits)``: relay until this node owns ``bits`` more ready end-to-end key
 with ``kme``.  Raises an exception whose message says why it could not."""
 
@@ -29,17 +31,29 @@ with ``kme``.  Raises an exception whose message says why it could not."""
 class RelayedPoolSource:
     """The key source for target KMEs this node shares an end-to-end pool with."""
 
-    def __init__(self, *, pools: DirectLinkSource, top_up: TopUpFn, wait_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        pools: DirectLinkSource,
+        top_up: TopUpFn,
+        wait_s: float,
+        can_make: Callable[[str], bool] = lambda kme: False,
+        make_pool: MakePoolFn | None = None,
+    ) -> None:
         self._pools = pools
         self._top_up = top_up
         self._wait_s = wait_s
+        self._can_make = can_make
+        self._make_pool = make_pool
 
     def serves(self, target_kme: str) -> bool:
-        return self._pools.serves(target_kme)
+        return self._pools.serves(target_kme) or self._can_make(target_kme)
 
     async def available(
         self, master: str, slave: str, target_kme: str, policy: SupplyPolicy
     ) -> int:
+        if not self._pools.serves(target_kme):
+            return 0  # no pool yet: the first request makes one
         return await self._pools.available(master, slave, target_kme, policy)
 
     async def fetch(
@@ -48,6 +62,10 @@ class RelayedPoolSource:
         return await self._pools.fetch(key_ids, master=master, requester=requester)
 
     async def new_keys(self, order: KeyOrder) -> list[CutKey]:
+        if not self._pools.serves(order.target_kme) and self._make_pool is not None:
+            await self._make_pool(order.target_kme)
+        if not self._pools.serves(order.target_kme):
+            raise Unavailable(f"no end-to-end pool with {order.target_kme} could be made")
         try:
             return await self._pools.new_keys(order)
         except InsufficientKey:

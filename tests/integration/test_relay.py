@@ -72,7 +72,11 @@ async def _run(config: Any, *, task_status: trio.TaskStatus[tuple[Node, NodeInfo
 
 @contextlib.asynccontextmanager
 async def line(
-    node_config: ConfigFactory, pki: Path, *, relay: dict[str, Any] | None = None
+    node_config: ConfigFactory,
+    pki: Path,
+    *,
+    relay: dict[str, Any] | None = None,
+    pools: bool = True,
 ) -> AsyncIterator[Line]:
     """C, then B, then A (the lower id dials), each with the relay settings given."""
     settings = {**RELAY, **(relay or {}), "topology": TOPOLOGY}
@@ -84,7 +88,7 @@ async def line(
             links={"KME_B~KME_C": ("KME_B", "paired", {**FAST, "seed": "b" * 32})},
             api=True,
             saes=SAES,
-            relay={**settings, "pools": {"KME_A": {}}},
+            relay={**settings, "pools": {"KME_A": {}} if pools else {}},
         )
         node_c, info_c = await nursery.start(_run, cfg_c)
         cfg_b = node_config(
@@ -108,7 +112,7 @@ async def line(
             links={"KME_A~KME_B": ("KME_B", "paired", {**FAST, "seed": "a" * 32})},
             api=True,
             saes=SAES,
-            relay={**settings, "pools": {"KME_C": {}}},
+            relay={**settings, "pools": {"KME_C": {}} if pools else {}},
         )
         node_a, info_a = await nursery.start(_run, cfg_a)
         async with contextlib.AsyncExitStack() as stack:
@@ -233,3 +237,20 @@ async def test_a_request_no_relay_can_serve_is_503_naming_the_cause(
             with pytest.raises(ServiceUnavailable) as refused:
                 await net.client("SAE_A").get_key("SAE_C")
             assert "key relay to KME_C failed: no route to KME_C" in refused.value.message
+
+
+async def test_a_pool_is_made_on_demand_for_saes_that_ask(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    # No [relay.pools] at either end, only the direct session: SAE_A's request makes the
+    # pool at A, the first relay makes it at C, and the keys flow.
+    with trio.fail_after(TIME_LIMIT_S):
+        async with line(node_config, pki, pools=False) as net:
+            await wait_for_link_key(net, 2 * 65536)
+            assert net.nodes["KME_A"].relay.pool_of("KME_C") is None  # type: ignore[union-attr]
+            keys = await net.client("SAE_A").get_key("SAE_C", number=2)
+            fetched = await net.client("SAE_C").get_key_with_ids("SAE_A", [k.key_id for k in keys])
+            assert {k.key_id: k.key for k in fetched} == {k.key_id: k.key for k in keys}
+            for kme, other in (("KME_A", "KME_C"), ("KME_C", "KME_A")):
+                relay = net.nodes[kme].relay
+                assert relay is not None and relay.pool_of(other) == E2E
