@@ -255,7 +255,9 @@ class RelayAgent:
         try:
             await self.relay(pool.config.link_id)
             pool.retry_s = 1.0
-        except RelayFailed:
+        except Exception as exc:  # a background relay never takes the node down
+            if not isinstance(exc, RelayFailed):
+                log.error("relay.background_failed", pool=pool.config.link_id, exc_info=True)
             # Relays that fail together (a link out of key, a node down) count as one
             # failure: the pause doubles only when a relay started after it fails too.
             if self._clock() >= pool.retry_at:
