@@ -13,6 +13,7 @@ def qkmsctl() -> None:
     """Administer qkms nodes, build their PKI and run local lab networks."""
 
 
+from .alarms import alarm, alarms  # noqa: E402
 from .bb84 import bb84  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
@@ -33,6 +34,8 @@ for _command in (
     routes,
     relays,
     relay,
+    alarms,
+    alarm,
     config,
     qkde,
     sae,

@@ -1,0 +1,94 @@
+"""``qkmsctl alarms`` and ``qkmsctl alarm ack|clear``: thin commands over a (fake) node's
+admin socket."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.main import qkmsctl
+from protocol import Error
+
+from .fake_admin import fake_admin
+
+NOW = time.time()
+ALARMS = {
+    "active": [
+        {
+            "code": "qber-high",
+            "resource": "KME_A~KME_B",
+            "severity": "major",
+            "raised_at": NOW - 30,
+            "changed_at": NOW - 30,
+            "value": 0.13,
+            "acknowledged": False,
+            "action": "stop-link",
+        }
+    ],
+    "history": [
+        {
+            "kind": "raised",
+            "code": "qber-high",
+            "resource": "KME_A~KME_B",
+            "severity": "major",
+            "previous": "cleared",
+            "value": 0.13,
+            "at": NOW - 30,
+        }
+    ],
+}
+
+
+@pytest.fixture
+def sock() -> Iterator[Path]:
+    """A socket path short enough for a Unix socket (at most 107 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="qkmsctl-"))
+    yield directory / "admin.sock"
+    shutil.rmtree(directory)
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(qkmsctl, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def test_alarms_lists_the_active_ones_then_the_history(sock: Path) -> None:
+    with fake_admin(sock, {"alarms": ALARMS}) as node:
+        result = invoke("alarms", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1 active alarm(s)"
+    assert lines[3].split()[:4] == ["major", "qber-high", "KME_A~KME_B", "0.13"]
+    assert "history (newest first)" in lines
+    assert node.requests == [("alarms", {})]
+
+
+def test_alarms_json_is_the_daemon_s_answer(sock: Path) -> None:
+    with fake_admin(sock, {"alarms": ALARMS}):
+        result = invoke("alarms", "--socket", str(sock), "--json")
+    assert json.loads(result.stdout) == ALARMS
+
+
+def test_alarm_ack_names_the_alarm_by_code_and_resource(sock: Path) -> None:
+    with fake_admin(sock, {"alarm_ack": {"acknowledged": True}}) as node:
+        result = invoke("alarm", "ack", "qber-high", "KME_A~KME_B", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    assert node.requests == [("alarm_ack", {"code": "qber-high", "resource": "KME_A~KME_B"})]
+
+
+def test_clearing_an_alarm_that_is_not_active_is_an_error_with_the_daemon_s_reason(
+    sock: Path,
+) -> None:
+    refusal = Error(code="bad-message", message="alarm_clear: no active alarm x on 'y'", id=1)
+    with fake_admin(sock, {"alarm_clear": refusal}):
+        result = invoke("alarm", "clear", "x", "y", "--socket", str(sock))
+    assert result.exit_code != 0
+    assert "no active alarm x on 'y'" in result.output
