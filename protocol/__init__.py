@@ -27,6 +27,17 @@ from ._device import (
     Stop,
     encode_device_frame,
 )
+from ._election import (
+    Action,
+    BecameLeader,
+    Election,
+    ElectionState,
+    LeaseRenewed,
+    Persist,
+    Role,
+    Send,
+    SteppedDown,
+)
 from ._errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, encode_frame
 from ._limits import (
@@ -50,6 +61,7 @@ from ._limits import (
 from ._messages import (
     ADMIN_DECODER,
     ADMIN_MESSAGE_TYPES,
+    ELECT_MESSAGE_TYPES,
     MAX_RELAY_KEY_BYTES,
     MAX_RELAY_PATH,
     MAX_RELAY_SHARES,
@@ -62,6 +74,11 @@ from ._messages import (
     AdminMessage,
     AdminRequest,
     AdminResponse,
+    ElectHeartbeat,
+    ElectHeartbeatReply,
+    ElectMessage,
+    ElectVote,
+    ElectVoteReply,
     Error,
     Hello,
     KeyAnnounce,
@@ -86,6 +103,21 @@ from ._messages import (
 )
 
 __all__ = [
+    "Action",
+    "BecameLeader",
+    "ELECT_MESSAGE_TYPES",
+    "ElectHeartbeat",
+    "ElectHeartbeatReply",
+    "ElectMessage",
+    "ElectVote",
+    "ElectVoteReply",
+    "Election",
+    "ElectionState",
+    "LeaseRenewed",
+    "Persist",
+    "Role",
+    "Send",
+    "SteppedDown",
     "DEFAULT_MAX_DEVICE_FRAME_SIZE",
     "DEVICE_PROTOCOL_VERSIONS",
     "SYNC_WORD",

@@ -251,6 +251,51 @@ def relay_confirm_data(relay_id: str) -> bytes:
     return b"qkms-relay-confirm\0" + relay_id.encode("utf-8")
 
 
+# --- controller election (one-way: ``protocol/_election.py`` pairs answers itself) ----
+
+Term = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Stamp = Annotated[float, msgspec.Meta(ge=-1e18, le=1e18)]
+"""A time on the sender's own monotonic clock, echoed back unchanged (finite)."""
+
+
+class ElectVote(_Message, tag="elect.vote", frozen=True):
+    """Vote for me, the sender, as controller in ``term``.
+
+    ``stamp`` is when I asked, on my clock; the answer echoes it.  One-way, like the
+    other election messages: the answer is an ``ElectVoteReply`` matched by term and
+    stamp, not a ``PeerReply`` (a lost answer is just a lost vote).
+    """
+
+    term: Term
+    stamp: Stamp
+
+
+class ElectVoteReply(_Message, tag="elect.vote-reply", frozen=True):
+    """My vote in ``term`` (my term, which may be newer than the one asked about)."""
+
+    term: Term
+    granted: bool
+    stamp: Stamp
+
+
+class ElectHeartbeat(_Message, tag="elect.heartbeat", frozen=True):
+    """I am the controller of ``term``: renew the lease from ``stamp`` (my clock)."""
+
+    term: Term
+    stamp: Stamp
+
+
+class ElectHeartbeatReply(_Message, tag="elect.heartbeat-reply", frozen=True):
+    """Heartbeat ``stamp`` taken in ``term`` (same term: an ack; newer: step down)."""
+
+    term: Term
+    stamp: Stamp
+
+
+ElectMessage: TypeAlias = ElectVote | ElectVoteReply | ElectHeartbeat | ElectHeartbeatReply
+ELECT_MESSAGE_TYPES: Final = (ElectVote, ElectVoteReply, ElectHeartbeat, ElectHeartbeatReply)
+
+
 PeerMessage: TypeAlias = (
     Hello
     | Error
@@ -264,6 +309,10 @@ PeerMessage: TypeAlias = (
     | SupplyBurn
     | RelayHop
     | RelayResult
+    | ElectVote
+    | ElectVoteReply
+    | ElectHeartbeat
+    | ElectHeartbeatReply
 )
 PEER_MESSAGE_TYPES: Final = (
     Hello,
@@ -278,6 +327,10 @@ PEER_MESSAGE_TYPES: Final = (
     SupplyBurn,
     RelayHop,
     RelayResult,
+    ElectVote,
+    ElectVoteReply,
+    ElectHeartbeat,
+    ElectHeartbeatReply,
 )
 
 PeerRequest: TypeAlias = SupplyReserve | RelayHop

@@ -93,6 +93,9 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "tag": st.binary(min_size=16, max_size=16),
         "confirm": st.binary(max_size=16),
         "segments": segments,
+        "term": u63,
+        "stamp": st.floats(-1e18, 1e18),
+        "granted": st.booleans(),
     }
     if cls is RelayHop:
         fixed = ("path", "hop", "share", "shares")
