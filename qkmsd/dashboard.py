@@ -227,9 +227,9 @@ def render_svg(state: DashboardState) -> str:
             f' data-kind="{link.kind}" data-level="{link.level}">'
             f'<line x1="{x1}" y1="{y1 + shift}" x2="{x2}" y2="{y2 + shift}"'
             f' stroke="{LEVEL_COLOURS[link.level]}" stroke-width="6"{dash}/>'
-            f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 + shift - 8}" text-anchor="middle"'
-            f' font-size="11">{e(link.link_id)} ({link.kind}): {link.owned_ready_bits} bit'
-            f" {link.level}</text></g>"
+            f"<title>{e(link.link_id)} ({link.kind})</title>"
+            f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 + shift - 10}" text-anchor="middle"'
+            f' font-size="10">{link.owned_ready_bits} bit {link.level}</text></g>'
         )
     for node in state.nodes:
         x, y = pos[node.node_id]
