@@ -138,6 +138,9 @@ def node_config(
     """The TOML config of one lab node."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
+    dashboard = (
+        {"dashboard": f"127.0.0.1:{ports[node]['dashboard']}"} if "dashboard" in ports[node] else {}
+    )
     parts = [
         f"# qkmsd config for {node}, written by `qkmsctl lab up` (topology {topo.name!r})\n",
         _table(
@@ -162,7 +165,8 @@ def node_config(
                 "peer": f"127.0.0.1:{ports[node]['peer']}",
                 "api": f"127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),
-            },
+            }
+            | dashboard,
         ),
         _table("controller", {"eligible": spec.controller, "priority": spec.priority}),
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
@@ -234,9 +238,10 @@ class Lab:
         pki = self.dir / "pki"
         progress(f"making the network PKI in {pki}")
         init_ca(pki, common_name=f"qkms lab CA ({topo.name})", force=True)
-        chosen = free_ports(3 * len(topo.nodes))
+        kinds = ("peer", "api", "metrics", "dashboard")
+        chosen = free_ports(len(kinds) * len(topo.nodes))
         ports = {
-            node: dict(zip(("peer", "api", "metrics"), chosen[3 * i : 3 * i + 3], strict=True))
+            node: dict(zip(kinds, chosen[len(kinds) * i : len(kinds) * (i + 1)], strict=True))
             for i, node in enumerate(topo.nodes)
         }
         seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
@@ -264,6 +269,7 @@ class Lab:
                 "url": f"https://127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),
                 "metrics_url": f"http://127.0.0.1:{ports[node]['metrics']}/metrics",
+                "dashboard_url": f"http://127.0.0.1:{ports[node]['dashboard']}/",
                 "peer_address": f"127.0.0.1:{ports[node]['peer']}",
                 "pid": None,
                 "config": str(config),
@@ -381,6 +387,15 @@ class Lab:
                 running = kme["pid"] and _alive(kme["pid"], kme["config"])
                 out[node] = {"error": str(exc) if running else "not running"}
         return out
+
+    def dashboard_url(self, node: str) -> str:
+        """The URL of ``node``'s dashboard (loopback)."""
+        kme = self._kme(self.manifest(), node)
+        if "dashboard_url" not in kme:
+            raise LabError(
+                f"{self.manifest_path}: {node} has no dashboard (an older lab: `lab up` again)"
+            )
+        return str(kme["dashboard_url"])
 
     def admin_socket(self, node: str) -> str:
         """The admin socket of one node of this lab.  Raises ``LabError``."""

@@ -15,6 +15,7 @@ def qkmsctl() -> None:
 
 from .alarms import alarm, alarms  # noqa: E402
 from .bb84 import bb84  # noqa: E402
+from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
@@ -25,6 +26,7 @@ from .sae import sae  # noqa: E402
 
 for _command in (
     bb84,
+    dashboard,
     demo,
     pki,
     lab,

@@ -18,6 +18,7 @@ from qkms_pqc import HybridPublicKey, PqcError
 
 from .admin import AdminServer
 from .config import Config, RelayPoolConfig
+from .dashboard import Dashboard, DashboardSources, dashboard_handler, serve_dashboard
 from .errors import StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_tls
 from .keymanager import KeyManager
@@ -56,6 +57,7 @@ class NodeInfo:
     admin_socket: Path
     api_port: int | None = None
     metrics_port: int | None = None
+    dashboard_port: int | None = None
 
 
 class Node:
@@ -82,6 +84,7 @@ class Node:
         self.store_thread: StoreThread | None = None
         self.state: StateAgent | None = None
         self.metrics_port: int | None = None
+        self.dashboard_port: int | None = None
         self.revocations: Revocations | None = None
         self._tls: _NodeTls | None = None
 
@@ -330,11 +333,18 @@ class Node:
                     )
                 if cfg.metrics_listen is not None:
                     self.metrics_port = await self._start_metrics(nursery, status, state)
+                if cfg.dashboard_listen is not None:
+                    self.dashboard_port = await self._start_dashboard(nursery, status, state, relay)
                 await nursery.start(admin.run)
                 await nursery.start(self.notifier.watchdog)
                 status.started_at = time.time()
                 info = NodeInfo(
-                    cfg.node_id, port, cfg.admin_socket, self.api_port, self.metrics_port
+                    cfg.node_id,
+                    port,
+                    cfg.admin_socket,
+                    self.api_port,
+                    self.metrics_port,
+                    self.dashboard_port,
                 )
                 log.info("node.ready", node=cfg.node_id, peer_port=port, links=len(drivers))
                 self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
@@ -378,6 +388,30 @@ class Node:
             port: int = await nursery.start(serve_metrics, handler, listen.host, listen.port)
         except OSError as exc:
             raise StartupError(f"metrics {listen}: {exc.strerror or exc}") from None
+        return port
+
+    async def _start_dashboard(
+        self,
+        nursery: trio.Nursery,
+        status: NodeStatusMethods,
+        state: StateAgent,
+        relay: RelayAgent,
+    ) -> int:
+        cfg = self.config
+        listen = cfg.dashboard_listen
+        assert listen is not None
+        sources = DashboardSources(
+            node_status=status.node_status,
+            alarms=state.alarms,
+            relays=relay.relays,
+            low_bits={link_id: pool.low_bits for link_id, pool in cfg.relay_pools.items()},
+            default_low_bits=cfg.alarms.pool_low_bits,
+        )
+        handler = dashboard_handler(Dashboard(sources))
+        try:
+            port: int = await nursery.start(serve_dashboard, handler, listen.host, listen.port)
+        except OSError as exc:
+            raise StartupError(f"dashboard {listen}: {exc.strerror or exc}") from None
         return port
 
 

@@ -55,6 +55,7 @@ class ListenSection(_Section, frozen=True):
     api: str | None = None
     admin_group: str | None = None
     metrics: str | None = None
+    dashboard: str | None = None
 
 
 class PeerSection(_Section, frozen=True):
@@ -323,6 +324,8 @@ class Config(msgspec.Struct, frozen=True):
     """End-to-end pools by link id."""
     alarms: AlarmsSection = AlarmsSection()
     metrics_listen: HostPort | None = None
+    dashboard_listen: HostPort | None = None
+    """The live dashboard's plain HTTP address; loopback only."""
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
     crl: Path | None = None
@@ -359,6 +362,15 @@ def parse_host_port(text: str) -> HostPort:
     if match.group(1):
         ipaddress.IPv6Address(host)
     return HostPort(host, port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 def _where(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -474,6 +486,19 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             metrics_listen = parse_host_port(raw.listen.metrics)
         except ValueError as exc:
             raise fail("[listen] metrics:", str(exc)) from None
+    dashboard_listen = None
+    if raw.listen.dashboard is not None:
+        try:
+            dashboard_listen = parse_host_port(raw.listen.dashboard)
+        except ValueError as exc:
+            raise fail("[listen] dashboard:", str(exc)) from None
+        if not _is_loopback(dashboard_listen.host):
+            raise fail(
+                "[listen] dashboard:",
+                f"{dashboard_listen.host!r} is not a loopback address: the dashboard has no"
+                " TLS or operator login yet, so it listens on loopback only (use 127.0.0.1 or"
+                " [::1]; remote access needs the operator TLS of a later step)",
+            )
     _check_alarm_actions(raw.alarms, fail)
     saes: dict[str, SaeConfig] = {}
     for sae_id, sae in raw.saes.items():
@@ -532,6 +557,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         relay_pools=relay_pools,
         alarms=raw.alarms,
         metrics_listen=metrics_listen,
+        dashboard_listen=dashboard_listen,
         pair_policies=pair_policies,
     )
 
