@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import msgspec
 import trio
 
-from .http import Limits, Request, Response, serve_connection
+from .http import Handler, Limits, Request, Response, serve_tcp_plain
 from .log import get_logger
 from .relay import RelayRecord
 from .state import AlarmView
@@ -357,35 +357,19 @@ def dashboard_handler(dashboard: Dashboard) -> Callable[[Request], Awaitable[Res
 
 
 async def serve_dashboard(
-    handler: Callable[[Request], Awaitable[Response]],
+    handler: Handler,
     host: str,
     port: int,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``handler`` over plain HTTP on ``host:port``; ``task_status`` gets the port.
-
-    The configuration allows only a loopback address (no TLS, no operator identity yet).
-    At most ``MAX_CONNECTIONS`` connections are served at once; more are closed at once.
-    Raises ``OSError`` if the address cannot be bound.  On cancellation the listener and
-    every connection close.
-    """
-    slots = trio.Semaphore(MAX_CONNECTIONS)
-
-    async def connection(stream: trio.SocketStream) -> None:
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            await stream.aclose()
-            return
-        try:
-            await serve_connection(stream, handler, limits=LIMITS)
-        finally:
-            slots.release()
-
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, connection, listeners)
-        bound: int = listeners[0].socket.getsockname()[1]
-        log.info("dashboard.listening", host=host, port=bound)
-        task_status.started(bound)
+    """Serve ``handler`` over plain HTTP on ``host:port`` (see ``serve_tcp_plain``)."""
+    await serve_tcp_plain(
+        handler,
+        host,
+        port,
+        name="dashboard",
+        limits=LIMITS,
+        max_connections=MAX_CONNECTIONS,
+        task_status=task_status,
+    )

@@ -17,7 +17,7 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .http import Limits, Request, Response, serve_connection
+from .http import Handler, Limits, Request, Response, serve_tcp_plain
 from .log import get_logger
 from .state import AlarmView, StateStatistics
 from .status import NodeStatus
@@ -234,35 +234,19 @@ def metrics_handler(sources: MetricsSources) -> Callable[[Request], Awaitable[Re
 
 
 async def serve_metrics(
-    handler: Callable[[Request], Awaitable[Response]],
+    handler: Handler,
     host: str,
     port: int,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``handler`` over plain HTTP on ``host:port``; ``task_status`` gets the port.
-
-    Meant for a loopback or management address: no TLS, no client identity.  At most
-    ``MAX_CONNECTIONS`` connections are served at once; more are closed at once.  Raises
-    ``OSError`` if the address cannot be bound.  On cancellation the listener and every
-    connection close.
-    """
-    slots = trio.Semaphore(MAX_CONNECTIONS)
-
-    async def connection(stream: trio.SocketStream) -> None:
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            await stream.aclose()
-            return
-        try:
-            await serve_connection(stream, handler, limits=LIMITS)
-        finally:
-            slots.release()
-
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, connection, listeners)
-        bound: int = listeners[0].socket.getsockname()[1]
-        log.info("metrics.listening", host=host, port=bound)
-        task_status.started(bound)
+    """Serve ``handler`` over plain HTTP on ``host:port`` (see ``serve_tcp_plain``)."""
+    await serve_tcp_plain(
+        handler,
+        host,
+        port,
+        name="metrics",
+        limits=LIMITS,
+        max_connections=MAX_CONNECTIONS,
+        task_status=task_status,
+    )

@@ -11,6 +11,7 @@ with ``async def handler(request: Request) -> Response``; or, over any ``trio.ab
 ``await serve_connection(stream, handler, limits=Limits(), peer_identity=peer)``.
 """
 
+from ._plain import serve_tcp_plain
 from ._server import serve_connection
 from ._tls import HandshakeStats, OpenConnections, TlsStatistics, serve_tcp_tls, tls_peer
 from ._types import Handler, Limits, PeerInfo, Request, Response
@@ -25,6 +26,7 @@ __all__ = [
     "Response",
     "TlsStatistics",
     "serve_connection",
+    "serve_tcp_plain",
     "serve_tcp_tls",
     "tls_peer",
 ]
