@@ -15,6 +15,7 @@ def qkmsctl() -> None:
 
 from .alarms import alarm, alarms  # noqa: E402
 from .bb84 import bb84  # noqa: E402
+from .controller import controller  # noqa: E402
 from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
@@ -38,6 +39,7 @@ for _command in (
     relay,
     alarms,
     alarm,
+    controller,
     config,
     qkde,
     sae,

@@ -9,15 +9,29 @@ import dataclasses
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import trio
 
-from protocol import KeyAnnounce, KeyConfirm, KeyDiscard, RelayHop, SupplyBurn, SupplyReserve
+from protocol import (
+    ElectHeartbeat,
+    ElectHeartbeatReply,
+    ElectVote,
+    ElectVoteReply,
+    KeyAnnounce,
+    KeyConfirm,
+    KeyDiscard,
+    RelayHop,
+    SupplyBurn,
+    SupplyReserve,
+)
 from qkd_drivers import Driver, LinkEnd, driver_class
 from qkms_pqc import HybridPublicKey, PqcError
 
 from .admin import AdminServer
 from .config import Config, RelayPoolConfig
+from .controller import ControllerAgent
 from .dashboard import Dashboard, DashboardSources, dashboard_handler, serve_dashboard
 from .errors import StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_tls
@@ -78,6 +92,7 @@ class Node:
         self.direct: DirectLinkSource | None = None
         self.status: NodeStatusMethods | None = None
         self.relay: RelayAgent | None = None
+        self.controller: ControllerAgent | None = None
         self.api_port: int | None = None
         self.api_handshakes = HandshakeStats()
         self.api_connections = OpenConnections()
@@ -229,6 +244,22 @@ class Node:
             )
             peers.on_request(RelayHop, relay.handle_hop)
 
+            # The controller role: this node's part in the election, if it is eligible.
+            controller = None
+            if cfg.controller.eligible:
+                self.controller = controller = ControllerAgent(
+                    node_id=cfg.node_id,
+                    electors={**cfg.controller.electors, cfg.node_id: cfg.controller.priority},
+                    lease=cfg.controller.lease_s,
+                    drift=cfg.controller.drift_s,
+                    send=peers.send,
+                    state_path=cfg.state_dir / "election.json",
+                )
+                peers.on_message(ElectVote, controller.on_message)
+                peers.on_message(ElectVoteReply, controller.on_message)
+                peers.on_message(ElectHeartbeat, controller.on_message)
+                peers.on_message(ElectHeartbeatReply, controller.on_message)
+
             # Key supply: the ETSI 014 front, the key sources behind it, the neighbour's side.
             recorded = RecordedKeys(
                 store=store, store_thread=store_thread, retain_ended=cfg.supply.retain_ended_s
@@ -307,9 +338,20 @@ class Node:
                 ),
                 history_path=cfg.alarm_history_path,
             )
+
+            async def controller_status(params: dict[str, Any]) -> dict[str, Any]:
+                if controller is None:
+                    return {
+                        "node_id": cfg.node_id,
+                        "eligible": False,
+                        "role": "not eligible",
+                    }
+                result: dict[str, Any] = msgspec.to_builtins(controller.status())
+                return result
+
             admin = AdminServer(
                 cfg.admin_socket,
-                {**status.methods(), **state.admin_methods()},
+                {**status.methods(), **state.admin_methods(), "controller": controller_status},
                 group=cfg.admin_group,
             )
             async with trio.open_nursery() as nursery:
@@ -320,6 +362,8 @@ class Node:
                 await nursery.start(e2e.run)
                 await nursery.start(relay.run)
                 await nursery.start(state.run)
+                if controller is not None:
+                    await nursery.start(controller.run)
                 try:
                     port = await nursery.start(peers.run) if self._listen else 0
                 except OSError as exc:

@@ -100,8 +100,18 @@ class PolicySection(_Section, frozen=True):
 
 
 class ControllerSection(_Section, frozen=True):
+    """The controller role (``[controller]``): whether this node may hold it, and the
+    election among the nodes that may."""
+
     eligible: bool = False
     priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    electors: dict[str, Annotated[int, msgspec.Meta(ge=0, le=1000)]] = {}
+    """The other eligible nodes and their priorities (each must be in ``[peers]``); the
+    same set, this node included, at every eligible node."""
+    lease_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
+    """How long a majority's answers keep the controller in office."""
+    drift_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1
+    """Clock-rate margin added to every promise a node makes to a controller."""
 
 
 class SaeSection(_Section, frozen=True):
@@ -529,6 +539,12 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             raise fail(where, problem)
 
     relay_pools = _relay_pools(raw, peers, links, fail)
+    for node in raw.controller.electors:
+        if node not in peers:
+            raise fail(
+                f"[controller.electors] {node}:",
+                f"is not in [peers]; eligible nodes talk directly: add [peers.{node}]",
+            )
 
     return Config(
         source=source.resolve(),

@@ -90,6 +90,7 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
         saes: dict[str, dict[str, Any]] | None = None,
         supply: dict[str, Any] | None = None,
         relay: dict[str, Any] | None = None,
+        controller: dict[str, Any] | None = None,
         crl: Path | None = None,
     ) -> Config:
         home = tmp_path / node
@@ -129,6 +130,8 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
             lines += _table(f'saes."{sae}"', table)
         if supply is not None:
             lines += _supply_lines(supply)
+        if controller is not None:
+            lines += _table("controller", controller)
         if relay is not None:
             lines += _table("relay", {k: v for k, v in relay.items() if k != "pools"})
             for peer, pool in relay.get("pools", {}).items():

@@ -92,3 +92,20 @@ def test_clearing_an_alarm_that_is_not_active_is_an_error_with_the_daemon_s_reas
         result = invoke("alarm", "clear", "x", "y", "--socket", str(sock))
     assert result.exit_code != 0
     assert "no active alarm x on 'y'" in result.output
+
+
+def test_controller_names_the_holder_and_the_eligible_nodes(sock: Path) -> None:
+    answer = {
+        "node_id": "KME_B",
+        "eligible": True,
+        "role": "leader",
+        "term": 3,
+        "controller": "KME_B",
+        "lease_left_s": 1.5,
+        "electors": {"KME_A": 50, "KME_B": 100},
+    }
+    with fake_admin(sock, {"controller": answer}):
+        result = invoke("controller", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    assert "controller  KME_B (this node; lease 1.5 s left)" in result.stdout
+    assert "KME_A (priority 50), KME_B (priority 100)" in result.stdout

@@ -1,0 +1,34 @@
+"""``qkmsctl controller``: who holds the controller role, as a node sees it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ._errors import Command
+from .node import _call, _target
+
+
+def controller_report(result: dict[str, Any]) -> str:
+    """The ``controller`` answer in a few lines."""
+    if not result.get("eligible"):
+        return f"{result['node_id']}: not eligible for the controller role"
+    lease = result.get("lease_left_s")
+    lines = [
+        f"node        {result['node_id']} ({result['role']}, term {result['term']})",
+        f"controller  {result.get('controller') or 'none known'}"
+        + (f" (this node; lease {lease:.1f} s left)" if lease is not None else ""),
+        "eligible    "
+        + ", ".join(f"{n} (priority {p})" for n, p in sorted(result["electors"].items())),
+    ]
+    return "\n".join(lines)
+
+
+@click.command(cls=Command)
+@_target
+def controller(ctx: click.Context, as_json: bool) -> None:
+    """Who holds the controller role, the term, the lease left, the eligible nodes."""
+    result = _call(ctx, "controller")
+    click.echo(json.dumps(result, indent=2) if as_json else controller_report(result))
