@@ -168,12 +168,23 @@ def node_config(
             }
             | dashboard,
         ),
-        _table("controller", {"eligible": spec.controller, "priority": spec.priority}),
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
     ]
+    # The eligible nodes elect the controller among themselves, over direct sessions.
+    electors = {
+        other: other_spec.priority
+        for other, other_spec in topo.nodes.items()
+        if other_spec.controller and other != node
+    }
+    controller = _table("controller", {"eligible": spec.controller, "priority": spec.priority})
+    if spec.controller and electors:
+        controller += _table("controller.electors", electors)
+    parts.insert(-1, controller)
     partners = relay_partners(topo, node)
-    # An end-to-end pool's two ends talk directly (a peer session without a QKD link).
-    for peer in sorted({*topo.neighbours(node), *partners}):
+    # An end-to-end pool's two ends talk directly (a peer session without a QKD link), and
+    # so do eligible nodes.
+    direct = electors if spec.controller else {}
+    for peer in sorted({*topo.neighbours(node), *partners, *direct}):
         parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
     for sae, sae_spec in topo.saes.items():
         entry: dict[str, Any] = {"kme": sae_spec.kme}

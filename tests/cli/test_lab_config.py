@@ -90,3 +90,11 @@ def test_config_check_accepts_every_generated_config(example: str, tmp_path: Pat
         result = CliRunner().invoke(qkmsctl, ["config", "check", str(path)])
         assert result.exit_code == 0, result.output
         assert f"(node {node}," in result.output
+
+
+def test_eligible_nodes_elect_among_themselves_over_direct_sessions(tmp_path: Path) -> None:
+    topo = load_topology(EXAMPLES / "ring4.toml")  # KME_1..3 eligible, KME_4 not
+    cfg = configs(topo, tmp_path)
+    assert cfg["KME_1"]["controller"]["electors"] == {"KME_2": 50, "KME_3": 50}
+    assert "KME_3" in cfg["KME_1"]["peers"] and "KME_1" in cfg["KME_3"]["peers"]
+    assert cfg["KME_4"]["controller"] == {"eligible": False, "priority": 0}
