@@ -236,7 +236,7 @@ class KeyManager:
             await self._wake_announcer.wait()
             self._wake_announcer = trio.Event()
             await trio.sleep(self._announce_interval)  # batch what arrives meanwhile
-            for link in self._links.values():
+            for link in list(self._links.values()):  # links may be added meanwhile
                 if link.to_announce and link.connected_since is not None:
                     ids = sorted(link.to_announce)
                     link.to_announce.clear()
@@ -255,7 +255,7 @@ class KeyManager:
     async def sweep(self) -> None:
         """Discard blocks the peer never confirmed and expire blocks too old to use."""
         now = self._clock()
-        for link in self._links.values():
+        for link in list(self._links.values()):  # links may be added meanwhile
             cutoff = now - self._sync_timeout
             for block_id, seen in list(link.peer_has.items()):
                 if seen < cutoff:
@@ -424,7 +424,7 @@ class KeyManager:
 
     async def links_status(self) -> list[LinkStatus]:
         out = []
-        for link in self._links.values():
+        for link in list(self._links.values()):  # links may be added meanwhile
             pool = await self._thread.call(self._store.pool, link.link_id)
             newest = await self._thread.call(self._store.max_block_id, link.link_id)
             health = link.driver.health()

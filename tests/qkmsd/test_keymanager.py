@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -264,3 +265,40 @@ def test_holding_an_unknown_link_is_a_key_error(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         a.manager.hold_link("nope", "qber-high")
     a.store.close()
+
+
+async def test_a_link_added_while_the_manager_runs_is_read_and_shown_at_once(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    # An end-to-end pool made on demand, added while links_status is walking the links.
+    from qkd_drivers import LinkEnd
+
+    from .fakes import ScriptedDriver
+
+    a, _, _ = pair
+    extra = ScriptedDriver(LinkEnd("KME_A~KME_C", "KME_A", "KME_C"))
+    thread = a.manager._thread
+    plain_call = thread.call
+    inside, go_on = trio.Event(), trio.Event()
+
+    async def held_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        await go_on.wait()
+        return await plain_call(fn, *args, **kwargs)
+
+    statuses: list[list[str]] = []
+
+    async def status() -> None:
+        statuses.append([s.link_id for s in await a.manager.links_status()])
+
+    async with trio.open_nursery() as nursery:
+        thread.call = held_call  # type: ignore[method-assign]
+        nursery.start_soon(status)
+        await inside.wait()  # the walk is under way, waiting for the store
+        thread.call = plain_call  # type: ignore[method-assign]
+        await a.manager.add_link("KME_A~KME_C", "KME_C", extra)
+        go_on.set()
+    assert statuses == [[LINK]]  # the walk saw the links it started with, and did not fail
+    assert [s.link_id for s in await a.manager.links_status()] == [LINK, "KME_A~KME_C"]
+    await trio.sleep(1)
+    assert extra.after_seen == [None]  # its driver is read
