@@ -29,16 +29,17 @@ from protocol import (
 from qkd_drivers import Driver, LinkEnd, driver_class
 from qkms_pqc import HybridPublicKey, PqcError
 
+from . import dashboard, metrics
 from .admin import AdminServer
 from .config import Config, RelayPoolConfig
 from .controller import ControllerAgent
-from .dashboard import Dashboard, DashboardSources, dashboard_handler, serve_dashboard
+from .dashboard import Dashboard, DashboardSources, dashboard_handler
 from .errors import StartupError
-from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_tls
+from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
-from .metrics import MetricsSources, metrics_handler, serve_metrics
+from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
 from .peers import PeerManager
 from .relay import RelayAgent, RelayedKeys, RoutingTable
@@ -429,7 +430,12 @@ class Node:
             MetricsSources(status.node_status, state.statistics, state.alarms)
         )
         try:
-            port: int = await nursery.start(serve_metrics, handler, listen.host, listen.port)
+            port: int = await nursery.start(
+                partial(serve_tcp_plain, name="metrics", limits=metrics.LIMITS),
+                handler,
+                listen.host,
+                listen.port,
+            )
         except OSError as exc:
             raise StartupError(f"metrics {listen}: {exc.strerror or exc}") from None
         return port
@@ -453,7 +459,12 @@ class Node:
         )
         handler = dashboard_handler(Dashboard(sources))
         try:
-            port: int = await nursery.start(serve_dashboard, handler, listen.host, listen.port)
+            port: int = await nursery.start(
+                partial(serve_tcp_plain, name="dashboard", limits=dashboard.LIMITS),
+                handler,
+                listen.host,
+                listen.port,
+            )
         except OSError as exc:
             raise StartupError(f"dashboard {listen}: {exc.strerror or exc}") from None
         return port

@@ -484,24 +484,19 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
     for name, caps in (("api", raw.api), ("peer", raw.peer)):
         if caps.max_connections_per_source > caps.max_connections:
             raise fail(f"[{name}] max_connections_per_source:", "must be at most max_connections")
-    api_listen = None
-    if raw.listen.api is not None:
+
+    def address(key: str, text: str | None) -> HostPort | None:
+        if text is None:
+            return None
         try:
-            api_listen = parse_host_port(raw.listen.api)
+            return parse_host_port(text)
         except ValueError as exc:
-            raise fail("[listen] api:", str(exc)) from None
-    metrics_listen = None
-    if raw.listen.metrics is not None:
-        try:
-            metrics_listen = parse_host_port(raw.listen.metrics)
-        except ValueError as exc:
-            raise fail("[listen] metrics:", str(exc)) from None
-    dashboard_listen = None
-    if raw.listen.dashboard is not None:
-        try:
-            dashboard_listen = parse_host_port(raw.listen.dashboard)
-        except ValueError as exc:
-            raise fail("[listen] dashboard:", str(exc)) from None
+            raise fail(f"[listen] {key}:", str(exc)) from None
+
+    api_listen = address("api", raw.listen.api)
+    metrics_listen = address("metrics", raw.listen.metrics)
+    dashboard_listen = address("dashboard", raw.listen.dashboard)
+    if dashboard_listen is not None:
         if not _is_loopback(dashboard_listen.host):
             raise fail(
                 "[listen] dashboard:",

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import msgspec
 import trio
 
-from .http import Handler, Limits, Request, Response, serve_tcp_plain
+from .http import Limits, Request, Response
 from .log import get_logger
 from .relay import RelayRecord
 from .state import AlarmView
@@ -34,8 +34,6 @@ from .status import NodeStatus
 
 log = get_logger("qkms.dashboard")
 
-MAX_CONNECTIONS = 16
-"""Connections served at once (a page holds one or two); more are closed at once."""
 LIMITS = Limits(max_body_bytes=0, idle_timeout=30.0)
 POLL_S = 0.2
 """How often a waiting long poll reads the sources again."""
@@ -354,22 +352,3 @@ def dashboard_handler(dashboard: Dashboard) -> Callable[[Request], Awaitable[Res
         return Response(200, msgspec.json.encode(state))
 
     return handle
-
-
-async def serve_dashboard(
-    handler: Handler,
-    host: str,
-    port: int,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``handler`` over plain HTTP on ``host:port`` (see ``serve_tcp_plain``)."""
-    await serve_tcp_plain(
-        handler,
-        host,
-        port,
-        name="dashboard",
-        limits=LIMITS,
-        max_connections=MAX_CONNECTIONS,
-        task_status=task_status,
-    )

@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
-import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .http import Handler, Limits, Request, Response, serve_tcp_plain
+from .http import Limits, Request, Response
 from .log import get_logger
 from .state import AlarmView, StateStatistics
 from .status import NodeStatus
@@ -25,8 +24,6 @@ from .status import NodeStatus
 log = get_logger("qkms.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_CONNECTIONS = 16
-"""Scrapers served at once; a connection past this is closed at once."""
 LIMITS = Limits(max_body_bytes=0)
 
 
@@ -231,22 +228,3 @@ def metrics_handler(sources: MetricsSources) -> Callable[[Request], Awaitable[Re
         return Response(200, b"" if request.method == "HEAD" else body, content_type=CONTENT_TYPE)
 
     return handle
-
-
-async def serve_metrics(
-    handler: Handler,
-    host: str,
-    port: int,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``handler`` over plain HTTP on ``host:port`` (see ``serve_tcp_plain``)."""
-    await serve_tcp_plain(
-        handler,
-        host,
-        port,
-        name="metrics",
-        limits=LIMITS,
-        max_connections=MAX_CONNECTIONS,
-        task_status=task_status,
-    )
