@@ -336,6 +336,9 @@ class Node:
                     certificates={"cert:node": cfg.cert, "cert:ca": cfg.ca},
                     hold_link=keys.hold_link,
                     release_link=keys.release_link,
+                    controller=(
+                        (lambda: controller.status().controller) if controller is not None else None
+                    ),
                 ),
                 history_path=cfg.alarm_history_path,
             )

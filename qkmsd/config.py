@@ -232,6 +232,13 @@ class AlarmsSection(_Section, frozen=True):
     cert_warn_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
     relay_failures_per_min: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = 6.0
     disk_free_min_mib: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 256
+    key_rate_min_bps: Annotated[float, msgspec.Meta(ge=0, le=1e12)] = 0.0
+    """``key-rate-low``: a QKD link's key rate below this (bits/s), averaged over
+    ``key_rate_period_s``; 0 turns the code off (a link's normal rate depends on its
+    device and fibre, so there is no useful default)."""
+    key_rate_period_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
+    controller_lost_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
+    """``controller-lost``: seconds without a controller this node knows of."""
     history_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
     history_max: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 100_000
     actions: dict[str, str] = {}

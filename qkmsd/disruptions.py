@@ -177,10 +177,10 @@ CODES: Final = _table(
         "key-rate-low",
         Kind.ALARM,
         "link",
-        "the link's key rate is below its minimum over a period",
+        "the QKD link's key rate, averaged over `key_rate_period_s`, is below"
+        " `key_rate_min_bps` (off while that is 0)",
         Severity.MINOR,
         Action.NOTIFY,
-        detected=False,
     ),
     Disruption(
         "clock-skew",
@@ -195,9 +195,9 @@ CODES: Final = _table(
         "controller-lost",
         Kind.ALARM,
         "controller",
-        "no controller has been reachable for a while",
+        "this node has known no controller for `controller_lost_s` (nodes that take part"
+        " in the election only)",
         Severity.MAJOR,
         Action.NOTIFY,
-        detected=False,
     ),
 )

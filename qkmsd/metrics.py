@@ -125,6 +125,11 @@ class NodeCollector:
         e2e = GaugeMetricFamily(
             "qkms_link_end_to_end", "1 for an end-to-end (relayed) pool.", labels=labels
         )
+        key_in = CounterMetricFamily(
+            "qkms_link_key_in_bits",
+            "Key bits stored from the link's driver since the node started.",
+            labels=labels,
+        )
         for link in s.links:
             values = [link.link_id, link.peer]
             for name, family in families.items():
@@ -137,7 +142,8 @@ class NodeCollector:
             synced.add_metric(values, 1 if link.synchronised else 0)
             held.add_metric(values, 1 if link.held else 0)
             e2e.add_metric(values, 1 if link.e2e else 0)
-        return [*families.values(), qber, up, synced, held, e2e]
+            key_in.add_metric(values, link.bits_in)
+        return [*families.values(), qber, up, synced, held, e2e, key_in]
 
     def _store_and_relay(self, s: NodeStatus) -> Iterable[Metric]:
         r = s.relay

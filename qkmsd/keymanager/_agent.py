@@ -88,6 +88,9 @@ class LinkStatus(msgspec.Struct, frozen=True):
     """An end-to-end pool (relayed key), not a QKD link."""
     held: list[str] = []
     """Why the link's new blocks are kept out of its pool (``hold_link``), if they are."""
+    bits_in: int = 0
+    """Key bits stored from the driver since the node started (the link's key rate is its
+    rise over time)."""
 
 
 class LinkStatistics(msgspec.Struct, frozen=True):
@@ -112,6 +115,7 @@ class _Link:
     peer_has: dict[int, float] = dataclasses.field(default_factory=dict)
     connected_since: float | None = None
     blocks_in: int = 0
+    bits_in: int = 0
     last_error: str = ""
     held: set[str] = dataclasses.field(default_factory=set)
     # The live clock: seconds of connected time while the peer was heard from.
@@ -214,6 +218,7 @@ class KeyManager:
             log.warning("block.duplicate", link=link.link_id, block=block.block_id)
             return
         link.blocks_in += 1
+        link.bits_in += len(block.key) * 8
         if link.held:
             # Stored, then discarded at once: the id is spent (a tombstone) and the peer,
             # told, discards its copy too, so the block is ready at neither end.
@@ -447,6 +452,7 @@ class KeyManager:
                     synchronised=link.connected_since is not None,
                     e2e=link.driver.end_to_end,
                     held=sorted(link.held),
+                    bits_in=link.bits_in,
                 )
             )
         return out

@@ -21,6 +21,10 @@ disk-low       state_dir    free MiB in the state directory's file system
 cert-expiring  cert:node,   days until the certificate's notAfter (read once, at start)
                cert:ca
 relay-failures relay        relays failed in the last 60 s
+key-rate-low   link id      bits/s stored from the link's driver over the last
+                            ``key_rate_period_s`` (only once a whole period is seen)
+controller-    controller   seconds this node has known no controller (0 at the first
+lost                        look that sees it so)
 ============== ============ ===========================================================
 
 Faults (one-off): ``peer-refused`` when a peer's refusal count rose since the last look,
@@ -77,6 +81,8 @@ class LinkReading(Protocol):
     def discarded_blocks(self) -> int: ...
     @property
     def e2e(self) -> bool: ...
+    @property
+    def bits_in(self) -> int: ...
 
 
 class PeerReading(Protocol):
@@ -107,6 +113,9 @@ class Sources:
     """Certificate files by resource name (``cert:node``, ``cert:ca``)."""
     hold_link: Callable[[str, str], None] | None = None
     release_link: Callable[[str, str], None] | None = None
+    controller: Callable[[], str | None] | None = None
+    """The controller this node follows, None while it knows none; None here: the node
+    takes no part in the election."""
 
 
 class AlarmView(msgspec.Struct, frozen=True):
@@ -174,6 +183,7 @@ class StateAgent:
         self._baselines: dict[tuple[str, str], int] = {}
         self._refused_seen: int | None = None
         self._relay_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._rate_samples: dict[str, collections.deque[tuple[float, int]]] = {}
         self._counts = collections.Counter[str]()
         self._looks = 0
         self._details: dict[tuple[str, str], str] = {}
@@ -387,6 +397,10 @@ class StateAgent:
                     empty = link.owned_ready_bits == 0
                     out.append(("pool-empty", lid, float(refusals) if empty else 0.0))
                 out.extend(self._rose("blocks-discarded", lid, link.discarded_blocks))
+                if not link.e2e and self._settings.key_rate_min_bps > 0:
+                    rate = self._key_rate(lid, link.bits_in, now)
+                    if rate is not None:
+                        out.append(("key-rate-low", lid, rate))
         if src.store_probe is not None:
             failed = await self._probe_store(src.store_probe)
             out.append(("store-error", "keystore", max(failed, float(links_failed))))
@@ -402,7 +416,24 @@ class StateAgent:
             out.append(
                 ("relay-failures", "relay", float(self._relay_rate(src.relay_failures(), now)))
             )
+        if src.controller is not None:
+            known = src.controller() is not None
+            out.append(
+                ("controller-lost", "controller", self._down_for("controller", "", known, now))
+            )
         return out
+
+    def _key_rate(self, link_id: str, bits_in: int, now: float) -> float | None:
+        """Bits/s over the last ``key_rate_period_s``; None until a whole period is seen."""
+        samples = self._rate_samples.setdefault(link_id, collections.deque())
+        samples.append((now, bits_in))
+        period = self._settings.key_rate_period_s
+        while len(samples) > 1 and samples[1][0] <= now - period:
+            samples.popleft()
+        then, bits_then = samples[0]
+        if now - then < period or bits_in < bits_then:
+            return None
+        return round((bits_in - bits_then) / (now - then), 3)
 
     def _down_for(self, kind: str, resource: str, up: bool, now: float) -> float:
         key = (kind, resource)
@@ -483,6 +514,8 @@ def _rules(settings: AlarmsSection) -> dict[str, Rule]:
             above=False,
         ),
         "relay-failures": one("relay-failures", settings.relay_failures_per_min),
+        "key-rate-low": one("key-rate-low", settings.key_rate_min_bps, above=False),
+        "controller-lost": one("controller-lost", settings.controller_lost_s),
     }
 
 

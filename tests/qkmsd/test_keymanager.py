@@ -235,6 +235,7 @@ async def test_a_held_link_keeps_new_blocks_out_of_the_pool_at_both_ends(
     assert state(a, 2) is state(b, 2) is KeyState.DISCARDED
     [status] = await a.manager.links_status()
     assert status.held == ["qber-high"] and status.ready_blocks == 1
+    assert status.bits_in == 2 * 32 * 8  # held blocks count: the driver delivered them
 
 
 async def test_a_released_link_fills_its_pool_again(

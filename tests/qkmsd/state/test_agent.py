@@ -31,6 +31,7 @@ class FakeLink:
     owned_ready_bits: int = 1 << 19
     discarded_blocks: int = 0
     e2e: bool = False
+    bits_in: int = 0
 
 
 @dataclasses.dataclass
@@ -50,8 +51,16 @@ class FakeNode:
     relay_failed: int = 0
     store_fails: bool = False
     holds: list[tuple[str, str, bool]] = dataclasses.field(default_factory=list)
+    rate_bps: float = 0.0
+    """The link's driver stores this many bits a second (``bits_in`` rises so)."""
+    _read_at: float | None = None
+    controller: str | None = "KME_B"
 
     async def links(self) -> list[FakeLink]:
+        now = trio.current_time()
+        if self._read_at is not None:
+            self.link.bits_in += int(self.rate_bps * (now - self._read_at))
+        self._read_at = now
         return [dataclasses.replace(self.link)]
 
     async def probe(self) -> None:
@@ -274,3 +283,57 @@ async def test_acking_an_alarm_that_is_not_active_names_the_active_ones() -> Non
     with pytest.raises(AdminParamsError, match="alarm_clear: "):
         await state.admin_methods()["alarm_clear"]({"code": "peer-down"})
     assert await state.admin_methods()["alarms"]({}) == {"active": [], "history": []}
+
+
+async def test_a_key_rate_below_its_minimum_over_a_whole_period_raises_key_rate_low(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode(rate_bps=2000.0)
+    state = agent(node, key_rate_min_bps=1000.0, key_rate_period_s=60.0, hold_down_s=20.0)
+    await nursery.start(state.run)
+    await trio.sleep(120)
+    assert kinds(state, "key-rate-low") == []
+    node.rate_bps = 400.0
+    await trio.sleep(30)  # half a period slow: the average is still above the minimum
+    assert kinds(state, "key-rate-low") == []
+    await trio.sleep(40)
+    [alarm] = [a for a in state.alarms() if a.code == "key-rate-low"]
+    assert alarm.resource == LINK and alarm.severity == "minor"
+    assert alarm.value is not None and 400.0 <= alarm.value < 1000.0
+    node.rate_bps = 3000.0
+    await trio.sleep(120)
+    assert kinds(state, "key-rate-low") == []
+
+
+async def test_key_rate_low_is_off_while_its_minimum_is_zero(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode(rate_bps=0.0)
+    state = agent(node, key_rate_period_s=60.0)
+    await nursery.start(state.run)
+    await trio.sleep(300)
+    assert kinds(state, "key-rate-low") == []
+
+
+async def test_a_node_that_knows_no_controller_for_long_enough_raises_controller_lost(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    s = msgspec.structs.replace(SETTINGS, controller_lost_s=10.0, hold_down_s=5.0)
+    state = StateAgent(
+        settings=s,
+        sources=node.sources(controller=lambda: node.controller),
+        history_path=None,
+        clock=trio.current_time,
+    )
+    await nursery.start(state.run)
+    await trio.sleep(30)
+    assert kinds(state, "controller-lost") == []
+    node.controller = None
+    await trio.sleep(10)  # known none for up to 10 s: not yet
+    assert kinds(state, "controller-lost") == []
+    await trio.sleep(10)
+    assert kinds(state, "controller-lost") == ["controller-lost:major"]
+    node.controller = "KME_C"
+    await trio.sleep(15)
+    assert kinds(state, "controller-lost") == []
