@@ -57,6 +57,17 @@ class FrontStatistics(msgspec.Struct, frozen=True):
 
 
 @dataclasses.dataclass
+class SaeCounts:
+    """One SAE's requests since the node started (performance collection reads them)."""
+
+    requests: int = 0
+    keys: int = 0
+    bits: int = 0
+    errors: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Requests answered with an error, by HTTP status."""
+
+
+@dataclasses.dataclass
 class _Counts:
     enc_keys: int = 0
     dec_keys: int = 0
@@ -83,11 +94,14 @@ class Etsi014Front:
         self._pqc_keys = pqc_keys
         self._limits = RateLimiter(clock=trio.current_time)
         self._counts = _Counts()
+        self._per_sae: dict[str, SaeCounts] = {}
 
     async def handle(self, request: Request) -> Response:
         """Answer one ETSI 014 request.  Never raises for bad input."""
+        caller = None
         try:
             caller = self._caller(request)
+            self._sae(caller).requests += 1
             call = etsi014.parse_api_path(request.method, request.target)
             if call.kind is etsi014.ApiKind.STATUS:
                 return await self._status(caller, call.sae_id)
@@ -103,10 +117,24 @@ class Etsi014Front:
         except HANDLED as exc:
             if not isinstance(exc, Unauthorised):
                 self._counts.refused += 1
-            return error_response(exc)
+            response = error_response(exc)
+            if caller is not None:
+                errors = self._sae(caller).errors
+                errors[response.status] = errors.get(response.status, 0) + 1
+            return response
 
     def statistics(self) -> FrontStatistics:
         return FrontStatistics(**dataclasses.asdict(self._counts))
+
+    def sae_counts(self) -> dict[str, SaeCounts]:
+        """Per attached SAE that has asked, its counts (live objects: read, do not keep)."""
+        return self._per_sae
+
+    def _sae(self, name: str) -> SaeCounts:
+        counts = self._per_sae.get(name)
+        if counts is None:
+            counts = self._per_sae[name] = SaeCounts()
+        return counts
 
     # --- who asks, for whom, from where ---------------------------------------------
 
@@ -187,7 +215,9 @@ class Etsi014Front:
         self._counts.enc_keys += 1
         self._counts.keys_out += number
         delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])
-        return self._container(master, delivered)
+        response = self._container(master, delivered)
+        self._delivered(master, delivered)
+        return response
 
     async def _dec_keys(self, slave: str, master: str, ids: etsi014.KeyIDs) -> Response:
         key_ids = [ref.key_ID.lower() for ref in ids.key_IDs]
@@ -202,7 +232,15 @@ class Etsi014Front:
         got = await source.fetch(key_ids, master=master, requester=slave)
         self._counts.dec_keys += 1
         self._counts.keys_out += len(got)
-        return self._container(slave, derive_keys(self._policy_for(master, slave), got))
+        delivered = derive_keys(self._policy_for(master, slave), got)
+        response = self._container(slave, delivered)
+        self._delivered(slave, delivered)
+        return response
+
+    def _delivered(self, sae: str, keys: list[tuple[str, bytes]]) -> None:
+        counts = self._sae(sae)
+        counts.keys += len(keys)
+        counts.bits += 8 * sum(len(key) for _, key in keys)
 
     # --- checks and answers ---------------------------------------------------------
 
