@@ -20,6 +20,7 @@ from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
+from .perf import perf  # noqa: E402
 from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
 from .relay import relay, relays, routes  # noqa: E402
@@ -39,6 +40,7 @@ for _command in (
     relay,
     alarms,
     alarm,
+    perf,
     controller,
     config,
     qkde,

@@ -42,6 +42,7 @@ from .log import get_logger
 from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
 from .peers import PeerManager
+from .perf import PerfAgent, PerfSources, Pusher
 from .relay import RelayAgent, RelayedKeys, RoutingTable
 from .state import Sources, StateAgent
 from .status import Api, NodeStatusMethods
@@ -55,7 +56,7 @@ from .supply import (
     ReservationResponder,
 )
 from .systemd import Notifier
-from .tls import Revocations, TlsError, api_context, load_crl, peer_context
+from .tls import Revocations, TlsError, api_context, collector_context, load_crl, peer_context
 from .tlsgroup import TlsContexts
 
 log = get_logger("qkms.node")
@@ -99,6 +100,7 @@ class Node:
         self.api_connections = OpenConnections()
         self.store_thread: StoreThread | None = None
         self.state: StateAgent | None = None
+        self.perf: PerfAgent | None = None
         self.metrics_port: int | None = None
         self.dashboard_port: int | None = None
         self.revocations: Revocations | None = None
@@ -343,6 +345,32 @@ class Node:
                 history_path=cfg.alarm_history_path,
             )
 
+            # Performance collection: samples of every agent, history, push to a collector.
+            perf = None
+            if cfg.perf.enabled:
+                pusher = None
+                if cfg.perf.report_url is not None:
+                    try:
+                        collector = collector_context(cfg.ca, cfg.cert, cfg.key)
+                    except TlsError as exc:
+                        raise StartupError(f"[perf] report_url: {exc}") from None
+                    pusher = Pusher(cfg.perf.report_url, node_id=cfg.node_id, ssl_context=collector)
+                store_files = [
+                    cfg.keystore_path,
+                    cfg.keystore_path.with_name("keystore.sqlite-wal"),
+                ]
+                self.perf = perf = PerfAgent(
+                    settings=cfg.perf,
+                    sources=PerfSources(
+                        links=keys.links_status,
+                        saes=front.sae_counts,
+                        relay=relay.statistics,
+                        store_files=store_files,
+                    ),
+                    history_path=cfg.perf_history_path,
+                    pusher=pusher,
+                )
+
             async def controller_status(params: dict[str, Any]) -> dict[str, Any]:
                 if controller is None:
                     return {
@@ -355,7 +383,12 @@ class Node:
 
             admin = AdminServer(
                 cfg.admin_socket,
-                {**status.methods(), **state.admin_methods(), "controller": controller_status},
+                {
+                    **status.methods(),
+                    **state.admin_methods(),
+                    **(perf.admin_methods() if perf is not None else {}),
+                    "controller": controller_status,
+                },
                 group=cfg.admin_group,
             )
             async with trio.open_nursery() as nursery:
@@ -366,6 +399,8 @@ class Node:
                 await nursery.start(e2e.run)
                 await nursery.start(relay.run)
                 await nursery.start(state.run)
+                if perf is not None:
+                    await nursery.start(perf.run)
                 if controller is not None:
                     await nursery.start(controller.run)
                 try:

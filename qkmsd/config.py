@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -249,6 +250,25 @@ class AlarmsSection(_Section, frozen=True):
         return Action(self.actions.get(code, CODES[code].action))
 
 
+class PerfSection(_Section, frozen=True):
+    """Performance collection (``[perf]``): sampling, history, pushing to a collector."""
+
+    enabled: bool = True
+    interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 10.0
+    """How often the node samples itself."""
+    raw_keep_s: Annotated[float, msgspec.Meta(ge=60, le=86400 * 31)] = 3600.0
+    """Samples are kept as taken this long."""
+    minute_keep_s: Annotated[float, msgspec.Meta(ge=3600, le=86400 * 366)] = 2 * 86400.0
+    """5-minute buckets (mean, min, max) are kept this long."""
+    hour_keep_s: Annotated[float, msgspec.Meta(ge=86400, le=86400 * 3660)] = 400 * 86400.0
+    """1-hour buckets are kept this long."""
+    report_url: str | None = None
+    """``https://`` URL of a collector the samples are POSTed to as JSON (mutual TLS with
+    the node's certificate; the collector's checked against ``[tls] ca``); None: none."""
+    report_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    push_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+
+
 class _RawConfig(_Section, frozen=True):
     node: NodeSection
     tls: TlsSection
@@ -265,6 +285,7 @@ class _RawConfig(_Section, frozen=True):
     peer: PeerListenerSection = PeerListenerSection()
     relay: RelaySection = RelaySection()
     alarms: AlarmsSection = AlarmsSection()
+    perf: PerfSection = PerfSection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -340,6 +361,7 @@ class Config(msgspec.Struct, frozen=True):
     relay_pools: dict[str, RelayPoolConfig] = {}
     """End-to-end pools by link id."""
     alarms: AlarmsSection = AlarmsSection()
+    perf: PerfSection = PerfSection()
     metrics_listen: HostPort | None = None
     dashboard_listen: HostPort | None = None
     """The live dashboard's plain HTTP address; loopback only."""
@@ -361,6 +383,10 @@ class Config(msgspec.Struct, frozen=True):
     @property
     def alarm_history_path(self) -> Path:
         return self.state_dir / "alarms.sqlite"
+
+    @property
+    def perf_history_path(self) -> Path:
+        return self.state_dir / "perf.sqlite"
 
     def link_end(self, link_id: str) -> LinkEnd:
         link = self.links[link_id]
@@ -541,6 +567,12 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
             raise fail(where, problem)
 
     relay_pools = _relay_pools(raw, peers, links, fail)
+    if raw.perf.report_url is not None:
+        url = urlsplit(raw.perf.report_url)
+        if url.scheme != "https" or not url.hostname:
+            raise fail(
+                "[perf] report_url:", f"must be an https:// URL, not {raw.perf.report_url!r}"
+            )
     for node in raw.controller.electors:
         if node not in peers:
             raise fail(
@@ -574,6 +606,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         relay=raw.relay,
         relay_pools=relay_pools,
         alarms=raw.alarms,
+        perf=raw.perf,
         metrics_listen=metrics_listen,
         dashboard_listen=dashboard_listen,
         pair_policies=pair_policies,

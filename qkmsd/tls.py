@@ -202,6 +202,18 @@ def api_context(ca: Path, cert: Path, key: Path, *, crl: Path | None = None) -> 
     return ctx
 
 
+def collector_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A client context for pushing to a collector (``[perf] report_url``): the node shows
+    its certificate; the collector's is verified against ``ca`` and the URL's host name.
+
+    Raises ``TlsConfigError`` as ``peer_context`` does.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # host name checked, certificate required
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load(ctx, ca, cert, key, None)
+    return ctx
+
+
 def hybrid_pq_groups_available() -> bool:
     """Whether this Python and OpenSSL offer ``X25519MLKEM768`` in TLS key exchange.
 

@@ -26,6 +26,7 @@ from qkmsd.errors import (
     QkmsError,
     StartupError,
 )
+from qkmsd.http._client import HttpClientError
 from qkmsd.keystore import (
     CorruptStoreError,
     IllegalTransition,
@@ -38,6 +39,7 @@ from qkmsd.keystore import (
     ServiceKeyNotFound,
 )
 from qkmsd.main import main
+from qkmsd.perf import PerfHistoryError, PushError
 from qkmsd.relay import RelayFailed
 from qkmsd.state import AlarmHistoryError
 from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
@@ -55,6 +57,9 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     PeerUnavailable: (INTERNAL, None, EXIT_FAILURE),
     RelayFailed: (INTERNAL, None, EXIT_FAILURE),
     AlarmHistoryError: (INTERNAL, None, EXIT_FAILURE),
+    PerfHistoryError: (INTERNAL, None, EXIT_FAILURE),
+    PushError: (INTERNAL, None, EXIT_FAILURE),
+    HttpClientError: (INTERNAL, None, EXIT_FAILURE),
     ConfigError: (INTERNAL, None, EXIT_CONFIG),
     TlsError: (INTERNAL, None, EXIT_FAILURE),
     TlsConfigError: (INTERNAL, None, EXIT_FAILURE),
