@@ -41,6 +41,7 @@ from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
 from .log import get_logger
 from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
+from .nodeops import NodeOperations
 from .peers import PeerManager
 from .perf import PerfAgent, PerfSources, Pusher
 from .relay import RelayAgent, RelayedKeys, RoutingTable
@@ -51,9 +52,11 @@ from .supply import (
     DirectLinkSource,
     Etsi014Front,
     LocalSource,
+    PolicyBook,
     RecordedKeys,
     RelayedPoolSource,
     ReservationResponder,
+    SupplyError,
 )
 from .systemd import Notifier
 from .tls import Revocations, TlsError, api_context, collector_context, load_crl, peer_context
@@ -294,17 +297,21 @@ class Node:
             local = LocalSource(
                 node_id=cfg.node_id, store=store, store_thread=store_thread, recorded=recorded
             )
+            try:
+                book = PolicyBook(cfg, cfg.state_dir / "policies.json")
+            except SupplyError as exc:
+                raise StartupError(str(exc)) from None
             self.supply = front = Etsi014Front(
                 node_id=cfg.node_id,
                 saes=cfg.saes,
-                policy_for=cfg.policy_for,
+                policy_for=book.policy_for,
                 sources=[local, direct, relayed_source],
                 pqc_keys=_pqc_keys(cfg),
             )
             responder = ReservationResponder(
                 node_id=cfg.node_id,
                 saes=cfg.saes,
-                policy_for=cfg.policy_for,
+                policy_for=book.policy_for,
                 store=store,
                 store_thread=store_thread,
                 link_to=all_link_to,
@@ -387,6 +394,13 @@ class Node:
                     **status.methods(),
                     **state.admin_methods(),
                     **(perf.admin_methods() if perf is not None else {}),
+                    **NodeOperations(
+                        node_id=cfg.node_id,
+                        front=front,
+                        book=book,
+                        config_path=cfg.source,
+                        state_dir=cfg.state_dir,
+                    ).methods(),
                     "controller": controller_status,
                 },
                 group=cfg.admin_group,

@@ -562,7 +562,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         ("[supply.default]", raw.supply.default),
         *((f"[[supply.pairs]] {m}->{s}", p) for (m, s), p in pair_policies.items()),
     ]:
-        problem = _policy_problem(policy)
+        problem = policy_problem(policy)
         if problem:
             raise fail(where, problem)
 
@@ -696,7 +696,8 @@ def _merged(default: SupplyPolicy, pair: SupplyPairSection) -> SupplyPolicy:
     )
 
 
-def _policy_problem(policy: SupplyPolicy) -> str:
+def policy_problem(policy: SupplyPolicy) -> str:
+    """What is wrong with a whole policy (fields valid alone, not together), or ""."""
     if not policy.min_key_size <= policy.key_size <= policy.max_key_size:
         return "needs min_key_size <= key_size <= max_key_size"
     if policy.derive not in ("none", "hkdf-sha256"):

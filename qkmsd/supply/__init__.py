@@ -6,6 +6,7 @@ keys: ``LocalSource`` for pairs on this node, ``DirectLinkSource`` across a QKD 
 ``RecordedKeys`` fetches and expires what was recorded here for local slaves.
 """
 
+from ._book import PolicyBook
 from ._direct import DirectLinkSource, StockStatistics
 from ._errors import BadRequest, SupplyError, Unauthorised, Unavailable
 from ._front import EXT_PQC_WRAP, Etsi014Front, FrontStatistics
@@ -26,6 +27,7 @@ __all__ = [
     "KeyOrder",
     "KeySource",
     "LocalSource",
+    "PolicyBook",
     "RecordedKeys",
     "RelayedPoolSource",
     "ReservationResponder",

@@ -95,10 +95,16 @@ class Etsi014Front:
         self._limits = RateLimiter(clock=trio.current_time)
         self._counts = _Counts()
         self._per_sae: dict[str, SaeCounts] = {}
+        self.draining = False
+        """Set by ``qkmsctl node drain``: new ``enc_keys`` are refused (503); ``dec_keys``
+        still serves the keys already delivered to masters, and ``status`` answers."""
+        self.in_flight = 0
+        """Requests being answered now."""
 
     async def handle(self, request: Request) -> Response:
         """Answer one ETSI 014 request.  Never raises for bad input."""
         caller = None
+        self.in_flight += 1
         try:
             caller = self._caller(request)
             self._sae(caller).requests += 1
@@ -122,6 +128,8 @@ class Etsi014Front:
                 errors = self._sae(caller).errors
                 errors[response.status] = errors.get(response.status, 0) + 1
             return response
+        finally:
+            self.in_flight -= 1
 
     def statistics(self) -> FrontStatistics:
         return FrontStatistics(**dataclasses.asdict(self._counts))
@@ -190,6 +198,11 @@ class Etsi014Front:
         return Response(200, etsi014.encode_json(status))
 
     async def _enc_keys(self, master: str, slave: str, req: etsi014.KeyRequest) -> Response:
+        if self.draining:
+            raise Unavailable(
+                f"{self.node_id} is draining for maintenance: it takes no new key requests"
+                " (keys already delivered can still be fetched with dec_keys)"
+            )
         target = self._target(master, slave)
         policy = self._policy_for(master, slave)
         number = 1 if req.number is None else req.number

@@ -1,0 +1,136 @@
+"""``qkmsctl node drain|undrain|status`` and ``qkmsctl policy show|set|unset|reload``: change
+how a running node serves, through its admin socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ._admin import AdminClient
+from ._errors import Command, Group
+from ._render import ago, table
+from .node import _config, _json, _lab, _node, _socket, _socket_from
+
+
+def _where(f: Any) -> Any:
+    for option in (_json, _node, _lab, _config, _socket):
+        f = option(f)
+    return f
+
+
+def _client(where: dict[str, Any]) -> AdminClient:
+    return AdminClient(
+        _socket_from(where["config"], where["socket_path"], where["lab_dir"], where["node"])
+    )
+
+
+def node_report(result: dict[str, Any]) -> str:
+    state = "draining" if result["draining"] else "serving"
+    since = f" (since {ago(result['drained_since'])})" if result["drained_since"] else ""
+    return (
+        f"{result['node_id']}: {state}{since}, "
+        f"{result['requests_in_flight']} ETSI 014 request(s) in flight"
+    )
+
+
+@click.group(cls=Group)
+def node() -> None:
+    """Drain a node for maintenance and back, or show whether it serves."""
+
+
+def _node_command(name: str, method: str, doc: str) -> None:
+    @node.command(name, cls=Command, help=doc)
+    @_where
+    def command(as_json: bool, **where: Any) -> None:
+        result = _client(where).call(method)
+        click.echo(json.dumps(result, indent=2) if as_json else node_report(result))
+
+
+_node_command("status", "node", "Whether the node takes new key requests, and how many run.")
+_node_command(
+    "drain",
+    "node_drain",
+    "Refuse new enc_keys (503) while dec_keys, status, key sync and relays go on; kept "
+    "across a restart until undrain.",
+)
+_node_command("undrain", "node_undrain", "Take new key requests again.")
+
+
+def policy_report(result: dict[str, Any]) -> str:
+    fields = list(result["default"])
+    rows = [["default", *(result["default"][f] for f in fields)]]
+    rows += [[scope, *(p[f] for f in fields)] for scope, p in result["pairs"].items()]
+    marked = [[f"{r[0]} *" if r[0] in result["overrides"] else r[0], *r[1:]] for r in rows]
+    note = "\n* overridden by `qkmsctl policy set` (undo: policy unset SCOPE)"
+    return table(["scope", *fields], marked) + (note if result["overrides"] else "")
+
+
+@click.group(cls=Group)
+def policy() -> None:
+    """Show and change a node's supply policies (ETSI 014 limits per SAE pair) at runtime."""
+
+
+@policy.command("show", cls=Command)
+@_where
+def policy_show(as_json: bool, **where: Any) -> None:
+    """The policies in force: the default and each SAE pair's."""
+    result = _client(where).call("policy")
+    click.echo(json.dumps(result, indent=2) if as_json else policy_report(result))
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@policy.command("set", cls=Command)
+@click.argument("settings", nargs=-1, required=True)
+@click.option(
+    "--pair",
+    nargs=2,
+    metavar="MASTER SLAVE",
+    help="change this SAE pair's policy (default: the default policy)",
+)
+@_where
+def policy_set(
+    settings: tuple[str, ...], pair: tuple[str, str] | None, as_json: bool, **where: Any
+) -> None:
+    """Override fields, e.g. `policy set key_size=512 max_key_per_request=64 --pair A B`.
+
+    Kept across restarts (in the node's state directory) until `policy unset`; applies to
+    the next request, and no session is dropped.
+    """
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        field, sep, value = setting.partition("=")
+        if not sep or not field:
+            raise click.BadParameter(f"{setting!r}: give FIELD=VALUE", param_hint="SETTINGS")
+        changes[field] = _value(value)
+    scope = f"{pair[0]}>{pair[1]}" if pair else "default"
+    result = _client(where).call("policy_set", scope=scope, changes=changes)
+    click.echo(json.dumps(result, indent=2) if as_json else policy_report(result))
+
+
+@policy.command("unset", cls=Command)
+@click.option("--pair", nargs=2, metavar="MASTER SLAVE", help="the SAE pair (default: default)")
+@_where
+def policy_unset(pair: tuple[str, str] | None, as_json: bool, **where: Any) -> None:
+    """Drop the overrides of the default policy or of one pair."""
+    scope = f"{pair[0]}>{pair[1]}" if pair else "default"
+    result = _client(where).call("policy_unset", scope=scope)
+    click.echo(json.dumps(result, indent=2) if as_json else policy_report(result))
+
+
+@policy.command("reload", cls=Command)
+@_where
+def policy_reload(as_json: bool, **where: Any) -> None:
+    """Re-read [supply] from the node's config file (overrides stay on top)."""
+    result = _client(where).call("policy_reload")
+    click.echo(json.dumps(result, indent=2) if as_json else policy_report(result))
+
+
+__all__ = ["node", "policy"]

@@ -1,0 +1,109 @@
+"""Operating a running node: drain and undrain its ETSI 014 front, change its supply
+policies at runtime (``qkmsctl node ...``, ``qkmsctl policy ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from cli._admin import AdminClient, AdminError
+
+from ..conftest import ConfigFactory
+from .test_etsi014 import TIME_LIMIT_S, assert_error, key_ids_body, key_request, keys_of, network
+
+ENC = "/api/v1/keys/SAE_B/enc_keys"
+
+
+async def admin(socket: Path, method: str, **params: Any) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(lambda: AdminClient(socket).call(method, **params))
+
+
+async def test_a_drained_node_refuses_new_keys_but_hands_out_those_already_delivered(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, pki) as net:
+            delivered = keys_of(await net.raw("KME_A", "POST", ENC, body=key_request(number=2)))
+            sock_a, sock_b = (net.infos[k].admin_socket for k in ("KME_A", "KME_B"))
+            for sock in (sock_a, sock_b):
+                state = await admin(sock, "node_drain")
+                assert state["draining"] is True and state["drained_since"] is not None
+            error = assert_error(await net.raw("KME_A", "POST", ENC), 503)
+            assert "draining" in error["message"]
+            fetched = await net.raw(
+                "KME_B",
+                "POST",
+                "/api/v1/keys/SAE_A/dec_keys",
+                sae="SAE_B",
+                body=key_ids_body(*delivered),
+            )
+            assert keys_of(fetched) == delivered
+            assert (await admin(sock_a, "node_undrain"))["draining"] is False
+            assert len(keys_of(await net.raw("KME_A", "POST", ENC))) == 1
+
+
+async def test_a_node_restarted_while_drained_stays_drained(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, pki) as net:
+            await admin(net.infos["KME_A"].admin_socket, "node_drain")
+            state_dir = net.configs["KME_A"].state_dir
+        assert (state_dir / "drained").exists()
+        async with network(node_config, pki, wait_bits=0) as net:
+            state = await admin(net.infos["KME_A"].admin_socket, "node")
+            assert state["draining"] is True
+            assert_error(await net.raw("KME_A", "POST", ENC), 503)
+
+
+async def test_a_policy_change_applies_to_the_next_request_and_survives_a_restart(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, pki) as net:
+            sock = net.infos["KME_A"].admin_socket
+            shown = await admin(sock, "policy_set", scope="SAE_A>SAE_B", changes={"key_size": 512})
+            assert shown["pairs"]["SAE_A>SAE_B"]["key_size"] == 512
+            assert "SAE_A>SAE_B" in shown["overrides"]
+            [key] = keys_of(await net.raw("KME_A", "POST", ENC)).values()
+            assert len(key) == 512 // 8
+            with pytest.raises(AdminError, match="min_key_size <= key_size"):
+                await admin(sock, "policy_set", scope="default", changes={"key_size": 16})
+            with pytest.raises(AdminError, match="unknown field"):
+                await admin(sock, "policy_set", scope="default", changes={"colour": "red"})
+            peers = await admin(sock, "peers")
+        async with network(node_config, pki, wait_bits=0) as net:
+            sock = net.infos["KME_A"].admin_socket
+            assert (await admin(sock, "policy"))["pairs"]["SAE_A>SAE_B"]["key_size"] == 512
+            unset = await admin(sock, "policy_unset", scope="SAE_A>SAE_B")
+            assert unset["overrides"] == {}
+            await net.wait_for_key()
+            [key] = keys_of(await net.raw("KME_A", "POST", ENC)).values()
+            assert len(key) == 256 // 8
+        assert [p["state"] for p in peers["peers"]] == ["connected"]
+
+
+async def test_policy_reload_reads_the_config_file_again(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, pki) as net:
+            cfg = net.configs["KME_A"]
+            sock = net.infos["KME_A"].admin_socket
+            text = cfg.source.read_text()
+            cfg.source.write_text(
+                text.replace("max_key_per_request = ", "max_key_per_request = 1#")
+            )
+            shown = await admin(sock, "policy_reload")
+            assert shown["default"]["max_key_per_request"] == 1
+            error = assert_error(
+                await net.raw("KME_A", "POST", ENC, body=key_request(number=2)), 400
+            )
+            assert "max_key_per_request 1" in error["message"]
+            cfg.source.write_text("[node]\nid = broken")
+            with pytest.raises(AdminError, match="policy_reload"):
+                await admin(sock, "policy_reload")
+            assert (await admin(sock, "policy"))["default"]["max_key_per_request"] == 1
