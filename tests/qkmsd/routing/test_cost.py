@@ -6,6 +6,8 @@ import math
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import RELAY_CONFIRM_KEY_BYTES
 from qkmsd.relay import _agent as relay_agent
@@ -123,3 +125,29 @@ def test_a_hop_spends_the_key_its_confirmation_key_and_a_mac_key() -> None:
         hop_key_bits(-1)
     with pytest.raises(ValueError):
         relay_key_bits(-1, 8)
+
+
+states = st.builds(
+    LinkState,
+    a=st.just("A"),
+    b=st.just("B"),
+    bits_a=st.integers(0, 10**9),
+    bits_b=st.integers(0, 10**9),
+    key_rate_bps=st.floats(0.0, 1e9),
+    qber=st.floats(0.0, 1.0),
+    qber_threshold=st.floats(0.01, 0.5),
+    relay_failures=st.integers(0, 100),
+)
+
+
+@given(states, st.integers(0, 10**8), st.floats(0.0, 0.2), st.integers(0, 5))
+def test_the_cost_is_bounded_and_moves_the_right_way_with_each_input(
+    s: LinkState, more_bits: int, more_qber: float, more_failures: int
+) -> None:
+    params = CostParams()
+    base = cost(s)
+    assert 1.0 <= base <= 1 + params.key_weight + 9 * params.qber_weight + 10
+    assert cost(msgspec.structs.replace(s, bits_a=s.bits_a + more_bits)) <= base
+    assert cost(msgspec.structs.replace(s, bits_b=s.bits_b + more_bits)) == base
+    assert cost(msgspec.structs.replace(s, qber=min(1.0, s.qber + more_qber))) >= base
+    assert cost(msgspec.structs.replace(s, relay_failures=s.relay_failures + more_failures)) >= base
