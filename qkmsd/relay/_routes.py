@@ -5,21 +5,22 @@ follow: the shortest simple paths over the network's QKD links (``[relay] topolo
 hop count, up to ``alternates`` of them.  A relay that fails on one path is retried on the
 next.  The controller will later replace the computed part; the table's shape stays.
 
-networkx computes the paths (``shortest_simple_paths``, Yen's algorithm): a well-kept
-library rather than graph code of our own.
+``qkmsd.routing`` computes the paths, every hop at cost 1 since this table has no link
+states: its least-cost route and alternates (Yen's algorithm) and its node-disjoint route
+sets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
-import networkx as nx
 
 from protocol import MAX_RELAY_PATH
+
+from ..routing import Topology
 
 ALTERNATES = 3
 """Computed paths kept per destination."""
@@ -60,11 +61,13 @@ class RoutingTable:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
-        self._graph: nx.Graph[str] = nx.Graph()
-        self._graph.add_node(node_id)
-        self._graph.add_edges_from((a, b) for a, b in links)
-        self._graph.add_edges_from((node_id, n) for n in neighbours)
         self._neighbours = frozenset(neighbours)
+        self._graph = Topology()
+        self._graph.add_node(node_id)
+        for a, b in links:
+            self._graph.set_cost(a, b, 1.0, 1.0)
+        for n in self._neighbours:
+            self._graph.set_cost(node_id, n, 1.0, 1.0)
         self._manual = {dst: tuple(via) for dst, via in manual.items()}
         self._alternates = alternates
         self._clock = clock
@@ -83,14 +86,12 @@ class RoutingTable:
         No node but the two ends is on two of them, so no single intermediate node sees
         two shares of a key split over them.
         """
-        if destination not in self._graph or destination == self.node_id:
-            return []
-        try:
-            found = nx.node_disjoint_paths(self._graph, self.node_id, destination)
-            paths = sorted((tuple(p) for p in found), key=lambda p: (len(p), p))
-        except nx.NetworkXNoPath:
-            return []
-        return [p for p in paths if p[1] in self._neighbours][:limit]
+        # As many as there are (at most one a link of this node), then the first ``limit``
+        # whose first step is a QKD neighbour: a set of the most disjoint paths, least
+        # hops in all, shortest first.
+        most = max(1, len(self._graph.neighbours(self.node_id)))
+        found = self._graph.disjoint_routes(self.node_id, destination, most)
+        return [p.nodes for p in found if p.nodes[1] in self._neighbours][:limit]
 
     def routes(self, destinations: Iterable[str]) -> list[Route]:
         now = self._clock()
@@ -112,14 +113,11 @@ class RoutingTable:
         via = self._manual.get(destination)
         if via is not None:
             out.append(_Entry((self.node_id, *via, destination), "manual", now))
-        if destination in self._graph and destination != self.node_id:
-            try:
-                found = nx.shortest_simple_paths(self._graph, self.node_id, destination)
-                for path in itertools.islice(found, self._alternates):
-                    if tuple(path) not in {e.path for e in out}:
-                        out.append(_Entry(tuple(path), "computed", now))
-            except nx.NetworkXNoPath:
-                pass
+        if self._alternates > 0:
+            found = self._graph.routes(self.node_id, destination, self._alternates - 1)
+            for path in found:
+                if path.nodes not in {e.path for e in out}:
+                    out.append(_Entry(path.nodes, "computed", now))
         return [e for e in out if _usable(e.path, self._neighbours)]
 
 

@@ -1,0 +1,83 @@
+"""The node's routing table (manual, then computed routes) and what a route's relay spends."""
+
+from __future__ import annotations
+
+from qkmsd.relay import RoutingTable
+from qkmsd.routing import relay_key_bits
+
+from .conftest import SETTINGS, A, B, C, Net, link_id
+
+D, E, X = "KME_D", "KME_E", "KME_X"
+
+
+def table(
+    links: list[tuple[str, str]], *, manual: dict[str, list[str]] | None = None
+) -> RoutingTable:
+    neighbours = [b if a == A else a for a, b in links if A in (a, b)]
+    return RoutingTable(
+        A,
+        links=links,
+        manual=manual or {},
+        neighbours=neighbours,
+        clock=lambda: 100.0,
+    )
+
+
+def test_a_line_has_one_computed_route_costed_in_hops() -> None:
+    t = table([(A, B), (B, C), (C, D)])
+    assert t.paths(D) == [(A, B, C, D)]
+    [route] = t.routes([D])
+    assert (route.path, route.source, route.cost, route.age_s) == ([A, B, C, D], "computed", 3, 0)
+
+
+def test_a_manual_route_comes_first_and_is_not_repeated_among_the_computed() -> None:
+    ring = [(A, B), (B, C), (C, D), (D, E), (E, A)]
+    t = table(ring, manual={C: [E, D]})
+    assert t.paths(C) == [(A, E, D, C), (A, B, C)]
+    assert [r.source for r in t.routes([C])] == ["manual", "computed"]
+
+
+def test_computed_routes_are_the_shortest_few_by_hops() -> None:
+    mesh = [(A, B), (A, C), (A, D), (B, C), (B, D), (C, D), (B, E), (C, E), (D, E)]
+    t = table(mesh)
+    paths = t.paths(E)
+    assert len(paths) == 3
+    assert sorted(paths) == [(A, B, E), (A, C, E), (A, D, E)]
+    assert table(mesh).paths(A) == []
+
+
+def test_a_route_whose_first_step_is_no_qkd_neighbour_is_dropped() -> None:
+    # The topology says A~X, but A has no QKD link to X.
+    t = RoutingTable(A, links=[(A, X), (X, C), (A, B), (B, D), (D, C)], manual={}, neighbours=[B])
+    assert t.paths(C) == [(A, B, D, C)]
+    assert t.disjoint_paths(C, 4) == [(A, B, D, C)]
+
+
+def test_unknown_or_unreachable_destinations_have_no_routes() -> None:
+    t = table([(A, B), (C, D)])
+    assert t.paths(C) == t.paths("KME_Q") == t.paths(A) == []
+    assert t.disjoint_paths(C, 2) == t.disjoint_paths("KME_Q", 2) == []
+
+
+def test_disjoint_paths_share_no_middle_node_shortest_first() -> None:
+    ring = [(A, B), (B, C), (C, D), (D, E), (E, A)]
+    t = table(ring)
+    assert t.disjoint_paths(C, 8) == [(A, B, C), (A, E, D, C)]
+    assert t.disjoint_paths(C, 1) == [(A, B, C)]
+    # A chord B~D: two paths of two hops to D, equal ties in node order.
+    t = table([*ring, (B, D)])
+    assert t.disjoint_paths(D, 8) == [(A, B, D), (A, E, D)]
+
+
+async def test_a_relay_spends_what_routing_says_its_route_costs_in_link_key(line3: Net) -> None:
+    [route] = line3[A].agent.routes()
+    owned_before = {(x, y): line3.owned_ready_bytes(x, y) for x, y in [(A, B), (B, C)]}
+
+    await line3[A].agent.relay(link_id(A, C))
+
+    spent = sum(owned_before[x, y] - line3.owned_ready_bytes(x, y) for x, y in owned_before) * 8
+    assert spent == relay_key_bits(route.cost, SETTINGS.block_bits)
+    assert (
+        line3[A].agent.statistics().link_bits_spent + line3[B].agent.statistics().link_bits_spent
+        == spent
+    )
