@@ -351,6 +351,7 @@ class Node:
                 ),
                 history_path=cfg.alarm_history_path,
             )
+            peers.on_connectivity(state.peer_up, state.peer_down)
 
             # Performance collection: samples of every agent, history, push to a collector.
             perf = None

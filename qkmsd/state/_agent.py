@@ -8,8 +8,9 @@ turns readings into measured values per (code, resource):
 ============== ============ ===========================================================
 code           resource     value
 ============== ============ ===========================================================
-peer-down      peer id      seconds the peer has been seen without a session (0 at the
-                            first look that sees it so: one look of grace)
+peer-down      peer id      seconds the peer has been without a session (from the moment
+                            the session closed, as the peer manager tells; else from the
+                            first look that sees it so)
 link-down      link id      seconds the driver has been seen ``down`` or ``stopped``
 qber-high      link id      the QBER of the link's last block
 pool-low       link id      ready bits
@@ -26,6 +27,11 @@ key-rate-low   link id      bits/s stored from the link's driver over the last
 controller-    controller   seconds this node has known no controller (0 at the first
 lost                        look that sees it so)
 ============== ============ ===========================================================
+
+Both raise once the value passes ``down_grace_s`` (a session that closes and comes straight
+back raises nothing).  So that this takes well under two seconds at the default periods,
+the agent does not wait for its next look: a session closing, or a look that sees a peer
+or driver newly down, brings a look forward to ``down_grace_s`` later.
 
 Faults (one-off): ``peer-refused`` when a peer's refusal count rose since the last look,
 ``blocks-discarded`` when a link's discarded blocks did.  The first look only takes the
@@ -60,6 +66,9 @@ RELAY_WINDOW_S = 60.0
 HISTORY_SHOWN = 50
 """History events the ``alarms`` admin method returns by default."""
 _MIB = 1 << 20
+PAST_GRACE_S = 0.05
+"""A look brought forward for a new ``down`` comes this long after the grace has run out
+(a value exactly at the threshold does not cross it)."""
 
 
 class LinkReading(Protocol):
@@ -187,6 +196,8 @@ class StateAgent:
         self._counts = collections.Counter[str]()
         self._looks = 0
         self._details: dict[tuple[str, str], str] = {}
+        self._next_look = float("inf")
+        self._wake = trio.Event()
 
     # --- service -------------------------------------------------------------------
 
@@ -197,9 +208,14 @@ class StateAgent:
         await self.start()
         try:
             task_status.started()
+            self._next_look = trio.current_time() + self._settings.interval_s
             while True:
-                await trio.sleep(self._settings.interval_s)
-                await self.look()
+                with trio.move_on_at(self._next_look):
+                    await self._wake.wait()  # set when a look is brought forward
+                self._wake = trio.Event()
+                if trio.current_time() >= self._next_look:
+                    self._next_look = trio.current_time() + self._settings.interval_s
+                    await self.look()
         finally:
             if self._history is not None:
                 self._history.close()
@@ -261,6 +277,22 @@ class StateAgent:
         self._looks += 1
         await self._handle(events)
         return events
+
+    def look_soon(self, delay: float) -> None:
+        """Bring the next look forward to ``delay`` seconds from now (if it is later)."""
+        at = trio.current_time() + delay
+        if at < self._next_look:
+            self._next_look = at
+            self._wake.set()
+
+    async def peer_up(self, peer: str) -> None:
+        """The peer manager's word that a session opened (``on_connectivity``)."""
+        self._down_since.pop(("peer", peer), None)
+
+    async def peer_down(self, peer: str) -> None:
+        """The peer manager's word that a session closed: count from now, look soon."""
+        self._down_since.setdefault(("peer", peer), self._clock())
+        self.look_soon(self._settings.down_grace_s + PAST_GRACE_S)
 
     # --- operators -----------------------------------------------------------------
 
@@ -440,7 +472,11 @@ class StateAgent:
         if up:
             self._down_since.pop(key, None)
             return 0.0
-        return now - self._down_since.setdefault(key, now)
+        if key not in self._down_since:
+            self._down_since[key] = now
+            if kind != "controller":
+                self.look_soon(self._settings.down_grace_s + PAST_GRACE_S)
+        return round(now - self._down_since[key], 3)
 
     def _rose(self, code: str, resource: str, count: int) -> list[tuple[str, str, float]]:
         before = self._baselines.get((code, resource))
@@ -499,8 +535,8 @@ def _rules(settings: AlarmsSection) -> dict[str, Rule]:
         return Rule(((threshold, CODES[code].severity),), above=above)
 
     return {
-        "peer-down": one("peer-down", 0.0),
-        "link-down": one("link-down", 0.0),
+        "peer-down": one("peer-down", settings.down_grace_s),
+        "link-down": one("link-down", settings.down_grace_s),
         "qber-high": Rule(
             ((settings.qber_max, CODES["qber-high"].severity),),
             latched=settings.qber_clear == "operator",

@@ -183,7 +183,7 @@ def test_history_is_bounded_by_count_and_age(tmp_path: Path) -> None:
     history.close()
 
 
-async def test_peer_down_gets_one_look_of_grace_then_raises(
+async def test_peer_down_raises_once_the_peer_is_down_longer_than_its_grace(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     node = FakeNode(peer=FakePeer(state="connecting"))
@@ -337,3 +337,48 @@ async def test_a_node_that_knows_no_controller_for_long_enough_raises_controller
     node.controller = "KME_C"
     await trio.sleep(15)
     assert kinds(state, "controller-lost") == []
+
+
+async def test_a_closed_session_raises_peer_down_after_the_grace_not_at_the_next_look(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=5.0, down_grace_s=0.5)
+    await nursery.start(state.run)
+    await trio.sleep(5.2)  # just after a look
+    node.peer.state = "connecting"
+    closed_at = trio.current_time()
+    await state.peer_down("KME_B")
+    while not kinds(state, "peer-down"):  # noqa: ASYNC110 (the virtual clock, 50 ms steps)
+        await trio.sleep(0.05)
+    assert closed_at + 0.5 <= trio.current_time() < closed_at + 1.0  # not the look at 10.0
+    await state.peer_up("KME_B")
+    node.peer.state = "connected"
+
+
+async def test_a_session_that_comes_straight_back_raises_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=5.0, down_grace_s=0.5)
+    await nursery.start(state.run)
+    await trio.sleep(1)
+    await state.peer_down("KME_B")
+    await state.peer_up("KME_B")  # the peer's state stays "connected" at every look
+    await trio.sleep(20)
+    assert kinds(state, "peer-down") == []
+
+
+async def test_a_driver_seen_down_brings_a_look_forward(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=1.0, down_grace_s=0.5)
+    await nursery.start(state.run)
+    await trio.sleep(0.1)
+    node.link.driver_state = "down"
+    stopped_at = trio.current_time()
+    while not kinds(state, "link-down"):  # noqa: ASYNC110 (the virtual clock, 50 ms steps)
+        await trio.sleep(0.05)
+    # Seen at the next look (within 1 s), raised at the look brought forward 0.5 s later.
+    assert trio.current_time() - stopped_at < 1.0 + 0.5 + 0.1
