@@ -9,8 +9,8 @@ QKD link with SAE_A on KME_A and SAE_B on KME_B:
 
 Overhead: ETSI 014 single-key ``enc_keys`` from SAE_A in a closed loop (``--workers`` at
 once), in windows that alternate between the pairs, in turns (on, off), (off, on), ... (both
-pairs run all the time, so the background is the same in every window).  The figure is keys/s of **on** over keys/s of
-**off**, over all windows (target >= 0.95).
+pairs run all the time, so the background is the same in every window).  The figure is
+keys/s of **on** over keys/s of **off**, over all windows (target >= 0.95).
 
 Alarm latency, at default periods: on fresh **on** pairs, (1) KME_B stopped (its sockets
 closed, as a killed process's are): time until KME_A's active alarms show ``peer-down``;
