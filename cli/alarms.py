@@ -3,7 +3,10 @@ socket."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,9 @@ from ._admin import AdminClient
 from ._errors import Command, Group
 from ._render import ago, table
 from .node import _call, _socket_from, _target
+from .perf import parse_duration
+
+FOLLOW_POLL_S = 1.0
 
 
 def alarms_report(result: dict[str, Any]) -> str:
@@ -106,3 +112,85 @@ def alarm_clear(code: str, resource: str, **where: Any) -> None:
     """Clear alarm CODE on RESOURCE by hand (for alarms latched until an operator clears)."""
     _act("alarm_clear", code, resource, where)
     click.echo(f"cleared {code} on {resource}")
+
+
+def _history_rows(events: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"])),
+            e["kind"],
+            e["code"],
+            e["resource"],
+            e["severity"],
+            "-" if e["value"] is None else f"{e['value']:g}",
+            e.get("by") or "",
+        ]
+        for e in events
+    ]
+
+
+HISTORY_HEADERS = ["at", "event", "code", "resource", "severity", "value", "by"]
+
+
+def follow(
+    fetch: Callable[[float], list[dict[str, Any]]],
+    emit: Callable[[dict[str, Any]], None],
+    *,
+    since: float,
+    pause: Callable[[], None],
+    polls: int | None = None,
+) -> None:
+    """Emit history events as they come, oldest first, each once: ``fetch(since)`` returns
+    the events at or after ``since`` (newest first); ``pause`` waits between polls."""
+    seen: set[tuple[Any, ...]] = set()
+    n = 0
+    while polls is None or n < polls:
+        n += 1
+        events = sorted(fetch(since), key=lambda e: e["at"])
+        for event in events:
+            key = (event["at"], event["kind"], event["code"], event["resource"])
+            if key in seen:
+                continue
+            seen.add(key)
+            emit(event)
+        if events:
+            latest = events[-1]["at"]
+            seen = {k for k in seen if k[0] >= latest}  # only ties with the newest matter
+            since = latest
+        pause()
+
+
+@alarm.command("history", cls=Command)
+@click.option("--since", "since_text", default="1h", show_default=True, help="90s, 15m, 1h, 7d")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@click.option("--follow", "following", is_flag=True, help="keep printing new events (Ctrl-C ends)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (one event a line with --follow)")
+@_where
+def alarm_history(
+    since_text: str, limit: int, following: bool, as_json: bool, **where: Any
+) -> None:
+    """Alarm and fault events since a time, oldest first; --follow streams new ones."""
+    path = _socket_from(where["config"], where["socket_path"], where["lab_dir"], where["node"])
+    client = AdminClient(path)
+    since = time.time() - parse_duration(since_text)
+
+    def fetch(after: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = client.call("alarms", limit=limit, since=after)["history"]
+        return events
+
+    if not following:
+        events = sorted(fetch(since), key=lambda e: e["at"])
+        if as_json:
+            click.echo(json.dumps(events, indent=2))
+        else:
+            click.echo(table(HISTORY_HEADERS, _history_rows(events)))
+        return
+
+    def emit(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            click.echo("  ".join(str(c) for c in _history_rows([event])[0]).rstrip())
+
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(fetch, emit, since=since, pause=lambda: time.sleep(FOLLOW_POLL_S))

@@ -167,6 +167,8 @@ class AlarmKeyParams(msgspec.Struct, forbid_unknown_fields=True):
 
 class AlarmsParams(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = HISTORY_SHOWN
+    since: float | None = None
+    """Only history events at or after this Unix time."""
 
 
 class StateAgent:
@@ -311,12 +313,15 @@ class StateAgent:
             for a in self._table.active()
         ]
 
-    async def history(self, limit: int = HISTORY_SHOWN) -> list[EventView]:
-        """The newest ``limit`` events of the history, newest first ([] without one)."""
+    async def history(
+        self, limit: int = HISTORY_SHOWN, since: float | None = None
+    ) -> list[EventView]:
+        """The newest ``limit`` events of the history (at or after ``since``, a Unix time),
+        newest first ([] without one)."""
         if self._history is None or limit == 0:
             return []
         try:
-            events = self._history.recent(limit)
+            events = self._history.recent(limit, since)
         except AlarmHistoryError as exc:
             log.error("alarms.history_failed", error=str(exc))
             return []
@@ -362,7 +367,7 @@ class StateAgent:
         except msgspec.ValidationError as exc:
             raise AdminParamsError(f"alarms: {exc}") from None
         result: dict[str, Any] = msgspec.to_builtins(
-            {"active": self.alarms(), "history": await self.history(p.limit)}
+            {"active": self.alarms(), "history": await self.history(p.limit, p.since)}
         )
         return result
 

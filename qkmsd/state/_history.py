@@ -98,18 +98,19 @@ class AlarmHistory:
         except sqlite3.Error as exc:
             raise AlarmHistoryError(f"alarm history {self.path}: {exc}") from None
 
-    def recent(self, limit: int) -> list[AlarmEvent]:
-        """The ``limit`` newest events, newest first.  Raises ``AlarmHistoryError``."""
+    def recent(self, limit: int, since: float | None = None) -> list[AlarmEvent]:
+        """The ``limit`` newest events (at or after ``since``), newest first.  Raises
+        ``AlarmHistoryError``."""
         try:
-            return self._recent(limit)
+            return self._recent(limit, since)
         except sqlite3.Error as exc:
             raise AlarmHistoryError(f"alarm history {self.path}: {exc}") from None
 
-    def _recent(self, limit: int) -> list[AlarmEvent]:
+    def _recent(self, limit: int, since: float | None) -> list[AlarmEvent]:
         rows = self._conn.execute(
             "SELECT kind, code, resource, severity, previous, value, at, by FROM events"
-            " ORDER BY id DESC LIMIT ?",
-            (limit,),
+            " WHERE at >= ? ORDER BY id DESC LIMIT ?",
+            (float("-inf") if since is None else since, limit),
         ).fetchall()
         return [_from_row(row) for row in rows]
 

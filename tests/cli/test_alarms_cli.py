@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from cli.alarms import follow
 from cli.main import qkmsctl
 from protocol import Error
 
@@ -109,3 +110,64 @@ def test_controller_names_the_holder_and_the_eligible_nodes(sock: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "controller  KME_B (this node; lease 1.5 s left)" in result.stdout
     assert "KME_A (priority 50), KME_B (priority 100)" in result.stdout
+
+
+def event(at: float, kind: str = "raised", code: str = "peer-down") -> dict[str, object]:
+    return {
+        "kind": kind,
+        "code": code,
+        "resource": "KME_B",
+        "severity": "major",
+        "previous": "cleared",
+        "value": 1.5,
+        "at": at,
+        "by": "",
+    }
+
+
+def test_alarm_history_asks_from_the_start_of_the_period_and_prints_oldest_first(
+    sock: Path,
+) -> None:
+    answer = {"active": [], "history": [event(NOW - 10, "cleared"), event(NOW - 60)]}
+    with fake_admin(sock, {"alarms": answer}) as node:
+        result = invoke("alarm", "history", "--since", "15m", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    [(method, params)] = node.requests
+    assert method == "alarms" and params["limit"] == 1000
+    assert abs(params["since"] - (time.time() - 900)) < 60
+    kinds = [line.split()[2] for line in result.stdout.splitlines()[2:]]
+    assert kinds == ["raised", "cleared"]
+
+
+def test_following_emits_each_event_once_in_order_across_polls() -> None:
+    polls = [
+        [event(100.0)],
+        [event(101.0, "acknowledged"), event(100.0)],  # the newest first, a tie repeated
+        [event(101.0, "acknowledged")],
+        [
+            event(103.0, "cleared"),
+            event(103.0, "raised", "link-down"),
+            event(101.0, "acknowledged"),
+        ],
+    ]
+    asked: list[float] = []
+    out: list[tuple[float, str]] = []
+
+    def fetch(since: float) -> list[dict[str, object]]:
+        asked.append(since)
+        return polls[len(asked) - 1]
+
+    follow(
+        fetch,
+        lambda e: out.append((e["at"], e["kind"])),  # type: ignore[arg-type]
+        since=50.0,
+        pause=lambda: None,
+        polls=4,
+    )
+    assert out == [
+        (100.0, "raised"),
+        (101.0, "acknowledged"),
+        (103.0, "cleared"),
+        (103.0, "raised"),
+    ]
+    assert asked == [50.0, 100.0, 101.0, 101.0]

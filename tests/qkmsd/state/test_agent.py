@@ -382,3 +382,19 @@ async def test_a_driver_seen_down_brings_a_look_forward(
         await trio.sleep(0.05)
     # Seen at the next look (within 1 s), raised at the look brought forward 0.5 s later.
     assert trio.current_time() - stopped_at < 1.0 + 0.5 + 0.1
+
+
+async def test_history_since_a_time_leaves_older_events_out(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    node = FakeNode(link=FakeLink(qber=0.3))
+    state = agent(node, tmp_path / "alarms.sqlite", hold_down_s=10.0)
+    await nursery.start(state.run)
+    await trio.sleep(10)
+    node.link.qber = 0.01
+    await trio.sleep(30)
+    everything = await state.history()
+    assert [e.kind for e in everything] == ["cleared", "raised"]
+    cleared_at = everything[0].at
+    answer = await state.admin_methods()["alarms"]({"since": cleared_at})
+    assert [e["kind"] for e in answer["history"]] == ["cleared"]
