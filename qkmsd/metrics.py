@@ -11,10 +11,16 @@ material, key ids or block ids.  The metric names are listed in ``docs/operation
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from .http import Limits, Request, Response
 from .log import get_logger
@@ -169,8 +175,18 @@ class NodeCollector:
         )
         requests.add_metric(["enc_keys"], sup.enc_keys)
         requests.add_metric(["dec_keys"], sup.dec_keys)
+        latency = HistogramMetricFamily(
+            "qkms_etsi014_request_seconds",
+            "Time to answer an ETSI 014 request, from the parsed request to the answer.",
+            labels=["call"],
+        )
+        for call, h in sorted(sup.latency.items()):
+            cumulative = list(itertools.accumulate(h.counts))
+            bounds = [*(repr(float(b)) for b in h.buckets), "+Inf"]
+            latency.add_metric([call], list(zip(bounds, cumulative, strict=True)), h.sum)
         return [
             requests,
+            latency,
             _counter("qkms_etsi014_keys", "Keys handed to SAEs.", sup.keys_out),
             _counter("qkms_etsi014_refused", "Requests refused (not 401).", sup.refused),
             _counter("qkms_etsi014_stock_keys_in", "Keys put in stocks.", sup.stock_keys_in),

@@ -21,6 +21,7 @@ import trio
 from protocol import ErrorCode
 
 from .admin import AdminParamsError
+from .histogram import HistogramSnapshot
 from .http import HandshakeStats, TlsStatistics
 from .keymanager import KeyManager, LinkStatus
 from .peers import PeerManager, PeerState
@@ -39,6 +40,8 @@ class SupplyStatistics(msgspec.Struct, frozen=True):
     refused: int
     stock_keys_in: int
     stock_keys_out: int
+    latency: dict[str, HistogramSnapshot] = {}
+    """The front's time to answer, by call."""
 
 
 class ApiStatus(msgspec.Struct, frozen=True):
@@ -166,6 +169,7 @@ class NodeStatusMethods:
                     refused=front.refused,
                     stock_keys_in=stock.stock_keys_in,
                     stock_keys_out=stock.stock_keys_out,
+                    latency=front.latency,
                 ),
             )
         return NodeStatus(

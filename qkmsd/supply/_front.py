@@ -33,6 +33,7 @@ from qkms_pqc import (
 )
 
 from ..config import SaeConfig, SupplyPolicy
+from ..histogram import Histogram, HistogramSnapshot
 from ..http import Request, Response
 from ._errors import HANDLED, BadRequest, Unauthorised, Unavailable, error_response
 from ._policy import RateLimiter, derive_keys
@@ -54,6 +55,9 @@ class FrontStatistics(msgspec.Struct, frozen=True):
     """Keys handed to SAEs, by either call."""
     refused: int
     """Requests answered with an error other than 401."""
+    latency: dict[str, HistogramSnapshot] = {}
+    """Time to answer, by call (``status``, ``enc_keys``, ``dec_keys``, ``other`` for
+    requests that name none), from the parsed request to the answer made."""
 
 
 @dataclasses.dataclass
@@ -100,15 +104,19 @@ class Etsi014Front:
         still serves the keys already delivered to masters, and ``status`` answers."""
         self.in_flight = 0
         """Requests being answered now."""
+        self._latency = {kind: Histogram() for kind in ("status", "enc_keys", "dec_keys", "other")}
 
     async def handle(self, request: Request) -> Response:
         """Answer one ETSI 014 request.  Never raises for bad input."""
         caller = None
+        kind = "other"
+        began = trio.current_time()
         self.in_flight += 1
         try:
             caller = self._caller(request)
             self._sae(caller).requests += 1
             call = etsi014.parse_api_path(request.method, request.target)
+            kind = call.kind.value
             if call.kind is etsi014.ApiKind.STATUS:
                 return await self._status(caller, call.sae_id)
             if call.kind is etsi014.ApiKind.ENC_KEYS:
@@ -130,9 +138,11 @@ class Etsi014Front:
             return response
         finally:
             self.in_flight -= 1
+            self._latency[kind].observe(trio.current_time() - began)
 
     def statistics(self) -> FrontStatistics:
-        return FrontStatistics(**dataclasses.asdict(self._counts))
+        latency = {kind: h.snapshot() for kind, h in self._latency.items()}
+        return FrontStatistics(**dataclasses.asdict(self._counts), latency=latency)
 
     def sae_counts(self) -> dict[str, SaeCounts]:
         """Per attached SAE that has asked, its counts (live objects: read, do not keep)."""

@@ -43,6 +43,10 @@ async def test_a_drained_node_refuses_new_keys_but_hands_out_those_already_deliv
             assert keys_of(fetched) == delivered
             assert (await admin(sock_a, "node_undrain"))["draining"] is False
             assert len(keys_of(await net.raw("KME_A", "POST", ENC))) == 1
+            front = net.nodes["KME_A"].supply
+            assert front is not None
+            latency = front.statistics().latency
+            assert latency["enc_keys"].count == 3  # answered, refused while draining, answered
 
 
 async def test_a_node_restarted_while_drained_stays_drained(

@@ -6,6 +6,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from qkmsd.histogram import Histogram
 from qkmsd.http import TlsStatistics, serve_connection
 from qkmsd.keymanager import LinkStatus
 from qkmsd.metrics import MetricsSources, Snapshot, metrics_handler, render
@@ -33,6 +34,12 @@ LINK = LinkStatus(
     synchronised=True,
     held=["qber-high"],
 )
+_H = Histogram(buckets=(0.001, 0.01, 0.1))
+for _v in (0.0005, 0.001, 0.004, 0.05, 3.0):
+    _H.observe(_v)
+LATENCY = _H.snapshot()
+"""Two at or below 1 ms, one at or below 10 ms, one at or below 100 ms, one above."""
+
 STATUS = NodeStatus(
     node_id="KME_A",
     version="0.1.0",
@@ -51,7 +58,13 @@ STATUS = NodeStatus(
         hybrid_pq_tls_groups=False,
         tls=TlsStatistics(5, 1, 0, {"TLSv1.3": 5}, {"x25519": 5}, "x25519", None),
         supply=SupplyStatistics(
-            enc_keys=3, dec_keys=2, keys_out=9, refused=4, stock_keys_in=32, stock_keys_out=6
+            enc_keys=3,
+            dec_keys=2,
+            keys_out=9,
+            refused=4,
+            stock_keys_in=32,
+            stock_keys_out=6,
+            latency={"enc_keys": LATENCY},
         ),
     ),
 )
@@ -93,6 +106,13 @@ def test_the_scrape_carries_every_agents_statistics() -> None:
     assert value(found, "qkms_peers_connected") == 1
     assert value(found, "qkms_etsi014_requests_total", call="enc_keys") == 3
     assert value(found, "qkms_etsi014_keys_total") == 9
+    buckets = {
+        le: value(found, "qkms_etsi014_request_seconds_bucket", call="enc_keys", le=le)
+        for le in ("0.001", "0.01", "0.1", "+Inf")
+    }
+    assert buckets == {"0.001": 2, "0.01": 3, "0.1": 4, "+Inf": 5}
+    assert value(found, "qkms_etsi014_request_seconds_count", call="enc_keys") == 5
+    assert value(found, "qkms_etsi014_request_seconds_sum", call="enc_keys") == 3.0555
     assert value(found, "qkms_etsi014_refused_total") == 4
     assert value(found, "qkms_store_commits_total") == 7
     assert value(found, "qkms_store_inline_calls_total") == 4
@@ -119,7 +139,7 @@ def test_only_counts_levels_states_and_qber_are_exported() -> None:
     found = samples(render(Snapshot(STATUS, ALARMS, ACTIVE)).decode())
     allowed_labels = {
         "node", "version", "peer", "link", "driver", "state", "call", "severity", "code",
-        "resource", "acknowledged",
+        "resource", "acknowledged", "le",
     }  # fmt: skip
     for name, labels in found:
         assert name.startswith("qkms_")
