@@ -20,7 +20,7 @@ from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
-from .operate import node, policy  # noqa: E402
+from .operate import device, devices, node, policy  # noqa: E402
 from .perf import perf  # noqa: E402
 from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
@@ -44,6 +44,8 @@ for _command in (
     perf,
     node,
     policy,
+    devices,
+    device,
     controller,
     config,
     qkde,

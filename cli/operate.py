@@ -1,5 +1,6 @@
-"""``qkmsctl node drain|undrain|status`` and ``qkmsctl policy show|set|unset|reload``: change
-how a running node serves, through its admin socket."""
+"""``qkmsctl node drain|undrain|status``, ``qkmsctl policy show|set|unset|reload``,
+``qkmsctl devices`` and ``qkmsctl device stop|start|restart``: change how a running node
+serves, through its admin socket."""
 
 from __future__ import annotations
 
@@ -134,3 +135,56 @@ def policy_reload(as_json: bool, **where: Any) -> None:
 
 
 __all__ = ["node", "policy"]
+
+
+def _stopped(device: dict[str, Any]) -> str:
+    return ", ".join(device["stopped"]) or "-"
+
+
+def devices_report(result: dict[str, Any]) -> str:
+    return table(
+        ["link", "peer", "driver", "state", "stopped by", "detail"],
+        [
+            [
+                d["link"],
+                d["peer"],
+                d["driver"],
+                d["state"],
+                ", ".join(d["stopped"]) or "-",
+                d["detail"],
+            ]
+            for d in result["devices"]
+        ],
+    )
+
+
+@click.command(cls=Command)
+@_where
+def devices(as_json: bool, **where: Any) -> None:
+    """A node's QKD devices (the drivers of its QKD links): state, and who stopped one."""
+    result = _client(where).call("devices")
+    click.echo(json.dumps(result, indent=2) if as_json else devices_report(result))
+
+
+@click.group(cls=Group)
+def device() -> None:
+    """Stop, start or restart the driver of one QKD link (its device session)."""
+
+
+def _device_command(name: str, method: str, doc: str) -> None:
+    @device.command(name, cls=Command, help=doc)
+    @click.argument("link")
+    @_where
+    def command(link: str, as_json: bool, **where: Any) -> None:
+        result = _client(where).call(method, link=link)
+        click.echo(json.dumps(result, indent=2) if as_json else devices_report(result))
+
+
+_device_command(
+    "stop",
+    "device_stop",
+    "Stop LINK's driver: the device session closes, stored blocks stay; kept across a "
+    "restart until `device start`.",
+)
+_device_command("start", "device_start", "Start LINK's driver again after `device stop`.")
+_device_command("restart", "device_restart", "Close LINK's device session and open it again.")

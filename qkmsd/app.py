@@ -345,6 +345,8 @@ class Node:
                     certificates={"cert:node": cfg.cert, "cert:ca": cfg.ca},
                     hold_link=keys.hold_link,
                     release_link=keys.release_link,
+                    stop_driver=keys.stop_driver,
+                    start_driver=keys.start_driver,
                     controller=(
                         (lambda: controller.status().controller) if controller is not None else None
                     ),
@@ -399,6 +401,7 @@ class Node:
                         node_id=cfg.node_id,
                         front=front,
                         book=book,
+                        keys=keys,
                         config_path=cfg.source,
                         state_dir=cfg.state_dir,
                     ).methods(),

@@ -41,15 +41,22 @@ class Action(enum.StrEnum):
     STOP_LINK = "stop-link"
     """Notify, and keep the link's new blocks out of its pool while the alarm is active."""
     STOP_DRIVER = "stop-driver"
-    """Stop the link's device driver (not available in this version)."""
+    """Notify, and stop the link's device driver while the alarm is active."""
     ROUTE_DOWN = "route-down"
     """Mark the link down for routing (not available in this version: no controller yet)."""
     NONE = "none"
     """Do not detect the code at all."""
 
 
-AVAILABLE_ACTIONS: Final = frozenset({Action.NOTIFY, Action.STOP_LINK, Action.NONE})
+AVAILABLE_ACTIONS: Final = frozenset(
+    {Action.NOTIFY, Action.STOP_LINK, Action.STOP_DRIVER, Action.NONE}
+)
 """The actions this version can take."""
+
+
+STOPPABLE_BY_DRIVER: Final = frozenset({"qber-high"})
+"""Codes whose alarm may stop the link's driver.  Not the others: a stopped driver keeps
+a link down, its rate low and its pool short, so their alarms could never clear."""
 
 
 class Kind(enum.StrEnum):
@@ -73,8 +80,10 @@ class Disruption:
     def actions(self) -> frozenset[Action]:
         """The actions ``[alarms.actions]`` may give this code."""
         if self.resource == "link" and self.kind is Kind.ALARM:
-            return AVAILABLE_ACTIONS
-        return AVAILABLE_ACTIONS - {Action.STOP_LINK}
+            if self.code in STOPPABLE_BY_DRIVER:
+                return AVAILABLE_ACTIONS
+            return AVAILABLE_ACTIONS - {Action.STOP_DRIVER}
+        return AVAILABLE_ACTIONS - {Action.STOP_LINK, Action.STOP_DRIVER}
 
 
 def _table(*rows: Disruption) -> dict[str, Disruption]:

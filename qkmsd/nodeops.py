@@ -1,5 +1,9 @@
-"""Operating the node at runtime: drain and undrain its ETSI 014 front, and its supply
-policies (``qkmsctl node drain|undrain|status``, ``qkmsctl policy show|set|unset|reload``).
+"""Operating the node at runtime: drain and undrain its ETSI 014 front, its supply
+policies, and its QKD devices' drivers (``qkmsctl node drain|undrain|status``, ``qkmsctl
+policy show|set|unset|reload``, ``qkmsctl devices``, ``qkmsctl device stop|start|restart``).
+
+A device stopped by an operator stays stopped across restarts (``<state_dir>/devices.json``)
+until started again; blocks already stored stay, and synchronisation of them goes on.
 
 Draining is for maintenance: the front refuses new ``enc_keys`` with 503 and a message
 that says why, while ``dec_keys`` still hands slaves the keys their masters already have
@@ -12,6 +16,7 @@ A wiring module like ``status.py``: it holds the front and the policy book, not 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +27,7 @@ import msgspec
 
 from .admin import AdminParamsError
 from .config import ConfigError, load_config
+from .keymanager import KeyManager
 from .log import get_logger
 from .supply import Etsi014Front, PolicyBook, SupplyError
 
@@ -39,6 +45,14 @@ class PolicyUnsetParams(msgspec.Struct, forbid_unknown_fields=True):
     scope: Annotated[str, msgspec.Meta(min_length=1, max_length=140)]
 
 
+class DeviceParams(msgspec.Struct, forbid_unknown_fields=True):
+    link: Annotated[str, msgspec.Meta(min_length=1, max_length=140)]
+
+
+OPERATOR = "operator"
+"""The stop reason of a device stopped by ``qkmsctl device stop``."""
+
+
 class NodeOperations:
     """The admin methods that change how the node serves.  See the module docstring."""
 
@@ -48,6 +62,7 @@ class NodeOperations:
         node_id: str,
         front: Etsi014Front,
         book: PolicyBook,
+        keys: KeyManager,
         config_path: Path,
         state_dir: Path,
         clock: Callable[[], float] = time.time,
@@ -56,6 +71,14 @@ class NodeOperations:
         self._front = front
         self._book = book
         self._config_path = config_path
+        self._keys = keys
+        self._devices_file = state_dir / "devices.json"
+        for link in _read_stopped(self._devices_file):
+            try:
+                keys.stop_driver(link, OPERATOR)
+                log.warning("device.still_stopped", link=link)
+            except KeyError:
+                log.warning("device.unknown_stopped", link=link, file=str(self._devices_file))
         self._marker = state_dir / "drained"
         self._clock = clock
         self._since: float | None = None
@@ -73,7 +96,67 @@ class NodeOperations:
             "policy_set": self._policy_set,
             "policy_unset": self._policy_unset,
             "policy_reload": self._policy_reload,
+            "devices": self._devices,
+            "device_stop": self._device_stop,
+            "device_start": self._device_start,
+            "device_restart": self._device_restart,
         }
+
+    async def _devices(self, params: dict[str, Any]) -> dict[str, Any]:
+        links = await self._keys.links_status()
+        return {
+            "devices": [
+                {
+                    "link": s.link_id,
+                    "peer": s.peer,
+                    "driver": s.driver,
+                    "state": s.driver_state,
+                    "detail": s.driver_detail,
+                    "stopped": s.stopped,
+                }
+                for s in links
+                if not s.e2e
+            ]
+        }
+
+    async def _device_stop(self, params: dict[str, Any]) -> dict[str, Any]:
+        link = self._device_link("device_stop", params)
+        self._keys.stop_driver(link, OPERATOR)
+        self._save_stopped()
+        log.warning("device.stopped_by_operator", link=link)
+        return await self._devices({})
+
+    async def _device_start(self, params: dict[str, Any]) -> dict[str, Any]:
+        link = self._device_link("device_start", params)
+        self._keys.start_driver(link, OPERATOR)
+        self._save_stopped()
+        log.info("device.started_by_operator", link=link)
+        return await self._devices({})
+
+    async def _device_restart(self, params: dict[str, Any]) -> dict[str, Any]:
+        link = self._device_link("device_restart", params)
+        self._keys.stop_driver(link, "restart")
+        self._keys.start_driver(link, "restart")
+        log.info("device.restarted_by_operator", link=link)
+        return await self._devices({})
+
+    def _device_link(self, method: str, params: dict[str, Any]) -> str:
+        link = _convert(method, params, DeviceParams).link
+        known = {s.link_id for s in self._keys.qkd_links()}
+        if link not in known:
+            raise AdminParamsError(
+                f"{method}: no QKD link {link!r} (links: {', '.join(sorted(known)) or 'none'})"
+            )
+        return link
+
+    def _save_stopped(self) -> None:
+        stopped = sorted(s.link_id for s in self._keys.qkd_links() if OPERATOR in s.stopped)
+        tmp = self._devices_file.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"stopped": stopped}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._devices_file)
 
     async def _node(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -134,6 +217,18 @@ class NodeOperations:
             raise AdminParamsError(f"policy_reload: {exc.message}") from None
         log.info("policy.reloaded", config=str(self._config_path))
         return result
+
+
+def _read_stopped(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.error("device.state_unreadable", file=str(path), error=str(exc))
+        return []
+    stopped = data.get("stopped") if isinstance(data, dict) else None
+    return [s for s in stopped if isinstance(s, str)] if isinstance(stopped, list) else []
 
 
 def _convert(method: str, params: dict[str, Any], kind: type[_P]) -> _P:

@@ -88,9 +88,18 @@ class LinkStatus(msgspec.Struct, frozen=True):
     """An end-to-end pool (relayed key), not a QKD link."""
     held: list[str] = []
     """Why the link's new blocks are kept out of its pool (``hold_link``), if they are."""
+    stopped: list[str] = []
+    """Why the link's driver is stopped (``stop_driver``: an operator, an alarm)."""
     bits_in: int = 0
     """Key bits stored from the driver since the node started (the link's key rate is its
     rise over time)."""
+
+
+class DriverView(msgspec.Struct, frozen=True):
+    """A QKD link's driver, without touching the store."""
+
+    link_id: str
+    stopped: list[str]
 
 
 class LinkStatistics(msgspec.Struct, frozen=True):
@@ -118,6 +127,11 @@ class _Link:
     bits_in: int = 0
     last_error: str = ""
     held: set[str] = dataclasses.field(default_factory=set)
+    stopped: set[str] = dataclasses.field(default_factory=set)
+    """Why the link's driver is stopped (``stop_driver``); it runs while this is empty."""
+    reader: trio.CancelScope | None = None
+    reader_done: trio.Event | None = None
+    """Set when the task reading the driver has ended (a restart waits for it)."""
     # The live clock: seconds of connected time while the peer was heard from.
     live_s: float = 0.0
     ticked_at: float | None = None
@@ -177,12 +191,26 @@ class KeyManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for link in self._links.values():
-                nursery.start_soon(self._read_driver, link)
+                if not link.stopped:
+                    nursery.start_soon(self._read_driver, link)
             nursery.start_soon(self._announcer)
             nursery.start_soon(self._sweeper)
             task_status.started()
 
     async def _read_driver(self, link: _Link) -> None:
+        previous = link.reader_done
+        done = link.reader_done = trio.Event()
+        try:
+            if previous is not None:
+                await previous.wait()  # the driver is closed before it is opened again
+            if link.stopped:
+                return
+            with trio.CancelScope() as link.reader:
+                await self._read_driver_until_stopped(link)
+        finally:
+            done.set()
+
+    async def _read_driver_until_stopped(self, link: _Link) -> None:
         backoff = 1.0
         while True:
             try:
@@ -307,6 +335,41 @@ class KeyManager:
         if reason in link.held:
             link.held.discard(reason)
             log.info("link.released", link=link_id, reason=reason, holds=len(link.held))
+
+    # --- drivers --------------------------------------------------------------------
+
+    def stop_driver(self, link_id: str, reason: str) -> None:
+        """Stop ``link_id``'s driver (the device session closes) until every stop reason
+        is withdrawn; ``reason`` names the stop (``operator``, an alarm code).  Blocks
+        already stored stay; synchronisation of them goes on.  Raises ``KeyError`` for an
+        unknown link."""
+        link = self._links[link_id]
+        if reason in link.stopped:
+            return
+        link.stopped.add(reason)
+        if len(link.stopped) == 1:
+            log.warning("driver.stopping", link=link_id, reason=reason)
+            if link.reader is not None:
+                link.reader.cancel()
+
+    def qkd_links(self) -> list[DriverView]:
+        """The QKD links (not end-to-end pools) and why each driver is stopped, if it is."""
+        return [
+            DriverView(link.link_id, sorted(link.stopped))
+            for link in list(self._links.values())
+            if not link.driver.end_to_end
+        ]
+
+    def start_driver(self, link_id: str, reason: str) -> None:
+        """Withdraw the stop ``reason``; the driver starts again once none is left (no-op
+        without that stop).  Raises ``KeyError`` for an unknown link."""
+        link = self._links[link_id]
+        if reason not in link.stopped:
+            return
+        link.stopped.discard(reason)
+        if not link.stopped and self._nursery is not None:
+            log.info("driver.starting", link=link_id, reason=reason)
+            self._nursery.start_soon(self._read_driver, link)
 
     # --- peer events ---------------------------------------------------------------
 
@@ -452,6 +515,7 @@ class KeyManager:
                     synchronised=link.connected_since is not None,
                     e2e=link.driver.end_to_end,
                     held=sorted(link.held),
+                    stopped=sorted(link.stopped),
                     bits_in=link.bits_in,
                 )
             )

@@ -122,6 +122,8 @@ class Sources:
     """Certificate files by resource name (``cert:node``, ``cert:ca``)."""
     hold_link: Callable[[str, str], None] | None = None
     release_link: Callable[[str, str], None] | None = None
+    stop_driver: Callable[[str, str], None] | None = None
+    start_driver: Callable[[str, str], None] | None = None
     controller: Callable[[], str | None] | None = None
     """The controller this node follows, None while it knows none; None here: the node
     takes no part in the election."""
@@ -524,9 +526,13 @@ class StateAgent:
                 log.error("alarms.history_failed", error=str(exc))
 
     def _act(self, code: str, resource: str, *, held: bool) -> None:
-        if self._actions[code] is not Action.STOP_LINK:
+        action = self._actions[code]
+        if action is Action.STOP_LINK:
+            hook = self._sources.hold_link if held else self._sources.release_link
+        elif action is Action.STOP_DRIVER:
+            hook = self._sources.stop_driver if held else self._sources.start_driver
+        else:
             return
-        hook = self._sources.hold_link if held else self._sources.release_link
         if hook is None:
             return
         try:

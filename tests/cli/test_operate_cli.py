@@ -91,3 +91,35 @@ def test_policy_unset_and_reload_name_their_methods(sock: Path) -> None:
         assert invoke("policy", "unset", "--socket", str(sock)).exit_code == 0
         assert invoke("policy", "reload", "--socket", str(sock)).exit_code == 0
     assert node.requests == [("policy_unset", {"scope": "default"}), ("policy_reload", {})]
+
+
+DEVICES = {
+    "devices": [
+        {
+            "link": "KME_A~KME_B",
+            "peer": "KME_B",
+            "driver": "vendor-tcp",
+            "state": "stopped",
+            "detail": "",
+            "stopped": ["operator"],
+        }
+    ]
+}
+
+
+def test_devices_lists_each_qkd_link_s_driver_and_who_stopped_it(sock: Path) -> None:
+    with fake_admin(sock, {"devices": DEVICES}):
+        result = invoke("devices", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    row = result.stdout.splitlines()[2].split()
+    assert row == ["KME_A~KME_B", "KME_B", "vendor-tcp", "stopped", "operator"]
+
+
+def test_device_stop_start_restart_name_the_link(sock: Path) -> None:
+    answers = {m: DEVICES for m in ("device_stop", "device_start", "device_restart")}
+    with fake_admin(sock, answers) as node:  # type: ignore[arg-type]
+        for verb in ("stop", "start", "restart"):
+            assert invoke("device", verb, "KME_A~KME_B", "--socket", str(sock)).exit_code == 0
+    assert node.requests == [
+        (f"device_{verb}", {"link": "KME_A~KME_B"}) for verb in ("stop", "start", "restart")
+    ]

@@ -12,7 +12,15 @@ import trio
 from cli._admin import AdminClient, AdminError
 
 from ..conftest import ConfigFactory
-from .test_etsi014 import TIME_LIMIT_S, assert_error, key_ids_body, key_request, keys_of, network
+from .test_etsi014 import (
+    LINK,
+    TIME_LIMIT_S,
+    assert_error,
+    key_ids_body,
+    key_request,
+    keys_of,
+    network,
+)
 
 ENC = "/api/v1/keys/SAE_B/enc_keys"
 
@@ -111,3 +119,28 @@ async def test_policy_reload_reads_the_config_file_again(
             with pytest.raises(AdminError, match="policy_reload"):
                 await admin(sock, "policy_reload")
             assert (await admin(sock, "policy"))["default"]["max_key_per_request"] == 1
+
+
+async def test_a_device_stopped_by_an_operator_stays_stopped_across_a_restart(
+    node_config: ConfigFactory, pki: Path
+) -> None:
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, pki) as net:
+            sock = net.infos["KME_A"].admin_socket
+            [device] = (await admin(sock, "device_stop", link=LINK))["devices"]
+            assert device["stopped"] == ["operator"] and device["state"] != "up"
+            with pytest.raises(AdminError, match="no QKD link 'KME_A~KME_Z'"):
+                await admin(sock, "device_stop", link="KME_A~KME_Z")
+        async with network(node_config, pki, wait_bits=0) as net:
+            sock = net.infos["KME_A"].admin_socket
+            [device] = (await admin(sock, "devices"))["devices"]
+            assert device["stopped"] == ["operator"]
+            keys = net.nodes["KME_A"].keys
+            assert keys is not None
+            [before] = await keys.links_status()
+            await trio.sleep(0.5)  # blocks the paired driver would have delivered meanwhile
+            [still] = await keys.links_status()
+            assert still.bits_in == before.bits_in == 0
+            [device] = (await admin(sock, "device_start", link=LINK))["devices"]
+            assert device["stopped"] == []
+            await net.wait_for_key()  # key flows again

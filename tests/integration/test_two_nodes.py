@@ -237,8 +237,9 @@ async def test_admin_socket_survives_hostile_clients(node_config: ConfigFactory)
                 "id": 1,
                 "code": "unknown-request",
                 "message": "unknown method 'nope' (known: alarm_ack, alarm_clear, alarms,"
-                " check, controller, links, node, node_drain, node_undrain, peers, perf, policy,"
-                " policy_reload, policy_set, policy_unset, relay_test, relays, routes, status)",
+                " check, controller, device_restart, device_start, device_stop, devices, links,"
+                " node, node_drain, node_undrain, peers, perf, policy, policy_reload, policy_set,"
+                " policy_unset, relay_test, relays, routes, status)",
             }
             assert frames[1]["type"] == "response" and frames[1]["id"] == 2
             assert (await admin_async(info, "status"))["node_id"] == "KME_A"

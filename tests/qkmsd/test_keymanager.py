@@ -303,3 +303,41 @@ async def test_a_link_added_while_the_manager_runs_is_read_and_shown_at_once(
     assert [s.link_id for s in await a.manager.links_status()] == [LINK, "KME_A~KME_C"]
     await trio.sleep(1)
     assert extra.after_seen == [None]  # its driver is read
+
+
+async def test_a_stopped_driver_delivers_nothing_until_every_stop_is_withdrawn(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    await trio.sleep(0.5)
+    a.manager.stop_driver(LINK, "operator")
+    a.manager.stop_driver(LINK, "qber-high")
+    await trio.sleep(0.5)
+    await a.driver.emit(11, b"s" * 32)
+    await b.driver.emit(11, b"s" * 32)
+    await trio.sleep(2)
+    assert state(a, 11) is None  # not read while stopped
+    [status] = await a.manager.links_status()
+    assert status.stopped == ["operator", "qber-high"]
+    a.manager.start_driver(LINK, "operator")
+    await trio.sleep(2)
+    assert state(a, 11) is None  # one stop left
+    a.manager.start_driver(LINK, "qber-high")
+    await trio.sleep(2)
+    assert state(a, 11) is state(b, 11) is KeyState.READY
+    assert len(a.driver.after_seen) == 2  # the driver was opened again, from the store's id
+
+
+async def test_starting_a_driver_that_was_not_stopped_changes_nothing(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    await wire.connect()
+    a.manager.start_driver(LINK, "operator")
+    await a.driver.emit(12, b"t" * 32)
+    await b.driver.emit(12, b"t" * 32)
+    await trio.sleep(2)
+    assert state(a, 12) is KeyState.READY and len(a.driver.after_seen) == 1
+    with pytest.raises(KeyError):
+        a.manager.stop_driver("KME_A~KME_Z", "operator")

@@ -398,3 +398,36 @@ async def test_history_since_a_time_leaves_older_events_out(
     cleared_at = everything[0].at
     answer = await state.admin_methods()["alarms"]({"since": cleared_at})
     assert [e["kind"] for e in answer["history"]] == ["cleared"]
+
+
+async def test_stop_driver_stops_the_link_s_driver_while_a_high_qber_alarm_is_active(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode(link=FakeLink(qber=0.3))
+    calls: list[tuple[str, str, str]] = []
+    settings = msgspec.structs.replace(
+        SETTINGS, actions={"qber-high": "stop-driver"}, qber_clear="operator"
+    )
+    state = StateAgent(
+        settings=settings,
+        sources=node.sources(
+            stop_driver=lambda link, code: calls.append(("stop", link, code)),
+            start_driver=lambda link, code: calls.append(("start", link, code)),
+        ),
+        history_path=None,
+        clock=trio.current_time,
+    )
+    await nursery.start(state.run)
+    await trio.sleep(6)
+    assert calls == [("stop", LINK, "qber-high")]
+    assert node.holds == []  # stop-driver, not stop-link
+    await state.admin_methods()["alarm_clear"]({"code": "qber-high", "resource": LINK})
+    assert calls[-1] == ("start", LINK, "qber-high")
+
+
+def test_stop_driver_is_refused_for_codes_that_could_never_clear() -> None:
+    from qkmsd.disruptions import CODES, Action
+
+    assert Action.STOP_DRIVER in CODES["qber-high"].actions
+    assert Action.STOP_DRIVER not in CODES["link-down"].actions
+    assert Action.STOP_DRIVER not in CODES["peer-down"].actions
