@@ -29,9 +29,10 @@ relaying end's to allocate.
 Failures steer the routes (``RoutingTable``): a neighbour whose session closed
 (``peer_down``, from the peer manager; a silent peer is declared down within
 ``[sync] silence_s``) takes its link out of every path until ``peer_up``; a path on which
-a relay failed is held, tried last and kept out of splits for a while.  A split relay that
-loses a share is tried again at once without the failed path: a ``"disjoint"`` pool then
-sends the key whole over the side that still works, so its SAEs keep getting keys.
+a relay found a node out of reach is held, tried last and kept out of splits for a while.
+A split relay that loses a share so is tried again at once without that path: a
+``"disjoint"`` pool then sends the key whole over the side that still works, so its SAEs
+keep getting keys.
 
 Each end keeps its own ready share of the pool between ``low_bits`` and ``high_bits`` with
 up to ``in_flight`` relays at once; a relay that fails on a path is retried on the next
@@ -371,15 +372,17 @@ class RelayAgent:
                 return await self._relay_on(pool, list(path), size)
             except RelayFailed as exc:
                 failure = exc
-                self._routes.hold(path)
+                if exc.code in UNREACHABLE:
+                    self._routes.hold(path)
         self._counts.relays_failed += 1
         raise failure
 
     async def _relay_split(self, pool: _Pool, size: int, *, again: bool = True) -> RelayRecord:
         """One key as XOR shares over node-disjoint paths, kept only if every share lands.
 
-        If a share fails, its path is held and the key is tried once more at once (a fresh
-        key: the shares already sent are dropped at the destination)."""
+        If a share fails because a node on its path is out of reach, that path is held and
+        the key is tried once more at once (a fresh key: the shares already sent are
+        dropped at the destination)."""
         found = self._routes.disjoint_paths(pool.config.peer, pool.config.paths)
         paths = [p for p in found if self._is_up(p[1])]
         required = max(2, pool.config.paths_required)
@@ -422,10 +425,10 @@ class RelayAgent:
                 nursery.start_soon(one, i)
         failed = [r for r in records if isinstance(r, RelayFailed)]
         if failed:
-            for path, r in zip(paths, records, strict=True):
-                if isinstance(r, RelayFailed):
-                    self._routes.hold(path)
-            if again:
+            lost = [p for p, r in zip(paths, records, strict=True) if _unreachable(r)]
+            for path in lost:
+                self._routes.hold(path)
+            if again and lost:
                 log.info("relay.split_retry", pool=pool.config.link_id, error=str(failed[0]))
                 return await self._relay_split(pool, size, again=False)
             self._counts.relays_failed += 1
@@ -709,6 +712,15 @@ class RelayAgent:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(**dataclasses.asdict(self._counts))
+
+
+UNREACHABLE = frozenset({ErrorCode.PEER_UNREACHABLE, ErrorCode.PEER_TIMEOUT})
+"""Relay failures that say a node on the path is out of reach: the path is held.  A link
+short of key is not: the relay is retried on the same path when key has come."""
+
+
+def _unreachable(outcome: RelayRecord | RelayFailed) -> bool:
+    return isinstance(outcome, RelayFailed) and outcome.code in UNREACHABLE
 
 
 def _xor(a: bytes, b: bytes) -> bytes:

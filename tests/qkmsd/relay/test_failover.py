@@ -109,3 +109,29 @@ async def test_a_neighbour_declared_down_takes_its_link_out_of_new_relays(
         record = await net[A].agent.relay(AC)
         assert "#" in record.relay_id  # split again over both sides
         assert {tuple(h.path) for h in net.wire.hops(A, B)} == {(A, B, C)}
+
+
+async def test_a_path_short_of_link_key_is_not_held_but_one_with_a_node_out_of_reach_is(
+    tmp_path: Path,
+) -> None:
+    async with open_net(tmp_path, links=RING, pools=[(A, C)], link_blocks=()) as net:
+        for a, b in [(B, C), (C, D), (A, D)]:
+            net.add_link_key(a, b, range(8))  # A~B has none: the first path is short of key
+        record = await net[A].agent.relay(AC)
+        assert record.path == [A, D, C]
+        assert all(r.held_s == 0 for r in net[A].agent.routes())
+
+        async def b_cannot_reach_c(sender: str, receiver: str, hop: RelayHop) -> RelayHop:
+            if (sender, receiver) == (B, C):
+                raise PeerUnavailable("the session of B with C ended")
+            return hop
+
+        net.wire.on_hop = b_cannot_reach_c
+        net.add_link_key(A, B, range(8))
+        record = await net[A].agent.relay(AC)  # A-B-C first: B cannot reach C; then A-D-C
+        assert record.path == [A, D, C]
+        held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
+        assert held[(A, B, C)] > 0 and held[(A, D, C)] == 0
+        before = len(net.wire.hops(A, B))
+        record = await net[A].agent.relay(AC)
+        assert record.path == [A, D, C] and len(net.wire.hops(A, B)) == before
