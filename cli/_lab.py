@@ -11,7 +11,9 @@ Layout of a lab directory ``D``::
     D/nodes/<id>/qkmsd.log          its log
 
 Nodes listen on free loopback ports chosen at ``up`` and kept in ``lab.json``,
-so ``start`` brings a killed node back on the same ports with the same state.
+so ``start`` brings a killed node back on the same ports with the same state.  With
+``netns=True`` each node runs in a network namespace of its own, joined to the nodes it
+talks to by veth pairs that ``cut`` and ``heal`` take down and up (``cli/_netns.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from qkms_pqc import generate_keypair, write_private_key
 
+from . import _netns
 from ._admin import AdminClient, AdminError
 from ._errors import CliError
 from ._files import private_dir, write_private
@@ -127,6 +130,29 @@ def relay_partners(topo: Topology, node: str) -> list[str]:
     return sorted(with_saes - {node} - set(topo.neighbours(node)))
 
 
+def electors_of(topo: Topology, node: str) -> dict[str, int]:
+    """The other eligible nodes ``node`` elects the controller with (none if not eligible)."""
+    if not topo.nodes[node].controller:
+        return {}
+    return {
+        other: spec.priority
+        for other, spec in topo.nodes.items()
+        if spec.controller and other != node
+    }
+
+
+def talks_to(topo: Topology, node: str) -> list[str]:
+    """The nodes ``node`` keeps a peer session with: its QKD neighbours, the far ends of its
+    end-to-end pools, and the other eligible nodes if it is eligible."""
+    partners = relay_partners(topo, node)
+    return sorted({*topo.neighbours(node), *partners, *electors_of(topo, node)})
+
+
+def talking_pairs(topo: Topology) -> list[tuple[str, str]]:
+    """Every pair of nodes with a peer session, each once."""
+    return sorted({(a, b) for a in topo.nodes for b in talks_to(topo, a) if a < b})
+
+
 def node_config(
     topo: Topology,
     node: str,
@@ -134,8 +160,9 @@ def node_config(
     lab: Path,
     ports: dict[str, dict[str, int]],
     seeds: dict[str, str],
+    netns: _netns.NetnsPlan | None = None,
 ) -> str:
-    """The TOML config of one lab node."""
+    """The TOML config of one lab node (in its own namespace with ``netns``)."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
     dashboard = (
@@ -162,30 +189,27 @@ def node_config(
         _table(
             "listen",
             {
-                "peer": f"127.0.0.1:{ports[node]['peer']}",
+                "peer": f"{'0.0.0.0' if netns else '127.0.0.1'}:{ports[node]['peer']}",
                 "api": f"127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),
             }
             | dashboard,
         ),
-        _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
+        # The daemon's heartbeat and silence limit (0.25 s, 1 s): a cut is seen within 1 s.
+        _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1}),
     ]
     # The eligible nodes elect the controller among themselves, over direct sessions.
-    electors = {
-        other: other_spec.priority
-        for other, other_spec in topo.nodes.items()
-        if other_spec.controller and other != node
-    }
+    electors = electors_of(topo, node)
     controller = _table("controller", {"eligible": spec.controller, "priority": spec.priority})
-    if spec.controller and electors:
+    if electors:
         controller += _table("controller.electors", electors)
     parts.insert(-1, controller)
     partners = relay_partners(topo, node)
     # An end-to-end pool's two ends talk directly (a peer session without a QKD link), and
     # so do eligible nodes.
-    direct = electors if spec.controller else {}
-    for peer in sorted({*topo.neighbours(node), *partners, *direct}):
-        parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
+    for peer in talks_to(topo, node):
+        host = netns.address_of(peer, seen_from=node) if netns else "127.0.0.1"
+        parts.append(_table(f'peers."{peer}"', {"address": f"{host}:{ports[peer]['peer']}"}))
     for sae, sae_spec in topo.saes.items():
         entry: dict[str, Any] = {"kme": sae_spec.kme}
         if sae_spec.pqc:
@@ -236,9 +260,17 @@ class Lab:
     # --- up / down -----------------------------------------------------------------
 
     def up(
-        self, topo: Topology, *, progress: Callable[[str], None] = lambda s: None
+        self,
+        topo: Topology,
+        *,
+        progress: Callable[[str], None] = lambda s: None,
+        netns: bool = False,
     ) -> dict[str, Any]:
-        """Create PKI, configs and state; start every node; wait until all are ready."""
+        """Create PKI, configs and state; start every node; wait until all are ready.
+
+        With ``netns``, each node in a network namespace of its own where namespaces can be
+        made; where not, on loopback, after saying why through ``progress``.
+        """
         if self.manifest_path.exists():
             old = self.manifest()
             if any(_alive(k["pid"], k["config"]) for k in old["kmes"].values()):
@@ -246,6 +278,7 @@ class Lab:
                     f"{self.dir}: a lab is already running here (`qkmsctl lab down` first)"
                 )
         self.dir.mkdir(parents=True, exist_ok=True)
+        plan = self._netns_plan(topo, progress) if netns else None
         pki = self.dir / "pki"
         progress(f"making the network PKI in {pki}")
         init_ca(pki, common_name=f"qkms lab CA ({topo.name})", force=True)
@@ -274,18 +307,25 @@ class Lab:
             config = home / "qkmsd.toml"
             # The config holds the paired drivers' seeds: private.
             write_private(
-                config, node_config(topo, node, lab=self.dir, ports=ports, seeds=seeds).encode()
+                config,
+                node_config(
+                    topo, node, lab=self.dir, ports=ports, seeds=seeds, netns=plan
+                ).encode(),
             )
             manifest["kmes"][node] = {
                 "url": f"https://127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),
                 "metrics_url": f"http://127.0.0.1:{ports[node]['metrics']}/metrics",
                 "dashboard_url": f"http://127.0.0.1:{ports[node]['dashboard']}/",
-                "peer_address": f"127.0.0.1:{ports[node]['peer']}",
+                "peer_address": f"{'0.0.0.0' if plan else '127.0.0.1'}:{ports[node]['peer']}",
                 "pid": None,
                 "config": str(config),
                 "log": str(home / "qkmsd.log"),
             }
+            if plan is not None:
+                manifest["kmes"][node]["netns"] = plan.namespaces[node]
+        if plan is not None:
+            manifest["netns"] = plan.to_json()
         for sae, sae_spec in topo.saes.items():
             files = issue_sae(pki, sae, force=True)
             manifest["saes"][sae] = {
@@ -296,6 +336,13 @@ class Lab:
             if sae_spec.pqc:
                 manifest["saes"][sae]["pqc_key"] = str(_pqc_keypair(pki / "saes", sae))
         self._write_manifest(manifest)
+        if plan is not None:
+            progress(f"making {len(plan.namespaces)} network namespace(s) {plan.prefix}*")
+            try:
+                _netns.apply(plan.up_commands())
+            except _netns.NetnsError:
+                _netns.remove(plan.prefix)
+                raise
         progress(f"starting {len(topo.nodes)} qkmsd node(s)")
         for node in topo.nodes:
             manifest["kmes"][node]["pid"] = self._spawn(manifest["kmes"][node])
@@ -307,11 +354,26 @@ class Lab:
             raise
         return manifest
 
+    def _netns_plan(
+        self, topo: Topology, progress: Callable[[str], None]
+    ) -> _netns.NetnsPlan | None:
+        """The lab's namespaces, or None (said through ``progress``) where none can be made."""
+        reason = _netns.unavailable()
+        if reason is not None:
+            progress(f"--netns: {reason}; the lab runs on loopback instead (no cut/heal)")
+            return None
+        stale = _netns.remove(_netns.lab_prefix(self.dir))  # a lab here that crashed
+        if stale:
+            progress(f"removed {len(stale)} namespace(s) left by an earlier lab here")
+        return _netns.plan(self.dir, list(topo.nodes), talking_pairs(topo))
+
     def _spawn(self, kme: dict[str, Any]) -> int:
         log = open(kme["log"], "ab")  # noqa: SIM115 - handed to the child
+        # ``ip netns exec`` execs the program: the pid is the daemon's.
+        where = ["ip", "netns", "exec", kme["netns"]] if kme.get("netns") else []
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "qkmsd", "--config", kme["config"]],
+                [*where, sys.executable, "-m", "qkmsd", "--config", kme["config"]],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -346,8 +408,17 @@ class Lab:
                 time.sleep(0.05)
 
     def down(self) -> list[str]:
-        """Stop every node: SIGTERM, then SIGKILL after the deadline.  Returns those stopped."""
-        manifest = self.manifest()
+        """Stop every node: SIGTERM, then SIGKILL after the deadline.  Returns those stopped.
+
+        Then deletes the lab's network namespaces, also those of a lab that crashed before
+        it wrote ``lab.json``.
+        """
+        try:
+            manifest = self.manifest()
+        except LabError:
+            if _netns.remove(_netns.lab_prefix(self.dir)):
+                return []
+            raise
         stopped = [n for n, k in manifest["kmes"].items() if self._signal(k, signal.SIGTERM)]
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for kme in manifest["kmes"].values():
@@ -358,7 +429,37 @@ class Lab:
             _reap(kme["pid"])
             kme["pid"] = None
         self._write_manifest(manifest)
+        _netns.remove(_netns.lab_prefix(self.dir))
         return stopped
+
+    # --- the links between namespaces ---------------------------------------------------
+
+    def cut(self, a: str, b: str) -> None:
+        """Drop every packet between nodes ``a`` and ``b``, silently (a netns lab only)."""
+        _netns.apply(self._plan(a, b).cut_commands(a, b))
+
+    def heal(self, a: str, b: str) -> None:
+        """Carry packets between ``a`` and ``b`` again after ``cut``."""
+        _netns.apply(self._plan(a, b).heal_commands(a, b))
+
+    def netns(self, node: str) -> str:
+        """The network namespace ``node`` runs in.  Raises ``LabError`` on a loopback lab."""
+        manifest = self.manifest()
+        ns = self._kme(manifest, node).get("netns")
+        if not ns:
+            raise LabError(f"{self.dir}: not a netns lab (`qkmsctl lab up --netns`)")
+        return str(ns)
+
+    def _plan(self, a: str, b: str) -> _netns.NetnsPlan:
+        manifest = self.manifest()
+        for node in (a, b):
+            self._kme(manifest, node)
+        if not manifest.get("netns"):
+            raise LabError(
+                f"{self.dir}: cut and heal need a lab whose nodes run in network namespaces"
+                " (`qkmsctl lab up --netns`, as root)"
+            )
+        return _netns.NetnsPlan.from_json(manifest["netns"])
 
     # --- one node ------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ def path_text(path: Sequence[str]) -> str:
 def routes_table(result: dict[str, Any]) -> str:
     """A node's ``routes`` answer: one row a destination."""
     return table(
-        ["destination", "path", "hops", "source", "cost", "age"],
+        ["destination", "path", "hops", "source", "cost", "age", "held"],
         [
             [
                 r["destination"],
@@ -62,6 +62,7 @@ def routes_table(result: dict[str, Any]) -> str:
                 r["source"],
                 r["cost"],
                 f"{r['age_s']:.0f}s",
+                f"{r['held_s']:.1f}s" if r.get("held_s") else "-",
             ]
             for r in result["routes"]
         ],

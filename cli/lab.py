@@ -23,7 +23,7 @@ _dir = click.option(
 
 @click.group(cls=Group)
 def lab() -> None:
-    """Run a local lab network on loopback: up, status, kill, start, down."""
+    """Run a local lab network: up, status, kill, start, cut, heal, down."""
 
 
 @lab.command()
@@ -34,10 +34,16 @@ def lab() -> None:
     help="topology file, e.g. examples/pair.toml",
 )
 @_dir
-def up(topology: Path, directory: Path) -> None:
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="each node in a network namespace of its own, joined by veth pairs that "
+    "`lab cut` and `lab heal` take down and up (root; else loopback, said so)",
+)
+def up(topology: Path, directory: Path, netns: bool) -> None:
     """Make the PKI and configs, start every node, wait until all are ready."""
     topo = load_topology(topology)
-    manifest = Lab(directory).up(topo, progress=lambda s: click.echo(s, err=True))
+    manifest = Lab(directory).up(topo, progress=lambda s: click.echo(s, err=True), netns=netns)
     for node, kme in manifest["kmes"].items():
         click.echo(f"{node}: pid {kme['pid']}  admin {kme['admin_socket']}")
     click.echo(f"lab is up: {Lab(directory).manifest_path}")
@@ -81,3 +87,31 @@ def start(directory: Path, node: str) -> None:
     """Start one node again on its ports and state."""
     pid = Lab(directory).start(node)
     click.echo(f"started {node} (pid {pid})")
+
+
+@lab.command()
+@_dir
+@click.argument("a")
+@click.argument("b")
+def cut(directory: Path, a: str, b: str) -> None:
+    """Silently drop every packet between nodes A and B (a --netns lab)."""
+    Lab(directory).cut(a, b)
+    click.echo(f"cut {a} - {b}: packets between them vanish, no connection is closed")
+
+
+@lab.command()
+@_dir
+@click.argument("a")
+@click.argument("b")
+def heal(directory: Path, a: str, b: str) -> None:
+    """Carry packets between nodes A and B again after `lab cut`."""
+    Lab(directory).heal(a, b)
+    click.echo(f"healed {a} - {b}")
+
+
+@lab.command()
+@_dir
+@click.argument("node")
+def netns(directory: Path, node: str) -> None:
+    """Print the network namespace NODE runs in (for `ip netns exec NS ...`)."""
+    click.echo(Lab(directory).netns(node))

@@ -112,13 +112,15 @@ def peers(ctx: click.Context, as_json: bool) -> None:
             p["node_id"],
             p["address"],
             p["state"],
-            ago(p["connected_since"]),
+            ago(p["connected_since"] or p.get("down_since")),
             peer_tls(p),
+            p.get("down_reason") or "-",
             p["last_error"],
         ]
         for p in result["peers"]
     ]
-    click.echo(table(["peer", "address", "state", "since", "tls", "last error"], rows))
+    heads = ["peer", "address", "state", "since", "tls", "down because", "last error"]
+    click.echo(table(heads, rows))
 
 
 @click.command(cls=Command)

@@ -171,6 +171,7 @@ class Node:
                 client_context=tls.peer_client,
                 heartbeat=cfg.sync.heartbeat_s,
                 reconnect_max=cfg.sync.reconnect_max_s,
+                silence=cfg.sync.silence,
                 gate=GateLimits(cfg.peer.max_connections, cfg.peer.max_connections_per_source),
                 handshake_timeout=cfg.peer.handshake_timeout_s,
             )
@@ -185,8 +186,9 @@ class Node:
                 max_block_age=cfg.policy.max_block_age_s,
                 key_size=cfg.policy.key_size,
                 peer_heard=peers.last_heard,
-                # A healthy peer is heard at least once a heartbeat (its pings, our pongs).
-                liveness_window=2 * cfg.sync.heartbeat_s,
+                # A healthy peer is heard at least once a heartbeat (its pings, our pongs);
+                # one not heard for silence_s is declared down anyway.
+                liveness_window=cfg.sync.silence,
             )
             peers.on_message(KeyAnnounce, keys.on_announce)
             peers.on_message(KeyConfirm, keys.on_confirm)
@@ -249,6 +251,7 @@ class Node:
                 make_pool=make_pool,
             )
             peers.on_request(RelayHop, relay.handle_hop)
+            peers.on_connectivity(relay.peer_up, relay.peer_down)
 
             # The controller role: this node's part in the election, if it is eligible.
             controller = None

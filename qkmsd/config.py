@@ -72,8 +72,15 @@ class LinkSection(_Section, frozen=True):
 class SyncSection(_Section, frozen=True):
     timeout_s: Seconds = 30.0
     announce_interval_s: Seconds = 0.2
-    heartbeat_s: Seconds = 5.0
-    reconnect_max_s: Seconds = 30.0
+    heartbeat_s: Seconds = 0.25
+    silence_s: Seconds | None = None
+    """A peer that sends nothing for this long is declared down; unset: 4 heartbeats."""
+    reconnect_max_s: Seconds = 2.0
+
+    @property
+    def silence(self) -> float:
+        """The silence limit in force: ``silence_s``, or four heartbeats (1 s by default)."""
+        return self.silence_s if self.silence_s is not None else 4 * self.heartbeat_s
 
 
 Connections = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
@@ -516,6 +523,17 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         raise fail("[log] format:", f"{raw.log.format!r} unknown (known: kv, json)")
     if raw.sync.heartbeat_s * 2 > raw.sync.timeout_s:
         raise fail("[sync] timeout_s:", "must be at least twice heartbeat_s")
+    if raw.sync.silence < 2 * raw.sync.heartbeat_s:
+        raise fail(
+            "[sync] silence_s:",
+            f"{raw.sync.silence:g} s is less than two heartbeats"
+            f" (heartbeat_s = {raw.sync.heartbeat_s:g}): one late heartbeat would drop a"
+            " healthy peer; raise silence_s or lower heartbeat_s",
+        )
+    if raw.sync.silence > raw.sync.timeout_s:
+        raise fail("[sync] silence_s:", "must be at most timeout_s")
+    if raw.sync.reconnect_max_s < 0.5:
+        raise fail("[sync] reconnect_max_s:", "must be at least 0.5 (the first back-off)")
     for name, caps in (("api", raw.api), ("peer", raw.peer)):
         if caps.max_connections_per_source > caps.max_connections:
             raise fail(f"[{name}] max_connections_per_source:", "must be at most max_connections")

@@ -402,7 +402,7 @@ class KeyManager:
         if peer in self._up:
             await self._link_up(link)
 
-    async def peer_down(self, peer: str) -> None:
+    async def peer_down(self, peer: str, reason: str = "") -> None:
         self._up.discard(peer)
         for link in self._links_of(peer):
             self._tick(link, self._clock())

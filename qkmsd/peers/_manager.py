@@ -11,18 +11,27 @@ message exists) and the certificate names a configured peer with role
 ``Hello`` names the same node.  Nothing a peer sends is acted on before that.
 
 Inside a session, one task reads (so the peer's writes always drain), one task
-dispatches messages to the agents in order, one sends heartbeats, and a peer
-silent for three heartbeats is dropped.  A protocol violation is answered with
-an ``Error`` frame and the connection is closed; the node carries on.  The
-dialer reconnects with jittered exponential backoff.
+dispatches messages to the agents in order, one sends a ``Ping`` every heartbeat
+(either end's pings and the other's ``Pong`` answers keep a session heard), and a
+watchdog declares the peer down when nothing at all has come from it for ``silence``
+seconds: a cut fibre or a dead host sends no reset, only silence.  The watchdog counts
+silence only while this node's own event loop runs (a tick that wakes late credits at
+most one tick), and not while the reader waits for our own dispatcher to take a
+message: a node stalled by load does not drop its healthy peers.  A send blocked by a
+peer that stopped reading does not hold the watchdog up either.  The ``down`` callbacks
+get the reason (``silent for ...`` for this case), and ``peers_status`` shows it with
+the time the session ended.  A protocol violation is answered with an ``Error`` frame
+and the connection is closed; the node carries on.  The dialer reconnects with
+jittered exponential backoff, capped at ``reconnect_max``, each connect attempt
+bounded by ``CONNECT_TIMEOUT``, so a peer is back within seconds of a heal.
 
 A connection that fails before its session opens (TLS, certificate, ``Hello``, time-out)
 changes nothing of the peer's shown state while another session with that peer is open:
 a stranger using a live peer's name must not be able to write its ``last_error`` or TLS
 details, nor close it.  A second session that does open (a valid certificate for the
 peer, then a valid ``Hello``) replaces the first: the newer wins, so that a peer that
-restarted is back at once instead of waiting for its old, half-open session to time out
-after three heartbeats.  Only a holder of the peer's key can do that, and the answer to a
+restarted is back at once instead of waiting for its old, half-open session to fall
+silent.  Only a holder of the peer's key can do that, and the answer to a
 stolen key is revocation: ``close_revoked`` ends the sessions whose certificate the new
 CRL revokes.
 
@@ -30,8 +39,8 @@ Agents register for what they own: ``on_message(KeyAnnounce, handler)`` for
 one-way messages (handled one at a time, in the order they arrived),
 ``on_request(SupplyReserve, handler)`` for requests (served concurrently, up to
 ``REQUESTS_IN_FLIGHT`` a session; the handler's return value is sent back under
-the request's id), and ``on_connectivity(up, down)`` for sessions opening and
-closing.  ``request(peer, message)`` sends a request under a fresh id and
+the request's id), and ``on_connectivity(up, down)`` for sessions opening (``up(peer)``) and
+closing (``down(peer, reason)``).  ``request(peer, message)`` sends a request under a fresh id and
 returns its reply; the reader hands replies straight to their waiting
 caller, so a reply never queues behind the agents' work.
 """
@@ -82,8 +91,15 @@ R = TypeVar("R", bound=PeerRequest)
 Handler = Callable[[str, Any], Awaitable[None]]
 RequestHandler = Callable[[str, Any], Awaitable[PeerReply]]
 PeerEvent = Callable[[str], Awaitable[None]]
+PeerDownEvent = Callable[[str, str], Awaitable[None]]
 
 HANDSHAKE_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0
+"""How long the dialer waits for one TCP connect.  A SYN lost to a cut link is
+retransmitted by the kernel only after 1, 3, 7, 15 s: a fresh attempt after a heal
+connects sooner than waiting for it."""
+SILENT = "silent"
+"""How a ``down`` reason begins when the peer was declared down for silence."""
 REQUESTS_IN_FLIGHT = 256
 """Requests from one peer served at once; past this the peer's session waits."""
 _READ_SIZE = 65536
@@ -108,6 +124,10 @@ class PeerState:
     """The TLS version of the last handshake that authenticated this peer."""
     tls_group: str | None = None
     """That handshake's key exchange group (``unknown`` where it could not be read)."""
+    down_since: float | None = None
+    """When the last session ended (``time.time()``); None while connected or never up."""
+    down_reason: str = ""
+    """Why the last session ended (``silent for ...`` when the peer fell silent)."""
 
 
 class PeerStatistics(msgspec.Struct, frozen=True):
@@ -144,6 +164,8 @@ class _Session:
         self.send_lock = trio.Lock()
         self.cancel_scope = trio.CancelScope()
         self.last_rx = trio.current_time()
+        self.held = False
+        """True while the reader waits for our own dispatcher: our slowness, not silence."""
         self.waiting: dict[int, _Waiting] = {}
         self.closed = False
         self.requests = trio.CapacityLimiter(REQUESTS_IN_FLIGHT)
@@ -174,6 +196,7 @@ class PeerManager:
         client_context: ssl.SSLContext | TlsContexts,
         heartbeat: float,
         reconnect_max: float,
+        silence: float | None = None,
         max_frame_size: int = 1 << 20,
         gate: GateLimits | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -187,9 +210,10 @@ class PeerManager:
         self._handlers: dict[type[Any], Handler] = {}
         self._request_handlers: dict[type[Any], RequestHandler] = {}
         self._on_up: list[PeerEvent] = []
-        self._on_down: list[PeerEvent] = []
+        self._on_down: list[PeerDownEvent] = []
         self._next_request_id = 1
         self._heartbeat = heartbeat
+        self._silence = 3 * heartbeat if silence is None else silence
         self._reconnect_max = reconnect_max
         self._max_frame = max_frame_size
         self._peers = {
@@ -224,8 +248,12 @@ class PeerManager:
         self._register(kind)
         self._request_handlers[kind] = handler
 
-    def on_connectivity(self, up: PeerEvent, down: PeerEvent) -> None:
-        """Call ``up(peer)`` when a session opens and ``down(peer)`` when it closes."""
+    def on_connectivity(self, up: PeerEvent, down: PeerDownEvent) -> None:
+        """Call ``up(peer)`` when a session opens and ``down(peer, reason)`` when it closes.
+
+        ``reason`` is what the admin ``peers`` shows; it begins with ``SILENT`` when the
+        peer was declared down because nothing came from it for ``silence`` seconds.
+        """
         self._on_up.append(up)
         self._on_down.append(down)
 
@@ -333,17 +361,21 @@ class PeerManager:
         failures = 0
         while True:
             state.state = "connecting"
+            tcp: trio.SocketStream | None = None
             try:
-                tcp = await trio.open_tcp_stream(host, int(port))
+                with trio.move_on_after(CONNECT_TIMEOUT):
+                    tcp = await trio.open_tcp_stream(host, int(port))
+                if tcp is None:
+                    state.last_error = f"connect: no answer within {CONNECT_TIMEOUT:g} s"
             except OSError as exc:
                 state.last_error = f"connect: {exc.strerror or exc}"
-            else:
+            if tcp is not None:
                 stream = trio.SSLStream(tcp, self._client_tls.handshake, server_hostname=None)
                 began = trio.current_time()
                 ran = await self._run_connection(stream, self._client_tls, expected=state.node_id)
                 # Only a session that lasted resets the backoff: one that opens and dies
                 # at once (a peer that rejects us) must not turn into a reconnect storm.
-                if ran and trio.current_time() - began > 3 * self._heartbeat:
+                if ran and trio.current_time() - began > self._silence:
                     failures = 0
             state.state = "disconnected"
             failures += 1
@@ -452,6 +484,7 @@ class PeerManager:
                     opened = True
                     await self._open(live)
                     nursery.start_soon(self._heartbeat_loop, live)
+                    nursery.start_soon(self._watchdog, live)
                     async with inbox_send:
                         while True:
                             message = await self._next_message(live)
@@ -499,6 +532,7 @@ class PeerManager:
         state.connects += 1
         state.version = live.session.version
         state.last_error = ""
+        state.down_since, state.down_reason = None, ""
         if live.tls_version is not None:
             state.tls_version, state.tls_group = live.tls_version, live.tls_group
         log.info("peer.connected", peer=live.peer, version=live.session.version)
@@ -511,10 +545,12 @@ class PeerManager:
             state = self._peers[live.peer]
             state.state = "disconnected"
             state.connected_since = None
-            log.info("peer.disconnected", peer=live.peer, reason=live.error or "closed")
+            reason = live.error or "closed"
+            state.down_since, state.down_reason = time.time(), reason
+            log.info("peer.disconnected", peer=live.peer, reason=reason)
             with trio.CancelScope(shield=True):
                 for down in self._on_down:
-                    await down(live.peer)
+                    await down(live.peer, reason)
 
     async def _next_message(self, live: _Session) -> PeerMessage:
         while True:
@@ -532,6 +568,7 @@ class PeerManager:
                 ) from None
             if not data:
                 raise PeerConnectionLost(f"{live.peer} closed the connection")
+            live.last_rx = trio.current_time()  # heard, even if the frame is not whole yet
             live.session.receive_data(bytes(data))
 
     async def _handle(
@@ -549,7 +586,11 @@ class PeerManager:
             )
             raise PeerConnectionLost(f"{live.peer} sent error {message.code}: {message.message}")
         elif type(message) in self._handlers or type(message) in self._request_handlers:
-            await inbox.send(message)
+            live.held = True
+            try:
+                await inbox.send(message)
+            finally:
+                live.held = False
         else:
             raise RemoteProtocolError(
                 ErrorCode.UNEXPECTED_MESSAGE, f"{type(message).__name__} not handled"
@@ -611,10 +652,32 @@ class PeerManager:
         nonce = 0
         while True:
             await trio.sleep(self._heartbeat)
-            if trio.current_time() - live.last_rx > 3 * self._heartbeat:
-                raise PeerConnectionLost(f"{live.peer} silent for {3 * self._heartbeat:.0f} s")
             nonce += 1
             await live.send(Ping(nonce=nonce))
+
+    async def _watchdog(self, live: _Session) -> None:
+        """Raise once nothing has come from the peer for ``silence`` seconds of our time."""
+        tick = min(self._heartbeat, self._silence / 4)
+        silent = 0.0
+        seen = live.last_rx
+        before = trio.current_time()
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            # A tick that wakes late means our own loop is stalled or slow: credit at most
+            # one tick, so that the reader gets its turns before the silence is counted
+            # against the peer.  A slow loop detects later; it does not drop early.
+            credit = min(now - before, tick)
+            before = now
+            if live.last_rx != seen:
+                seen = live.last_rx
+                silent = min(now - seen, credit)
+            elif not live.held:
+                silent += credit
+            if silent >= self._silence:
+                live.error = f"{SILENT} for {self._silence:g} s (no heartbeat or message)"
+                log.warning("peer.silent", peer=live.peer, silence_s=self._silence)
+                raise PeerConnectionLost(live.error)
 
     async def _send_error(self, live: _Session, code: ErrorCode, message: str) -> None:
         with trio.move_on_after(1.0) as scope:

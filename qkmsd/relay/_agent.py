@@ -24,11 +24,21 @@ key is READY at both ends or at neither.  The confirmation key is never stored.
 Each end of a pool relays for itself: a hop X -> Y pads with blocks of X~Y that X owns
 (half of the link, by the ownership rule), so each end relays toward the other with its
 own halves of the links, and a relayed block's id has the parity that makes it the
-relaying end's to allocate.  Each end keeps its own ready share of the pool between
-``low_bits`` and ``high_bits`` with up to ``in_flight`` relays at once; a relay that fails
-on a path is retried on the next route.  Block ids are microseconds since the epoch, above
-every id the pool holds, of the relaying end's parity: an id is never reused for another
-key, also after a restart, and the two ends never make the same one.
+relaying end's to allocate.
+
+Failures steer the routes (``RoutingTable``): a neighbour whose session closed
+(``peer_down``, from the peer manager; a silent peer is declared down within
+``[sync] silence_s``) takes its link out of every path until ``peer_up``; a path on which
+a relay found a node out of reach is held, tried last and kept out of splits for a while.
+A split relay that loses a share so is tried again at once without that path: a
+``"disjoint"`` pool then sends the key whole over the side that still works, so its SAEs
+keep getting keys.
+
+Each end keeps its own ready share of the pool between ``low_bits`` and ``high_bits`` with
+up to ``in_flight`` relays at once; a relay that fails on a path is retried on the next
+route.  Block ids are microseconds since the epoch, above every id the pool holds, of the
+relaying end's parity: an id is never reused for another key, also after a restart, and
+the two ends never make the same one.
 """
 
 from __future__ import annotations
@@ -205,6 +215,16 @@ class RelayAgent:
                 nursery.start_soon(self._keep_filled, pool)
             task_status.started()
 
+    async def peer_up(self, peer: str) -> None:
+        """The session with ``peer`` opened: paths over our link with it are usable again."""
+        if self._routes.link_up(self.node_id, peer):
+            log.info("relay.link_up", peer=peer)
+
+    async def peer_down(self, peer: str, reason: str = "") -> None:
+        """The session with ``peer`` closed: no new relay takes our link with it."""
+        if self._routes.link_down(self.node_id, peer):
+            log.info("relay.link_down", peer=peer, reason=reason)
+
     def add_pool(self, config: RelayPoolConfig, driver: RelayedKeys) -> None:
         """Keep a pool made while the node runs (for SAE pairs that asked for keys)."""
         if config.link_id in self._pools:
@@ -352,11 +372,17 @@ class RelayAgent:
                 return await self._relay_on(pool, list(path), size)
             except RelayFailed as exc:
                 failure = exc
+                if exc.code in UNREACHABLE:
+                    self._routes.hold(path)
         self._counts.relays_failed += 1
         raise failure
 
-    async def _relay_split(self, pool: _Pool, size: int) -> RelayRecord:
-        """One key as XOR shares over node-disjoint paths, kept only if every share lands."""
+    async def _relay_split(self, pool: _Pool, size: int, *, again: bool = True) -> RelayRecord:
+        """One key as XOR shares over node-disjoint paths, kept only if every share lands.
+
+        If a share fails because a node on its path is out of reach, that path is held and
+        the key is tried once more at once (a fresh key: the shares already sent are
+        dropped at the destination)."""
         found = self._routes.disjoint_paths(pool.config.peer, pool.config.paths)
         paths = [p for p in found if self._is_up(p[1])]
         required = max(2, pool.config.paths_required)
@@ -399,6 +425,12 @@ class RelayAgent:
                 nursery.start_soon(one, i)
         failed = [r for r in records if isinstance(r, RelayFailed)]
         if failed:
+            lost = [p for p, r in zip(paths, records, strict=True) if _unreachable(r)]
+            for path in lost:
+                self._routes.hold(path)
+            if again and lost:
+                log.info("relay.split_retry", pool=pool.config.link_id, error=str(failed[0]))
+                return await self._relay_split(pool, size, again=False)
             self._counts.relays_failed += 1
             raise failed[0]
         await pool.driver.deliver(KeyBlock(pool.config.link_id, block_id, key, 0.0, self._clock()))
@@ -680,6 +712,15 @@ class RelayAgent:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(**dataclasses.asdict(self._counts))
+
+
+UNREACHABLE = frozenset({ErrorCode.PEER_UNREACHABLE, ErrorCode.PEER_TIMEOUT})
+"""Relay failures that say a node on the path is out of reach: the path is held.  A link
+short of key is not: the relay is retried on the same path when key has come."""
+
+
+def _unreachable(outcome: RelayRecord | RelayFailed) -> bool:
+    return isinstance(outcome, RelayFailed) and outcome.code in UNREACHABLE
 
 
 def _xor(a: bytes, b: bytes) -> bytes:

@@ -5,9 +5,18 @@ follow: the shortest simple paths over the network's QKD links (``[relay] topolo
 hop count, up to ``alternates`` of them.  A relay that fails on one path is retried on the
 next.  The controller will later replace the computed part; the table's shape stays.
 
+Two kinds of failure news reach the table.  A QKD neighbour whose peer session closed
+(for instance, declared down for silence) has its link marked down (``link_down``) until
+the session is back (``link_up``): no path through that link is offered, manual ones
+included.  A path on which a relay failed further away (a link this node does not see,
+a node that died beyond its neighbour) is held (``hold``) for ``HOLD_S``: offered after
+every other path, and left out of node-disjoint splits while another path is there, so a
+split pool sends its keys whole over the side that works.  A hold ends by itself, so the
+path is tried again after a heal without any news from the far side.
+
 ``qkmsd.routing`` computes the paths, every hop at cost 1 since this table has no link
 states: its least-cost route and alternates (Yen's algorithm) and its node-disjoint route
-sets.
+sets.  A link marked down is taken out of its graph until it is up again.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from ..routing import Topology
 
 ALTERNATES = 3
 """Computed paths kept per destination."""
+HOLD_S = 5.0
+"""How long a path on which a relay failed beyond this node's links is tried last."""
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -38,6 +49,8 @@ class Route(msgspec.Struct, frozen=True):
     """Hops: each spends link key equal to the relayed key plus a 32-byte MAC key."""
     age_s: float
     """Seconds since the entry was made."""
+    held_s: float = 0.0
+    """Seconds this path is still tried last, after a relay failed on it (0: not held)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,31 +85,93 @@ class RoutingTable:
         self._alternates = alternates
         self._clock = clock
         self._entries: dict[str, list[_Entry]] = {}
+        self._down: set[frozenset[str]] = set()
+        self._held: dict[tuple[str, ...], float] = {}
+
+    # --- failure news ----------------------------------------------------------------
+
+    def link_down(self, a: str, b: str) -> bool:
+        """Offer no path over link ``a``-``b`` until ``link_up``.  True if it was up."""
+        link = frozenset((a, b))
+        if link in self._down or self._graph.cost(a, b) is None:
+            return False
+        self._down.add(link)
+        self._graph.remove_link(a, b)
+        self._entries.clear()
+        return True
+
+    def link_up(self, a: str, b: str) -> bool:
+        """Use link ``a``-``b`` again; paths over it lose their holds.  True if it was down."""
+        link = frozenset((a, b))
+        for path in [p for p in self._held if link in _links(p)]:
+            del self._held[path]
+        if link not in self._down:
+            return False
+        self._down.discard(link)
+        self._graph.set_cost(a, b, 1.0, 1.0)
+        self._entries.clear()
+        return True
+
+    def hold(self, path: Sequence[str]) -> None:
+        """Try ``path`` after every other one, and keep it out of splits, for ``HOLD_S``."""
+        self._held[tuple(path)] = self._clock() + HOLD_S
+
+    def links_down(self) -> list[tuple[str, str]]:
+        """The links marked down, each as a sorted pair."""
+        return sorted(tuple(sorted(link)) for link in self._down)  # type: ignore[misc]
+
+    def _held_for(self, path: tuple[str, ...], now: float) -> float:
+        until = self._held.get(path)
+        if until is None:
+            return 0.0
+        if until <= now:
+            del self._held[path]
+            return 0.0
+        return until - now
+
+    def _usable_now(self, path: tuple[str, ...]) -> bool:
+        return not any(link in self._down for link in _links(path))
+
+    # --- lookups ---------------------------------------------------------------------
 
     def paths(self, destination: str) -> list[tuple[str, ...]]:
         """Paths to ``destination`` in the order to try them: manual, then computed.
 
         Every path starts here and goes first to a QKD neighbour; empty if none is known.
+        Paths over a link marked down are left out; held paths come last.
         """
-        return [e.path for e in self._table(destination)]
+        now = self._clock()
+        paths = [e.path for e in self._table(destination)]
+        return sorted(paths, key=lambda p: self._held_for(p, now) > 0)
 
     def disjoint_paths(self, destination: str, limit: int) -> list[tuple[str, ...]]:
         """Up to ``limit`` node-disjoint paths to ``destination`` (computed, shortest first).
 
         No node but the two ends is on two of them, so no single intermediate node sees
-        two shares of a key split over them.
+        two shares of a key split over them.  Links marked down are left out of the
+        graph; held paths are left out too, unless every path is held.
         """
         # As many as there are (at most one a link of this node), then the first ``limit``
         # whose first step is a QKD neighbour: a set of the most disjoint paths, least
         # hops in all, shortest first.
         most = max(1, len(self._graph.neighbours(self.node_id)))
         found = self._graph.disjoint_routes(self.node_id, destination, most)
-        return [p.nodes for p in found if p.nodes[1] in self._neighbours][:limit]
+        paths = [p.nodes for p in found if p.nodes[1] in self._neighbours][:limit]
+        now = self._clock()
+        fresh = [p for p in paths if not self._held_for(p, now)]
+        return fresh or paths
 
     def routes(self, destinations: Iterable[str]) -> list[Route]:
         now = self._clock()
         return [
-            Route(dst, list(e.path), e.source, len(e.path) - 1, round(now - e.made_at, 3))
+            Route(
+                dst,
+                list(e.path),
+                e.source,
+                len(e.path) - 1,
+                round(now - e.made_at, 3),
+                round(self._held_for(e.path, now), 3),
+            )
             for dst in destinations
             for e in self._table(dst)
         ]
@@ -118,7 +193,11 @@ class RoutingTable:
             for path in found:
                 if path.nodes not in {e.path for e in out}:
                     out.append(_Entry(path.nodes, "computed", now))
-        return [e for e in out if _usable(e.path, self._neighbours)]
+        return [e for e in out if _usable(e.path, self._neighbours) and self._usable_now(e.path)]
+
+
+def _links(path: Sequence[str]) -> set[frozenset[str]]:
+    return {frozenset(pair) for pair in zip(path, path[1:], strict=False)}
 
 
 def _usable(path: tuple[str, ...], neighbours: frozenset[str]) -> bool:

@@ -293,8 +293,10 @@ class StateAgent:
         """The peer manager's word that a session opened (``on_connectivity``)."""
         self._down_since.pop(("peer", peer), None)
 
-    async def peer_down(self, peer: str) -> None:
+    async def peer_down(self, peer: str, reason: str = "") -> None:
         """The peer manager's word that a session closed: count from now, look soon."""
+        if reason:
+            self._details[("peer-down", peer)] = reason[:200]
         self._down_since.setdefault(("peer", peer), self._clock())
         self.look_soon(self._settings.down_grace_s + PAST_GRACE_S)
 

@@ -234,7 +234,7 @@ class DirectLinkSource:
     async def peer_up(self, peer: str) -> None:
         await self.flush_burnt(peer)
 
-    async def peer_down(self, peer: str) -> None:
+    async def peer_down(self, peer: str, reason: str = "") -> None:
         pass
 
     # --- the per-pair stock (see ._stock) ----------------------------------------------

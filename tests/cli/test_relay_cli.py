@@ -95,8 +95,10 @@ def test_routes_prints_one_row_a_destination_with_its_path(short_dir: Path) -> N
         result = invoke("routes", "--socket", str(sock))
     assert result.exit_code == 0, result.output
     header, rule, row = result.stdout.splitlines()
-    assert header.split() == ["destination", "path", "hops", "source", "cost", "age"]
-    assert row.split() == ["KME3", "KME1", "->", "KME2", "->", "KME3", "2", "computed", "2", "3s"]
+    assert header.split() == ["destination", "path", "hops", "source", "cost", "age", "held"]
+    assert row.split() == [
+        *("KME3", "KME1", "->", "KME2", "->", "KME3", "2", "computed", "2", "3s", "-")
+    ]
     assert node.requests == [("routes", {})]
 
 
@@ -242,3 +244,11 @@ def test_status_marks_end_to_end_pools_as_kept_by_relay() -> None:
     rows = node_status(status).splitlines()[-2:]
     assert rows[0].split()[:4] == ["KME1~KME2", "KME2", "paired", "up"]
     assert rows[1].split()[:5] == ["KME1~KME3", "KME3", "relay", "(e2e)", "up"]
+
+
+def test_a_held_route_shows_how_long_it_stays_held(short_dir: Path) -> None:
+    sock = short_dir / "admin.sock"
+    held = {"routes": [{**ROUTES["routes"][0], "held_s": 4.2}]}
+    with fake_admin(sock, {"routes": held}):
+        result = invoke("routes", "--socket", str(sock))
+    assert result.stdout.splitlines()[2].split()[-1] == "4.2s"

@@ -253,6 +253,7 @@ async def network(
     pairs: list[dict[str, Any]] | None = None,
     default: dict[str, Any] | None = None,
     wait_bits: int = 65536,
+    sync: dict[str, Any] | None = None,
 ) -> AsyncIterator[Kmes]:
     """Start KME_B then KME_A, wait until key flows, stop both on exit."""
     all_saes = {**SAES, **(saes or {})}
@@ -269,6 +270,7 @@ async def network(
             api=True,
             saes=all_saes,
             supply=supply,
+            sync=sync,
         )
         node_b, info_b, scope_b = await nursery.start(_run_node, cfg_b)
         cfg_a = node_config(
@@ -278,6 +280,7 @@ async def network(
             api=True,
             saes=all_saes,
             supply=supply,
+            sync=sync,
         )
         node_a, info_a, scope_a = await nursery.start(_run_node, cfg_a)
         async with contextlib.AsyncExitStack() as stack:

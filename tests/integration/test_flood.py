@@ -26,6 +26,9 @@ from qkmsd.keystore import KeyState, KeyStore, load_master_key
 from ..conftest import ConfigFactory
 from .test_etsi014 import LINK, Kmes, network
 
+# The daemon's own heartbeat and silence limit (0.25 s, 1 s): a flood must not make the
+# short limit drop a healthy session.
+SYNC = {"timeout_s": 10.0, "announce_interval_s": 0.05}
 FD_SLACK = 16  # the SAE clients' own connections and the nodes' answers to them
 
 
@@ -194,7 +197,7 @@ async def test_idle_floods_on_the_api_and_peer_ports_lose_nothing(
 ) -> None:
     connections = 1500
     with trio.fail_after(120):
-        async with network(node_config, pki) as net:
+        async with network(node_config, pki, sync=SYNC) as net:
             first = await newest_block(net)
             report = await flood(net, connections=connections, sources=["127.0.0.1"])
             assert report.held == 2 * connections
@@ -223,7 +226,7 @@ async def test_soak_25000_idle_connections_per_port_from_many_sources(
     connections = 25_000
     sources = [f"127.0.{i // 250}.{2 + i % 250}" for i in range(200)]
     with trio.fail_after(600):
-        async with network(node_config, pki) as net:
+        async with network(node_config, pki, sync=SYNC) as net:
             first = await newest_block(net)
             report = await flood(net, connections=connections, sources=sources)
             print(

@@ -247,3 +247,19 @@ def test_bad_alarm_actions_name_the_code_and_the_choices(
 )  # fmt: skip
 def test_out_of_range_alarm_settings_name_the_key(key: str, value: object) -> None:
     assert f"[alarms] {key}:" in error_of(base(alarms={key: value}))
+
+
+def test_silence_shorter_than_two_heartbeats_is_refused_with_the_fix() -> None:
+    error = error_of(base(sync={"heartbeat_s": 0.5, "silence_s": 0.75}))
+    assert "[sync] silence_s" in error and "two heartbeats" in error
+
+
+def test_a_config_that_sets_only_heartbeat_s_gets_four_heartbeats_of_silence() -> None:
+    sync = config_from_mapping(base(sync={"heartbeat_s": 2.0}), source=SOURCE).sync
+    assert sync.silence == 8.0
+
+
+def test_silence_defaults_to_one_second_with_four_heartbeats_in_it() -> None:
+    sync = config_from_mapping(base(), source=SOURCE).sync
+    assert sync.silence == 1.0 and sync.heartbeat_s == 0.25
+    assert sync.reconnect_max_s <= 2.0

@@ -52,7 +52,7 @@ async def joined(a: PeerManager, b: PeerManager) -> AsyncIterator[trio.Nursery]:
     async def up(peer: str) -> None:
         opened[peer].set()
 
-    async def down(peer: str) -> None:
+    async def down(peer: str, reason: str) -> None:
         pass
 
     a.on_connectivity(up, down)

@@ -21,18 +21,20 @@ from protocol import (
     KeyAnnounce,
     PeerSession,
 )
-from qkmsd.peers import PeerManager
+from qkmsd.peers import SILENT, PeerManager
 
 
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
+        self.reasons: list[str] = []
         self.got = trio.Event()
 
     async def on_up(self, peer: str) -> None:
         self.events.append(("up", peer))
 
-    async def on_down(self, peer: str) -> None:
+    async def on_down(self, peer: str, reason: str) -> None:
+        self.reasons.append(reason)
         self.events.append(("down", peer))
 
     async def on_announce(self, peer: str, message: KeyAnnounce) -> None:
@@ -40,7 +42,7 @@ class Recorder:
         self.got.set()
 
 
-def manager(node: str, peer: str, rec: Recorder) -> PeerManager:
+def manager(node: str, peer: str, rec: Recorder, *, silence: float | None = None) -> PeerManager:
     unused = ssl.create_default_context()
     peers = PeerManager(
         node_id=node,
@@ -51,6 +53,7 @@ def manager(node: str, peer: str, rec: Recorder) -> PeerManager:
         client_context=unused,
         heartbeat=1.0,
         reconnect_max=5.0,
+        silence=silence,
     )
     peers.on_message(KeyAnnounce, rec.on_announce)
     peers.on_connectivity(rec.on_up, rec.on_down)
@@ -103,6 +106,107 @@ async def test_a_silent_peer_is_dropped_after_three_heartbeats(
     assert opened
     assert rec.events == [("up", "KME_B"), ("down", "KME_B")]
     assert "silent" in a.peers_status()[0].last_error
+    assert rec.reasons == [a.peers_status()[0].down_reason]
+
+
+class Muted(trio.abc.Stream):
+    """A connection whose far end falls silent on ``mute()``: nothing more arrives, what
+    is sent vanishes, and nothing closes (a cut fibre, a dead host)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.muted = trio.Event()
+        self.last_delivered = trio.current_time()
+
+    def mute(self) -> None:
+        self.muted.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.muted.is_set():
+            await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.muted.is_set():
+            await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            got: list[bytes | bytearray] = []
+
+            async def read() -> None:
+                got.append(await self.inner.receive_some(max_bytes))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            await self.muted.wait()
+            nursery.cancel_scope.cancel()
+        if got:
+            self.last_delivered = trio.current_time()
+            return got[0]
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_peer_that_falls_silent_is_down_after_the_limit_and_not_before(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    a = manager("KME_A", "KME_B", rec_a, silence=2.5)
+    b = manager("KME_B", "KME_A", rec_b, silence=2.5)
+    left, right = trio.testing.memory_stream_pair()
+    muted = Muted(left)
+    ended: list[float] = []
+    done = trio.Event()
+
+    async def serve_a() -> None:
+        await a.serve_authenticated(muted, "KME_B")
+        ended.append(trio.current_time())
+        done.set()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_a)
+            nursery.start_soon(b.serve_authenticated, right, "KME_A")
+            await trio.sleep(20)  # heartbeats keep the session alive meanwhile
+            assert a.is_connected("KME_B") and rec_a.reasons == []
+            muted.mute()
+            await trio.sleep_until(muted.last_delivered + 2.4)
+            assert a.is_connected("KME_B")  # not before the limit
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    # Silence is counted in ticks of a quarter of the limit: declared at the limit, or
+    # at most one tick after it.
+    assert 2.5 <= ended[0] - muted.last_delivered <= 2.5 + 2.5 / 4
+    assert rec_a.events[-1] == ("down", "KME_B")
+    assert rec_a.reasons[-1].startswith(SILENT)
+    state = a.peers_status()[0]
+    assert state.state == "disconnected" and state.down_reason.startswith(SILENT)
+    assert state.down_since is not None
+
+
+async def test_a_node_whose_own_loop_stalls_keeps_a_peer_that_kept_talking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    a = manager("KME_A", "KME_B", rec_a, silence=2.5)
+    b = manager("KME_B", "KME_A", rec_b, silence=2.5)
+    left, right = trio.testing.memory_stream_pair()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.serve_authenticated, left, "KME_B")
+            nursery.start_soon(b.serve_authenticated, right, "KME_A")
+            await trio.sleep(5)
+            # A stall of the whole process: the clock jumps 10 s with no task running.
+            # The peer's bytes wait in the stream; silence is not counted against it.
+            autojump_clock.jump(10)
+            await trio.sleep(5)
+            assert a.is_connected("KME_B") and b.is_connected("KME_A")
+            nursery.cancel_scope.cancel()
+    assert rec_a.reasons == [] or not rec_a.reasons[0].startswith(SILENT)
 
 
 async def test_hello_naming_another_node_is_refused_before_anything_happens() -> None:

@@ -192,10 +192,12 @@ async def open_net(
     settings: RelaySection = SETTINGS,
     link_blocks: Sequence[int] = range(8),
     block_bytes: int = BLOCK_BYTES,
+    paths: tuple[int, int] = (1, 1),
 ) -> AsyncIterator[Net]:
     """Nodes on ``links`` (each given ``link_blocks``), with end-to-end ``pools``.
 
     ``manual[node][destination]`` is ``node``'s manual route: the intermediate nodes.
+    ``paths`` is every pool's (``paths``, ``paths_required``).
     """
     manual = manual or {}
     names = sorted({n for link in links for n in link} | {n for pool in pools for n in pool})
@@ -210,7 +212,11 @@ async def open_net(
             peers = {link_id(*pool): pool[1] if pool[0] == name else pool[0] for pool in pools}
             configs = {
                 lid: RelayPoolConfig(
-                    peer, lid, tuple(routes_here[peer]) if peer in routes_here else None
+                    peer,
+                    lid,
+                    tuple(routes_here[peer]) if peer in routes_here else None,
+                    paths=paths[0],
+                    paths_required=paths[1],
                 )
                 for lid, peer in peers.items()
                 if peer != name and name in lid.split("~")
