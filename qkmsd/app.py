@@ -350,6 +350,8 @@ class Node:
                     release_link=keys.release_link,
                     stop_driver=keys.stop_driver,
                     start_driver=keys.start_driver,
+                    route_down=relay.route_down,
+                    route_up=relay.route_up,
                     controller=(
                         (lambda: controller.status().controller) if controller is not None else None
                     ),

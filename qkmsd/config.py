@@ -644,8 +644,7 @@ def _check_alarm_actions(alarms: AlarmsSection, fail: Callable[[str, str], Confi
         if action not in {a.value for a in Action}:
             raise fail(where, f"action {action!r} unknown (known for {code}: {allowed})")
         if Action(action) not in row.actions:
-            why = "in this version" if action == Action.ROUTE_DOWN else "for this code"
-            raise fail(where, f"action {action!r} is not available {why} (use: {allowed})")
+            raise fail(where, f"action {action!r} is not available for this code (use: {allowed})")
 
 
 def _relay_pools(

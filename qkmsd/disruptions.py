@@ -43,13 +43,13 @@ class Action(enum.StrEnum):
     STOP_DRIVER = "stop-driver"
     """Notify, and stop the link's device driver while the alarm is active."""
     ROUTE_DOWN = "route-down"
-    """Mark the link down for routing (not available in this version: no controller yet)."""
+    """Notify, and route relays around the link while the alarm is active."""
     NONE = "none"
     """Do not detect the code at all."""
 
 
 AVAILABLE_ACTIONS: Final = frozenset(
-    {Action.NOTIFY, Action.STOP_LINK, Action.STOP_DRIVER, Action.NONE}
+    {Action.NOTIFY, Action.STOP_LINK, Action.STOP_DRIVER, Action.ROUTE_DOWN, Action.NONE}
 )
 """The actions this version can take."""
 
@@ -83,7 +83,7 @@ class Disruption:
             if self.code in STOPPABLE_BY_DRIVER:
                 return AVAILABLE_ACTIONS
             return AVAILABLE_ACTIONS - {Action.STOP_DRIVER}
-        return AVAILABLE_ACTIONS - {Action.STOP_LINK, Action.STOP_DRIVER}
+        return AVAILABLE_ACTIONS - {Action.STOP_LINK, Action.STOP_DRIVER, Action.ROUTE_DOWN}
 
 
 def _table(*rows: Disruption) -> dict[str, Disruption]:

@@ -225,6 +225,25 @@ class RelayAgent:
         if self._routes.link_down(self.node_id, peer):
             log.info("relay.link_down", peer=peer, reason=reason)
 
+    def route_down(self, link_id: str, reason: str) -> None:
+        """Route around QKD link ``link_id`` (``A~B``) for ``reason`` (an alarm code whose
+        action is ``route-down``) until ``route_up``.  Raises ``KeyError`` if the link is
+        not one of this node's."""
+        a, b = self._link_ends(link_id)
+        if self._routes.link_down(a, b, reason):
+            log.info("relay.link_down", link=link_id, reason=reason)
+
+    def route_up(self, link_id: str, reason: str) -> None:
+        a, b = self._link_ends(link_id)
+        if self._routes.link_up(a, b, reason):
+            log.info("relay.link_up", link=link_id, reason=reason)
+
+    def _link_ends(self, link_id: str) -> tuple[str, str]:
+        a, sep, b = link_id.partition("~")
+        if not sep or self.node_id not in (a, b):
+            raise KeyError(link_id)
+        return a, b
+
     def add_pool(self, config: RelayPoolConfig, driver: RelayedKeys) -> None:
         """Keep a pool made while the node runs (for SAE pairs that asked for keys)."""
         if config.link_id in self._pools:

@@ -85,29 +85,40 @@ class RoutingTable:
         self._alternates = alternates
         self._clock = clock
         self._entries: dict[str, list[_Entry]] = {}
-        self._down: set[frozenset[str]] = set()
+        self._down: dict[frozenset[str], set[str]] = {}
         self._held: dict[tuple[str, ...], float] = {}
 
     # --- failure news ----------------------------------------------------------------
 
-    def link_down(self, a: str, b: str) -> bool:
-        """Offer no path over link ``a``-``b`` until ``link_up``.  True if it was up."""
+    def link_down(self, a: str, b: str, reason: str = "session") -> bool:
+        """Offer no path over link ``a``-``b`` until every reason is withdrawn with
+        ``link_up``; ``reason`` names why (``session``: the peer session closed; an alarm
+        code whose action is ``route-down``).  True if the link was up."""
         link = frozenset((a, b))
-        if link in self._down or self._graph.cost(a, b) is None:
+        reasons = self._down.get(link)
+        if reasons is not None:
+            reasons.add(reason)
             return False
-        self._down.add(link)
+        if self._graph.cost(a, b) is None:
+            return False
+        self._down[link] = {reason}
         self._graph.remove_link(a, b)
         self._entries.clear()
         return True
 
-    def link_up(self, a: str, b: str) -> bool:
-        """Use link ``a``-``b`` again; paths over it lose their holds.  True if it was down."""
+    def link_up(self, a: str, b: str, reason: str = "session") -> bool:
+        """Withdraw ``reason``; the link is used again once none is left, and paths over it
+        lose their holds.  True if the link came up."""
         link = frozenset((a, b))
         for path in [p for p in self._held if link in _links(p)]:
             del self._held[path]
-        if link not in self._down:
+        reasons = self._down.get(link)
+        if reasons is None or reason not in reasons:
             return False
-        self._down.discard(link)
+        reasons.discard(reason)
+        if reasons:
+            return False
+        del self._down[link]
         self._graph.set_cost(a, b, 1.0, 1.0)
         self._entries.clear()
         return True

@@ -124,6 +124,8 @@ class Sources:
     release_link: Callable[[str, str], None] | None = None
     stop_driver: Callable[[str, str], None] | None = None
     start_driver: Callable[[str, str], None] | None = None
+    route_down: Callable[[str, str], None] | None = None
+    route_up: Callable[[str, str], None] | None = None
     controller: Callable[[], str | None] | None = None
     """The controller this node follows, None while it knows none; None here: the node
     takes no part in the election."""
@@ -533,6 +535,8 @@ class StateAgent:
             hook = self._sources.hold_link if held else self._sources.release_link
         elif action is Action.STOP_DRIVER:
             hook = self._sources.stop_driver if held else self._sources.start_driver
+        elif action is Action.ROUTE_DOWN:
+            hook = self._sources.route_down if held else self._sources.route_up
         else:
             return
         if hook is None:

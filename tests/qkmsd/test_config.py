@@ -229,9 +229,9 @@ def test_alarm_actions_may_be_changed_per_code() -> None:
     ("actions", "expected"),
     [
         ({"qber-hi": "notify"}, "[alarms.actions] qber-hi: unknown disruption code (known: "),
-        ({"qber-high": "page"}, "action 'page' unknown (known for qber-high: none, notify, stop"),
+        ({"qber-high": "page"}, "action 'page' unknown (known for qber-high: none, notify, rout"),
         ({"peer-down": "stop-link"}, "'stop-link' is not available for this code (use: none, n"),
-        ({"link-down": "route-down"}, "'route-down' is not available in this version (use: no"),
+        ({"peer-down": "route-down"}, "'route-down' is not available for this code (use: no"),
     ],
 )
 def test_bad_alarm_actions_name_the_code_and_the_choices(

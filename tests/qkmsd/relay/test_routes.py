@@ -81,3 +81,19 @@ async def test_a_relay_spends_what_routing_says_its_route_costs_in_link_key(line
         line3[A].agent.statistics().link_bits_spent + line3[B].agent.statistics().link_bits_spent
         == spent
     )
+
+
+def test_a_link_down_for_two_reasons_comes_back_only_when_both_are_withdrawn() -> None:
+    table = RoutingTable(
+        "A",
+        links=[("A", "B"), ("B", "C"), ("A", "D"), ("D", "C")],
+        manual={},
+        neighbours=["B", "D"],
+    )
+    assert table.link_down("A", "B", "qber-high")
+    assert not table.link_down("A", "B")  # the session closed too: still down, one more reason
+    assert all(p[1] == "D" for p in table.paths("C"))
+    assert not table.link_up("A", "B")  # the session is back; the alarm is not cleared
+    assert all(p[1] == "D" for p in table.paths("C"))
+    assert table.link_up("A", "B", "qber-high")
+    assert {p[1] for p in table.paths("C")} == {"B", "D"}

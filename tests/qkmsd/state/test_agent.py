@@ -431,3 +431,28 @@ def test_stop_driver_is_refused_for_codes_that_could_never_clear() -> None:
     assert Action.STOP_DRIVER in CODES["qber-high"].actions
     assert Action.STOP_DRIVER not in CODES["link-down"].actions
     assert Action.STOP_DRIVER not in CODES["peer-down"].actions
+
+
+async def test_route_down_routes_relays_around_a_link_while_its_alarm_is_active(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode(link=FakeLink(qber=0.3))
+    calls: list[tuple[str, str, str]] = []
+    settings = msgspec.structs.replace(
+        SETTINGS, actions={"qber-high": "route-down"}, hold_down_s=10
+    )
+    state = StateAgent(
+        settings=settings,
+        sources=node.sources(
+            route_down=lambda link, code: calls.append(("down", link, code)),
+            route_up=lambda link, code: calls.append(("up", link, code)),
+        ),
+        history_path=None,
+        clock=trio.current_time,
+    )
+    await nursery.start(state.run)
+    await trio.sleep(6)
+    assert calls == [("down", LINK, "qber-high")] and node.holds == []
+    node.link.qber = 0.01
+    await trio.sleep(30)
+    assert calls == [("down", LINK, "qber-high"), ("up", LINK, "qber-high")]
