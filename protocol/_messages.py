@@ -69,10 +69,17 @@ class Error(_Message, tag="error", frozen=True):
 
 class Ping(_Message, tag="ping", frozen=True):
     nonce: U63
+    sent_at: float | None = None
+    """The sender's wall clock (Unix time) when it sent this; lets it estimate the offset
+    between the two clocks from the answer (absent from peers before it)."""
 
 
 class Pong(_Message, tag="pong", frozen=True):
     nonce: U63
+    echo: float | None = None
+    """The ping's ``sent_at``, returned."""
+    at: float | None = None
+    """The answerer's wall clock when it answered."""
 
 
 DeviceRef = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -248,6 +248,8 @@ class AlarmsSection(_Section, frozen=True):
     device and fibre, so there is no useful default)."""
     key_rate_period_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
     controller_lost_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
+    clock_skew_max_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 1.0
+    """``clock-skew``: a peer's wall clock differs from ours by more than this."""
     """``controller-lost``: seconds without a controller this node knows of."""
     history_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
     history_max: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 100_000

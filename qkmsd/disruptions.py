@@ -195,10 +195,11 @@ CODES: Final = _table(
         "clock-skew",
         Kind.ALARM,
         "peer",
-        "this node's clock and a peer's differ by more than a bound",
+        "this node's wall clock and a connected peer's differ by more than"
+        " `clock_skew_max_s` (measured from heartbeat round trips); key validity and"
+        " expiry times compare across nodes",
         Severity.MINOR,
         Action.NOTIFY,
-        detected=False,
     ),
     Disruption(
         "controller-lost",

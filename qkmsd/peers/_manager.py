@@ -48,6 +48,7 @@ caller, so a reply never queues behind the agents' work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import ssl
 import time
@@ -94,6 +95,8 @@ PeerEvent = Callable[[str], Awaitable[None]]
 PeerDownEvent = Callable[[str, str], Awaitable[None]]
 
 HANDSHAKE_TIMEOUT = 10.0
+MAX_CLOCK_RTT_S = 2.0
+"""A ping answered later than this gives no clock offset (its error would be too wide)."""
 CONNECT_TIMEOUT = 3.0
 """How long the dialer waits for one TCP connect.  A SYN lost to a cut link is
 retransmitted by the kernel only after 1, 3, 7, 15 s: a fresh attempt after a heal
@@ -128,6 +131,9 @@ class PeerState:
     """When the last session ended (``time.time()``); None while connected or never up."""
     down_reason: str = ""
     """Why the last session ended (``silent for ...`` when the peer fell silent)."""
+    clock_offset_s: float | None = None
+    """The peer's wall clock minus ours, from the last ping it answered (half the round
+    trip is the error bound); None before one."""
 
 
 class PeerStatistics(msgspec.Struct, frozen=True):
@@ -577,9 +583,9 @@ class PeerManager:
         if isinstance(message, PeerReply):
             self._deliver_reply(live, message)
         elif isinstance(message, Ping):
-            await live.send(Pong(nonce=message.nonce))
+            await live.send(Pong(nonce=message.nonce, echo=message.sent_at, at=time.time()))
         elif isinstance(message, Pong):
-            pass
+            self._clock_sample(live.peer, message)
         elif isinstance(message, Error):
             log.warning(
                 "peer.error_received", peer=live.peer, code=message.code, error=message.message
@@ -648,12 +654,25 @@ class PeerManager:
         finally:
             live.requests.release_on_behalf_of(token)
 
+    def _clock_sample(self, peer: str, pong: Pong) -> None:
+        """The peer's clock offset from an answered ping: its clock when it answered, less
+        the middle of our round trip.  Answers over ``MAX_CLOCK_RTT_S`` are not used."""
+        if pong.echo is None or pong.at is None:
+            return
+        now = time.time()
+        rtt = now - pong.echo
+        if not (math.isfinite(pong.at) and 0 <= rtt <= MAX_CLOCK_RTT_S):
+            return
+        state = self._peers.get(peer)
+        if state is not None:
+            state.clock_offset_s = round(pong.at - (pong.echo + now) / 2, 4)
+
     async def _heartbeat_loop(self, live: _Session) -> None:
         nonce = 0
         while True:
             await trio.sleep(self._heartbeat)
             nonce += 1
-            await live.send(Ping(nonce=nonce))
+            await live.send(Ping(nonce=nonce, sent_at=time.time()))
 
     async def _watchdog(self, live: _Session) -> None:
         """Raise once nothing has come from the peer for ``silence`` seconds of our time."""

@@ -22,6 +22,8 @@ disk-low       state_dir    free MiB in the state directory's file system
 cert-expiring  cert:node,   days until the certificate's notAfter (read once, at start)
                cert:ca
 relay-failures relay        relays failed in the last 60 s
+clock-skew     peer id      | the peer's clock - ours | in seconds, from its last answered
+                            ping (connected peers only)
 key-rate-low   link id      bits/s stored from the link's driver over the last
                             ``key_rate_period_s`` (only once a whole period is seen)
 controller-    controller   seconds this node has known no controller (0 at the first
@@ -103,6 +105,8 @@ class PeerReading(Protocol):
     def state(self) -> str: ...
     @property
     def refused(self) -> int: ...
+    @property
+    def clock_offset_s(self) -> float | None: ...
 
 
 @dataclasses.dataclass
@@ -413,6 +417,8 @@ class StateAgent:
                     ("peer-down", peer.node_id, self._down_for("peer", peer.node_id, up, now))
                 )
                 out.extend(self._rose("peer-refused", peer.node_id, peer.refused))
+                if up and peer.clock_offset_s is not None:
+                    out.append(("clock-skew", peer.node_id, abs(peer.clock_offset_s)))
         refusals = 0
         if src.refused is not None:
             total = src.refused()
@@ -569,6 +575,7 @@ def _rules(settings: AlarmsSection) -> dict[str, Rule]:
         "relay-failures": one("relay-failures", settings.relay_failures_per_min),
         "key-rate-low": one("key-rate-low", settings.key_rate_min_bps, above=False),
         "controller-lost": one("controller-lost", settings.controller_lost_s),
+        "clock-skew": one("clock-skew", settings.clock_skew_max_s),
     }
 
 

@@ -96,6 +96,9 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "term": u63,
         "stamp": st.floats(-1e18, 1e18),
         "granted": st.booleans(),
+        "sent_at": st.none() | st.floats(0, 1e10),
+        "echo": st.none() | st.floats(0, 1e10),
+        "at": st.none() | st.floats(0, 1e10),
     }
     if cls is RelayHop:
         fixed = ("path", "hop", "share", "shares")

@@ -20,6 +20,8 @@ from protocol import (
     Hello,
     KeyAnnounce,
     PeerSession,
+    Ping,
+    Pong,
 )
 from qkmsd.peers import SILENT, PeerManager
 
@@ -312,7 +314,9 @@ async def test_a_failed_stranger_with_a_live_peers_name_leaves_its_session_alone
 
         assert not opened
         after = b.peers_status()[0]
-        assert after == dataclasses.replace(before, last_seen=after.last_seen)
+        assert after == dataclasses.replace(
+            before, last_seen=after.last_seen, clock_offset_s=after.clock_offset_s
+        )
         assert (after.state, after.last_error, after.tls_version, after.tls_group) == (
             "connected",
             "",
@@ -382,3 +386,32 @@ async def test_close_revoked_ends_only_the_sessions_with_a_revoked_serial(
         assert b.peers_status()[0].last_error == "certificate revoked (serial a1)"
         assert rec_b.events[-1] == ("down", "KME_A")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_s_clock_offset_is_measured_from_its_answers_to_heartbeats() -> None:
+    """A peer whose clock runs 5 s ahead answers each ping with its own time: the offset
+    shows, within the round trip's error."""
+    rec = Recorder()
+    a = manager("KME_A", "KME_B", rec)
+    left, right = trio.testing.memory_stream_pair()
+    b = PeerSession(local_node="KME_B", expected_peer="KME_A")
+    await right.send_all(b.hello())
+
+    async def answer_pings(skew: float) -> None:
+        while data := await right.receive_some(65536):
+            b.receive_data(bytes(data))
+            while (event := b.next_event()) is not NEED_DATA:
+                if isinstance(event, Ping) and event.sent_at is not None:
+                    at = event.sent_at + skew
+                    pong = Pong(nonce=event.nonce, echo=event.sent_at, at=at)
+                    await right.send_all(b.send(pong))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.serve_authenticated, left, "KME_B")
+            nursery.start_soon(answer_pings, 5.0)
+            while a.peers_status()[0].clock_offset_s is None:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            offset = a.peers_status()[0].clock_offset_s
+            assert offset is not None and abs(offset - 5.0) < 0.5
+            nursery.cancel_scope.cancel()

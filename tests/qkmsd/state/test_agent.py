@@ -39,6 +39,7 @@ class FakePeer:
     node_id: str = "KME_B"
     state: str = "connected"
     refused: int = 0
+    clock_offset_s: float | None = None
 
 
 @dataclasses.dataclass
@@ -456,3 +457,17 @@ async def test_route_down_routes_relays_around_a_link_while_its_alarm_is_active(
     node.link.qber = 0.01
     await trio.sleep(30)
     assert calls == [("down", LINK, "qber-high"), ("up", LINK, "qber-high")]
+
+
+async def test_a_peer_whose_clock_is_off_by_more_than_the_bound_raises_clock_skew(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode()
+    state = agent(node, clock_skew_max_s=1.0)
+    node.peer.clock_offset_s = -0.4
+    assert await state.look() == []
+    node.peer.clock_offset_s = -2.5
+    [event] = await state.look()
+    assert (event.kind, event.code, event.resource, event.value) == (
+        EventKind.RAISED, "clock-skew", "KME_B", 2.5
+    )  # fmt: skip
