@@ -19,6 +19,7 @@ import hashlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
@@ -37,6 +38,8 @@ class Bb84SimParams(msgspec.Struct, forbid_unknown_fields=True):
 
     ``params`` is a named set (``gys``, ``lim2014``) or a TOML file;
     ``eve`` is ``intercept-resend=F``, ``pns``, ``beam-splitting`` or absent;
+    ``eve_schedule`` names a JSON file that changes the eavesdropper while the link runs
+    (see ``EveSchedule``; ``qkmsctl lab eve`` writes it);
     ``block_bits`` is the expected number of key-basis bits per block, from
     which the pulses per block follow.
     """
@@ -45,6 +48,7 @@ class Bb84SimParams(msgspec.Struct, forbid_unknown_fields=True):
     distance_km: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 25.0
     params: str = "gys"
     eve: str | None = None
+    eve_schedule: str | None = None
     pulse_rate_hz: Annotated[float, msgspec.Meta(gt=0.0, le=1e12)] = 1e9
     block_bits: Annotated[int, msgspec.Meta(ge=1024, le=1 << 24)] = 1 << 21
     mode: Literal["pulse", "event"] = "event"
@@ -56,6 +60,60 @@ class Bb84SimParams(msgspec.Struct, forbid_unknown_fields=True):
             parse_eve(self.eve)
         except Bb84ParamsError as exc:
             raise ValueError(str(exc)) from None
+
+
+class EveChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    at: float
+    """Unix time from which blocks (by their start, ``block_id * interval``) see ``eve``."""
+    eve: str | None
+    """The eavesdropper from then on (``none`` or None: no eavesdropper)."""
+
+
+class EveSchedule:
+    """The eavesdropper of each block, from a JSON list of ``{"at": T, "eve": SPEC}`` that
+    may change while the link runs: a lab's simulated attack, started and stopped at set
+    times.
+
+    Both ends of a link read the same file and pick by the block's start time, so they
+    simulate every block with the same eavesdropper and keep identical keys.  The file is
+    read again when its modification time changes; a file that cannot be read or parsed
+    leaves the last good schedule in force (and says so in ``problem``).
+    """
+
+    def __init__(self, path: Path, base: Eve) -> None:
+        self.path = path
+        self._base = base
+        self._changes: list[tuple[float, Eve]] = []
+        self._mtime: float | None = None
+        self.problem = ""
+
+    def eve_at(self, block_start: float) -> Eve:
+        self._reload()
+        eve = self._base
+        for at, change in self._changes:
+            if at <= block_start:
+                eve = change
+        return eve
+
+    def _reload(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self._changes, self._mtime, self.problem = [], None, ""
+            return
+        except OSError as exc:
+            self.problem = f"eve schedule {self.path}: {exc.strerror or exc}"
+            return
+        if mtime == self._mtime:
+            return
+        try:
+            changes = msgspec.json.decode(self.path.read_bytes(), type=list[EveChange])
+            ordered = sorted(changes, key=lambda c: c.at)
+            parsed = [(c.at, parse_eve(c.eve)) for c in ordered]
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError, Bb84ParamsError) as exc:
+            self.problem = f"eve schedule {self.path}: {exc}"
+            return
+        self._changes, self._mtime, self.problem = parsed, mtime, ""
 
 
 def block_seed(seed: str, link_id: str, block_id: int) -> np.random.Generator:
@@ -91,6 +149,9 @@ class Bb84SimDriver(Driver):
         self.n_pulses = pulses_per_block(
             self._physics, params.distance_km, self._eve, params.block_bits
         )
+        self._schedule = (
+            EveSchedule(Path(params.eve_schedule), self._eve) if params.eve_schedule else None
+        )
 
     @property
     def interval(self) -> float:
@@ -105,9 +166,15 @@ class Bb84SimDriver(Driver):
             self.params.distance_km,
             self.n_pulses,
             rng,
-            eve=self._eve,
+            eve=self.eve_of(block_id),
             mode=self.params.mode,
         )
+
+    def eve_of(self, block_id: int) -> Eve:
+        """The eavesdropper on block ``block_id`` (from the schedule, if there is one)."""
+        if self._schedule is None:
+            return self._eve
+        return self._schedule.eve_at(block_id * self.interval)
 
     async def start(self) -> None:
         self._health = DriverHealth(LinkState.UP, detail="simulating the first block")
@@ -141,7 +208,8 @@ class Bb84SimDriver(Driver):
                 produced_at=now,
                 secret_key_rate=result.secret_key_rate_per_pulse * self.params.pulse_rate_hz,
             )
-            self._health = h.after_block(block, now, detail="")
+            problem = self._schedule.problem if self._schedule is not None else ""
+            self._health = h.after_block(block, now, detail=problem)
             yield block
 
     def health(self) -> DriverHealth:

@@ -1,5 +1,9 @@
 """One block end to end, and the bb84sim driver that serves both ends of a link."""
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trio
@@ -93,3 +97,39 @@ def test_bad_link_parameters_are_config_errors(params: dict[str, object], match:
 def test_params_struct_has_the_documented_defaults() -> None:
     p = Bb84SimParams(seed=SEED)
     assert (p.params, p.pulse_rate_hz, p.mode, p.eve) == ("gys", 1e9, "event", None)
+
+
+def test_an_eve_schedule_attacks_the_blocks_that_start_after_its_time_at_both_ends(
+    tmp_path: Path,
+) -> None:
+    """Blocks too small for a key (cheap to run) abort for the finite-key length without
+    Eve, and for the QBER with her: that tells which blocks she attacked."""
+    schedule = tmp_path / "eve.json"
+    a = driver("a", "b", eve_schedule=str(schedule), block_bits=1 << 14)
+    b = driver("b", "a", eve_schedule=str(schedule), block_bits=1 << 14)
+    start = 100 * a.interval
+    schedule.write_text(json.dumps([{"at": start, "eve": "intercept-resend=1"}]))
+    assert "QBER" not in a.run_block(99).abort_reason
+    assert "QBER" in a.run_block(100).abort_reason
+    assert [str(d.eve_of(i)) for d in (a, b) for i in (99, 100)] == [
+        "none", "intercept-resend=1", "none", "intercept-resend=1"
+    ]  # fmt: skip
+    stop = start + 5 * a.interval
+    changes = [{"at": start, "eve": "intercept-resend=1"}, {"at": stop, "eve": "none"}]
+    schedule.write_text(json.dumps(changes))
+    os.utime(schedule, (start + 1, start + 1))  # a new modification time: read again
+    assert [str(d.eve_of(i)) for d in (a, b) for i in (104, 105)] == [
+        "intercept-resend=1", "none", "intercept-resend=1", "none"
+    ]  # fmt: skip
+    assert "QBER" not in a.run_block(105).abort_reason
+
+
+def test_a_broken_eve_schedule_keeps_the_last_good_one_and_says_so(tmp_path: Path) -> None:
+    schedule = tmp_path / "eve.json"
+    d = driver("a", "b", eve_schedule=str(schedule), block_bits=1 << 14)
+    schedule.write_text(json.dumps([{"at": 0, "eve": "intercept-resend=1"}]))
+    assert str(d.eve_of(10)) == "intercept-resend=1"
+    schedule.write_text("[{")
+    os.utime(schedule, (12345, 12345))
+    assert str(d.eve_of(11)) == "intercept-resend=1"
+    assert d._schedule is not None and "eve schedule" in d._schedule.problem
