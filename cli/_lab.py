@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from qkd_drivers import driver_class
+from qkd_drivers.bb84 import Bb84ParamsError, parse_eve
 from qkms_pqc import generate_keypair, write_private_key
 
 from . import _netns
@@ -223,13 +225,22 @@ def node_config(
             _table(f'links."{link.link_id}"', {"peer": peer, "driver": topo.driver_of(link)})
         )
         params = topo.params_of(link, seed=seeds[link.link_id])
+        if "eve_schedule" in driver_class(topo.driver_of(link)).Params.__struct_fields__:
+            params.setdefault("eve_schedule", str(eve_schedule_path(lab, link.link_id)))
         parts.append(_table(f'links."{link.link_id}".params', params))
     topology = [sorted((link.a, link.b)) for link in topo.links]
     parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
+    if topo.alarms:
+        parts.append(_table("alarms", topo.alarms))
     pool = {} if topo.relay.paths == 1 else {"paths": topo.relay.paths}
     for peer in partners:  # routes are computed from the topology
         parts.append(_table(f'relay.pools."{peer}"', pool))
     return "\n".join(parts)
+
+
+def eve_schedule_path(lab: Path, link_id: str) -> Path:
+    """Where a lab keeps a ``bb84sim`` link's eavesdropper schedule (both ends read it)."""
+    return lab / "eve" / f"{link_id}.json"
 
 
 class Lab:
@@ -295,6 +306,7 @@ class Lab:
             "kmes": {},
             "saes": {},
             "links": [sorted((link.a, link.b)) for link in topo.links],
+            "drivers": {link.link_id: topo.driver_of(link) for link in topo.links},
         }
         for node, spec in topo.nodes.items():
             home = self.dir / "nodes" / node
@@ -441,6 +453,34 @@ class Lab:
     def heal(self, a: str, b: str) -> None:
         """Carry packets between ``a`` and ``b`` again after ``cut``."""
         _netns.apply(self._plan(a, b).heal_commands(a, b))
+
+    def eve(self, a: str, b: str, spec: str, *, delay_s: float) -> float:
+        """Put an eavesdropper (``spec``: ``intercept-resend=F``, ``pns``, ``beam-splitting``,
+        or ``none`` to take her away) on the simulated link ``a``-``b`` from ``delay_s``
+        from now; returns that time.  Both ends read the schedule and agree block by block.
+        Raises ``LabError`` for a link that is not a ``bb84sim`` link of this lab."""
+        link_id = "~".join(sorted((a, b)))
+        driver = self.manifest().get("drivers", {}).get(link_id)
+        if driver is None:
+            raise LabError(f"{self.dir}: no link {link_id} in this lab")
+        if driver != "bb84sim":
+            raise LabError(
+                f"link {link_id} runs the {driver!r} driver: only 'bb84sim' links simulate"
+                " an eavesdropper"
+            )
+        try:
+            parse_eve(spec)
+        except Bb84ParamsError as exc:
+            raise LabError(str(exc)) from None
+        path = eve_schedule_path(self.dir, link_id)
+        changes = json.loads(path.read_text()) if path.exists() else []
+        at = time.time() + delay_s
+        changes.append({"at": at, "eve": spec})
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(changes, indent=1))
+        os.replace(tmp, path)
+        return at
 
     def netns(self, node: str) -> str:
         """The network namespace ``node`` runs in.  Raises ``LabError`` on a loopback lab."""

@@ -69,6 +69,8 @@ class Topology(_Strict, frozen=True):
     description: str = ""
     defaults: Defaults = Defaults()
     relay: RelaySpec = RelaySpec()
+    alarms: dict[str, Any] = {}
+    """``[alarms]`` settings every lab node gets (checked by the node's config)."""
 
     def driver_of(self, link: LinkSpec) -> str:
         return link.driver or self.defaults.driver

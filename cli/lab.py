@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -107,6 +108,30 @@ def heal(directory: Path, a: str, b: str) -> None:
     """Carry packets between nodes A and B again after `lab cut`."""
     Lab(directory).heal(a, b)
     click.echo(f"healed {a} - {b}")
+
+
+@lab.command()
+@_dir
+@click.argument("a")
+@click.argument("b")
+@click.argument("spec")
+@click.option(
+    "--in",
+    "delay_s",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="seconds from now (both ends switch at the same block)",
+)
+def eve(directory: Path, a: str, b: str, spec: str, delay_s: float) -> None:
+    """Put a simulated eavesdropper on the bb84sim link A-B, or take her away.
+
+    SPEC is intercept-resend=F (0 <= F <= 1), pns, beam-splitting, or none.
+    """
+    at = Lab(directory).eve(a, b, spec, delay_s=delay_s)
+    when = time.strftime("%H:%M:%S", time.localtime(at))
+    what = "no eavesdropper" if spec == "none" else f"eavesdropper {spec}"
+    click.echo(f"{a} - {b}: {what} from {when} on (blocks that start then)")
 
 
 @lab.command()
