@@ -39,6 +39,7 @@ from qkmsd.keystore import (
 )
 from qkmsd.main import main
 from qkmsd.relay import RelayFailed
+from qkmsd.sharing import SharingError
 from qkmsd.state import AlarmHistoryError
 from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
 from qkmsd.supply._errors import HANDLED, error_response
@@ -54,6 +55,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     PeerConnectionLost: (INTERNAL, None, EXIT_FAILURE),
     PeerUnavailable: (INTERNAL, None, EXIT_FAILURE),
     RelayFailed: (INTERNAL, None, EXIT_FAILURE),
+    SharingError: (INTERNAL, None, EXIT_FAILURE),
     AlarmHistoryError: (INTERNAL, None, EXIT_FAILURE),
     ConfigError: (INTERNAL, None, EXIT_CONFIG),
     TlsError: (INTERNAL, None, EXIT_FAILURE),
