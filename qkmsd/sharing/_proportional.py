@@ -30,6 +30,9 @@ from ._filling import progressive_filling
 from ._lp import max_min_routes, repair
 from ._model import Floats, Problem, SharingError
 
+MU_START = 1.0
+"""The first barrier weight, per unit of pair weight (rates are in units of the largest
+link rate)."""
 MU_STEP = 0.1
 """Each outer step multiplies the barrier weight by this."""
 GAP = 1e-9
@@ -95,7 +98,6 @@ def _interior_point(problem: Problem, live_route: np.ndarray, live_pair: np.ndar
     capped = np.isfinite(demand)
     single = n_routes == n_pairs
     s_t = sp.csr_matrix((np.ones(n_routes), (np.arange(n_routes), rp)), shape=(n_routes, n_pairs))
-    route_count = np.bincount(rp, minlength=n_pairs).astype(np.float64)
     n_links = len(cap)
     if single:
         # Every (link, link) pair two entries of one route make: M = A diag(b) A^T is
@@ -129,15 +131,19 @@ def _interior_point(problem: Problem, live_route: np.ndarray, live_pair: np.ndar
         barrier = np.log(y).sum() + np.log(slack).sum() + np.log(room).sum()
         return float(w @ np.log(x) + mu * barrier)
 
-    # A strictly feasible start: every route at half of what all routes at once allow.
-    load_one = np.asarray(a.sum(axis=1)).ravel()
-    theta = float(np.min(cap / load_one))
+    # A strictly feasible start: half of each route's equal share (every link's rate split
+    # among the routes crossing it in proportion to weight), within half of each demand.
+    route_w = w[rp]
+    crowd = np.asarray(a @ route_w).ravel()
+    share = np.full(n_routes, np.inf)
+    np.minimum.at(share, a.tocoo().col, (cap / crowd)[a.tocoo().row])
+    y = 0.5 * share * route_w
     if capped.any():
-        theta = min(theta, float(np.min(demand[capped] / route_count[capped])))
-    y = np.full(n_routes, 0.5 * theta)
+        over = np.where(capped, pair_sum(y) / (0.5 * np.where(capped, demand, 1.0)), 0.0)
+        y = y / np.maximum(over, 1.0)[rp]
 
     n_terms = n_routes + len(cap) + int(capped.sum())
-    mu = 0.1 * float(w.mean())
+    mu = MU_START * float(w.mean())
     mu_end = GAP * float(w.sum()) / n_terms
     while True:
         for _ in range(NEWTON_STEPS):
@@ -182,7 +188,10 @@ def _interior_point(problem: Problem, live_route: np.ndarray, live_pair: np.ndar
             decrement = float(grad @ step)
             if not np.isfinite(decrement):
                 raise SharingError("proportional: the interior-point step is not finite")
-            if decrement < 1e-12 * float(w.sum()):
+            # Intermediate stages need only be near their centre (within a fraction of
+            # their own gap, mu per barrier term); the last one is polished.
+            enough = 1e-12 * float(w.sum()) if mu <= mu_end else 1e-2 * mu * n_terms
+            if decrement < enough:
                 break
             # Largest step that keeps every barrier's argument positive.
             limit = np.inf
