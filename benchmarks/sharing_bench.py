@@ -1,19 +1,22 @@
 """Time to share link key among every ordered node pair, per policy, and how fair each is.
 
-Networks: random geometric graphs (networkx ``random_geometric_graph``) of 100 and 200
-nodes in a square of ``--side-km`` (200 km), the radius set for a mean degree of about 7,
-the first seed from ``--seed`` whose graph is connected.  Each link's key rate follows the
-fibre's loss, ``--rate0`` (1e5 bits/s) times 10^(-0.2 dB/km * length / 10): a model, not
-a device's figure.  Every ordered pair of nodes relays over one shortest path by hop count
-(networkx ``all_pairs_shortest_path``; 200 nodes = 39,800 pairs), demand unbounded, weight
-1; the overhead is that of relays of ``relay.block_bits`` = 8192 bits (1 + 256 / 8192).
+Networks: random geometric graphs (networkx ``random_geometric_graph``) in a square of
+``--side-km`` (200 km), the radius set for a mean degree of about 7, the first seed from
+``--seed`` whose graph is connected.  Each link's key rate follows the fibre's loss,
+``--rate0`` (1e5 bits/s) times 10^(-0.2 dB/km * length / 10): a model, not a device's
+figure.  On the networks of ``--nodes`` (100 and 200) every ordered pair of nodes relays
+over one shortest path by hop count (networkx ``all_pairs_shortest_path``; 200 nodes =
+39,800 pairs); on those of ``--multipath-nodes`` (30 and 50) every ordered pair splits its
+key over its ``--multipath-k`` (2) shortest simple paths.  Demands unbounded, weights 1,
+the overhead that of relays of ``relay.block_bits`` = 8192 bits (1 + 256 / 8192).
 
 For each network and policy it prints and records the time ``allocate`` takes (median of
 ``--repeat`` runs, input checking included) and the figures of the allocation against
 max-min on the same routes: Jain's index, the worst pair over its equal share and over its
 max-min fair rate, link key used over what max-min uses.  ``--quick`` runs the 100-node
-network once per policy.  BLAS runs on one thread unless the environment says otherwise
-(``OPENBLAS_NUM_THREADS``).  Writes ``benchmarks/results/sharing_bench.json``.
+network and the 30-node multi-path one, once per policy.  BLAS runs on one thread unless
+the environment says otherwise (``OPENBLAS_NUM_THREADS``).  Writes
+``benchmarks/results/sharing_bench.json``.
 """
 
 # ruff: noqa: E402
@@ -28,6 +31,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -49,9 +53,9 @@ RELAY_BLOCK_BITS = 8192
 
 
 def network(
-    nodes: int, seed: int, side_km: float, rate0: float
+    nodes: int, seed: int, side_km: float, rate0: float, paths: int = 1
 ) -> tuple[dict[tuple[str, str], float], list[Pair], int]:
-    """Links with rates, every ordered pair on a shortest path, and the seed used."""
+    """Links with rates, every ordered pair on its ``paths`` shortest paths, the seed used."""
     radius = math.sqrt(7.0 / (math.pi * nodes))
     for attempt in range(seed, seed + 1000):
         graph = nx.random_geometric_graph(nodes, radius, seed=attempt)
@@ -65,12 +69,27 @@ def network(
     for a, b in graph.edges:
         length = math.dist(pos[a], pos[b]) * side_km
         links[link_id(name[a], name[b])] = rate0 * 10 ** (-0.2 * length / 10)
-    pairs = [
-        Pair(name[src], name[dst], [tuple(name[n] for n in path)])
-        for src, paths in nx.all_pairs_shortest_path(graph)
-        for dst, path in paths.items()
-        if src != dst
-    ]
+    if paths == 1:
+        pairs = [
+            Pair(name[src], name[dst], [tuple(name[n] for n in path)])
+            for src, found in nx.all_pairs_shortest_path(graph)
+            for dst, path in found.items()
+            if src != dst
+        ]
+    else:
+        pairs = [
+            Pair(
+                name[src],
+                name[dst],
+                [
+                    tuple(name[n] for n in path)
+                    for path in itertools.islice(nx.shortest_simple_paths(graph, src, dst), paths)
+                ],
+            )
+            for src in graph.nodes
+            for dst in graph.nodes
+            if src != dst
+        ]
     return links, pairs, attempt
 
 
@@ -78,24 +97,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 nodes, one run per policy")
     parser.add_argument("--nodes", default="100,200")
+    parser.add_argument(
+        "--multipath-nodes", default="30,50", help="networks whose pairs use several paths"
+    )
+    parser.add_argument("--multipath-k", type=int, default=2, help="shortest paths per pair")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--side-km", type=float, default=200.0)
     parser.add_argument("--rate0", type=float, default=1e5)
     parser.add_argument("--out", default=str(HERE / "results" / "sharing_bench.json"))
     args = parser.parse_args()
-    sizes = [100] if args.quick else [int(n) for n in args.nodes.split(",")]
+    sizes = [(100, 1)] if args.quick else [(int(n), 1) for n in args.nodes.split(",") if n]
+    multi = [30] if args.quick else [int(n) for n in args.multipath_nodes.split(",") if n]
+    sizes += [(n, args.multipath_k) for n in multi]
     repeat = 1 if args.quick else args.repeat
     overhead = overhead_for(RELAY_BLOCK_BITS)
 
     rows: list[dict[str, Any]] = []
     header = (
-        f"{'nodes':>5} {'links':>5} {'pairs':>6} {'policy':>12} {'time s':>8} {'jain':>6} "
-        f"{'worst/eq':>9} {'worst/mm':>9} {'used/mm':>8}"
+        f"{'nodes':>5} {'links':>5} {'pairs':>6} {'paths':>5} {'policy':>12} {'time s':>8} "
+        f"{'jain':>6} {'worst/eq':>9} {'worst/mm':>9} {'used/mm':>8}"
     )
     print(header)
-    for nodes in sizes:
-        links, pairs, seed = network(nodes, args.seed, args.side_km, args.rate0)
+    for nodes, k in sizes:
+        links, pairs, seed = network(nodes, args.seed, args.side_km, args.rate0, k)
         reference = allocate(links, pairs, policy="max-min", overhead=overhead)
         for policy in POLICIES:
             times = []
@@ -117,6 +142,8 @@ def main() -> None:
                 "seed": seed,
                 "links": len(links),
                 "pairs": len(pairs),
+                "paths_per_pair": k,
+                "routes": sum(len(pair.paths) for pair in pairs),
                 "policy": policy,
                 "seconds_median": statistics.median(times),
                 "seconds": times,
@@ -129,7 +156,7 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"{nodes:>5} {len(links):>5} {len(pairs):>6} {policy:>12} "
+                f"{nodes:>5} {len(links):>5} {len(pairs):>6} {k:>5} {policy:>12} "
                 f"{row['seconds_median']:>8.2f} {fig.jain:>6.3f} "
                 f"{fig.worst_over_equal_share or 0:>9.4f} {fig.worst_over_max_min or 0:>9.4f} "
                 f"{fig.used_over_max_min or 0:>8.3f}",

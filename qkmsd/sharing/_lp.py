@@ -10,7 +10,11 @@ finds which: it maximises the sum of bounded extras ``z`` that the candidates ge
 ``t*``; any candidate with ``z > 0`` is not blocking (the average of feasible points is
 feasible, so the non-blocking pairs can all rise at once), and is dropped from the
 candidates; when the LP finds no extra for any candidate, they all block and are fixed.
-Then the next level, until every pair is fixed.  A pair's demand is a limit of its own,
+Most levels need no second LP: a free pair whose constraint has a
+positive dual value in the level LP is at ``floor + weight * t*`` in every optimal
+solution (complementary slackness), so it blocks; those are fixed at once, and the test
+LPs run only when the solver reports no such pair.  Then the next level (the same ``t*``
+again if some blocking pairs had a zero dual value), until every pair is fixed.  A pair's demand is a limit of its own,
 like a private link.  A last LP picks, among the route splits that give every pair its
 rate, the one spending least link key (short paths first).
 
@@ -30,6 +34,8 @@ SOLVER_TOL = 1e-10
 """HiGHS's feasibility tolerances (scaled units), below ``FIX_TOL``."""
 FIX_TOL = 1e-9
 """Slack (scaled units) allowed below a fixed rate, against the solver's rounding."""
+DUAL_TOL = 1e-6
+"""A pair's dual value above this fraction of the largest proves it blocking."""
 EXTRA_TOL = 1e-7
 """An extra above this (scaled units) proves a pair is not blocking."""
 
@@ -68,6 +74,12 @@ class _Lp:
     def solve(
         self, cost: Floats, a_ub: sp.spmatrix, b_ub: Floats, bounds: list[tuple[float, float]]
     ) -> Floats:
+        return self.solve_with_duals(cost, a_ub, b_ub, bounds)[0]
+
+    def solve_with_duals(
+        self, cost: Floats, a_ub: sp.spmatrix, b_ub: Floats, bounds: list[tuple[float, float]]
+    ) -> tuple[Floats, Floats]:
+        """The solution and the constraints' dual values (>= 0, one per row)."""
         result = scipy.optimize.linprog(
             cost,
             A_ub=a_ub,
@@ -82,7 +94,8 @@ class _Lp:
         if result.status != 0 or result.x is None:
             raise SharingError(f"sharing LP not solved: {result.message}")
         solution: Floats = result.x
-        return solution
+        duals: Floats = -np.asarray(result.ineqlin.marginals, dtype=np.float64)
+        return solution, duals
 
 
 def max_min_routes(problem: Problem, floor: Floats | None = None, lp: _Lp | None = None) -> Floats:
@@ -113,9 +126,18 @@ def max_min_routes(problem: Problem, floor: Floats | None = None, lp: _Lp | None
         rhs = np.concatenate([base_rhs, -f[free], -(fixed[done] - FIX_TOL)])
         cost = np.zeros(n_routes + 1)
         cost[-1] = -1.0
-        solution = lp.solve(cost, rows, rhs, [(0.0, np.inf)] * (n_routes + 1))
+        solution, duals = lp.solve_with_duals(cost, rows, rhs, [(0.0, np.inf)] * (n_routes + 1))
         level = max(float(solution[-1]), 0.0)
         target = f + w * level
+
+        # A pair whose row has a positive dual value is at its level in every optimal
+        # solution (complementary slackness): it blocks, no test needed.
+        pair_duals = duals[base.shape[0] : base.shape[0] + len(free)]
+        blocking = pair_duals > DUAL_TOL * max(float(pair_duals.max(initial=0.0)), 1e-300)
+        if blocking.any():
+            fixed[free[blocking]] = target[free[blocking]]
+            fixed_mask[free[blocking]] = True
+            continue
 
         candidates = free
         while True:

@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkmsd.sharing import POLICIES, Allocation, Pair, allocate, equal_shares, link_id
+from qkmsd.sharing._filling import progressive_filling
+from qkmsd.sharing._lp import max_min_routes
+from qkmsd.sharing._model import build_problem
 
 TOL = 1e-6
 
@@ -218,3 +221,14 @@ def test_throughput_delivers_the_most_key(case: Case) -> None:
     assert delivered >= -lp.fun * (1 - 1e-7) - 1e-9
     fair = allocate(case.links, case.pairs, overhead=case.overhead)
     assert delivered >= sum(fair.rates.values()) * (1 - 1e-7) - 1e-9
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(zero_links=True))
+def test_max_min_by_linear_programmes_agrees_with_progressive_filling(case: Case) -> None:
+    """The LP method (used for pairs with several paths) on single-path inputs gives the
+    rates progressive filling gives, the bottleneck property having checked those."""
+    problem = build_problem(case.links, case.pairs, case.overhead)
+    by_lp = problem.pair_rates(max_min_routes(problem))
+    by_filling = problem.pair_rates(progressive_filling(problem))
+    assert by_lp == pytest.approx(by_filling, rel=1e-6, abs=1e-6 * max(case.links.values()))
