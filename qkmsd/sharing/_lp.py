@@ -14,9 +14,10 @@ Most levels need no second LP: a free pair whose constraint has a
 positive dual value in the level LP is at ``floor + weight * t*`` in every optimal
 solution (complementary slackness), so it blocks; those are fixed at once, and the test
 LPs run only when the solver reports no such pair.  Then the next level (the same ``t*``
-again if some blocking pairs had a zero dual value), until every pair is fixed.  A pair's demand is a limit of its own,
-like a private link.  A last LP picks, among the route splits that give every pair its
-rate, the one spending least link key (short paths first).
+again if some blocking pairs had a zero dual value), until every pair is fixed.  A pair's
+demand is a limit of its own, like a private link.  A last LP picks, among the route
+splits that give every pair its rate, the one spending least link key (short paths
+first).
 
 All LPs run on rates divided by the largest link rate, solved by HiGHS (scipy's
 ``linprog``): a well-kept solver, deterministic for the same input.
