@@ -232,3 +232,32 @@ def test_max_min_by_linear_programmes_agrees_with_progressive_filling(case: Case
     by_lp = problem.pair_rates(max_min_routes(problem))
     by_filling = problem.pair_rates(progressive_filling(problem))
     assert by_lp == pytest.approx(by_filling, rel=1e-6, abs=1e-6 * max(case.links.values()))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(multi_path=True))
+def test_max_min_over_several_paths_raises_no_pair_without_lowering_a_poorer_one(
+    case: Case,
+) -> None:
+    """The definition, checked by an LP per pair: the most pair p can get while every pair
+    whose weighted rate is no higher than p's keeps its rate is p's rate."""
+    result = allocate(case.links, case.pairs, overhead=case.overhead)
+    a, cap, owner = _lp_rows(case, case.pairs)
+    s = np.zeros((len(case.pairs), len(owner)))
+    for j, p in enumerate(owner):
+        s[p, j] = 1.0
+    demand = np.array([p.demand for p in case.pairs])
+    finite = np.isfinite(demand)
+    rates = np.array([result.rates[p.id] for p in case.pairs])
+    level = rates / np.array([p.weight for p in case.pairs])
+    scale = max(case.links.values())
+    for p in range(len(case.pairs)):
+        poorer = (level <= level[p] + 1e-7 * scale) & (np.arange(len(case.pairs)) != p)
+        lp = scipy.optimize.linprog(
+            -s[p],
+            A_ub=np.vstack([a, s[finite], -s[poorer]]),
+            b_ub=np.concatenate([cap, demand[finite], -(rates[poorer] - 1e-7 * scale)]),
+            method="highs",
+        )
+        assert lp.status == 0
+        assert -lp.fun <= rates[p] + 1e-5 * scale, (case.pairs[p].id, -lp.fun, rates[p])
