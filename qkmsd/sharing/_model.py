@@ -239,16 +239,13 @@ def build_problem(
     if len(sorted_keys):
         found &= sorted_keys[pos] == key
     if not found.all():
-        bad = int(np.flatnonzero(~found)[0])
-        pair = ordered[route_pair[int(route_of_hop[bad])]]
-        names = {i: n for n, i in node_index.items()}
-        a_name = names.get(int(u[bad]), "?")
-        b_name = names.get(int(v[bad]), "?")
-        for path in pair.paths:
-            for x, y in zip(path, path[1:], strict=False):
-                if link_id(x, y) not in rates:
-                    a_name, b_name = x, y
-                    break
+        pair = ordered[route_pair[int(route_of_hop[np.flatnonzero(~found)[0]])]]
+        a_name, b_name = next(
+            (x, y)
+            for path in pair.paths
+            for x, y in zip(path, path[1:], strict=False)
+            if link_id(x, y) not in rates
+        )
         raise SharingError(
             f"pair {pair.source}->{pair.destination}: a path crosses {a_name}-{b_name}, "
             "which is not a known link"
