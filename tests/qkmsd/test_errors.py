@@ -41,6 +41,7 @@ from qkmsd.keystore import (
 from qkmsd.main import main
 from qkmsd.perf import PerfHistoryError, PushError
 from qkmsd.relay import RelayFailed
+from qkmsd.sharing import SharingError
 from qkmsd.state import AlarmHistoryError
 from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
 from qkmsd.supply._errors import HANDLED, error_response
@@ -56,6 +57,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     PeerConnectionLost: (INTERNAL, None, EXIT_FAILURE),
     PeerUnavailable: (INTERNAL, None, EXIT_FAILURE),
     RelayFailed: (INTERNAL, None, EXIT_FAILURE),
+    SharingError: (INTERNAL, None, EXIT_FAILURE),
     AlarmHistoryError: (INTERNAL, None, EXIT_FAILURE),
     PerfHistoryError: (INTERNAL, None, EXIT_FAILURE),
     PushError: (INTERNAL, None, EXIT_FAILURE),
