@@ -93,6 +93,8 @@ class LinkStatus(msgspec.Struct, frozen=True):
 class LinkStatistics(msgspec.Struct, frozen=True):
     blocks_in: int
     """Blocks stored from the driver since the node started."""
+    bits_in: int
+    """Key bits in those blocks."""
     waiting_for_driver: int
     """Ids the peer announced that our driver has not delivered yet."""
 
@@ -112,6 +114,7 @@ class _Link:
     peer_has: dict[int, float] = dataclasses.field(default_factory=dict)
     connected_since: float | None = None
     blocks_in: int = 0
+    bits_in: int = 0
     last_error: str = ""
     held: set[str] = dataclasses.field(default_factory=set)
     # The live clock: seconds of connected time while the peer was heard from.
@@ -214,6 +217,7 @@ class KeyManager:
             log.warning("block.duplicate", link=link.link_id, block=block.block_id)
             return
         link.blocks_in += 1
+        link.bits_in += 8 * len(block.key)
         if link.held:
             # Stored, then discarded at once: the id is spent (a tombstone) and the peer,
             # told, discards its copy too, so the block is ready at neither end.
@@ -465,7 +469,9 @@ class KeyManager:
     def statistics(self) -> dict[str, LinkStatistics]:
         return {
             link.link_id: LinkStatistics(
-                blocks_in=link.blocks_in, waiting_for_driver=len(link.peer_has)
+                blocks_in=link.blocks_in,
+                bits_in=link.bits_in,
+                waiting_for_driver=len(link.peer_has),
             )
             for link in self._links.values()
         }

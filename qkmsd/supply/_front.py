@@ -56,6 +56,17 @@ class FrontStatistics(msgspec.Struct, frozen=True):
     """Requests answered with an error other than 401."""
 
 
+class PairDemand(msgspec.Struct, frozen=True):
+    """One SAE pair's key asked for and delivered since the node started."""
+
+    master: str
+    slave: str
+    kme: str
+    """The slave's KME."""
+    asked_bits: int
+    served_bits: int
+
+
 @dataclasses.dataclass
 class _Counts:
     enc_keys: int = 0
@@ -83,6 +94,7 @@ class Etsi014Front:
         self._pqc_keys = pqc_keys
         self._limits = RateLimiter(clock=trio.current_time)
         self._counts = _Counts()
+        self._demand: dict[tuple[str, str, str], list[int]] = {}
 
     async def handle(self, request: Request) -> Response:
         """Answer one ETSI 014 request.  Never raises for bad input."""
@@ -107,6 +119,13 @@ class Etsi014Front:
 
     def statistics(self) -> FrontStatistics:
         return FrontStatistics(**dataclasses.asdict(self._counts))
+
+    def demand(self) -> list[PairDemand]:
+        """Per SAE pair served here: key bits asked for (``enc_keys``) and delivered."""
+        return [
+            PairDemand(master, slave, kme, asked, served)
+            for (master, slave, kme), (asked, served) in sorted(self._demand.items())
+        ]
 
     # --- who asks, for whom, from where ---------------------------------------------
 
@@ -180,10 +199,13 @@ class Etsi014Front:
         self._check_mandatory_extensions(master, req.extension_mandatory or [])
         slaves = self._slaves(master, slave, target, req.additional_slave_SAE_IDs or [], policy)
         self._limits.take((master, slave), number, policy)
+        demand = self._demand.setdefault((master, slave, target.kme), [0, 0])
+        demand[0] += number * size
         source = self._source(target.kme, slave)
         keys = await source.new_keys(
             KeyOrder(master, tuple(slaves), target.kme, number, size, policy)
         )
+        demand[1] += number * size
         self._counts.enc_keys += 1
         self._counts.keys_out += number
         delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])

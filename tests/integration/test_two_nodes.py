@@ -237,7 +237,8 @@ async def test_admin_socket_survives_hostile_clients(node_config: ConfigFactory)
                 "id": 1,
                 "code": "unknown-request",
                 "message": "unknown method 'nope' (known: alarm_ack, alarm_clear, alarms,"
-                " check, controller, links, peers, relay_test, relays, routes, status)",
+                " check, controller, links, peers, register, relay_test, relays, routes, status,"
+                " topology)",
             }
             assert frames[1]["type"] == "response" and frames[1]["id"] == 2
             assert (await admin_async(info, "status"))["node_id"] == "KME_A"
