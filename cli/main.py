@@ -19,6 +19,7 @@ from .controller import controller  # noqa: E402
 from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
+from .network import link, node, topology  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
 from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
@@ -40,6 +41,9 @@ for _command in (
     alarms,
     alarm,
     controller,
+    topology,
+    node,
+    link,
     config,
     qkde,
     sae,
