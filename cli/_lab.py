@@ -170,20 +170,21 @@ def node_config(
         ),
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
     ]
-    # The eligible nodes elect the controller among themselves, over direct sessions.
+    # The eligible nodes elect the controller among themselves, over direct sessions; every
+    # other node knows them too, and reports to the one that holds the role.
     electors = {
         other: other_spec.priority
         for other, other_spec in topo.nodes.items()
         if other_spec.controller and other != node
     }
     controller = _table("controller", {"eligible": spec.controller, "priority": spec.priority})
-    if spec.controller and electors:
+    if electors:
         controller += _table("controller.electors", electors)
     parts.insert(-1, controller)
     partners = relay_partners(topo, node)
     # An end-to-end pool's two ends talk directly (a peer session without a QKD link), and
-    # so do eligible nodes.
-    direct = electors if spec.controller else {}
+    # every node talks directly with every eligible node (which therefore talks to all).
+    direct = [n for n in topo.nodes if n != node] if spec.controller else list(electors)
     for peer in sorted({*topo.neighbours(node), *partners, *direct}):
         parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
     for sae, sae_spec in topo.saes.items():
