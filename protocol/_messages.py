@@ -327,6 +327,8 @@ class CtlLink(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_bps: Rate = 0.0
     qber: Qber | None = None
     hops: Annotated[list[NodeId], msgspec.Meta(max_length=MAX_RELAY_PATH)] = []
+    spent_bps: Rate = 0.0
+    """Link key this end spent on relay hops over the last report period."""
 
 
 class CtlDemand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -327,6 +327,7 @@ class Node:
                     demand=lambda: front.demand(),
                     relay=relay.statistics,
                     hops=first_hops,
+                    spent=relay.link_spend,
                 ),
                 request=ctl_request,
                 install=routes.set_controller,

@@ -14,6 +14,7 @@ from ._etsi015 import etsi015_view
 from ._reporter import Reporter
 from ._service import ControllerService, NoController
 
+_NAME_OR_NOTHING = f"^({LINK_ID_PATTERN[1:-1]})?$"
 NodeName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NODE_ID_PATTERN)]
 
 
@@ -24,7 +25,7 @@ class TopologyParams(msgspec.Struct, forbid_unknown_fields=True):
 class RegisterParams(msgspec.Struct, forbid_unknown_fields=True):
     kind: Literal["node", "link"]
     action: Literal["add", "remove"]
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=129, pattern=LINK_ID_PATTERN)] = ""
+    name: Annotated[str, msgspec.Meta(max_length=129, pattern=_NAME_OR_NOTHING)] = ""
     """The node's id; for a link, its link id (default ``A~B``, the ends sorted)."""
     a: NodeName | None = None
     b: NodeName | None = None

@@ -23,7 +23,13 @@ def qkms_uuid(kind: str, name: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"qkms:{kind}:{name}"))
 
 
-_NODE_STATUS = {"up": "OPERATING", "lost": "FAILURE", "removed": "OUT", "registered": "NEW"}
+_NODE_STATUS = {
+    "up": "OPERATING",
+    "lost": "FAILURE",
+    "silent": "FAILURE",
+    "removed": "OUT",
+    "registered": "NEW",
+}
 
 
 def etsi015_view(topology: Topology, now: float) -> dict[str, Any]:
@@ -100,7 +106,8 @@ def _physical(link: LinkView, node: str, interface: int, ref: Any) -> dict[str, 
     other = link.b if node == link.a else link.a
     ready = link.ready_bits(node) + link.ready_bits(other)
     skr = int(link.rate_bps)
-    perf: dict[str, Any] = {"skr": skr, "eskr": skr, "expected_consumption": 0}
+    eskr = int(max(0.0, link.rate_bps - link.spent_bps))
+    perf: dict[str, Any] = {"skr": skr, "eskr": eskr, "expected_consumption": 0}
     if link.qber is not None:
         perf["phys_perf"] = [{"perf_type": "QBER", "value": round(link.qber, 3)}]
     return {

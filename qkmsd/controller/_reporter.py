@@ -74,6 +74,8 @@ class ReportSources:
     """The relay agent's statistics."""
     hops: Callable[[str], list[str]]
     """The path relays to a node take now (empty if none)."""
+    spent: Callable[[], dict[str, int]] = dict
+    """Per QKD link, link key this node spent on relay hops since it started."""
 
 
 class ReporterStatus(msgspec.Struct, frozen=True):
@@ -126,6 +128,7 @@ class Reporter:
         self._wake = trio.Event()
         self._seq = 0
         self._last_bits: dict[str, tuple[float, int]] = {}
+        self._last_spent: dict[str, tuple[float, int]] = {}
         self._settings: list[CtlRoute] = []
         self.budgets: list[CtlBudget] = []
         self.reports_sent = 0
@@ -175,6 +178,7 @@ class Reporter:
         now = self._clock()
         src = self._sources
         bits_in = src.bits_in()
+        spent = src.spent()
         links = []
         for status in await src.links():
             total = bits_in.get(status.link_id, 0)
@@ -183,6 +187,12 @@ class Reporter:
             if then is not None and now > then[0]:
                 rate = max(0.0, (total - then[1]) / (now - then[0]))
             self._last_bits[status.link_id] = (now, total)
+            used = spent.get(status.link_id, 0)
+            before = self._last_spent.get(status.link_id)
+            spent_bps = 0.0
+            if before is not None and now > before[0]:
+                spent_bps = max(0.0, (used - before[1]) / (now - before[0]))
+            self._last_spent[status.link_id] = (now, used)
             qber = status.qber if status.qber is None or 0 <= status.qber <= 1 else None
             links.append(
                 CtlLink(
@@ -196,6 +206,7 @@ class Reporter:
                     rate_bps=rate,
                     qber=qber,
                     hops=src.hops(status.peer) if status.e2e else [],
+                    spent_bps=spent_bps,
                 )
             )
         relay = src.relay()

@@ -463,6 +463,7 @@ def topology_view(
                 "state": link.state,
                 "registered": link.registered,
                 "rate_bps": round(link.rate_bps, 3),
+                "relay_spent_bps": round(link.spent_bps, 3),
                 "qber": link.qber,
                 "ready_bits": {n: link.ready_bits(n) for n in (link.a, link.b)},
                 "device": {n: e.device for n, e in sorted(link.ends.items())},

@@ -108,6 +108,11 @@ class LinkView:
         return min(rates) if rates else 0.0
 
     @property
+    def spent_bps(self) -> float:
+        """Link key both ends spent on relay hops over their last report periods."""
+        return sum(e.spent_bps for e in self.ends.values())
+
+    @property
     def qber(self) -> float | None:
         values = [e.qber for e in self.ends.values() if e.qber is not None]
         return max(values) if values else None
@@ -232,7 +237,9 @@ class Topology:
         if entry is not None and entry.removed:
             return "removed"
         if node not in self.nodes:
-            return "registered"
+            # Never reported here: registered by the operator, or known only as the far
+            # end of another node's link.
+            return "registered" if entry is not None else "silent"
         return "up" if self.alive(node, now) else "lost"
 
     def node_ids(self) -> list[str]:

@@ -109,3 +109,30 @@ def test_controller_names_the_holder_and_the_eligible_nodes(sock: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "controller  KME_B (this node; lease 1.5 s left)" in result.stdout
     assert "KME_A (priority 50), KME_B (priority 100)" in result.stdout
+
+
+def test_controller_on_a_node_that_is_not_eligible_names_whom_it_reports_to(sock: Path) -> None:
+    answer = {
+        "node_id": "KME_C",
+        "eligible": False,
+        "role": "not eligible",
+        "controller": "KME_B",
+        "term": 3,
+        "electors": {"KME_A": 50, "KME_B": 100},
+        "reporting": {
+            "following": "KME_B",
+            "term": 3,
+            "reports_sent": 12,
+            "reports_refused": 0,
+            "last_refusal": "",
+            "route_settings": 2,
+            "routes_installed": ["KME_A"],
+            "budgets": {},
+        },
+    }
+    with fake_admin(sock, {"controller": answer}):
+        result = invoke("controller", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    assert "not eligible for the controller role" in result.stdout
+    assert "controller  KME_B (term 3)" in result.stdout
+    assert "12 sent to KME_B, 0 refused; routes from the controller to KME_A" in result.stdout

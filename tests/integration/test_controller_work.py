@@ -259,7 +259,9 @@ async def test_a_new_controller_rebuilds_in_a_period_keeps_registrations_and_los
                 return AdminClient(r.nodes[kme].config.admin_socket).call(method, **params)
 
             added = await trio.to_thread.run_sync(
-                lambda: admin("KME_C", "register", kind="link", action="add", a="KME_A", b="KME_C")
+                lambda: admin(
+                    "KME_C", "register", kind="link", action="add", name="", a="KME_A", b="KME_C"
+                )
             )
             assert added["controller"] == first
             await trio.to_thread.run_sync(

@@ -149,7 +149,7 @@ def test_the_etsi015_view_names_nodes_links_and_applications_as_015_does() -> No
     topo = Topology(lost_after=3.0)
     demand = [CtlDemand("SAE_A", "SAE_C", "C", 0, 0)]
     a_links = [
-        qkd("A", "B", "A", rate_bps=8000.0, qber=0.02, ready_here=4096, device="up"),
+        qkd("A", "B", "A", rate_bps=8000.0, qber=0.02, ready_here=4096, device="up", spent_bps=500),
         CtlLink("A~C", "C", True, virtual=True, rate_bps=1000.0, hops=["A", "B", "C"]),
     ]
     topo.apply_report("A", report("A", a_links, demand=demand, location="lab"), 0.0, 100.0)
@@ -160,7 +160,7 @@ def test_the_etsi015_view_names_nodes_links_and_applications_as_015_does() -> No
     nodes = {view["qkms_names"][n["qkd_node"]["qkdn_id"]]: n["qkd_node"] for n in view["nodes"]}
     assert {n: v["qkdn_status"] for n, v in nodes.items()} == {
         "A": "OPERATING",
-        "B": "NEW",  # known from A's link, never reported
+        "B": "FAILURE",  # known from A's link, never heard from
         "X": "NEW",
     }
     a = nodes["A"]
@@ -170,6 +170,7 @@ def test_the_etsi015_view_names_nodes_links_and_applications_as_015_does() -> No
     phys, virt = links["A~B"], links["A~C"]
     assert phys["qkdl_type"] == "PHYS" and phys["qkdl_status"] == "ACTIVE"
     assert phys["qkdl_performance"]["skr"] == 8000
+    assert phys["qkdl_performance"]["eskr"] == 7500  # less what relays spent on it
     assert phys["qkdl_performance"]["phys_perf"] == [{"perf_type": "QBER", "value": 0.02}]
     assert virt["qkdl_type"] == "VIRT" and virt["virt_next_hop"] == [qkms_uuid("node", "B")]
     (app,) = a["qkd_applications"]["qkd_app"]
