@@ -417,10 +417,16 @@ class CtlRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class CtlRoutes(_Message, tag="ctl.routes", frozen=True):
     """Every route setting of controller term ``term`` with the receiver on a path: the
-    receiver's whole set, which replaces the last one it had.  One-way."""
+    receiver's whole set, which replaces the last one it had.  One-way.
+
+    A large set comes in parts, numbered from 0 on one session; the receiver takes the
+    set once the part marked ``last`` arrived after all the others.
+    """
 
     term: Term
     routes: Annotated[list[CtlRoute], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+    part: U32 = 0
+    last: bool = True
 
 
 class CtlRouteAsk(_Message, tag="ctl.route-ask", frozen=True):

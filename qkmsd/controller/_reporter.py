@@ -31,6 +31,7 @@ import msgspec
 import trio
 
 from protocol import (
+    MAX_REPORT_ITEMS,
     CtlAck,
     CtlAnnounce,
     CtlBudget,
@@ -130,6 +131,7 @@ class Reporter:
         self._last_bits: dict[str, tuple[float, int]] = {}
         self._last_spent: dict[str, tuple[float, int]] = {}
         self._settings: list[CtlRoute] = []
+        self._incoming: tuple[tuple[str, int], int, list[CtlRoute]] | None = None
         self.budgets: list[CtlBudget] = []
         self.reports_sent = 0
         self.reports_refused = 0
@@ -218,12 +220,12 @@ class Reporter:
             period_s=self._report_s,
             software=self._software,
             location=self._location,
-            links=links,
-            peers=sorted(src.peers()),
+            links=links[:MAX_REPORT_ITEMS],
+            peers=sorted(src.peers())[:MAX_REPORT_ITEMS],
             demand=[
                 CtlDemand(d.master, d.slave, d.kme, d.asked_bits, d.served_bits)
                 for d in src.demand()
-            ],
+            ][:MAX_REPORT_ITEMS],
             relay=CtlRelayLoad(
                 relays_confirmed=relay.relays_confirmed,
                 relays_failed=relay.relays_failed,
@@ -259,7 +261,17 @@ class Reporter:
     async def on_routes(self, peer: str, message: CtlRoutes) -> None:
         if peer != self.following or message.term < self.term:
             return
-        self._take(list(message.routes))
+        key = (peer, message.term)
+        if message.part == 0:
+            self._incoming = (key, 0, list(message.routes))
+        elif self._incoming is not None and self._incoming[:2] == (key, message.part - 1):
+            self._incoming = (key, message.part, self._incoming[2] + list(message.routes))
+        else:
+            self._incoming = None  # a part is missing: wait for the next whole set
+            return
+        if message.last:
+            self._take(self._incoming[2])
+            self._incoming = None
 
     async def on_budgets(self, peer: str, message: CtlBudgets) -> None:
         if peer != self.following or message.term < self.term:

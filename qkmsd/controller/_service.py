@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from protocol import (
+    MAX_REPORT_ITEMS,
     CtlAck,
     CtlAnnounce,
     CtlBudget,
@@ -44,6 +45,7 @@ from protocol import (
     CtlRouteReply,
     CtlRoutes,
     ErrorCode,
+    to_wire,
 )
 
 from ..errors import PeerUnavailable, QkmsError
@@ -219,9 +221,16 @@ class ControllerService:
         for node, routes in per_node.items():
             if self._pushed.get(node) == routes:
                 continue
-            if not self._is_controller():
-                return
-            if await self._send(node, CtlRoutes(term=self._term(), routes=routes)):
+            parts = _parts(routes)
+            for i, part in enumerate(parts):
+                if not self._is_controller():
+                    return
+                message = CtlRoutes(
+                    term=self._term(), routes=part, part=i, last=i == len(parts) - 1
+                )
+                if not await self._send(node, message):
+                    break
+            else:
                 self._pushed[node] = routes
                 self.route_pushes += 1
         if self.allocate is not None:
@@ -499,6 +508,24 @@ def topology_view(
             for r in routes
         ],
     }
+
+
+PUSH_PART_BYTES = 256 * 1024
+"""Route settings per ``ctl.routes`` message, in encoded bytes: well under a frame."""
+
+
+def _parts(routes: list[CtlRoute]) -> list[list[CtlRoute]]:
+    """``routes`` cut into messages of at most ``PUSH_PART_BYTES`` (and item) each."""
+    parts: list[list[CtlRoute]] = [[]]
+    size = 0
+    for route in routes:
+        n = len(to_wire(route))
+        if parts[-1] and (size + n > PUSH_PART_BYTES or len(parts[-1]) >= MAX_REPORT_ITEMS):
+            parts.append([])
+            size = 0
+        parts[-1].append(route)
+        size += n
+    return parts
 
 
 def _version(version: tuple[int, int]) -> tuple[int, int]:

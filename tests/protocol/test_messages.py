@@ -144,6 +144,8 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "entry": _ctl_entries,
         "entries": st.lists(_ctl_entries, max_size=3),
         "version": st.tuples(u63, u63),
+        "part": st.integers(0, 2**32 - 1),
+        "last": st.booleans(),
     }
     if cls is RelayHop:
         fixed = ("path", "hop", "share", "shares")

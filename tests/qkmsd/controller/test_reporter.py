@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from protocol import CtlAck, CtlAnnounce, CtlEntry, CtlPath, CtlRoute, CtlRoutes, ErrorCode
+from protocol import (
+    CtlAck,
+    CtlAnnounce,
+    CtlEntry,
+    CtlPath,
+    CtlRoute,
+    CtlRouteAsk,
+    CtlRouteReply,
+    CtlRoutes,
+    ErrorCode,
+)
 from qkmsd.controller import NoController, Reporter, ReportSources
 from qkmsd.relay import RoutingTable
 
@@ -112,3 +122,42 @@ async def test_a_report_answered_not_controller_stops_following() -> None:
     ((peer, sent),) = fake.asked
     assert peer == "D" and sent.node == "A" and sent.seq == 1
     assert node.following is None and node.status().reports_refused == 1
+
+
+async def test_a_set_pushed_in_parts_is_taken_once_whole_and_dropped_if_a_part_is_missing() -> None:
+    routes, fake = table(), FakeController()
+    node = reporter(routes, fake)
+    await node.on_announce("D", CtlAnnounce(term=3))
+    first, second = SETTINGS[:1], SETTINGS[1:]
+    await node.on_routes("D", CtlRoutes(term=3, routes=second, part=1, last=True))
+    assert not routes.has_route("C")  # part 0 never came
+    await node.on_routes("D", CtlRoutes(term=3, routes=first, part=0, last=False))
+    assert not routes.has_route("C")  # not whole yet
+    await node.on_routes("D", CtlRoutes(term=3, routes=second, part=1, last=True))
+    assert routes.has_route("C") and node.status().route_settings == 2
+
+
+async def test_a_node_without_a_route_asks_the_controller_and_installs_the_answer() -> None:
+    routes, fake = table(), FakeController()
+    routes = RoutingTable("A", links=[], manual={}, neighbours=["D"])
+    node = reporter(routes, fake)
+    await node.on_announce("D", CtlAnnounce(term=3))
+    fake.answer = CtlRouteReply(id=0, ok=True, routes=SETTINGS[:1])
+    await node._ask_routes("D")
+    ((peer, ask),) = fake.asked
+    assert peer == "D" and isinstance(ask, CtlRouteAsk) and ask.destination == "C"
+    assert routes.paths("C") == [("A", "D", "C")]  # A-B-C: B is no neighbour here
+
+
+def test_a_large_route_set_is_pushed_in_parts_that_each_fit_a_frame() -> None:
+    from protocol import DEFAULT_MAX_FRAME_SIZE, to_wire
+    from qkmsd.controller._service import PUSH_PART_BYTES, _parts
+
+    long = [f"N{i:060d}" for i in range(30)]
+    many = [CtlRoute(long[0], long[-1], [CtlPath(long, 29.0)] * 3) for _ in range(400)]
+    parts = _parts(many)
+    assert len(parts) > 1 and sum(len(p) for p in parts) == len(many)
+    for part in parts:
+        size = len(to_wire(CtlRoutes(term=1, routes=part, part=0, last=False)))
+        assert size <= PUSH_PART_BYTES + 8192 < DEFAULT_MAX_FRAME_SIZE
+    assert _parts([]) == [[]]
