@@ -130,6 +130,9 @@ def topology_tables(result: dict[str, Any]) -> str:
         ],
     )
     head = f"controller {result['controller']} (term {result['term']})"
+    more = result.get("routes_total", len(result["routes"])) - len(result["routes"])
+    if more > 0:
+        routes += f"\n... and {more} more route settings (not shown)"
     return "\n\n".join([head, nodes, links, routes if result["routes"] else "no routes"])
 
 

@@ -421,6 +421,10 @@ class ControllerService:
         return topology_view(self.topology, self._routes, self._clock(), self.node_id, self._term())
 
 
+ROUTES_SHOWN = 1000
+"""Route settings in a ``topology`` answer (the rest are counted): an admin frame is 1 MiB."""
+
+
 def topology_view(
     topology: Topology, routes: list[CtlRoute], now: float, controller: str, term: int
 ) -> dict[str, Any]:
@@ -505,8 +509,9 @@ def topology_view(
                 "destination": r.destination,
                 "paths": [{"nodes": list(p.nodes), "cost": p.cost} for p in r.paths],
             }
-            for r in routes
+            for r in routes[:ROUTES_SHOWN]
         ],
+        "routes_total": len(routes),
     }
 
 
