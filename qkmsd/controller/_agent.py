@@ -88,6 +88,7 @@ class ControllerAgent:
         self._on_change = on_change
         self._election: Election | None = None
         self._wake = trio.Event()
+        self._steps = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the stored vote, then tick the election at its deadlines.  Until cancelled."""
@@ -116,6 +117,13 @@ class ControllerAgent:
         self._wake.set()  # the next deadline may have moved
 
     async def _apply(self, actions: list[Any]) -> None:
+        # One step at a time, in the order the machine made them: the timer and the
+        # message handlers both get steps, and two writes of the vote file at once would
+        # race on its temporary file (a node died of it) or store an older state last.
+        async with self._steps:
+            await self._apply_step(actions)
+
+    async def _apply_step(self, actions: list[Any]) -> None:
         for action in actions:
             if isinstance(action, Persist):
                 await trio.to_thread.run_sync(self._store, action.state)

@@ -243,7 +243,9 @@ class Reporter:
             with trio.move_on_after(self._report_s):
                 reply = await self._request(controller, CtlRouteAsk(id=0, destination=destination))
             if isinstance(reply, CtlRouteReply) and reply.ok and reply.routes:
-                self._take([*self._settings, *reply.routes])
+                answered = {(r.source, r.destination) for r in reply.routes}
+                kept = [r for r in self._settings if (r.source, r.destination) not in answered]
+                self._take([*kept, *reply.routes])
 
     # --- from the controller ---------------------------------------------------------
 

@@ -112,6 +112,7 @@ class ControllerService:
         self._leading = False
         self._registry_ready = False
         self._gathering = False
+        self._announce_due = False
         self._wake = trio.Event()
         self._signature: object = None
         self._routes: list[CtlRoute] = []
@@ -143,13 +144,17 @@ class ControllerService:
                     self._take_office()
                 elif waited.cancelled_caught:
                     self.periods_in_office += 1
+                    self._announce_due = True
                 if not self._registry_ready and not self._gathering:
                     # In the background: an eligible node that is down must not hold up
                     # the announce, and with it the rebuilding of the topology.
                     self._gathering = True
                     nursery.start_soon(self._gather_registry)
-                await self._announce()
-                await self._refresh()
+                if self._announce_due:
+                    self._announce_due = False
+                    await self._announce()
+                if self._rebuilt():
+                    await self._refresh()
 
     @property
     def leading(self) -> bool:
@@ -163,7 +168,20 @@ class ControllerService:
         """Look again now (the election changed, or a report changed the graph)."""
         self._wake.set()
 
+    def _rebuilt(self) -> bool:
+        """Whether the topology is whole enough to push routes from: every node named in
+        it has reported, or a report period has gone by (a silent node is then lost).
+        Until then, nodes keep the routes the last controller pushed."""
+        if self.periods_in_office >= 1:
+            return True
+        now = self._clock()
+        return all(
+            self.topology.alive(n, now) or self.topology.node_state(n, now) == "removed"
+            for n in self.topology.node_ids()
+        )
+
     def _take_office(self) -> None:
+        self._announce_due = True
         self._leading = True
         self.topology = Topology(lost_after=3 * self._report_s)
         self.topology.set_registry(self.registry.listing())
@@ -192,6 +210,7 @@ class ControllerService:
 
     async def peer_up(self, peer: str) -> None:
         if self._leading:
+            self._announce_due = True
             self.wake()  # announce to it now
 
     # --- routes ----------------------------------------------------------------------

@@ -147,6 +147,9 @@ async def test_a_node_without_a_route_asks_the_controller_and_installs_the_answe
     ((peer, ask),) = fake.asked
     assert peer == "D" and isinstance(ask, CtlRouteAsk) and ask.destination == "C"
     assert routes.paths("C") == [("A", "D", "C")]  # A-B-C: B is no neighbour here
+    node._has_route = lambda destination: False  # asks again (an answer raced a push)
+    await node._ask_routes("D")
+    assert node.status().route_settings == 1  # the answer replaced the setting, no duplicate
 
 
 def test_a_large_route_set_is_pushed_in_parts_that_each_fit_a_frame() -> None:
