@@ -133,9 +133,8 @@ def relay_partners(topo: Topology, node: str) -> list[str]:
 
 
 def electors_of(topo: Topology, node: str) -> dict[str, int]:
-    """The other eligible nodes ``node`` elects the controller with (none if not eligible)."""
-    if not topo.nodes[node].controller:
-        return {}
+    """The eligible nodes other than ``node``: the ones it elects the controller with if it
+    is eligible, and the ones it reports to (whichever holds the role) either way."""
     return {
         other: spec.priority
         for other, spec in topo.nodes.items()
@@ -145,9 +144,11 @@ def electors_of(topo: Topology, node: str) -> dict[str, int]:
 
 def talks_to(topo: Topology, node: str) -> list[str]:
     """The nodes ``node`` keeps a peer session with: its QKD neighbours, the far ends of its
-    end-to-end pools, and the other eligible nodes if it is eligible."""
+    end-to-end pools, and every eligible node; an eligible node talks with every node (any
+    of them may report to it)."""
     partners = relay_partners(topo, node)
-    return sorted({*topo.neighbours(node), *partners, *electors_of(topo, node)})
+    direct = [n for n in topo.nodes if n != node] if topo.nodes[node].controller else []
+    return sorted({*topo.neighbours(node), *partners, *electors_of(topo, node), *direct})
 
 
 def talking_pairs(topo: Topology) -> list[tuple[str, str]]:
@@ -200,7 +201,8 @@ def node_config(
         # The daemon's heartbeat and silence limit (0.25 s, 1 s): a cut is seen within 1 s.
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1}),
     ]
-    # The eligible nodes elect the controller among themselves, over direct sessions.
+    # The eligible nodes elect the controller among themselves, over direct sessions; every
+    # other node knows them too, and reports to the one that holds the role.
     electors = electors_of(topo, node)
     controller = _table("controller", {"eligible": spec.controller, "priority": spec.priority})
     if electors:
@@ -208,7 +210,7 @@ def node_config(
     parts.insert(-1, controller)
     partners = relay_partners(topo, node)
     # An end-to-end pool's two ends talk directly (a peer session without a QKD link), and
-    # so do eligible nodes.
+    # so do eligible nodes with every node.
     for peer in talks_to(topo, node):
         host = netns.address_of(peer, seen_from=node) if netns else "127.0.0.1"
         parts.append(_table(f'peers."{peer}"', {"address": f"{host}:{ports[peer]['peer']}"}))

@@ -13,16 +13,32 @@ from .node import _call, _target
 
 def controller_report(result: dict[str, Any]) -> str:
     """The ``controller`` answer in a few lines."""
+    reporting = result.get("reporting") or {}
+    electors = ", ".join(
+        f"{n} (priority {p})" for n, p in sorted((result.get("electors") or {}).items())
+    )
     if not result.get("eligible"):
-        return f"{result['node_id']}: not eligible for the controller role"
-    lease = result.get("lease_left_s")
-    lines = [
-        f"node        {result['node_id']} ({result['role']}, term {result['term']})",
-        f"controller  {result.get('controller') or 'none known'}"
-        + (f" (this node; lease {lease:.1f} s left)" if lease is not None else ""),
-        "eligible    "
-        + ", ".join(f"{n} (priority {p})" for n, p in sorted(result["electors"].items())),
-    ]
+        lines = [
+            f"node        {result['node_id']} (not eligible for the controller role)",
+            f"controller  {result.get('controller') or 'none known'}"
+            + (f" (term {result['term']})" if result.get("controller") else ""),
+        ]
+        if electors:
+            lines.append(f"eligible    {electors}")
+    else:
+        lease = result.get("lease_left_s")
+        lines = [
+            f"node        {result['node_id']} ({result['role']}, term {result['term']})",
+            f"controller  {result.get('controller') or 'none known'}"
+            + (f" (this node; lease {lease:.1f} s left)" if lease is not None else ""),
+            f"eligible    {electors}",
+        ]
+    if reporting:
+        lines.append(
+            f"reports     {reporting['reports_sent']} sent to"
+            f" {reporting['following'] or 'no one now'}, {reporting['reports_refused']} refused;"
+            f" routes from the controller to {', '.join(reporting['routes_installed']) or 'none'}"
+        )
     return "\n".join(lines)
 
 

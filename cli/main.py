@@ -19,8 +19,9 @@ from .controller import controller  # noqa: E402
 from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
 from .lab import lab  # noqa: E402
+from .network import link, node, topology  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
-from .operate import device, devices, node, policy  # noqa: E402
+from .operate import device, devices, policy  # noqa: E402
 from .perf import perf  # noqa: E402
 from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
@@ -42,11 +43,13 @@ for _command in (
     alarms,
     alarm,
     perf,
-    node,
     policy,
     devices,
     device,
     controller,
+    topology,
+    node,
+    link,
     config,
     qkde,
     sae,

@@ -12,6 +12,7 @@ import click
 from ._admin import AdminClient
 from ._errors import Command, Group
 from ._render import ago, table
+from .network import node
 from .node import _config, _json, _lab, _node, _socket, _socket_from
 
 
@@ -34,11 +35,6 @@ def node_report(result: dict[str, Any]) -> str:
         f"{result['node_id']}: {state}{since}, "
         f"{result['requests_in_flight']} ETSI 014 request(s) in flight"
     )
-
-
-@click.group(cls=Group)
-def node() -> None:
-    """Drain a node for maintenance and back, or show whether it serves."""
 
 
 def _node_command(name: str, method: str, doc: str) -> None:

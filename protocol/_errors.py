@@ -37,6 +37,11 @@ class ErrorCode(enum.StrEnum):
     INSUFFICIENT_KEY = "insufficient-key"
     PEER_UNREACHABLE = "peer-unreachable"
     PEER_TIMEOUT = "peer-timeout"
+    # A refused controller message (``CtlAck.code``, ``CtlRouteReply.code``).
+    NOT_CONTROLLER = "not-controller"
+    BAD_REPORT = "bad-report"
+    BAD_REGISTRATION = "bad-registration"
+    NO_CONTROLLER = "no-controller"
 
 
 class ProtocolError(Exception):

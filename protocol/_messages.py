@@ -7,7 +7,7 @@ at the trust boundary; what does not fit raises ``RemoteProtocolError``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -303,6 +303,236 @@ ElectMessage: TypeAlias = ElectVote | ElectVoteReply | ElectHeartbeat | ElectHea
 ELECT_MESSAGE_TYPES: Final = (ElectVote, ElectVoteReply, ElectHeartbeat, ElectHeartbeatReply)
 
 
+# --- controller work: reports, route settings, budgets, registrations ------------------
+
+Rate = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+"""Bits per second (finite, not negative)."""
+Qber = Annotated[float, msgspec.Meta(ge=0, le=1)]
+MAX_REPORT_ITEMS: Final = 4096
+"""Links, peers, demands or route settings in one controller message."""
+MAX_ROUTE_PATHS: Final = 16
+"""Ordered paths one route setting may carry."""
+CtlText = Annotated[str, msgspec.Meta(max_length=128)]
+
+
+class CtlLink(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One link in a node's report, as that end sees it.
+
+    ``virtual``: an end-to-end pool filled by relay, not a QKD link; ``hops`` is then the
+    path its relays take now (this node first).  ``ready_here`` is ready key this end may
+    allocate (it owns), ``ready_there`` ready key the other end owns; ``rate_bps`` the
+    key that came in over the last report period.
+    """
+
+    link_id: LinkId
+    peer: NodeId
+    up: bool
+    virtual: bool = False
+    device: CtlText = ""
+    ready_here: U63 = 0
+    ready_there: U63 = 0
+    rate_bps: Rate = 0.0
+    qber: Qber | None = None
+    hops: Annotated[list[NodeId], msgspec.Meta(max_length=MAX_RELAY_PATH)] = []
+    spent_bps: Rate = 0.0
+    """Link key this end spent on relay hops over the last report period."""
+
+
+class CtlDemand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An SAE pair served here: key asked for and delivered since the node started."""
+
+    master: SaeName
+    slave: SaeName
+    kme: NodeId
+    """The slave's KME."""
+    asked_bits: U63
+    served_bits: U63
+
+
+class CtlRelayLoad(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The node's relay counters since it started."""
+
+    relays_confirmed: U63 = 0
+    relays_failed: U63 = 0
+    hops_forwarded: U63 = 0
+    bits_relayed: U63 = 0
+    link_bits_spent: U63 = 0
+
+
+class CtlReport(_Message, tag="ctl.report", frozen=True):
+    """My state, for the controller: sent every ``report_s`` and on change.
+
+    ``node`` must be the sender.  ``peers`` are the nodes I have a session with now.
+    Answered by ``CtlAck`` (``ok``; or refused with ``code`` and ``message``, and then
+    nothing of the report is kept).
+    """
+
+    id: U63
+    node: NodeId
+    seq: U63
+    period_s: Annotated[float, msgspec.Meta(ge=0, le=86400)]
+    software: CtlText
+    links: Annotated[list[CtlLink], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+    peers: Annotated[list[NodeId], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+    demand: Annotated[list[CtlDemand], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+    relay: CtlRelayLoad
+    location: CtlText = ""
+
+
+class CtlAck(_Message, tag="ctl.ack", frozen=True):
+    """The answer to a report or a registration: done (``ok``), or refused and why.
+
+    ``controller`` and ``term``: who the answering node believes holds the role (a node
+    that is not the controller answers ``not-controller`` and names it, if it knows).
+    """
+
+    id: U63
+    ok: bool
+    code: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    message: ShortText = ""
+    controller: NodeId | None = None
+    term: Term = 0
+
+
+class CtlAnnounce(_Message, tag="ctl.announce", frozen=True):
+    """I, the sender, hold the controller role in ``term``: report to me.  One-way."""
+
+    term: Term
+
+
+class CtlPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One path of a route: every node from the source to the destination, and its cost."""
+
+    nodes: Annotated[list[NodeId], msgspec.Meta(min_length=2, max_length=MAX_RELAY_PATH)]
+    cost: Annotated[float, msgspec.Meta(ge=0, le=1e18)]
+
+
+class CtlRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A route setting: the paths from ``source`` to ``destination``, best first."""
+
+    source: NodeId
+    destination: NodeId
+    paths: Annotated[list[CtlPath], msgspec.Meta(max_length=MAX_ROUTE_PATHS)]
+
+    def __post_init__(self) -> None:
+        for path in self.paths:
+            if path.nodes[0] != self.source or path.nodes[-1] != self.destination:
+                raise ValueError("every path must go from source to destination")
+            if len(set(path.nodes)) != len(path.nodes):
+                raise ValueError("a path must not visit a node twice")
+
+
+class CtlRoutes(_Message, tag="ctl.routes", frozen=True):
+    """Every route setting of controller term ``term`` with the receiver on a path: the
+    receiver's whole set, which replaces the last one it had.  One-way.
+
+    A large set comes in parts, numbered from 0 on one session; the receiver takes the
+    set once the part marked ``last`` arrived after all the others.
+    """
+
+    term: Term
+    routes: Annotated[list[CtlRoute], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+    part: U32 = 0
+    last: bool = True
+
+
+class CtlRouteAsk(_Message, tag="ctl.route-ask", frozen=True):
+    """I have no route to ``destination``: compute one.  Answered by ``CtlRouteReply``."""
+
+    id: U63
+    destination: NodeId
+
+
+class CtlRouteReply(_Message, tag="ctl.route-reply", frozen=True):
+    """The route settings asked for (none if the controller knows no path), or a refusal."""
+
+    id: U63
+    ok: bool
+    code: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    message: ShortText = ""
+    routes: Annotated[list[CtlRoute], msgspec.Meta(max_length=MAX_ROUTE_PATHS)] = []
+
+
+class CtlBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How much the receiver may relay into its pool with ``destination``."""
+
+    destination: NodeId
+    bits_per_s: Rate
+
+
+class CtlBudgets(_Message, tag="ctl.budgets", frozen=True):
+    """The receiver's per-pair relay budgets in controller term ``term`` (its whole set).
+    One-way."""
+
+    term: Term
+    budgets: Annotated[list[CtlBudget], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+
+
+class CtlEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One registration: a node or a link added to the network, or taken out of it.
+
+    A node is named by ``name``; a link by ``name`` (its link id) and its ends ``a`` and
+    ``b``.  ``removed``: taken out (no route crosses it, whatever its reports say).
+    """
+
+    kind: Literal["node", "link"]
+    name: LinkId
+    a: NodeId | None = None
+    b: NodeId | None = None
+    location: CtlText = ""
+    removed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind == "link" and (self.a is None or self.b is None or self.a == self.b):
+            raise ValueError("a link joins two different nodes a and b")
+        if self.kind == "node" and (self.a is not None or self.b is not None):
+            raise ValueError("a node has no ends a and b")
+
+
+class CtlRegister(_Message, tag="ctl.register", frozen=True):
+    """Register ``entry`` (an operator's ``qkmsctl node|link add|remove``), forwarded to
+    the controller.  Answered by ``CtlAck`` once the registration is stored by a
+    majority of the eligible nodes."""
+
+    id: U63
+    entry: CtlEntry
+
+
+RegistryVersion = tuple[Term, U63]
+"""``(controller term, number within the term)`` of a registry's last change."""
+
+
+class CtlRegistry(_Message, tag="ctl.registry", frozen=True):
+    """The controller's registrations, for an eligible node to store durably if newer
+    than its own (``version``).  Answered by ``CtlRegistryReply`` with the receiver's
+    registry after the exchange: a new controller adopts the newest a majority holds."""
+
+    id: U63
+    version: RegistryVersion
+    entries: Annotated[list[CtlEntry], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+
+
+class CtlRegistryReply(_Message, tag="ctl.registry-reply", frozen=True):
+    id: U63
+    ok: bool
+    version: RegistryVersion
+    entries: Annotated[list[CtlEntry], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
+
+
+CTL_MESSAGE_TYPES: Final = (
+    CtlReport,
+    CtlAck,
+    CtlAnnounce,
+    CtlRoutes,
+    CtlRouteAsk,
+    CtlRouteReply,
+    CtlBudgets,
+    CtlRegister,
+    CtlRegistry,
+    CtlRegistryReply,
+)
+
+
 PeerMessage: TypeAlias = (
     Hello
     | Error
@@ -320,6 +550,16 @@ PeerMessage: TypeAlias = (
     | ElectVoteReply
     | ElectHeartbeat
     | ElectHeartbeatReply
+    | CtlReport
+    | CtlAck
+    | CtlAnnounce
+    | CtlRoutes
+    | CtlRouteAsk
+    | CtlRouteReply
+    | CtlBudgets
+    | CtlRegister
+    | CtlRegistry
+    | CtlRegistryReply
 )
 PEER_MESSAGE_TYPES: Final = (
     Hello,
@@ -338,15 +578,22 @@ PEER_MESSAGE_TYPES: Final = (
     ElectVoteReply,
     ElectHeartbeat,
     ElectHeartbeatReply,
+    *CTL_MESSAGE_TYPES,
 )
 
-PeerRequest: TypeAlias = SupplyReserve | RelayHop
+PeerRequest: TypeAlias = (
+    SupplyReserve | RelayHop | CtlReport | CtlRouteAsk | CtlRegister | CtlRegistry
+)
 """Peer messages that ask for an answer: each carries an ``id`` its reply repeats."""
-PeerReply: TypeAlias = SupplyResult | RelayResult
+PeerReply: TypeAlias = SupplyResult | RelayResult | CtlAck | CtlRouteReply | CtlRegistryReply
 """Peer messages that answer a request, naming it by ``id``."""
 REPLY_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
     SupplyReserve: SupplyResult,
     RelayHop: RelayResult,
+    CtlReport: CtlAck,
+    CtlRouteAsk: CtlRouteReply,
+    CtlRegister: CtlAck,
+    CtlRegistry: CtlRegistryReply,
 }
 """``{request type: the type of its reply}``."""
 

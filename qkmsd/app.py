@@ -15,6 +15,13 @@ import msgspec
 import trio
 
 from protocol import (
+    CtlAnnounce,
+    CtlBudgets,
+    CtlRegister,
+    CtlRegistry,
+    CtlReport,
+    CtlRouteAsk,
+    CtlRoutes,
     ElectHeartbeat,
     ElectHeartbeatReply,
     ElectVote,
@@ -32,9 +39,17 @@ from qkms_pqc import HybridPublicKey, PqcError
 from . import dashboard, metrics
 from .admin import AdminServer
 from .config import Config, RelayPoolConfig
-from .controller import ControllerAgent
+from .controller import (
+    ControllerAdmin,
+    ControllerAgent,
+    ControllerService,
+    Registry,
+    Reporter,
+    ReportSources,
+    refusals,
+)
 from .dashboard import Dashboard, DashboardSources, dashboard_handler
-from .errors import StartupError
+from .errors import PeerUnavailable, StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
 from .keymanager import KeyManager
 from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
@@ -98,6 +113,9 @@ class Node:
         self.status: NodeStatusMethods | None = None
         self.relay: RelayAgent | None = None
         self.controller: ControllerAgent | None = None
+        self.service: ControllerService | None = None
+        self.reporter: Reporter | None = None
+        self.routes: RoutingTable | None = None
         self.api_port: int | None = None
         self.api_handshakes = HandshakeStats()
         self.api_connections = OpenConnections()
@@ -232,6 +250,12 @@ class Node:
                 log.info("relay.pool_made", peer=peer, link=link_id)
                 return link_id
 
+            self.routes = routes = RoutingTable(
+                cfg.node_id,
+                links=cfg.relay.topology,
+                manual={p.peer: p.route for p in cfg.relay_pools.values() if p.route},
+                neighbours=qkd_link_to,
+            )
             self.relay = relay = RelayAgent(
                 node_id=cfg.node_id,
                 store=store,
@@ -240,12 +264,7 @@ class Node:
                 link_to=qkd_link_to,
                 pools=cfg.relay_pools,
                 drivers=relayed,
-                routes=RoutingTable(
-                    cfg.node_id,
-                    links=cfg.relay.topology,
-                    manual={p.peer: p.route for p in cfg.relay_pools.values() if p.route},
-                    neighbours=qkd_link_to,
-                ),
+                routes=routes,
                 settings=cfg.relay,
                 is_up=peers.is_connected,
                 make_pool=make_pool,
@@ -253,8 +272,10 @@ class Node:
             peers.on_request(RelayHop, relay.handle_hop)
             peers.on_connectivity(relay.peer_up, relay.peer_down)
 
-            # The controller role: this node's part in the election, if it is eligible.
+            # The controller role: this node's part in the election, if it is eligible; the
+            # controller's work under its lease; and every node's reports to it.
             controller = None
+            service: ControllerService | None = None
             if cfg.controller.eligible:
                 self.controller = controller = ControllerAgent(
                     node_id=cfg.node_id,
@@ -263,11 +284,91 @@ class Node:
                     drift=cfg.controller.drift_s,
                     send=peers.send,
                     state_path=cfg.state_dir / "election.json",
+                    on_change=lambda: service.wake() if service is not None else None,
                 )
                 peers.on_message(ElectVote, controller.on_message)
                 peers.on_message(ElectVoteReply, controller.on_message)
                 peers.on_message(ElectHeartbeat, controller.on_message)
                 peers.on_message(ElectHeartbeatReply, controller.on_message)
+
+            def connected() -> list[str]:
+                return [p.node_id for p in peers.peers_status() if peers.is_connected(p.node_id)]
+
+            async def ctl_send(peer: str, message: Any) -> bool:
+                """To a peer, or to this node's own reporter (the controller's own node)."""
+                if peer != cfg.node_id:
+                    return await peers.send(peer, message)
+                if isinstance(message, CtlAnnounce):
+                    await reporter.on_announce(peer, message)
+                elif isinstance(message, CtlRoutes):
+                    await reporter.on_routes(peer, message)
+                elif isinstance(message, CtlBudgets):
+                    await reporter.on_budgets(peer, message)
+                return True
+
+            async def ctl_request(peer: str, message: Any) -> Any:
+                """To a peer, or to this node's own controller service."""
+                if peer != cfg.node_id:
+                    return await peers.request(peer, message)
+                if service is None:
+                    raise PeerUnavailable(f"{peer} is not eligible for the controller role")
+                handlers: dict[type[Any], Any] = {
+                    CtlReport: service.handle_report,
+                    CtlRouteAsk: service.handle_route_ask,
+                    CtlRegister: service.handle_register,
+                    CtlRegistry: service.handle_registry,
+                }
+                return await handlers[type(message)](peer, message)
+
+            def first_hops(destination: str) -> list[str]:
+                found = routes.paths(destination)
+                return list(found[0]) if found else []
+
+            self.reporter = reporter = Reporter(
+                node_id=cfg.node_id,
+                electors=[*cfg.controller.electors, *([cfg.node_id] if controller else [])],
+                report_s=cfg.controller.report_s,
+                sources=ReportSources(
+                    links=keys.links_status,
+                    bits_in=lambda: {k: v.bits_in for k, v in keys.statistics().items()},
+                    peers=connected,
+                    demand=lambda: front.demand(),
+                    relay=relay.statistics,
+                    hops=first_hops,
+                    spent=relay.link_spend,
+                ),
+                request=ctl_request,
+                install=routes.set_controller,
+                has_route=routes.has_route,
+                wanted=lambda: sorted(e2e_link_to),
+                software=VERSION,
+                location=cfg.controller.location,
+            )
+            peers.on_message(CtlAnnounce, reporter.on_announce)
+            peers.on_message(CtlRoutes, reporter.on_routes)
+            peers.on_message(CtlBudgets, reporter.on_budgets)
+            peers.on_connectivity(reporter.peer_up, reporter.peer_down)
+            if controller is not None:
+                self.service = service = ControllerService(
+                    node_id=cfg.node_id,
+                    electors=controller.electors,
+                    is_controller=controller.is_controller,
+                    term=controller.term,
+                    leader=controller.leader,
+                    send=ctl_send,
+                    request=ctl_request,
+                    connected=connected,
+                    registry=Registry(cfg.state_dir / "registry.json"),
+                    report_s=cfg.controller.report_s,
+                )
+                peers.on_request(CtlReport, service.handle_report)
+                peers.on_request(CtlRouteAsk, service.handle_route_ask)
+                peers.on_request(CtlRegister, service.handle_register)
+                peers.on_request(CtlRegistry, service.handle_registry)
+                peers.on_connectivity(service.peer_up, service.peer_down)
+            else:
+                for kind, refuse in refusals(cfg.node_id).items():
+                    peers.on_request(kind, refuse)
 
             # Key supply: the ETSI 014 front, the key sources behind it, the neighbour's side.
             recorded = RecordedKeys(
@@ -392,8 +493,13 @@ class Node:
                         "node_id": cfg.node_id,
                         "eligible": False,
                         "role": "not eligible",
+                        "controller": reporter.following,
+                        "term": reporter.term,
+                        "electors": dict(cfg.controller.electors),
+                        "reporting": msgspec.to_builtins(reporter.status()),
                     }
                 result: dict[str, Any] = msgspec.to_builtins(controller.status())
+                result["reporting"] = msgspec.to_builtins(reporter.status())
                 return result
 
             admin = AdminServer(
@@ -410,6 +516,7 @@ class Node:
                         config_path=cfg.source,
                         state_dir=cfg.state_dir,
                     ).methods(),
+                    **ControllerAdmin(service, reporter).methods(),
                     "controller": controller_status,
                 },
                 group=cfg.admin_group,
@@ -426,6 +533,9 @@ class Node:
                     await nursery.start(perf.run)
                 if controller is not None:
                     await nursery.start(controller.run)
+                if service is not None:
+                    await nursery.start(service.run)
+                await nursery.start(reporter.run)
                 try:
                     port = await nursery.start(peers.run) if self._listen else 0
                 except OSError as exc:

@@ -115,7 +115,13 @@ class ControllerSection(_Section, frozen=True):
     priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     electors: dict[str, Annotated[int, msgspec.Meta(ge=0, le=1000)]] = {}
     """The other eligible nodes and their priorities (each must be in ``[peers]``); the
-    same set, this node included, at every eligible node."""
+    same set, this node included, at every eligible node.  On a node that is not
+    eligible: the eligible nodes, whose controller it reports to."""
+    report_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 2.0
+    """How often this node reports to the controller (and the controller looks again);
+    a node silent for three periods is lost to routing."""
+    location: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    """Where the node stands (a site name), as the controller shows it."""
     lease_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
     """How long a majority's answers keep the controller in office."""
     drift_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1

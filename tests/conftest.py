@@ -13,7 +13,7 @@ from cli._pki import init_ca, issue_node, issue_sae
 from qkmsd.config import Config, load_config
 from qkmsd.keystore import generate_master_key
 
-NODES = ("KME_A", "KME_B", "KME_C", "KME_D")
+NODES = ("KME_A", "KME_B", "KME_C", "KME_D", "KME_E")
 
 
 @pytest.fixture(scope="session")

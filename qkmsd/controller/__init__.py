@@ -1,5 +1,33 @@
-"""The controller role: electing it among the eligible nodes (routes and budgets next)."""
+"""The controller role: electing it among the eligible nodes, its work under the lease
+(topology from reports, routes pushed, registrations), and every node's side of it."""
 
+from ._admin import ControllerAdmin
 from ._agent import ControllerAgent, ControllerStatus
+from ._etsi015 import etsi015_view, qkms_uuid
+from ._registry import Registry
+from ._reporter import Reporter, ReporterStatus, ReportSources
+from ._routing import ALTERNATES, compute_routes, link_cost
+from ._service import ControllerService, NoController, RegistrationRefused, refusals
+from ._topology import BadReport, LinkView, Topology
 
-__all__ = ["ControllerAgent", "ControllerStatus"]
+__all__ = [
+    "ALTERNATES",
+    "BadReport",
+    "ControllerAdmin",
+    "ControllerAgent",
+    "ControllerService",
+    "ControllerStatus",
+    "LinkView",
+    "NoController",
+    "RegistrationRefused",
+    "Registry",
+    "ReportSources",
+    "Reporter",
+    "ReporterStatus",
+    "Topology",
+    "compute_routes",
+    "etsi015_view",
+    "link_cost",
+    "qkms_uuid",
+    "refusals",
+]

@@ -12,7 +12,8 @@ while ``is_leader(now)``: its lease, renewed by a majority's answers, has not ru
 
 Safety of keys never depends on the election: the controller computes routes and budgets,
 and relays stay atomic whatever it says.  This agent only elects; the work done under the
-lease (topology, routes, budgets) comes next.
+lease (topology, routes, registrations) is ``_service.py``'s, told of every change of
+role through ``on_change``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class ControllerAgent:
         state_path: Path,
         clock: Callable[[], float] = trio.current_time,
         rand: Callable[[], float] = random.random,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
         self.electors = dict(electors)
@@ -83,8 +85,10 @@ class ControllerAgent:
         self._path = state_path
         self._clock = clock
         self._rand = rand
+        self._on_change = on_change
         self._election: Election | None = None
         self._wake = trio.Event()
+        self._steps = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the stored vote, then tick the election at its deadlines.  Until cancelled."""
@@ -113,6 +117,13 @@ class ControllerAgent:
         self._wake.set()  # the next deadline may have moved
 
     async def _apply(self, actions: list[Any]) -> None:
+        # One step at a time, in the order the machine made them: the timer and the
+        # message handlers both get steps, and two writes of the vote file at once would
+        # race on its temporary file (a node died of it) or store an older state last.
+        async with self._steps:
+            await self._apply_step(actions)
+
+    async def _apply_step(self, actions: list[Any]) -> None:
         for action in actions:
             if isinstance(action, Persist):
                 await trio.to_thread.run_sync(self._store, action.state)
@@ -120,14 +131,25 @@ class ControllerAgent:
                 await self._send(action.to, action.message)
             elif isinstance(action, BecameLeader):
                 log.info("controller.elected", term=action.term)
+                self._on_change()
             elif isinstance(action, SteppedDown):
                 log.warning("controller.stepped_down", term=action.term, reason=action.reason)
+                self._on_change()
             elif isinstance(action, LeaseRenewed):
                 pass
 
     def is_controller(self) -> bool:
         """Whether this node holds the role now (its lease has not run out)."""
         return self._election is not None and self._election.is_leader(self._clock())
+
+    def term(self) -> int:
+        return self._election.term if self._election is not None else 0
+
+    def leader(self) -> str | None:
+        """The node this one believes holds the role (itself while its lease runs)."""
+        if self._election is None:
+            return None
+        return self.node_id if self.is_controller() else self._election.leader
 
     def status(self) -> ControllerStatus:
         e = self._election

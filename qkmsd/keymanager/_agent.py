@@ -105,6 +105,8 @@ class DriverView(msgspec.Struct, frozen=True):
 class LinkStatistics(msgspec.Struct, frozen=True):
     blocks_in: int
     """Blocks stored from the driver since the node started."""
+    bits_in: int
+    """Key bits in those blocks."""
     waiting_for_driver: int
     """Ids the peer announced that our driver has not delivered yet."""
 
@@ -535,7 +537,9 @@ class KeyManager:
     def statistics(self) -> dict[str, LinkStatistics]:
         return {
             link.link_id: LinkStatistics(
-                blocks_in=link.blocks_in, waiting_for_driver=len(link.peer_has)
+                blocks_in=link.blocks_in,
+                bits_in=link.bits_in,
+                waiting_for_driver=len(link.peer_has),
             )
             for link in self._links.values()
         }

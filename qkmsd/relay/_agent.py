@@ -190,6 +190,7 @@ class RelayAgent:
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._dirty: dict[str, RelayRecord] = {}
         self._counts = _Counts()
+        self._spent: dict[str, int] = {}
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
 
@@ -560,6 +561,7 @@ class RelayAgent:
         except KeyStoreError as exc:
             raise RelayFailed(ErrorCode.STORE_ERROR, str(exc)) from None
         self._counts.link_bits_spent += (len(key) + MAC_KEY_BYTES) * 8
+        self._spent[link_id] = self._spent.get(link_id, 0) + (len(key) + MAC_KEY_BYTES) * 8
         sealed = msgspec.structs.replace(
             hop,
             link_id=link_id,
@@ -731,6 +733,10 @@ class RelayAgent:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(**dataclasses.asdict(self._counts))
+
+    def link_spend(self) -> dict[str, int]:
+        """Per QKD link, the link key this node spent on hops it sent (pads and MAC keys)."""
+        return dict(self._spent)
 
 
 UNREACHABLE = frozenset({ErrorCode.PEER_UNREACHABLE, ErrorCode.PEER_TIMEOUT})

@@ -1,9 +1,11 @@
 """The routing table: which paths a relay to each destination takes (paper Table 3 item 6).
 
-A manual route from config (the intermediate nodes, in order) comes first; computed routes
-follow: the shortest simple paths over the network's QKD links (``[relay] topology``), by
-hop count, up to ``alternates`` of them.  A relay that fails on one path is retried on the
-next.  The controller will later replace the computed part; the table's shape stays.
+A manual route from config (the intermediate nodes, in order) comes first; then the paths
+the controller pushed (``set_controller``: its route settings with this node as source,
+best first), kept when the controller goes until another pushes new ones; then this
+node's own computation: the shortest simple paths over the network's QKD links
+(``[relay] topology``), by hop count, up to ``alternates`` of them.  A relay that fails on
+one path is retried on the next.
 
 Two kinds of failure news reach the table.  A QKD neighbour whose peer session closed
 (for instance, declared down for silence) has its link marked down (``link_down``) until
@@ -44,7 +46,7 @@ class Route(msgspec.Struct, frozen=True):
     path: list[str]
     """Every node from this one to the destination."""
     source: str
-    """``manual`` (from config) or ``computed``."""
+    """``manual`` (from config), ``controller`` (pushed by it) or ``computed`` (here)."""
     cost: int
     """Hops: each spends link key equal to the relayed key plus a 32-byte MAC key."""
     age_s: float
@@ -87,6 +89,25 @@ class RoutingTable:
         self._entries: dict[str, list[_Entry]] = {}
         self._down: dict[frozenset[str], set[str]] = {}
         self._held: dict[tuple[str, ...], float] = {}
+        self._controller: dict[str, list[_Entry]] = {}
+
+    def set_controller(self, routes: Mapping[str, Sequence[Sequence[str]]]) -> None:
+        """Take the controller's paths (per destination, best first) in place of the last.
+
+        Each path starts here.  Destinations missing from ``routes`` have no controller
+        route any more (this node's own computation serves them).
+        """
+        now = self._clock()
+        self._controller = {
+            dst: [_Entry(tuple(p), "controller", now) for p in paths]
+            for dst, paths in routes.items()
+            if dst != self.node_id
+        }
+        self._entries.clear()
+
+    def has_route(self, destination: str) -> bool:
+        """Whether a manual or controller route to ``destination`` is known here."""
+        return destination in self._manual or bool(self._controller.get(destination))
 
     # --- failure news ----------------------------------------------------------------
 
@@ -199,6 +220,9 @@ class RoutingTable:
         via = self._manual.get(destination)
         if via is not None:
             out.append(_Entry((self.node_id, *via, destination), "manual", now))
+        for entry in self._controller.get(destination, []):
+            if entry.path not in {e.path for e in out}:
+                out.append(entry)
         if self._alternates > 0:
             found = self._graph.routes(self.node_id, destination, self._alternates - 1)
             for path in found:

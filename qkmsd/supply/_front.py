@@ -71,6 +71,17 @@ class SaeCounts:
     """Requests answered with an error, by HTTP status."""
 
 
+class PairDemand(msgspec.Struct, frozen=True):
+    """One SAE pair's key asked for and delivered since the node started."""
+
+    master: str
+    slave: str
+    kme: str
+    """The slave's KME."""
+    asked_bits: int
+    served_bits: int
+
+
 @dataclasses.dataclass
 class _Counts:
     enc_keys: int = 0
@@ -105,6 +116,7 @@ class Etsi014Front:
         self.in_flight = 0
         """Requests being answered now."""
         self._latency = {kind: Histogram() for kind in ("status", "enc_keys", "dec_keys", "other")}
+        self._demand: dict[tuple[str, str, str], list[int]] = {}
 
     async def handle(self, request: Request) -> Response:
         """Answer one ETSI 014 request.  Never raises for bad input."""
@@ -153,6 +165,13 @@ class Etsi014Front:
         if counts is None:
             counts = self._per_sae[name] = SaeCounts()
         return counts
+
+    def demand(self) -> list[PairDemand]:
+        """Per SAE pair served here: key bits asked for (``enc_keys``) and delivered."""
+        return [
+            PairDemand(master, slave, kme, asked, served)
+            for (master, slave, kme), (asked, served) in sorted(self._demand.items())
+        ]
 
     # --- who asks, for whom, from where ---------------------------------------------
 
@@ -231,10 +250,13 @@ class Etsi014Front:
         self._check_mandatory_extensions(master, req.extension_mandatory or [])
         slaves = self._slaves(master, slave, target, req.additional_slave_SAE_IDs or [], policy)
         self._limits.take((master, slave), number, policy)
+        demand = self._demand.setdefault((master, slave, target.kme), [0, 0])
+        demand[0] += number * size
         source = self._source(target.kme, slave)
         keys = await source.new_keys(
             KeyOrder(master, tuple(slaves), target.kme, number, size, policy)
         )
+        demand[1] += number * size
         self._counts.enc_keys += 1
         self._counts.keys_out += number
         delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])

@@ -171,3 +171,30 @@ def test_following_emits_each_event_once_in_order_across_polls() -> None:
         (103.0, "raised"),
     ]
     assert asked == [50.0, 100.0, 101.0, 101.0]
+
+
+def test_controller_on_a_node_that_is_not_eligible_names_whom_it_reports_to(sock: Path) -> None:
+    answer = {
+        "node_id": "KME_C",
+        "eligible": False,
+        "role": "not eligible",
+        "controller": "KME_B",
+        "term": 3,
+        "electors": {"KME_A": 50, "KME_B": 100},
+        "reporting": {
+            "following": "KME_B",
+            "term": 3,
+            "reports_sent": 12,
+            "reports_refused": 0,
+            "last_refusal": "",
+            "route_settings": 2,
+            "routes_installed": ["KME_A"],
+            "budgets": {},
+        },
+    }
+    with fake_admin(sock, {"controller": answer}):
+        result = invoke("controller", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    assert "not eligible for the controller role" in result.stdout
+    assert "controller  KME_B (term 3)" in result.stdout
+    assert "12 sent to KME_B, 0 refused; routes from the controller to KME_A" in result.stdout

@@ -62,9 +62,10 @@ def test_ring_opposite_nodes_with_saes_share_a_pool_split_over_both_sides(
     assert cfg["KME_1"]["relay"]["pools"] == {"KME_3": {"paths": "disjoint"}}
     assert cfg["KME_3"]["relay"]["pools"] == {"KME_1": {"paths": "disjoint"}}
     assert set(cfg["KME_1"]["peers"]) == {"KME_2", "KME_3", "KME_4"}
-    for node in ("KME_2", "KME_4"):  # no SAEs: neighbours only, no pools
+    for node in ("KME_2", "KME_4"):  # no SAEs: neighbours and eligible nodes, no pools
         assert "pools" not in cfg[node]["relay"]
-        assert set(cfg[node]["peers"]) == {"KME_1", "KME_3"}
+    assert set(cfg["KME_2"]["peers"]) == {"KME_1", "KME_3", "KME_4"}  # KME_4 reports to it
+    assert set(cfg["KME_4"]["peers"]) == {"KME_1", "KME_2", "KME_3"}
     assert len(cfg["KME_4"]["relay"]["topology"]) == 4
 
 
@@ -97,4 +98,12 @@ def test_eligible_nodes_elect_among_themselves_over_direct_sessions(tmp_path: Pa
     cfg = configs(topo, tmp_path)
     assert cfg["KME_1"]["controller"]["electors"] == {"KME_2": 50, "KME_3": 50}
     assert "KME_3" in cfg["KME_1"]["peers"] and "KME_1" in cfg["KME_3"]["peers"]
-    assert cfg["KME_4"]["controller"] == {"eligible": False, "priority": 0}
+    # A node that is not eligible knows the eligible nodes and has a session with each:
+    # it reports to the one that holds the role.
+    assert cfg["KME_4"]["controller"] == {
+        "eligible": False,
+        "priority": 0,
+        "electors": {"KME_1": 100, "KME_2": 50, "KME_3": 50},
+    }
+    assert {"KME_1", "KME_2", "KME_3"} <= set(cfg["KME_4"]["peers"])
+    assert "KME_4" in cfg["KME_2"]["peers"]

@@ -28,9 +28,11 @@ def paper_plan(lab: Path) -> _netns.NetnsPlan:
 def test_every_pair_that_talks_gets_a_veth_pair_and_no_other_pair_does() -> None:
     topo = load_topology(EXAMPLES / "ring4.toml")
     pairs = talking_pairs(topo)
-    # The ring's links, the pool between the SAE nodes, the eligible nodes' elections.
+    # The ring's links, the pool between the SAE nodes, the eligible nodes' elections, and
+    # KME_4's reports to whichever eligible node holds the controller role.
     assert ("KME_1", "KME_3") in pairs and ("KME_1", "KME_2") in pairs
-    assert ("KME_2", "KME_4") not in pairs  # no link, no pool, KME_4 not eligible
+    assert ("KME_2", "KME_4") in pairs  # no link, no pool: KME_4 reports to KME_2 if it leads
+    assert len(pairs) == 6
     plan = _netns.plan(Path("/tmp/lab"), list(topo.nodes), pairs)
     assert sorted((v.a, v.b) for v in plan.veths) == pairs
 
@@ -103,10 +105,10 @@ def test_cut_sets_both_ends_of_that_pair_down_and_heal_sets_them_up() -> None:
 
 
 def test_a_pair_that_never_talks_cannot_be_cut() -> None:
-    topo = load_topology(EXAMPLES / "ring4.toml")
-    plan = _netns.plan(Path("/tmp/lab"), list(topo.nodes), talking_pairs(topo))
-    with pytest.raises(_netns.NetnsError, match="KME_2 and KME_4 have no link"):
-        plan.cut_commands("KME_2", "KME_4")
+    nodes = ["KME_1", "KME_2", "KME_3"]
+    plan = _netns.plan(Path("/tmp/lab"), nodes, [("KME_1", "KME_2"), ("KME_2", "KME_3")])
+    with pytest.raises(_netns.NetnsError, match="KME_1 and KME_3 have no link"):
+        plan.cut_commands("KME_1", "KME_3")
 
 
 def test_the_plan_survives_lab_json() -> None:

@@ -18,6 +18,12 @@ from protocol import (
     PEER_DECODER,
     PEER_MESSAGE_TYPES,
     AdminRequest,
+    CtlDemand,
+    CtlEntry,
+    CtlLink,
+    CtlPath,
+    CtlRelayLoad,
+    CtlRoute,
     ErrorCode,
     FramedConnection,
     Hello,
@@ -41,6 +47,32 @@ segments = st.lists(
     st.builds(SegmentRef, u63, st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1)),
     min_size=1,
     max_size=3,
+)
+
+
+_ctl_links = st.builds(
+    CtlLink,
+    link_id=link_ids,
+    peer=node_ids,
+    up=st.booleans(),
+    virtual=st.booleans(),
+    device=st.text(max_size=20),
+    ready_here=u63,
+    ready_there=u63,
+    rate_bps=st.floats(0, 1e15),
+    qber=st.none() | st.floats(0, 1),
+    hops=st.lists(node_ids, max_size=4),
+    spent_bps=st.floats(0, 1e15),
+)
+_ctl_demand = st.builds(CtlDemand, node_ids, node_ids, node_ids, u63, u63)
+_ctl_routes = st.lists(node_ids, min_size=2, max_size=5, unique=True).map(
+    lambda p: CtlRoute(p[0], p[-1], [CtlPath(p, float(len(p) - 1))])
+)
+_ctl_entries = st.one_of(
+    st.builds(CtlEntry, kind=st.just("node"), name=node_ids, location=st.text(max_size=20)),
+    st.lists(node_ids, min_size=2, max_size=2, unique=True).map(
+        lambda ab: CtlEntry("link", "~".join(ab), a=ab[0], b=ab[1], removed=True)
+    ),
 )
 
 
@@ -99,6 +131,24 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "sent_at": st.none() | st.floats(0, 1e10),
         "echo": st.none() | st.floats(0, 1e10),
         "at": st.none() | st.floats(0, 1e10),
+        "node": node_ids,
+        "seq": u63,
+        "period_s": st.floats(0, 86400),
+        "software": st.text(max_size=20),
+        "location": st.text(max_size=20),
+        "links": st.lists(_ctl_links, max_size=3),
+        "peers": st.lists(node_ids, max_size=3),
+        "demand": st.lists(_ctl_demand, max_size=3),
+        "relay": st.builds(CtlRelayLoad, u63, u63, u63, u63, u63),
+        "controller": st.none() | node_ids,
+        "routes": st.lists(_ctl_routes, max_size=3),
+        "destination": node_ids,
+        "budgets": st.just([]),
+        "entry": _ctl_entries,
+        "entries": st.lists(_ctl_entries, max_size=3),
+        "version": st.tuples(u63, u63),
+        "part": st.integers(0, 2**32 - 1),
+        "last": st.booleans(),
     }
     if cls is RelayHop:
         fixed = ("path", "hop", "share", "shares")

@@ -18,6 +18,7 @@ from cli._admin import AdminClient, AdminError
 from protocol import ErrorCode, etsi014
 from qkmsd.admin import AdminParamsError, AdminServer
 from qkmsd.config import ConfigError
+from qkmsd.controller import BadReport, NoController, RegistrationRefused
 from qkmsd.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -58,6 +59,9 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     PeerUnavailable: (INTERNAL, None, EXIT_FAILURE),
     RelayFailed: (INTERNAL, None, EXIT_FAILURE),
     SharingError: (INTERNAL, None, EXIT_FAILURE),
+    BadReport: (ErrorCode.BAD_REPORT, None, EXIT_FAILURE),
+    NoController: (ErrorCode.NO_CONTROLLER, None, EXIT_FAILURE),
+    RegistrationRefused: (ErrorCode.BAD_REGISTRATION, None, EXIT_FAILURE),
     AlarmHistoryError: (INTERNAL, None, EXIT_FAILURE),
     PerfHistoryError: (INTERNAL, None, EXIT_FAILURE),
     PushError: (INTERNAL, None, EXIT_FAILURE),

@@ -198,7 +198,8 @@ def test_lab_up_status_down(lab: Lab) -> None:
     assert f"lab is up: {lab.manifest_path}" in result.stdout
 
     manifest = json.loads(lab.manifest_path.read_text())
-    assert set(manifest) == {"topology", "ca", "kmes", "saes", "links"}
+    assert set(manifest) == {"topology", "ca", "kmes", "saes", "links", "drivers"}
+    assert manifest["drivers"] == {LINK: "paired"}
     assert manifest["topology"] == "pair"
     assert_absolute_file(manifest["ca"])
     assert set(manifest["kmes"]) == set(NODES)

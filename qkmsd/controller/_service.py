@@ -1,0 +1,574 @@
+"""The controller's work under its lease: topology from reports, routes pushed, registrations.
+
+Theory of operation
+-------------------
+Every eligible node runs this service; it acts only while its election agent says the
+node holds the role (``is_controller``), and checks again before each thing it sends, so
+a node whose lease ran out stops acting at once.  On taking office it starts from an
+empty topology (soft state), gathers the registry from a majority of the eligible nodes
+(``_registry.py``), and announces itself (``ctl.announce``) on every peer session; the
+nodes answer with their reports at once, so the topology is rebuilt within one report
+period.  Then, every report period and whenever a report changes the routing graph (a
+link up or down, a node come or lost, a pair with new demand), it computes routes for
+every ordered pair that relays (``compute_routes`` with ``link_cost``) and pushes to each
+node on a route the whole set of route settings it is on (``ctl.routes``, Table 4 item 1).
+A node's pushed set is sent again only when it changes, or after its session dropped.
+
+Per-pair relay budgets (``ctl.budgets``) are pushed by the same loop once an allocator
+is given (``allocate``); without one, none are sent.
+
+Safety of keys never depends on any of it: a route is a suggestion the relay agent tries
+in order; every relay stays atomic whatever the route.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from protocol import (
+    MAX_REPORT_ITEMS,
+    CtlAck,
+    CtlAnnounce,
+    CtlBudget,
+    CtlBudgets,
+    CtlEntry,
+    CtlRegister,
+    CtlRegistry,
+    CtlRegistryReply,
+    CtlReport,
+    CtlRoute,
+    CtlRouteAsk,
+    CtlRouteReply,
+    CtlRoutes,
+    ErrorCode,
+    to_wire,
+)
+
+from ..errors import PeerUnavailable, QkmsError
+from ..log import get_logger
+from ._registry import Registry
+from ._routing import compute_routes, link_cost
+from ._topology import BadReport, LinkCost, Topology
+
+log = get_logger("qkms.controller")
+
+SendFn = Callable[[str, Any], Awaitable[bool]]
+RequestFn = Callable[[str, Any], Awaitable[Any]]
+Allocate = Callable[[Topology, list[CtlRoute]], dict[str, list[CtlBudget]]]
+
+
+class NoController(QkmsError):
+    """No controller is known, or this node is not it (yet): try again shortly."""
+
+    wire_code = ErrorCode.NO_CONTROLLER
+
+
+class RegistrationRefused(QkmsError):
+    """A registration is invalid, or a majority of the eligible nodes did not store it."""
+
+    wire_code = ErrorCode.BAD_REGISTRATION
+
+
+class ControllerService:
+    """The controller's work.  See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        electors: dict[str, int],
+        is_controller: Callable[[], bool],
+        term: Callable[[], int],
+        leader: Callable[[], str | None],
+        send: SendFn,
+        request: RequestFn,
+        connected: Callable[[], list[str]],
+        registry: Registry,
+        report_s: float,
+        link_cost: LinkCost = link_cost,
+        allocate: Allocate | None = None,
+        clock: Callable[[], float] = trio.current_time,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self.electors = dict(electors)
+        self._is_controller = is_controller
+        self._term = term
+        self._leader = leader
+        self._send = send
+        self._request = request
+        self._connected = connected
+        self.registry = registry
+        self._report_s = report_s
+        self.link_cost = link_cost
+        self.allocate = allocate
+        self._clock = clock
+        self._wall = wall
+        self.topology = Topology(lost_after=3 * report_s)
+        self._leading = False
+        self._registry_ready = False
+        self._gathering = False
+        self._announce_due = False
+        self._wake = trio.Event()
+        self._signature: object = None
+        self._routes: list[CtlRoute] = []
+        self._pushed: dict[str, list[CtlRoute]] = {}
+        self._budgets_pushed: dict[str, list[CtlBudget]] = {}
+        self._asked: set[tuple[str, str]] = set()
+        self._register_lock = trio.Lock()
+        self.route_pushes = 0
+        self.periods_in_office = 0
+        """Report periods this node has held the role for (its loop's quiet rounds)."""
+
+    # --- the loop --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the stored registry, then work while this node holds the role.  Until
+        cancelled."""
+        await trio.to_thread.run_sync(self.registry.load)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                with trio.move_on_after(self._report_s) as waited:
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if not self._is_controller():
+                    if self._leading:
+                        self._leave_office()
+                    continue
+                if not self._leading:
+                    self._take_office()
+                elif waited.cancelled_caught:
+                    self.periods_in_office += 1
+                    self._announce_due = True
+                if not self._registry_ready and not self._gathering:
+                    # In the background: an eligible node that is down must not hold up
+                    # the announce, and with it the rebuilding of the topology.
+                    self._gathering = True
+                    nursery.start_soon(self._gather_registry)
+                if self._announce_due:
+                    self._announce_due = False
+                    await self._announce()
+                if self._rebuilt():
+                    await self._refresh()
+
+    @property
+    def leading(self) -> bool:
+        """Whether this node acts as controller now."""
+        return self._leading and self._is_controller()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def wake(self) -> None:
+        """Look again now (the election changed, or a report changed the graph)."""
+        self._wake.set()
+
+    def _rebuilt(self) -> bool:
+        """Whether the topology is whole enough to push routes from: every node named in
+        it has reported, or a report period has gone by (a silent node is then lost).
+        Until then, nodes keep the routes the last controller pushed."""
+        if self.periods_in_office >= 1:
+            return True
+        now = self._clock()
+        return all(
+            self.topology.alive(n, now) or self.topology.node_state(n, now) == "removed"
+            for n in self.topology.node_ids()
+        )
+
+    def _take_office(self) -> None:
+        self._announce_due = True
+        self._leading = True
+        self.topology = Topology(lost_after=3 * self._report_s)
+        self.topology.set_registry(self.registry.listing())
+        self._registry_ready = False
+        self._signature, self._routes = None, []
+        self._pushed, self._budgets_pushed, self._asked = {}, {}, set()
+        self.periods_in_office = 0
+        log.info("controller.took_office", term=self._term())
+
+    def _leave_office(self) -> None:
+        self._leading = False
+        self._registry_ready = False
+        log.info("controller.left_office")
+
+    async def _announce(self) -> None:
+        message = CtlAnnounce(term=self._term())
+        for peer in [self.node_id, *self._connected()]:
+            if not self._is_controller():
+                return
+            await self._send(peer, message)
+
+    async def peer_down(self, peer: str, reason: str = "") -> None:
+        """A session closed: what we pushed there may be lost; push it again later."""
+        self._pushed.pop(peer, None)
+        self._budgets_pushed.pop(peer, None)
+
+    async def peer_up(self, peer: str) -> None:
+        if self._leading:
+            self._announce_due = True
+            self.wake()  # announce to it now
+
+    # --- routes ----------------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        """Compute routes if the graph or the pairs changed; push what changed per node."""
+        now = self._clock()
+        graph = self.topology.graph(self.link_cost, now)
+        pairs = sorted(set(self.topology.demand_pairs(now)) | self._asked)
+        signature = (
+            sorted(graph.nodes),
+            sorted(
+                (min(u, v), max(u, v), round(d["cost"], 9)) for u, v, d in graph.edges(data=True)
+            ),
+            pairs,
+        )
+        if signature != self._signature:
+            self._signature = signature
+            self._routes = compute_routes(graph, pairs)
+        per_node: dict[str, list[CtlRoute]] = {
+            n: [] for n in graph.nodes if n == self.node_id or self.topology.alive(n, now)
+        }
+        for route in self._routes:
+            on = {n for p in route.paths for n in p.nodes}
+            for n in on:
+                per_node.setdefault(n, []).append(route)
+        for node, routes in per_node.items():
+            if self._pushed.get(node) == routes:
+                continue
+            parts = _parts(routes)
+            for i, part in enumerate(parts):
+                if not self._is_controller():
+                    return
+                message = CtlRoutes(
+                    term=self._term(), routes=part, part=i, last=i == len(parts) - 1
+                )
+                if not await self._send(node, message):
+                    break
+            else:
+                self._pushed[node] = routes
+                self.route_pushes += 1
+        if self.allocate is not None:
+            await self._push_budgets(self.allocate(self.topology, self._routes))
+
+    async def _push_budgets(self, budgets: dict[str, list[CtlBudget]]) -> None:
+        for node, mine in budgets.items():
+            if self._budgets_pushed.get(node) == mine or not self._is_controller():
+                continue
+            if await self._send(node, CtlBudgets(term=self._term(), budgets=mine)):
+                self._budgets_pushed[node] = mine
+
+    def routes(self) -> list[CtlRoute]:
+        """The routes computed last."""
+        return list(self._routes)
+
+    # --- what nodes ask --------------------------------------------------------------
+
+    def _not_controller(self) -> tuple[str, str, str | None]:
+        leader = self._leader()
+        where = f"; {leader} is" if leader and leader != self.node_id else ""
+        return ErrorCode.NOT_CONTROLLER, f"{self.node_id} is not the controller{where}", leader
+
+    async def handle_report(self, peer: str, report: CtlReport) -> CtlAck:
+        """A node's report.  Never raises: a refusal is an answer."""
+        if not self.leading:
+            code, message, leader = self._not_controller()
+            return CtlAck(id=report.id, ok=False, code=code, message=message, controller=leader)
+        before = self._graph_key()
+        try:
+            self.topology.apply_report(peer, report, self._clock(), self._wall())
+        except BadReport as exc:
+            log.warning("controller.report_refused", peer=peer, error=str(exc)[:300])
+            return CtlAck(
+                id=report.id,
+                ok=False,
+                code=ErrorCode.BAD_REPORT,
+                message=str(exc)[:1000],
+                controller=self.node_id,
+                term=self._term(),
+            )
+        if self._graph_key() != before:
+            self.wake()
+        return CtlAck(id=report.id, ok=True, controller=self.node_id, term=self._term())
+
+    def _graph_key(self) -> object:
+        now = self._clock()
+        links = [(link.link_id, link.up, link.removed) for link in self.topology.links(now)]
+        return (
+            links,
+            self.topology.demand_pairs(now),
+            [n for n in self.topology.node_ids() if self.topology.alive(n, now)],
+        )
+
+    async def handle_route_ask(self, peer: str, ask: CtlRouteAsk) -> CtlRouteReply:
+        """A node with no route to ``ask.destination``: its routes now, and from now on in
+        every push."""
+        if not self.leading:
+            code, message, _ = self._not_controller()
+            return CtlRouteReply(id=ask.id, ok=False, code=code, message=message)
+        self._asked.add((peer, ask.destination))
+        graph = self.topology.graph(self.link_cost, self._clock())
+        routes = compute_routes(graph, [(peer, ask.destination)])
+        self.wake()
+        return CtlRouteReply(id=ask.id, ok=True, routes=routes)
+
+    # --- registrations ---------------------------------------------------------------
+
+    async def handle_register(self, peer: str, message: CtlRegister) -> CtlAck:
+        """A registration forwarded by another node.  Never raises."""
+        try:
+            await self.register(message.entry)
+        except (NoController, RegistrationRefused) as exc:
+            return CtlAck(id=message.id, ok=False, code=str(exc.wire_code), message=str(exc))
+        return CtlAck(id=message.id, ok=True, controller=self.node_id, term=self._term())
+
+    async def register(self, entry: CtlEntry) -> None:
+        """Add or take out a node or link, stored by a majority of the eligible nodes.
+
+        Raises ``NoController`` if this node is not the controller (or has not gathered
+        the registry yet), ``RegistrationRefused`` if the entry is invalid or fewer than
+        a majority stored it.
+        """
+        if not self.leading:
+            raise NoController(self._not_controller()[1])
+        if not self._registry_ready:
+            raise NoController(
+                f"{self.node_id} has just become controller and is still gathering the"
+                " registry from the eligible nodes: try again in a moment"
+            )
+        if entry.kind == "link":
+            assert entry.a is not None and entry.b is not None
+            for end in (entry.a, entry.b):
+                if not entry.removed and self.topology.node_state(end, self._clock()) == "removed":
+                    raise RegistrationRefused(f"link {entry.name}: node {end} is removed")
+        async with self._register_lock:
+            term = self._term()
+            old = self.registry.version
+            version = (term, old[1] + 1 if old[0] == term else 1)
+            entries = self.registry.with_entry(entry)
+            await trio.to_thread.run_sync(self.registry.adopt, version, entries)
+            stored = 1 + await self._replicate(version, entries)
+            self.topology.set_registry(self.registry.listing())
+            self.wake()
+            needed = len(self.electors) // 2 + 1
+            if stored < needed:
+                raise RegistrationRefused(
+                    f"{entry.kind} {entry.name}: stored by {stored} of {len(self.electors)}"
+                    f" eligible nodes, a majority is {needed}; not acknowledged, try again"
+                )
+        log.info(
+            "controller.registered",
+            kind=entry.kind,
+            name=entry.name,
+            removed=entry.removed,
+            version=f"{version[0]}.{version[1]}",
+        )
+
+    async def _replicate(self, version: tuple[int, int], entries: list[CtlEntry]) -> int:
+        """Send the registry to the other eligible nodes; how many hold ``version`` now."""
+        replies = await self._ask_electors(CtlRegistry(id=0, version=version, entries=entries))
+        return sum(1 for r in replies if tuple(r.version) >= version)
+
+    async def _gather_registry(self) -> None:
+        """On taking office: adopt the newest registry a majority holds."""
+        try:
+            await self._gather()
+        finally:
+            self._gathering = False
+
+    async def _gather(self) -> None:
+        mine = self.registry
+        replies = await self._ask_electors(
+            CtlRegistry(id=0, version=mine.version, entries=mine.listing())
+        )
+        if 1 + len(replies) < len(self.electors) // 2 + 1:
+            return  # not yet: try again next round
+        newest = max(replies, key=lambda r: tuple(r.version), default=None)
+        if newest is not None and tuple(newest.version) > mine.version:
+            await trio.to_thread.run_sync(
+                mine.adopt, _version(newest.version), list(newest.entries)
+            )
+            await self._ask_electors(
+                CtlRegistry(id=0, version=mine.version, entries=mine.listing())
+            )
+        if self.leading:
+            self.topology.set_registry(mine.listing())
+            self._registry_ready = True
+
+    async def _ask_electors(self, message: CtlRegistry) -> list[CtlRegistryReply]:
+        replies: list[CtlRegistryReply] = []
+
+        async def one(peer: str) -> None:
+            try:
+                with trio.move_on_after(self._report_s):
+                    reply = await self._request(peer, message)
+                    if isinstance(reply, CtlRegistryReply) and reply.ok:
+                        replies.append(reply)
+            except PeerUnavailable:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.electors:
+                if peer != self.node_id:
+                    nursery.start_soon(one, peer)
+        return replies
+
+    async def handle_registry(self, peer: str, message: CtlRegistry) -> CtlRegistryReply:
+        """The controller's registry: store it if newer; answer with what we hold."""
+        mine = self.registry
+        if peer in self.electors:
+            await trio.to_thread.run_sync(
+                mine.adopt, _version(message.version), list(message.entries)
+            )
+            if self._leading:
+                self.topology.set_registry(mine.listing())
+        return CtlRegistryReply(
+            id=message.id, ok=peer in self.electors, version=mine.version, entries=mine.listing()
+        )
+
+    # --- views -----------------------------------------------------------------------
+
+    def topology_view(self) -> dict[str, Any]:
+        """The topology as ``qkmsctl topology`` shows it (raises ``NoController`` on a
+        node that is not the controller)."""
+        if not self.leading:
+            raise NoController(self._not_controller()[1] + ": ask the controller")
+        return topology_view(self.topology, self._routes, self._clock(), self.node_id, self._term())
+
+
+ROUTES_SHOWN = 1000
+"""Route settings in a ``topology`` answer (the rest are counted): an admin frame is 1 MiB."""
+
+
+def topology_view(
+    topology: Topology, routes: list[CtlRoute], now: float, controller: str, term: int
+) -> dict[str, Any]:
+    nodes = []
+    for node in topology.node_ids():
+        view = topology.nodes.get(node)
+        entry = topology.registry.get(("node", node))
+        nodes.append(
+            {
+                "node_id": node,
+                "state": topology.node_state(node, now),
+                "software": view.software if view else "",
+                "location": (view.location if view and view.location else "")
+                or (entry.location if entry else ""),
+                "report_age_s": round(now - view.reported_at, 3)
+                if view and view.reported_at is not None
+                else None,
+                "peers": list(view.peers) if view else [],
+                "registered": entry is not None,
+                "demand": [
+                    {
+                        "master": d.master,
+                        "slave": d.slave,
+                        "kme": d.kme,
+                        "asked_bits": d.asked_bits,
+                        "served_bits": d.served_bits,
+                    }
+                    for d in (view.demand if view else [])
+                ],
+                "relay": {
+                    "relays_confirmed": view.relay.relays_confirmed,
+                    "relays_failed": view.relay.relays_failed,
+                    "hops_forwarded": view.relay.hops_forwarded,
+                    "bits_relayed": view.relay.bits_relayed,
+                    "link_bits_spent": view.relay.link_bits_spent,
+                }
+                if view
+                else None,
+            }
+        )
+    links = []
+    for link in topology.links(now):
+        links.append(
+            {
+                "link_id": link.link_id,
+                "a": link.a,
+                "b": link.b,
+                "kind": "qkd",
+                "state": link.state,
+                "registered": link.registered,
+                "rate_bps": round(link.rate_bps, 3),
+                "relay_spent_bps": round(link.spent_bps, 3),
+                "qber": link.qber,
+                "ready_bits": {n: link.ready_bits(n) for n in (link.a, link.b)},
+                "device": {n: e.device for n, e in sorted(link.ends.items())},
+            }
+        )
+    for node, pool in topology.virtual_links():
+        links.append(
+            {
+                "link_id": pool.link_id,
+                "a": node,
+                "b": pool.peer,
+                "kind": "virtual",
+                "state": "up" if pool.up else "down",
+                "registered": False,
+                "rate_bps": round(pool.rate_bps, 3),
+                "qber": None,
+                "ready_bits": {node: pool.ready_here, pool.peer: pool.ready_there},
+                "device": {},
+                "hops": list(pool.hops),
+            }
+        )
+    return {
+        "controller": controller,
+        "term": term,
+        "nodes": nodes,
+        "links": links,
+        "routes": [
+            {
+                "source": r.source,
+                "destination": r.destination,
+                "paths": [{"nodes": list(p.nodes), "cost": p.cost} for p in r.paths],
+            }
+            for r in routes[:ROUTES_SHOWN]
+        ],
+        "routes_total": len(routes),
+    }
+
+
+PUSH_PART_BYTES = 256 * 1024
+"""Route settings per ``ctl.routes`` message, in encoded bytes: well under a frame."""
+
+
+def _parts(routes: list[CtlRoute]) -> list[list[CtlRoute]]:
+    """``routes`` cut into messages of at most ``PUSH_PART_BYTES`` (and item) each."""
+    parts: list[list[CtlRoute]] = [[]]
+    size = 0
+    for route in routes:
+        n = len(to_wire(route))
+        if parts[-1] and (size + n > PUSH_PART_BYTES or len(parts[-1]) >= MAX_REPORT_ITEMS):
+            parts.append([])
+            size = 0
+        parts[-1].append(route)
+        size += n
+    return parts
+
+
+def _version(version: tuple[int, int]) -> tuple[int, int]:
+    return (int(version[0]), int(version[1]))
+
+
+def refusals(node_id: str) -> dict[type[Any], Callable[[str, Any], Awaitable[Any]]]:
+    """Handlers for a node that is not eligible: every controller request is refused."""
+    message = f"{node_id} is not eligible for the controller role"
+
+    async def ack(peer: str, request: Any) -> CtlAck:
+        return CtlAck(id=request.id, ok=False, code=ErrorCode.NOT_CONTROLLER, message=message)
+
+    async def route(peer: str, request: CtlRouteAsk) -> CtlRouteReply:
+        return CtlRouteReply(
+            id=request.id, ok=False, code=ErrorCode.NOT_CONTROLLER, message=message
+        )
+
+    async def registry(peer: str, request: CtlRegistry) -> CtlRegistryReply:
+        return CtlRegistryReply(id=request.id, ok=False, version=(0, 0), entries=[])
+
+    return {CtlReport: ack, CtlRegister: ack, CtlRouteAsk: route, CtlRegistry: registry}

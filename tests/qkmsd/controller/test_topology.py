@@ -1,0 +1,184 @@
+"""The controller's soft state from reports, its routes, its registry and its 015 view."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from protocol import CtlDemand, CtlEntry, CtlLink, CtlRelayLoad, CtlReport
+from qkmsd.controller import (
+    BadReport,
+    Registry,
+    Topology,
+    compute_routes,
+    etsi015_view,
+    link_cost,
+    qkms_uuid,
+)
+
+RING = [("A", "B"), ("B", "C"), ("C", "D"), ("A", "D")]
+
+
+def report(node: str, links: list[CtlLink], **kwargs: Any) -> CtlReport:
+    fields: dict[str, Any] = dict(
+        id=0,
+        node=node,
+        seq=1,
+        period_s=1.0,
+        software="0.1.0",
+        links=links,
+        peers=[],
+        demand=[],
+        relay=CtlRelayLoad(),
+    )
+    return CtlReport(**(fields | kwargs))
+
+
+def qkd(a: str, b: str, node: str, *, up: bool = True, **kwargs: Any) -> CtlLink:
+    peer = b if node == a else a
+    return CtlLink(f"{a}~{b}", peer, up, **kwargs)
+
+
+def ring(now: float = 0.0, **down: bool) -> Topology:
+    topo = Topology(lost_after=3.0)
+    for node in "ABCD":
+        links = [qkd(a, b, node, up=not down.get(f"{a}{b}")) for a, b in RING if node in (a, b)]
+        if node == "A":
+            links.append(CtlLink("A~C", "C", True, virtual=True, hops=["A", "B", "C"]))
+        topo.apply_report(node, report(node, links), now)
+    return topo
+
+
+def test_a_link_is_up_only_if_every_end_that_reported_says_so() -> None:
+    topo = ring()
+    topo.apply_report("B", report("B", [qkd("A", "B", "B", up=False), qkd("B", "C", "B")]), 0.0)
+    states = {link.link_id: link.state for link in topo.links(0.0)}
+    assert states == {"A~B": "down", "B~C": "up", "C~D": "up", "A~D": "up"}
+    assert not topo.graph(link_cost, 0.0).has_edge("A", "B")
+
+
+def test_a_node_that_stops_reporting_is_lost_and_its_links_leave_the_graph() -> None:
+    topo = ring(now=0.0)
+    for node in "ABC":  # D goes quiet
+        topo.apply_report(node, report(node, [*topo.nodes[node].links.values()]), 2.5)
+    assert topo.node_state("D", 3.5) == "lost"
+    graph = topo.graph(link_cost, 3.5)
+    assert "D" not in graph and sorted(graph.edges) == [("A", "B"), ("B", "C")]
+
+
+def test_routes_go_both_ways_round_a_ring_with_their_cost() -> None:
+    topo = ring()
+    routes = compute_routes(topo.graph(link_cost, 0.0), topo.demand_pairs(0.0))
+    assert [(r.source, r.destination) for r in routes] == [("A", "C")]
+    assert sorted((p.nodes, p.cost) for p in routes[0].paths) == [
+        (["A", "B", "C"], 2.0),
+        (["A", "D", "C"], 2.0),
+    ]
+    cut = ring(AB=True)
+    (route,) = compute_routes(cut.graph(link_cost, 0.0), cut.demand_pairs(0.0))
+    assert [p.nodes for p in route.paths] == [["A", "D", "C"]]
+
+
+def test_demand_to_a_distant_kme_makes_a_pair_and_to_a_neighbour_does_not() -> None:
+    topo = ring()
+    demand = [CtlDemand("S1", "S2", "C", 8, 8), CtlDemand("S1", "S3", "B", 8, 8)]
+    links = [qkd("A", "B", "A"), qkd("A", "D", "A")]
+    topo.apply_report("A", report("A", links, demand=demand), 0.0)
+    assert topo.demand_pairs(0.0) == [("A", "C")]
+
+
+def test_a_registered_link_is_routable_and_a_removed_one_is_not() -> None:
+    topo = ring()
+    topo.set_registry([CtlEntry("link", "A~C", a="A", b="C")])
+    (route,) = compute_routes(topo.graph(link_cost, 0.0), [("A", "C")])
+    assert route.paths[0].nodes == ["A", "C"]
+    topo.set_registry([CtlEntry("link", "A~B", a="A", b="B", removed=True)])
+    assert not topo.graph(link_cost, 0.0).has_edge("A", "B")
+    assert {link.link_id: link.state for link in topo.links(0.0)}["A~B"] == "removed"
+
+
+@pytest.mark.parametrize(
+    ("sender", "message", "words"),
+    [
+        ("A", report("B", []), "names node B"),
+        ("A", report("A", [qkd("A", "B", "A"), qkd("A", "B", "A")]), "reported twice"),
+        ("A", report("A", [CtlLink("A~A", "A", True)]), "joins A to itself"),
+        ("A", report("A", [qkd("A", "B", "A", qber=0.7)]), "QBER 0.7"),
+        ("A", report("A", [qkd("A", "B", "A", rate_bps=5e12)]), "impossible"),
+        ("A", report("A", [CtlLink("B~C", "D", True)]), "joins B and C, not A and D"),
+        ("A", report("A", [CtlLink("A~B", "B", True, virtual=True)]), "is a QKD link"),
+        ("A", report("A", [CtlLink("A~C", "C", True, virtual=True, hops=["B", "C"])]), "path"),
+        ("A", report("A", [], peers=["A"]), "names itself"),
+        ("E", report("E", []), "E is removed"),
+        ("E", report("E", [CtlLink("X~Y", "C", True)]), "joins X and Y"),
+    ],
+)
+def test_a_bad_report_is_refused_whole_and_changes_nothing(
+    sender: str, message: CtlReport, words: str
+) -> None:
+    topo = ring()
+    topo.set_registry(
+        [CtlEntry("node", "E", removed=sender == "E" and not message.links),
+         CtlEntry("link", "X~Y", a="X", b="Y")]
+    )  # fmt: skip
+    before = msgspec.json.encode({n: v.links for n, v in topo.nodes.items()})
+    with pytest.raises(BadReport, match=words):
+        topo.apply_report(sender, message, 1.0)
+    assert msgspec.json.encode({n: v.links for n, v in topo.nodes.items()}) == before
+    assert all(v.reported_at == 0.0 for v in topo.nodes.values())
+
+
+def test_the_registry_keeps_the_newest_version_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    registry = Registry(path)
+    node = CtlEntry("node", "X", location="Seoul")
+    assert registry.adopt((2, 1), [node])
+    assert not registry.adopt((1, 9), [])  # an older term's version: ignored
+    assert registry.adopt((2, 2), registry.with_entry(CtlEntry("link", "A~X", a="A", b="X")))
+    again = Registry(path)
+    again.load()
+    assert again.version == (2, 2)
+    assert [(e.kind, e.name) for e in again.listing()] == [("link", "A~X"), ("node", "X")]
+
+
+def test_the_etsi015_view_names_nodes_links_and_applications_as_015_does() -> None:
+    topo = Topology(lost_after=3.0)
+    demand = [CtlDemand("SAE_A", "SAE_C", "C", 0, 0)]
+    a_links = [
+        qkd("A", "B", "A", rate_bps=8000.0, qber=0.02, ready_here=4096, device="up", spent_bps=500),
+        CtlLink("A~C", "C", True, virtual=True, rate_bps=1000.0, hops=["A", "B", "C"]),
+    ]
+    topo.apply_report("A", report("A", a_links, demand=demand, location="lab"), 0.0, 100.0)
+    demand = [CtlDemand("SAE_A", "SAE_C", "C", 4096, 2048)]
+    topo.apply_report("A", report("A", a_links, demand=demand, location="lab"), 1.0, 102.0)
+    topo.set_registry([CtlEntry("node", "X")])
+    view = etsi015_view(topo, 1.0)
+    nodes = {view["qkms_names"][n["qkd_node"]["qkdn_id"]]: n["qkd_node"] for n in view["nodes"]}
+    assert {n: v["qkdn_status"] for n, v in nodes.items()} == {
+        "A": "OPERATING",
+        "B": "FAILURE",  # known from A's link, never heard from
+        "X": "NEW",
+    }
+    a = nodes["A"]
+    assert a["qkdn_version"] == "0.1.0" and a["qkdn_location_id"] == "lab"
+    assert a["qkdn_capabilities"]["key_relay_mode_enable"] is True
+    links = {view["qkms_names"][x["qkdl_id"]]: x for x in a["qkd_links"]["qkd_link"]}
+    phys, virt = links["A~B"], links["A~C"]
+    assert phys["qkdl_type"] == "PHYS" and phys["qkdl_status"] == "ACTIVE"
+    assert phys["qkdl_performance"]["skr"] == 8000
+    assert phys["qkdl_performance"]["eskr"] == 7500  # less what relays spent on it
+    assert phys["qkdl_performance"]["phys_perf"] == [{"perf_type": "QBER", "value": 0.02}]
+    assert virt["qkdl_type"] == "VIRT" and virt["virt_next_hop"] == [qkms_uuid("node", "B")]
+    (app,) = a["qkd_applications"]["qkd_app"]
+    assert app["app_type"] == "CLIENT" and app["server_app_id"] == "SAE_A"
+    assert app["backing_qkdl_id"] == [virt["qkdl_id"]] and virt["qkdl_applications"] == [
+        app["app_id"]
+    ]
+    (window,) = app["app_statistics"]["statistics"]
+    assert window["consumed_bits"] == 2048 and window["end_time"].endswith("Z")
+    assert virt["qkdl_performance"]["expected_consumption"] == 2048  # 4096 bits over 2 s
+    assert uuid.UUID(a["qkdn_id"]).version == 5
