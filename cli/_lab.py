@@ -191,6 +191,11 @@ def node_config(
         if sae_spec.pqc:
             entry["pqc_public_key"] = str(lab / "pki" / "saes" / f"{sae}.pqc.pub.pem")
         parts.append(_table(f'saes."{sae}"', entry))
+        if sae_spec.limits:
+            limits = {
+                k: int(v) if k.startswith("burst_") else v for k, v in sae_spec.limits.items()
+            }
+            parts.append(_table(f'saes."{sae}".limits', limits))
     for link in topo.links:
         if node not in (link.a, link.b):
             continue

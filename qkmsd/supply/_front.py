@@ -35,7 +35,7 @@ from qkms_pqc import (
 from ..config import SaeConfig, SupplyPolicy
 from ..http import Request, Response
 from ._errors import HANDLED, BadRequest, Unauthorised, Unavailable, error_response
-from ._policy import RateLimiter, derive_keys
+from ._policy import RateLimiter, SaeRateLimiter, derive_keys
 from ._source import KeyOrder, KeySource
 
 EXT_PQC_WRAP = "qkms_pqc_wrap"
@@ -82,12 +82,15 @@ class Etsi014Front:
         self._sources = list(sources)
         self._pqc_keys = pqc_keys
         self._limits = RateLimiter(clock=trio.current_time)
+        self._sae_limits = SaeRateLimiter(clock=trio.current_time)
         self._counts = _Counts()
 
     async def handle(self, request: Request) -> Response:
         """Answer one ETSI 014 request.  Never raises for bad input."""
         try:
             caller = self._caller(request)
+            # Before any parsing: a flooding SAE costs as little as possible.
+            self._sae_limits.request(caller, self._saes[caller].limits)
             call = etsi014.parse_api_path(request.method, request.target)
             if call.kind is etsi014.ApiKind.STATUS:
                 return await self._status(caller, call.sae_id)
@@ -179,6 +182,7 @@ class Etsi014Front:
         # Wrapping follows the SAE's registration; the extension only insists on it.
         self._check_mandatory_extensions(master, req.extension_mandatory or [])
         slaves = self._slaves(master, slave, target, req.additional_slave_SAE_IDs or [], policy)
+        self._sae_limits.keys(master, number, self._saes[master].limits)
         self._limits.take((master, slave), number, policy)
         source = self._source(target.kme, slave)
         keys = await source.new_keys(
@@ -199,6 +203,7 @@ class Etsi014Front:
             source = next((s for s in self._sources if s.serves(master_sae.kme)), None)
         if source is None:  # no key from that master can have reached this node
             raise BadRequest(etsi014.MSG_KEYS_NOT_FOUND)
+        self._sae_limits.keys(slave, len(key_ids), self._saes[slave].limits)
         got = await source.fetch(key_ids, master=master, requester=slave)
         self._counts.dec_keys += 1
         self._counts.keys_out += len(got)

@@ -40,7 +40,7 @@ from qkmsd.keystore import (
 from qkmsd.main import main
 from qkmsd.relay import RelayFailed
 from qkmsd.state import AlarmHistoryError
-from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
+from qkmsd.supply import BadRequest, RateLimited, SupplyError, Unauthorised, Unavailable
 from qkmsd.supply._errors import HANDLED, error_response
 from qkmsd.tls import CertificateIdentityError, TlsConfigError, TlsError
 
@@ -73,6 +73,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     BadRequest: (INTERNAL, 400, EXIT_FAILURE),
     Unauthorised: (INTERNAL, 401, EXIT_FAILURE),
     Unavailable: (INTERNAL, 503, EXIT_FAILURE),
+    RateLimited: (INTERNAL, 429, EXIT_FAILURE),
 }
 
 
