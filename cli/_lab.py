@@ -164,6 +164,7 @@ def node_config(
             {
                 "peer": f"127.0.0.1:{ports[node]['peer']}",
                 "api": f"127.0.0.1:{ports[node]['api']}",
+                "metrics": f"127.0.0.1:{ports[node]['metrics']}",
                 "admin_socket": str(home / "admin.sock"),
             }
             | dashboard,
