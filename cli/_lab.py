@@ -138,9 +138,11 @@ def node_config(
     """The TOML config of one lab node."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
-    dashboard = (
-        {"dashboard": f"127.0.0.1:{ports[node]['dashboard']}"} if "dashboard" in ports[node] else {}
-    )
+    plain_http = {
+        kind: f"127.0.0.1:{ports[node][kind]}"
+        for kind in ("metrics", "dashboard")
+        if kind in ports[node]
+    }
     parts = [
         f"# qkmsd config for {node}, written by `qkmsctl lab up` (topology {topo.name!r})\n",
         _table(
@@ -164,10 +166,9 @@ def node_config(
             {
                 "peer": f"127.0.0.1:{ports[node]['peer']}",
                 "api": f"127.0.0.1:{ports[node]['api']}",
-                "metrics": f"127.0.0.1:{ports[node]['metrics']}",
                 "admin_socket": str(home / "admin.sock"),
             }
-            | dashboard,
+            | plain_http,
         ),
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1, "heartbeat_s": 2.0}),
     ]
