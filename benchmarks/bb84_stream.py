@@ -15,7 +15,7 @@ per CPU-second, and bytes of peak RSS per sifted bit.
     .venv/bin/python benchmarks/bb84_stream.py --distance-km 75 \
         --new 1e10,5e10,1e11,5e11 --old 1e10,5e10,1e11
 
-writes ``benchmarks/results/bb84_stream_<distance>km.json``.
+writes ``benchmarks/results/bb84_stream_<distance>km_pa<tile>.json``.
 """
 
 # The child's script is one string with long lines.
@@ -45,7 +45,7 @@ CHILD = """
 import json, resource, sys, time
 import numpy as np
 from qkd_drivers.bb84 import GYS, NO_EVE, analytic_rate
-code, distance, pulses, block_bits, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+code, distance, pulses, block_bits, seed, pa = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 rng = np.random.Generator(np.random.PCG64(seed))
 t0 = time.perf_counter()
 if code == "old":
@@ -54,7 +54,7 @@ if code == "old":
 else:
     from qkd_drivers.bb84 import run_stream
     from qkd_drivers.bb84._driver import pulses_per_block
-    r = run_stream(GYS, distance, pulses, rng, block_pulses=pulses_per_block(GYS, distance, NO_EVE, block_bits))
+    r = run_stream(GYS, distance, pulses, rng, block_pulses=pulses_per_block(GYS, distance, NO_EVE, block_bits), pa_segment=pa)
 wall = time.perf_counter() - t0
 use = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
@@ -79,10 +79,22 @@ def old_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def point(code: str, tree: Path, distance: float, pulses: int, block_bits: int) -> dict[str, Any]:
+def point(
+    code: str, tree: Path, distance: float, pulses: int, block_bits: int, pa_segment: int
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, code, str(distance), str(pulses), str(block_bits), "1"],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            code,
+            str(distance),
+            str(pulses),
+            str(block_bits),
+            "1",
+            str(pa_segment),
+        ],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
@@ -127,24 +139,33 @@ def main() -> None:
     parser.add_argument("--new", type=counts, default=counts("1e10,5e10,1e11"))
     parser.add_argument("--old", type=counts, default=counts("1e10,5e10"))
     parser.add_argument("--block-bits", type=int, default=1 << 20)
+    parser.add_argument(
+        "--pa-segment", type=int, default=1 << 21, help="privacy amplification tile"
+    )
     parser.add_argument("--old-rev", default="main")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bb84-old-") as tmp:
         old = old_tree(args.old_rev, Path(tmp))
-        print(f"bb84 gys at {args.distance_km:g} km, block {args.block_bits} key bits (new code)")
+        print(
+            f"bb84 gys at {args.distance_km:g} km, block {args.block_bits} key bits,"
+            f" privacy amplification tiles of {args.pa_segment} bits (new code)"
+        )
         # Interleaved, so that the shared machine's load falls on both alike.
         for pulses in sorted(set(args.new) | set(args.old)):
             for code, tree in (("old", old), ("new", REPO)):
                 if pulses in (args.old if code == "old" else args.new):
-                    row = point(code, tree, args.distance_km, pulses, args.block_bits)
+                    row = point(
+                        code, tree, args.distance_km, pulses, args.block_bits, args.pa_segment
+                    )
                     show(row)
                     rows.append(row)
     write(
-        f"bb84_stream_{args.distance_km:g}km",
+        f"bb84_stream_{args.distance_km:g}km_pa{args.pa_segment}",
         rows,
         distance_km=args.distance_km,
         block_bits=args.block_bits,
+        pa_segment=args.pa_segment,
         old_rev=args.old_rev,
         command=" ".join(sys.argv),
     )

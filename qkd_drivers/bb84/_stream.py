@@ -46,9 +46,10 @@ from ._verify import tag_length, verify
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 
-# Privacy amplification segment (bits): each product of a segment pair is an FFT
-# of about 3 segments of float64 (~75 MB at 2^20 with its temporaries).
-PA_SEGMENT = 1 << 20
+# Privacy amplification segment (bits): each product of a segment pair is an FFT of
+# about 3 segments of float64, ~150 MB at 2^21 with its temporaries.  The work grows as
+# 1 / segment: at 2^20 a 5e11-pulse run at 75 km took 178 CPU-s and peaked at 200 MB.
+PA_SEGMENT = 1 << 21
 
 
 def toeplitz_hash_segmented(
