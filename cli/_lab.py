@@ -168,9 +168,11 @@ def node_config(
     """The TOML config of one lab node (in its own namespace with ``netns``)."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
-    dashboard = (
-        {"dashboard": f"127.0.0.1:{ports[node]['dashboard']}"} if "dashboard" in ports[node] else {}
-    )
+    plain_http = {
+        kind: f"127.0.0.1:{ports[node][kind]}"
+        for kind in ("metrics", "dashboard")
+        if kind in ports[node]
+    }
     parts = [
         f"# qkmsd config for {node}, written by `qkmsctl lab up` (topology {topo.name!r})\n",
         _table(
@@ -196,7 +198,7 @@ def node_config(
                 "api": f"127.0.0.1:{ports[node]['api']}",
                 "admin_socket": str(home / "admin.sock"),
             }
-            | dashboard,
+            | plain_http,
         ),
         # The daemon's heartbeat and silence limit (0.25 s, 1 s): a cut is seen within 1 s.
         _table("sync", {"timeout_s": 20.0, "announce_interval_s": 0.1}),
@@ -219,6 +221,11 @@ def node_config(
         if sae_spec.pqc:
             entry["pqc_public_key"] = str(lab / "pki" / "saes" / f"{sae}.pqc.pub.pem")
         parts.append(_table(f'saes."{sae}"', entry))
+        if sae_spec.limits:
+            limits = {
+                k: int(v) if k.startswith("burst_") else v for k, v in sae_spec.limits.items()
+            }
+            parts.append(_table(f'saes."{sae}".limits', limits))
     for link in topo.links:
         if node not in (link.a, link.b):
             continue

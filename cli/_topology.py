@@ -47,6 +47,9 @@ class SaeSpec(_Strict, frozen=True):
     kme: Id
     pqc: bool = False
     """Give the SAE a hybrid ML-KEM-768 + X25519 key: its keys are delivered wrapped."""
+    limits: dict[str, float] = {}
+    """The SAE's ``[saes.X.limits]`` at its node (requests_per_s, burst_requests,
+    keys_per_s, burst_keys); the node checks them at start."""
 
 
 class Defaults(_Strict, frozen=True):

@@ -18,6 +18,7 @@ from .bb84 import bb84  # noqa: E402
 from .controller import controller  # noqa: E402
 from .dashboard import dashboard  # noqa: E402
 from .demo import demo  # noqa: E402
+from .keystore import keystore  # noqa: E402
 from .lab import lab  # noqa: E402
 from .network import link, node, topology  # noqa: E402
 from .node import config, links, peers, status  # noqa: E402
@@ -53,6 +54,7 @@ for _command in (
     config,
     qkde,
     sae,
+    keystore,
 ):
     qkmsctl.add_command(_command)
 

@@ -9,6 +9,7 @@ __all__ = [
     "BadRequest",
     "Etsi014Error",
     "KeyUnwrapError",
+    "RateLimited",
     "ServiceUnavailable",
     "TransportError",
     "Unauthorized",
@@ -61,3 +62,7 @@ class TransportError(Etsi014Error):
 class KeyUnwrapError(Etsi014Error):
     """PQC-wrapped keys could not be opened: no ``pqc_private_key`` was given, or the keys
     were not wrapped for it, or they were altered on the way."""
+
+
+class RateLimited(ServiceUnavailable):
+    """429: this SAE is over its rate limit at the KME; ``message`` says when to retry."""

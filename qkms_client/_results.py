@@ -37,6 +37,7 @@ from qkms_pqc import (
 from ._errors import (
     BadRequest,
     KeyUnwrapError,
+    RateLimited,
     ServiceUnavailable,
     Unauthorized,
     UnexpectedResponse,
@@ -191,13 +192,14 @@ def _raise_for_status(status: int, body: bytes) -> None:
         return
     if status == 401:
         raise Unauthorized("KME answered 401: this SAE is not authorised for this request")
-    if status in (400, 503):
+    if status in (400, 429, 503):
         try:
             error = decode_error(body)
             message, details = error.message, error.details or []
         except RemoteProtocolError:
             message, details = f"(HTTP {status} without a valid ETSI 014 error body)", []
-        raise (BadRequest if status == 400 else ServiceUnavailable)(message, details)
+        kind = {400: BadRequest, 429: RateLimited}.get(status, ServiceUnavailable)
+        raise kind(message, details)
     raise UnexpectedResponse(f"KME answered HTTP {status}, not an ETSI 014 status", status)
 
 

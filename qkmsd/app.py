@@ -52,7 +52,7 @@ from .dashboard import Dashboard, DashboardSources, dashboard_handler
 from .errors import PeerUnavailable, StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
 from .keymanager import KeyManager
-from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
+from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key, open_store
 from .log import get_logger
 from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
@@ -643,9 +643,14 @@ class Node:
 
 def _open_store(cfg: Config) -> KeyStore:
     try:
-        master_key = load_master_key(cfg.master_key_file)
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return KeyStore.open(cfg.keystore_path, master_key)
+        if cfg.master_key_file is None:
+            return KeyStore.open(cfg.keystore_path, load_master_key(None))
+        # Finishes a `qkmsd rotate-master` that a crash interrupted.
+        store, finished = open_store(cfg.keystore_path, cfg.master_key_file)
+        if finished:
+            log.warning("keystore.rotation_finished", key_file=str(cfg.master_key_file))
+        return store
     except (MasterKeyError, KeyStoreError) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:

@@ -128,9 +128,33 @@ class ControllerSection(_Section, frozen=True):
     """Clock-rate margin added to every promise a node makes to a controller."""
 
 
+class SaeLimits(_Section, frozen=True):
+    """Rate limits on one SAE's ETSI 014 calls (token buckets; ``None``: no limit).
+
+    ``requests_per_s`` counts every call (status, enc_keys, dec_keys); ``keys_per_s``
+    counts the keys asked for by enc_keys and dec_keys.  A bucket holds up to its burst;
+    a call over the limit is answered 429 with ``Retry-After``.
+    """
+
+    requests_per_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst_requests: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 32
+    keys_per_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst_keys: Annotated[int, msgspec.Meta(ge=1, le=1 << 24)] = 1024
+
+
+class SaeLimitsOverride(_Section, frozen=True):
+    """``[saes.X.limits]``: any field set replaces ``[supply.sae_limits]``'s."""
+
+    requests_per_s: float | None = None
+    burst_requests: int | None = None
+    keys_per_s: float | None = None
+    burst_keys: int | None = None
+
+
 class SaeSection(_Section, frozen=True):
     kme: NodeId
     pqc_public_key: str | None = None
+    limits: SaeLimitsOverride = SaeLimitsOverride()
 
 
 class SupplyPolicy(_Section, frozen=True):
@@ -167,6 +191,8 @@ class SupplyPairSection(_Section, frozen=True):
 
 class SupplySection(_Section, frozen=True):
     default: SupplyPolicy = SupplyPolicy()
+    sae_limits: SaeLimits = SaeLimits()
+    """The rate limits of every SAE without its own ``[saes.X.limits]``."""
     pairs: list[SupplyPairSection] = []
     reserve_timeout_s: Seconds = 5.0
     # How long a delivered or expired key's row (no material) outlives the key's validity.
@@ -329,6 +355,7 @@ class SaeConfig(msgspec.Struct, frozen=True):
     sae_id: str
     kme: str
     pqc_public_key: Path | None
+    limits: SaeLimits = SaeLimits()
 
 
 class RelayPoolConfig(msgspec.Struct, frozen=True):
@@ -571,7 +598,20 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         if not SAE_ID_RE.fullmatch(sae_id):
             raise fail(f"[saes.{sae_id}]", "is not a valid SAE id (1-64 of A-Z a-z 0-9 _ . : -)")
         key = resolve(sae.pqc_public_key) if sae.pqc_public_key else None
-        saes[sae_id] = SaeConfig(sae_id, sae.kme, key)
+        changes = {
+            f: getattr(sae.limits, f)
+            for f in SaeLimits.__struct_fields__
+            if getattr(sae.limits, f) is not None
+        }
+        try:
+            limits = msgspec.convert(
+                {**msgspec.structs.asdict(raw.supply.sae_limits), **changes},
+                SaeLimits,
+                strict=True,
+            )
+        except msgspec.ValidationError as exc:
+            raise fail(f"[saes.{sae_id}.limits]", str(exc)) from None
+        saes[sae_id] = SaeConfig(sae_id, sae.kme, key, limits)
     for i, pair in enumerate(raw.supply.pairs):
         for role in ("master", "slave"):
             if getattr(pair, role) not in saes:

@@ -21,7 +21,7 @@ from ._exc import collapse
 from .app import VERSION, Node
 from .config import Config, ConfigError, load_config
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, QkmsError, StartupError
-from .keystore import MasterKeyError, generate_master_key
+from .keystore import KeyStoreError, MasterKeyError, generate_master_key, rotate_master_key
 from .log import configure, get_logger
 from .systemd import Notifier
 
@@ -30,6 +30,13 @@ log = get_logger("qkms.main")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkmsd", description="qkms node daemon")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["rotate-master"],
+        help="rotate-master: re-encrypt the stopped node's key store under a new master key"
+        " (needs --config, with [node] master_key_file) and exit",
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--config", "-c", help="node config file (TOML)")
     what.add_argument(
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"config {config.source}: ok (node {config.node_id}, {len(config.links)} link(s))")
         return EXIT_OK
+    if args.command == "rotate-master":
+        return _rotate_master(config)
     configure(config.log.level, config.log.format, node_id=config.node_id)
     try:
         trio.run(serve, config, Notifier())
@@ -99,6 +108,36 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(cause, KeyboardInterrupt):
             return EXIT_INTERRUPTED
         raise
+    return EXIT_OK
+
+
+def _rotate_master(config: Config) -> int:
+    """``qkmsd rotate-master``: see ``qkmsd.keystore.rotate_master_key``."""
+    if config.master_key_file is None:
+        print(
+            f"qkmsd: config {config.source}: [node] master_key_file is not set: the master key"
+            " comes from a systemd credential, which qkmsd cannot rewrite; set master_key_file"
+            " to the credential's source file for the rotation",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if not config.keystore_path.exists():
+        print(f"qkmsd: key store {config.keystore_path}: not found", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        done = rotate_master_key(config.keystore_path, config.master_key_file)
+    except (MasterKeyError, KeyStoreError) as exc:
+        return _fail(exc)
+    except OSError as exc:
+        print(f"qkmsd: master key {config.master_key_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if done.recovered:
+        print("an interrupted earlier rotation was finished first")
+    print(
+        f"key store {config.keystore_path}: re-encrypted {done.blocks} block(s) and"
+        f" {done.service_keys} service key(s) under a new master key, now in"
+        f" {config.master_key_file}"
+    )
     return EXIT_OK
 
 

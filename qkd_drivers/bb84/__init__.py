@@ -54,12 +54,14 @@ from ._simulate import (
     simulate_events,
     simulate_pulses,
 )
+from ._stream import PA_SEGMENT, run_stream, toeplitz_hash_segmented
 from ._verify import Verification, tag_length, verify
 
 __all__ = [
     "GYS",
     "LIM2014",
     "NO_EVE",
+    "PA_SEGMENT",
     "PARAM_SETS",
     "AsymptoticEstimate",
     "Bb84Params",
@@ -97,6 +99,7 @@ __all__ = [
     "pns_strategy",
     "privacy_amplification",
     "run_block",
+    "run_stream",
     "sample_qber",
     "sift",
     "simulate",
@@ -105,6 +108,7 @@ __all__ = [
     "tag_length",
     "toeplitz_hash",
     "toeplitz_hash_direct",
+    "toeplitz_hash_segmented",
     "vacuum_weak_decoy_bounds",
     "vacuum_weak_decoy_rate",
     "verify",

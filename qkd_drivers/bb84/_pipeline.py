@@ -37,6 +37,7 @@ class BlockResult:
     n_pulses: int
     mode: str
     eve: str
+    blocks: int = 1
     detections: int = 0
     double_clicks: int = 0
     sifted_bits: int = 0

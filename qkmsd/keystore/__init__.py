@@ -25,6 +25,7 @@ from ._lifecycle import (
 )
 from ._masterkey import CREDENTIAL_NAME, MASTER_KEY_SIZE, generate_master_key, load_master_key
 from ._pool import Allocation, Segment
+from ._rotate import Rotation, open_store, pending_key_file, rotate_master_key
 from ._service import (
     RETAIN_ENDED_S,
     CutKey,
@@ -65,8 +66,12 @@ __all__ = [
     "MasterKeyMismatch",
     "NewBlock",
     "PoolLevel",
+    "Rotation",
     "check_transition",
     "generate_master_key",
     "is_legal",
     "load_master_key",
+    "open_store",
+    "pending_key_file",
+    "rotate_master_key",
 ]

@@ -44,7 +44,7 @@ from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
 from ._relays import RELAYS_SCHEMA, RelayJournalMethods
-from ._service import SERVICE_KEYS_SCHEMA, ServiceKeyMethods
+from ._service import SERVICE_KEYS_SCHEMA, ServiceKeyMethods, _service_ad
 
 MAX_BLOCK_BYTES: Final = 1 << 24
 """Largest key block accepted (16 MiB)."""
@@ -343,6 +343,57 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
             ) from None
         if plain != _CANARY:
             raise CorruptStoreError(f"key store {self._path}: master key canary altered")
+
+    def reencrypt(self, new_key: bytes) -> tuple[int, int]:
+        """Re-encrypt every ciphertext under ``new_key``, in one transaction, and use it
+        from now on.  Returns (blocks, service keys) re-encrypted.
+
+        All or nothing: a crash leaves the store under the old key or the new one (see
+        ``rotate_master_key``, which also keeps both keys on disk meanwhile).  Raises
+        ``KeyStoreError`` for a key of the wrong size, ``CorruptStoreError`` if a row fails
+        authentication (nothing is changed then).
+        """
+        if not isinstance(new_key, bytes) or len(new_key) != MASTER_KEY_SIZE:
+            raise KeyStoreError(
+                f"key store {self._path}: the master key must be {MASTER_KEY_SIZE} bytes"
+            )
+        with self._writing() as conn:
+            nonce = os.urandom(_NONCE_SIZE)
+            conn.execute(
+                "UPDATE meta SET nonce = ?, value = ? WHERE name = 'canary'",
+                (nonce, _encrypt(new_key, nonce, _CANARY, _CANARY_AD)),
+            )
+            ids = conn.execute("SELECT link_id, block_id FROM block_material").fetchall()
+            for link_id, block_id in ids:
+                old_nonce, material = conn.execute(
+                    "SELECT nonce, material FROM block_material WHERE link_id = ? AND block_id = ?",
+                    (link_id, block_id),
+                ).fetchone()
+                plain = self._open_block(link_id, block_id, old_nonce, material)
+                nonce = os.urandom(_NONCE_SIZE)
+                conn.execute(
+                    "UPDATE block_material SET nonce = ?, material = ?"
+                    " WHERE link_id = ? AND block_id = ?",
+                    (
+                        nonce,
+                        _encrypt(new_key, nonce, plain, _block_ad(link_id, block_id)),
+                        link_id,
+                        block_id,
+                    ),
+                )
+            rows = conn.execute(
+                "SELECT key_id, nonce, material FROM service_keys WHERE material IS NOT NULL"
+            ).fetchall()
+            for key_id, old_nonce, material in rows:
+                ad = _service_ad(key_id)
+                plain = self._unseal(old_nonce, material, ad)
+                nonce = os.urandom(_NONCE_SIZE)
+                conn.execute(
+                    "UPDATE service_keys SET nonce = ?, material = ? WHERE key_id = ?",
+                    (nonce, _encrypt(new_key, nonce, plain, ad), key_id),
+                )
+        self._key = new_key  # committed
+        return len(ids), len(rows)
 
     def _migrate(self) -> None:
         with self._writing() as conn:

@@ -8,7 +8,7 @@ keys: ``LocalSource`` for pairs on this node, ``DirectLinkSource`` across a QKD 
 
 from ._book import PolicyBook
 from ._direct import DirectLinkSource, StockStatistics
-from ._errors import BadRequest, SupplyError, Unauthorised, Unavailable
+from ._errors import BadRequest, RateLimited, SupplyError, Unauthorised, Unavailable
 from ._front import EXT_PQC_WRAP, Etsi014Front, FrontStatistics
 from ._local import LocalSource
 from ._recorded import INLINE_FETCH_MAX_KEYS, RecordedKeys
@@ -28,6 +28,7 @@ __all__ = [
     "KeySource",
     "LocalSource",
     "PolicyBook",
+    "RateLimited",
     "RecordedKeys",
     "RelayedPoolSource",
     "ReservationResponder",

@@ -42,11 +42,22 @@ class Unavailable(SupplyError):
     http_status = 503
 
 
+class RateLimited(SupplyError):
+    """The SAE is over its ``[saes.X.limits]`` rate (429, with ``Retry-After``)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 HANDLED: tuple[type[Exception], ...] = (
     etsi014.ApiRequestError,
     BadRequest,
     Unauthorised,
     Unavailable,
+    RateLimited,
     NotAuthorised,
     ServiceKeyNotFound,
     InsufficientKey,
@@ -64,4 +75,7 @@ def error_response(exc: Exception) -> Response:
     if exc.http_status == 401:
         return Response(401)
     details = exc.details if isinstance(exc, SupplyError) else None
-    return Response(exc.http_status, etsi014.error_body(exc.sae_message or str(exc), details))
+    body = etsi014.error_body(exc.sae_message or str(exc), details)
+    if isinstance(exc, RateLimited):
+        return Response(exc.http_status, body, headers=(("retry-after", str(exc.retry_after)),))
+    return Response(exc.http_status, body)

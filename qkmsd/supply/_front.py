@@ -36,7 +36,7 @@ from ..config import SaeConfig, SupplyPolicy
 from ..histogram import Histogram, HistogramSnapshot
 from ..http import Request, Response
 from ._errors import HANDLED, BadRequest, Unauthorised, Unavailable, error_response
-from ._policy import RateLimiter, derive_keys
+from ._policy import RateLimiter, SaeRateLimiter, derive_keys
 from ._source import KeyOrder, KeySource
 
 EXT_PQC_WRAP = "qkms_pqc_wrap"
@@ -108,6 +108,7 @@ class Etsi014Front:
         self._sources = list(sources)
         self._pqc_keys = pqc_keys
         self._limits = RateLimiter(clock=trio.current_time)
+        self._sae_limits = SaeRateLimiter(clock=trio.current_time)
         self._counts = _Counts()
         self._per_sae: dict[str, SaeCounts] = {}
         self.draining = False
@@ -127,6 +128,8 @@ class Etsi014Front:
         try:
             caller = self._caller(request)
             self._sae(caller).requests += 1
+            # Before any parsing: a flooding SAE costs as little as possible.
+            self._sae_limits.request(caller, self._saes[caller].limits)
             call = etsi014.parse_api_path(request.method, request.target)
             kind = call.kind.value
             if call.kind is etsi014.ApiKind.STATUS:
@@ -249,6 +252,7 @@ class Etsi014Front:
         # Wrapping follows the SAE's registration; the extension only insists on it.
         self._check_mandatory_extensions(master, req.extension_mandatory or [])
         slaves = self._slaves(master, slave, target, req.additional_slave_SAE_IDs or [], policy)
+        self._sae_limits.keys(master, number, self._saes[master].limits)
         self._limits.take((master, slave), number, policy)
         demand = self._demand.setdefault((master, slave, target.kme), [0, 0])
         demand[0] += number * size
@@ -274,6 +278,7 @@ class Etsi014Front:
             source = next((s for s in self._sources if s.serves(master_sae.kme)), None)
         if source is None:  # no key from that master can have reached this node
             raise BadRequest(etsi014.MSG_KEYS_NOT_FOUND)
+        self._sae_limits.keys(slave, len(key_ids), self._saes[slave].limits)
         got = await source.fetch(key_ids, master=master, requester=slave)
         self._counts.dec_keys += 1
         self._counts.keys_out += len(got)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..config import SupplyPolicy
-from ._errors import Unavailable
+from ..config import SaeLimits, SupplyPolicy
+from ._errors import BadRequest, RateLimited, Unavailable
 
 
 class RateLimiter:
@@ -34,6 +35,68 @@ class RateLimiter:
                 f"retry in {wait:.1f} s"
             )
         self._buckets[key] = (tokens - n, now)
+
+
+class _Bucket:
+    """One token bucket: ``rate`` tokens per second, at most ``burst`` held."""
+
+    __slots__ = ("tokens", "then")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.tokens = float(burst)
+        self.then = now
+
+    def wait(self, n: int, rate: float, burst: int, now: float) -> float:
+        """Seconds until ``n`` tokens are there (0: take them now)."""
+        self.tokens = min(float(burst), self.tokens + (now - self.then) * rate)
+        self.then = now
+        return 0.0 if self.tokens >= n else (n - self.tokens) / rate
+
+
+class SaeRateLimiter:
+    """Per-SAE token buckets for calls and keys (``[saes.X.limits]``).
+
+    Each SAE has its own two buckets, so an SAE over its limit is refused at once and
+    cheaply, and the others' budgets are untouched.  ``clock`` is trio's clock in the
+    daemon (``trio.current_time``), so tests drive it with ``MockClock``.
+    """
+
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._requests: dict[str, _Bucket] = {}
+        self._keys: dict[str, _Bucket] = {}
+
+    def request(self, sae: str, limits: SaeLimits) -> None:
+        """Spend one call.  Raises ``RateLimited`` over ``requests_per_s``."""
+        if limits.requests_per_s is None:
+            return
+        self._take(self._requests, sae, 1, limits.requests_per_s, limits.burst_requests, "calls")
+
+    def keys(self, sae: str, n: int, limits: SaeLimits) -> None:
+        """Spend ``n`` keys.  Raises ``RateLimited`` over ``keys_per_s``, ``BadRequest`` if
+        ``n`` is more than the bucket ever holds."""
+        if limits.keys_per_s is None:
+            return
+        if n > limits.burst_keys:
+            raise BadRequest(
+                f"{n} keys in one request exceed this SAE's burst_keys {limits.burst_keys}"
+            )
+        self._take(self._keys, sae, n, limits.keys_per_s, limits.burst_keys, "keys")
+
+    def _take(
+        self, buckets: dict[str, _Bucket], sae: str, n: int, rate: float, burst: int, what: str
+    ) -> None:
+        now = self._clock()
+        bucket = buckets.get(sae)
+        if bucket is None:
+            bucket = buckets[sae] = _Bucket(burst, now)
+        wait = bucket.wait(n, rate, burst, now)
+        if wait > 0.0:
+            raise RateLimited(
+                f"rate limit of {rate:g} {what}/s for SAE {sae}; retry in {wait:.2f} s",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        bucket.tokens -= n
 
 
 def derive_keys(policy: SupplyPolicy, keys: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

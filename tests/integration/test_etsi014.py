@@ -978,6 +978,24 @@ async def test_rate_limit_refuses_the_third_immediate_request_with_503(
             assert len(await client.get_key("SAE_C", number=5)) == 5
 
 
+async def test_an_sae_over_its_own_rate_is_429_with_retry_after_and_the_others_go_on(
+    node_config: ConfigFactory, sae_pki: Path
+) -> None:
+    # Slow enough that no token comes back while the test runs (10 s for one).
+    limited = {"kme": "KME_A", "limits": {"requests_per_s": 0.1, "burst_requests": 2}}
+    with trio.fail_after(TIME_LIMIT_S):
+        async with network(node_config, sae_pki, saes={"SAE_X": limited}) as net:
+            target = "/api/v1/keys/SAE_B/status"
+            first = [(await net.raw("KME_A", "GET", target, sae="SAE_X")).status for _ in "ab"]
+            assert first == [200, 200]
+            refused = await net.raw("KME_A", "GET", target, sae="SAE_X")
+            assert refused.status == 429
+            assert 1 <= int(refused.headers["retry-after"]) <= 10
+            assert "rate limit of 0.1 calls/s for SAE SAE_X" in json.loads(refused.body)["message"]
+            # SAE_A has a bucket of its own (and no limit).
+            assert (await net.raw("KME_A", "GET", target, sae="SAE_A")).status == 200
+
+
 async def test_keys_past_their_validity_are_400_at_dec_keys(
     node_config: ConfigFactory, sae_pki: Path
 ) -> None:

@@ -10,6 +10,7 @@ from protocol._etsi014 import Key, KeyContainer, encode_json, error_body
 from qkms_client import (
     BadRequest,
     KeyUnwrapError,
+    RateLimited,
     ServiceUnavailable,
     Unauthorized,
     UnexpectedResponse,
@@ -79,6 +80,7 @@ def test_empty_or_bare_string_key_ids_are_a_programming_error() -> None:
         (400, b"<html>", BadRequest),
         (401, b"", Unauthorized),
         (503, error_body("no key"), ServiceUnavailable),
+        (429, error_body("rate limit of 5 calls/s for SAE A; retry in 0.20 s"), RateLimited),
         (404, b"", UnexpectedResponse),
         (500, error_body("internal server error"), UnexpectedResponse),
         (200, b"{", UnexpectedResponse),

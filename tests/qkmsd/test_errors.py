@@ -44,7 +44,7 @@ from qkmsd.perf import PerfHistoryError, PushError
 from qkmsd.relay import RelayFailed
 from qkmsd.sharing import SharingError
 from qkmsd.state import AlarmHistoryError
-from qkmsd.supply import BadRequest, SupplyError, Unauthorised, Unavailable
+from qkmsd.supply import BadRequest, RateLimited, SupplyError, Unauthorised, Unavailable
 from qkmsd.supply._errors import HANDLED, error_response
 from qkmsd.tls import CertificateIdentityError, TlsConfigError, TlsError
 
@@ -84,6 +84,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     BadRequest: (INTERNAL, 400, EXIT_FAILURE),
     Unauthorised: (INTERNAL, 401, EXIT_FAILURE),
     Unavailable: (INTERNAL, 503, EXIT_FAILURE),
+    RateLimited: (INTERNAL, 429, EXIT_FAILURE),
 }
 
 
