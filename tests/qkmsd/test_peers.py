@@ -16,12 +16,16 @@ from protocol import (
     NEED_DATA,
     PEER_DECODER,
     Error,
+    ErrorCode,
     FramedConnection,
     Hello,
     KeyAnnounce,
     PeerSession,
+    RemoteProtocolError,
 )
+from qkmsd.errors import PeerConnectionLost
 from qkmsd.peers import PeerManager
+from qkmsd.peers._manager import session_ending
 
 
 class Recorder:
@@ -278,3 +282,24 @@ async def test_close_revoked_ends_only_the_sessions_with_a_revoked_serial(
         assert b.peers_status()[0].last_error == "certificate revoked (serial a1)"
         assert rec_b.events[-1] == ("down", "KME_A")
         nursery.cancel_scope.cancel()
+
+
+def test_a_session_ended_by_two_errors_at_once_is_a_lost_connection_not_a_crash() -> None:
+    # Found with the fault proxy: the reader and a heartbeat both saw one reset, the
+    # session's nursery raised a group of two, and the peer manager (then the node) died.
+    both = ExceptionGroup(
+        "nursery",
+        [
+            PeerConnectionLost("receive from KME_B failed: EOF"),
+            ExceptionGroup("inner", [PeerConnectionLost("send to KME_B failed: reset")]),
+        ],
+    )
+    assert str(session_ending(both)) == "receive from KME_B failed: EOF"
+    protocol = ExceptionGroup(
+        "nursery",
+        [trio.BrokenResourceError(), RemoteProtocolError(ErrorCode.BAD_FRAME, "garbage")],
+    )
+    assert isinstance(session_ending(protocol), RemoteProtocolError)
+    # Anything else is a bug, and still propagates.
+    assert session_ending(ExceptionGroup("n", [PeerConnectionLost("x"), KeyError("y")])) is None
+    assert session_ending(ValueError("bug")) is None
