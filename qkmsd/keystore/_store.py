@@ -492,6 +492,8 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
             for source in sources:
                 source_ids = [i for i in moved if current[i] == source]
                 self._update(conn, link_id, source_ids, source, target, reason)
+            if target is KeyState.READY and moved:
+                self.spend_used_up(conn, link_id, moved)
         return moved
 
     def _update(
