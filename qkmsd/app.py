@@ -37,7 +37,7 @@ from .dashboard import Dashboard, DashboardSources, dashboard_handler
 from .errors import StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
 from .keymanager import KeyManager
-from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key
+from .keystore import KeyStore, KeyStoreError, MasterKeyError, Segment, load_master_key
 from .log import get_logger
 from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
@@ -225,6 +225,9 @@ class Node:
                 log.info("relay.pool_made", peer=peer, link=link_id)
                 return link_id
 
+            def burn_link_key(peer: str, segments: list[Segment]) -> None:
+                direct.burn_segments(peer, segments)
+
             self.relay = relay = RelayAgent(
                 node_id=cfg.node_id,
                 store=store,
@@ -242,6 +245,7 @@ class Node:
                 settings=cfg.relay,
                 is_up=peers.is_connected,
                 make_pool=make_pool,
+                burn=burn_link_key,
             )
             peers.on_request(RelayHop, relay.handle_hop)
 

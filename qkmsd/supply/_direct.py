@@ -17,6 +17,8 @@ additional slaves is served from it with no round trip.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -51,6 +53,9 @@ log = get_logger("qkms.supply")
 RequestFn = Callable[[str, SupplyReserve], Awaitable[PeerReply]]
 SendFn = Callable[[str, Any], Awaitable[bool]]
 
+BURNS_RESENT = 4096
+"""Burnt segments sent to a neighbour that are sent again at its next session: a one-way
+message sent as a session breaks may be lost, and a burn is harmless twice."""
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
 STOCK_MIN_VALIDITY_S = 60.0
@@ -94,6 +99,7 @@ class DirectLinkSource:
         self._is_up = is_up
         self._link_to = link_to
         self._burnt: dict[str, list[Segment]] = {}
+        self._burns_sent: dict[str, collections.deque[Segment]] = {}
         """Per target KME: bytes cut for keys it never recorded, to tell it about."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
@@ -165,16 +171,19 @@ class DirectLinkSource:
         link_id = self._link_to[target_kme]
         if not self._is_up(target_kme):  # cut nothing that could only be burnt
             raise Unavailable(f"target KME {target_kme} is unreachable: not connected")
-        keys: list[CutKey] = await self._thread.call(
-            self._store.cut_service_keys,
-            link_id,
-            [(k, size // 8) for k in key_ids],
-            master_sae=master,
-            local_slaves=here,
-            expires_at=expires_at,
-            slaves=[*here, *there],
-            keep=keep,
-        )
+        # Shielded: a cut committed at the store while its caller was cancelled would be
+        # bytes spent here that nobody tells the neighbour about.
+        with trio.CancelScope(shield=True):
+            keys: list[CutKey] = await self._thread.call(
+                self._store.cut_service_keys,
+                link_id,
+                [(k, size // 8) for k in key_ids],
+                master_sae=master,
+                local_slaves=here,
+                expires_at=expires_at,
+                slaves=[*here, *there],
+                keep=keep,
+            )
         message = SupplyReserve(
             id=0,  # the peer manager gives the request its id
             link_id=link_id,
@@ -193,6 +202,10 @@ class DirectLinkSource:
         try:
             with trio.move_on_after(self._reserve_timeout):
                 result = await self._request(target_kme, message)
+        except trio.Cancelled:
+            # The caller gave up: the reservation may never have been sent.
+            self.burn_segments(target_kme, [seg for key in keys for seg in key.segments])
+            raise
         except PeerUnavailable as exc:
             await self._burn(target_kme, keys)
             raise Unavailable(f"target KME {target_kme} is unreachable: {exc}") from None
@@ -211,27 +224,47 @@ class DirectLinkSource:
 
     async def _burn(self, target_kme: str, keys: list[CutKey]) -> None:
         """The cut bytes are spent here; tell the neighbour, now or when it is back."""
-        pending = self._burnt.setdefault(target_kme, [])
-        pending.extend(seg for key in keys for seg in key.segments)
-        self._burnt[target_kme] = _merged(pending)
+        self._note_burnt(target_kme, [seg for key in keys for seg in key.segments])
         await self.flush_burnt(target_kme)
+
+    def burn_segments(self, target_kme: str, segments: Sequence[Segment]) -> None:
+        """Bytes of the link with ``target_kme`` spent here that it may never have consumed
+        (keys it never recorded, a relay hop that got no answer): it consumes them too, so
+        that a block used up here is used up there.  Bytes it did consume are skipped at
+        its end.  Does not wait: a task of this source's sends the notice, now or when the
+        neighbour is back, so that a cancelled caller can still call this."""
+        self._note_burnt(target_kme, segments)
+        if self._nursery is not None:
+            with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
+                self._nursery.start_soon(self.flush_burnt, target_kme)
+
+    def _note_burnt(self, target_kme: str, segments: Sequence[Segment]) -> None:
+        if target_kme not in self._link_to or not segments:
+            return
+        pending = [*self._burnt.get(target_kme, []), *segments]
+        self._burnt[target_kme] = _merged(pending)
 
     async def flush_burnt(self, target_kme: str) -> None:
         """Send the neighbour the bytes burnt here that it has not heard of.  Kept for the
         next session while it is away (in memory: after a restart of this node the
         neighbour's copy of those bytes stays unused until its block expires)."""
         link_id = self._link_to.get(target_kme)
-        pending = self._burnt.get(target_kme)
-        if link_id is None or not pending:
+        if link_id is None:
             return
-        while pending:
+        sent = self._burns_sent.setdefault(target_kme, collections.deque(maxlen=BURNS_RESENT))
+        while pending := self._burnt.get(target_kme):
             chunk = pending[:MAX_IDS_PER_MESSAGE]
+            del pending[: len(chunk)]  # taken now: a concurrent flush sends the rest
             refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
             if not await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
+                self._note_burnt(target_kme, chunk)  # for the next session
                 return
-            del pending[: len(chunk)]
+            sent.extend(chunk)
 
     async def peer_up(self, peer: str) -> None:
+        # What was sent as the last session broke may never have arrived: send it again
+        # (the neighbour skips bytes it consumed already).
+        self._note_burnt(peer, list(self._burns_sent.pop(peer, ())))
         await self.flush_burnt(peer)
 
     async def peer_down(self, peer: str) -> None:
