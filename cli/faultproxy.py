@@ -316,6 +316,14 @@ class FaultProxy:
     async def _reader(
         self, source: trio.SocketStream, send: trio.MemorySendChannel[tuple[float, bytes]]
     ) -> str:
+        try:
+            return await self._read_chunks(source, send)
+        except trio.BrokenResourceError:  # the writer's socket broke: so does the connection
+            return "closed"
+
+    async def _read_chunks(
+        self, source: trio.SocketStream, send: trio.MemorySendChannel[tuple[float, bytes]]
+    ) -> str:
         forwarded = 0
         held: bytes | None = None
         while True:
