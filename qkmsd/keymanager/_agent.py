@@ -44,7 +44,7 @@ import trio
 from protocol import MAX_IDS_PER_MESSAGE, KeyAnnounce, KeyConfirm, KeyDiscard
 from qkd_drivers import Driver, KeyBlock
 
-from ..keystore import KeyState, KeyStore, NewBlock
+from ..keystore import KeyState, KeyStore, KeyStoreError, NewBlock
 from ..log import get_logger
 from ..storethread import StoreThread
 
@@ -244,13 +244,23 @@ class KeyManager:
 
     async def _sweeper(self) -> None:
         last_checkpoint = self._clock()
+        failing = False
         while True:
             await trio.sleep(min(1.0, self._sync_timeout / 4))
-            await self.sweep()
-            if self._clock() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
-                # Erased material is gone from the WAL only once it is checkpointed.
-                await self._thread.call(self._store.checkpoint)
-                last_checkpoint = self._clock()
+            try:
+                await self.sweep()
+                if self._clock() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
+                    # Erased material is gone from the WAL only once it is checkpointed.
+                    await self._thread.call(self._store.checkpoint)
+                    last_checkpoint = self._clock()
+            except KeyStoreError as exc:  # a full or read-only disk: try again, say it once
+                if not failing:
+                    log.error("blocks.sweep_failed", error=str(exc)[:300])
+                failing = True
+            else:
+                if failing:
+                    log.info("blocks.sweep_resumed")
+                failing = False
 
     async def sweep(self) -> None:
         """Discard blocks the peer never confirmed and expire blocks too old to use."""

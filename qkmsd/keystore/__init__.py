@@ -13,6 +13,7 @@ from ._errors import (
     NotAuthorised,
     SegmentRefused,
     ServiceKeyNotFound,
+    StoreUnavailable,
 )
 from ._lifecycle import (
     HOLDS_MATERIAL,
@@ -61,6 +62,7 @@ __all__ = [
     "KeyState",
     "KeyStore",
     "KeyStoreError",
+    "StoreUnavailable",
     "MasterKeyError",
     "MasterKeyMismatch",
     "NewBlock",
