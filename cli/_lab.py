@@ -134,8 +134,10 @@ def node_config(
     lab: Path,
     ports: dict[str, dict[str, int]],
     seeds: dict[str, str],
+    via: dict[tuple[str, str], str] | None = None,
 ) -> str:
-    """The TOML config of one lab node."""
+    """The TOML config of one lab node.  ``via[(node, peer)]`` is an address to dial
+    ``peer`` at instead of its own (a fault proxy, see ``_labfaults``)."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
     dashboard = (
@@ -185,7 +187,8 @@ def node_config(
     # so do eligible nodes.
     direct = electors if spec.controller else {}
     for peer in sorted({*topo.neighbours(node), *partners, *direct}):
-        parts.append(_table(f'peers."{peer}"', {"address": f"127.0.0.1:{ports[peer]['peer']}"}))
+        address = (via or {}).get((node, peer), f"127.0.0.1:{ports[peer]['peer']}")
+        parts.append(_table(f'peers."{peer}"', {"address": address}))
     for sae, sae_spec in topo.saes.items():
         entry: dict[str, Any] = {"kme": sae_spec.kme}
         if sae_spec.pqc:
@@ -236,15 +239,25 @@ class Lab:
     # --- up / down -----------------------------------------------------------------
 
     def up(
-        self, topo: Topology, *, progress: Callable[[str], None] = lambda s: None
+        self,
+        topo: Topology,
+        *,
+        progress: Callable[[str], None] = lambda s: None,
+        faults: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Create PKI, configs and state; start every node; wait until all are ready."""
+        """Create PKI, configs and state; start every node; wait until all are ready.
+        ``faults`` are ``--fault PAIR=SPEC`` options (see ``_labfaults``)."""
+        from . import _labfaults
+
+        pairs = _labfaults.session_pairs(topo)
+        fault_specs = _labfaults.parse_fault_options(faults, pairs)
         if self.manifest_path.exists():
             old = self.manifest()
             if any(_alive(k["pid"], k["config"]) for k in old["kmes"].values()):
                 raise LabError(
                     f"{self.dir}: a lab is already running here (`qkmsctl lab down` first)"
                 )
+            _labfaults.stop(old.get("faults"))
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = self.dir / "pki"
         progress(f"making the network PKI in {pki}")
@@ -255,6 +268,13 @@ class Lab:
             node: dict(zip(kinds, chosen[len(kinds) * i : len(kinds) * (i + 1)], strict=True))
             for i, node in enumerate(topo.nodes)
         }
+        proxy = _labfaults.plan(
+            fault_specs,
+            {n: p["peer"] for n, p in ports.items()},
+            free_ports(len(fault_specs)),
+            pairs,
+        )
+        via = _labfaults.dial_addresses(proxy)
         seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
         manifest: dict[str, Any] = {
             "topology": topo.name,
@@ -274,7 +294,8 @@ class Lab:
             config = home / "qkmsd.toml"
             # The config holds the paired drivers' seeds: private.
             write_private(
-                config, node_config(topo, node, lab=self.dir, ports=ports, seeds=seeds).encode()
+                config,
+                node_config(topo, node, lab=self.dir, ports=ports, seeds=seeds, via=via).encode(),
             )
             manifest["kmes"][node] = {
                 "url": f"https://127.0.0.1:{ports[node]['api']}",
@@ -295,6 +316,10 @@ class Lab:
             }
             if sae_spec.pqc:
                 manifest["saes"][sae]["pqc_key"] = str(_pqc_keypair(pki / "saes", sae))
+        if fault_specs:
+            progress(f"starting the fault proxy on {len(fault_specs)} peer session(s)")
+            manifest["faults"] = proxy
+            _labfaults.start(self.dir, proxy)
         self._write_manifest(manifest)
         progress(f"starting {len(topo.nodes)} qkmsd node(s)")
         for node in topo.nodes:
@@ -357,6 +382,10 @@ class Lab:
                 self._signal(kme, signal.SIGKILL)
             _reap(kme["pid"])
             kme["pid"] = None
+        from . import _labfaults
+
+        if _labfaults.stop(manifest.get("faults")):
+            manifest["faults"]["pid"] = None
         self._write_manifest(manifest)
         return stopped
 

@@ -53,6 +53,8 @@ from typing import Any
 
 import trio
 
+from ._errors import CliError
+
 CHUNK = 4096
 """Most bytes one read takes: the unit a fault applies to."""
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -60,7 +62,7 @@ QUEUE = 256
 """Chunks queued per direction before the reader waits (back-pressure)."""
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(CliError):
     """A fault spec that does not parse; the message names the term and the form."""
 
 
