@@ -17,7 +17,6 @@ additional slaves is served from it with no round trip.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,9 +52,10 @@ log = get_logger("qkms.supply")
 RequestFn = Callable[[str, SupplyReserve], Awaitable[PeerReply]]
 SendFn = Callable[[str, Any], Awaitable[bool]]
 
-BURNS_RESENT = 4096
-"""Burnt segments sent to a neighbour that are sent again at its next session: a one-way
-message sent as a session breaks may be lost, and a burn is harmless twice."""
+BURN_RESEND_S = 2.0
+"""A burn notice is sent once more this long after it was sent, and again at the
+neighbour's next session: a one-way message sent as a session breaks may be lost (also
+when the send itself seemed to succeed), and a burn is harmless twice."""
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
 STOCK_MIN_VALIDITY_S = 60.0
@@ -99,7 +99,8 @@ class DirectLinkSource:
         self._is_up = is_up
         self._link_to = link_to
         self._burnt: dict[str, list[Segment]] = {}
-        self._burns_sent: dict[str, collections.deque[Segment]] = {}
+        self._sent_once: dict[str, list[Segment]] = {}
+        """Per target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
         """Per target KME: bytes cut for keys it never recorded, to tell it about."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
@@ -112,8 +113,17 @@ class DirectLinkSource:
         """Hold the stock refills.  Until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._resend_burns)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _resend_burns(self) -> None:
+        while True:
+            await trio.sleep(BURN_RESEND_S)
+            for target in list(self._sent_once):
+                if self._sent_once[target] and self._is_up(target):
+                    again = self._sent_once.pop(target)
+                    await self.flush_burnt(target, again=again)
 
     def serves(self, target_kme: str) -> bool:
         return target_kme in self._link_to
@@ -244,27 +254,44 @@ class DirectLinkSource:
         pending = [*self._burnt.get(target_kme, []), *segments]
         self._burnt[target_kme] = _merged(pending)
 
-    async def flush_burnt(self, target_kme: str) -> None:
-        """Send the neighbour the bytes burnt here that it has not heard of.  Kept for the
-        next session while it is away (in memory: after a restart of this node the
-        neighbour's copy of those bytes stays unused until its block expires)."""
+    async def flush_burnt(self, target_kme: str, *, again: Sequence[Segment] = ()) -> None:
+        """Send the neighbour the bytes burnt here that it has not heard of (and ``again``,
+        told once already).  Kept for the next session while it is away (in memory: after
+        a restart of this node the neighbour's copy of those bytes stays unused until its
+        block expires)."""
         link_id = self._link_to.get(target_kme)
         if link_id is None:
             return
-        sent = self._burns_sent.setdefault(target_kme, collections.deque(maxlen=BURNS_RESENT))
-        while pending := self._burnt.get(target_kme):
-            chunk = pending[:MAX_IDS_PER_MESSAGE]
-            del pending[: len(chunk)]  # taken now: a concurrent flush sends the rest
-            refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
-            if not await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
-                self._note_burnt(target_kme, chunk)  # for the next session
-                return
-            sent.extend(chunk)
+        batches = [(list(again), True)] if again else []
+        attempts = 0
+        while True:
+            if batches:
+                chunk_all, resent = batches.pop()
+            else:
+                pending = self._burnt.get(target_kme)
+                if not pending:
+                    return
+                chunk_all, resent = pending[:MAX_IDS_PER_MESSAGE], False
+                del pending[: len(chunk_all)]  # taken now: a concurrent flush sends the rest
+            for start in range(0, len(chunk_all), MAX_IDS_PER_MESSAGE):
+                chunk = chunk_all[start : start + MAX_IDS_PER_MESSAGE]
+                refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
+                if await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
+                    if not resent:
+                        self._sent_once.setdefault(target_kme, []).extend(chunk)
+                    continue
+                self._note_burnt(target_kme, chunk_all[start:])  # for the next session
+                attempts += 1
+                # A newer session may have opened while this send failed on the old one:
+                # its peer_up has flushed already, so try again on it now.
+                if attempts > 3 or not self._is_up(target_kme):
+                    return
+                break
 
     async def peer_up(self, peer: str) -> None:
         # What was sent as the last session broke may never have arrived: send it again
         # (the neighbour skips bytes it consumed already).
-        self._note_burnt(peer, list(self._burns_sent.pop(peer, ())))
+        self._note_burnt(peer, self._sent_once.pop(peer, []))
         await self.flush_burnt(peer)
 
     async def peer_down(self, peer: str) -> None:

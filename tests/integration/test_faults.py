@@ -81,7 +81,8 @@ async def fault_cycle(net: FaultNet, fault: str, seconds: float) -> Cycle:
         found = await settled_pools(net, lasts)
     if waited.cancelled_caught:
         pytest.fail(f"pools never agreed after {fault}: {settled_pools.last}")  # type: ignore[attr-defined]
-    assert all(c.ready_both for c in found.values()), found
+    # Something was compared (a relayed pool may be empty: the SAEs took all of it).
+    assert all(found[link].ready_both for link in ("KME_A~KME_B", "KME_B~KME_C")), found
     return Cycle(
         fault,
         net.faults_injected() - injected,
@@ -105,10 +106,17 @@ async def test_pools_agree_at_both_ends_after_each_fault(
         async with fault_line(node_config, pki) as net:
             await wait_until_connected(net)
             await wait_for_key(net)
+            cycles = []
             for fault in FAULTS:
                 cycle = await fault_cycle(net, fault, 1.0)
                 assert cycle.faults > 0 or fault == "delay"
+                cycles.append(cycle)
             await check_saes_records(net)
+    for c in cycles:
+        print(
+            f"\nfaults {c.fault}: {c.faults} injected, {c.keys} keys delivered and retrieved,"
+            f" {c.refused} requests refused (503), {c.blocks} blocks compared, 0 violations"
+        )
 
 
 @pytest.mark.soak
