@@ -73,16 +73,16 @@ class FaultNet:
         return self.nodes[kme].store_thread._store  # type: ignore[union-attr]
 
     def client(self, sae: str) -> TrioEtsi014Client:
+        """A client on a connection of its own; the caller closes it (``aclose``): the
+        node caps the connections one address may hold open."""
         kme = SAES[sae]["kme"]
-        client = TrioEtsi014Client(
+        return TrioEtsi014Client(
             f"https://127.0.0.1:{self.infos[kme].api_port}",
             ca=self.pki / "ca.pem",
             cert=self.pki / "saes" / f"{sae}.pem",
             key=self.pki / "saes" / f"{sae}.key",
             kme_id=kme,
         )
-        self.stack.push_async_callback(client.aclose)
-        return client
 
     def set_faults(self, spec: FaultSpec, sessions: list[tuple[str, str]] | None = None) -> None:
         for pair in sessions or SESSIONS:
@@ -169,12 +169,19 @@ async def sae_traffic(net: FaultNet, stop: trio.Event) -> None:
 
     async def ask(master: str, slave: str) -> None:
         client = net.client(master)
+        try:
+            await asking(master, slave, client)
+        finally:
+            await client.aclose()
+
+    async def asking(master: str, slave: str, client: TrioEtsi014Client) -> None:
         while not stop.is_set():
             try:
                 keys = await client.get_key(slave, number=2)
             except Etsi014Error as exc:
                 net.refused[type(exc).__name__] += 1
-                client = net.client(master)  # a fresh connection after any failure
+                await client.aclose()  # a fresh connection after any failure
+                client = net.client(master)
                 await trio.sleep(0.05)
                 continue
             for key in keys:
@@ -285,31 +292,24 @@ def newest_common_blocks(net: FaultNet) -> dict[str, int]:
 
 
 async def unretrievable_keys(net: FaultNet) -> list[str]:
-    """Every delivered key fetched by its slave: the ids that did not come back intact."""
-    by_pair: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
-    for key_id, rec in net.delivered.items():
-        by_pair[(rec.master, rec.slave)].append(key_id)
+    """Every delivered key fetched by its slave, one at a time: the ids that did not come
+    back intact, each with the reason."""
     missing: list[str] = []
-    for (master, slave), ids in by_pair.items():
-        client = net.client(slave)
-        for start in range(0, len(ids), 64):
-            chunk = ids[start : start + 64]
+    clients: dict[str, TrioEtsi014Client] = {}
+    try:
+        for key_id, rec in sorted(net.delivered.items()):
+            client = clients.get(rec.slave) or clients.setdefault(rec.slave, net.client(rec.slave))
             try:
-                got = await client.get_key_with_ids(master, chunk)
-            except Etsi014Error:
-                # One at a time, to name the ids that fail.
-                for key_id in chunk:
-                    try:
-                        (key,) = await net.client(slave).get_key_with_ids(master, [key_id])
-                    except Etsi014Error:
-                        missing.append(key_id)
-                        continue
-                    if hashlib.sha256(key.key).digest() != net.delivered[key_id].digest:
-                        missing.append(key_id)
+                (key,) = await client.get_key_with_ids(rec.master, [key_id])
+            except Etsi014Error as exc:  # named: the reason, never key bytes
+                missing.append(f"{key_id} ({rec.master}->{rec.slave}: {exc})")
+                await clients.pop(rec.slave).aclose()  # a fresh connection for the next
                 continue
-            for key in got:
-                if hashlib.sha256(key.key).digest() != net.delivered[key.key_id].digest:
-                    missing.append(key.key_id)
+            if hashlib.sha256(key.key).digest() != rec.digest:
+                missing.append(f"{key_id} ({rec.master}->{rec.slave}: another value)")
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return missing
 
 
