@@ -164,8 +164,11 @@ def node_config(
     ports: dict[str, dict[str, int]],
     seeds: dict[str, str],
     netns: _netns.NetnsPlan | None = None,
+    via: dict[tuple[str, str], str] | None = None,
 ) -> str:
-    """The TOML config of one lab node (in its own namespace with ``netns``)."""
+    """The TOML config of one lab node (in its own namespace with ``netns``).
+    ``via[(node, peer)]`` is an address to dial ``peer`` at instead of its own (a fault
+    proxy, see ``_labfaults``)."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
     plain_http = {
@@ -215,7 +218,8 @@ def node_config(
     # so do eligible nodes with every node.
     for peer in talks_to(topo, node):
         host = netns.address_of(peer, seen_from=node) if netns else "127.0.0.1"
-        parts.append(_table(f'peers."{peer}"', {"address": f"{host}:{ports[peer]['peer']}"}))
+        address = (via or {}).get((node, peer), f"{host}:{ports[peer]['peer']}")
+        parts.append(_table(f'peers."{peer}"', {"address": address}))
     for sae, sae_spec in topo.saes.items():
         entry: dict[str, Any] = {"kme": sae_spec.kme}
         if sae_spec.pqc:
@@ -285,18 +289,31 @@ class Lab:
         *,
         progress: Callable[[str], None] = lambda s: None,
         netns: bool = False,
+        faults: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Create PKI, configs and state; start every node; wait until all are ready.
 
         With ``netns``, each node in a network namespace of its own where namespaces can be
-        made; where not, on loopback, after saying why through ``progress``.
+        made; where not, on loopback, after saying why through ``progress``.  ``faults`` are
+        ``--fault PAIR=SPEC`` options (see ``_labfaults``): fault proxies on loopback, so
+        not with ``netns``.
         """
+        from . import _labfaults
+
+        if netns and faults:
+            raise LabError(
+                "--fault and --netns do not combine: the fault proxies run on loopback, which"
+                " nodes in their own namespaces cannot reach (cut links with `lab cut`)"
+            )
+        pairs = _labfaults.session_pairs(topo)
+        fault_specs = _labfaults.parse_fault_options(faults, pairs)
         if self.manifest_path.exists():
             old = self.manifest()
             if any(_alive(k["pid"], k["config"]) for k in old["kmes"].values()):
                 raise LabError(
                     f"{self.dir}: a lab is already running here (`qkmsctl lab down` first)"
                 )
+            _labfaults.stop(old.get("faults"))
         self.dir.mkdir(parents=True, exist_ok=True)
         plan = self._netns_plan(topo, progress) if netns else None
         pki = self.dir / "pki"
@@ -308,6 +325,13 @@ class Lab:
             node: dict(zip(kinds, chosen[len(kinds) * i : len(kinds) * (i + 1)], strict=True))
             for i, node in enumerate(topo.nodes)
         }
+        proxy = _labfaults.plan(
+            fault_specs,
+            {n: p["peer"] for n, p in ports.items()},
+            free_ports(len(fault_specs)),
+            pairs,
+        )
+        via = _labfaults.dial_addresses(proxy)
         seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
         manifest: dict[str, Any] = {
             "topology": topo.name,
@@ -330,7 +354,7 @@ class Lab:
             write_private(
                 config,
                 node_config(
-                    topo, node, lab=self.dir, ports=ports, seeds=seeds, netns=plan
+                    topo, node, lab=self.dir, ports=ports, seeds=seeds, netns=plan, via=via
                 ).encode(),
             )
             manifest["kmes"][node] = {
@@ -356,6 +380,10 @@ class Lab:
             }
             if sae_spec.pqc:
                 manifest["saes"][sae]["pqc_key"] = str(_pqc_keypair(pki / "saes", sae))
+        if fault_specs:
+            progress(f"starting the fault proxy on {len(fault_specs)} peer session(s)")
+            manifest["faults"] = proxy
+            _labfaults.start(self.dir, proxy)
         self._write_manifest(manifest)
         if plan is not None:
             progress(f"making {len(plan.namespaces)} network namespace(s) {plan.prefix}*")
@@ -449,6 +477,10 @@ class Lab:
                 self._signal(kme, signal.SIGKILL)
             _reap(kme["pid"])
             kme["pid"] = None
+        from . import _labfaults
+
+        if _labfaults.stop(manifest.get("faults")):
+            manifest["faults"]["pid"] = None
         self._write_manifest(manifest)
         _netns.remove(_netns.lab_prefix(self.dir))
         return stopped

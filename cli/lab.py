@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from . import _labfaults
 from ._errors import Group
 from ._lab import Lab
 from ._render import node_status
@@ -24,7 +26,8 @@ _dir = click.option(
 
 @click.group(cls=Group)
 def lab() -> None:
-    """Run a local lab network: up, status, kill, start, cut, heal, down."""
+    """Run a local lab network: up, status, kill, start, down; cut and heal links, faults,
+    partitions, an eavesdropper."""
 
 
 @lab.command()
@@ -41,10 +44,20 @@ def lab() -> None:
     help="each node in a network namespace of its own, joined by veth pairs that "
     "`lab cut` and `lab heal` take down and up (root; else loopback, said so)",
 )
-def up(topology: Path, directory: Path, netns: bool) -> None:
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="PAIR=SPEC",
+    help="put a fault proxy on a peer session, e.g. KME1-KME2=drop:0.01 or all=none"
+    " (repeatable; change it later with `lab fault`; not with --netns)",
+)
+def up(topology: Path, directory: Path, netns: bool, faults: tuple[str, ...]) -> None:
     """Make the PKI and configs, start every node, wait until all are ready."""
     topo = load_topology(topology)
-    manifest = Lab(directory).up(topo, progress=lambda s: click.echo(s, err=True), netns=netns)
+    manifest = Lab(directory).up(
+        topo, progress=lambda s: click.echo(s, err=True), netns=netns, faults=faults
+    )
     for node, kme in manifest["kmes"].items():
         click.echo(f"{node}: pid {kme['pid']}  admin {kme['admin_socket']}")
     click.echo(f"lab is up: {Lab(directory).manifest_path}")
@@ -104,16 +117,6 @@ def cut(directory: Path, a: str, b: str) -> None:
 @_dir
 @click.argument("a")
 @click.argument("b")
-def heal(directory: Path, a: str, b: str) -> None:
-    """Carry packets between nodes A and B again after `lab cut`."""
-    Lab(directory).heal(a, b)
-    click.echo(f"healed {a} - {b}")
-
-
-@lab.command()
-@_dir
-@click.argument("a")
-@click.argument("b")
 @click.argument("spec")
 @click.option(
     "--in",
@@ -134,9 +137,91 @@ def eve(directory: Path, a: str, b: str, spec: str, delay_s: float) -> None:
     click.echo(f"{a} - {b}: {what} from {when} on (blocks that start then)")
 
 
+# --- fault proxies (cli/_labfaults.py) ---------------------------------------------------
+
+
+def _faults(directory: Path) -> dict[str, Any] | None:
+    faults: dict[str, Any] | None = Lab(directory).manifest().get("faults")
+    return faults
+
+
+@lab.command()
+@_dir
+@click.argument("node_a")
+@click.argument("node_b")
+@click.argument("spec")
+def fault(directory: Path, node_a: str, node_b: str, spec: str) -> None:
+    """Change the faults on the session between two nodes (SPEC `none` to stop them).
+
+    SPEC: comma-separated terms: none, delay:50ms, drop:0.01, dup:0.01, reorder:0.01,
+    truncate@4096, cut@5s, cutevery:2s, cut (a partition), seed:42.
+    """
+    route = _labfaults.set_fault(_faults(directory), node_a, node_b, spec)
+    click.echo(f"{node_a}-{node_b}: {route['spec']}")
+
+
 @lab.command()
 @_dir
 @click.argument("node")
 def netns(directory: Path, node: str) -> None:
     """Print the network namespace NODE runs in (for `ip netns exec NS ...`)."""
     click.echo(Lab(directory).netns(node))
+
+
+@lab.command()
+@_dir
+@click.option("--json", "as_json", is_flag=True, help="print the proxy's routes as JSON")
+def faults(directory: Path, as_json: bool) -> None:
+    """Show each proxied session: its faults and what the proxy did so far."""
+    routes = _labfaults.request(_faults(directory), {"stats": True})["routes"]
+    if as_json:
+        click.echo(json.dumps(routes, indent=2))
+        return
+    for name, route in sorted(routes.items()):
+        injected = sum(
+            route[k] for k in ("dropped", "duplicated", "reordered", "truncated", "cuts")
+        )
+        click.echo(
+            f"{name}: {route['spec']}  connections {route['connections']}"
+            f" (open {route['open']}), faults injected {injected}"
+        )
+
+
+@lab.command()
+@_dir
+@click.argument("left")
+@click.argument("right")
+def partition(directory: Path, left: str, right: str) -> None:
+    """Cut every session between two groups of nodes (comma-separated), until `lab heal`."""
+    cut = _labfaults.partition(_faults(directory), left.split(","), right.split(","))
+    click.echo(f"partitioned: {', '.join(cut)} cut")
+
+
+@lab.command()
+@_dir
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+def heal(directory: Path, a: str | None, b: str | None) -> None:
+    """Heal the link A-B after `lab cut` or `lab fault`; without A B, every fault proxy
+    (a partition too)."""
+    if (a is None) != (b is None):
+        raise click.UsageError("give both A and B, or neither")
+    lab_ = Lab(directory)
+    manifest = lab_.manifest()
+    faults_ = _faults(directory)
+    if not manifest.get("netns") and not faults_:
+        raise click.UsageError(
+            "nothing to heal: this lab has no namespaces (`lab up --netns`) and no fault"
+            " proxies (`lab up --fault`)"
+        )
+    if a is not None and b is not None:
+        if manifest.get("netns"):
+            lab_.heal(a, b)
+        else:
+            _labfaults.set_fault(faults_, a, b, "none")
+        click.echo(f"healed {a} - {b}")
+        return
+    if not faults_:
+        raise click.UsageError("a netns lab heals one pair at a time: `lab heal A B`")
+    routes = _labfaults.heal(faults_)
+    click.echo(f"healed: {', '.join(routes)}")

@@ -52,7 +52,14 @@ from .dashboard import Dashboard, DashboardSources, dashboard_handler
 from .errors import PeerUnavailable, StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
 from .keymanager import KeyManager
-from .keystore import KeyStore, KeyStoreError, MasterKeyError, load_master_key, open_store
+from .keystore import (
+    KeyStore,
+    KeyStoreError,
+    MasterKeyError,
+    Segment,
+    load_master_key,
+    open_store,
+)
 from .log import get_logger
 from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
@@ -250,6 +257,9 @@ class Node:
                 log.info("relay.pool_made", peer=peer, link=link_id)
                 return link_id
 
+            def burn_link_key(peer: str, segments: list[Segment]) -> None:
+                direct.burn_segments(peer, segments)
+
             self.routes = routes = RoutingTable(
                 cfg.node_id,
                 links=cfg.relay.topology,
@@ -268,6 +278,7 @@ class Node:
                 settings=cfg.relay,
                 is_up=peers.is_connected,
                 make_pool=make_pool,
+                burn=burn_link_key,
             )
             peers.on_request(RelayHop, relay.handle_hop)
             peers.on_connectivity(relay.peer_up, relay.peer_down)

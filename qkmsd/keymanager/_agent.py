@@ -22,7 +22,9 @@ when both ends hold it:
   is starved for a while cannot confirm, and its blocks must wait for it rather
   than be discarded on a wall-clock deadline.  So a block is discarded only when the
   peer was demonstrably answering, yet did not confirm it, for the whole time-out.
-* On (re)connection both ends re-announce every RECEIVED block.
+* On (re)connection both ends re-announce every RECEIVED block, and tell again the
+  latest ids they discarded (a discard lost with a session would leave the peer's READY
+  copy alone for good).
 
 Allocation never collides: each block is owned by exactly one end, by a rule
 both compute from the block id (the lower node id owns the even ids), and an
@@ -44,7 +46,7 @@ import trio
 from protocol import MAX_IDS_PER_MESSAGE, KeyAnnounce, KeyConfirm, KeyDiscard
 from qkd_drivers import Driver, KeyBlock
 
-from ..keystore import KeyState, KeyStore, NewBlock
+from ..keystore import KeyState, KeyStore, KeyStoreError, NewBlock
 from ..log import get_logger
 from ..storethread import StoreThread
 
@@ -53,6 +55,8 @@ log = get_logger("qkms.keys")
 SendFn = Callable[[str, Any], Awaitable[bool]]
 
 CHECKPOINT_INTERVAL_S = 60.0
+DISCARDS_RESENT = 4096
+"""Discarded ids per link told to the peer again at each new session (the latest)."""
 MAX_CHECK_IDS = 10_000
 """Ready block ids one ``check`` covers at most (the lowest of the window)."""
 
@@ -142,6 +146,12 @@ class _Link:
     # latest wall time that had it.  Maps a live-time cut-off to a received-at cut-off.
     marks: collections.deque[tuple[float, float]] = dataclasses.field(
         default_factory=collections.deque
+    )
+    # Ids this end discarded and told the peer, most recent last: told again at every new
+    # session, since a discard sent as a session broke may never have arrived, and the
+    # peer may hold the block READY (its confirm was lost) with nothing else to settle it.
+    discarded: collections.deque[int] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=DISCARDS_RESENT)
     )
 
 
@@ -279,13 +289,23 @@ class KeyManager:
 
     async def _sweeper(self) -> None:
         last_checkpoint = self._clock()
+        failing = False
         while True:
             await trio.sleep(min(1.0, self._sync_timeout / 4))
-            await self.sweep()
-            if self._clock() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
-                # Erased material is gone from the WAL only once it is checkpointed.
-                await self._thread.call(self._store.checkpoint)
-                last_checkpoint = self._clock()
+            try:
+                await self.sweep()
+                if self._clock() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
+                    # Erased material is gone from the WAL only once it is checkpointed.
+                    await self._thread.call(self._store.checkpoint)
+                    last_checkpoint = self._clock()
+            except KeyStoreError as exc:  # a full or read-only disk: try again, say it once
+                if not failing:
+                    log.error("blocks.sweep_failed", error=str(exc)[:300])
+                failing = True
+            else:
+                if failing:
+                    log.info("blocks.sweep_resumed")
+                failing = False
 
     async def sweep(self) -> None:
         """Discard blocks the peer never confirmed and expire blocks too old to use."""
@@ -392,6 +412,9 @@ class KeyManager:
         pending = await self._thread.call(self._store.unconfirmed, link.link_id)
         link.refs.update(await self._thread.call(self._store.unconfirmed_refs, link.link_id))
         await self._announce(link, pending)
+        if link.discarded:
+            again = sorted(set(link.discarded))
+            await self._send_ids(link, KeyDiscard, again, reason="discarded")
 
     async def add_link(self, link_id: str, peer: str, driver: Driver) -> None:
         """Take on a link made while the node runs (an end-to-end pool made on demand):
@@ -573,6 +596,8 @@ class KeyManager:
     async def _send_ids(
         self, link: _Link, kind: type[Any], ids: Sequence[int], **extra: str
     ) -> None:
+        if kind is KeyDiscard:
+            link.discarded.extend(ids)
         for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
             chunk = list(ids[start : start + MAX_IDS_PER_MESSAGE])
             await self._send(link.peer, kind(link_id=link.link_id, block_ids=chunk, **extra))

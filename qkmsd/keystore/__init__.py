@@ -13,6 +13,7 @@ from ._errors import (
     NotAuthorised,
     SegmentRefused,
     ServiceKeyNotFound,
+    StoreUnavailable,
 )
 from ._lifecycle import (
     HOLDS_MATERIAL,
@@ -62,6 +63,7 @@ __all__ = [
     "KeyState",
     "KeyStore",
     "KeyStoreError",
+    "StoreUnavailable",
     "MasterKeyError",
     "MasterKeyMismatch",
     "NewBlock",

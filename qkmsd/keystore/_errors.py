@@ -18,6 +18,14 @@ class KeyStoreError(QkmsError):
     wire_code = ErrorCode.STORE_ERROR
 
 
+class StoreUnavailable(KeyStoreError):
+    """The store cannot write now: its disk is full, its file system read-only, or I/O
+    failed.  The call changed nothing; the node serves again once the store can write, so
+    an SAE is told to come back later (503)."""
+
+    http_status = 503
+
+
 class IllegalTransition(KeyStoreError):
     """A block was asked to move along an edge the life-cycle table does not have."""
 

@@ -92,24 +92,31 @@ class PoolMethods(abc.ABC):
             return self._consume_segments(conn, link_id, allocations)
 
     def burn_link_key(self, link_id: str, segments: Sequence[Segment]) -> int:
-        """Consume, and throw away, each of ``segments`` that is not used yet at this end.
+        """Consume, and throw away, the bytes of ``segments`` not used yet at this end.
 
         For bytes the other end cut for keys this end never recorded: so that a block the
-        owner used up is used up (and erased) here too.  Each segment on its own: one this
-        end used already (the keys were recorded after all) or cannot find is skipped.
-        Returns how many were consumed.
+        owner used up is used up (and erased) here too.  Bytes this end used already (the
+        keys were recorded after all) are skipped, also when a segment covers both used
+        and unused bytes (the sender joins back-to-back segments of different requests);
+        a segment in a block it cannot find, or not READY, is skipped.  Returns how many
+        unused ranges were consumed.
+
+        A block still RECEIVED here is burnt too (the owner allocates only from blocks it
+        holds READY, so its confirm is on the way or was lost with a session): its used
+        bytes are recorded, and a block used up is erased when it becomes READY.
         """
         burnt = 0
         with self._writing() as conn:
             for seg in segments:
-                conn.execute("SAVEPOINT burn")
-                try:
-                    self._consume_segments(conn, link_id, [[seg]])
-                except SegmentRefused:
-                    conn.execute("ROLLBACK TO burn")
-                else:
-                    burnt += 1
-                conn.execute("RELEASE burn")
+                for gap in _unused_parts(conn, link_id, seg):
+                    conn.execute("SAVEPOINT burn")
+                    try:
+                        self._consume_segments(conn, link_id, [[gap]], received_too=True)
+                    except SegmentRefused:
+                        conn.execute("ROLLBACK TO burn")
+                    else:
+                        burnt += 1
+                    conn.execute("RELEASE burn")
         return burnt
 
     # -- inside a transaction --------------------------------------------------------------
@@ -171,7 +178,12 @@ class PoolMethods(abc.ABC):
         return out
 
     def _consume_segments(
-        self, conn: sqlite3.Connection, link_id: str, allocations: Sequence[Sequence[Segment]]
+        self,
+        conn: sqlite3.Connection,
+        link_id: str,
+        allocations: Sequence[Sequence[Segment]],
+        *,
+        received_too: bool = False,
     ) -> list[bytes]:
         """The bytes of each allocation's segments, consumed from blocks the other end owns.
 
@@ -190,7 +202,9 @@ class PoolMethods(abc.ABC):
             parts = []
             for seg in segments:
                 if seg.block_id not in blocks:
-                    blocks[seg.block_id] = self._peer_block(conn, link_id, seg.block_id)
+                    blocks[seg.block_id] = self._peer_block(
+                        conn, link_id, seg.block_id, received_too=received_too
+                    )
                 used, total, plain = blocks[seg.block_id]
                 start, stop = seg.offset, seg.offset + seg.length
                 if seg.length <= 0 or start < 0 or stop > total:
@@ -250,7 +264,7 @@ class PoolMethods(abc.ABC):
             )
 
     def _peer_block(
-        self, conn: sqlite3.Connection, link_id: str, block_id: int
+        self, conn: sqlite3.Connection, link_id: str, block_id: int, *, received_too: bool = False
     ) -> tuple[int, int, bytes]:
         row = conn.execute(
             "SELECT state, owned, size_bits, used_bits FROM blocks"
@@ -260,7 +274,8 @@ class PoolMethods(abc.ABC):
         if row is None:
             raise SegmentRefused(f"link {link_id}: block {block_id} unknown here")
         state, owned, size_bits, used_bits = row
-        if state != KeyState.READY.value:
+        usable = {KeyState.READY.value, KeyState.RECEIVED.value} if received_too else {"ready"}
+        if state not in usable:
             raise SegmentRefused(f"link {link_id}: block {block_id} is {state}, not ready")
         if owned:
             raise SegmentRefused(f"link {link_id}: block {block_id} is ours to allocate, not yours")
@@ -282,7 +297,21 @@ class PoolMethods(abc.ABC):
             )
             if used_bits < size_bits:
                 continue
-            # Every bit handed out: the block's material has done its job.
+            self._spend(conn, link_id, [block_id])
+
+    def _spend(self, conn: sqlite3.Connection, link_id: str, block_ids: Sequence[int]) -> None:
+        """Every bit handed out: the blocks' material has done its job.  READY blocks go
+        to ERASED; a RECEIVED one (burnt before its confirm came) waits for READY, when
+        ``spend_used_up`` finishes it."""
+        for block_id in block_ids:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM blocks WHERE link_id = ? AND block_id = ? AND state = ?",
+                    (link_id, block_id, KeyState.READY.value),
+                ).fetchone()
+                is None
+            ):
+                continue
             conn.execute(
                 "DELETE FROM consumed WHERE link_id = ? AND block_id = ?", (link_id, block_id)
             )
@@ -292,3 +321,40 @@ class PoolMethods(abc.ABC):
                 (KeyState.DELIVERED, KeyState.ERASED),
             ):
                 self._update(conn, link_id, [block_id], old, new, "all bits delivered")
+
+    def spend_used_up(
+        self, conn: sqlite3.Connection, link_id: str, block_ids: Sequence[int]
+    ) -> None:
+        """Inside a transaction: erase those of ``block_ids`` whose bits are all used (blocks
+        burnt while RECEIVED, just made READY).  One query per 500 ids."""
+        for first in range(0, len(block_ids), 500):
+            chunk = list(block_ids[first : first + 500])
+            marks = ", ".join("?" * len(chunk))
+            spent = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT block_id FROM blocks WHERE link_id = ? AND used_bits >= size_bits"
+                    f" AND block_id IN ({marks})",
+                    (link_id, *chunk),
+                )
+            ]
+            self._spend(conn, link_id, spent)
+
+
+def _unused_parts(conn: sqlite3.Connection, link_id: str, seg: Segment) -> list[Segment]:
+    """The parts of ``seg`` that no recorded consumed range covers."""
+    start, stop = seg.offset, seg.offset + seg.length
+    used = conn.execute(
+        "SELECT start, stop FROM consumed WHERE link_id = ? AND block_id = ?"
+        " AND stop > ? AND start < ? ORDER BY start",
+        (link_id, seg.block_id, start, stop),
+    ).fetchall()
+    parts: list[Segment] = []
+    cursor = start
+    for lo, hi in used:
+        if lo > cursor:
+            parts.append(Segment(seg.block_id, cursor, lo - cursor))
+        cursor = max(cursor, hi)
+    if cursor < stop:
+        parts.append(Segment(seg.block_id, cursor, stop - cursor))
+    return parts

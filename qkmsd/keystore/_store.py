@@ -40,7 +40,7 @@ from nacl.bindings import (
 
 from protocol import LINK_ID_RE, MAX_BLOCK_ID
 
-from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch
+from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch, StoreUnavailable
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
 from ._relays import RELAYS_SCHEMA, RelayJournalMethods
@@ -543,6 +543,8 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
             for source in sources:
                 source_ids = [i for i in moved if current[i] == source]
                 self._update(conn, link_id, source_ids, source, target, reason)
+            if target is KeyState.READY and moved:
+                self.spend_used_up(conn, link_id, moved)
         return moved
 
     def _update(
@@ -725,7 +727,7 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
-                raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+                raise _store_error(self._path, exc) from exc
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -748,7 +750,7 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
                             conn.execute("RELEASE op")
                     raise
             except sqlite3.Error as exc:
-                raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+                raise _store_error(self._path, exc) from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -757,7 +759,7 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
             try:
                 yield conn
             except sqlite3.Error as exc:
-                raise KeyStoreError(f"key store {self._path}: {exc}") from exc
+                raise _store_error(self._path, exc) from exc
 
     # -- encryption, for the service-key methods -------------------------------------------
 
@@ -876,6 +878,31 @@ class _Checkpointer:
                         self.completed += 1
         finally:
             conn.close()
+
+
+# SQLite's words for a store that cannot write now (SQLITE_FULL, SQLITE_READONLY,
+# SQLITE_IOERR, SQLITE_CANTOPEN), and what the operator is told for each.
+_CANNOT_WRITE = (
+    ("disk is full", "the disk is full: free space"),
+    ("readonly", "the file system is read-only: make the state directory writable"),
+    ("disk i/o error", "an I/O error: check the disk and the file system"),
+    ("unable to open", "its files cannot be opened: check the state directory"),
+)
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> KeyStoreError:
+    """The error a failed SQLite call becomes: ``StoreUnavailable`` (503 for an SAE) when
+    the store cannot write now and would once the operator acts; else ``KeyStoreError``."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError):
+        for words, advice in _CANNOT_WRITE:
+            if words in text.lower():
+                # The file's name, not its path: the message also goes to SAEs.
+                return StoreUnavailable(
+                    f"key store {path.name} cannot write: {advice}; the node serves again"
+                    f" once it can ({text})"
+                )
+    return KeyStoreError(f"key store {path}: {text}")
 
 
 def _configure(path: Path, conn: sqlite3.Connection) -> None:

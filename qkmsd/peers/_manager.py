@@ -496,7 +496,9 @@ class PeerManager:
                             message = await self._next_message(live)
                             await self._handle(live, message, inbox_send)
         except BaseException as raw:
-            exc = collapse(raw)
+            exc = session_ending(raw)
+            if exc is None:
+                raise
             if isinstance(exc, RemoteProtocolError):
                 log.warning("peer.protocol_error", peer=peer, code=str(exc.code), error=exc.message)
                 live.error = f"protocol error: {exc.code}"
@@ -505,12 +507,8 @@ class PeerManager:
                 live.error = str(exc)
             elif isinstance(exc, trio.TooSlowError):
                 live.error = "no hello within the handshake time-out"
-            elif isinstance(
-                exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError
-            ):
-                live.error = f"connection lost: {_reason(exc)}"
             else:
-                raise
+                live.error = f"connection lost: {_reason(exc)}"
         finally:
             self._sessions.discard(live)
             live.end()
@@ -713,6 +711,43 @@ class PeerManager:
                 LocalProtocolError,
             ):
                 pass
+
+
+_SESSION_ENDINGS = (
+    RemoteProtocolError,
+    PeerConnectionLost,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    ssl.SSLError,
+)
+
+
+def session_ending(raw: BaseException) -> BaseException | None:
+    """What ended a session, if a session may end that way; None for anything else (a bug,
+    or cancellation from outside), which must propagate.
+
+    A connection that breaks can fail several of the session's tasks at once (the reader
+    and a heartbeat both see the reset): a group of such errors ends the session like one
+    of them, a protocol error first (the peer is answered with an ``Error`` frame).
+    """
+    exc = collapse(raw)
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc if isinstance(exc, _SESSION_ENDINGS) else None
+    matched, rest = exc.split((*_SESSION_ENDINGS, trio.Cancelled))
+    if rest is not None or matched is None:
+        return None
+    leaves = [e for e in _leaves(matched) if not isinstance(e, trio.Cancelled)]
+    if not leaves:
+        return None
+    return next((e for e in leaves if isinstance(e, RemoteProtocolError)), leaves[0])
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _contexts(given: ssl.SSLContext | TlsContexts) -> TlsContexts:

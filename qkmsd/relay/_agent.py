@@ -11,7 +11,9 @@ makes the hop information-theoretically secret, the one-time MAC information-the
 authentic).  Y consumes exactly the named bytes of its copy of X~Y (refusing any overlap
 with bytes used before), checks the tag, recovers K, and either keeps it (Y = D) or
 forwards it the same way on its own outgoing link.  Link key spent on a hop is spent for
-good, whatever happens to the relay afterwards.
+good, whatever happens to the relay afterwards; when X gets no success answer, Y may or
+may not have consumed it, so X has Y burn the same bytes (``supply.burn``, now or when Y
+is back; Y skips bytes it used), and no block of X~Y stays READY at Y's end only.
 
 D hands K (without the confirmation key) to the driver of the end-to-end pool and answers
 with a Poly1305 tag over the relay id under the confirmation key: only a node holding
@@ -78,6 +80,7 @@ from ._routes import Route, RoutingTable
 log = get_logger("qkms.relay")
 
 RequestFn = Callable[[str, RelayHop], Awaitable[PeerReply]]
+BurnFn = Callable[[str, list[Segment]], None]
 MAC_KEY_BYTES = 32
 RECENT_RELAYS = 256
 """Relays kept in memory for ``qkmsctl relays``."""
@@ -169,9 +172,13 @@ class RelayAgent:
         settings: RelaySection,
         is_up: Callable[[str], bool] = lambda peer: True,
         make_pool: Callable[[str], Awaitable[str | None]] | None = None,
+        burn: BurnFn | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``burn(neighbour, segments)`` has the neighbour consume link key this node spent
+        on a hop it may never have received (see ``_forward``)."""
         self.node_id = node_id
+        self._burn = burn
         self._store = store
         self._thread = store_thread
         self._request = request
@@ -550,12 +557,15 @@ class RelayAgent:
                 ErrorCode.NOT_A_NEIGHBOUR, f"{nxt} is not a neighbour of {self.node_id}"
             )
         try:
-            pad, mac = await self._thread.call(
-                self._store.allocate_link_key,
-                link_id,
-                [len(key), MAC_KEY_BYTES],
-                keep=self._settings.link_reserve_bits // 8,
-            )
+            # Shielded: an allocation committed while its caller was cancelled would be link
+            # key spent here that nobody could tell the next node to burn.
+            with trio.CancelScope(shield=True):
+                pad, mac = await self._thread.call(
+                    self._store.allocate_link_key,
+                    link_id,
+                    [len(key), MAC_KEY_BYTES],
+                    keep=self._settings.link_reserve_bits // 8,
+                )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc)) from None
         except KeyStoreError as exc:
@@ -574,21 +584,36 @@ class RelayAgent:
         return msgspec.structs.replace(sealed, tag=tag)
 
     async def _forward(self, hop: RelayHop) -> RelayResult:
+        """Send ``hop`` on and return the answer.  Unless the answer is a success, the
+        next node may or may not have consumed the hop's link key (the session broke, the
+        answer was lost, a later hop failed): it is told to burn the same bytes, which it
+        skips if it consumed them, so that no link block stays READY at its end only."""
         nxt = hop.path[hop.hop]
         result: PeerReply | None = None
         try:
             with trio.move_on_after(self._settings.timeout_s):
                 result = await self._request(nxt, hop)
+        except trio.Cancelled:  # the caller gave up: the hop may never have been sent
+            self._burn_hop(hop)
+            raise
         except PeerUnavailable as exc:
+            self._burn_hop(hop)
             raise RelayFailed(ErrorCode.PEER_UNREACHABLE, str(exc)) from None
         if result is None:
+            self._burn_hop(hop)
             raise RelayFailed(
                 ErrorCode.PEER_TIMEOUT,
                 f"{nxt} did not answer within {self._settings.timeout_s:g} s",
             )
         assert isinstance(result, RelayResult)
         self._counts.hops_forwarded += 1
+        if not result.ok:
+            self._burn_hop(hop)
         return result
+
+    def _burn_hop(self, hop: RelayHop) -> None:
+        if self._burn is not None:
+            self._burn(hop.path[hop.hop], [*_segments(hop.pad), *_segments(hop.mac_key)])
 
     async def handle_hop(self, peer: str, hop: RelayHop) -> RelayResult:
         """Receive one hop from ``peer``: keep the key here or pass it on.  Never raises."""

@@ -17,6 +17,7 @@ additional slaves is served from it with no round trip.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -51,6 +52,10 @@ log = get_logger("qkms.supply")
 RequestFn = Callable[[str, SupplyReserve], Awaitable[PeerReply]]
 SendFn = Callable[[str, Any], Awaitable[bool]]
 
+BURN_RESEND_S = 2.0
+"""A burn notice is sent once more this long after it was sent, and again at the
+neighbour's next session: a one-way message sent as a session breaks may be lost (also
+when the send itself seemed to succeed), and a burn is harmless twice."""
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
 STOCK_MIN_VALIDITY_S = 60.0
@@ -94,6 +99,8 @@ class DirectLinkSource:
         self._is_up = is_up
         self._link_to = link_to
         self._burnt: dict[str, list[Segment]] = {}
+        self._sent_once: dict[str, list[Segment]] = {}
+        """Per target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
         """Per target KME: bytes cut for keys it never recorded, to tell it about."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
@@ -106,8 +113,17 @@ class DirectLinkSource:
         """Hold the stock refills.  Until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._resend_burns)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _resend_burns(self) -> None:
+        while True:
+            await trio.sleep(BURN_RESEND_S)
+            for target in list(self._sent_once):
+                if self._sent_once[target] and self._is_up(target):
+                    again = self._sent_once.pop(target)
+                    await self.flush_burnt(target, again=again)
 
     def serves(self, target_kme: str) -> bool:
         return target_kme in self._link_to
@@ -165,16 +181,19 @@ class DirectLinkSource:
         link_id = self._link_to[target_kme]
         if not self._is_up(target_kme):  # cut nothing that could only be burnt
             raise Unavailable(f"target KME {target_kme} is unreachable: not connected")
-        keys: list[CutKey] = await self._thread.call(
-            self._store.cut_service_keys,
-            link_id,
-            [(k, size // 8) for k in key_ids],
-            master_sae=master,
-            local_slaves=here,
-            expires_at=expires_at,
-            slaves=[*here, *there],
-            keep=keep,
-        )
+        # Shielded: a cut committed at the store while its caller was cancelled would be
+        # bytes spent here that nobody tells the neighbour about.
+        with trio.CancelScope(shield=True):
+            keys: list[CutKey] = await self._thread.call(
+                self._store.cut_service_keys,
+                link_id,
+                [(k, size // 8) for k in key_ids],
+                master_sae=master,
+                local_slaves=here,
+                expires_at=expires_at,
+                slaves=[*here, *there],
+                keep=keep,
+            )
         message = SupplyReserve(
             id=0,  # the peer manager gives the request its id
             link_id=link_id,
@@ -193,6 +212,10 @@ class DirectLinkSource:
         try:
             with trio.move_on_after(self._reserve_timeout):
                 result = await self._request(target_kme, message)
+        except trio.Cancelled:
+            # The caller gave up: the reservation may never have been sent.
+            self.burn_segments(target_kme, [seg for key in keys for seg in key.segments])
+            raise
         except PeerUnavailable as exc:
             await self._burn(target_kme, keys)
             raise Unavailable(f"target KME {target_kme} is unreachable: {exc}") from None
@@ -211,27 +234,64 @@ class DirectLinkSource:
 
     async def _burn(self, target_kme: str, keys: list[CutKey]) -> None:
         """The cut bytes are spent here; tell the neighbour, now or when it is back."""
-        pending = self._burnt.setdefault(target_kme, [])
-        pending.extend(seg for key in keys for seg in key.segments)
-        self._burnt[target_kme] = _merged(pending)
+        self._note_burnt(target_kme, [seg for key in keys for seg in key.segments])
         await self.flush_burnt(target_kme)
 
-    async def flush_burnt(self, target_kme: str) -> None:
-        """Send the neighbour the bytes burnt here that it has not heard of.  Kept for the
-        next session while it is away (in memory: after a restart of this node the
-        neighbour's copy of those bytes stays unused until its block expires)."""
-        link_id = self._link_to.get(target_kme)
-        pending = self._burnt.get(target_kme)
-        if link_id is None or not pending:
+    def burn_segments(self, target_kme: str, segments: Sequence[Segment]) -> None:
+        """Bytes of the link with ``target_kme`` spent here that it may never have consumed
+        (keys it never recorded, a relay hop that got no answer): it consumes them too, so
+        that a block used up here is used up there.  Bytes it did consume are skipped at
+        its end.  Does not wait: a task of this source's sends the notice, now or when the
+        neighbour is back, so that a cancelled caller can still call this."""
+        self._note_burnt(target_kme, segments)
+        if self._nursery is not None:
+            with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
+                self._nursery.start_soon(self.flush_burnt, target_kme)
+
+    def _note_burnt(self, target_kme: str, segments: Sequence[Segment]) -> None:
+        if target_kme not in self._link_to or not segments:
             return
-        while pending:
-            chunk = pending[:MAX_IDS_PER_MESSAGE]
-            refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
-            if not await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
-                return
-            del pending[: len(chunk)]
+        pending = [*self._burnt.get(target_kme, []), *segments]
+        self._burnt[target_kme] = _merged(pending)
+
+    async def flush_burnt(self, target_kme: str, *, again: Sequence[Segment] = ()) -> None:
+        """Send the neighbour the bytes burnt here that it has not heard of (and ``again``,
+        told once already).  Kept for the next session while it is away (in memory: after
+        a restart of this node the neighbour's copy of those bytes stays unused until its
+        block expires)."""
+        link_id = self._link_to.get(target_kme)
+        if link_id is None:
+            return
+        batches = [(list(again), True)] if again else []
+        attempts = 0
+        while True:
+            if batches:
+                chunk_all, resent = batches.pop()
+            else:
+                pending = self._burnt.get(target_kme)
+                if not pending:
+                    return
+                chunk_all, resent = pending[:MAX_IDS_PER_MESSAGE], False
+                del pending[: len(chunk_all)]  # taken now: a concurrent flush sends the rest
+            for start in range(0, len(chunk_all), MAX_IDS_PER_MESSAGE):
+                chunk = chunk_all[start : start + MAX_IDS_PER_MESSAGE]
+                refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
+                if await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
+                    if not resent:
+                        self._sent_once.setdefault(target_kme, []).extend(chunk)
+                    continue
+                self._note_burnt(target_kme, chunk_all[start:])  # for the next session
+                attempts += 1
+                # A newer session may have opened while this send failed on the old one:
+                # its peer_up has flushed already, so try again on it now.
+                if attempts > 3 or not self._is_up(target_kme):
+                    return
+                break
 
     async def peer_up(self, peer: str) -> None:
+        # What was sent as the last session broke may never have arrived: send it again
+        # (the neighbour skips bytes it consumed already).
+        self._note_burnt(peer, self._sent_once.pop(peer, []))
         await self.flush_burnt(peer)
 
     async def peer_down(self, peer: str, reason: str = "") -> None:

@@ -12,7 +12,7 @@ from protocol import etsi014
 
 from ..errors import QkmsError
 from ..http import Response
-from ..keystore import InsufficientKey, NotAuthorised, ServiceKeyNotFound
+from ..keystore import InsufficientKey, NotAuthorised, ServiceKeyNotFound, StoreUnavailable
 
 
 class SupplyError(QkmsError):
@@ -61,6 +61,7 @@ HANDLED: tuple[type[Exception], ...] = (
     NotAuthorised,
     ServiceKeyNotFound,
     InsufficientKey,
+    StoreUnavailable,
 )
 """What the agent answers an SAE with: each has an ``http_status`` (a test checks)."""
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import trio
 
-from ..keystore import RETAIN_ENDED_S, KeyStore
+from ..keystore import RETAIN_ENDED_S, KeyStore, KeyStoreError
 from ..log import get_logger
 from ..storethread import StoreThread
 
@@ -35,11 +35,19 @@ class RecordedKeys:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Erase service keys past their validity, every second, until cancelled."""
         task_status.started()
+        failing = False
         while True:
             await trio.sleep(SWEEP_INTERVAL_S)
-            expired = await self._thread.call(
-                self._store.expire_service_keys, retain_s=self._retain_ended
-            )
+            try:
+                expired = await self._thread.call(
+                    self._store.expire_service_keys, retain_s=self._retain_ended
+                )
+            except KeyStoreError as exc:  # a full or read-only disk: try again, say it once
+                if not failing:
+                    log.error("supply.sweep_failed", error=str(exc)[:300])
+                failing = True
+                continue
+            failing = False
             if expired:
                 log.info("supply.keys_expired", count=expired)
 

@@ -38,6 +38,7 @@ from qkmsd.keystore import (
     NotAuthorised,
     SegmentRefused,
     ServiceKeyNotFound,
+    StoreUnavailable,
 )
 from qkmsd.main import main
 from qkmsd.perf import PerfHistoryError, PushError
@@ -77,6 +78,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     MasterKeyError: (STORE, None, EXIT_FAILURE),
     MasterKeyMismatch: (STORE, None, EXIT_FAILURE),
     InsufficientKey: (STORE, 503, EXIT_FAILURE),
+    StoreUnavailable: (STORE, 503, EXIT_FAILURE),
     SegmentRefused: (ErrorCode.SEGMENT_REFUSED, None, EXIT_FAILURE),
     ServiceKeyNotFound: (STORE, 400, EXIT_FAILURE),
     NotAuthorised: (STORE, 401, EXIT_FAILURE),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from protocol import KeyDiscard
+from protocol import KeyConfirm, KeyDiscard
 from qkd_drivers import KeyBlock
 from qkmsd.keymanager import owns_block
 from qkmsd.keystore import KeyState
@@ -92,6 +92,41 @@ async def test_a_confirm_lost_in_a_disconnect_is_recovered_on_reconnect(
     await wire.connect()
     await trio.sleep(1)
     assert state(a, 9) is state(b, 9) is KeyState.READY
+
+
+async def test_a_discard_lost_with_its_confirm_is_told_again_on_reconnect(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found with the fault proxy: A made a block READY and its confirm was lost; B, never
+    # confirmed, discarded it and that discard was lost too.  Neither re-announces a block
+    # it does not hold as RECEIVED, so A's copy stayed READY at one end for good.
+    a, b, wire = pair
+    lost: list[Any] = []
+
+    def dropping(send: Any, kind: type[Any]) -> Any:
+        async def maybe(peer: str, message: Any) -> bool:
+            if isinstance(message, kind):
+                lost.append(message)
+                return True  # sent, as far as the sender can tell, but never arrives
+            return bool(await send(peer, message))
+
+        return maybe
+
+    await wire.connect()
+    await b.driver.emit(11, b"w" * 32)
+    await trio.sleep(1)  # A knows B holds 11
+    send_a, send_b = a.manager._send, b.manager._send
+    a.manager._send = dropping(send_a, KeyConfirm)
+    b.manager._send = dropping(send_b, KeyDiscard)
+    await a.driver.emit(11, b"w" * 32)
+    await trio.sleep(60)
+    assert (state(a, 11), state(b, 11)) == (KeyState.READY, KeyState.DISCARDED)
+    assert {type(m) for m in lost} == {KeyConfirm, KeyDiscard}
+    a.manager._send, b.manager._send = send_a, send_b
+    await wire.disconnect()
+    await wire.connect()
+    await trio.sleep(1)
+    assert state(a, 11) is state(b, 11) is KeyState.DISCARDED
 
 
 async def test_pools_agree_after_a_stream_of_blocks(

@@ -16,14 +16,18 @@ from protocol import (
     NEED_DATA,
     PEER_DECODER,
     Error,
+    ErrorCode,
     FramedConnection,
     Hello,
     KeyAnnounce,
     PeerSession,
     Ping,
     Pong,
+    RemoteProtocolError,
 )
+from qkmsd.errors import PeerConnectionLost
 from qkmsd.peers import SILENT, PeerManager
+from qkmsd.peers._manager import session_ending
 
 
 class Recorder:
@@ -415,3 +419,24 @@ async def test_a_peer_s_clock_offset_is_measured_from_its_answers_to_heartbeats(
             offset = a.peers_status()[0].clock_offset_s
             assert offset is not None and abs(offset - 5.0) < 0.5
             nursery.cancel_scope.cancel()
+
+
+def test_a_session_ended_by_two_errors_at_once_is_a_lost_connection_not_a_crash() -> None:
+    # Found with the fault proxy: the reader and a heartbeat both saw one reset, the
+    # session's nursery raised a group of two, and the peer manager (then the node) died.
+    both = ExceptionGroup(
+        "nursery",
+        [
+            PeerConnectionLost("receive from KME_B failed: EOF"),
+            ExceptionGroup("inner", [PeerConnectionLost("send to KME_B failed: reset")]),
+        ],
+    )
+    assert str(session_ending(both)) == "receive from KME_B failed: EOF"
+    protocol = ExceptionGroup(
+        "nursery",
+        [trio.BrokenResourceError(), RemoteProtocolError(ErrorCode.BAD_FRAME, "garbage")],
+    )
+    assert isinstance(session_ending(protocol), RemoteProtocolError)
+    # Anything else is a bug, and still propagates.
+    assert session_ending(ExceptionGroup("n", [PeerConnectionLost("x"), KeyError("y")])) is None
+    assert session_ending(ValueError("bug")) is None

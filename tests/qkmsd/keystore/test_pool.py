@@ -105,6 +105,38 @@ def test_a_segment_that_cannot_be_consumed_refuses_the_whole_call(
     assert ends.other.consume_link_key(LINK, [fresh]) == [ends.material[2][:8]]
 
 
+def test_a_burn_consumes_the_unused_part_of_a_segment_that_is_partly_used(ends: Ends) -> None:
+    # The sender joins back-to-back burnt segments of different requests: one recorded
+    # here (used), the next never arrived.  The whole block must end used up here too.
+    first, second = ends.owner.allocate_link_key(LINK, [40, 24])
+    ends.other.consume_link_key(LINK, [first.segments])
+    assert ends.other.burn_link_key(LINK, [Segment(0, 0, BLOCK)]) == 1
+    assert ends.other.states(LINK, [0]) == {0: KeyState.ERASED}
+    assert ends.owner.states(LINK, [0]) == {0: KeyState.ERASED}
+    assert ends.other.burn_link_key(LINK, [Segment(0, 0, BLOCK)]) == 0  # nothing left
+
+
+def test_a_burn_of_a_block_not_yet_ready_here_erases_it_once_it_is_ready(
+    tmp_path: Path,
+) -> None:
+    # The owner used the block up and the burn came before the confirm (lost with a
+    # session, re-announced): the block must not become READY here with its bits unused.
+    owner = KeyStore.open(tmp_path / "owner.db", os.urandom(32))
+    other = KeyStore.open(tmp_path / "other.db", os.urandom(32))
+    material = os.urandom(BLOCK)
+    owner.add_blocks([block(0, material, owned=True)])
+    owner.mark_ready(LINK, [0])
+    other.add_blocks([block(0, material, owned=False)])  # RECEIVED here
+    (taken,) = owner.allocate_link_key(LINK, [BLOCK])
+    assert other.burn_link_key(LINK, list(taken.segments)) == 1
+    assert other.states(LINK, [0]) == {0: KeyState.RECEIVED}
+    assert other.mark_ready(LINK, [0]) == [0]
+    assert other.states(LINK, [0]) == {0: KeyState.ERASED}
+    assert owner.states(LINK, [0]) == {0: KeyState.ERASED}
+    owner.close()
+    other.close()
+
+
 def test_the_other_end_refuses_blocks_it_owns_or_that_are_not_ready(tmp_path: Path) -> None:
     with KeyStore.open(tmp_path / "k.db", os.urandom(32)) as store:
         store.add_blocks([block(0, owned=True), block(1, owned=False)])

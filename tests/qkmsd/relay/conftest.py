@@ -103,6 +103,8 @@ class Wire:
     def __init__(self) -> None:
         self.agents: dict[str, RelayAgent] = {}
         self.sent: list[Sent] = []
+        self.burnt: list[tuple[str, str, list[Segment]]] = []
+        """(sender, receiver, segments) of each burn the sender asked the receiver for."""
         self.on_hop: HopHook = _pass_hop
         self.on_result: ResultHook = _pass_result
         self._ids = 0
@@ -112,6 +114,12 @@ class Wire:
             return await self.send(sender, peer, hop)
 
         return request
+
+    def burn_from(self, sender: str) -> Callable[[str, list[Segment]], None]:
+        def burn(peer: str, segments: list[Segment]) -> None:
+            self.burnt.append((sender, peer, list(segments)))
+
+        return burn
 
     async def send(self, sender: str, receiver: str, hop: RelayHop) -> RelayResult:
         """Deliver ``hop`` as the peer session would: a fresh request id, the hooks."""
@@ -240,6 +248,7 @@ async def open_net(
                     neighbours=neighbours,
                 ),
                 settings=settings,
+                burn=wire.burn_from(name),
             )
             delivered: dict[str, list[KeyBlock]] = {lid: [] for lid in drivers}
             for lid, driver in drivers.items():

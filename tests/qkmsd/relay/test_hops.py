@@ -391,6 +391,48 @@ async def test_a_hop_never_answered_fails_the_relay_at_the_source_with_a_timeout
     assert await line3.delivered(C, A) == []
 
 
+async def test_a_hop_never_answered_is_burnt_at_its_receiver_so_both_ends_agree(
+    line3: Net, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found with the fault proxy: a hop lost with its session left the link key it was
+    # padded with spent at the sender and READY at the receiver, for good.  (Only the
+    # first hop here: on this wire, A's time-out cancels B's call, as no session would.)
+    sender, receiver = A, B
+    lost: list[RelayHop] = []
+
+    async def on_hop(frm: str, to: str, hop: RelayHop) -> RelayHop:
+        if (frm, to) == (sender, receiver):
+            lost.append(hop)
+            await trio.sleep_forever()
+        return hop
+
+    line3.wire.on_hop = on_hop
+    await relay_fails(line3)
+
+    (hop,) = lost
+    spent = _segments(hop.pad) + _segments(hop.mac_key)
+    assert line3.wire.burnt == [(sender, receiver, spent)]
+    link = link_id(sender, receiver)
+    assert line3[receiver].store.burn_link_key(link, spent) == len(spent)
+    ready = [line3[n].store.ready_ids(link, 0, 100, limit=100) for n in (sender, receiver)]
+    assert ready[0] == ready[1]
+
+
+async def test_a_hop_refused_further_on_is_burnt_but_its_receiver_consumed_it_already(
+    tmp_path: Path,
+) -> None:
+    async with open_net(tmp_path, links=[(A, B), (B, C)], pools=[(A, C)], link_blocks=()) as net:
+        net.add_link_key(A, B, range(8))
+        net.add_link_key(B, C, [1, 3, 5])  # all C's: B owns none of B~C
+
+        await relay_fails(net)
+
+        (hop,) = net.wire.hops(A, B)
+        spent = _segments(hop.pad) + _segments(hop.mac_key)
+        assert net.wire.burnt == [(A, B, spent)]
+        assert net[B].store.burn_link_key(link_id(A, B), spent) == 0  # B used them
+
+
 async def test_an_unreachable_next_node_fails_the_relay_as_unreachable(tmp_path: Path) -> None:
     async with open_net(tmp_path, links=[(A, B), (B, C)], pools=[(A, C)]) as net:
         del net.wire.agents[C]

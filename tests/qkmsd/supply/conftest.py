@@ -63,6 +63,8 @@ class LinkEnds:
     requests: list[SupplyReserve]
     answer: Callable[[str, SupplyReserve], Awaitable[PeerReply]]
     up: bool = True
+    delivers: bool = True
+    """False: one-way messages are sent but lost on the way (a session that breaks)."""
     sent: list[object] = dataclasses.field(default_factory=list)
 
     def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
@@ -108,7 +110,8 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
             return False
         pair.sent.append(message)
         assert isinstance(message, SupplyBurn)
-        await pair.responder.on_burn("KME_A", message)
+        if pair.delivers:
+            await pair.responder.on_burn("KME_A", message)
         return True
 
     source = DirectLinkSource(

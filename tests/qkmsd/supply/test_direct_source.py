@@ -201,6 +201,29 @@ async def test_burn_notices_wait_for_the_neighbour_to_come_back(ends: LinkEnds) 
         nursery.cancel_scope.cancel()
 
 
+async def test_a_burn_notice_lost_with_its_session_is_sent_again_at_the_next(
+    ends: LinkEnds,
+) -> None:
+    # Found with the fault proxy: a notice sent as the session broke never arrived, and
+    # the block stayed READY at B while used up at A.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer, ends.delivers = unreachable, False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        assert len(ends.sent) == 1
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+        ends.delivers = True
+        await ends.source.peer_up("KME_B")
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        await ends.source.peer_up("KME_B")  # and again: B skips what it burnt
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_burn_notice_skips_bytes_the_neighbour_already_recorded(ends: LinkEnds) -> None:
     # A reservation that timed out at A but was recorded at B: the keys stay fetchable.
     keys = await ends.source.new_keys(order(ends, 2, size_bits=512))
