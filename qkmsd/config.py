@@ -57,6 +57,7 @@ class ListenSection(_Section, frozen=True):
     admin_group: str | None = None
     metrics: str | None = None
     dashboard: str | None = None
+    dashboard_tls: str | None = None
 
 
 class PeerSection(_Section, frozen=True):
@@ -250,6 +251,19 @@ class AlarmsSection(_Section, frozen=True):
         return Action(self.actions.get(code, CODES[code].action))
 
 
+class DashboardSection(_Section, frozen=True):
+    """The dashboard (``[dashboard]``); where it listens is ``[listen] dashboard`` and
+    ``dashboard_tls``."""
+
+    loopback_operations: bool = False
+    """Whether the loopback page may operate (acknowledge, clear, drain): every local user
+    of the node can reach it, so it is off by default; the operator is logged as
+    ``loopback``.  Operator certificates on ``dashboard_tls`` do not need it."""
+    positions: dict[str, Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]] = {}
+    """Where nodes are drawn: ``NODE = [x, y]``, x east and y north in any unit
+    (longitude and latitude in degrees work); nodes not named are placed by springs."""
+
+
 class PerfSection(_Section, frozen=True):
     """Performance collection (``[perf]``): sampling, history, pushing to a collector."""
 
@@ -286,6 +300,7 @@ class _RawConfig(_Section, frozen=True):
     relay: RelaySection = RelaySection()
     alarms: AlarmsSection = AlarmsSection()
     perf: PerfSection = PerfSection()
+    dashboard: DashboardSection = DashboardSection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -365,6 +380,9 @@ class Config(msgspec.Struct, frozen=True):
     metrics_listen: HostPort | None = None
     dashboard_listen: HostPort | None = None
     """The live dashboard's plain HTTP address; loopback only."""
+    dashboard_tls_listen: HostPort | None = None
+    """The dashboard over HTTPS for operator certificates; any address."""
+    dashboard: DashboardSection = DashboardSection()
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
     crl: Path | None = None
@@ -533,10 +551,12 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         if not _is_loopback(dashboard_listen.host):
             raise fail(
                 "[listen] dashboard:",
-                f"{dashboard_listen.host!r} is not a loopback address: the dashboard has no"
-                " TLS or operator login yet, so it listens on loopback only (use 127.0.0.1 or"
-                " [::1]; remote access needs the operator TLS of a later step)",
+                f"{dashboard_listen.host!r} is not a loopback address: plain HTTP has no"
+                " login, so it listens on loopback only (use 127.0.0.1 or [::1]); for remote"
+                " access set [listen] dashboard_tls, which asks for an operator TLS"
+                " certificate (qkmsctl pki operator NAME)",
             )
+    dashboard_tls_listen = address("dashboard_tls", raw.listen.dashboard_tls)
     _check_alarm_actions(raw.alarms, fail)
     saes: dict[str, SaeConfig] = {}
     for sae_id, sae in raw.saes.items():
@@ -609,6 +629,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         perf=raw.perf,
         metrics_listen=metrics_listen,
         dashboard_listen=dashboard_listen,
+        dashboard_tls_listen=dashboard_tls_listen,
+        dashboard=raw.dashboard,
         pair_policies=pair_policies,
     )
 

@@ -1,16 +1,12 @@
-"""The live dashboard: this node, its peers and its links drawn as an SVG graph, the active
-alarms and the recent relays, over plain HTTP on ``[listen] dashboard`` (loopback only).
+"""What the dashboard shows, read from the agents and versioned.
 
-Routes: ``GET /`` the page (rendered here, server side, with ~40 lines of inline vanilla
-JavaScript: no build step, no CDN, works offline); ``GET /state.json`` the same data as
-JSON; ``GET /view`` the page's live part (graph, alarms, relays) as an HTML fragment.
-
-Live updates are long polls, not server-sent events: our HTTP shell answers with whole
-bodies and has no streaming response.  ``/state.json?after=N`` and ``/view?after=N``
-answer at once when the state's version is not ``N``, else as soon as it changes (the
-sources are read every ``POLL_S``), else after ``HOLD_S`` with the unchanged state.  The
-page asks again as soon as it has an answer, so a change shows within ``POLL_S`` plus a
-round trip.
+``Dashboard.read`` reads the sources (concurrent readers share one read per
+``READ_EVERY_S``); the version grows each time what the page shows changes.  A change is
+*prompt* (peer up or down, an alarm raised, changed or cleared, a link's level band or
+driver state, a relay's state, draining) or *minor* (bit counts, QBER): ``changes``
+yields prompt ones at once and minor ones at most every ``MINOR_EVERY_S``.  ``poke``
+wakes every waiter at once (the app calls it when a peer connects or goes): a
+disconnection reaches the page without waiting for the next read.
 
 Only ids, states, counts and levels are shown: never key material, key ids or block ids.
 """
@@ -18,49 +14,48 @@ Only ids, states, counts and levels are shown: never key material, key ids or bl
 from __future__ import annotations
 
 import dataclasses
-import html
-import math
-from collections.abc import Awaitable, Callable, Mapping
-from urllib.parse import parse_qs
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 import trio
 
-from .http import Limits, Request, Response
-from .log import get_logger
-from .relay import RelayRecord
-from .state import AlarmView
-from .status import NodeStatus
+from ..log import get_logger
+from ..relay import RelayRecord
+from ..state import AlarmView
+from ..status import NodeStatus
+from ._layout import Point, layout
 
 log = get_logger("qkms.dashboard")
 
-LIMITS = Limits(max_body_bytes=0, idle_timeout=30.0)
-POLL_S = 0.2
-"""How often a waiting long poll reads the sources again."""
+READ_EVERY_S = 0.2
+"""Waiters read the sources this often (and at once when poked)."""
+MINOR_EVERY_S = 2.0
+"""A change in counts only is sent at most this often."""
+HEARTBEAT_S = 15.0
+"""An event stream with nothing new sends a comment this often (a gone client is noticed)."""
 HOLD_S = 1.0
 """How long a long poll waits for a change before it answers with the same state."""
 RECENT_RELAYS = 10
 
-SEVERITY_COLOURS = {
-    # The usual X.733 alarm colours.
-    "critical": "#d62728",
-    "major": "#ff7f0e",
-    "minor": "#e6c700",
-    "warning": "#1f9bcf",
-    "indeterminate": "#9467bd",
-    "cleared": "#2ca02c",
-}
-LEVEL_COLOURS = {"empty": "#d62728", "low": "#e6c700", "normal": "#2ca02c"}
-NODE_COLOURS = {"up": "#2ca02c", "down": "#7f7f7f"}
+AdminMethod = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class NodeView(msgspec.Struct, frozen=True):
     node_id: str
     role: str
-    """``self`` or ``peer``."""
-    up: bool
+    """``self``, ``peer`` (a session with this node) or ``remote`` (known from the
+    topology only)."""
+    up: bool | None
+    """None: not known here (a remote node)."""
     state: str
-    """The peer session's state (``connected``, ``disconnected``...); ``self`` is ``up``."""
+    """The peer session's state (``connected``, ``disconnected``...); ``up`` for this node,
+    ``unknown`` for a remote one."""
+    x: float
+    y: float
+    """Where it is drawn, in the unit square (see ``_layout``)."""
+    draining: bool = False
+    controller: bool = False
 
 
 class LinkView(msgspec.Struct, frozen=True):
@@ -72,9 +67,18 @@ class LinkView(msgspec.Struct, frozen=True):
     """``empty`` (no owned ready key), ``low`` (below ``low_bits``) or ``normal``."""
     owned_ready_bits: int
     low_bits: int
+    driver: str
     driver_state: str
     synchronised: bool
     qber: float | None
+    qber_high: bool
+
+
+class EdgeView(msgspec.Struct, frozen=True):
+    """A QKD link between two other nodes, from the topology: drawn, its state unknown."""
+
+    a: str
+    b: str
 
 
 class AlarmItem(msgspec.Struct, frozen=True):
@@ -93,15 +97,52 @@ class RelayItem(msgspec.Struct, frozen=True):
     state: str
 
 
+class SaeItem(msgspec.Struct, frozen=True):
+    sae_id: str
+    requests: int
+    delivered: int
+    """Keys handed to the SAE (a count)."""
+    errors: int
+
+
 class DashboardState(msgspec.Struct, frozen=True):
     """What the page shows (``/state.json``)."""
 
     version: int
     node_id: str
+    draining: bool
+    controller: str | None
     nodes: list[NodeView]
     links: list[LinkView]
+    edges: list[EdgeView]
     alarms: list[AlarmItem]
     relays: list[RelayItem]
+    saes: list[SaeItem]
+
+    def prompt(self) -> tuple[Any, ...]:
+        """What must reach an open page at once when it changes."""
+        return (
+            self.draining,
+            self.controller,
+            [(n.node_id, n.up, n.state) for n in self.nodes],
+            [(lk.link_id, lk.level, lk.driver_state, lk.qber_high) for lk in self.links],
+            [(a.code, a.resource, a.severity, a.acknowledged) for a in self.alarms],
+            [(r.relay_id, r.state) for r in self.relays],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkTopology:
+    """The whole network as some source knows it: node ids and the QKD links between them.
+
+    Today ``app.py`` builds it from ``[relay] topology``; a controller's topology view
+    plugs in the same way (``DashboardSources.topology``).  ``coordinates`` place nodes
+    (x east, y north; longitude and latitude work), from ``[dashboard] positions``.
+    """
+
+    nodes: frozenset[str] = frozenset()
+    links: frozenset[tuple[str, str]] = frozenset()
+    coordinates: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -109,7 +150,10 @@ class DashboardSources:
     """Where the dashboard reads from (handed in by ``app.py``).
 
     ``low_bits`` holds each end-to-end pool's low watermark by link id; other links use
-    ``default_low_bits`` (the ``pool-low`` alarm's threshold).
+    ``default_low_bits`` (the ``pool-low`` alarm's threshold).  ``admin`` is the node's
+    admin method table: the page reads (``alarms``, ``node``, ``perf``) and operates
+    (``alarm_ack``, ``alarm_clear``, ``node_drain``, ``node_undrain``) through the very
+    methods ``qkmsctl`` calls.
     """
 
     node_status: Callable[[], Awaitable[NodeStatus]]
@@ -117,6 +161,13 @@ class DashboardSources:
     relays: Callable[[], list[RelayRecord]] | None = None
     low_bits: Mapping[str, int] = dataclasses.field(default_factory=dict)
     default_low_bits: int = 16384
+    qber_max: float = 0.11
+    topology: Callable[[], NetworkTopology] | None = None
+    controller: Callable[[], str | None] | None = None
+    draining: Callable[[], bool] | None = None
+    saes: Callable[[], Mapping[str, Any]] | None = None
+    """SAE id -> counters with ``requests``, ``keys`` and ``errors`` (by HTTP status)."""
+    admin: Mapping[str, AdminMethod] = dataclasses.field(default_factory=dict)
 
 
 def link_level(owned_ready_bits: int, low_bits: int) -> str:
@@ -129,19 +180,110 @@ class Dashboard:
     """The dashboard's state, versioned: the version grows each time what it shows changes."""
 
     def __init__(self, sources: DashboardSources) -> None:
-        self._sources = sources
+        self.sources = sources
         self._version = 0
         self._last: DashboardState | None = None
+        self._read_at = -1e9
+        self._lock = trio.Lock()
+        self._poked = trio.Event()
+        self._positions: dict[str, Point] = {}
+        self._laid_out: tuple[frozenset[str], frozenset[tuple[str, str]]] | None = None
+
+    def poke(self) -> None:
+        """Something changed (a peer came or went): waiters read the sources now."""
+        self._poked.set()
+        self._poked = trio.Event()
+        self._read_at = -1e9
 
     async def read(self) -> DashboardState:
-        """Read the sources now; a new version if anything shown changed."""
-        s = self._sources
+        """The current state: the sources are read unless another reader just did."""
+        async with self._lock:
+            if self._last is not None and trio.current_time() - self._read_at < READ_EVERY_S:
+                return self._last
+            state = await self._read()
+            self._read_at = trio.current_time()
+            last = self._last
+            if last is None or msgspec.structs.replace(state, version=0) != (
+                msgspec.structs.replace(last, version=0)
+            ):
+                self._version += 1
+                self._last = msgspec.structs.replace(state, version=self._version)
+            assert self._last is not None
+            return self._last
+
+    async def _pause(self) -> None:
+        """Until the next read is due or a poke."""
+        poked = self._poked
+        with trio.move_on_after(READ_EVERY_S):
+            await poked.wait()
+
+    async def wait(self, after: int | None) -> DashboardState:
+        """The state once its version is not ``after``, or after ``HOLD_S`` (long poll)."""
+        state = await self.read()
+        if after is None or state.version != after:
+            return state
+        with trio.move_on_after(HOLD_S):
+            while state.version == after:
+                await self._pause()
+                state = await self.read()
+        return state
+
+    async def changes(self) -> AsyncIterator[DashboardState | None]:
+        """The state now, then each change as it comes (see the module docstring);
+        ``None`` after ``HEARTBEAT_S`` without one.  Runs until the consumer stops."""
+        state = await self.read()
+        yield state
+        sent, sent_at = state, trio.current_time()
+        while True:
+            await self._pause()
+            state = await self.read()
+            now = trio.current_time()
+            if state.version != sent.version and (
+                state.prompt() != sent.prompt() or now - sent_at >= MINOR_EVERY_S
+            ):
+                yield state
+                sent, sent_at = state, now
+            elif now - sent_at >= HEARTBEAT_S:
+                yield None
+                sent_at = now
+
+    async def admin(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Call one of the node's admin methods; None if the node has no such method."""
+        call = self.sources.admin.get(method)
+        return None if call is None else await call(params)
+
+    async def _read(self) -> DashboardState:
+        s = self.sources
         status = await s.node_status()
-        nodes = [NodeView(status.node_id, "self", True, "up")]
-        nodes += [
-            NodeView(p.node_id, "peer", p.state == "connected", p.state)
-            for p in sorted(status.peers, key=lambda p: p.node_id)
-        ]
+        topology = s.topology() if s.topology is not None else NetworkTopology()
+        controller = s.controller() if s.controller is not None else None
+        draining = s.draining() if s.draining is not None else False
+        peers = {p.node_id: p for p in status.peers}
+        names = {status.node_id} | set(peers) | set(topology.nodes)
+        names |= {link.peer for link in status.links}
+        positions = await self._layout(names, topology)
+        nodes = []
+        for name in sorted(names):
+            x, y = positions.get(name, (0.5, 0.5))
+            if name == status.node_id:
+                role, up, state = "self", True, "up"
+            elif name in peers:
+                role, state = "peer", peers[name].state
+                up = state == "connected"
+            else:
+                role, up, state = "remote", None, "unknown"
+            nodes.append(
+                NodeView(
+                    name,
+                    role,
+                    up,
+                    state,
+                    x,
+                    y,
+                    draining=draining and role == "self",
+                    controller=name == controller,
+                )
+            )
         links = []
         for link in sorted(status.links, key=lambda link: link.link_id):
             low = s.low_bits.get(link.link_id, s.default_low_bits)
@@ -153,11 +295,15 @@ class Dashboard:
                     level=link_level(link.owned_ready_bits, low),
                     owned_ready_bits=link.owned_ready_bits,
                     low_bits=low,
+                    driver=link.driver,
                     driver_state=link.driver_state,
                     synchronised=link.synchronised,
                     qber=link.qber,
+                    qber_high=link.qber is not None and link.qber > s.qber_max,
                 )
             )
+        ours = {tuple(sorted((status.node_id, lk.peer))) for lk in status.links if not lk.e2e}
+        edges = [EdgeView(a, b) for a, b in sorted(topology.links) if (a, b) not in ours]
         alarms = [
             AlarmItem(a.code, a.resource, a.severity, a.raised_at, a.acknowledged)
             for a in (s.alarms() if s.alarms else [])
@@ -168,187 +314,30 @@ class Dashboard:
             RelayItem(r.relay_id, r.e2e_link_id, list(r.path), r.role, r.state)
             for r in reversed(recent)
         ]
-        state = DashboardState(self._version, status.node_id, nodes, links, alarms, relays)
-        if self._last is None or msgspec.structs.replace(state, version=0) != (
-            msgspec.structs.replace(self._last, version=0)
-        ):
-            self._version += 1
-            state = msgspec.structs.replace(state, version=self._version)
-            self._last = state
-        return self._last
-
-    async def wait(self, after: int | None) -> DashboardState:
-        """The state once its version is not ``after`` (see the module docstring)."""
-        state = await self.read()
-        if after is None or state.version != after:
-            return state
-        with trio.move_on_after(HOLD_S):
-            while state.version == after:
-                await trio.sleep(POLL_S)
-                state = await self.read()
-        return state
-
-
-# --- rendering ---------------------------------------------------------------------------
-
-_W, _H = 640, 400
-
-
-def _positions(state: DashboardState) -> dict[str, tuple[float, float]]:
-    cx, cy, r = _W / 2, _H / 2, 150.0
-    peers = [n.node_id for n in state.nodes if n.role == "peer"]
-    pos = {state.node_id: (cx, cy)}
-    for i, peer in enumerate(peers):
-        angle = math.pi + 2 * math.pi * i / max(len(peers), 1)
-        pos[peer] = (round(cx + r * math.cos(angle), 1), round(cy + r * math.sin(angle), 1))
-    return pos
-
-
-def render_svg(state: DashboardState) -> str:
-    e = html.escape
-    pos = _positions(state)
-    parts = [
-        f'<svg id="graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}"'
-        f' width="{_W}" height="{_H}" role="img" aria-label="topology">'
-    ]
-    counts: dict[str, int] = {}
-    for link in state.links:
-        if link.peer not in pos:
-            continue
-        (x1, y1), (x2, y2) = pos[state.node_id], pos[link.peer]
-        # A QKD link and an end-to-end pool to the same peer are drawn side by side.
-        n = counts[link.peer] = counts.get(link.peer, 0) + 1
-        shift = (n - 1) * 8.0
-        dash = ' stroke-dasharray="8 5"' if link.kind == "e2e" else ""
-        parts.append(
-            f'<g class="link" data-link="{e(link.link_id)}" data-peer="{e(link.peer)}"'
-            f' data-kind="{link.kind}" data-level="{link.level}">'
-            f'<line x1="{x1}" y1="{y1 + shift}" x2="{x2}" y2="{y2 + shift}"'
-            f' stroke="{LEVEL_COLOURS[link.level]}" stroke-width="6"{dash}/>'
-            f"<title>{e(link.link_id)} ({link.kind})</title>"
-            f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 + shift - 10}" text-anchor="middle"'
-            f' font-size="10">{link.owned_ready_bits} bit {link.level}</text></g>'
+        saes = [
+            SaeItem(name, c.requests, c.keys, sum(c.errors.values()))
+            for name, c in sorted((s.saes() if s.saes else {}).items())
+        ]
+        return DashboardState(
+            0, status.node_id, draining, controller, nodes, links, edges, alarms, relays, saes
         )
-    for node in state.nodes:
-        x, y = pos[node.node_id]
-        status = "up" if node.up else "down"
-        parts.append(
-            f'<g class="node" data-node="{e(node.node_id)}" data-role="{node.role}"'
-            f' data-state="{status}"><circle cx="{x}" cy="{y}" r="26"'
-            f' fill="{NODE_COLOURS[status]}" stroke="#333" stroke-width="2"/>'
-            f'<text x="{x}" y="{y + 4}" text-anchor="middle" font-size="12"'
-            f' fill="#fff">{e(node.node_id)}</text>'
-            f'<text x="{x}" y="{y + 42}" text-anchor="middle" font-size="11">{status}</text></g>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+
+    async def _layout(self, names: set[str], topology: NetworkTopology) -> dict[str, Point]:
+        edges = set(topology.links)
+        key = (frozenset(names), frozenset(edges))
+        if key != self._laid_out:
+            # Hundreds of nodes take a while: off the event loop, once per topology.
+            self._positions = await trio.to_thread.run_sync(
+                layout, names, edges, topology.coordinates
+            )
+            self._laid_out = key
+        return self._positions
 
 
-def render_view(state: DashboardState) -> str:
-    """The page's live part: graph, alarms, relays; ``data-version`` on the outer element."""
-    e = html.escape
-    alarms = "".join(
-        f'<li class="alarm" data-code="{e(a.code)}" data-severity="{e(a.severity)}"'
-        f' style="border-left:8px solid {SEVERITY_COLOURS.get(a.severity, "#999")}">'
-        f"<b>{e(a.severity)}</b> {e(a.code)} on {e(a.resource)}"
-        f"{' (acknowledged)' if a.acknowledged else ''}</li>"
-        for a in state.alarms
-    )
-    relays = "".join(
-        f'<tr class="relay" data-state="{e(r.state)}"><td>{e(r.relay_id)}</td>'
-        f"<td>{e(r.e2e_link_id)}</td><td>{e(' → '.join(r.path))}</td>"
-        f"<td>{e(r.role)}</td><td>{e(r.state)}</td></tr>"
-        for r in state.relays
-    )
-    return (
-        f'<div id="view" data-version="{state.version}">{render_svg(state)}'
-        f'<h2>Active alarms ({len(state.alarms)})</h2><ul id="alarms">'
-        f"{alarms or '<li>none</li>'}</ul>"
-        f'<h2>Recent relays</h2><table id="relays"><tr><th>relay</th><th>pool</th>'
-        f"<th>path</th><th>role</th><th>state</th></tr>{relays}</table></div>"
-    )
-
-
-_SCRIPT = """
-(function () {
-  var live = document.getElementById("live");
-  function poll() {
-    var current = document.getElementById("view");
-    fetch("view?after=" + encodeURIComponent(current.dataset.version), {cache: "no-store"})
-      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
-      .then(function (text) {
-        var box = document.createElement("div");
-        box.innerHTML = text;
-        var fresh = box.firstElementChild;
-        current = document.getElementById("view");
-        if (fresh && fresh.dataset.version !== current.dataset.version) {
-          current.replaceWith(fresh);
-        }
-        live.textContent = "live";
-        live.className = "ok";
-        poll();
-      })
-      .catch(function () {
-        live.textContent = "node unreachable: retrying";
-        live.className = "bad";
-        setTimeout(poll, 1000);
-      });
-  }
-  poll();
-})();
-"""
-
-_STYLE = """
-body{font-family:sans-serif;margin:1em 2em;color:#222}
-#live.ok{color:#2ca02c}#live.bad{color:#d62728;font-weight:bold}
-#alarms{list-style:none;padding:0}#alarms li{margin:2px 0;padding:2px 8px;background:#f4f4f4}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}
-.legend span{display:inline-block;margin-right:1em}
-"""
-
-
-def render_page(state: DashboardState) -> str:
-    e = html.escape
-    legend = "".join(
-        f'<span><b style="color:{colour}">&#9632;</b> {level}</span>'
-        for level, colour in LEVEL_COLOURS.items()
-    )
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>qkms {e(state.node_id)}</title><style>{_STYLE}</style></head><body>"
-        f'<h1>qkms node {e(state.node_id)} <small id="live">loading</small></h1>'
-        f'<p class="legend">owned ready key: {legend} (dashed: end-to-end pool)</p>'
-        f"{render_view(state)}<script>{_SCRIPT}</script></body></html>"
-    )
-
-
-# --- HTTP --------------------------------------------------------------------------------
-
-
-def _after(query: str) -> int | None:
-    values = parse_qs(query).get("after")
-    if not values:
-        return None
-    try:
-        return int(values[0])
-    except ValueError:
-        return None
-
-
-def dashboard_handler(dashboard: Dashboard) -> Callable[[Request], Awaitable[Response]]:
-    """The HTTP handler: ``/``, ``/state.json``, ``/view``; anything else 404 or 405."""
-    html_type = "text/html; charset=utf-8"
-
-    async def handle(request: Request) -> Response:
-        if request.path not in ("/", "/state.json", "/view"):
-            return Response(404, b'{"message":"not found: try /, /state.json or /view"}')
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, headers=(("allow", "GET, HEAD"),))
-        if request.path == "/":
-            return Response(200, render_page(await dashboard.read()).encode(), html_type)
-        state = await dashboard.wait(_after(request.query))
-        if request.path == "/view":
-            return Response(200, render_view(state).encode(), html_type)
-        return Response(200, msgspec.json.encode(state))
-
-    return handle
+def normalise_links(pairs: Sequence[Sequence[str]]) -> frozenset[tuple[str, str]]:
+    """``[relay] topology`` pairs as sorted tuples."""
+    out: set[tuple[str, str]] = set()
+    for pair in pairs:
+        a, b = sorted(pair)
+        out.add((a, b))
+    return frozenset(out)

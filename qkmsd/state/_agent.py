@@ -58,6 +58,8 @@ log = get_logger("qkms.alarms")
 STORE_PROBE_TIMEOUT_S = 30.0
 RELAY_WINDOW_S = 60.0
 HISTORY_SHOWN = 50
+PROMPT_LOOK_S = 1.0
+"""After a poke, the next look comes this soon (or at ``interval_s`` if sooner)."""
 """History events the ``alarms`` admin method returns by default."""
 _MIB = 1 << 20
 
@@ -154,6 +156,8 @@ class StateStatistics(msgspec.Struct, frozen=True):
 class AlarmKeyParams(msgspec.Struct, forbid_unknown_fields=True):
     code: Annotated[str, msgspec.Meta(max_length=64)]
     resource: Annotated[str, msgspec.Meta(max_length=256)]
+    by: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "operator"
+    """Who acts, as the history records it (the dashboard names its operator)."""
 
 
 class AlarmsParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -187,6 +191,7 @@ class StateAgent:
         self._counts = collections.Counter[str]()
         self._looks = 0
         self._details: dict[tuple[str, str], str] = {}
+        self._wake = trio.Event()
 
     # --- service -------------------------------------------------------------------
 
@@ -197,13 +202,30 @@ class StateAgent:
         await self.start()
         try:
             task_status.started()
+            delay = self._settings.interval_s
             while True:
-                await trio.sleep(self._settings.interval_s)
+                with trio.move_on_after(delay):
+                    await self._wake.wait()
+                delay = self._settings.interval_s
+                if self._wake.is_set():
+                    # One more look soon: a value measured as time down (the first look
+                    # that sees a peer gone reads 0) then crosses its threshold.
+                    self._wake = trio.Event()
+                    delay = min(PROMPT_LOOK_S, delay)
                 await self.look()
         finally:
             if self._history is not None:
                 self._history.close()
                 self._history = None
+
+    def poke(self) -> None:
+        """Look now rather than at the next interval (a peer came or went), and once more
+        ``PROMPT_LOOK_S`` later: a peer lost for that long is then alarmed."""
+        self._wake.set()
+
+    async def poke_peer(self, peer: str) -> None:
+        """``poke`` as a peer connectivity callback."""
+        self.poke()
 
     async def start(self) -> None:
         """Read the certificates' expiry, open the history and restore active alarms."""
@@ -290,18 +312,18 @@ class StateAgent:
             return []
         return [_event_view(e) for e in events]
 
-    async def ack(self, code: str, resource: str) -> bool:
+    async def ack(self, code: str, resource: str, *, by: str = "operator") -> bool:
         """Acknowledge an active alarm; False if there is none."""
         if self._table.get(code, resource) is None:
             return False
-        await self._handle(self._table.ack(code, resource, self._clock()))
+        await self._handle(self._table.ack(code, resource, self._clock(), by=by))
         return True
 
-    async def clear(self, code: str, resource: str) -> bool:
+    async def clear(self, code: str, resource: str, *, by: str = "operator") -> bool:
         """Clear an active alarm by hand (its action ends); False if there is none."""
         if self._table.get(code, resource) is None:
             return False
-        await self._handle(self._table.clear(code, resource, self._clock()))
+        await self._handle(self._table.clear(code, resource, self._clock(), by=by))
         return True
 
     def statistics(self) -> StateStatistics:
@@ -336,13 +358,13 @@ class StateAgent:
 
     async def _admin_ack(self, params: dict[str, Any]) -> dict[str, Any]:
         p = self._key_params("alarm_ack", params)
-        if not await self.ack(p.code, p.resource):
+        if not await self.ack(p.code, p.resource, by=p.by):
             raise self._no_such_alarm("alarm_ack", p)
         return {"acknowledged": True}
 
     async def _admin_clear(self, params: dict[str, Any]) -> dict[str, Any]:
         p = self._key_params("alarm_clear", params)
-        if not await self.clear(p.code, p.resource):
+        if not await self.clear(p.code, p.resource, by=p.by):
             raise self._no_such_alarm("alarm_clear", p)
         return {"cleared": True}
 

@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from qkmsd.admin import AdminParamsError
 from qkmsd.config import AlarmsSection
 from qkmsd.state import AlarmHistory, EventKind, Sources, StateAgent
+from qkmsd.state._agent import PROMPT_LOOK_S
 
 LINK = "KME_A~KME_B"
 
@@ -337,3 +338,34 @@ async def test_a_node_that_knows_no_controller_for_long_enough_raises_controller
     node.controller = "KME_C"
     await trio.sleep(15)
     assert kinds(state, "controller-lost") == []
+
+
+async def test_a_poked_agent_raises_peer_down_a_prompt_look_after_the_peer_goes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=30.0)
+    await nursery.start(state.run)
+    await trio.sleep(31)  # one ordinary look: all well
+    node.peer = FakePeer(state="disconnected")
+    await state.poke_peer("KME_B")
+    # The poke's look sees it gone, the one PROMPT_LOOK_S later raises: not 30 s later.
+    await trio.sleep(PROMPT_LOOK_S - 0.05)
+    assert kinds(state, "peer-down") == []
+    await trio.sleep(0.1)
+    assert kinds(state, "peer-down") == ["peer-down:major"]
+
+
+async def test_an_ack_records_who_acknowledged_in_the_history(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    node = FakeNode(peer=FakePeer(state="connecting"))
+    state = agent(node, tmp_path / "alarms.sqlite")
+    await state.start()
+    await state.look()
+    await trio.sleep(5)
+    await state.look()
+    ack = state.admin_methods()["alarm_ack"]
+    await ack({"code": "peer-down", "resource": "KME_B", "by": "dashboard alice (ab12)"})
+    [latest, *_] = await state.history()
+    assert (latest.kind, latest.by) == ("acknowledged", "dashboard alice (ab12)")
