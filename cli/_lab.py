@@ -202,6 +202,15 @@ def node_config(
         parts.append(_table(f'links."{link.link_id}".params', params))
     topology = [sorted((link.a, link.b)) for link in topo.links]
     parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
+    # A lab is one person's machine: its loopback dashboards may operate.
+    parts.append(_table("dashboard", {"loopback_operations": True}))
+    positions = {
+        name: list(other.coordinates)
+        for name, other in topo.nodes.items()
+        if other.coordinates is not None
+    }
+    if positions:
+        parts.append(_table("dashboard.positions", positions))
     pool = {} if topo.relay.paths == 1 else {"paths": topo.relay.paths}
     for peer in partners:  # routes are computed from the topology
         parts.append(_table(f'relay.pools."{peer}"', pool))
