@@ -202,8 +202,10 @@ def node_config(
         parts.append(_table(f'links."{link.link_id}".params', params))
     topology = [sorted((link.a, link.b)) for link in topo.links]
     parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
-    # A lab is one person's machine: its loopback dashboards may operate.
+    # A lab is one person's machine: its loopback dashboards may operate; performance is
+    # sampled often enough for the dashboard's plots to move while one watches.
     parts.append(_table("dashboard", {"loopback_operations": True}))
+    parts.append(_table("perf", {"interval_s": 2.0}))
     positions = {
         name: list(other.coordinates)
         for name, other in topo.nodes.items()

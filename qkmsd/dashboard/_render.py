@@ -203,7 +203,8 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
         f'<p id="node-line">node {e(state.node_id)}: '
         f"{'<b class=drain>draining</b> (new enc_keys refused)' if state.draining else 'serving'}"
         f"; controller {e(state.controller or 'unknown')}{node_ops}</p>"
-        f'<div class="cols"><div>{render_svg(state)}</div><div class="side">'
+        f'<div class="cols{" stacked" if len(state.nodes) > 30 else ""}">'
+        f'<div>{render_svg(state)}</div><div class="side">'
         f'<h2>Active alarms ({len(state.alarms)})</h2><ul id="alarms">'
         f"{alarms or '<li>none</li>'}</ul>"
         f'<h2>Links and pools</h2><table id="links"><tr><th>link</th><th>kind</th>'
@@ -247,9 +248,15 @@ def render_plots(resource: str, found: Mapping[str, Any] | None, now: float) -> 
     )
 
 
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _plot(metric: str, label: str, points: list[tuple[float, float]], now: float) -> str:
     w, h, left, bottom = 300, 90, 46, 16
-    start = now - 3600.0
+    # The last hour, or less while the history is younger: the plot is never mostly empty.
+    start = max(now - 3600.0, min(at for at, _ in points)) if points else now - 3600.0
+    width_s = max(now - start, 1.0)
     head = f'<figure class="plot" data-metric="{e(metric)}" data-points="{len(points)}">'
     if not points:
         return f"{head}<figcaption>{e(label)}: no samples yet</figcaption></figure>"
@@ -258,21 +265,30 @@ def _plot(metric: str, label: str, points: list[tuple[float, float]], now: float
     span = (top - low) or 1.0
 
     def xy(at: float, v: float) -> str:
-        x = left + (at - start) / 3600.0 * (w - left - 4)
+        x = left + (at - start) / width_s * (w - left - 4)
         y = 4 + (1 - (v - low) / span) * (h - bottom - 8)
         return f"{x:.1f},{y:.1f}"
 
-    line = " ".join(xy(at, v) for at, v in points if at >= start)
+    shown = [xy(at, v) for at, v in points if at >= start]
+    line = " ".join(shown)
+    dots = (
+        "".join(
+            f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2" fill="#1f77b4"/>'
+            for p in shown
+        )
+        if len(shown) <= 60
+        else ""
+    )
     last = points[-1][1]
     return (
         f"{head}<figcaption>{e(label)}: {last:.4g} now</figcaption>"
         f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
         f'<rect x="{left}" y="4" width="{w - left - 4}" height="{h - bottom - 8}"'
         f' fill="#f7f7f7"/><polyline points="{line}" fill="none" stroke="#1f77b4"'
-        f' stroke-width="1.5"/><text x="{left - 4}" y="12" text-anchor="end"'
+        f' stroke-width="1.5"/>{dots}<text x="{left - 4}" y="12" text-anchor="end"'
         f' font-size="9">{top:.3g}</text><text x="{left - 4}" y="{h - bottom - 2}"'
         f' text-anchor="end" font-size="9">{low:.3g}</text><text x="{left}" y="{h - 2}"'
-        f' font-size="9">-60 min</text><text x="{w - 4}" y="{h - 2}" text-anchor="end"'
+        f' font-size="9">-{_span(width_s)}</text><text x="{w - 4}" y="{h - 2}" text-anchor="end"'
         f' font-size="9">now</text></svg></figure>'
     )
 
@@ -336,7 +352,7 @@ _SCRIPT = """
       .then(function (r) { return r.text(); })
       .then(function (t) { document.getElementById("plots").outerHTML = t; });
   }
-  setInterval(plots, 10000);
+  setInterval(plots, 5000);
   var form = document.getElementById("filters");
   function history() {
     var q = new URLSearchParams(new FormData(form)).toString();
@@ -354,7 +370,7 @@ _STYLE = """
 body{font-family:sans-serif;margin:1em 2em;color:#222}
 #live.ok,.ok{color:#2ca02c}#live.bad,.bad{color:#d62728;font-weight:bold}
 .cols{display:flex;flex-wrap:wrap;gap:1.5em}.cols>div:first-child{flex:3 1 560px}
-.side{flex:1 1 320px}
+.side{flex:1 1 320px}.stacked{display:block}
 #alarms{list-style:none;padding:0}#alarms li{margin:2px 0;padding:2px 8px;background:#f4f4f4}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}
 tr.pick{cursor:pointer}tr.pick:hover{background:#eef}g.link{cursor:pointer}

@@ -430,3 +430,25 @@ async def test_tokens_are_bound_to_their_operator() -> None:
     assert tokens.check(alice, token) is None
     assert tokens.check(bob, token) is not None
     assert tokens.check(alice, None) is not None
+
+
+async def test_plots_draw_a_resource_s_series_from_the_perf_method() -> None:
+    node = FakeNode()
+    sources = node.sources()
+    now = 1_000_000.0
+    asked: list[dict[str, Any]] = []
+
+    async def perf(params: dict[str, Any]) -> dict[str, Any]:
+        asked.append(params)
+        points = [{"at": now - 600 + 60 * i, "mean": float(i), "low": 0, "high": 0, "n": 1}
+                  for i in range(10)]  # fmt: skip
+        return {"series": {"link:KME_A~KME_B": {"key_rate_bps": points}}}
+
+    sources.admin = {**sources.admin, "perf": perf}
+    handler = dashboard_handler(Dashboard(sources))
+    line, body = await _get(handler, "/plots?resource=link:KME_A~KME_B")
+    assert line.startswith("HTTP/1.1 200")
+    assert asked == [{"resource": "link:KME_A~KME_B", "since_s": 3600.0}]
+    assert b'data-metric="key_rate_bps" data-points="10"' in body and b"<polyline" in body
+    assert b'data-metric="qber" data-points="0"' in body  # no samples: said so, no plot
+    assert (await _get(handler, "/plots?resource=keystore"))[0].startswith("HTTP/1.1 400")
