@@ -20,7 +20,8 @@ def layout(
     edges: Iterable[tuple[str, str]],
     coordinates: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Point]:
-    """Positions in the unit square ``[0, 1] x [0, 1]`` (y grows downwards), by node id.
+    """Positions in the unit square ``[0, 1] x [0, 1]`` (y grows downwards), by node id;
+    one scale for both axes, so a map keeps its shape.
 
     ``coordinates`` (x grows east, y grows north, any unit: longitude and latitude in
     degrees do) place the nodes they name; the others are laid out by springs around them.
@@ -51,10 +52,11 @@ def _layout(
     pinned = np.zeros(n, dtype=bool)
     if given:
         xy = np.array(list(given.values()))
-        lo, span = xy.min(axis=0), np.maximum(np.ptp(xy, axis=0), 1e-9)
+        lo, span = xy.min(axis=0), max(float(np.ptp(xy, axis=0).max()), 1e-9)
         for name, (x, y) in given.items():
-            # North up: a larger y (latitude) is drawn higher, at a smaller page y.
-            pos[index[name]] = ((x - lo[0]) / span[0], 1.0 - (y - lo[1]) / span[1])
+            # One scale for both axes (a map keeps its shape); north up: a larger y
+            # (latitude) is drawn higher, at a smaller page y.
+            pos[index[name]] = ((x - lo[0]) / span, 1.0 - (y - lo[1]) / span)
             pinned[index[name]] = True
     if not pinned.all():
         pos = _springs(pos, pinned, [(index[a], index[b]) for a, b in pairs])
@@ -83,6 +85,8 @@ def _springs(pos: np.ndarray, pinned: np.ndarray, pairs: list[tuple[int, int]]) 
 
 
 def _fit(pos: np.ndarray) -> list[Point]:
-    lo, span = pos.min(axis=0), np.maximum(np.ptp(pos, axis=0), 1e-9)
-    scaled = (pos - lo) / span
+    """Into the unit square with one scale for both axes, centred."""
+    lo, spans = pos.min(axis=0), np.ptp(pos, axis=0)
+    span = max(float(spans.max()), 1e-9)
+    scaled = (pos - lo) / span + (1.0 - spans / span) / 2
     return [(round(float(x), 4), round(float(y), 4)) for x, y in scaled]

@@ -38,22 +38,22 @@ e = html.escape
 def _size(n: int) -> tuple[int, int, float, int]:
     """Canvas width and height, node radius and label font size for ``n`` nodes."""
     if n <= 8:
-        return 640, 420, 24.0, 12
+        return 560, 460, 24.0, 12
     if n <= 30:
-        return 900, 620, 15.0, 10
-    side = int(min(1800, 900 * math.sqrt(n / 30)))
-    return side, int(side * 0.75), max(5.0, 15.0 * math.sqrt(30 / n)), 8
+        return 760, 700, 15.0, 10
+    side = int(min(1500, 760 * math.sqrt(n / 30)))
+    return side, side, max(5.0, 15.0 * math.sqrt(30 / n)), 8
 
 
 def render_svg(state: DashboardState) -> str:
     n = len(state.nodes)
     width, height, radius, font = _size(n)
-    margin = radius + 30
+    margin = radius + 40
+    # One scale for both axes (positions keep their shape), centred on the canvas.
+    scale = min(width, height) - 2 * margin
+    left, top = (width - scale) / 2, (height - scale) / 2
     pos = {
-        node.node_id: (
-            round(margin + node.x * (width - 2 * margin), 1),
-            round(margin + node.y * (height - 2 * margin), 1),
-        )
+        node.node_id: (round(left + node.x * scale, 1), round(top + node.y * scale, 1))
         for node in state.nodes
     }
     parts = [
@@ -132,7 +132,7 @@ def _node(node: NodeView, at: tuple[float, float], radius: float, font: int, n: 
         if node.controller
         else ""
     )
-    name = node.node_id.removeprefix("KME_") if n > 30 else node.node_id
+    name = node.node_id.removeprefix("KME_") if n > 10 else node.node_id
     under = "" if n > 60 else f" {status}{' draining' if node.draining else ''}"
     return (
         f'<g class="node" data-node="{e(node.node_id)}" data-role="{node.role}"'
