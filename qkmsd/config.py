@@ -222,8 +222,10 @@ class RelaySection(_Section, frozen=True):
 class AlarmsSection(_Section, frozen=True):
     """Disruption detection: thresholds, hold-down, history, actions (``[alarms]``)."""
 
-    interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 5.0
-    """How often the state agent looks at the other agents' statistics."""
+    interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
+    """How often the state agent looks at the other agents' statistics (a look costs about
+    1 ms of CPU: ``benchmarks/dashboard_bench.py --part look``); it also looks at once when
+    a peer session opens or closes."""
     hold_down_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
     """An alarm clears (or moves to a lower severity) only after its condition has been
     gone this long: no flapping."""
