@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -37,6 +38,9 @@ LIMITS = Limits(max_body_bytes=4096, idle_timeout=30.0)
 MAX_STREAMS = 8
 """Event streams open at once, per dashboard (both listeners together)."""
 HISTORY_LIMIT = 200
+"""Events shown at most."""
+HISTORY_SCANNED = 2000
+"""Newest events of the history the filters look through."""
 OPERATIONS = ("alarm_ack", "alarm_clear", "node_drain", "node_undrain")
 _HTML = "text/html; charset=utf-8"
 _ROUTES = ("/", "/state.json", "/view", "/events", "/plots", "/history")
@@ -143,13 +147,14 @@ def dashboard_handler(
 
     async def _events(as_json: bool, who: Operator) -> AsyncGenerator[bytes, None]:
         yield b"retry: 1000\n\n"
-        async for state in dashboard.changes():
-            if state is None:
-                yield b": still here\n\n"
-            elif as_json:
-                yield sse_event("state", msgspec.json.encode(state).decode())
-            else:
-                yield sse_event("view", render_view(state, can_operate=who.can_operate))
+        async with aclosing(dashboard.changes()) as changes:
+            async for state in changes:
+                if state is None:
+                    yield b": still here\n\n"
+                elif as_json:
+                    yield sse_event("state", msgspec.json.encode(state).decode())
+                else:
+                    yield sse_event("view", render_view(state, can_operate=who.can_operate))
 
     async def _plots(resource: str) -> Response:
         kind = resource.split(":", 1)[0]
@@ -162,7 +167,7 @@ def dashboard_handler(
         return Response(200, render_plots(resource, found, time.time()).encode(), _HTML)
 
     async def _history(query: dict[str, str]) -> Response:
-        found = await dashboard.admin("alarms", {"limit": 10_000})
+        found = await dashboard.admin("alarms", {"limit": HISTORY_SCANNED})
         events = list((found or {}).get("history", []))
         for field in ("severity", "code"):
             if query.get(field):

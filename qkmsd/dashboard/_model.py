@@ -14,7 +14,7 @@ Only ids, states, counts and levels are shown: never key material, key ids or bl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -228,7 +228,7 @@ class Dashboard:
                 state = await self.read()
         return state
 
-    async def changes(self) -> AsyncIterator[DashboardState | None]:
+    async def changes(self) -> AsyncGenerator[DashboardState | None, None]:
         """The state now, then each change as it comes (see the module docstring);
         ``None`` after ``HEARTBEAT_S`` without one.  Runs until the consumer stops."""
         state = await self.read()
