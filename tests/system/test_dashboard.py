@@ -14,13 +14,17 @@ import base64
 import json
 import math
 import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from click.testing import CliRunner
 
 from cli._lab import Lab
@@ -28,10 +32,20 @@ from cli._topology import load_topology
 from cli.demo import _client
 from cli.main import qkmsctl
 from qkms_client import Etsi014Error
-from qkmsd.dashboard import DashboardState
+from qkmsd.dashboard import (
+    LIMITS,
+    Access,
+    Dashboard,
+    DashboardState,
+    StreamSlots,
+    dashboard_handler,
+)
 from qkmsd.dashboard._layout import layout
 from qkmsd.dashboard._model import EdgeView, LinkView, NodeView
 from qkmsd.dashboard._render import render_page
+from qkmsd.http import serve_tcp_plain
+
+from ..qkmsd.test_dashboard import FakeNode
 
 pytestmark = pytest.mark.system
 
@@ -224,3 +238,53 @@ def test_a_200_node_network_is_drawn_with_no_node_hidden_under_another(
     print(f"\n200 nodes: radius {radius:.1f}, closest centres {closest:.1f} (SVG units)")
     assert closest > 2 * radius
     page.screenshot(path=str(_shots(tmp_path) / "dashboard-200-nodes.png"), full_page=True)
+
+
+class _FakeServer:
+    """A dashboard over fake sources on a loopback port, in a trio run on a thread."""
+
+    def __init__(self, node: Any, **handler_options: Any) -> None:
+        self.node = node
+        self.options = handler_options
+        self.port: queue.Queue[int] = queue.Queue()
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.stop: trio.Event | None = None
+        self.thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.stop = trio.Event()
+        handler = dashboard_handler(Dashboard(self.node.sources()), **self.options)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                partial(serve_tcp_plain, name="dashboard", limits=LIMITS),
+                handler,
+                "127.0.0.1",
+                0,
+            )
+            self.port.put(port)
+            await self.stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.port.get(timeout=30)}/"
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.token is not None and self.stop is not None
+        trio.from_thread.run_sync(self.stop.set, trio_token=self.token)
+        self.thread.join(timeout=30)
+
+
+def test_without_event_streams_the_page_long_polls_and_still_operates(page: Any) -> None:
+    node = FakeNode()
+    access = Access(tls=False, loopback_operations=True)
+    with _FakeServer(node, access=access, streams=StreamSlots(0)) as url:
+        page.goto(url)
+        page.wait_for_selector("#live.ok", timeout=SETTLE_MS)
+        assert "polling" in page.inner_text("#live")  # /events answered 503
+        node.set_peer("KME_B", "disconnected")
+        page.wait_for_selector('g.node[data-node="KME_B"][data-state="down"]', timeout=SETTLE_MS)
+        page.click('button[data-op="node_drain"]')
+        page.wait_for_selector("#op-result.ok", timeout=SETTLE_MS)
+    assert ("node_drain", {}) in node.calls
