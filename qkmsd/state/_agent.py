@@ -9,7 +9,9 @@ turns readings into measured values per (code, resource):
 code           resource     value
 ============== ============ ===========================================================
 peer-down      peer id      seconds the peer has been seen without a session (0 at the
-                            first look that sees it so: one look of grace)
+                            first look that sees it so: one look of grace; 0 during the
+                            first ``STARTUP_GRACE_S`` after the agent starts while the
+                            peer has not been reached since)
 link-down      link id      seconds the driver has been seen ``down`` or ``stopped``
 qber-high      link id      the QBER of the link's last block
 pool-low       link id      ready bits
@@ -58,6 +60,10 @@ log = get_logger("qkms.alarms")
 STORE_PROBE_TIMEOUT_S = 30.0
 RELAY_WINDOW_S = 60.0
 HISTORY_SHOWN = 50
+STARTUP_GRACE_S = 10.0
+"""For this long after the agent starts, a peer that has had no session since is not
+alarmed (it may not have been dialled yet); one still down then is alarmed at once.  A
+peer lost after it was reached is alarmed as usual."""
 PROMPT_LOOK_S = 1.0
 """After a poke, the next look comes this soon (or at ``interval_s`` if sooner)."""
 """History events the ``alarms`` admin method returns by default."""
@@ -192,6 +198,8 @@ class StateAgent:
         self._looks = 0
         self._details: dict[tuple[str, str], str] = {}
         self._wake = trio.Event()
+        self._started_at: float | None = None
+        self._peers_seen_up: set[str] = set()
 
     # --- service -------------------------------------------------------------------
 
@@ -229,6 +237,7 @@ class StateAgent:
 
     async def start(self) -> None:
         """Read the certificates' expiry, open the history and restore active alarms."""
+        self._started_at = self._clock()
         for resource, path in self._sources.certificates.items():
             try:
                 cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -388,9 +397,16 @@ class StateAgent:
         if src.peers is not None:
             for peer in src.peers():
                 up = peer.state == "connected"
-                out.append(
-                    ("peer-down", peer.node_id, self._down_for("peer", peer.node_id, up, now))
-                )
+                down = self._down_for("peer", peer.node_id, up, now)
+                if up:
+                    self._peers_seen_up.add(peer.node_id)
+                elif (
+                    peer.node_id not in self._peers_seen_up
+                    and self._started_at is not None
+                    and now - self._started_at < STARTUP_GRACE_S
+                ):
+                    down = 0.0  # not reached since the start yet: no alarm storm at a start
+                out.append(("peer-down", peer.node_id, down))
                 out.extend(self._rose("peer-refused", peer.node_id, peer.refused))
         refusals = 0
         if src.refused is not None:

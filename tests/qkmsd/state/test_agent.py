@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from qkmsd.admin import AdminParamsError
 from qkmsd.config import AlarmsSection
 from qkmsd.state import AlarmHistory, EventKind, Sources, StateAgent
-from qkmsd.state._agent import PROMPT_LOOK_S
+from qkmsd.state._agent import PROMPT_LOOK_S, STARTUP_GRACE_S
 
 LINK = "KME_A~KME_B"
 
@@ -362,6 +362,7 @@ async def test_an_ack_records_who_acknowledged_in_the_history(
     node = FakeNode(peer=FakePeer(state="connecting"))
     state = agent(node, tmp_path / "alarms.sqlite")
     await state.start()
+    await trio.sleep(STARTUP_GRACE_S)
     await state.look()
     await trio.sleep(5)
     await state.look()
@@ -369,3 +370,33 @@ async def test_an_ack_records_who_acknowledged_in_the_history(
     await ack({"code": "peer-down", "resource": "KME_B", "by": "dashboard alice (ab12)"})
     [latest, *_] = await state.history()
     assert (latest.kind, latest.by) == ("acknowledged", "dashboard alice (ab12)")
+
+
+async def test_a_peer_not_yet_connected_after_a_start_is_alarmed_only_after_the_startup_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode(peer=FakePeer(state="connecting"))
+    state = agent(node, interval_s=1.0)
+    await state.start()
+    while trio.current_time() < STARTUP_GRACE_S - 1:
+        assert await state.look() == []
+        await trio.sleep(1)
+    await trio.sleep(1.5)
+    [event] = await state.look()
+    assert (event.code, event.resource) == ("peer-down", "KME_B")
+
+
+async def test_a_peer_lost_soon_after_a_start_is_alarmed_without_the_startup_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=1.0)
+    await state.start()
+    assert await state.look() == []  # reached
+    node.peer = FakePeer(state="disconnected")
+    await trio.sleep(1)
+    assert await state.look() == []  # one look of grace
+    await trio.sleep(1)
+    [event] = await state.look()
+    assert (event.code, event.resource) == ("peer-down", "KME_B")
+    assert trio.current_time() < STARTUP_GRACE_S
