@@ -245,6 +245,17 @@ def node_config(
     parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
     if topo.alarms:
         parts.append(_table("alarms", topo.alarms))
+    # A lab is one person's machine: its loopback dashboards may operate; performance is
+    # sampled often enough for the dashboard's plots to move while one watches.
+    parts.append(_table("dashboard", {"loopback_operations": True}))
+    parts.append(_table("perf", {"interval_s": 2.0}))
+    positions = {
+        name: list(other.coordinates)
+        for name, other in topo.nodes.items()
+        if other.coordinates is not None
+    }
+    if positions:
+        parts.append(_table("dashboard.positions", positions))
     pool = {} if topo.relay.paths == 1 else {"paths": topo.relay.paths}
     for peer in partners:  # routes are computed from the topology
         parts.append(_table(f'relay.pools."{peer}"', pool))

@@ -7,6 +7,8 @@ Layout of a PKI directory ``D``::
     D/index.json                  every certificate issued: serial, kind, id, revocation
     D/nodes/<id>.pem  <id>.key    a node (KME): serverAuth + clientAuth, OU=node
     D/saes/<id>.pem   <id>.key    an application (SAE): clientAuth only, OU=sae
+    D/operators/<name>.pem  .key  a dashboard operator: clientAuth only, OU=operator
+    D/operators-ro/<name>.pem     a read-only dashboard operator: OU=operator-ro
 
 Keys are ECDSA P-256, stored unencrypted (PKCS#8 PEM) because the daemon loads them
 unattended; they are created with mode 0600 from the first byte (``os.open`` with the mode,
@@ -53,13 +55,15 @@ __all__ = [
     "Revoked",
     "init_ca",
     "issue_node",
+    "issue_operator",
     "issue_sae",
     "list_certificates",
     "revoke",
     "sign_crl",
 ]
 
-Kind = Literal["ca", "node", "sae"]
+Kind = Literal["ca", "node", "sae", "operator", "operator-ro"]
+ISSUED: tuple[Kind, ...] = ("node", "sae", "operator", "operator-ro")
 Reason = Literal["revoked", "superseded"]
 
 ORGANIZATION = "qkms"
@@ -78,7 +82,12 @@ _REASON_CODE: dict[str, x509.ReasonFlags] = {
     "revoked": x509.ReasonFlags.unspecified,
     "superseded": x509.ReasonFlags.superseded,
 }
-_SUBDIR: dict[Kind, str] = {"node": "nodes", "sae": "saes"}
+_SUBDIR: dict[Kind, str] = {
+    "node": "nodes",
+    "sae": "saes",
+    "operator": "operators",
+    "operator-ro": "operators-ro",
+}
 # Certificates start a little in the past so that a peer whose clock lags ours by a few
 # minutes does not reject a certificate issued moments ago.
 _BACKDATE = dt.timedelta(minutes=5)
@@ -248,6 +257,25 @@ def issue_sae(directory: Path, sae_id: str, *, days: int = 825, force: bool = Fa
     )
 
 
+def issue_operator(
+    directory: Path, name: str, *, read_only: bool = False, days: int = 365, force: bool = False
+) -> IssuedFiles:
+    """Issue a dashboard operator's certificate: TLS client only, CN=<name>, O=qkms,
+    OU=operator (view and operate) or, with ``read_only``, OU=operator-ro (view only).
+
+    Raises ``PkiError`` as ``issue_node`` does.
+    """
+    return _issue(
+        Path(directory),
+        "operator-ro" if read_only else "operator",
+        name,
+        days=days,
+        force=force,
+        sans=[],
+        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+
+
 def list_certificates(directory: Path) -> list[CertInfo]:
     """The CA, then nodes, then SAEs (each sorted by id) found in ``directory``.
 
@@ -263,7 +291,7 @@ def list_certificates(directory: Path) -> list[CertInfo]:
         found.append(_info("ca", "ca", ca_path, None))
         index = _load_index(directory, _read_cert(ca_path))
     by_serial = {r.serial: r for r in index.certificates}
-    for kind in ("node", "sae"):
+    for kind in ISSUED:
         subdir = directory / _SUBDIR[kind]
         files: list[CertInfo] = []
         if subdir.is_dir():
@@ -372,7 +400,7 @@ def revoke(directory: Path, ident: str, *, kind: Kind | None = None) -> list[Rev
     directory = Path(directory)
     ca_cert, ca_key = _load_ca(directory)
     index = _load_index(directory, ca_cert)
-    kinds: tuple[Kind, ...] = (kind,) if kind is not None else ("node", "sae")
+    kinds: tuple[Kind, ...] = (kind,) if kind is not None else ISSUED
     revoked: list[_Record] = []
     for one in kinds:
         revoked += index.revoke(one, ident, "revoked", _now())
@@ -527,7 +555,7 @@ def _load_index(directory: Path, ca_cert: x509.Certificate) -> _Index:
         ) from None
     # A PKI directory from before the index: what is on disk is what was issued.
     index = _Index(certificates=[])
-    for kind in ("node", "sae"):
+    for kind in ISSUED:
         subdir = directory / _SUBDIR[kind]
         for pem in sorted(subdir.glob("*.pem")) if subdir.is_dir() else ():
             cert = _read_cert_or_none(pem)

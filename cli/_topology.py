@@ -29,6 +29,14 @@ class NodeSpec(_Strict, frozen=True):
     priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     hosts: list[str] = []
     city: str = ""
+    coordinates: (
+        tuple[
+            Annotated[float, msgspec.Meta(ge=-180, le=180)],
+            Annotated[float, msgspec.Meta(ge=-90, le=90)],
+        ]
+        | None
+    ) = None
+    """Longitude and latitude in degrees: where the dashboard draws the node."""
 
 
 class LinkSpec(_Strict, frozen=True):

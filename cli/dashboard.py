@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import webbrowser
 from pathlib import Path
 
 import click
@@ -19,6 +20,10 @@ from ._lab import Lab
     help="lab directory (lab.json)",
 )
 @click.option("--node", required=True, help="node id, e.g. KME1")
-def dashboard(directory: Path, node: str) -> None:
+@click.option("--open", "open_it", is_flag=True, help="also open it in the default browser")
+def dashboard(directory: Path, node: str, open_it: bool) -> None:
     """Print the URL of a lab node's dashboard (loopback HTTP)."""
-    click.echo(Lab(directory).dashboard_url(node))
+    url = Lab(directory).dashboard_url(node)
+    click.echo(url)
+    if open_it and not webbrowser.open(url):
+        click.echo("no browser could be started here: open the URL by hand", err=True)

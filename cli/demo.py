@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import sys
 import tempfile
 import textwrap
 import time
@@ -273,12 +274,15 @@ def demo(topology: Path | None, directory: Path | None, keep: bool) -> None:
         )
         started = time.monotonic()
         manifest = lab.up(topo, progress=lambda s: say(f"  - {s}", dim=True))
+        url = lab.dashboard_url(ends.source)
+        say(f"  Dashboard of {ends.source} (open it in a browser to watch live): {url}", bold=True)
         try:
             _Narration(manifest, topo, ends, saes).run()
             if keep:
                 say()
                 say(f"The lab keeps running. Try: qkmsctl lab status --dir {where}", bold=True)
                 return
+            hold_for_viewer(url, interactive=interactive())
         finally:
             if not keep:
                 step("end", "Shutting the lab down")
@@ -286,6 +290,28 @@ def demo(topology: Path | None, directory: Path | None, keep: bool) -> None:
                 say(f"  stopped {len(stopped)} node(s) with SIGTERM (graceful shutdown)")
         say()
         say(f"Demo finished in {time.monotonic() - started:.0f} s.", bold=True, fg="green")
+
+
+def interactive() -> bool:
+    """Whether a person runs the demo at a terminal (not CI, not a pipe)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def hold_for_viewer(
+    url: str, *, interactive: bool, wait: Callable[[], object] = sys.stdin.readline
+) -> None:
+    """At a terminal, keep the lab up until Enter so that its dashboard can be looked at;
+    elsewhere (CI) go on at once."""
+    say()
+    if not interactive:
+        say(f"The dashboard was at {url} (not waiting: no terminal).", dim=True)
+        return
+    say(f"The lab stays up: watch it at {url}", bold=True)
+    say("Press Enter to shut it down.", bold=True)
+    try:
+        wait()
+    except (EOFError, KeyboardInterrupt):
+        pass
 
 
 def _client(manifest: dict[str, Any], sae: str) -> Etsi014Client:

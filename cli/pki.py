@@ -10,9 +10,11 @@ import click
 from cli._errors import Group
 from cli._pki import (
     CRL_DAYS,
+    ISSUED,
     Kind,
     init_ca,
     issue_node,
+    issue_operator,
     issue_sae,
     list_certificates,
     revoke,
@@ -105,17 +107,39 @@ def issue_command(
         )
 
 
+@pki.command("operator")
+@_DIR_OPTION
+@click.argument("name")
+@click.option(
+    "--read-only", is_flag=True, help="View the dashboard only (OU=operator-ro), never operate."
+)
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True)
+@click.option("--force", is_flag=True, help="Replace NAME's certificate (the old one is revoked).")
+def operator_command(directory: Path, name: str, read_only: bool, days: int, force: bool) -> None:
+    """Issue a dashboard operator certificate for NAME (OU=operator, or operator-ro).
+
+    The operator's browser presents it to a node's [listen] dashboard_tls; a PKCS#12 bundle
+    for a browser: openssl pkcs12 -export -in NAME.pem -inkey NAME.key -out NAME.p12
+    """
+    files = issue_operator(directory, name, read_only=read_only, days=days, force=force)
+    what = "view only" if read_only else "view and operate"
+    click.echo(
+        f"wrote {files.cert} ({files.kind} {files.id}: {what}, valid until {files.not_after:%F})"
+    )
+    click.echo(f"wrote {files.key} (private, 0600)")
+
+
 @pki.command("revoke")
 @_DIR_OPTION
 @click.argument("name")
 @click.option(
     "--kind",
-    type=click.Choice(["node", "sae"]),
+    type=click.Choice(["node", "sae", "operator", "operator-ro"]),
     help="Revoke only this kind's certificate (default: whichever NAME has).",
 )
 def revoke_command(directory: Path, name: str, kind: str | None) -> None:
     """Revoke the current certificate of NAME and sign crl.pem again."""
-    chosen: Kind | None = "node" if kind == "node" else "sae" if kind == "sae" else None
+    chosen: Kind | None = next((k for k in ISSUED if k == kind), None)
     revoked = revoke(directory, name, kind=chosen)
     for one in revoked:
         click.echo(f"revoked {one.kind} {one.id} (serial {one.serial})")

@@ -48,7 +48,16 @@ from .controller import (
     ReportSources,
     refusals,
 )
-from .dashboard import Dashboard, DashboardSources, dashboard_handler
+from .dashboard import (
+    Access,
+    CsrfTokens,
+    Dashboard,
+    DashboardSources,
+    NetworkTopology,
+    StreamSlots,
+    dashboard_handler,
+    normalise_links,
+)
 from .errors import PeerUnavailable, StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
 from .keymanager import KeyManager
@@ -99,6 +108,7 @@ class NodeInfo:
     api_port: int | None = None
     metrics_port: int | None = None
     dashboard_port: int | None = None
+    dashboard_tls_port: int | None = None
 
 
 class Node:
@@ -131,6 +141,7 @@ class Node:
         self.perf: PerfAgent | None = None
         self.metrics_port: int | None = None
         self.dashboard_port: int | None = None
+        self.dashboard_tls_port: int | None = None
         self.revocations: Revocations | None = None
         self._tls: _NodeTls | None = None
 
@@ -513,25 +524,22 @@ class Node:
                 result["reporting"] = msgspec.to_builtins(reporter.status())
                 return result
 
-            admin = AdminServer(
-                cfg.admin_socket,
-                {
-                    **status.methods(),
-                    **state.admin_methods(),
-                    **(perf.admin_methods() if perf is not None else {}),
-                    **NodeOperations(
-                        node_id=cfg.node_id,
-                        front=front,
-                        book=book,
-                        keys=keys,
-                        config_path=cfg.source,
-                        state_dir=cfg.state_dir,
-                    ).methods(),
-                    **ControllerAdmin(service, reporter).methods(),
-                    "controller": controller_status,
-                },
-                group=cfg.admin_group,
-            )
+            admin_methods = {
+                **status.methods(),
+                **state.admin_methods(),
+                **(perf.admin_methods() if perf is not None else {}),
+                **NodeOperations(
+                    node_id=cfg.node_id,
+                    front=front,
+                    book=book,
+                    keys=keys,
+                    config_path=cfg.source,
+                    state_dir=cfg.state_dir,
+                ).methods(),
+                **ControllerAdmin(service, reporter).methods(),
+                "controller": controller_status,
+            }
+            admin = AdminServer(cfg.admin_socket, admin_methods, group=cfg.admin_group)
             async with trio.open_nursery() as nursery:
                 await nursery.start(store_thread.run)
                 await nursery.start(keys.run)
@@ -560,8 +568,34 @@ class Node:
                     )
                 if cfg.metrics_listen is not None:
                     self.metrics_port = await self._start_metrics(nursery, status, state)
-                if cfg.dashboard_listen is not None:
-                    self.dashboard_port = await self._start_dashboard(nursery, status, state, relay)
+                if cfg.dashboard_listen is not None or cfg.dashboard_tls_listen is not None:
+                    board = Dashboard(
+                        DashboardSources(
+                            node_status=status.node_status,
+                            alarms=state.alarms,
+                            relays=relay.relays,
+                            low_bits={
+                                link_id: pool.low_bits for link_id, pool in cfg.relay_pools.items()
+                            },
+                            default_low_bits=cfg.alarms.pool_low_bits,
+                            qber_max=cfg.alarms.qber_max,
+                            topology=partial(_topology, cfg),
+                            controller=(
+                                (lambda: controller.status().controller)
+                                if controller is not None
+                                else None
+                            ),
+                            draining=lambda: front.draining,
+                            saes=front.sae_counts,
+                            admin=admin_methods,
+                        )
+                    )
+
+                    async def poke_board(peer: str, reason: str = "") -> None:
+                        board.poke()
+
+                    peers.on_connectivity(poke_board, poke_board)
+                    await self._start_dashboard(nursery, board, tls)
                 await nursery.start(admin.run)
                 await nursery.start(self.notifier.watchdog)
                 status.started_at = time.time()
@@ -572,6 +606,7 @@ class Node:
                     self.api_port,
                     self.metrics_port,
                     self.dashboard_port,
+                    self.dashboard_tls_port,
                 )
                 log.info("node.ready", node=cfg.node_id, peer_port=port, links=len(drivers))
                 self.notifier.notify(f"READY=1\nSTATUS=serving {len(drivers)} link(s)")
@@ -623,33 +658,50 @@ class Node:
         return port
 
     async def _start_dashboard(
-        self,
-        nursery: trio.Nursery,
-        status: NodeStatusMethods,
-        state: StateAgent,
-        relay: RelayAgent,
-    ) -> int:
+        self, nursery: trio.Nursery, board: Dashboard, tls: _NodeTls
+    ) -> None:
         cfg = self.config
-        listen = cfg.dashboard_listen
-        assert listen is not None
-        sources = DashboardSources(
-            node_status=status.node_status,
-            alarms=state.alarms,
-            relays=relay.relays,
-            low_bits={link_id: pool.low_bits for link_id, pool in cfg.relay_pools.items()},
-            default_low_bits=cfg.alarms.pool_low_bits,
-        )
-        handler = dashboard_handler(Dashboard(sources))
-        try:
-            port: int = await nursery.start(
-                partial(serve_tcp_plain, name="dashboard", limits=dashboard.LIMITS),
-                handler,
-                listen.host,
-                listen.port,
+        tokens, streams = CsrfTokens(), StreamSlots(dashboard.MAX_STREAMS)
+        if cfg.dashboard_listen is not None:
+            listen = cfg.dashboard_listen
+            access = Access(tls=False, loopback_operations=cfg.dashboard.loopback_operations)
+            handler = dashboard_handler(board, access=access, tokens=tokens, streams=streams)
+            try:
+                self.dashboard_port = await nursery.start(
+                    partial(serve_tcp_plain, name="dashboard", limits=dashboard.LIMITS),
+                    handler,
+                    listen.host,
+                    listen.port,
+                )
+            except OSError as exc:
+                raise StartupError(f"dashboard {listen}: {exc.strerror or exc}") from None
+        if cfg.dashboard_tls_listen is not None:
+            listen = cfg.dashboard_tls_listen
+            handler = dashboard_handler(
+                board, access=Access(tls=True), tokens=tokens, streams=streams
             )
-        except OSError as exc:
-            raise StartupError(f"dashboard {listen}: {exc.strerror or exc}") from None
-        return port
+            try:
+                self.dashboard_tls_port = await nursery.start(
+                    partial(
+                        serve_tcp_tls,
+                        limits=dashboard.LIMITS,
+                        gate=GateLimits(dashboard.MAX_STREAMS * 4, dashboard.MAX_STREAMS * 2),
+                    ),
+                    handler,
+                    tls.api,  # the same server side: node certificate, client's required
+                    listen.host,
+                    listen.port,
+                )
+            except OSError as exc:
+                raise StartupError(f"dashboard_tls {listen}: {exc.strerror or exc}") from None
+
+
+def _topology(cfg: Config) -> NetworkTopology:
+    """The network as the node's config knows it: ``[relay] topology``, positions."""
+    links = normalise_links(cfg.relay.topology)
+    nodes = frozenset(n for link in links for n in link)
+    coordinates = {name: (xy[0], xy[1]) for name, xy in cfg.dashboard.positions.items()}
+    return NetworkTopology(nodes, links, coordinates)
 
 
 def _open_store(cfg: Config) -> KeyStore:

@@ -57,6 +57,7 @@ class ListenSection(_Section, frozen=True):
     admin_group: str | None = None
     metrics: str | None = None
     dashboard: str | None = None
+    dashboard_tls: str | None = None
 
 
 class PeerSection(_Section, frozen=True):
@@ -261,7 +262,8 @@ class AlarmsSection(_Section, frozen=True):
     """Disruption detection: thresholds, hold-down, history, actions (``[alarms]``)."""
 
     interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
-    """How often the state agent looks at the other agents' statistics."""
+    """How often the state agent looks at the other agents' statistics (a look costs about
+    1 ms of CPU: ``benchmarks/dashboard_bench.py --part look``)."""
     down_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.5
     """``peer-down`` and ``link-down`` raise once a peer or driver is down this long."""
     hold_down_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
@@ -291,6 +293,19 @@ class AlarmsSection(_Section, frozen=True):
     def action(self, code: str) -> Action:
         """The action of ``code`` (validated by ``load_config``)."""
         return Action(self.actions.get(code, CODES[code].action))
+
+
+class DashboardSection(_Section, frozen=True):
+    """The dashboard (``[dashboard]``); where it listens is ``[listen] dashboard`` and
+    ``dashboard_tls``."""
+
+    loopback_operations: bool = False
+    """Whether the loopback page may operate (acknowledge, clear, drain): every local user
+    of the node can reach it, so it is off by default; the operator is logged as
+    ``loopback``.  Operator certificates on ``dashboard_tls`` do not need it."""
+    positions: dict[str, Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]] = {}
+    """Where nodes are drawn: ``NODE = [x, y]``, x east and y north in any unit
+    (longitude and latitude in degrees work); nodes not named are placed by springs."""
 
 
 class PerfSection(_Section, frozen=True):
@@ -329,6 +344,7 @@ class _RawConfig(_Section, frozen=True):
     relay: RelaySection = RelaySection()
     alarms: AlarmsSection = AlarmsSection()
     perf: PerfSection = PerfSection()
+    dashboard: DashboardSection = DashboardSection()
 
 
 class HostPort(msgspec.Struct, frozen=True):
@@ -409,6 +425,9 @@ class Config(msgspec.Struct, frozen=True):
     metrics_listen: HostPort | None = None
     dashboard_listen: HostPort | None = None
     """The live dashboard's plain HTTP address; loopback only."""
+    dashboard_tls_listen: HostPort | None = None
+    """The dashboard over HTTPS for operator certificates; any address."""
+    dashboard: DashboardSection = DashboardSection()
 
     pair_policies: dict[tuple[str, str], SupplyPolicy] = {}
     crl: Path | None = None
@@ -588,10 +607,12 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         if not _is_loopback(dashboard_listen.host):
             raise fail(
                 "[listen] dashboard:",
-                f"{dashboard_listen.host!r} is not a loopback address: the dashboard has no"
-                " TLS or operator login yet, so it listens on loopback only (use 127.0.0.1 or"
-                " [::1]; remote access needs the operator TLS of a later step)",
+                f"{dashboard_listen.host!r} is not a loopback address: plain HTTP has no"
+                " login, so it listens on loopback only (use 127.0.0.1 or [::1]); for remote"
+                " access set [listen] dashboard_tls, which asks for an operator TLS"
+                " certificate (qkmsctl pki operator NAME)",
             )
+    dashboard_tls_listen = address("dashboard_tls", raw.listen.dashboard_tls)
     _check_alarm_actions(raw.alarms, fail)
     saes: dict[str, SaeConfig] = {}
     for sae_id, sae in raw.saes.items():
@@ -677,6 +698,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: Path) -> Config:
         perf=raw.perf,
         metrics_listen=metrics_listen,
         dashboard_listen=dashboard_listen,
+        dashboard_tls_listen=dashboard_tls_listen,
+        dashboard=raw.dashboard,
         pair_policies=pair_policies,
     )
 

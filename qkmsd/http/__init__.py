@@ -14,7 +14,7 @@ with ``async def handler(request: Request) -> Response``; or, over any ``trio.ab
 from ._plain import serve_tcp_plain
 from ._server import serve_connection
 from ._tls import HandshakeStats, OpenConnections, TlsStatistics, serve_tcp_tls, tls_peer
-from ._types import Handler, Limits, PeerInfo, Request, Response
+from ._types import Handler, Limits, PeerInfo, Request, Response, StreamingResponse
 
 __all__ = [
     "HandshakeStats",
@@ -24,6 +24,7 @@ __all__ = [
     "PeerInfo",
     "Request",
     "Response",
+    "StreamingResponse",
     "TlsStatistics",
     "serve_connection",
     "serve_tcp_plain",

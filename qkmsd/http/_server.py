@@ -6,8 +6,11 @@ first byte of a request (``idle_timeout``), then reads the head and the whole bo
 no time limit of ours (the handler owns its own), and writes the response under
 ``send_timeout``.  Bytes h11 cannot parse get 400 (431 for an oversized head), a body over
 ``max_body_bytes`` gets 413 before it is read; each of those closes the connection.
-A handler that raises gets a generic 500; its exception's message is never sent or logged,
-since it might quote key material, only its type and where it was raised.
+A handler may answer with a ``StreamingResponse`` (server-sent events): the shell then
+writes its chunks as they come, each under ``send_timeout``, and closes the connection
+when the stream ends.  A handler that raises gets a generic 500; its exception's message
+is never sent or logged, since it might quote key material, only its type and where it
+was raised.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from contextlib import aclosing
 from typing import Final
 
 import h11
 import trio
 
-from ._types import Handler, Limits, PeerInfo, Request, Response
+from ._types import Handler, Limits, PeerInfo, Request, Response, StreamingResponse
 
 DEFAULT_LIMITS: Final = Limits()
 
@@ -105,7 +109,11 @@ class _Shell:
                 return
             self._enter("handling", math.inf)  # the handler keeps its own time limits
             response = await self._call_handler(received)
-            self._log(received.method, received.path, response.status, self._started)
+            status = 200 if isinstance(response, StreamingResponse) else response.status
+            self._log(received.method, received.path, status, self._started)
+            if isinstance(response, StreamingResponse):
+                await self._send_stream(response, method=received.method)
+                return
             if not await self._send_response(response, method=received.method, close=False):
                 return
             if self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
@@ -177,7 +185,7 @@ class _Shell:
                 )
             self._conn.receive_data(bytes(await self._stream.receive_some(_RECEIVE_SIZE)))
 
-    async def _call_handler(self, request: Request) -> Response:
+    async def _call_handler(self, request: Request) -> Response | StreamingResponse:
         try:
             response = await self._handler(request)
         except Exception as exc:  # noqa: BLE001 - any handler bug becomes a 500, never a crash
@@ -190,6 +198,8 @@ class _Shell:
                 },
             )
             return Response(500, _INTERNAL_ERROR_BODY)
+        if isinstance(response, StreamingResponse):
+            return response
         if not isinstance(response, Response) or not 100 <= response.status <= 599:
             logger.error(
                 "http.handler_failed",
@@ -227,6 +237,49 @@ class _Shell:
             return False
         await self._send_bytes(data)
         return True
+
+    async def _send_stream(self, response: StreamingResponse, *, method: str) -> None:
+        """Send the head, then each chunk as the producer yields it; then close."""
+        try:
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+            headers += [
+                (b"content-type", response.content_type.encode("latin-1")),
+                (b"cache-control", b"no-store"),
+                (b"connection", b"close"),
+            ]
+            # No Content-Length: h11 sends the body chunked (HTTP/1.1) or until close (1.0).
+            await self._send_bytes(
+                self._conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+            )
+            if method != "HEAD":
+                if not await self._send_chunks(response):
+                    return
+            await self._send_bytes(self._conn.send(h11.EndOfMessage()))
+        finally:
+            if response.release is not None:
+                response.release()
+
+    async def _send_chunks(self, response: StreamingResponse) -> bool:
+        """The body of a stream; False if it must end without a proper end of message."""
+        async with aclosing(response.chunks()) as chunks:
+            self._enter("streaming", math.inf)  # the producer waits for news
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return True
+                except Exception as exc:  # noqa: BLE001 - a producer bug ends its stream only
+                    logger.error(
+                        "http.stream_failed",
+                        extra={"error": type(exc).__name__, "where": _origin(exc)},
+                    )
+                    return False
+                if len(chunk) > self._limits.max_stream_chunk_bytes:
+                    logger.error("http.stream_chunk_too_large", extra={"bytes": len(chunk)})
+                    return False
+                if chunk:
+                    await self._send_bytes(self._conn.send(h11.Data(data=chunk)))
+                self._enter("streaming", math.inf)
 
     async def _send_bytes(self, data: bytes) -> None:
         self._enter("sending", self._limits.send_timeout)  # past it, the connection ends

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-__all__ = ["Handler", "Limits", "PeerInfo", "Request", "Response"]
+__all__ = ["Handler", "Limits", "PeerInfo", "Request", "Response", "StreamingResponse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +64,27 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
-"""``async def handler(request: Request) -> Response``."""
+@dataclass(frozen=True, slots=True)
+class StreamingResponse:
+    """A 200 whose body is written as it is produced: server-sent events.
+
+    The shell sends the head (no Content-Length: chunked), then pulls one chunk at a time
+    from ``chunks()`` and writes it, under ``Limits.send_timeout``, before it pulls the
+    next; so a connection never holds more than one chunk, and a producer that reads the
+    latest state when pulled coalesces what a slow client missed.  A chunk over
+    ``Limits.max_stream_chunk_bytes`` ends the stream.  The connection closes when the
+    iterator ends or the client goes.  ``release``, if given, is called exactly once when
+    the stream is over, however it ends (a cap on concurrent streams frees its slot).
+    """
+
+    chunks: Callable[[], AsyncGenerator[bytes, None]] = field(repr=False)
+    content_type: str = "text/event-stream"
+    headers: tuple[tuple[str, str], ...] = ()
+    release: Callable[[], None] | None = field(default=None, repr=False)
+
+
+Handler: TypeAlias = Callable[[Request], Awaitable[Response | StreamingResponse]]
+"""``async def handler(request: Request) -> Response`` (or a ``StreamingResponse``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +99,9 @@ class Limits:
       arrived; a client that trickles bytes is answered 408 and cut off.
     - ``idle_timeout``: seconds a keep-alive connection may wait for its next request.
     - ``handshake_timeout``: seconds for the TLS handshake (``serve_tcp_tls`` only).
-    - ``send_timeout``: seconds to write a response to a client that does not read.
+    - ``send_timeout``: seconds to write a response (or one chunk of a streaming
+      response) to a client that does not read.
+    - ``max_stream_chunk_bytes``: the largest chunk a ``StreamingResponse`` may produce.
     """
 
     max_header_bytes: int = 16 * 1024
@@ -89,3 +110,4 @@ class Limits:
     idle_timeout: float = 60.0
     handshake_timeout: float = 10.0
     send_timeout: float = 10.0
+    max_stream_chunk_bytes: int = 1024 * 1024

@@ -10,7 +10,9 @@ code           resource     value
 ============== ============ ===========================================================
 peer-down      peer id      seconds the peer has been without a session (from the moment
                             the session closed, as the peer manager tells; else from the
-                            first look that sees it so)
+                            first look that sees it so); 0 during the first
+                            ``STARTUP_GRACE_S`` after the agent starts while the peer has
+                            not been reached since
 link-down      link id      seconds the driver has been seen ``down`` or ``stopped``
 qber-high      link id      the QBER of the link's last block
 pool-low       link id      ready bits
@@ -71,6 +73,10 @@ _MIB = 1 << 20
 PAST_GRACE_S = 0.05
 """A look brought forward for a new ``down`` comes this long after the grace has run out
 (a value exactly at the threshold does not cross it)."""
+STARTUP_GRACE_S = 10.0
+"""For this long after the agent starts, a peer that has had no session since is not
+alarmed (it may not have been dialled yet); one still down then is alarmed at once.  A
+peer lost after it was reached is alarmed as usual."""
 
 
 class LinkReading(Protocol):
@@ -171,6 +177,8 @@ class StateStatistics(msgspec.Struct, frozen=True):
 class AlarmKeyParams(msgspec.Struct, forbid_unknown_fields=True):
     code: Annotated[str, msgspec.Meta(max_length=64)]
     resource: Annotated[str, msgspec.Meta(max_length=256)]
+    by: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "operator"
+    """Who acts, as the history records it (the dashboard names its operator)."""
 
 
 class AlarmsParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -208,6 +216,8 @@ class StateAgent:
         self._details: dict[tuple[str, str], str] = {}
         self._next_look = float("inf")
         self._wake = trio.Event()
+        self._started_at: float | None = None
+        self._peers_seen_up: set[str] = set()
 
     # --- service -------------------------------------------------------------------
 
@@ -231,8 +241,17 @@ class StateAgent:
                 self._history.close()
                 self._history = None
 
+    def poke(self) -> None:
+        """Look now rather than at the next interval."""
+        self.look_soon(0.0)
+
+    async def poke_peer(self, peer: str, reason: str = "") -> None:
+        """``poke`` as a peer connectivity callback."""
+        self.poke()
+
     async def start(self) -> None:
         """Read the certificates' expiry, open the history and restore active alarms."""
+        self._started_at = self._clock()
         for resource, path in self._sources.certificates.items():
             try:
                 cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -337,18 +356,18 @@ class StateAgent:
             return []
         return [_event_view(e) for e in events]
 
-    async def ack(self, code: str, resource: str) -> bool:
+    async def ack(self, code: str, resource: str, *, by: str = "operator") -> bool:
         """Acknowledge an active alarm; False if there is none."""
         if self._table.get(code, resource) is None:
             return False
-        await self._handle(self._table.ack(code, resource, self._clock()))
+        await self._handle(self._table.ack(code, resource, self._clock(), by=by))
         return True
 
-    async def clear(self, code: str, resource: str) -> bool:
+    async def clear(self, code: str, resource: str, *, by: str = "operator") -> bool:
         """Clear an active alarm by hand (its action ends); False if there is none."""
         if self._table.get(code, resource) is None:
             return False
-        await self._handle(self._table.clear(code, resource, self._clock()))
+        await self._handle(self._table.clear(code, resource, self._clock(), by=by))
         return True
 
     def statistics(self) -> StateStatistics:
@@ -383,13 +402,13 @@ class StateAgent:
 
     async def _admin_ack(self, params: dict[str, Any]) -> dict[str, Any]:
         p = self._key_params("alarm_ack", params)
-        if not await self.ack(p.code, p.resource):
+        if not await self.ack(p.code, p.resource, by=p.by):
             raise self._no_such_alarm("alarm_ack", p)
         return {"acknowledged": True}
 
     async def _admin_clear(self, params: dict[str, Any]) -> dict[str, Any]:
         p = self._key_params("alarm_clear", params)
-        if not await self.clear(p.code, p.resource):
+        if not await self.clear(p.code, p.resource, by=p.by):
             raise self._no_such_alarm("alarm_clear", p)
         return {"cleared": True}
 
@@ -413,9 +432,16 @@ class StateAgent:
         if src.peers is not None:
             for peer in src.peers():
                 up = peer.state == "connected"
-                out.append(
-                    ("peer-down", peer.node_id, self._down_for("peer", peer.node_id, up, now))
-                )
+                down = self._down_for("peer", peer.node_id, up, now)
+                if up:
+                    self._peers_seen_up.add(peer.node_id)
+                elif (
+                    peer.node_id not in self._peers_seen_up
+                    and self._started_at is not None
+                    and now - self._started_at < STARTUP_GRACE_S
+                ):
+                    down = 0.0  # not reached since the start yet: no alarm storm at a start
+                out.append(("peer-down", peer.node_id, down))
                 out.extend(self._rose("peer-refused", peer.node_id, peer.refused))
                 if up and peer.clock_offset_s is not None:
                     out.append(("clock-skew", peer.node_id, abs(peer.clock_offset_s)))

@@ -140,23 +140,27 @@ class AlarmTable:
         alarm.changed_at = now
         return [_event(EventKind.CHANGED, alarm, previous, value, now)]
 
-    def ack(self, code: str, resource: str, now: float) -> list[AlarmEvent]:
+    def ack(
+        self, code: str, resource: str, now: float, *, by: str = "operator"
+    ) -> list[AlarmEvent]:
         """Acknowledge an active alarm (it stays active).  No event if there is none, or
         it is acknowledged already."""
         alarm = self._active.get((code, resource))
         if alarm is None or alarm.acknowledged_at is not None:
             return []
         alarm.acknowledged_at = now
-        return [_event(EventKind.ACKNOWLEDGED, alarm, alarm.severity, None, now, by="operator")]
+        return [_event(EventKind.ACKNOWLEDGED, alarm, alarm.severity, None, now, by=by)]
 
-    def clear(self, code: str, resource: str, now: float) -> list[AlarmEvent]:
+    def clear(
+        self, code: str, resource: str, now: float, *, by: str = "operator"
+    ) -> list[AlarmEvent]:
         """An operator clears an active alarm.  If its condition is still there, the next
         observation raises it again."""
         alarm = self._active.pop((code, resource), None)
         if alarm is None:
             return []
         previous, alarm.severity = alarm.severity, Severity.CLEARED
-        return [_event(EventKind.CLEARED, alarm, previous, None, now, by="operator")]
+        return [_event(EventKind.CLEARED, alarm, previous, None, now, by=by)]
 
     def fault(
         self, code: str, resource: str, value: float, severity: Severity, now: float

@@ -19,6 +19,7 @@ from cli.demo import (
     check_line,
     farthest_ends,
     first_sae,
+    hold_for_viewer,
     hop_link_id,
     hop_links,
     relay_trace,
@@ -130,3 +131,21 @@ def test_a_relay_test_hop_is_named_by_its_link_id() -> None:
     assert hop_link_id({"hop": "KME-2-KME-1", "bytes": 1}, nodes) == "KME-1~KME-2"
     assert hop_link_id({"link_id": "KME-1~KME-2", "bytes": 1}, nodes) == "KME-1~KME-2"
     assert hop_link_id({"hop": "X-Y", "bytes": 1}, nodes) == "X-Y"
+
+
+def test_at_a_terminal_the_demo_waits_for_enter_with_the_dashboard_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    waited: list[bool] = []
+    hold_for_viewer("http://127.0.0.1:1/", interactive=True, wait=lambda: waited.append(True))
+    out = capsys.readouterr().out
+    assert waited == [True]
+    assert "http://127.0.0.1:1/" in out and "Press Enter" in out
+
+
+def test_without_a_terminal_the_demo_does_not_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    def never() -> None:
+        raise AssertionError("waited without a terminal")
+
+    hold_for_viewer("http://127.0.0.1:1/", interactive=False, wait=never)
+    assert "not waiting" in capsys.readouterr().out

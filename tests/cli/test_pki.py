@@ -240,6 +240,25 @@ def test_sae_certificate_names_the_sae_and_is_for_tls_clients_only(pki_dir: Path
     cert.verify_directly_issued_by(load_cert(pki_dir / "ca.pem"))
 
 
+@pytest.mark.parametrize(("read_only", "role"), [(False, "operator"), (True, "operator-ro")])
+def test_an_operator_certificate_carries_its_role_in_the_ou_and_can_be_revoked(
+    pki_dir: Path, read_only: bool, role: str
+) -> None:
+    args = ["operator", "--dir", str(pki_dir), "alice", *(["--read-only"] if read_only else [])]
+    result = CliRunner().invoke(pki, args)
+    assert result.exit_code == 0, result.output
+    subdir = pki_dir / {"operator": "operators", "operator-ro": "operators-ro"}[role]
+    cert = load_cert(subdir / "alice.pem")
+    assert names(cert, NameOID.COMMON_NAME) == ["alice"]
+    assert names(cert, NameOID.ORGANIZATIONAL_UNIT_NAME) == [role]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert mode(subdir / "alice.key") == 0o600
+    assert [(c.kind, c.id) for c in list_certificates(pki_dir)][1:] == [(role, "alice")]
+    result = CliRunner().invoke(pki, ["revoke", "--dir", str(pki_dir), "alice", "--kind", role])
+    assert result.exit_code == 0 and f"revoked {role} alice" in result.output
+
+
 # --- refusals -------------------------------------------------------------------------
 
 

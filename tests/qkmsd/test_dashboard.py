@@ -1,8 +1,11 @@
-"""The dashboard: what ``/state.json`` and the page carry, long polls, loopback only."""
+"""The dashboard: what ``/state.json`` and the page carry, long polls, server-sent
+events, operations with their CSRF token, who may do what, the layout."""
 
 from __future__ import annotations
 
 import json
+import re
+from functools import partial
 from typing import Any
 
 import pytest
@@ -10,8 +13,19 @@ import trio
 import trio.testing
 
 from qkmsd.config import ConfigError, config_from_mapping
-from qkmsd.dashboard import Dashboard, DashboardSources, dashboard_handler, link_level
-from qkmsd.http import serve_connection
+from qkmsd.dashboard import (
+    Access,
+    CsrfTokens,
+    Dashboard,
+    DashboardSources,
+    NetworkTopology,
+    StreamSlots,
+    dashboard_handler,
+    layout,
+    link_level,
+    sse_event,
+)
+from qkmsd.http import PeerInfo, serve_connection
 from qkmsd.keymanager import LinkStatus
 from qkmsd.peers import PeerState
 from qkmsd.relay import RelayRecord
@@ -43,6 +57,20 @@ class FakeNode:
             **{**{f: getattr(STATUS, f) for f in STATUS.__struct_fields__}, "links": [LINK, E2E]}
         )
         self.active = [ALARM]
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.history = [
+            {"kind": "raised", "code": "peer-down", "resource": "KME_C", "severity": "major",
+             "previous": "cleared", "value": 3.0, "at": 1.0, "by": "condition"},
+            {"kind": "raised", "code": "pool-low", "resource": "KME_A~KME_B",
+             "severity": "warning", "previous": "cleared", "value": 3.0, "at": 2.0,
+             "by": "condition"},
+        ]  # fmt: skip
+
+    async def _admin(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((method, params))
+        if method == "alarms":
+            return {"active": [], "history": self.history}
+        return {"ok": True}
 
     async def node_status(self) -> NodeStatus:
         return self.status
@@ -62,15 +90,35 @@ class FakeNode:
             relays=lambda: [RELAY],
             low_bits={"KME_A~KME_C": 8192},
             default_low_bits=16384,
+            topology=lambda: NetworkTopology(
+                frozenset({"KME_A", "KME_B", "KME_C", "KME_D"}),
+                frozenset({("KME_A", "KME_B"), ("KME_B", "KME_C"), ("KME_C", "KME_D")}),
+            ),
+            admin={
+                m: (lambda p, m=m: self._admin(m, p))
+                for m in ("alarms", "alarm_ack", "alarm_clear", "node_drain", "node_undrain")
+            },
         )
 
 
-async def _get(handler: Any, target: str, method: str = "GET") -> tuple[str, bytes]:
+async def _get(
+    handler: Any,
+    target: str,
+    method: str = "GET",
+    *,
+    host: str = "127.0.0.1:8080",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    peer: PeerInfo | None = None,
+) -> tuple[str, bytes]:
     client, server = trio.testing.memory_stream_pair()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_connection, server, handler)
+        nursery.start_soon(partial(serve_connection, server, handler, peer_identity=peer))
         await client.send_all(
-            f"{method} {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+            f"{method} {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n{extra}"
+            f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         data = b""
         while chunk := await client.receive_some():
@@ -95,7 +143,10 @@ async def test_state_json_carries_nodes_links_alarms_relays_and_no_key_material(
         ("KME_A", "self", True),
         ("KME_B", "peer", True),
         ("KME_C", "peer", False),
+        ("KME_D", "remote", None),
     ]
+    # Links between other nodes come from the topology, without a level.
+    assert state["edges"] == [{"a": "KME_B", "b": "KME_C"}, {"a": "KME_C", "b": "KME_D"}]
     links = {link["link_id"]: link for link in state["links"]}
     assert links["KME_A~KME_B"]["kind"] == "qkd" and links["KME_A~KME_B"]["level"] == "normal"
     assert links["KME_A~KME_C"]["kind"] == "e2e" and links["KME_A~KME_C"]["level"] == "low"
@@ -115,6 +166,7 @@ async def test_state_json_carries_nodes_links_alarms_relays_and_no_key_material(
 
     fields = keys_of(state)
     assert not {f for f in fields if "key" in f or "block" in f or "newest" in f}, fields
+    assert "material" not in body.decode()
 
 
 async def test_the_page_draws_nodes_with_their_state_and_links_with_their_level() -> None:
@@ -125,7 +177,8 @@ async def test_the_page_draws_nodes_with_their_state_and_links_with_their_level(
     assert 'data-node="KME_B" data-role="peer" data-state="up"' in text
     assert 'data-node="KME_C" data-role="peer" data-state="down"' in text
     assert 'data-link="KME_A~KME_C" data-peer="KME_C" data-kind="e2e" data-level="low"' in text
-    assert 'data-code="peer-down" data-severity="major"' in text
+    assert 'data-code="peer-down" data-resource="KME_C" data-severity="major"' in text
+    assert 'data-node="KME_D" data-role="remote" data-state="unknown"' in text
     assert "<script>" in text and "http" not in text.split("<script>")[1]  # no CDN
     assert (await _get(handler, "/nope"))[0].startswith("HTTP/1.1 404")
     assert (await _get(handler, "/state.json", "POST"))[0].startswith("HTTP/1.1 405")
@@ -180,3 +233,222 @@ def test_a_loopback_dashboard_address_is_accepted(address: str) -> None:
     data = base()
     data["listen"] = {**data["listen"], "dashboard": address}
     assert config_from_mapping(data, source=SOURCE).dashboard_listen is not None
+
+
+async def _page_token(handler: Any, **kw: Any) -> str:
+    page = (await _get(handler, "/", **kw))[1].decode()
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+    assert match is not None
+    return match.group(1)
+
+
+def _operating(node: FakeNode) -> Any:
+    return dashboard_handler(
+        Dashboard(node.sources()), access=Access(tls=False, loopback_operations=True)
+    )
+
+
+async def test_an_acknowledge_with_the_page_token_calls_the_admin_method_naming_the_operator() -> (
+    None
+):
+    node = FakeNode()
+    handler = _operating(node)
+    token = await _page_token(handler)
+    line, body = await _get(
+        handler,
+        "/op/alarm_ack",
+        "POST",
+        headers={"x-csrf-token": token, "content-type": "application/json"},
+        body=b'{"code": "peer-down", "resource": "KME_C"}',
+    )
+    assert line.startswith("HTTP/1.1 200"), body
+    assert node.calls[-1] == (
+        "alarm_ack",
+        {"code": "peer-down", "resource": "KME_C", "by": "dashboard loopback"},
+    )
+    line, _ = await _get(handler, "/op/node_drain", "POST", headers={"x-csrf-token": token})
+    assert line.startswith("HTTP/1.1 200") and node.calls[-1] == ("node_drain", {})
+
+
+@pytest.mark.parametrize("token", [None, "forged-token"])
+async def test_an_operation_without_the_page_token_is_403_and_changes_nothing(
+    token: str | None,
+) -> None:
+    node = FakeNode()
+    handler = _operating(node)
+    await _page_token(handler)
+    headers = {"x-csrf-token": token} if token else {}
+    line, body = await _get(
+        handler, "/op/alarm_clear", "POST", headers=headers,
+        body=b'{"code": "peer-down", "resource": "KME_C"}',
+    )  # fmt: skip
+    assert line.startswith("HTTP/1.1 403") and b"CSRF" in body
+    assert node.calls == []
+
+
+async def test_the_loopback_page_is_read_only_unless_configured() -> None:
+    node = FakeNode()
+    handler = dashboard_handler(Dashboard(node.sources()))
+    token = await _page_token(handler)
+    page = (await _get(handler, "/"))[1].decode()
+    assert 'data-op="alarm_ack"' not in page and "view only" in page
+    line, _ = await _get(handler, "/op/node_drain", "POST", headers={"x-csrf-token": token})
+    assert line.startswith("HTTP/1.1 403") and node.calls == []
+
+
+async def test_a_loopback_request_naming_another_host_is_refused() -> None:
+    handler = dashboard_handler(Dashboard(FakeNode().sources()))
+    assert (await _get(handler, "/", host="evil.example"))[0].startswith("HTTP/1.1 403")
+    assert (await _get(handler, "/", host="[::1]:80"))[0].startswith("HTTP/1.1 200")
+
+
+async def test_over_tls_operator_certificates_view_or_operate_by_role() -> None:
+    node = FakeNode()
+    handler = dashboard_handler(Dashboard(node.sources()), access=Access(tls=True))
+    viewer = PeerInfo("alice", "operator-ro", "ab" * 32)
+    operator = PeerInfo("bob", "operator", "cd" * 32)
+    for stranger in (None, PeerInfo("KME_B", "node"), PeerInfo("SAE_A", "sae")):
+        assert (await _get(handler, "/state.json", peer=stranger))[0].startswith("HTTP/1.1 403")
+    token = await _page_token(handler, peer=viewer)
+    line, _ = await _get(
+        handler, "/op/node_drain", "POST", headers={"x-csrf-token": token}, peer=viewer
+    )
+    assert line.startswith("HTTP/1.1 403") and node.calls == []
+    # A token is bound to whom it was issued to.
+    line, _ = await _get(
+        handler, "/op/node_drain", "POST", headers={"x-csrf-token": token}, peer=operator
+    )
+    assert line.startswith("HTTP/1.1 403") and node.calls == []
+    token = await _page_token(handler, peer=operator)
+    line, _ = await _get(
+        handler, "/op/node_drain", "POST", headers={"x-csrf-token": token}, peer=operator
+    )
+    assert line.startswith("HTTP/1.1 200") and node.calls == [("node_drain", {})]
+
+
+async def test_the_alarm_history_is_filtered_by_severity_code_and_resource() -> None:
+    handler = dashboard_handler(Dashboard(FakeNode().sources()))
+    _, body = await _get(handler, "/history?severity=warning")
+    assert b"pool-low" in body and b"peer-down" not in body
+    _, body = await _get(handler, "/history?resource=KME_C")
+    assert b"peer-down" in body and b"pool-low" not in body
+
+
+class _Events:
+    """The client end of an event stream: the head, then the chunked body's events."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.raw = b""
+        self.body = b""
+        self.head: bytes | None = None
+
+    async def next(self) -> bytes:
+        while True:
+            if self.head is None and b"\r\n\r\n" in self.raw:
+                self.head, _, self.raw = self.raw.partition(b"\r\n\r\n")
+            while self.head is not None and b"\r\n" in self.raw:
+                size_line, _, rest = self.raw.partition(b"\r\n")
+                size = int(size_line, 16)
+                if len(rest) < size + 2:
+                    break
+                self.body += rest[:size]
+                self.raw = rest[size + 2 :]
+            if b"\n\n" in self.body:
+                event, _, self.body = self.body.partition(b"\n\n")
+                return event
+            self.raw += await self.stream.receive_some()
+
+
+async def test_an_event_stream_sends_a_peer_going_down_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode()
+    dashboard = Dashboard(node.sources())
+    handler = dashboard_handler(dashboard)
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, server, handler)
+        await client.send_all(b"GET /events?format=json HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        events = _Events(client)
+        retry, first = await events.next(), await events.next()
+        assert events.head is not None and b"text/event-stream" in events.head
+        assert retry == b"retry: 1000" and first.startswith(b"event: state\ndata: {")
+        await trio.sleep(5)
+        node.set_peer("KME_B", "disconnected")
+        started = trio.current_time()
+        dashboard.poke()
+        event = await events.next()
+        assert trio.current_time() - started < 0.05  # poked: no wait for the next read
+        state = json.loads(event.split(b"data: ", 1)[1])
+        assert {n["node_id"]: n["up"] for n in state["nodes"]}["KME_B"] is False
+        nursery.cancel_scope.cancel()
+
+
+async def test_event_streams_past_the_cap_get_503_and_a_closed_one_frees_its_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slots = StreamSlots(1)
+    handler = dashboard_handler(Dashboard(FakeNode().sources()), streams=slots)
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, server, handler)
+        await client.send_all(b"GET /events HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        events = _Events(client)
+        await events.next()
+        await events.next()
+        assert slots.open == 1
+        assert (await _get(handler, "/events"))[0].startswith("HTTP/1.1 503")
+        await client.aclose()
+        # The server notices at its next write (a heartbeat at the latest) and ends.
+    assert slots.open == 0
+    assert (await _get(handler, "/view"))[0].startswith("HTTP/1.1 200")
+
+
+def test_an_event_puts_every_line_of_its_data_on_a_data_line() -> None:
+    assert sse_event("view", "a\nb") == b"event: view\ndata: a\ndata: b\n\n"
+
+
+def test_a_layout_is_stable_and_puts_north_up() -> None:
+    nodes = [f"N{i}" for i in range(40)]
+    edges = [(nodes[i], nodes[(i + 1) % 40]) for i in range(40)]
+    first = layout(nodes, edges)
+    assert first == layout(list(reversed(nodes)), list(reversed(edges)))
+    assert all(0.0 <= x <= 1.0 and 0.0 <= y <= 1.0 for x, y in first.values())
+    assert len({first[n] for n in nodes}) == 40
+    placed = layout(["SEOUL", "BUSAN", "X"], [], {"SEOUL": (127.0, 37.6), "BUSAN": (129.1, 35.2)})
+    assert placed["SEOUL"][1] < placed["BUSAN"][1]  # Seoul is further north: higher up
+    assert placed["SEOUL"][0] < placed["BUSAN"][0]
+
+
+async def test_tokens_are_bound_to_their_operator() -> None:
+    tokens = CsrfTokens()
+    from qkmsd.dashboard import Operator
+
+    alice, bob = Operator("alice", True), Operator("bob", True)
+    token = tokens.issue(alice)
+    assert tokens.check(alice, token) is None
+    assert tokens.check(bob, token) is not None
+    assert tokens.check(alice, None) is not None
+
+
+async def test_plots_draw_a_resource_s_series_from_the_perf_method() -> None:
+    node = FakeNode()
+    sources = node.sources()
+    now = 1_000_000.0
+    asked: list[dict[str, Any]] = []
+
+    async def perf(params: dict[str, Any]) -> dict[str, Any]:
+        asked.append(params)
+        points = [{"at": now - 600 + 60 * i, "mean": float(i), "low": 0, "high": 0, "n": 1}
+                  for i in range(10)]  # fmt: skip
+        return {"series": {"link:KME_A~KME_B": {"key_rate_bps": points}}}
+
+    sources.admin = {**sources.admin, "perf": perf}
+    handler = dashboard_handler(Dashboard(sources))
+    line, body = await _get(handler, "/plots?resource=link:KME_A~KME_B")
+    assert line.startswith("HTTP/1.1 200")
+    assert asked == [{"resource": "link:KME_A~KME_B", "since_s": 3600.0}]
+    assert b'data-metric="key_rate_bps" data-points="10"' in body and b"<polyline" in body
+    assert b'data-metric="qber" data-points="0"' in body  # no samples: said so, no plot
+    assert (await _get(handler, "/plots?resource=keystore"))[0].startswith("HTTP/1.1 400")

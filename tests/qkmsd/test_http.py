@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +21,7 @@ from qkmsd.http import (
     PeerInfo,
     Request,
     Response,
+    StreamingResponse,
     serve_connection,
     serve_tcp_tls,
 )
@@ -552,3 +553,84 @@ def test_a_connection_that_cannot_leave_the_watched_context_is_served_all_the_sa
     contexts = TlsContexts(partial(_server_context, pki))
     assert contexts.reader is not None
     contexts.after_handshake(_StuckStream())  # type: ignore[arg-type]
+
+
+async def test_a_streaming_response_sends_each_chunk_as_it_is_produced_then_closes() -> None:
+    produced = trio.Event()
+    go_on = trio.Event()
+    released: list[int] = []
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield b"data: one\n\n"
+        produced.set()
+        await go_on.wait()
+        yield b"data: two\n\n"
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(chunks, release=lambda: released.append(1))
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    client = Client(client_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, server_stream, handler)
+        await client.send_raw(client.encode("GET", "/events"))
+        events: list[object] = []
+        while not any(isinstance(e, h11.Data) for e in events):
+            event = client.conn.next_event()
+            if event is h11.NEED_DATA:
+                client.conn.receive_data(bytes(await client_stream.receive_some(65536)))
+            else:
+                events.append(event)
+        head = events[0]
+        assert isinstance(head, h11.Response) and head.status_code == 200
+        assert (b"content-type", b"text/event-stream") in head.headers
+        assert [e.data for e in events if isinstance(e, h11.Data)] == [b"data: one\n\n"]
+        assert produced.is_set() and released == []
+        go_on.set()
+        while not isinstance(events[-1], h11.EndOfMessage):
+            event = client.conn.next_event()
+            if event is h11.NEED_DATA:
+                client.conn.receive_data(bytes(await client_stream.receive_some(65536)))
+            else:
+                events.append(event)
+    assert [e.data for e in events if isinstance(e, h11.Data)][1:] == [b"data: two\n\n"]
+    assert released == [1]
+    assert await client.closed_by_server()
+
+
+async def test_a_stream_whose_producer_fails_or_oversends_ends_and_frees_its_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    released: list[str] = []
+
+    async def failing() -> AsyncGenerator[bytes, None]:
+        yield b"ok\n\n"
+        raise RuntimeError(f"boom {SECRET.hex()}")
+
+    async def huge() -> AsyncGenerator[bytes, None]:
+        yield b"x" * 2048
+
+    for name, chunks in (("failing", failing), ("huge", huge)):
+
+        async def handler(request: Request, chunks: Any = chunks, name: str = name) -> Any:
+            return StreamingResponse(chunks, release=lambda: released.append(name))
+
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        with caplog.at_level(logging.INFO, logger="qkms.http"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        serve_connection,
+                        server_stream,
+                        handler,
+                        limits=Limits(max_stream_chunk_bytes=1024),
+                    )
+                )
+                await client_stream.send_all(b"GET /e HTTP/1.1\r\nhost: kme\r\n\r\n")
+                data = b""
+                while chunk := await client_stream.receive_some(65536):
+                    data += chunk
+        assert b"x" * 2048 not in data
+    assert released == ["failing", "huge"]
+    assert SECRET.hex() not in caplog.text
+    assert "http.stream_failed" in caplog.text and "http.stream_chunk_too_large" in caplog.text

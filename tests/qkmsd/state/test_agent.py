@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from qkmsd.admin import AdminParamsError
 from qkmsd.config import AlarmsSection
 from qkmsd.state import AlarmHistory, EventKind, Sources, StateAgent
+from qkmsd.state._agent import PAST_GRACE_S, STARTUP_GRACE_S
 
 LINK = "KME_A~KME_B"
 
@@ -471,3 +472,66 @@ async def test_a_peer_whose_clock_is_off_by_more_than_the_bound_raises_clock_ske
     assert (event.kind, event.code, event.resource, event.value) == (
         EventKind.RAISED, "clock-skew", "KME_B", 2.5
     )  # fmt: skip
+
+
+async def test_a_poked_agent_raises_peer_down_a_prompt_look_after_the_peer_goes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=30.0)
+    await nursery.start(state.run)
+    await trio.sleep(31)  # one ordinary look: all well
+    node.peer = FakePeer(state="disconnected")
+    await state.poke_peer("KME_B")
+    # The poke's look sees it gone, the one just past the grace raises: not 30 s later.
+    grace = SETTINGS.down_grace_s
+    await trio.sleep(grace)
+    assert kinds(state, "peer-down") == []
+    await trio.sleep(PAST_GRACE_S + 0.05)
+    assert kinds(state, "peer-down") == ["peer-down:major"]
+
+
+async def test_an_ack_records_who_acknowledged_in_the_history(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    node = FakeNode(peer=FakePeer(state="connecting"))
+    state = agent(node, tmp_path / "alarms.sqlite")
+    await state.start()
+    await trio.sleep(STARTUP_GRACE_S)
+    await state.look()
+    await trio.sleep(5)
+    await state.look()
+    ack = state.admin_methods()["alarm_ack"]
+    await ack({"code": "peer-down", "resource": "KME_B", "by": "dashboard alice (ab12)"})
+    [latest, *_] = await state.history()
+    assert (latest.kind, latest.by) == ("acknowledged", "dashboard alice (ab12)")
+
+
+async def test_a_peer_not_yet_connected_after_a_start_is_alarmed_only_after_the_startup_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode(peer=FakePeer(state="connecting"))
+    state = agent(node, interval_s=1.0)
+    await state.start()
+    while trio.current_time() < STARTUP_GRACE_S - 1:
+        assert await state.look() == []
+        await trio.sleep(1)
+    await trio.sleep(1.5)
+    [event] = await state.look()
+    assert (event.code, event.resource) == ("peer-down", "KME_B")
+
+
+async def test_a_peer_lost_soon_after_a_start_is_alarmed_without_the_startup_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    node = FakeNode()
+    state = agent(node, interval_s=1.0)
+    await state.start()
+    assert await state.look() == []  # reached
+    node.peer = FakePeer(state="disconnected")
+    await trio.sleep(1)
+    assert await state.look() == []  # one look of grace
+    await trio.sleep(1)
+    [event] = await state.look()
+    assert (event.code, event.resource) == ("peer-down", "KME_B")
+    assert trio.current_time() < STARTUP_GRACE_S
