@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,29 @@ class Node:
     """One qkms node: key store, drivers, key manager, peers, key supply and admin endpoint."""
 
     def __init__(
-        self, config: Config, *, notifier: Notifier | None = None, listen: bool = True
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        listen: bool = True,
+        clock: Callable[[], float] = time.time,
+        drivers: Mapping[str, Driver] | None = None,
+        inline_store: bool = False,
     ) -> None:
         """``listen=False``: no peer listener and no dialling; whoever runs the node joins
         it to its peers with ``node.peers.serve_authenticated(stream, peer)`` (a network
-        of nodes in one process over memory streams, for tests and simulation)."""
+        of nodes in one process over memory streams, for tests and simulation).
+
+        For the simulator (``qkmssim``): ``clock`` is the wall clock every agent reads
+        (a virtual one there); ``drivers`` replaces the drivers of the named links of
+        ``config``; ``inline_store`` runs the key store on the event loop without fsync
+        (``StoreThread(inline=True)``, ``KeyStore.open(durable=False)``).
+        """
         self.config = config
         self._listen = listen
+        self._clock = clock
+        self._given_drivers = dict(drivers or {})
+        self._inline_store = inline_store
         self.notifier = notifier or Notifier({})
         self.keys: KeyManager | None = None
         self.peers: PeerManager | None = None
@@ -148,9 +165,10 @@ class Node:
         store is closed.
         """
         cfg = self.config
-        store = _open_store(cfg)
+        clock = self._clock
+        store = _open_store(cfg, clock=clock, durable=not self._inline_store)
         try:
-            drivers = _make_drivers(cfg)
+            drivers = _make_drivers(cfg, self._given_drivers)
             relayed = {
                 link_id: RelayedKeys(LinkEnd(link_id, cfg.node_id, pool.peer))
                 for link_id, pool in cfg.relay_pools.items()
@@ -161,7 +179,7 @@ class Node:
             except TlsError as exc:
                 raise StartupError(str(exc)) from None
             self.revocations = tls.revocations
-            self.store_thread = store_thread = StoreThread(store)
+            self.store_thread = store_thread = StoreThread(store, inline=self._inline_store)
             self.peers = peers = PeerManager(
                 node_id=cfg.node_id,
                 peers={p.node_id: str(p.address) for p in cfg.peers.values()},
@@ -174,6 +192,7 @@ class Node:
                 silence=cfg.sync.silence,
                 gate=GateLimits(cfg.peer.max_connections, cfg.peer.max_connections_per_source),
                 handshake_timeout=cfg.peer.handshake_timeout_s,
+                clock=clock,
             )
             self.keys = keys = KeyManager(
                 node_id=cfg.node_id,
@@ -185,6 +204,7 @@ class Node:
                 announce_interval=cfg.sync.announce_interval_s,
                 max_block_age=cfg.policy.max_block_age_s,
                 key_size=cfg.policy.key_size,
+                clock=clock,
                 peer_heard=peers.last_heard,
                 # A healthy peer is heard at least once a heartbeat (its pings, our pongs);
                 # one not heard for silence_s is declared down anyway.
@@ -245,10 +265,12 @@ class Node:
                     links=cfg.relay.topology,
                     manual={p.peer: p.route for p in cfg.relay_pools.values() if p.route},
                     neighbours=qkd_link_to,
+                    clock=clock,
                 ),
                 settings=cfg.relay,
                 is_up=peers.is_connected,
                 make_pool=make_pool,
+                clock=clock,
             )
             peers.on_request(RelayHop, relay.handle_hop)
             peers.on_connectivity(relay.peer_up, relay.peer_down)
@@ -286,6 +308,7 @@ class Node:
                     is_up=peers.is_connected,
                     link_to=link_to,
                     reserve_timeout=cfg.supply.reserve_timeout_s,
+                    clock=clock,
                 )
 
             self.direct = direct = pool_source(qkd_link_to)
@@ -298,7 +321,11 @@ class Node:
                 make_pool=make_pool,
             )
             local = LocalSource(
-                node_id=cfg.node_id, store=store, store_thread=store_thread, recorded=recorded
+                node_id=cfg.node_id,
+                store=store,
+                store_thread=store_thread,
+                recorded=recorded,
+                clock=clock,
             )
             try:
                 book = PolicyBook(cfg, cfg.state_dir / "policies.json")
@@ -357,6 +384,7 @@ class Node:
                     ),
                 ),
                 history_path=cfg.alarm_history_path,
+                clock=clock,
             )
             peers.on_connectivity(state.peer_up, state.peer_down)
 
@@ -531,20 +559,23 @@ class Node:
         return port
 
 
-def _open_store(cfg: Config) -> KeyStore:
+def _open_store(cfg: Config, *, clock: Callable[[], float], durable: bool) -> KeyStore:
     try:
         master_key = load_master_key(cfg.master_key_file)
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return KeyStore.open(cfg.keystore_path, master_key)
+        return KeyStore.open(cfg.keystore_path, master_key, clock=clock, durable=durable)
     except (MasterKeyError, KeyStoreError) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"state directory {cfg.state_dir}: {exc.strerror or exc}") from None
 
 
-def _make_drivers(cfg: Config) -> dict[str, tuple[str, Driver]]:
+def _make_drivers(cfg: Config, given: Mapping[str, Driver]) -> dict[str, tuple[str, Driver]]:
     drivers: dict[str, tuple[str, Driver]] = {}
     for link_id, link in cfg.links.items():
+        if link_id in given:
+            drivers[link_id] = (link.peer, given[link_id])
+            continue
         # Params were validated by load_config; build the driver from them as they are.
         drivers[link_id] = (
             link.peer,

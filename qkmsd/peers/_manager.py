@@ -200,8 +200,11 @@ class PeerManager:
         max_frame_size: int = 1 << 20,
         gate: GateLimits | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` is the wall clock of ``last_heard`` and ``connected_since``."""
         self.node_id = node_id
+        self._clock = clock
         self._listen = (listen_host, listen_port)
         # Given TlsContexts made from functions, each handshake's group is named on any
         # Python; given bare contexts, where Python can tell (see TlsContexts).
@@ -338,7 +341,7 @@ class PeerManager:
         return peer in self._live
 
     def last_heard(self, peer: str) -> float | None:
-        """When ``peer`` last sent us anything (``time.time()``), or None."""
+        """When ``peer`` last sent us anything (the ``clock``'s time), or None."""
         state = self._peers.get(peer)
         return state.last_seen if state is not None else None
 
@@ -528,7 +531,7 @@ class PeerManager:
             log.info("peer.session_replaced", peer=live.peer)
         self._live[live.peer] = live
         state.state = "connected"
-        state.connected_since = time.time()
+        state.connected_since = self._clock()
         state.connects += 1
         state.version = live.session.version
         state.last_error = ""
@@ -558,7 +561,7 @@ class PeerManager:
             if not isinstance(message, NeedData):
                 live.last_rx = trio.current_time()
                 if self._live.get(live.peer) in (None, live):  # not a stranger's Hello
-                    self._peers[live.peer].last_seen = time.time()
+                    self._peers[live.peer].last_seen = self._clock()
                 return message
             try:
                 data = await live.stream.receive_some(_READ_SIZE)
