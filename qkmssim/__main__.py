@@ -44,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="demand pairs drawn with the seed (default: every ordered pair)",
     )
+    p.add_argument(
+        "--block-bits",
+        type=int,
+        default=None,
+        help="key block size of every link (default: the file's; families: 65536)",
+    )
     p.add_argument("--heartbeat", type=float, default=None, help="[sync] heartbeat_s of every node")
     p.add_argument("--state-dir", type=Path, default=None, help="keep the nodes' state here")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
@@ -53,7 +59,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        topo = load(args.topology, seed=args.seed)
+        if args.block_bits is not None and not (
+            64 <= args.block_bits <= 1 << 20 and args.block_bits % 64 == 0
+        ):
+            raise SimError("--block-bits must be a multiple of 64 from 64 to 1048576")
+        topo = load(args.topology, seed=args.seed, block_bits=args.block_bits)
         settings = SimSettings(
             seconds=args.seconds,
             seed=args.seed,

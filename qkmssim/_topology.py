@@ -28,6 +28,10 @@ FAMILY_LINK_KM = 20.0
 ELIGIBLE = 3
 """Controller-eligible nodes in a family network: the best connected ones."""
 FAMILIES = ("star", "ring", "bridge", "grid", "rgg", "random")
+BLOCK_BITS = 65536
+"""Key block size of a family's links: a device hands over its key in blocks of 8 KiB.
+Every block costs each end a few store calls however large it is (stored, announced,
+confirmed), so the block size sets much of a simulation's cost."""
 MAX_NODES = 2000
 
 
@@ -72,15 +76,16 @@ def rate_at(km: float, r0: float = R0_BPS) -> float:
     return r0 * 10 ** (-0.02 * km)
 
 
-def load(spec: str, *, seed: int = 0, block_bits: int = 4096) -> SimTopology:
-    """``spec`` is a topology file or ``FAMILY:N``.  Raises ``SimTopologyError``."""
+def load(spec: str, *, seed: int = 0, block_bits: int | None = None) -> SimTopology:
+    """``spec`` is a topology file or ``FAMILY:N``.  ``block_bits`` replaces the links'
+    block size (default: the file's, or ``BLOCK_BITS``).  Raises ``SimTopologyError``."""
     family, sep, count = spec.partition(":")
     if sep and family in FAMILIES:
         try:
             n = int(count)
         except ValueError:
             raise SimTopologyError(f"topology {spec!r}: N must be a whole number") from None
-        return family_topology(family, n, seed=seed, block_bits=block_bits)
+        return family_topology(family, n, seed=seed, block_bits=block_bits or BLOCK_BITS)
     path = Path(spec)
     if not path.exists():
         raise SimTopologyError(
@@ -89,8 +94,9 @@ def load(spec: str, *, seed: int = 0, block_bits: int = 4096) -> SimTopology:
     return from_file(path, block_bits=block_bits)
 
 
-def from_file(path: Path, *, block_bits: int = 4096) -> SimTopology:
-    """The nodes and links of a lab topology file; a link's rate is its ``rate_bps``."""
+def from_file(path: Path, *, block_bits: int | None = None) -> SimTopology:
+    """The nodes and links of a lab topology file; a link's rate is its ``rate_bps`` (by
+    default ``rate_at`` its distance), its block size the file's unless ``block_bits``."""
     try:
         topo = load_topology(path)
     except Exception as exc:  # the CLI's TopologyError, or its parent
@@ -100,13 +106,15 @@ def from_file(path: Path, *, block_bits: int = 4096) -> SimTopology:
         params = {**topo.defaults.params, **link.params}
         km = link.distance_km if link.distance_km is not None else FAMILY_LINK_KM
         rate = float(params.get("rate_bps", rate_at(km)))
-        bits = int(params.get("block_bits", block_bits))
+        bits = block_bits or int(params.get("block_bits", 8192))
         links.append(SimLinkSpec(link.a, link.b, km, rate, bits))
     electors = {n: s.priority for n, s in topo.nodes.items() if s.controller}
     return SimTopology(topo.name, tuple(topo.nodes), tuple(links), electors)
 
 
-def family_topology(family: str, n: int, *, seed: int = 0, block_bits: int = 4096) -> SimTopology:
+def family_topology(
+    family: str, n: int, *, seed: int = 0, block_bits: int = BLOCK_BITS
+) -> SimTopology:
     """A ``family`` network of ``n`` nodes.  Raises ``SimTopologyError``."""
     if family not in FAMILIES:
         raise SimTopologyError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
