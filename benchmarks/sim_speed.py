@@ -74,7 +74,9 @@ def run(topology: str, seconds: float, pairs: int, extra: list[str]) -> dict[str
     )
     figures = {k: report[k] for k in keep}
     figures["process_wall_s"] = round(time.perf_counter() - started, 2)
-    figures["topology"] = topology
+    figures["topology"] = (
+        Path(topology).relative_to(ROOT).as_posix() if "/" in topology else topology
+    )
     figures["options"] = " ".join(extra)
     return figures
 

@@ -59,6 +59,10 @@ class FaultReport(msgspec.Struct):
     reroute_s_median: float | None = None
     not_rerouted: int = 0
     """Affected pairs with no relay around the fault before the run ended."""
+    recovered_s_max: float | None = None
+    """The latest, over the affected pairs, of the first relay confirmed after the fault on
+    any route (through the link or node again once it is back)."""
+    not_recovered: int = 0
     new_leader_s: float | None = None
 
 
@@ -297,7 +301,21 @@ def _faults(net: Network, relays: list[RelaySeen]) -> list[FaultReport]:
             if _crosses(path, target, node) and not (node and target[0] in pair)
         }
         times = []
+        recovered = []
         for pair in affected:
+            again = min(
+                (
+                    seen.ended_at
+                    for seen in relays
+                    if seen.pair == pair
+                    and seen.state == "confirmed"
+                    and seen.ended_at is not None
+                    and seen.started_at >= at
+                ),
+                default=None,
+            )
+            if again is not None:
+                recovered.append(again - at)
             first = min(
                 (
                     seen.ended_at
@@ -314,6 +332,9 @@ def _faults(net: Network, relays: list[RelaySeen]) -> list[FaultReport]:
                 times.append(first - at)
         report.affected_pairs = len(affected)
         report.not_rerouted = len(affected) - len(times)
+        report.not_recovered = len(affected) - len(recovered)
+        if recovered:
+            report.recovered_s_max = round(max(recovered), 3)
         if times:
             report.reroute_s_max = round(max(times), 3)
             report.reroute_s_median = round(statistics.median(times), 3)
@@ -350,7 +371,9 @@ def render(report: Report, *, pairs_shown: int = 20) -> str:
             line += f" new leader after {f.new_leader_s:g} s;"
         line += (
             f" {f.affected_pairs} pairs affected, reroute max {_f(f.reroute_s_max)} s,"
-            f" median {_f(f.reroute_s_median)} s, {f.not_rerouted} not rerouted"
+            f" median {_f(f.reroute_s_median)} s, {f.not_rerouted} not rerouted;"
+            f" recovered (any route) max {_f(f.recovered_s_max)} s,"
+            f" {f.not_recovered} not recovered"
         )
         lines.append(line)
     lines.append(
