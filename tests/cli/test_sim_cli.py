@@ -10,10 +10,8 @@ QKMSCTL = [sys.executable, "-c", "from cli.main import main; main()"]
 
 
 def test_qkmsctl_sim_prints_a_report_and_its_json_parses() -> None:
+    """The table itself is checked in tests/qkmssim/test_sim.py (``render``)."""
     args = ["sim", "--topology", "star:3", "--seconds", "4", "--demand", "paced:512"]
-    text = subprocess.run([*QKMSCTL, *args], capture_output=True, text=True, timeout=300)
-    assert text.returncode == 0, text.stderr
-    assert "keys served twice     0" in text.stdout and "Jain's index" in text.stdout
     out = subprocess.run([*QKMSCTL, *args, "--json"], capture_output=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

@@ -4,7 +4,7 @@ resolved, and no key is served twice or with two values."""
 
 from __future__ import annotations
 
-from qkmssim import Demand, SimSettings, family_topology, parse_fault, simulate
+from qkmssim import Demand, SimSettings, family_topology, parse_fault, render, simulate
 
 FAULTS = (
     "link-down@6:N2-N3",
@@ -39,3 +39,6 @@ def test_a_ring_of_four_through_cuts_and_crashes_loses_and_doubles_no_key() -> N
     assert crashed.new_leader_s is not None and report.controller_changes >= 1
     assert 0 < report.fibre_utilisation <= 1  # type: ignore[operator]
     assert 0 < report.jain_index <= 1  # type: ignore[operator]
+    text = render(report)
+    assert "keys served twice     0   one value under two ids 0" in text
+    assert "fault node-crash@8:N3 (N3) at 8 s" in text and "N0>N1" in text
