@@ -117,7 +117,11 @@ def maxmin_fair_rates(
     """Each pair's max-min fair rate on ``routes`` (its route in use) and the link rates.
 
     The one place that calls the max-min allocator of ``qkmsd.sharing``; ``None`` while
-    that package is not there (the report then says so).
+    that package is not there (the report then says so).  It calls
+    ``qkmsd.sharing.max_min(link_rates, routes)`` (or ``maxmin``) with ``link_rates``
+    mapping ``frozenset({a, b})`` to a link's key rate in b/s and ``routes`` mapping each
+    ordered pair to its node path, and expects each pair's rate in b/s back: adapt this
+    function, and only it, to the allocator's interface once it lands.
     """
     try:
         from qkmsd import sharing  # type: ignore[attr-defined]
