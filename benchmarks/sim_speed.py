@@ -10,8 +10,8 @@ RSS is its own) and reads the figures it reports:
 - peak RSS, and memory per node: the difference between the 200-node and the 17-node
   runs' peak RSS over the 183 nodes between them (the interpreter and the libraries are
   in both);
-- the same 17-node backbone with peer heartbeats every 0.25 s (silence limit 0.75 s)
-  against the daemon's default, for what short heartbeats cost.
+- the same 17-node backbone with peer heartbeats every 5 s against the daemon's default
+  (0.25 s, silence limit 1 s), for what short heartbeats cost.
 
 Cases: ``examples/kreonet17.toml`` and ``rgg:200`` (seed 1), paced demand of 512 b/s on
 N pairs drawn with the seed, ``--seconds`` virtual seconds (default 30).  Target: >= 1,000
@@ -89,7 +89,7 @@ def main() -> None:
     kreonet = str(ROOT / "examples" / "kreonet17.toml")
     cases = [
         ("kreonet17", kreonet, 17, []),
-        ("kreonet17, heartbeat 0.25 s", kreonet, 17, ["--heartbeat", "0.25"]),
+        ("kreonet17, heartbeat 5 s", kreonet, 17, ["--heartbeat", "5"]),
     ]
     if not args.skip_200:
         cases.append(("rgg:200", "rgg:200", 200, []))
@@ -112,11 +112,11 @@ def main() -> None:
         summary["rss_per_node_kib"] = round(per_node * 1024, 1)
         summary["target_node_s_per_s_at_200"] = 1000
         print(f"memory per node: {summary['rss_per_node_kib']} KiB (200-node minus 17-node)")
-    base, short = by["kreonet17"], by["kreonet17, heartbeat 0.25 s"]
+    short, long = by["kreonet17"], by["kreonet17, heartbeat 5 s"]
     summary["heartbeat_0_25_cpu_cost"] = round(
-        base["node_seconds_per_cpu_s"] / short["node_seconds_per_cpu_s"], 3
+        long["node_seconds_per_cpu_s"] / short["node_seconds_per_cpu_s"], 3
     )
-    print(f"heartbeat 0.25 s: {summary['heartbeat_0_25_cpu_cost']}x the CPU per node-second")
+    print(f"heartbeat 0.25 s: {summary['heartbeat_0_25_cpu_cost']}x the CPU per node-second of 5 s")
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 

@@ -412,6 +412,7 @@ class Node:
                     ),
                     history_path=cfg.perf_history_path,
                     pusher=pusher,
+                    clock=clock,
                 )
 
             async def controller_status(params: dict[str, Any]) -> dict[str, Any]:
@@ -437,6 +438,7 @@ class Node:
                         keys=keys,
                         config_path=cfg.source,
                         state_dir=cfg.state_dir,
+                        clock=clock,
                     ).methods(),
                     "controller": controller_status,
                 },

@@ -125,7 +125,7 @@ class PeerState:
     tls_group: str | None = None
     """That handshake's key exchange group (``unknown`` where it could not be read)."""
     down_since: float | None = None
-    """When the last session ended (``time.time()``); None while connected or never up."""
+    """When the last session ended (the manager's ``clock``); None while connected or never up."""
     down_reason: str = ""
     """Why the last session ended (``silent for ...`` when the peer fell silent)."""
 
@@ -549,7 +549,7 @@ class PeerManager:
             state.state = "disconnected"
             state.connected_since = None
             reason = live.error or "closed"
-            state.down_since, state.down_reason = time.time(), reason
+            state.down_since, state.down_reason = self._clock(), reason
             log.info("peer.disconnected", peer=live.peer, reason=reason)
             with trio.CancelScope(shield=True):
                 for down in self._on_down:
