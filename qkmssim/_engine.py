@@ -36,7 +36,7 @@ import trio.testing
 from cli._pki import init_ca, issue_node
 from qkd_drivers import LinkEnd, PairedParams
 from qkmsd.app import Node
-from qkmsd.config import Config, config_from_mapping
+from qkmsd.config import Config, ConfigError, config_from_mapping
 from qkmsd.keystore import generate_master_key
 from qkmsd.relay import RelayRecord
 
@@ -218,7 +218,8 @@ class Network:
         sync: dict[str, Any] = {"timeout_s": 10.0}
         if s.heartbeat_s is not None:
             sync["heartbeat_s"] = s.heartbeat_s
-            sync["timeout_s"] = max(10.0, 2 * s.heartbeat_s)
+            # The silence limit (four heartbeats by default) may not pass the sync time-out.
+            sync["timeout_s"] = max(10.0, 4 * s.heartbeat_s)
         data: dict[str, Any] = {
             "node": {"id": name, "state_dir": str(state), "master_key_file": str(master)},
             "tls": {
@@ -541,7 +542,10 @@ def simulate(topo: SimTopology, settings: SimSettings) -> Report:
         else:
             home = settings.state_dir
             home.mkdir(parents=True, exist_ok=True)
-        net = Network.build(topo, settings, home)
+        try:
+            net = Network.build(topo, settings, home)
+        except ConfigError as exc:
+            raise SimError(f"the nodes' configs: {exc}") from None
         stack.enter_context(_threads_inline())
         clock = trio.testing.MockClock(autojump_threshold=0)
         report: Report = trio.run(net.run, clock=clock)
