@@ -28,6 +28,7 @@ from .pki import pki  # noqa: E402
 from .qkde import qkde  # noqa: E402
 from .relay import relay, relays, routes  # noqa: E402
 from .sae import sae  # noqa: E402
+from .sim import sim  # noqa: E402
 
 for _command in (
     bb84,
@@ -55,6 +56,7 @@ for _command in (
     qkde,
     sae,
     keystore,
+    sim,
 ):
     qkmsctl.add_command(_command)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,29 @@ class Node:
     """One qkms node: key store, drivers, key manager, peers, key supply and admin endpoint."""
 
     def __init__(
-        self, config: Config, *, notifier: Notifier | None = None, listen: bool = True
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        listen: bool = True,
+        clock: Callable[[], float] = time.time,
+        drivers: Mapping[str, Driver] | None = None,
+        inline_store: bool = False,
     ) -> None:
         """``listen=False``: no peer listener and no dialling; whoever runs the node joins
         it to its peers with ``node.peers.serve_authenticated(stream, peer)`` (a network
-        of nodes in one process over memory streams, for tests and simulation)."""
+        of nodes in one process over memory streams, for tests and simulation).
+
+        For the simulator (``qkmssim``): ``clock`` is the wall clock every agent reads
+        (a virtual one there); ``drivers`` replaces the drivers of the named links of
+        ``config``; ``inline_store`` runs the key store on the event loop without fsync
+        (``StoreThread(inline=True)``, ``KeyStore.open(durable=False)``).
+        """
         self.config = config
         self._listen = listen
+        self._clock = clock
+        self._given_drivers = dict(drivers or {})
+        self._inline_store = inline_store
         self.notifier = notifier or Notifier({})
         self.keys: KeyManager | None = None
         self.peers: PeerManager | None = None
@@ -184,9 +201,10 @@ class Node:
         store is closed.
         """
         cfg = self.config
-        store = _open_store(cfg)
+        clock = self._clock
+        store = _open_store(cfg, clock=clock, durable=not self._inline_store)
         try:
-            drivers = _make_drivers(cfg)
+            drivers = _make_drivers(cfg, self._given_drivers)
             relayed = {
                 link_id: RelayedKeys(LinkEnd(link_id, cfg.node_id, pool.peer))
                 for link_id, pool in cfg.relay_pools.items()
@@ -197,7 +215,7 @@ class Node:
             except TlsError as exc:
                 raise StartupError(str(exc)) from None
             self.revocations = tls.revocations
-            self.store_thread = store_thread = StoreThread(store)
+            self.store_thread = store_thread = StoreThread(store, inline=self._inline_store)
             self.peers = peers = PeerManager(
                 node_id=cfg.node_id,
                 peers={p.node_id: str(p.address) for p in cfg.peers.values()},
@@ -210,6 +228,7 @@ class Node:
                 silence=cfg.sync.silence,
                 gate=GateLimits(cfg.peer.max_connections, cfg.peer.max_connections_per_source),
                 handshake_timeout=cfg.peer.handshake_timeout_s,
+                clock=clock,
             )
             self.keys = keys = KeyManager(
                 node_id=cfg.node_id,
@@ -221,6 +240,7 @@ class Node:
                 announce_interval=cfg.sync.announce_interval_s,
                 max_block_age=cfg.policy.max_block_age_s,
                 key_size=cfg.policy.key_size,
+                clock=clock,
                 peer_heard=peers.last_heard,
                 # A healthy peer is heard at least once a heartbeat (its pings, our pongs);
                 # one not heard for silence_s is declared down anyway.
@@ -276,6 +296,7 @@ class Node:
                 links=cfg.relay.topology,
                 manual={p.peer: p.route for p in cfg.relay_pools.values() if p.route},
                 neighbours=qkd_link_to,
+                clock=clock,
             )
             self.relay = relay = RelayAgent(
                 node_id=cfg.node_id,
@@ -290,6 +311,7 @@ class Node:
                 is_up=peers.is_connected,
                 make_pool=make_pool,
                 burn=burn_link_key,
+                clock=clock,
             )
             peers.on_request(RelayHop, relay.handle_hop)
             peers.on_connectivity(relay.peer_up, relay.peer_down)
@@ -409,6 +431,7 @@ class Node:
                     is_up=peers.is_connected,
                     link_to=link_to,
                     reserve_timeout=cfg.supply.reserve_timeout_s,
+                    clock=clock,
                 )
 
             self.direct = direct = pool_source(qkd_link_to)
@@ -421,7 +444,11 @@ class Node:
                 make_pool=make_pool,
             )
             local = LocalSource(
-                node_id=cfg.node_id, store=store, store_thread=store_thread, recorded=recorded
+                node_id=cfg.node_id,
+                store=store,
+                store_thread=store_thread,
+                recorded=recorded,
+                clock=clock,
             )
             try:
                 book = PolicyBook(cfg, cfg.state_dir / "policies.json")
@@ -480,6 +507,7 @@ class Node:
                     ),
                 ),
                 history_path=cfg.alarm_history_path,
+                clock=clock,
             )
             peers.on_connectivity(state.peer_up, state.peer_down)
 
@@ -507,6 +535,7 @@ class Node:
                     ),
                     history_path=cfg.perf_history_path,
                     pusher=pusher,
+                    clock=clock,
                 )
 
             async def controller_status(params: dict[str, Any]) -> dict[str, Any]:
@@ -535,6 +564,7 @@ class Node:
                     keys=keys,
                     config_path=cfg.source,
                     state_dir=cfg.state_dir,
+                    clock=clock,
                 ).methods(),
                 **ControllerAdmin(service, reporter).methods(),
                 "controller": controller_status,
@@ -704,13 +734,16 @@ def _topology(cfg: Config) -> NetworkTopology:
     return NetworkTopology(nodes, links, coordinates)
 
 
-def _open_store(cfg: Config) -> KeyStore:
+def _open_store(cfg: Config, *, clock: Callable[[], float], durable: bool) -> KeyStore:
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if cfg.master_key_file is None:
-            return KeyStore.open(cfg.keystore_path, load_master_key(None))
+            key = load_master_key(None)
+            return KeyStore.open(cfg.keystore_path, key, clock=clock, durable=durable)
         # Finishes a `qkmsd rotate-master` that a crash interrupted.
-        store, finished = open_store(cfg.keystore_path, cfg.master_key_file)
+        store, finished = open_store(
+            cfg.keystore_path, cfg.master_key_file, clock=clock, durable=durable
+        )
         if finished:
             log.warning("keystore.rotation_finished", key_file=str(cfg.master_key_file))
         return store
@@ -720,9 +753,12 @@ def _open_store(cfg: Config) -> KeyStore:
         raise StartupError(f"state directory {cfg.state_dir}: {exc.strerror or exc}") from None
 
 
-def _make_drivers(cfg: Config) -> dict[str, tuple[str, Driver]]:
+def _make_drivers(cfg: Config, given: Mapping[str, Driver]) -> dict[str, tuple[str, Driver]]:
     drivers: dict[str, tuple[str, Driver]] = {}
     for link_id, link in cfg.links.items():
+        if link_id in given:
+            drivers[link_id] = (link.peer, given[link_id])
+            continue
         # Params were validated by load_config; build the driver from them as they are.
         drivers[link_id] = (
             link.peer,

@@ -86,12 +86,23 @@ class StoreThread:
 
     Start ``run`` in a nursery first.  Without a store (``StoreThread()``), calls run
     one at a time with no batching: for tests and tools.
+
+    ``inline=True`` (the simulator only, ``qkmssim``): no worker thread; every call runs
+    on the event loop as its own transaction, after a checkpoint.  On a virtual clock
+    (``trio.testing.MockClock`` with autojump) time jumps whenever every task waits, also
+    while a worker thread is busy, so a hand-off to a thread would see its time-outs fire
+    spuriously; run inline, a store call takes no virtual time at all.
     """
 
     def __init__(
-        self, store: Batchable | None = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Batchable | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        inline: bool = False,
     ) -> None:
         self._store = store
+        self._inline_only = inline and store is not None
         self._clock = clock
         self._limiter = trio.CapacityLimiter(1)
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
@@ -105,6 +116,8 @@ class StoreThread:
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         bound = functools.partial(fn, *args, **kwargs)
+        if self._inline_only:
+            return await self._call_here(bound)
         if self._store is None:
             return await trio.to_thread.run_sync(bound, limiter=self._limiter)
         assert self._token is not None, "run() first"
@@ -139,6 +152,8 @@ class StoreThread:
         commit's worth of work gives a limit of its own.
         """
         store = self._store
+        if self._inline_only:
+            return await self._call_here(functools.partial(fn, *args, **kwargs))
         if store is None or self._stopped or self._clock() < self._inline_after:
             return await self.call(fn, *args, **kwargs)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -156,6 +171,17 @@ class StoreThread:
                 return result
         return await self.call(fn, *args, **kwargs)
 
+    async def _call_here(self, bound: Callable[[], T]) -> T:
+        """``inline`` mode: the call, its own transaction, on the event loop."""
+        assert self._store is not None
+        await trio.lowlevel.checkpoint()
+        if self._stopped:
+            raise trio.ClosedResourceError("the store thread has stopped")
+        with self._store.batch():
+            result = bound()
+        self.inline += 1
+        return result
+
     def _slow_inline(self) -> None:
         """A slow inline call: no inlining for a while, and twice as long the next time."""
         self._inline_after = self._clock() + self._backoff
@@ -168,6 +194,12 @@ class StoreThread:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker until cancelled; then let it finish what was handed to it."""
         self._token = trio.lowlevel.current_trio_token()
+        if self._inline_only:
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._stopped = True
         worker = threading.Thread(target=self._serve, name="qkmsd-store", daemon=True)
         worker.start()
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 DOC = ROOT / "docs" / "architecture.md"
-PACKAGES = ("protocol", "qkd_drivers", "qkmsd", "qkms_client", "qkms_pqc", "cli")
+PACKAGES = ("protocol", "qkd_drivers", "qkmsd", "qkms_client", "qkms_pqc", "cli", "qkmssim")
 SKIPPED = {"__init__.py", "__main__.py"}
 
 # A repo path in backticks, with at least one directory: `qkmsd/supply/_front.py`.  A bare

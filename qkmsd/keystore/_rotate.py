@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from ._errors import MasterKeyError, MasterKeyMismatch
 from ._masterkey import MASTER_KEY_SIZE, _fsync_directory, load_master_key
@@ -43,10 +44,10 @@ def pending_key_file(key_file: Path) -> Path:
     return key_file.with_name(key_file.name + ".new")
 
 
-def open_store(path: Path, key_file: Path) -> tuple[KeyStore, bool]:
+def open_store(path: Path, key_file: Path, **options: Any) -> tuple[KeyStore, bool]:
     """Open the store at ``path`` with the master key of ``key_file``, finishing or
     cleaning up an interrupted rotation.  Returns the store and whether a rotation was
-    finished here.
+    finished here.  ``options`` go to ``KeyStore.open`` (``clock``, ``durable``).
 
     Raises ``MasterKeyError`` for an unreadable key file, ``MasterKeyMismatch`` if neither
     the key file nor a pending new key opens the store, and ``KeyStoreError`` as
@@ -55,7 +56,7 @@ def open_store(path: Path, key_file: Path) -> tuple[KeyStore, bool]:
     pending = pending_key_file(key_file)
     key = load_master_key(key_file)
     try:
-        store = KeyStore.open(path, key)
+        store = KeyStore.open(path, key, **options)
     except MasterKeyMismatch:
         if not pending.exists():
             raise
@@ -65,7 +66,7 @@ def open_store(path: Path, key_file: Path) -> tuple[KeyStore, bool]:
             raise MasterKeyMismatch(
                 f"key store {path} opens with neither {key_file} nor {pending} ({exc})"
             ) from None
-        store = KeyStore.open(path, new_key)  # raises MasterKeyMismatch if not this one
+        store = KeyStore.open(path, new_key, **options)  # raises MasterKeyMismatch if not this one
         os.replace(pending, key_file)
         _fsync_directory(key_file.parent)
         return store, True

@@ -223,10 +223,14 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
         *,
         clock: Callable[[], float] = time.time,
         checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+        durable: bool = True,
     ) -> KeyStore:
         """Open (creating if needed) the store at ``path``.
 
         A background thread checkpoints the WAL every ``checkpoint_interval_s``.
+        ``durable=False`` is for the simulator (``qkmssim``) only: no fsync
+        (``synchronous=OFF``) and no checkpoint thread; a commit then survives the loss of
+        the process but not of the machine.
         Raises ``KeyStoreError`` if the file cannot be opened or is in use by
         another ``KeyStore``, ``MasterKeyMismatch`` if the store was created with
         another master key, ``CorruptStoreError`` if its canary is missing.
@@ -243,10 +247,13 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
             os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             _configure(path, conn)
+            if not durable:
+                conn.execute("PRAGMA synchronous = OFF")
             store = cls(path, conn, master_key, lock_fd, clock)
             store._migrate()
             store.verify_master_key()
-            store._checkpointer = _Checkpointer(path, checkpoint_interval_s)
+            if durable:
+                store._checkpointer = _Checkpointer(path, checkpoint_interval_s)
         except BaseException as exc:
             if conn is not None:
                 conn.close()

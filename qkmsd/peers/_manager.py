@@ -128,7 +128,7 @@ class PeerState:
     tls_group: str | None = None
     """That handshake's key exchange group (``unknown`` where it could not be read)."""
     down_since: float | None = None
-    """When the last session ended (``time.time()``); None while connected or never up."""
+    """When the last session ended (the manager's ``clock``); None while connected or never up."""
     down_reason: str = ""
     """Why the last session ended (``silent for ...`` when the peer fell silent)."""
     clock_offset_s: float | None = None
@@ -206,8 +206,11 @@ class PeerManager:
         max_frame_size: int = 1 << 20,
         gate: GateLimits | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` is the wall clock of ``last_heard`` and ``connected_since``."""
         self.node_id = node_id
+        self._clock = clock
         self._listen = (listen_host, listen_port)
         # Given TlsContexts made from functions, each handshake's group is named on any
         # Python; given bare contexts, where Python can tell (see TlsContexts).
@@ -344,7 +347,7 @@ class PeerManager:
         return peer in self._live
 
     def last_heard(self, peer: str) -> float | None:
-        """When ``peer`` last sent us anything (``time.time()``), or None."""
+        """When ``peer`` last sent us anything (the ``clock``'s time), or None."""
         state = self._peers.get(peer)
         return state.last_seen if state is not None else None
 
@@ -532,7 +535,7 @@ class PeerManager:
             log.info("peer.session_replaced", peer=live.peer)
         self._live[live.peer] = live
         state.state = "connected"
-        state.connected_since = time.time()
+        state.connected_since = self._clock()
         state.connects += 1
         state.version = live.session.version
         state.last_error = ""
@@ -550,7 +553,7 @@ class PeerManager:
             state.state = "disconnected"
             state.connected_since = None
             reason = live.error or "closed"
-            state.down_since, state.down_reason = time.time(), reason
+            state.down_since, state.down_reason = self._clock(), reason
             log.info("peer.disconnected", peer=live.peer, reason=reason)
             with trio.CancelScope(shield=True):
                 for down in self._on_down:
@@ -562,7 +565,7 @@ class PeerManager:
             if not isinstance(message, NeedData):
                 live.last_rx = trio.current_time()
                 if self._live.get(live.peer) in (None, live):  # not a stranger's Hello
-                    self._peers[live.peer].last_seen = time.time()
+                    self._peers[live.peer].last_seen = self._clock()
                 return message
             try:
                 data = await live.stream.receive_some(_READ_SIZE)

@@ -523,6 +523,13 @@ class RelayAgent:
         except RelayFailed as exc:
             self._fail(record, exc)
             raise
+        except trio.Cancelled:
+            # Abandoned by its caller (a request that stopped waiting): the destination's
+            # copy, if any, never becomes READY alone; the record says the relay is over.
+            record.state, record.ended_at = "failed", self._clock()
+            record.error = "abandoned: its caller stopped waiting"
+            self._note(record)
+            raise
         record.state, record.ended_at = "confirmed", self._clock()
         self._note(record)
         if split:

@@ -361,3 +361,35 @@ async def test_the_pause_doubles_while_inline_calls_stay_slow() -> None:
         assert await thread.call_inline(slow) == loop
         clock.now += INLINE_BACKOFF_S
         assert await thread.call_inline(on_loop) == loop
+
+
+async def test_inline_mode_runs_every_call_on_the_event_loop_as_its_own_transaction(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The simulator's mode: no worker thread, so a virtual clock never jumps during a call."""
+    master = os.urandom(32)
+    with KeyStore.open(tmp_path / "k.db", master, durable=False) as store:
+        thread = StoreThread(store, inline=True)
+        loop_thread = threading.get_ident()
+        ran_on: list[int] = []
+
+        def add(i: int) -> list[int]:
+            ran_on.append(threading.get_ident())
+            return store.add_blocks([block(i)])
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+            before = trio.current_time()
+            assert await thread.call(add, 1) == [1]
+            assert await thread.call_inline(add, 2) == [2]
+            with pytest.raises(KeyStoreError):
+                await thread.call(store.add_blocks, [block(3, link="bad link id!")])
+            assert await thread.call(add, 4) == [4]
+            assert trio.current_time() == before
+            nursery.cancel_scope.cancel()
+        assert ran_on == [loop_thread] * 3
+        assert thread.statistics().inline == 3  # the failed call counts in none
+        with pytest.raises(trio.ClosedResourceError):
+            await thread.call(add, 5)
+    with KeyStore.open(tmp_path / "k.db", master) as again:
+        assert again.max_block_id(LINK) == 4
