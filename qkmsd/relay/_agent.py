@@ -36,7 +36,14 @@ keep getting keys.
 
 Each end keeps its own ready share of the pool between ``low_bits`` and ``high_bits`` with
 up to ``in_flight`` relays at once; a relay that fails on a path is retried on the next
-route.  Block ids are microseconds since the epoch, above every id the pool holds, of the
+route.  Pools compete for the key of the links they start on: a pool's priority
+(``priority_of`` its peer, from the active key profiles) orders them.  While a pool of
+higher priority whose paths start on one of the same links is below its low watermark, a
+pool of lower priority starts no relay, in the background or for a request: when link
+key is short, the higher-priority pool gets it first.  Pools of equal priority (0.0 for
+all without profiles) do not hold each other back.
+
+Block ids are microseconds since the epoch, above every id the pool holds, of the
 relaying end's parity: an id is never reused for another key, also after a restart, and
 the two ends never make the same one.
 """
@@ -84,6 +91,8 @@ RECENT_RELAYS = 256
 POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
+HELD_S = 0.1
+"""How often a pool held back by a higher-priority one looks again."""
 JOURNAL_S = 0.2
 """How often changed relay records are written to the key store's journal."""
 
@@ -139,6 +148,8 @@ class _Pool:
     retry_at: float = float("-inf")
     retry_s: float = 1.0
     turn: int = 0
+    short: bool = False
+    """Below its low watermark at the last look (ready bits, relays under way aside)."""
 
 
 @dataclasses.dataclass
@@ -170,8 +181,12 @@ class RelayAgent:
         is_up: Callable[[str], bool] = lambda peer: True,
         make_pool: Callable[[str], Awaitable[str | None]] | None = None,
         clock: Callable[[], float] = time.time,
+        priority_of: Callable[[str], float] = lambda peer: 0.0,
     ) -> None:
+        """``priority_of(peer)``: the priority of the pool with ``peer`` when pools compete
+        for link key (higher first); read at each relay decision."""
         self.node_id = node_id
+        self._priority_of = priority_of
         self._store = store
         self._thread = store_thread
         self._request = request
@@ -257,12 +272,17 @@ class RelayAgent:
         async with trio.open_nursery() as nursery:
             while True:
                 low, high = pool.config.low_bits, pool.config.high_bits
-                level = await self._pool_bits(pool) + pool.in_flight * s.block_bits
+                ready = await self._pool_bits(pool)
+                pool.short = ready < low and high > 0
+                level = ready + pool.in_flight * s.block_bits
                 if level >= (high if filling else low) or high == 0:
                     filling = False
                     await trio.sleep(POLL_S)
                     continue
                 filling = True
+                if self._held_back(pool):
+                    await trio.sleep(HELD_S)
+                    continue
                 wait = pool.retry_at - self._clock()
                 if wait > 0:
                     await trio.sleep(wait)
@@ -319,7 +339,9 @@ class RelayAgent:
                     break
                 # What this end relays is its own to allocate; count the relays under way.
                 under_way = self._settings.in_flight - slots.value
-                if owned + under_way * self._settings.block_bits < target and slots.value:
+                if self._held_back(pool):
+                    await trio.sleep(HELD_S)
+                elif owned + under_way * self._settings.block_bits < target and slots.value:
                     await slots.acquire()
                     nursery.start_soon(one)
                 else:
@@ -327,6 +349,29 @@ class RelayAgent:
             nursery.cancel_scope.cancel()
         if len(failures) >= 3:  # raised out here: inside the nursery it would be a group
             raise failures[-1]
+
+    def _held_back(self, pool: _Pool) -> bool:
+        """Whether a pool of higher priority on one of this pool's first links is short."""
+        mine = self._priority_of(pool.config.peer)
+        rivals = [
+            p
+            for p in self._pools.values()
+            if p is not pool and p.short and self._priority_of(p.config.peer) > mine
+        ]
+        if not rivals:
+            return False
+        links = self._first_links(pool)
+        return any(links & self._first_links(p) for p in rivals)
+
+    def _first_links(self, pool: _Pool) -> set[str]:
+        """The neighbours (so the links) the pool's paths start on."""
+        return {p[1] for p in self._routes.paths(pool.config.peer) if len(p) > 1}
+
+    def priorities(self) -> dict[str, float]:
+        """Each pool's priority now, by link id."""
+        return {
+            link_id: self._priority_of(p.config.peer) for link_id, p in sorted(self._pools.items())
+        }
 
     async def _owned_bits(self, link_id: str) -> int:
         level = await self._thread.call(self._store.pool, link_id)
