@@ -150,6 +150,8 @@ class _Pool:
     turn: int = 0
     short: bool = False
     """Below its low watermark at the last look (ready bits, relays under way aside)."""
+    last_code: str = ""
+    """Why its last background relay failed ("" if it did not)."""
 
 
 @dataclasses.dataclass
@@ -294,8 +296,9 @@ class RelayAgent:
     async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
         try:
             await self.relay(pool.config.link_id)
-            pool.retry_s = 1.0
+            pool.retry_s, pool.last_code = 1.0, ""
         except Exception as exc:  # a background relay never takes the node down
+            pool.last_code = exc.code if isinstance(exc, RelayFailed) else ErrorCode.INTERNAL
             if not isinstance(exc, RelayFailed):
                 log.error("relay.background_failed", pool=pool.config.link_id, exc_info=True)
             # Relays that fail together (a link out of key, a node down) count as one
@@ -351,12 +354,19 @@ class RelayAgent:
             raise failures[-1]
 
     def _held_back(self, pool: _Pool) -> bool:
-        """Whether a pool of higher priority on one of this pool's first links is short."""
+        """Whether a pool of higher priority on one of this pool's first links is short.
+
+        A short pool pausing after failures holds others back only if it failed for want
+        of link key: one whose destination is out of reach must not starve the rest."""
         mine = self._priority_of(pool.config.peer)
+        now = self._clock()
         rivals = [
             p
             for p in self._pools.values()
-            if p is not pool and p.short and self._priority_of(p.config.peer) > mine
+            if p is not pool
+            and p.short
+            and (p.retry_at <= now or p.last_code == ErrorCode.INSUFFICIENT_KEY)
+            and self._priority_of(p.config.peer) > mine
         ]
         if not rivals:
             return False
