@@ -23,6 +23,7 @@ from .node import config, links, peers, status  # noqa: E402
 from .operate import device, devices, node, policy  # noqa: E402
 from .perf import perf  # noqa: E402
 from .pki import pki  # noqa: E402
+from .profile import profile  # noqa: E402
 from .qkde import qkde  # noqa: E402
 from .relay import relay, relays, routes  # noqa: E402
 from .sae import sae  # noqa: E402
@@ -44,6 +45,7 @@ for _command in (
     perf,
     node,
     policy,
+    profile,
     devices,
     device,
     controller,
