@@ -91,6 +91,8 @@ RECENT_RELAYS = 256
 POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
+SHORT_RETRY_S = 0.25
+"""The pause after a relay found this node's own first link short of key."""
 HELD_S = 0.1
 """How often a pool held back by a higher-priority one looks again."""
 JOURNAL_S = 0.2
@@ -129,11 +131,15 @@ class RelayStatistics(msgspec.Struct, frozen=True):
 
 
 class RelayFailed(QkmsError):
-    """A relay did not complete; ``code`` says why (a wire error code)."""
+    """A relay did not complete; ``code`` says why (a wire error code).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``here_short``: this node's own link had too little key for the hop, so nothing was
+    spent."""
+
+    def __init__(self, code: str, message: str, *, here_short: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.here_short = here_short
 
 
 @dataclasses.dataclass
@@ -301,9 +307,14 @@ class RelayAgent:
             pool.last_code = exc.code if isinstance(exc, RelayFailed) else ErrorCode.INTERNAL
             if not isinstance(exc, RelayFailed):
                 log.error("relay.background_failed", pool=pool.config.link_id, exc_info=True)
+            if isinstance(exc, RelayFailed) and exc.here_short:
+                # Our first link is short and nothing was spent: look again soon, without
+                # doubling the pause (key comes in steadily; a pool that waits long lets
+                # it pile up while pools of lower priority are held back).
+                pool.retry_at = max(pool.retry_at, self._clock() + SHORT_RETRY_S)
             # Relays that fail together (a link out of key, a node down) count as one
             # failure: the pause doubles only when a relay started after it fails too.
-            if self._clock() >= pool.retry_at:
+            elif self._clock() >= pool.retry_at:
                 pool.retry_at = self._clock() + pool.retry_s
                 pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
         finally:
@@ -592,7 +603,7 @@ class RelayAgent:
                 keep=self._settings.link_reserve_bits // 8,
             )
         except InsufficientKey as exc:
-            raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc)) from None
+            raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc), here_short=True) from None
         except KeyStoreError as exc:
             raise RelayFailed(ErrorCode.STORE_ERROR, str(exc)) from None
         self._counts.link_bits_spent += (len(key) + MAC_KEY_BYTES) * 8
