@@ -221,7 +221,9 @@ class ProfileBook:
 
     # --- what the rest of the node reads -------------------------------------------------
 
-    def layer(self, policy_for: Callable[[str, str], SupplyPolicy]) -> Callable[[str, str], Any]:
+    def layer(
+        self, policy_for: Callable[[str, str], SupplyPolicy]
+    ) -> Callable[[str, str], SupplyPolicy]:
         """``policy_for`` with the active profiles' key size and validity laid over it."""
 
         def layered(master: str, slave: str) -> SupplyPolicy:
