@@ -10,8 +10,9 @@ of *simulated* time, deterministic up to scheduling order, independent of the ma
 
 Cases, in the same run: priorities 5 and 1 (``priority_of``, as key profiles give), then
 equal priorities (no profiles).  For each, the simulated time at which each pool reached
-its target (median and range over ``--runs`` runs: the order in which trio wakes tasks
-varies from run to run).  Prints a table and writes benchmarks/results/profiles_priority.json.
+its target, median and range over ``--runs`` runs (the order in which trio wakes tasks
+varies from run to run), and the median count of relays A started that failed.  Prints
+a table and writes benchmarks/results/profiles_priority.json.
 
     PYTHONPATH=. python benchmarks/profiles_priority.py [--target BITS] [--tick S] [--runs N]
 """
@@ -91,7 +92,9 @@ async def _case(
             with trio.move_on_after(100 * tick * (2 * target // KEY_BITS)):
                 await both.wait()
             nursery.cancel_scope.cancel()
+        failed = net[A].agent.statistics().relays_failed
     return {
+        "relays_failed": failed,
         "priority_high_pool": priorities.get(C, 0.0),
         "priority_low_pool": priorities.get(D, 0.0),
         "high_pool_s": reached.get(link_id(A, C)),
@@ -125,7 +128,7 @@ def main() -> None:
         f"{args.tick:g} s (simulated); {args.runs} runs; one pool alone could be full after {ideal:g} s"
     )
     print(
-        f"{'priorities (A~C, A~D)':<24}{'A~C full at: median (min-max)':>32}{'A~D full at: median (min-max)':>32}"
+        f"{'priorities (A~C, A~D)':<24}{'A~C full at: median (min-max)':>32}{'A~D full at: median (min-max)':>32}{'failed relays':>15}"
     )
     summary = []
     for high, low in ((5.0, 1.0), (1.0, 1.0)):
@@ -149,8 +152,10 @@ def main() -> None:
             else:
                 cells.append("never")
                 entry[key] = None
+        entry["relays_failed_median"] = statistics.median(r["relays_failed"] for r in case)
         summary.append(entry)
-        print(f"{high:g}, {low:g}{'':<18}{cells[0]:>32}{cells[1]:>32}")
+        failed = f"{entry['relays_failed_median']:g}"
+        print(f"{high:g}, {low:g}{'':<18}{cells[0]:>32}{cells[1]:>32}{failed:>15}")
     write(
         "profiles_priority",
         rows,

@@ -41,7 +41,8 @@ route.  Pools compete for the key of the links they start on: a pool's priority
 higher priority whose paths start on one of the same links is below its low watermark, a
 pool of lower priority starts no relay, in the background or for a request: when link
 key is short, the higher-priority pool gets it first.  Pools of equal priority (0.0 for
-all without profiles) do not hold each other back.
+all without profiles) do not hold each other back.  A pool whose relay found this node's first link
+short (nothing spent) does not pause: it relays again as that link's key allows.
 
 Block ids are microseconds since the epoch, above every id the pool holds, of the
 relaying end's parity: an id is never reused for another key, also after a restart, and
@@ -92,7 +93,7 @@ POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
 SHORT_RETRY_S = 0.25
-"""The pause after a relay found this node's own first link short of key."""
+"""How often a pool whose relay found this node's first link short looks at its key."""
 HELD_S = 0.1
 """How often a pool held back by a higher-priority one looks again."""
 JOURNAL_S = 0.2
@@ -158,6 +159,9 @@ class _Pool:
     """Below its low watermark at the last look (ready bits, relays under way aside)."""
     last_code: str = ""
     """Why its last background relay failed ("" if it did not)."""
+    link_short: bool = False
+    """A relay found this node's first link short, and it has not had key for
+    ``in_flight`` relays since: relay only as the link's key allows."""
 
 
 @dataclasses.dataclass
@@ -291,6 +295,15 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                     continue
+                if pool.link_short:
+                    # Each relay once the link has key for it and for those under way (a
+                    # short link costs no burst of failed relays), until it has key for
+                    # ``in_flight`` relays again.
+                    if await self._first_link_ready(pool, s.in_flight):
+                        pool.link_short = False
+                    elif not await self._first_link_ready(pool, pool.in_flight + 1):
+                        await trio.sleep(SHORT_RETRY_S)
+                        continue
                 wait = pool.retry_at - self._clock()
                 if wait > 0:
                     await trio.sleep(wait)
@@ -308,10 +321,10 @@ class RelayAgent:
             if not isinstance(exc, RelayFailed):
                 log.error("relay.background_failed", pool=pool.config.link_id, exc_info=True)
             if isinstance(exc, RelayFailed) and exc.here_short:
-                # Our first link is short and nothing was spent: look again soon, without
-                # doubling the pause (key comes in steadily; a pool that waits long lets
-                # it pile up while pools of lower priority are held back).
-                pool.retry_at = max(pool.retry_at, self._clock() + SHORT_RETRY_S)
+                # Our first link is short and nothing was spent: no pause, the pool waits
+                # for key on the link instead (a pool that paused long would let key pile
+                # up while pools of lower priority are held back).
+                pool.link_short = True
             # Relays that fail together (a link out of key, a node down) count as one
             # failure: the pause doubles only when a relay started after it fails too.
             elif self._clock() >= pool.retry_at:
@@ -376,13 +389,25 @@ class RelayAgent:
             for p in self._pools.values()
             if p is not pool
             and p.short
-            and (p.retry_at <= now or p.last_code == ErrorCode.INSUFFICIENT_KEY)
+            and (p.link_short or p.retry_at <= now or p.last_code == ErrorCode.INSUFFICIENT_KEY)
             and self._priority_of(p.config.peer) > mine
         ]
         if not rivals:
             return False
         links = self._first_links(pool)
         return any(links & self._first_links(p) for p in rivals)
+
+    async def _first_link_ready(self, pool: _Pool, relays: int) -> bool:
+        """Whether one of the links the pool's paths start on has key for ``relays``
+        relays now (above its reserve)."""
+        s = self._settings
+        one = s.block_bits + 8 * (RELAY_CONFIRM_KEY_BYTES + MAC_KEY_BYTES)
+        need = relays * one + s.link_reserve_bits
+        for neighbour in self._first_links(pool):
+            link_id = self._link_to.get(neighbour)
+            if link_id is not None and await self._owned_bits(link_id) >= need:
+                return True
+        return False
 
     def _first_links(self, pool: _Pool) -> set[str]:
         """The neighbours (so the links) the pool's paths start on."""

@@ -85,3 +85,30 @@ async def test_a_high_priority_pool_out_of_reach_does_not_starve_the_others(
         net.wire.agents.pop(C)  # C is gone: hops to it fail as unreachable
         order = await _run_until_quiet(net, relays=4)
     assert order.count(link_id(A, D)) == 4
+
+
+async def test_a_pool_on_a_short_link_relays_as_key_arrives_without_bursts_of_failures(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_net(
+        tmp_path,
+        links=[(A, B), (B, C)],
+        pools=[(A, C)],
+        link_blocks=range(1),  # block 0, A's: one relay's worth
+        block_bytes=HOP_BYTES,
+        watermarks=(2 * TARGET_BITS, 2 * TARGET_BITS),
+    ) as net:
+        net.add_link_key(B, C, range(10, 20), size=4 * HOP_BYTES)
+
+        async def trickle() -> None:
+            for block_id in range(2, 16, 2):  # A's ids: one relay's worth a second
+                await trio.sleep(1.0)
+                net.add_link_key(A, B, [block_id], size=HOP_BYTES)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            order = await _run_until_quiet(net, relays=8)
+            nursery.cancel_scope.cancel()
+        failed = net[A].agent.statistics().relays_failed
+    assert len(order) == 8
+    assert failed <= 2  # the first burst found the link empty; then one relay per block
