@@ -25,6 +25,7 @@ from .node import config, links, peers, status  # noqa: E402
 from .operate import device, devices, policy  # noqa: E402
 from .perf import perf  # noqa: E402
 from .pki import pki  # noqa: E402
+from .profile import profile  # noqa: E402
 from .qkde import qkde  # noqa: E402
 from .relay import relay, relays, routes  # noqa: E402
 from .sae import sae  # noqa: E402
@@ -46,6 +47,7 @@ for _command in (
     alarm,
     perf,
     policy,
+    profile,
     devices,
     device,
     controller,

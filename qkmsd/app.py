@@ -76,6 +76,7 @@ from .netguard import GateLimits
 from .nodeops import NodeOperations
 from .peers import PeerManager
 from .perf import PerfAgent, PerfSources, Pusher
+from .profiles import ProfileAgent, ProfileBook, ProfileError
 from .relay import RelayAgent, RelayedKeys, RoutingTable
 from .state import Sources, StateAgent
 from .status import Api, NodeStatusMethods
@@ -156,6 +157,7 @@ class Node:
         self.store_thread: StoreThread | None = None
         self.state: StateAgent | None = None
         self.perf: PerfAgent | None = None
+        self.profiles: ProfileAgent | None = None
         self.metrics_port: int | None = None
         self.dashboard_port: int | None = None
         self.dashboard_tls_port: int | None = None
@@ -251,6 +253,17 @@ class Node:
             peers.on_message(KeyDiscard, keys.on_discard)
             peers.on_connectivity(keys.peer_up, keys.peer_down)
 
+            # Key profiles: what each node pair or SAE pair gets, and its priority.
+            try:
+                profiles = ProfileBook(
+                    node_id=cfg.node_id,
+                    sae_kme={sae.sae_id: sae.kme for sae in cfg.saes.values()},
+                    path=cfg.state_dir / "profiles.json",
+                    clock=time.time,
+                )
+            except ProfileError as exc:
+                raise StartupError(str(exc)) from None
+
             # Key relay: end-to-end pools with distant nodes, filled hop by hop.
             qkd_link_to = {link.peer: link_id for link_id, link in reversed(cfg.links.items())}
             e2e_link_to = {pool.peer: link_id for link_id, pool in cfg.relay_pools.items()}
@@ -312,6 +325,7 @@ class Node:
                 make_pool=make_pool,
                 burn=burn_link_key,
                 clock=clock,
+                priority_of=lambda peer: profiles.priority_of((cfg.node_id, peer)),
             )
             peers.on_request(RelayHop, relay.handle_hop)
             peers.on_connectivity(relay.peer_up, relay.peer_down)
@@ -454,17 +468,20 @@ class Node:
                 book = PolicyBook(cfg, cfg.state_dir / "policies.json")
             except SupplyError as exc:
                 raise StartupError(str(exc)) from None
+            # An active profile's key size and validity lie over the policy book's.
+            policy_for = profiles.layer(book.policy_for)
             self.supply = front = Etsi014Front(
                 node_id=cfg.node_id,
                 saes=cfg.saes,
-                policy_for=book.policy_for,
+                policy_for=policy_for,
                 sources=[local, direct, relayed_source],
                 pqc_keys=_pqc_keys(cfg),
+                served=profiles.served,
             )
             responder = ReservationResponder(
                 node_id=cfg.node_id,
                 saes=cfg.saes,
-                policy_for=book.policy_for,
+                policy_for=policy_for,
                 store=store,
                 store_thread=store_thread,
                 link_to=all_link_to,
@@ -485,6 +502,15 @@ class Node:
                 store_thread=store_thread,
                 started_at=time.time(),
             )
+
+            async def link_bits() -> dict[str, int]:
+                out: dict[str, int] = {}
+                for link in await keys.links_status():
+                    out[link.peer] = out.get(link.peer, 0) + link.bits_in
+                return out
+
+            self.profiles = profile_agent = ProfileAgent(profiles, link_bits=link_bits)
+
             # Operations: alarms from every agent's statistics, and Prometheus metrics.
             self.state = state = StateAgent(
                 settings=cfg.alarms,
@@ -557,6 +583,7 @@ class Node:
                 **status.methods(),
                 **state.admin_methods(),
                 **(perf.admin_methods() if perf is not None else {}),
+                **profile_agent.admin_methods(),
                 **NodeOperations(
                     node_id=cfg.node_id,
                     front=front,
@@ -577,6 +604,7 @@ class Node:
                 await nursery.start(direct.run)
                 await nursery.start(e2e.run)
                 await nursery.start(relay.run)
+                await nursery.start(profile_agent.run)
                 await nursery.start(state.run)
                 if perf is not None:
                     await nursery.start(perf.run)
@@ -597,7 +625,9 @@ class Node:
                         f"{cfg.api_listen.host}:{self.api_port}", front, direct, self.api_handshakes
                     )
                 if cfg.metrics_listen is not None:
-                    self.metrics_port = await self._start_metrics(nursery, status, state)
+                    self.metrics_port = await self._start_metrics(
+                        nursery, status, state, profile_agent
+                    )
                 if cfg.dashboard_listen is not None or cfg.dashboard_tls_listen is not None:
                     board = Dashboard(
                         DashboardSources(
@@ -669,12 +699,16 @@ class Node:
         return port
 
     async def _start_metrics(
-        self, nursery: trio.Nursery, status: NodeStatusMethods, state: StateAgent
+        self,
+        nursery: trio.Nursery,
+        status: NodeStatusMethods,
+        state: StateAgent,
+        profiles: ProfileAgent,
     ) -> int:
         listen = self.config.metrics_listen
         assert listen is not None
         handler = metrics_handler(
-            MetricsSources(status.node_status, state.statistics, state.alarms)
+            MetricsSources(status.node_status, state.statistics, state.alarms, profiles.statuses)
         )
         try:
             port: int = await nursery.start(

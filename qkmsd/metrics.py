@@ -24,6 +24,7 @@ from prometheus_client.core import (
 
 from .http import Limits, Request, Response
 from .log import get_logger
+from .profiles import ProfileStatus
 from .state import AlarmView, StateStatistics
 from .status import NodeStatus
 
@@ -40,6 +41,7 @@ class Snapshot:
     status: NodeStatus
     alarms: StateStatistics | None = None
     active: tuple[AlarmView, ...] = ()
+    profiles: tuple[ProfileStatus, ...] = ()
 
 
 @dataclasses.dataclass
@@ -49,12 +51,14 @@ class MetricsSources:
     node_status: Callable[[], Awaitable[NodeStatus]]
     alarm_statistics: Callable[[], StateStatistics] | None = None
     alarms: Callable[[], list[AlarmView]] | None = None
+    profiles: Callable[[], list[ProfileStatus]] | None = None
 
     async def snapshot(self) -> Snapshot:
         return Snapshot(
             status=await self.node_status(),
             alarms=self.alarm_statistics() if self.alarm_statistics else None,
             active=tuple(self.alarms()) if self.alarms else (),
+            profiles=tuple(self.profiles()) if self.profiles else (),
         )
 
 
@@ -76,6 +80,7 @@ class NodeCollector:
         yield from self._store_and_relay(s)
         yield from self._api(s)
         yield from self._alarms()
+        yield from self._profiles()
 
     def _peers(self, s: NodeStatus) -> Iterable[Metric]:
         up = GaugeMetricFamily(
@@ -221,6 +226,43 @@ class NodeCollector:
             _counter("qkms_alarms_cleared", "Alarms cleared.", stats.cleared),
             _counter("qkms_faults", "Faults (one-off events).", stats.faults),
         ]
+
+    def _profiles(self) -> Iterable[Metric]:
+        if not self._s.profiles:
+            return []
+        label = ["profile"]
+        gauges = {
+            "active": "1 if the key profile is active.",
+            "priority": "The key profile's priority (higher first when key is short).",
+            "period_served_keys": "Keys served to the profile's pairs in the current period.",
+            "period_served_bits": "Key bits served to the profile's pairs in the current period.",
+            "period_generated_bits": "Key bits into the profile's pools in the current period.",
+            "period_target_bits": "Key bits the profile's target asks for so far this period.",
+            "shortfall_bits": "Target bits minus bits served in the current period (>= 0).",
+        }
+        families = {
+            name: GaugeMetricFamily(f"qkms_profile_{name}", doc, labels=label)
+            for name, doc in gauges.items()
+        }
+        total = CounterMetricFamily(
+            "qkms_profile_served_keys",
+            "Keys served to the profile's pairs while active, since the node started.",
+            labels=label,
+        )
+        for p in self._s.profiles:
+            values = {
+                "active": 1 if p.active else 0,
+                "priority": p.profile.priority,
+                "period_served_keys": p.keys_served,
+                "period_served_bits": p.bits_served,
+                "period_generated_bits": p.bits_generated,
+                "period_target_bits": p.target_bits,
+                "shortfall_bits": p.shortfall_bits,
+            }
+            for name, family in families.items():
+                family.add_metric([p.profile.name], values[name])
+            total.add_metric([p.profile.name], p.keys_served_total)
+        return [*families.values(), total]
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -38,7 +38,15 @@ keep getting keys.
 
 Each end keeps its own ready share of the pool between ``low_bits`` and ``high_bits`` with
 up to ``in_flight`` relays at once; a relay that fails on a path is retried on the next
-route.  Block ids are microseconds since the epoch, above every id the pool holds, of the
+route.  Pools compete for the key of the links they start on: a pool's priority
+(``priority_of`` its peer, from the active key profiles) orders them.  While a pool of
+higher priority whose paths start on one of the same links is below its low watermark, a
+pool of lower priority starts no relay, in the background or for a request: when link
+key is short, the higher-priority pool gets it first.  Pools of equal priority (0.0 for
+all without profiles) do not hold each other back.  A pool whose relay found this node's first link
+short (nothing spent) does not pause: it relays again as that link's key allows.
+
+Block ids are microseconds since the epoch, above every id the pool holds, of the
 relaying end's parity: an id is never reused for another key, also after a restart, and
 the two ends never make the same one.
 """
@@ -87,6 +95,10 @@ RECENT_RELAYS = 256
 POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
+SHORT_RETRY_S = 0.25
+"""How often a pool whose relay found this node's first link short looks at its key."""
+HELD_S = 0.1
+"""How often a pool held back by a higher-priority one looks again."""
 JOURNAL_S = 0.2
 """How often changed relay records are written to the key store's journal."""
 
@@ -123,11 +135,15 @@ class RelayStatistics(msgspec.Struct, frozen=True):
 
 
 class RelayFailed(QkmsError):
-    """A relay did not complete; ``code`` says why (a wire error code)."""
+    """A relay did not complete; ``code`` says why (a wire error code).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``here_short``: this node's own link had too little key for the hop, so nothing was
+    spent."""
+
+    def __init__(self, code: str, message: str, *, here_short: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.here_short = here_short
 
 
 @dataclasses.dataclass
@@ -142,6 +158,13 @@ class _Pool:
     retry_at: float = float("-inf")
     retry_s: float = 1.0
     turn: int = 0
+    short: bool = False
+    """Below its low watermark at the last look (ready bits, relays under way aside)."""
+    last_code: str = ""
+    """Why its last background relay failed ("" if it did not)."""
+    link_short: bool = False
+    """A relay found this node's first link short, and it has not had key for
+    ``in_flight`` relays since: relay only as the link's key allows."""
 
 
 @dataclasses.dataclass
@@ -174,11 +197,15 @@ class RelayAgent:
         make_pool: Callable[[str], Awaitable[str | None]] | None = None,
         burn: BurnFn | None = None,
         clock: Callable[[], float] = time.time,
+        priority_of: Callable[[str], float] = lambda peer: 0.0,
     ) -> None:
         """``burn(neighbour, segments)`` has the neighbour consume link key this node spent
-        on a hop it may never have received (see ``_forward``)."""
+        on a hop it may never have received (see ``_forward``).  ``priority_of(peer)``: the
+        priority of the pool with ``peer`` when pools compete for link key (higher first);
+        read at each relay decision."""
         self.node_id = node_id
         self._burn = burn
+        self._priority_of = priority_of
         self._store = store
         self._thread = store_thread
         self._request = request
@@ -284,12 +311,26 @@ class RelayAgent:
         async with trio.open_nursery() as nursery:
             while True:
                 low, high = pool.config.low_bits, pool.config.high_bits
-                level = await self._pool_bits(pool) + pool.in_flight * s.block_bits
+                ready = await self._pool_bits(pool)
+                pool.short = ready < low and high > 0
+                level = ready + pool.in_flight * s.block_bits
                 if level >= (high if filling else low) or high == 0:
                     filling = False
                     await trio.sleep(POLL_S)
                     continue
                 filling = True
+                if self._held_back(pool):
+                    await trio.sleep(HELD_S)
+                    continue
+                if pool.link_short:
+                    # Each relay once the link has key for it and for those under way (a
+                    # short link costs no burst of failed relays), until it has key for
+                    # ``in_flight`` relays again.
+                    if await self._first_link_ready(pool, s.in_flight):
+                        pool.link_short = False
+                    elif not await self._first_link_ready(pool, pool.in_flight + 1):
+                        await trio.sleep(SHORT_RETRY_S)
+                        continue
                 wait = pool.retry_at - self._clock()
                 if wait > 0:
                     await trio.sleep(wait)
@@ -301,13 +342,19 @@ class RelayAgent:
     async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
         try:
             await self.relay(pool.config.link_id)
-            pool.retry_s = 1.0
+            pool.retry_s, pool.last_code = 1.0, ""
         except Exception as exc:  # a background relay never takes the node down
+            pool.last_code = exc.code if isinstance(exc, RelayFailed) else ErrorCode.INTERNAL
             if not isinstance(exc, RelayFailed):
                 log.error("relay.background_failed", pool=pool.config.link_id, exc_info=True)
+            if isinstance(exc, RelayFailed) and exc.here_short:
+                # Our first link is short and nothing was spent: no pause, the pool waits
+                # for key on the link instead (a pool that paused long would let key pile
+                # up while pools of lower priority are held back).
+                pool.link_short = True
             # Relays that fail together (a link out of key, a node down) count as one
             # failure: the pause doubles only when a relay started after it fails too.
-            if self._clock() >= pool.retry_at:
+            elif self._clock() >= pool.retry_at:
                 pool.retry_at = self._clock() + pool.retry_s
                 pool.retry_s = min(2 * pool.retry_s, RETRY_MAX_S)
         finally:
@@ -346,7 +393,9 @@ class RelayAgent:
                     break
                 # What this end relays is its own to allocate; count the relays under way.
                 under_way = self._settings.in_flight - slots.value
-                if owned + under_way * self._settings.block_bits < target and slots.value:
+                if self._held_back(pool):
+                    await trio.sleep(HELD_S)
+                elif owned + under_way * self._settings.block_bits < target and slots.value:
                     await slots.acquire()
                     nursery.start_soon(one)
                 else:
@@ -354,6 +403,48 @@ class RelayAgent:
             nursery.cancel_scope.cancel()
         if len(failures) >= 3:  # raised out here: inside the nursery it would be a group
             raise failures[-1]
+
+    def _held_back(self, pool: _Pool) -> bool:
+        """Whether a pool of higher priority on one of this pool's first links is short.
+
+        A short pool pausing after failures holds others back only if it failed for want
+        of link key: one whose destination is out of reach must not starve the rest."""
+        mine = self._priority_of(pool.config.peer)
+        now = self._clock()
+        rivals = [
+            p
+            for p in self._pools.values()
+            if p is not pool
+            and p.short
+            and (p.link_short or p.retry_at <= now or p.last_code == ErrorCode.INSUFFICIENT_KEY)
+            and self._priority_of(p.config.peer) > mine
+        ]
+        if not rivals:
+            return False
+        links = self._first_links(pool)
+        return any(links & self._first_links(p) for p in rivals)
+
+    async def _first_link_ready(self, pool: _Pool, relays: int) -> bool:
+        """Whether one of the links the pool's paths start on has key for ``relays``
+        relays now (above its reserve)."""
+        s = self._settings
+        one = s.block_bits + 8 * (RELAY_CONFIRM_KEY_BYTES + MAC_KEY_BYTES)
+        need = relays * one + s.link_reserve_bits
+        for neighbour in self._first_links(pool):
+            link_id = self._link_to.get(neighbour)
+            if link_id is not None and await self._owned_bits(link_id) >= need:
+                return True
+        return False
+
+    def _first_links(self, pool: _Pool) -> set[str]:
+        """The neighbours (so the links) the pool's paths start on."""
+        return {p[1] for p in self._routes.paths(pool.config.peer) if len(p) > 1}
+
+    def priorities(self) -> dict[str, float]:
+        """Each pool's priority now, by link id."""
+        return {
+            link_id: self._priority_of(p.config.peer) for link_id, p in sorted(self._pools.items())
+        }
 
     async def _owned_bits(self, link_id: str) -> int:
         level = await self._thread.call(self._store.pool, link_id)
@@ -574,7 +665,7 @@ class RelayAgent:
                     keep=self._settings.link_reserve_bits // 8,
                 )
         except InsufficientKey as exc:
-            raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc)) from None
+            raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc), here_short=True) from None
         except KeyStoreError as exc:
             raise RelayFailed(ErrorCode.STORE_ERROR, str(exc)) from None
         self._counts.link_bits_spent += (len(key) + MAC_KEY_BYTES) * 8

@@ -307,7 +307,7 @@ class DirectLinkSource:
 
     def _take_stock(self, order: KeyOrder) -> list[CutKey] | None:
         stock = self._stock(order.master, order.slave, order.policy)
-        keys = stock.take(order.number, now=self._clock())
+        keys = stock.take(order.number, now=self._clock(), size_bits=order.size_bits)
         if keys is not None:
             self.stock_keys_out += order.number
         return keys

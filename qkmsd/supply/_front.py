@@ -101,12 +101,16 @@ class Etsi014Front:
         policy_for: Callable[[str, str], SupplyPolicy],
         sources: Sequence[KeySource],
         pqc_keys: dict[str, HybridPublicKey],
+        served: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
+        """``served(master, slave, keys, bits)`` is told of each ``enc_keys`` answered
+        with keys (the key profiles count them)."""
         self.node_id = node_id
         self._saes = saes
         self._policy_for = policy_for
         self._sources = list(sources)
         self._pqc_keys = pqc_keys
+        self._served = served
         self._limits = RateLimiter(clock=trio.current_time)
         self._sae_limits = SaeRateLimiter(clock=trio.current_time)
         self._counts = _Counts()
@@ -266,6 +270,8 @@ class Etsi014Front:
         delivered = derive_keys(policy, [(k.key_id, k.key) for k in keys])
         response = self._container(master, delivered)
         self._delivered(master, delivered)
+        if self._served is not None:
+            self._served(master, slave, len(delivered), 8 * sum(len(k) for _, k in delivered))
         return response
 
     async def _dec_keys(self, slave: str, master: str, ids: etsi014.KeyIDs) -> Response:

@@ -45,9 +45,17 @@ class PairStock:
     def add(self, keys: Sequence[CutKey], *, expires_at: float, validity_s: float) -> None:
         self._keys.extend(_Stocked(k, expires_at, validity_s) for k in keys)
 
-    def take(self, number: int, *, now: float) -> list[CutKey] | None:
-        """``number`` keys, oldest first, or None (nothing taken) if there are fewer."""
+    def take(self, number: int, *, now: float, size_bits: int | None = None) -> list[CutKey] | None:
+        """``number`` keys, oldest first, or None (nothing taken) if there are fewer.
+
+        With ``size_bits``, keys of another size (cut before the pair's key size changed,
+        by a policy or a key profile) are dropped first: their bits are lost, never
+        handed out at the wrong size."""
         self._drop_stale(now)
+        if size_bits is not None and any(len(s.key.key) * 8 != size_bits for s in self._keys):
+            kept = [s for s in self._keys if len(s.key.key) * 8 == size_bits]
+            self.dropped += len(self._keys) - len(kept)
+            self._keys = collections.deque(kept)
         if len(self._keys) < number:
             return None
         return [self._keys.popleft().key for _ in range(number)]

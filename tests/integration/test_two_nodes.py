@@ -239,7 +239,9 @@ async def test_admin_socket_survives_hostile_clients(node_config: ConfigFactory)
                 "message": "unknown method 'nope' (known: alarm_ack, alarm_clear, alarms,"
                 " check, controller, device_restart, device_start, device_stop, devices, links,"
                 " node, node_drain, node_undrain, peers, perf, policy, policy_reload, policy_set,"
-                " policy_unset, register, relay_test, relays, routes, status, topology)",
+                " policy_unset, profile, profile_activate, profile_add, profile_deactivate,"
+                " profile_remove, profile_set, profiles, register, relay_test, relays, routes,"
+                " status, topology)",
             }
             assert frames[1]["type"] == "response" and frames[1]["id"] == 2
             assert (await admin_async(info, "status"))["node_id"] == "KME_A"

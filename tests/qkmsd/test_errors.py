@@ -42,6 +42,7 @@ from qkmsd.keystore import (
 )
 from qkmsd.main import main
 from qkmsd.perf import PerfHistoryError, PushError
+from qkmsd.profiles import ProfileError
 from qkmsd.relay import RelayFailed
 from qkmsd.sharing import SharingError
 from qkmsd.state import AlarmHistoryError
@@ -66,6 +67,7 @@ MAPPING: dict[type[QkmsError], tuple[ErrorCode, int | None, int]] = {
     AlarmHistoryError: (INTERNAL, None, EXIT_FAILURE),
     PerfHistoryError: (INTERNAL, None, EXIT_FAILURE),
     PushError: (INTERNAL, None, EXIT_FAILURE),
+    ProfileError: (ErrorCode.BAD_MESSAGE, None, EXIT_FAILURE),
     HttpClientError: (INTERNAL, None, EXIT_FAILURE),
     ConfigError: (INTERNAL, None, EXIT_CONFIG),
     TlsError: (INTERNAL, None, EXIT_FAILURE),

@@ -11,6 +11,7 @@ from qkmsd.http import TlsStatistics, serve_connection
 from qkmsd.keymanager import LinkStatus
 from qkmsd.metrics import MetricsSources, Snapshot, metrics_handler, render
 from qkmsd.peers import PeerState
+from qkmsd.profiles import ProfileBook
 from qkmsd.relay import RelayStatistics
 from qkmsd.state import AlarmView, StateStatistics
 from qkmsd.status import ApiStatus, NodeStatus, SupplyStatistics
@@ -181,3 +182,20 @@ async def test_the_handler_serves_metrics_and_refuses_other_paths() -> None:
     assert b'qkms_link_ready_bits{link="KME_A~KME_B",peer="KME_B"} 81920.0' in ok
     assert (await _get(handler, "/")).startswith(b"HTTP/1.1 404")
     assert (await _get(handler, "/metrics", "POST")).startswith(b"HTTP/1.1 405")
+
+
+def test_each_key_profile_s_service_state_is_exported_under_its_name() -> None:
+    book = ProfileBook(node_id="KME_A", sae_kme={}, path=None, clock=lambda: 100.0)
+    book.add({"name": "gold", "node_pairs": ["KME_A~KME_B"], "priority": 5, "active": True})
+    book.add({"name": "bulk", "node_pairs": ["KME_A~KME_C"], "share": 0.5})
+    book.sample({"KME_B": 0})
+    book.sample({"KME_B": 4096})
+    found = samples(render(Snapshot(STATUS, profiles=tuple(book.statuses()))).decode())
+    assert value(found, "qkms_profile_active", profile="gold") == 1
+    assert value(found, "qkms_profile_active", profile="bulk") == 0
+    assert value(found, "qkms_profile_priority", profile="gold") == 5
+    assert value(found, "qkms_profile_period_generated_bits", profile="gold") == 4096
+    assert value(found, "qkms_profile_served_keys_total", profile="gold") == 0
+    assert {k for name, labels in found if name.startswith("qkms_profile") for k, _ in labels} == {
+        "profile"
+    }

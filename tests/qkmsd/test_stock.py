@@ -74,3 +74,11 @@ def test_no_refill_while_one_runs_or_soon_after_one_failed() -> None:
 def test_stock_repr_and_keys_never_show_key_bytes() -> None:
     stock, added = stocked(8, 1)
     assert added[0].key.hex() not in repr(stock._keys) + repr(added)
+
+
+def test_keys_cut_at_an_older_key_size_are_dropped_not_served_at_the_wrong_size() -> None:
+    stock, old = stocked(8, 3)  # 256-bit keys; the pair's key size then becomes 512
+    bigger = [CutKey(str(uuid.uuid4()), (Segment(2, 64 * i, 64),), bytes(64)) for i in range(2)]
+    stock.add(bigger, expires_at=VALIDITY, validity_s=VALIDITY)
+    assert stock.take(1, now=1.0, size_bits=512) == bigger[:1]
+    assert stock.dropped == 3 and len(stock) == 1

@@ -201,12 +201,17 @@ async def open_net(
     link_blocks: Sequence[int] = range(8),
     block_bytes: int = BLOCK_BYTES,
     paths: tuple[int, int] = (1, 1),
+    watermarks: tuple[int, int] | None = None,
+    priority_of: Callable[[str, str], float] | None = None,
 ) -> AsyncIterator[Net]:
     """Nodes on ``links`` (each given ``link_blocks``), with end-to-end ``pools``.
 
     ``manual[node][destination]`` is ``node``'s manual route: the intermediate nodes.
-    ``paths`` is every pool's (``paths``, ``paths_required``).
+    ``paths`` is every pool's (``paths``, ``paths_required``); ``watermarks`` every pool's
+    (``low_bits``, ``high_bits``); ``priority_of(node, peer)`` each pool's priority.
     """
+    defaults = RelayPoolConfig("", "", None)
+    low, high = watermarks or (defaults.low_bits, defaults.high_bits)
     manual = manual or {}
     names = sorted({n for link in links for n in link} | {n for pool in pools for n in pool})
     wire = Wire()
@@ -225,6 +230,8 @@ async def open_net(
                     tuple(routes_here[peer]) if peer in routes_here else None,
                     paths=paths[0],
                     paths_required=paths[1],
+                    low_bits=low,
+                    high_bits=high,
                 )
                 for lid, peer in peers.items()
                 if peer != name and name in lid.split("~")
@@ -249,6 +256,11 @@ async def open_net(
                 ),
                 settings=settings,
                 burn=wire.burn_from(name),
+                priority_of=(
+                    (lambda peer, name=name: priority_of(name, peer))  # type: ignore[misc]
+                    if priority_of is not None
+                    else lambda peer: 0.0
+                ),
             )
             delivered: dict[str, list[KeyBlock]] = {lid: [] for lid in drivers}
             for lid, driver in drivers.items():
