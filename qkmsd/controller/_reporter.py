@@ -49,7 +49,7 @@ from protocol import (
     ErrorCode,
 )
 
-from ..errors import PeerUnavailable
+from ..errors import PeerUnavailable, QkmsError
 from ..log import get_logger
 from ._service import NoController, RegistrationRefused
 
@@ -154,6 +154,8 @@ class Reporter:
                 await self._ask_routes(self.following)
             except PeerUnavailable:
                 self.following = None
+            except QkmsError as exc:  # the store cannot be read: its own alarm says why
+                log.warning("controller.report_skipped", error=str(exc)[:200])
 
     def wake(self) -> None:
         self._wake.set()

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import trio
 
+from ..errors import QkmsError
 from ..log import get_logger
 from ._book import NAME_PATTERN, ProfileBook, ProfileError, ProfileStatus
 
@@ -57,12 +58,21 @@ class ProfileAgent:
         self._link_bits = link_bits
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Sample the pools every ``SAMPLE_S`` until cancelled."""
-        self.book.sample(await self._link_bits())
+        """Sample the pools every ``SAMPLE_S`` until cancelled.  A store that cannot be read
+        (its own alarm says why) skips a sample; it never stops the node."""
+        await self._sample()
         task_status.started()
         while True:
             await trio.sleep(SAMPLE_S)
-            self.book.sample(await self._link_bits())
+            await self._sample()
+
+    async def _sample(self) -> None:
+        try:
+            bits = await self._link_bits()
+        except QkmsError as exc:  # the levels come from the key store
+            log.debug("profiles.sample_skipped", error=type(exc).__name__)
+            return
+        self.book.sample(bits)
 
     def statuses(self) -> list[ProfileStatus]:
         return self.book.statuses()
