@@ -47,6 +47,7 @@ from .controller import (
     Registry,
     Reporter,
     ReportSources,
+    allocate_budgets,
     refusals,
 )
 from .dashboard import (
@@ -418,6 +419,7 @@ class Node:
                     connected=connected,
                     registry=Registry(cfg.state_dir / "registry.json"),
                     report_s=cfg.controller.report_s,
+                    allocate=partial(allocate_budgets, policy=cfg.controller.sharing),
                 )
                 peers.on_request(CtlReport, service.handle_report)
                 peers.on_request(CtlRouteAsk, service.handle_route_ask)

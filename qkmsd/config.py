@@ -123,6 +123,9 @@ class ControllerSection(_Section, frozen=True):
     a node silent for three periods is lost to routing."""
     location: Annotated[str, msgspec.Meta(max_length=128)] = ""
     """Where the node stands (a site name), as the controller shows it."""
+    sharing: Literal["max-min", "proportional", "throughput"] = "max-min"
+    """How the controller shares each link's key rate among the node pairs whose routes
+    cross it (``qkmsd.sharing``): the per-pair relay budgets it pushes."""
     lease_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0
     """How long a majority's answers keep the controller in office."""
     drift_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1

@@ -6,11 +6,12 @@ from ._agent import ControllerAgent, ControllerStatus
 from ._etsi015 import etsi015_view, qkms_uuid
 from ._registry import Registry
 from ._reporter import Reporter, ReporterStatus, ReportSources
-from ._routing import ALTERNATES, compute_routes, link_cost
+from ._routing import ALTERNATES, allocate_budgets, compute_routes, link_cost
 from ._service import ControllerService, NoController, RegistrationRefused, refusals
 from ._topology import BadReport, LinkView, Topology
 
 __all__ = [
+    "allocate_budgets",
     "ALTERNATES",
     "BadReport",
     "ControllerAdmin",

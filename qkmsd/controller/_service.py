@@ -58,7 +58,7 @@ log = get_logger("qkms.controller")
 
 SendFn = Callable[[str, Any], Awaitable[bool]]
 RequestFn = Callable[[str, Any], Awaitable[Any]]
-Allocate = Callable[[Topology, list[CtlRoute]], dict[str, list[CtlBudget]]]
+Allocate = Callable[[Topology, list[CtlRoute], float], dict[str, list[CtlBudget]]]
 
 
 class NoController(QkmsError):
@@ -253,7 +253,7 @@ class ControllerService:
                 self._pushed[node] = routes
                 self.route_pushes += 1
         if self.allocate is not None:
-            await self._push_budgets(self.allocate(self.topology, self._routes))
+            await self._push_budgets(self.allocate(self.topology, self._routes, self._clock()))
 
     async def _push_budgets(self, budgets: dict[str, list[CtlBudget]]) -> None:
         for node, mine in budgets.items():

@@ -14,6 +14,7 @@ from qkmsd.controller import (
     BadReport,
     Registry,
     Topology,
+    allocate_budgets,
     compute_routes,
     etsi015_view,
     link_cost,
@@ -74,10 +75,9 @@ def test_routes_go_both_ways_round_a_ring_with_their_cost() -> None:
     topo = ring()
     routes = compute_routes(topo.graph(link_cost, 0.0), topo.demand_pairs(0.0))
     assert [(r.source, r.destination) for r in routes] == [("A", "C")]
-    assert sorted((p.nodes, p.cost) for p in routes[0].paths) == [
-        (["A", "B", "C"], 2.0),
-        (["A", "D", "C"], 2.0),
-    ]
+    (one, other) = sorted((p.nodes, p.cost) for p in routes[0].paths)
+    assert (one[0], other[0]) == (["A", "B", "C"], ["A", "D", "C"])
+    assert one[1] == other[1] >= 2.0  # two hops each, both sides alike
     cut = ring(AB=True)
     (route,) = compute_routes(cut.graph(link_cost, 0.0), cut.demand_pairs(0.0))
     assert [p.nodes for p in route.paths] == [["A", "D", "C"]]
@@ -182,3 +182,47 @@ def test_the_etsi015_view_names_nodes_links_and_applications_as_015_does() -> No
     assert window["consumed_bits"] == 2048 and window["end_time"].endswith("Z")
     assert virt["qkdl_performance"]["expected_consumption"] == 2048  # 4096 bits over 2 s
     assert uuid.UUID(a["qkdn_id"]).version == 5
+
+
+def plenty(a: str, b: str, node: str, bits: int = 1 << 22, rate: float = 65536.0) -> CtlLink:
+    return qkd(a, b, node, ready_here=bits, ready_there=bits, rate_bps=rate)
+
+
+def test_a_link_short_of_key_costs_more_and_routes_go_round_it() -> None:
+    topo = Topology(lost_after=3.0)
+    for node in "ABCD":
+        links = []
+        for a, b in RING:
+            if node in (a, b):
+                short = (a, b) == ("A", "B")
+                links.append(
+                    plenty(a, b, node, bits=0 if short else 1 << 22, rate=0.0 if short else 65536.0)
+                )
+        if node == "A":
+            links.append(CtlLink("A~C", "C", True, virtual=True, hops=["A", "B", "C"]))
+        topo.apply_report(node, report(node, links), 0.0)
+    costs = {view.link_id: link_cost(view) for view in topo.links(0.0)}
+    assert costs["A~B"] > 2 * costs["B~C"] and 1.0 <= costs["B~C"] < 1.5
+    (route,) = compute_routes(topo.graph(link_cost, 0.0), topo.demand_pairs(0.0))
+    assert route.paths[0].nodes == ["A", "D", "C"]  # round the starved link
+
+
+def test_budgets_share_a_link_max_min_among_the_pairs_whose_routes_cross_it() -> None:
+    """A line A-B-C (every link at 8 kbit/s): A->C and B->C share B~C, A->B has A~B to
+    itself: max-min gives A->C and B->C half of B~C each, and A->B the rest of A~B."""
+    topo = Topology(lost_after=3.0)
+    line = [("A", "B"), ("B", "C")]
+    for node in "ABC":
+        links = [plenty(a, b, node, rate=8192.0) for a, b in line if node in (a, b)]
+        topo.apply_report(node, report(node, links), 0.0)
+    graph = topo.graph(link_cost, 0.0)
+    routes = compute_routes(graph, [("A", "C"), ("B", "C"), ("A", "B")])
+    budgets = allocate_budgets(topo, routes, 0.0)
+    rate = {(src, b.destination): b.bits_per_s for src, bs in budgets.items() for b in bs}
+    overhead = 1 + 512 / 8192
+    assert rate[("A", "C")] == pytest.approx(8192 / 2 / overhead, rel=1e-3)
+    assert rate[("B", "C")] == pytest.approx(rate[("A", "C")], rel=1e-3)
+    assert rate[("A", "B")] == pytest.approx(8192 / 2 / overhead, rel=1e-3)
+    throughput = allocate_budgets(topo, routes, 0.0, policy="throughput")
+    total = sum(b.bits_per_s for bs in throughput.values() for b in bs)
+    assert total >= sum(rate.values()) - 1e-6
