@@ -398,6 +398,7 @@ class Node:
                 ),
                 request=ctl_request,
                 install=routes.set_controller,
+                spend=relay.set_budgets,
                 has_route=routes.has_route,
                 wanted=lambda: sorted(e2e_link_to),
                 software=VERSION,

@@ -17,8 +17,9 @@ paths of the settings with this node as source go to the relay's routing table (
 ``install``, after manual routes and before the node's own computation).  When the
 controller goes, the node keeps them until another pushes new ones.  For a destination
 it relays to (``wanted``) with no manual or controller route, the node asks
-(``ctl.route-ask``).  Budgets (``ctl.budgets``) are kept and shown; nothing spends them
-yet.
+(``ctl.route-ask``).  Budgets (``ctl.budgets``) are kept, shown, and handed to the relay
+agent (``spend``), which paces its background relays by them (a token bucket per pool);
+relays an SAE waits for are not paced.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class Reporter:
         sources: ReportSources,
         request: RequestFn,
         install: Callable[[dict[str, list[list[str]]]], None],
+        spend: Callable[[dict[str, float]], None] = lambda budgets: None,
         has_route: Callable[[str], bool],
         wanted: Callable[[], list[str]],
         software: str,
@@ -118,6 +120,7 @@ class Reporter:
         self._sources = sources
         self._request = request
         self._install = install
+        self._spend = spend
         self._has_route = has_route
         self._wanted = wanted
         self._software = software
@@ -281,6 +284,7 @@ class Reporter:
         if peer != self.following or message.term < self.term:
             return
         self.budgets = list(message.budgets)
+        self._spend({b.destination: b.bits_per_s for b in self.budgets})
 
     def _take(self, settings: list[CtlRoute]) -> None:
         self._settings = settings

@@ -96,6 +96,9 @@ POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
 SHORT_RETRY_S = 0.25
+BUDGET_BURST_S = 2.0
+"""A pool under a budget may relay this many seconds' worth of it at once (at least one
+relay's key)."""
 """How often a pool whose relay found this node's first link short looks at its key."""
 HELD_S = 0.1
 """How often a pool held back by a higher-priority one looks again."""
@@ -165,6 +168,11 @@ class _Pool:
     link_short: bool = False
     """A relay found this node's first link short, and it has not had key for
     ``in_flight`` relays since: relay only as the link's key allows."""
+    budget_bps: float | None = None
+    """The controller's budget for this pool's background relays (bits/s of relayed key);
+    None: no budget, relay as the watermarks ask."""
+    tokens: float = 0.0
+    tokens_at: float = 0.0
 
 
 @dataclasses.dataclass
@@ -335,9 +343,39 @@ class RelayAgent:
                 if wait > 0:
                     await trio.sleep(wait)
                     continue
+                wait = self._budget_wait(pool, s.block_bits)
+                if wait > 0:
+                    await trio.sleep(wait)
+                    continue
                 await slots.acquire()
                 pool.in_flight += 1
                 nursery.start_soon(self._background_relay, pool, slots)
+
+    def _budget_wait(self, pool: _Pool, bits: int) -> float:
+        """Seconds until the pool's budget allows a relay of ``bits`` (0: now, and the bits
+        are taken).  A token bucket at the budget's rate, ``BUDGET_BURST_S`` deep."""
+        budget = pool.budget_bps
+        if budget is None:
+            return 0.0
+        now = trio.current_time()  # a rate: trio's monotonic clock (virtual in a simulation)
+        depth = max(float(bits), budget * BUDGET_BURST_S)
+        pool.tokens = min(depth, pool.tokens + max(0.0, now - pool.tokens_at) * budget)
+        pool.tokens_at = now
+        if pool.tokens >= bits:
+            pool.tokens -= bits
+            return 0.0
+        return POLL_S if budget <= 0 else min(POLL_S, (bits - pool.tokens) / budget)
+
+    def set_budgets(self, budgets: Mapping[str, float]) -> None:
+        """The controller's per-destination budgets for background relays (bits/s); pools
+        whose destination is not named keep relaying as their watermarks ask.  Relays an
+        SAE waits for (``top_up``) are not budgeted."""
+        for pool in self._pools.values():
+            budget = budgets.get(pool.config.peer)
+            if budget != pool.budget_bps:
+                log.info("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
+                pool.budget_bps = budget
+                pool.tokens, pool.tokens_at = 0.0, trio.current_time()
 
     async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
         try:

@@ -112,3 +112,40 @@ async def test_a_pool_on_a_short_link_relays_as_key_arrives_without_bursts_of_fa
         failed = net[A].agent.statistics().relays_failed
     assert len(order) == 8
     assert failed <= 2  # the first burst found the link empty; then one relay per block
+
+
+async def _relays_in(net: Net, seconds: float) -> int:
+    """Relays A's background loop makes into its pools in ``seconds`` (virtual)."""
+    order: list[str] = []
+    never = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_store_as_ready, net, order, 10**9, never)
+        await nursery.start(net[A].agent.run)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return len(order)
+
+
+async def test_a_budget_from_the_controller_paces_a_pool_s_background_relays(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Plenty of link key, a pool that wants 64 relayed keys: unbudgeted it relays as fast
+    # as relays go; at 256 bits/s (one 256-bit key a second) it relays a key a second, after
+    # a burst of two seconds' worth.
+    counts = {}
+    for budget in (None, 256.0):
+        root = tmp_path / str(budget)
+        root.mkdir()
+        async with open_net(
+            root,
+            links=[(A, B), (B, C)],
+            pools=[(A, C)],
+            link_blocks=range(4),
+            block_bytes=64 * HOP_BYTES,
+            watermarks=(64 * 256, 64 * 256),
+        ) as net:
+            if budget is not None:
+                net[A].agent.set_budgets({C: budget})
+            counts[budget] = await _relays_in(net, 10.0)
+    assert counts[None] >= 30
+    assert 8 <= counts[256.0] <= 2 + 10 + 1
