@@ -77,7 +77,11 @@ def allocate_budgets(
     shared = sharing.allocate(rates, pairs, policy=policy, overhead=overhead)
     budgets: dict[str, list[CtlBudget]] = {}
     for (source, destination), rate in sorted(shared.rates.items()):
-        budgets.setdefault(source, []).append(CtlBudget(destination, round(float(rate), 3)))
+        # A share of nothing (a link whose rate is not measured yet, or one that makes no
+        # key) is no budget: a pool paced at 0 would starve on a stale report, while its
+        # relays over a link that really has no key fail on their own.
+        if rate > 0:
+            budgets.setdefault(source, []).append(CtlBudget(destination, round(float(rate), 3)))
     return budgets
 
 

@@ -96,6 +96,8 @@ POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
 SHORT_RETRY_S = 0.25
+BUDGET_MIN_WAIT_S = 0.01
+"""A pool waiting for its budget looks again no sooner than this."""
 BUDGET_BURST_S = 2.0
 """A pool under a budget may relay this many seconds' worth of it at once (at least one
 relay's key)."""
@@ -361,10 +363,12 @@ class RelayAgent:
         depth = max(float(bits), budget * BUDGET_BURST_S)
         pool.tokens = min(depth, pool.tokens + max(0.0, now - pool.tokens_at) * budget)
         pool.tokens_at = now
-        if pool.tokens >= bits:
-            pool.tokens -= bits
+        if pool.tokens >= bits * (1 - 1e-9):  # no Zeno's wait for a rounding error
+            pool.tokens = max(0.0, pool.tokens - bits)
             return 0.0
-        return POLL_S if budget <= 0 else min(POLL_S, (bits - pool.tokens) / budget)
+        if budget <= 0:
+            return POLL_S
+        return min(POLL_S, max(BUDGET_MIN_WAIT_S, (bits - pool.tokens) / budget))
 
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
         """The controller's per-destination budgets for background relays (bits/s); pools
