@@ -72,6 +72,7 @@ class _Shell:
         self._scope = trio.CancelScope()
         self._phase = "idle"
         self._started = 0.0
+        self._fed = 0  # bytes given to h11 since this request began
 
     async def run(self) -> None:
         # One cancel scope for the connection's life; each phase moves its deadline (cheaper
@@ -115,13 +116,18 @@ class _Shell:
     async def _wait_for_request(self) -> bool:
         """Wait for the next request's first byte; False at EOF."""
         buffered, closed = self._conn.trailing_data
+        self._fed = len(buffered)
         if buffered:
             return True
         if closed:
             return False
-        data = await self._stream.receive_some(_RECEIVE_SIZE)
-        self._conn.receive_data(bytes(data))
-        return bool(data)
+        return bool(await self._receive())
+
+    async def _receive(self) -> bytes:
+        data = bytes(await self._stream.receive_some(_RECEIVE_SIZE))
+        self._fed += len(data)
+        self._conn.receive_data(data)
+        return data
 
     async def _read_request(self) -> Request | Response | None:
         """The whole request; or the error response to send before closing; or None (EOF)."""
@@ -132,6 +138,10 @@ class _Shell:
             if not isinstance(event, h11.Request):
                 return Response(400, _json_error("unexpected HTTP event"))
             head = event
+            # h11 bounds only a head still incomplete: one that arrived whole in a single
+            # read (up to _RECEIVE_SIZE) would pass.  What it consumed is the head's size.
+            if self._fed - len(self._conn.trailing_data[0]) > self._limits.max_header_bytes:
+                return Response(431, _json_error("request head too large"))
             if _content_length(head.headers) > self._limits.max_body_bytes:
                 return Response(413, _json_error("request body too large"))
             body = bytearray()
@@ -175,7 +185,7 @@ class _Shell:
                 await self._stream.send_all(
                     self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                 )
-            self._conn.receive_data(bytes(await self._stream.receive_some(_RECEIVE_SIZE)))
+            await self._receive()
 
     async def _call_handler(self, request: Request) -> Response:
         try:
