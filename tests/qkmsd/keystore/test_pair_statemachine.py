@@ -17,6 +17,7 @@ model predicts, byte by byte, what each end must accept; the invariants:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -106,6 +107,11 @@ class LinkPair(RuleBasedStateMachine):
         self.cut_by: dict[str, str] = {}  # key id -> the end that cut it
         self.recorded: dict[str, str] = {}  # key id -> the end that holds it for SLAVE
         self.fetched: set[str] = set()
+        self.ids_made = 0
+
+    def _new_key_id(self) -> str:
+        self.ids_made += 1
+        return str(uuid.UUID(int=self.ids_made))
 
     def _open(self, end: str) -> KeyStore:
         return KeyStore.open(self.dir / f"{end}.db", self.master_keys[end], clock=self.clock)
@@ -128,7 +134,7 @@ class LinkPair(RuleBasedStateMachine):
         """Both drivers deliver the block; both ends store it as RECEIVED."""
         if block_id in self.blocks:
             return
-        key = os.urandom(size)
+        key = hashlib.sha256(b"%d/%d" % (block_id, size)).digest()[:size]  # replayable
         self.blocks[block_id] = key
         for end in ENDS:
             owned = owner_of(block_id) == end
@@ -167,7 +173,7 @@ class LinkPair(RuleBasedStateMachine):
     )
     def cut(self, end: str, sizes: list[int], service: bool) -> Reservation:
         store = self.stores[end]
-        key_ids = tuple(str(uuid.uuid4()) for _ in sizes)
+        key_ids = tuple(self._new_key_id() for _ in sizes)
         try:
             if service:
                 cut = store.cut_service_keys(
@@ -313,7 +319,7 @@ class LinkPair(RuleBasedStateMachine):
         a key id ``end`` knows must never get a second value."""
         segments = tuple(Segment(b, o, n) for b, o, n in forged)
         known = sorted(k for k in self.key_values if end in (self.cut_by[k], self.recorded.get(k)))
-        key_id = known[0] if reuse and known else str(uuid.uuid4())
+        key_id = known[0] if reuse and known else self._new_key_id()
         accept = self._acceptable(end, (segments,)) and key_id not in known
         try:
             got = self.stores[end].record_service_keys(
