@@ -5,7 +5,10 @@ first byte of a request (``idle_timeout``), then reads the head and the whole bo
 ``request_timeout`` (a client trickling bytes is cut off with 408), calls the handler with
 no time limit of ours (the handler owns its own), and writes the response under
 ``send_timeout``.  Bytes h11 cannot parse get 400 (431 for an oversized head), a body over
-``max_body_bytes`` gets 413 before it is read; each of those closes the connection.
+``max_body_bytes`` gets 413 before it is read; each of those closes the connection, once
+what the client was still sending has been read and dropped (for 2 s and 8 MiB at most,
+until the client pauses): closing on unread bytes would reset the connection before the
+client read the answer.
 A handler that raises gets a generic 500; its exception's message is never sent or logged,
 since it might quote key material, only its type and where it was raised.
 """
@@ -50,6 +53,10 @@ _TIMEOUT_RESPONSE: Final = (
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
 _INTERNAL_ERROR_BODY: Final = b'{"message":"internal server error"}'
+# After an answer that closes the connection: what the client still sends is drained.
+_LINGER_S: Final = 2.0
+_LINGER_PAUSE_S: Final = 0.1
+_LINGER_BYTES: Final = 8 << 20
 
 
 def _json_error(message: str) -> bytes:
@@ -102,7 +109,8 @@ class _Shell:
             if isinstance(received, Response):
                 # A protocol error or an oversized body: answer and close.
                 self._log("-", "-", received.status, self._started)
-                await self._send_response(received, method="-", close=True)
+                if await self._send_response(received, method="-", close=True):
+                    await self._linger()
                 return
             self._enter("handling", math.inf)  # the handler keeps its own time limits
             response = await self._call_handler(received)
@@ -112,6 +120,21 @@ class _Shell:
             if self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
                 return
             self._conn.start_next_cycle()
+
+    async def _linger(self) -> None:
+        """Read and drop what the client is still sending (the rest of a refused body)
+        until it pauses, for a moment and a few megabytes at most, so that it reads our
+        answer: closing with its bytes unread would reset the connection under it."""
+        self._enter("lingering", _LINGER_S)
+        drained = 0
+        while drained < _LINGER_BYTES:
+            with trio.move_on_after(_LINGER_PAUSE_S):
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    return
+                drained += len(data)
+                continue
+            return  # the client paused: it is waiting for the answer it has
 
     async def _wait_for_request(self) -> bool:
         """Wait for the next request's first byte; False at EOF."""
