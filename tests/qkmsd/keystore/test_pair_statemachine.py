@@ -104,7 +104,7 @@ class LinkPair(RuleBasedStateMachine):
         self.blocks: dict[int, bytes] = {}
         self.model = {end: EndModel() for end in ENDS}
         self.key_values: dict[str, bytes] = {}  # key id -> the value its owner cut
-        self.cut_by: dict[str, str] = {}  # key id -> the end that cut it
+        self.cut_by: dict[str, str] = {}  # key id -> the end whose store cut it
         self.recorded: dict[str, str] = {}  # key id -> the end that holds it for SLAVE
         self.fetched: set[str] = set()
         self.ids_made = 0
@@ -336,7 +336,7 @@ class LinkPair(RuleBasedStateMachine):
         assert accept, "a forged reservation was taken that must be refused"
         self._hand_out(end, segments, got[0].key)
         self.key_values[key_id] = got[0].key
-        self.cut_by[key_id] = other(end)
+        self.cut_by[key_id] = "liar"  # the peer's own store never cut it
         self.recorded[key_id] = end
         event("forge: taken (a peer may spend link key it shares)")
 
