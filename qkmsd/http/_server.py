@@ -6,8 +6,8 @@ first byte of a request (``idle_timeout``), then reads the head and the whole bo
 no time limit of ours (the handler owns its own), and writes the response under
 ``send_timeout``.  Bytes h11 cannot parse get 400 (431 for an oversized head), a body over
 ``max_body_bytes`` gets 413 before it is read; each of those closes the connection, once
-what the client was still sending has been read and dropped (for 2 s and 8 MiB at most,
-until the client pauses): closing on unread bytes would reset the connection before the
+what the client was still sending has been read and dropped (for 3 s and 8 MiB at most,
+until the client pauses for 0.5 s): closing on unread bytes would reset the connection before the
 client read the answer.
 A handler that raises gets a generic 500; its exception's message is never sent or logged,
 since it might quote key material, only its type and where it was raised.
@@ -54,8 +54,8 @@ _TIMEOUT_RESPONSE: Final = (
 )
 _INTERNAL_ERROR_BODY: Final = b'{"message":"internal server error"}'
 # After an answer that closes the connection: what the client still sends is drained.
-_LINGER_S: Final = 2.0
-_LINGER_PAUSE_S: Final = 0.1
+_LINGER_S: Final = 3.0
+_LINGER_PAUSE_S: Final = 0.5
 _LINGER_BYTES: Final = 8 << 20
 
 
