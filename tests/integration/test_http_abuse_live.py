@@ -160,16 +160,19 @@ async def test_soak_memory_stays_bounded_under_rounds_of_abuse(
         async with network(short_timeouts(node_config), pki) as net:
             await abuse_once(net)  # warm up: caches, TLS contexts, the store
             before = _rss_kib()
-            for _ in range(rounds):
+            series = [before]
+            for done in range(1, rounds + 1):
                 async with trio.open_nursery() as nursery:
                     for _ in range(slow):
                         nursery.start_soon(_one_byte_a_second, net, STATUS)
                     await abuse_once(net, loaded=True)
+                if done % 25 == 0:
+                    series.append(_rss_kib())
             after = _rss_kib()
             await assert_still_serving(net)
     growth = after - before
     print(
         f"{rounds} rounds of abuse, each with {slow} slow clients: RSS {before} KiB before,"
-        f" {after} KiB after, growth {growth} KiB"
+        f" {after} KiB after, growth {growth} KiB; every 25 rounds: {series} KiB"
     )
     assert growth < 64 * 1024, f"RSS grew by {growth} KiB"
