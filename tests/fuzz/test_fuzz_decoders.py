@@ -45,7 +45,7 @@ def test_every_seed_is_accepted_by_its_target(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_bytes_give_a_message_or_a_remote_protocol_error(
     name: str, data: st.DataObject

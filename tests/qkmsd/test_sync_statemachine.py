@@ -247,7 +247,7 @@ class SyncOverHostileNetwork(RuleBasedStateMachine):
 
 
 SyncOverHostileNetwork.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=30,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -336,7 +336,7 @@ class LyingPeer(RuleBasedStateMachine):
 
 
 LyingPeer.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=30,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
