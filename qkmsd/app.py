@@ -688,7 +688,11 @@ class Node:
                 partial(
                     serve_tcp_tls,
                     stats=self.api_handshakes,
-                    limits=Limits(handshake_timeout=cfg.api.handshake_timeout_s),
+                    limits=Limits(
+                        handshake_timeout=cfg.api.handshake_timeout_s,
+                        request_timeout=cfg.api.request_timeout_s,
+                        idle_timeout=cfg.api.idle_timeout_s,
+                    ),
                     gate=GateLimits(cfg.api.max_connections, cfg.api.max_connections_per_source),
                     connections=self.api_connections,
                 ),

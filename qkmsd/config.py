@@ -88,11 +88,15 @@ Connections = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
 
 
 class ApiSection(_Section, frozen=True):
-    """Caps on the ETSI 014 listener's connections (``[api]``)."""
+    """Caps on the ETSI 014 listener's connections and requests (``[api]``)."""
 
     max_connections: Connections = 4096
     max_connections_per_source: Connections = 256
     handshake_timeout_s: Seconds = 10.0
+    request_timeout_s: Seconds = 10.0
+    """From a request's first byte until its whole body is in; then 408 and close."""
+    idle_timeout_s: Seconds = 60.0
+    """How long a kept-alive connection may wait for its next request."""
 
 
 class PeerListenerSection(_Section, frozen=True):

@@ -5,7 +5,10 @@ first byte of a request (``idle_timeout``), then reads the head and the whole bo
 ``request_timeout`` (a client trickling bytes is cut off with 408), calls the handler with
 no time limit of ours (the handler owns its own), and writes the response under
 ``send_timeout``.  Bytes h11 cannot parse get 400 (431 for an oversized head), a body over
-``max_body_bytes`` gets 413 before it is read; each of those closes the connection.
+``max_body_bytes`` gets 413 before it is read; each of those closes the connection, once
+what the client was still sending has been read and dropped (for 3 s and 8 MiB at most,
+until the client pauses for 0.5 s): closing on unread bytes would reset the connection
+before the client read the answer.
 A handler may answer with a ``StreamingResponse`` (server-sent events): the shell then
 writes its chunks as they come, each under ``send_timeout``, and closes the connection
 when the stream ends.  A handler that raises gets a generic 500; its exception's message
@@ -54,6 +57,10 @@ _TIMEOUT_RESPONSE: Final = (
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
 _INTERNAL_ERROR_BODY: Final = b'{"message":"internal server error"}'
+# After an answer that closes the connection: what the client still sends is drained.
+_LINGER_S: Final = 3.0
+_LINGER_PAUSE_S: Final = 0.5
+_LINGER_BYTES: Final = 8 << 20
 
 
 def _json_error(message: str) -> bytes:
@@ -76,6 +83,7 @@ class _Shell:
         self._scope = trio.CancelScope()
         self._phase = "idle"
         self._started = 0.0
+        self._fed = 0  # bytes given to h11 since this request began
 
     async def run(self) -> None:
         # One cancel scope for the connection's life; each phase moves its deadline (cheaper
@@ -105,7 +113,8 @@ class _Shell:
             if isinstance(received, Response):
                 # A protocol error or an oversized body: answer and close.
                 self._log("-", "-", received.status, self._started)
-                await self._send_response(received, method="-", close=True)
+                if await self._send_response(received, method="-", close=True):
+                    await self._linger()
                 return
             self._enter("handling", math.inf)  # the handler keeps its own time limits
             response = await self._call_handler(received)
@@ -120,16 +129,36 @@ class _Shell:
                 return
             self._conn.start_next_cycle()
 
+    async def _linger(self) -> None:
+        """Read and drop what the client is still sending (the rest of a refused body)
+        until it pauses, for a moment and a few megabytes at most, so that it reads our
+        answer: closing with its bytes unread would reset the connection under it."""
+        self._enter("lingering", _LINGER_S)
+        drained = 0
+        while drained < _LINGER_BYTES:
+            with trio.move_on_after(_LINGER_PAUSE_S):
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    return
+                drained += len(data)
+                continue
+            return  # the client paused: it is waiting for the answer it has
+
     async def _wait_for_request(self) -> bool:
         """Wait for the next request's first byte; False at EOF."""
         buffered, closed = self._conn.trailing_data
+        self._fed = len(buffered)
         if buffered:
             return True
         if closed:
             return False
-        data = await self._stream.receive_some(_RECEIVE_SIZE)
-        self._conn.receive_data(bytes(data))
-        return bool(data)
+        return bool(await self._receive())
+
+    async def _receive(self) -> bytes:
+        data = bytes(await self._stream.receive_some(_RECEIVE_SIZE))
+        self._fed += len(data)
+        self._conn.receive_data(data)
+        return data
 
     async def _read_request(self) -> Request | Response | None:
         """The whole request; or the error response to send before closing; or None (EOF)."""
@@ -140,6 +169,10 @@ class _Shell:
             if not isinstance(event, h11.Request):
                 return Response(400, _json_error("unexpected HTTP event"))
             head = event
+            # h11 bounds only a head still incomplete: one that arrived whole in a single
+            # read (up to _RECEIVE_SIZE) would pass.  What it consumed is the head's size.
+            if self._fed - len(self._conn.trailing_data[0]) > self._limits.max_header_bytes:
+                return Response(431, _json_error("request head too large"))
             if _content_length(head.headers) > self._limits.max_body_bytes:
                 return Response(413, _json_error("request body too large"))
             body = bytearray()
@@ -183,7 +216,7 @@ class _Shell:
                 await self._stream.send_all(
                     self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                 )
-            self._conn.receive_data(bytes(await self._stream.receive_some(_RECEIVE_SIZE)))
+            await self._receive()
 
     async def _call_handler(self, request: Request) -> Response | StreamingResponse:
         try:

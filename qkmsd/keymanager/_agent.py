@@ -12,7 +12,8 @@ when both ends hold it:
 * When the peer announces ids: those we hold as RECEIVED become READY and we
   confirm them (``KeyConfirm``); those already READY or used are confirmed
   again (the peer may have missed our confirm); those we discarded are answered
-  with ``KeyDiscard``; unknown ids are remembered until our driver catches up.
+  with ``KeyDiscard``; unknown ids are remembered until our driver catches up
+  (for a time-out at most, and the newest ``MAX_PEER_ANNOUNCED`` only).
 * A confirm moves RECEIVED to READY.  A discard discards.
 * A block still RECEIVED after ``sync.timeout_s`` of *live* connected time is
   discarded at our end and the peer is told.  Time while the peer is away does
@@ -22,9 +23,11 @@ when both ends hold it:
   is starved for a while cannot confirm, and its blocks must wait for it rather
   than be discarded on a wall-clock deadline.  So a block is discarded only when the
   peer was demonstrably answering, yet did not confirm it, for the whole time-out.
-* On (re)connection both ends re-announce every RECEIVED block, and tell again the
-  latest ids they discarded (a discard lost with a session would leave the peer's READY
-  copy alone for good).
+* On (re)connection both ends re-announce every RECEIVED block, tell again the latest
+  ids they discarded, and repeat the discards of blocks whose time-out ran out (within
+  ``max_block_age``, from the store, so a crash does not forget them): a confirm that
+  crossed such a discard made the block ready at the peer, and a discard lost with the
+  session or in a crash would leave it ready there alone.
 
 Allocation never collides: each block is owned by exactly one end, by a rule
 both compute from the block id (the lower node id owns the even ids), and an
@@ -36,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -59,6 +63,11 @@ DISCARDS_RESENT = 4096
 """Discarded ids per link told to the peer again at each new session (the latest)."""
 MAX_CHECK_IDS = 10_000
 """Ready block ids one ``check`` covers at most (the lowest of the window)."""
+MAX_PEER_ANNOUNCED = 16_384
+"""Ids the peer announced that our driver has not delivered yet, remembered per link."""
+MAX_REPEATED_DISCARDS = 16_384
+"""Blocks discarded for want of a confirm, told to the peer again at each connection."""
+_UNCONFIRMED = "unconfirmed"
 
 
 def owns_block(local_node: str, peer_node: str, block_id: int) -> bool:
@@ -173,10 +182,13 @@ class KeyManager:
         clock: Callable[[], float] = time.time,
         peer_heard: Callable[[str], float | None] | None = None,
         liveness_window: float = 10.0,
+        max_peer_announced: int = MAX_PEER_ANNOUNCED,
     ) -> None:
         """``peer_heard(peer)`` is when anything last arrived from ``peer`` (``clock``
         time); without it, all connected time counts as live.  Time more than
         ``liveness_window`` after the peer was last heard does not count.
+        ``max_peer_announced`` bounds, per link, the ids the peer announced that our
+        driver has not delivered yet (the oldest are forgotten first).
         """
         self.node_id = node_id
         self._store = store
@@ -192,6 +204,7 @@ class KeyManager:
         self._clock = clock
         self._peer_heard = peer_heard
         self._liveness_window = liveness_window
+        self._max_peer_announced = max_peer_announced
         self._wake_announcer = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._up: set[str] = set()
@@ -323,11 +336,11 @@ class KeyManager:
                 )
                 if stale:
                     gone = await self._thread.call(
-                        self._store.discard, link.link_id, stale, "unconfirmed"
+                        self._store.discard, link.link_id, stale, _UNCONFIRMED
                     )
                     log.warning("blocks.unconfirmed_discarded", link=link.link_id, count=len(gone))
                     link.to_announce.difference_update(gone)
-                    await self._send_ids(link, KeyDiscard, gone, reason="unconfirmed")
+                    await self._send_ids(link, KeyDiscard, gone, reason=_UNCONFIRMED)
             expired = await self._thread.call(
                 self._store.expire, link.link_id, produced_before=now - self._max_block_age
             )
@@ -415,6 +428,18 @@ class KeyManager:
         if link.discarded:
             again = sorted(set(link.discarded))
             await self._send_ids(link, KeyDiscard, again, reason="discarded")
+        # A block we discarded when its time-out ran out may have become ready at the peer
+        # meanwhile (its confirm crossing our discard), and our discard may have been lost
+        # with the session or a crash: tell the peer again, or it keeps that block ready
+        # alone until it expires.  Blocks ready at the peer live at most max_block_age.
+        gone = await self._thread.call(
+            self._store.discarded_since,
+            link.link_id,
+            reason=_UNCONFIRMED,
+            since=now - self._max_block_age,
+            limit=MAX_REPEATED_DISCARDS,
+        )
+        await self._send_ids(link, KeyDiscard, gone, reason=_UNCONFIRMED)
 
     async def add_link(self, link_id: str, peer: str, driver: Driver) -> None:
         """Take on a link made while the node runs (an end-to-end pool made on demand):
@@ -474,7 +499,9 @@ class KeyManager:
         now = self._clock()
         for block_id in ids:
             if block_id not in states:
+                link.peer_has.pop(block_id, None)  # to the end: oldest go first
                 link.peer_has[block_id] = now
+        _forget_oldest(link.peer_has, self._max_peer_announced)
         if message.refs and link.driver.fetches_by_reference:
             wanted = [(i, r) for i, r in zip(message.block_ids, message.refs, strict=True)]
             await link.driver.fetch([(i, r) for i, r in wanted if i not in states])
@@ -601,6 +628,18 @@ class KeyManager:
         for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
             chunk = list(ids[start : start + MAX_IDS_PER_MESSAGE])
             await self._send(link.peer, kind(link_id=link.link_id, block_ids=chunk, **extra))
+
+
+def _forget_oldest(peer_has: dict[int, float], limit: int) -> None:
+    """Keep the ``limit`` newest announced ids.  A peer may announce ids our driver never
+    delivers (a lost block, or a lie): remembered for a whole time-out each, they would
+    pile up without bound.  Forgetting one costs no key: when our driver delivers the
+    block we announce it instead, and the peer confirms."""
+    excess = len(peer_has) - limit
+    if excess > 0:
+        for block_id in list(itertools.islice(peer_has, excess)):
+            del peer_has[block_id]
+        log.debug("peer.announced_forgotten", count=excess)
 
 
 def _covered(start: float, end: float, marks: set[float], window: float) -> float:

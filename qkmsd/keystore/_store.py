@@ -634,6 +634,20 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
         with self._reading() as conn:
             return [row[0] for row in conn.execute(query + " ORDER BY block_id", params)]
 
+    def discarded_since(self, link_id: str, *, reason: str, since: float, limit: int) -> list[int]:
+        """Ids of blocks moved to DISCARDED with ``reason`` at or after ``since`` (the
+        store's clock), at most ``limit`` of the most recent, in id order."""
+        _check_link_id(link_id)
+        _check_time("since", since)
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT block_id FROM blocks WHERE link_id = ? AND state = ? AND reason = ?"
+                " AND state_changed_at >= ? ORDER BY state_changed_at DESC, block_id DESC"
+                " LIMIT ?",
+                (link_id, KeyState.DISCARDED.value, reason, since, limit),
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
     def unconfirmed_refs(self, link_id: str) -> dict[int, str]:
         """The device references of RECEIVED blocks that have one."""
         _check_link_id(link_id)

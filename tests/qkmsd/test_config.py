@@ -157,6 +157,16 @@ def test_connection_caps_default_per_listener_and_can_be_set() -> None:
     assert (config.peer.max_connections, config.peer.max_connections_per_source) == (256, 64)
 
 
+def test_the_api_request_and_idle_time_outs_default_and_can_be_set() -> None:
+    config = config_from_mapping(base(), source=SOURCE)
+    assert (config.api.request_timeout_s, config.api.idle_timeout_s) == (10.0, 60.0)
+    config = config_from_mapping(
+        base(api={"request_timeout_s": 2.5, "idle_timeout_s": 30}), source=SOURCE
+    )
+    assert (config.api.request_timeout_s, config.api.idle_timeout_s) == (2.5, 30.0)
+    assert "[api] request_timeout_s" in error_of(base(api={"request_timeout_s": 0}))
+
+
 def test_a_per_source_cap_above_the_listener_cap_names_the_key() -> None:
     data = base(peer={"max_connections": 8, "max_connections_per_source": 9})
     assert error_of(data).endswith(
