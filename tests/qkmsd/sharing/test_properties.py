@@ -179,7 +179,9 @@ def _lp_rows(case: Case, pair_rates_of: list[Pair]) -> tuple[np.ndarray, np.ndar
 @given(st.one_of(cases(), cases(multi_path=True)))
 def test_proportional_no_feasible_move_raises_the_sum_of_weighted_log_rates(case: Case) -> None:
     """Optimality of proportional fairness: for every feasible x', the sum over pairs of
-    w * (x' - x) / x is at most 0 (checked by an LP over x')."""
+    w * (x' - x) / x is at most 0 (checked by an LP over x').  A pair already at its demand
+    within the tolerance every test here uses (``TOL`` of a unit rate) counts as at it:
+    the relative gain of a rounding error on a tiny demand says nothing about fairness."""
     result = allocate(case.links, case.pairs, policy="proportional", overhead=case.overhead)
     live = [p for p in case.pairs if result.rates[p.id] > 1e-9]
     if not live:
@@ -190,7 +192,14 @@ def test_proportional_no_feasible_move_raises_the_sum_of_weighted_log_rates(case
     s = np.zeros((n_pairs, len(owner)))
     for j, p in enumerate(owner):
         s[p, j] = 1.0
-    demand = np.array([p.demand for p in live])
+    demand = np.array(
+        [
+            result.rates[p.id]
+            if result.rates[p.id] >= p.demand - TOL * max(p.demand, 1.0)
+            else p.demand
+            for p in live
+        ]
+    )
     finite = np.isfinite(demand)
     a_ub = np.vstack([a, s[finite]])
     b_ub = np.concatenate([cap, demand[finite]])
