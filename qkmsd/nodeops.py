@@ -27,6 +27,7 @@ import msgspec
 
 from .admin import AdminParamsError
 from .config import ConfigError, load_config
+from .durable import replace_file
 from .keymanager import KeyManager
 from .log import get_logger
 from .supply import Etsi014Front, PolicyBook, SupplyError
@@ -151,12 +152,7 @@ class NodeOperations:
 
     def _save_stopped(self) -> None:
         stopped = sorted(s.link_id for s in self._keys.qkd_links() if OPERATOR in s.stopped)
-        tmp = self._devices_file.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"stopped": stopped}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._devices_file)
+        replace_file(self._devices_file, json.dumps({"stopped": stopped}).encode())
 
     async def _node(self, params: dict[str, Any]) -> dict[str, Any]:
         return {

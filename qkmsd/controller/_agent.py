@@ -18,7 +18,6 @@ role through ``on_change``.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from protocol import (
     SteppedDown,
 )
 
+from ..durable import replace_file
 from ..log import get_logger
 
 log = get_logger("qkms.controller")
@@ -178,14 +178,4 @@ class ControllerAgent:
 
     def _store(self, state: ElectionState) -> None:
         """Write the term and vote durably: a new file, fsynced, renamed over the old."""
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        fd = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_file(self._path, msgspec.json.encode(state))

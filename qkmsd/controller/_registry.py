@@ -21,12 +21,13 @@ survive, if a node that stored it is in that majority (as in any replicated log)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
 from protocol import CtlEntry
+
+from ..durable import replace_file
 
 
 class StoredRegistry(msgspec.Struct, frozen=True):
@@ -65,17 +66,7 @@ class Registry:
         if tuple(version) <= self.version:
             return False
         stored = StoredRegistry(version=(int(version[0]), int(version[1])), entries=entries)
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(stored))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        fd = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_file(self._path, msgspec.json.encode(stored))
         self.version = stored.version
         self.entries = {(e.kind, e.name): e for e in entries}
         return True

@@ -34,7 +34,6 @@ import builtins
 import dataclasses
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -45,6 +44,7 @@ import msgspec
 from protocol import NODE_ID_RE, SAE_ID_RE, ErrorCode
 
 from ..config import SupplyPolicy
+from ..durable import replace_file
 from ..errors import QkmsError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -432,9 +432,5 @@ def _read(path: Path) -> list[Profile]:
 
 def _write(path: Path, profiles: Iterable[Profile]) -> None:
     """Atomically: a crash leaves the old file or the new one."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(msgspec.to_builtins(list(profiles)), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = json.dumps(msgspec.to_builtins(list(profiles)), indent=2, sort_keys=True)
+    replace_file(path, data.encode())

@@ -14,7 +14,6 @@ applies to the next request, and no session is touched.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import msgspec
 from protocol import SAE_ID_RE
 
 from ..config import Config, SupplyPolicy, policy_problem
+from ..durable import replace_file
 from ._errors import BadRequest
 
 DEFAULT = "default"
@@ -149,9 +149,4 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
 
 def _write(path: Path, overrides: Mapping[str, Any]) -> None:
     """Atomically: a crash leaves the old file or the new one."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(overrides, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(overrides, indent=2, sort_keys=True).encode())
