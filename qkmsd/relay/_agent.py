@@ -768,6 +768,13 @@ class RelayAgent:
                 record.state, record.ended_at = "received", self._clock()
                 self._note(record)
                 return RelayResult(id=hop.id, ok=True, confirm=confirm)
+            nxt = hop.path[hop.hop + 1]
+            if not self._is_up(nxt):
+                # Said before any key of the onward link is taken: the source then holds
+                # this path and goes round.  Were the link short of key too (no key comes
+                # over a dead session), "short of key" would leave the path in use, and a
+                # split pool would spend the other side's key on shares that never pair.
+                raise RelayFailed(ErrorCode.PEER_UNREACHABLE, f"no session with {nxt}")
             onward = await self._seal_hop(msgspec.structs.replace(hop, hop=hop.hop + 1), key)
             record.state = "forwarded"
             self._note(record)
