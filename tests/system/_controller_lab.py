@@ -119,7 +119,8 @@ class SaePair:
     """``master`` gets keys for ``slave`` in a closed loop; ``slave`` fetches each by id.
 
     ``delivered`` holds the wall-clock times at which the slave got a key the master got
-    (both copies equal); ``mismatches`` counts keys the two got differently and
+    (both copies equal), ``asked`` the times the master asked for each of them;
+    ``mismatches`` counts keys the two got differently and
     ``repeated`` key ids handed out twice (both must stay 0).
     """
 
@@ -132,6 +133,7 @@ class SaePair:
             self._ends.append((sae, kme.get("netns"), kme["url"], entry))
         self._ca = manifest["ca"]
         self.delivered: list[float] = []
+        self.asked: list[float] = []
         self.errors: list[tuple[float, str]] = []
         self.mismatches = 0
         self.repeated = 0
@@ -151,8 +153,9 @@ class SaePair:
         return [x for x in list(self.delivered) if x >= t]
 
     def first_since(self, t: float) -> float | None:
-        after = self.since(t)
-        return after[0] if after else None
+        """When the slave got the first key the master asked for at or after ``t``."""
+        pairs = list(zip(list(self.asked), list(self.delivered), strict=False))
+        return next((got for asked, got in pairs if asked >= t), None)
 
     def flowing(self) -> bool:
         """Keys arrived in the last 2 s, the newest within the last 0.5 s."""
@@ -169,6 +172,7 @@ class SaePair:
         clients = [self._client(end) for end in self._ends]
         try:
             while not self._stop.is_set():
+                asked = time.time()
                 try:
                     if master_ns:
                         enter_netns(master_ns)
@@ -183,6 +187,7 @@ class SaePair:
                     if hashlib.sha256(copy.key).digest() != digest:
                         self.mismatches += 1
                     else:
+                        self.asked.append(asked)
                         self.delivered.append(time.time())
                 except Etsi014Error as exc:
                     self.errors.append((time.time(), type(exc).__name__))
