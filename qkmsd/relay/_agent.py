@@ -529,11 +529,14 @@ class RelayAgent:
         failure = RelayFailed(ErrorCode.WRONG_PATH, "no route tried")
         for path in paths:
             try:
-                return await self._relay_on(pool, list(path), size)
+                record = await self._relay_on(pool, list(path), size)
             except RelayFailed as exc:
                 failure = exc
                 if exc.code in UNREACHABLE:
                     self._routes.hold(path)
+            else:
+                self._routes.release(path)
+                return record
         self._counts.relays_failed += 1
         raise failure
 
@@ -583,6 +586,9 @@ class RelayAgent:
         async with trio.open_nursery() as nursery:
             for i in range(len(paths)):
                 nursery.start_soon(one, i)
+        for path, outcome in zip(paths, records, strict=True):
+            if isinstance(outcome, RelayRecord):
+                self._routes.release(path)
         failed = [r for r in records if isinstance(r, RelayFailed)]
         if failed:
             lost = [p for p, r in zip(paths, records, strict=True) if _unreachable(r)]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from protocol import ErrorCode, RelayHop
 from qkmsd.errors import PeerUnavailable
-from qkmsd.relay import RoutingTable
+from qkmsd.relay import RelayFailed, RoutingTable
 from qkmsd.relay._routes import HOLD_S
 
 from .conftest import A, B, C, D, link_id, open_net
@@ -159,3 +161,22 @@ async def test_a_node_whose_next_session_is_down_says_unreachable_even_when_shor
         before = len(net.wire.hops(A, B))
         await net[A].agent.relay(AC)
         assert len(net.wire.hops(A, B)) == before
+
+
+async def test_a_share_that_got_through_ends_its_paths_hold(tmp_path: Path) -> None:
+    # Both sides were out of reach (both paths held); D's side is back, B's not.  With every
+    # path held a split goes over both; the share over D gets through, which must end D's
+    # hold, or every split until the holds run out fails on B's side again.
+    async with open_net(tmp_path, links=RING, pools=[(A, C)], paths=(2, 1)) as net:
+        net.wire.down |= {(B, C), (D, C)}
+        with pytest.raises(RelayFailed):
+            await net[A].agent.relay(AC)
+        held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
+        assert held[(A, B, C)] > 0 and held[(A, D, C)] > 0
+        net.wire.down.discard((D, C))
+
+        record = await net[A].agent.relay(AC)
+
+        assert record.path == [A, D, C] and "#" not in record.relay_id
+        held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
+        assert held[(A, B, C)] > 0 and held[(A, D, C)] == 0
