@@ -110,10 +110,10 @@ class RelayItem(msgspec.Struct, frozen=True):
     started_at: float = 0.0
     error: str = ""
     """Why it failed (an error message naming nodes and links, never key material)."""
+    in_flight: bool = False
+    """Under way: started or forwarded here, its end not yet known here."""
 
 
-IN_FLIGHT = frozenset({"started", "forwarded", "received"})
-"""Relay states of a relay still under way."""
 FAILED = frozenset({"failed", "discarded"})
 
 
@@ -194,6 +194,8 @@ class DashboardState(msgspec.Struct, frozen=True):
     saes: list[SaeItem]
     relay_failures: list[RelayItem] = []
     """The newest failed relays (``RECENT_FAILURES``)."""
+    relays_in_flight: list[RelayItem] = []
+    """Relays under way here, newest first (``RECENT_FAILURES`` at most)."""
     relay_totals: RelayTotals = RelayTotals()
     profiles: list[ProfileItem] = []
     routes: list[RouteItem] = []
@@ -211,6 +213,7 @@ class DashboardState(msgspec.Struct, frozen=True):
             [(lk.link_id, lk.level, lk.driver_state, lk.qber_high) for lk in self.links],
             [(a.code, a.resource, a.severity, a.acknowledged) for a in self.alarms],
             [(r.relay_id, r.state) for r in self.relays],
+            [r.relay_id for r in self.relays_in_flight],
             [(p.name, p.active) for p in self.profiles],
             [(e.a, e.b, e.state) for e in self.edges],
             [(r.source, r.destination, [p.nodes for p in r.paths]) for r in self.routes],
@@ -422,7 +425,7 @@ class Dashboard:
         relays = [_relay_item(r) for r in reversed(records[-RECENT_RELAYS:])]
         failures = [_relay_item(r) for r in reversed(records) if r.state in FAILED]
         confirmed, failed = s.relay_totals() if s.relay_totals else (0, 0)
-        totals = RelayTotals(confirmed, failed, sum(r.state in IN_FLIGHT for r in records))
+        totals = RelayTotals(confirmed, failed, sum(_in_flight(r) for r in records))
         saes = [
             SaeItem(
                 name,
@@ -463,6 +466,9 @@ class Dashboard:
             relays,
             saes,
             relay_failures=failures[:RECENT_FAILURES],
+            relays_in_flight=[_relay_item(r) for r in reversed(records) if _in_flight(r)][
+                :RECENT_FAILURES
+            ],
             relay_totals=totals,
             profiles=profiles,
             routes=routes,
@@ -482,9 +488,20 @@ class Dashboard:
         return self._positions
 
 
+def _in_flight(r: RelayRecord) -> bool:
+    return r.ended_at is None and r.state in ("started", "forwarded")
+
+
 def _relay_item(r: RelayRecord) -> RelayItem:
     return RelayItem(
-        r.relay_id, r.e2e_link_id, list(r.path), r.role, r.state, r.started_at, r.error[:200]
+        r.relay_id,
+        r.e2e_link_id,
+        list(r.path),
+        r.role,
+        r.state,
+        r.started_at,
+        r.error[:200],
+        _in_flight(r),
     )
 
 

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._model import (
-    IN_FLIGHT,
     DashboardState,
     EdgeView,
     LinkView,
@@ -215,7 +214,7 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
         for a in state.alarms
     )
     relays = "".join(_relay_row(r) for r in state.relays)
-    flying = [r for r in state.relays if r.state in IN_FLIGHT]
+    flying = state.relays_in_flight
     in_flight = "".join(_relay_row(r) for r in flying)
     failures = "".join(_relay_row(r, error=True) for r in state.relay_failures)
     totals = state.relay_totals
@@ -283,7 +282,7 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
         f'<h2>Relays</h2><p id="relay-totals">started here since the node started:'
         f" {totals.confirmed} confirmed, {totals.failed} failed; {totals.in_flight} in flight"
         f"</p>"
-        f'<h3>In flight ({len(flying)})</h3><table id="relays-in-flight">{_RELAY_HEAD}'
+        f'<h3>In flight ({totals.in_flight})</h3><table id="relays-in-flight">{_RELAY_HEAD}'
         f"{in_flight or '<tr><td colspan=6>none</td></tr>'}</table>"
         f"<h3>Recent failures ({len(state.relay_failures)})</h3>"
         f'<table id="relay-failures">{_RELAY_HEAD.replace("</tr>", "<th>why</th></tr>")}'
@@ -604,6 +603,8 @@ g.link[data-route=current] line,line.edge[data-route=current]{stroke:#1f4e9c;str
 g.link[data-route=alternate] line,line.edge[data-route=alternate]{stroke:#9467bd;
 stroke-width:6;stroke-dasharray:6 4}
 g.link[data-route=pool] path{stroke:#1f4e9c;stroke-width:7}
+#pair-panel{background:#f4f7fb;padding:4px 8px;margin:6px 0}#pair-info h3{margin:4px 0}
+#pair-info p,#pair-info ol{margin:2px 0}
 li.path[data-rank=current]{color:#1f4e9c;font-weight:bold}li.path[data-rank=alternate]{color:#9467bd}
 """
 
@@ -621,15 +622,16 @@ def render_page(state: DashboardState, *, token: str, operator: str, can_operate
         f'<meta name="csrf-token" content="{e(token)}">'
         f"<title>qkms {e(state.node_id)}</title><style>{_STYLE}</style></head><body>"
         f'<h1>qkms node {e(state.node_id)} <small id="live">loading</small></h1>'
-        f'<p class="legend">owned ready key: {legend} (dashed arc: end-to-end pool; grey:'
-        f" a link between two other nodes; Q: QBER over threshold) &mdash;"
+        f'<p class="legend">owned ready key: {legend} (dashed arc: end-to-end pool; thin grey:'
+        " a link between two other nodes, its state not known here; Q: QBER over"
+        " threshold) &mdash;"
         f' <span id="operator">{e(operator)}: {mode}</span> <span id="op-result"></span></p>'
+        '<div id="pair-panel"><b>Node pair</b>: click two nodes of the graph, or pick'
+        f' them: <select id="pair-a"><option value="">-</option>{choices}</select> and'
+        f' <select id="pair-b"><option value="">-</option>{choices}</select>; the current'
+        " route is drawn blue, its alternates dashed purple, their end-to-end pool thick"
+        ' blue.<div id="pair-info"></div></div>'
         f"{render_view(state, can_operate=can_operate)}"
-        "<h2>Node pair</h2><p>Click two nodes of the graph, or pick them here: <select"
-        f' id="pair-a"><option value="">-</option>{choices}</select> and <select id="pair-b">'
-        f'<option value="">-</option>{choices}</select>. Their current route is drawn in'
-        " blue, its alternates dashed purple, their end-to-end pool thick blue.</p>"
-        '<div id="pair-info"></div>'
         "<h2>Over time</h2><p>Pick a link, pool or SAE in the tables or the graph.</p>"
         '<div id="plots"></div>'
         '<h2>Alarm history</h2><form id="filters">severity <select name="severity">'

@@ -22,24 +22,33 @@ from ..controller import ControllerService, Reporter, Topology, node_etsi015
 from ..relay import Route
 from ._model import EdgeView, NetworkTopology, PathItem, PoolItem, RouteItem
 
+CONTROLLER_EVERY_S = 1.0
+"""The controller's topology is read at most this often (its reports come every
+``[controller] report_s``; at 200 nodes a read takes a few milliseconds)."""
+
 
 def whole_network(
     configured: Callable[[], NetworkTopology], service: ControllerService | None
 ) -> Callable[[], NetworkTopology]:
     """``DashboardSources.topology``: the controller's topology while this node holds the
     role (with what the config knows and no node has reported yet), else ``configured``."""
+    kept: list[tuple[float, NetworkTopology]] = []
 
     def read() -> NetworkTopology:
         config = configured()
         if service is None or not service.leading:
+            kept.clear()
             return config
+        now = trio.current_time()
+        if kept and now - kept[0][0] < CONTROLLER_EVERY_S:
+            return kept[0][1]
         view = controller_topology(
             service.topology, service.routes(), service.now(), config.coordinates
         )
         states = dict(view.link_states)
         for pair in config.links - view.links:
             states[pair] = EdgeView(*pair)
-        return NetworkTopology(
+        merged = NetworkTopology(
             view.nodes | config.nodes,
             view.links | config.links,
             config.coordinates,
@@ -49,6 +58,8 @@ def whole_network(
             pools=view.pools,
             routes=view.routes,
         )
+        kept[:] = [(now, merged)]
+        return merged
 
     return read
 
