@@ -296,7 +296,46 @@ def part_render() -> dict[str, Any]:
     layout(names, edges)
     out["layout_200_ms"] = round((time.perf_counter() - t) * 1000, 1)
     print(f"  spring layout of 200 nodes: {out['layout_200_ms']:.0f} ms (once per topology)")
+    out["controller_topology_200_ms"] = _controller_read_ms(200)
+    print(
+        f"  the controller's topology of 200 nodes read for the page:"
+        f" {out['controller_topology_200_ms']:.2f} ms (at most once a second)"
+    )
     return out
+
+
+def _controller_read_ms(n: int) -> float:
+    """Median time of ``controller_topology`` over a controller's topology of ``n``
+    nodes (a ring with one random chord per node), every node reporting its links."""
+    import random
+
+    from protocol import CtlLink, CtlRelayLoad, CtlReport
+    from qkmsd.controller import Topology
+    from qkmsd.dashboard import controller_topology
+
+    rng = random.Random(7)
+    names = [f"N{i:03d}" for i in range(n)]
+    pairs = {tuple(sorted((names[i], names[(i + 1) % n]))) for i in range(n)}
+    pairs |= {tuple(sorted((names[i], names[rng.randrange(n)]))) for i in range(n)}
+    pairs = {p for p in pairs if p[0] != p[1]}
+    topo = Topology(lost_after=10.0)
+    for node in names:
+        links = [
+            CtlLink(f"{a}~{b}", b if node == a else a, True, ready_here=4096, rate_bps=1e3)
+            for a, b in sorted(pairs)
+            if node in (a, b)
+        ]
+        report = CtlReport(
+            id=0, node=node, seq=1, period_s=1.0, software="bench", links=links, peers=[],
+            demand=[], relay=CtlRelayLoad(),
+        )  # fmt: skip
+        topo.apply_report(node, report, 0.0)
+    runs = []
+    for _ in range(20):
+        t = time.perf_counter()
+        controller_topology(topo, [], 1.0, {})
+        runs.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(runs), 3)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from ._model import EdgeView, NetworkTopology, PathItem, PoolItem, RouteItem
 
 CONTROLLER_EVERY_S = 1.0
 """The controller's topology is read at most this often (its reports come every
-``[controller] report_s``; at 200 nodes a read takes a few milliseconds)."""
+``[controller] report_s``; at 200 nodes a read takes milliseconds: docs/operations.md)."""
 
 
 def whole_network(
