@@ -2,7 +2,8 @@
 events, the pair KME1-KME3 picked with its route and pool highlighted, a key profile
 activated from the page, KME2 killed -9 and started again, an alarm acknowledged and
 cleared from the page, the CSRF token required, no key material on the page; a 200-node
-network drawn readably.
+network drawn readably; on a fake controller, a pair's current route and alternate drawn
+apart.
 
 Headless Chromium from Debian's ``chromium`` package, driven by Playwright for Python
 (``executable_path``: no browser download).  Skips where either is missing.  With
@@ -320,3 +321,38 @@ def test_without_event_streams_the_page_long_polls_and_still_operates(page: Any)
         page.click('button[data-op="node_drain"]')
         page.wait_for_selector("#op-result.ok", timeout=SETTLE_MS)
     assert ("node_drain", {}) in node.calls
+
+
+class _ControllerNode:
+    """The fake node of ``tests/qkmsd`` as the controller of the ring A-B-C-D-A."""
+
+    def __init__(self) -> None:
+        from ..qkmsd.test_dashboard import _as_node, _ring_topology
+
+        self.node = FakeNode()
+        _as_node(self.node, "A", {"B": "connected", "D": "connected"})
+        self.network = _ring_topology()
+
+    def sources(self) -> Any:
+        sources = self.node.sources()
+        sources.topology = lambda: self.network
+        return sources
+
+
+def test_a_picked_pair_draws_its_current_route_and_its_alternate_apart(page: Any) -> None:
+    with _FakeServer(_ControllerNode()) as url:
+        page.goto(url)
+        page.wait_for_selector("#live.ok", timeout=SETTLE_MS)
+        page.select_option("#pair-a", "C")
+        page.select_option("#pair-b", "A")
+        page.wait_for_selector('#pair-info li.path[data-rank="alternate"]', timeout=SETTLE_MS)
+        routes = page.evaluate(
+            "() => [...document.querySelectorAll('#graph [data-route]')].map(el =>"
+            " [el.dataset.node || el.dataset.a + '-' + el.dataset.b, el.dataset.route])"
+        )
+    marked = dict(routes)
+    # A-B-C is the current route, A-D-C the alternate; A and C are on both: current wins.
+    assert marked["B"] == "current" and marked["B-C"] == "current"
+    assert marked["D"] == "alternate" and marked["C-D"] == "alternate"
+    assert marked["A"] == "current" and marked["C"] == "current"
+    assert marked["A-B"] == "current" and marked["A-D"] == "alternate"
