@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import random
@@ -43,7 +44,13 @@ from cli import _labfaults
 from cli._admin import AdminError
 from cli._lab import Lab, LabError
 from cli._topology import load_topology
-from qkms_client import BadRequest, Etsi014Client, Etsi014Error
+from qkms_client import (
+    BadRequest,
+    Etsi014Client,
+    Etsi014Error,
+    TransportError,
+    UnexpectedResponse,
+)
 
 from .labkit import admin, client, wait_until
 
@@ -219,7 +226,7 @@ class Traffic:
                 self.records.pending.pop(ids[0], None)
             return True
         except Etsi014Error as exc:
-            if "Transport" in type(exc).__name__ or "Unexpected" in type(exc).__name__:
+            if isinstance(exc, TransportError | UnexpectedResponse):  # no answer, or half
                 with self.records.lock:
                     self.records.answer_lost.update(ids)
             return False
@@ -245,6 +252,11 @@ class Traffic:
         finally:
             for c in clients.values():
                 c.close()
+
+
+def resumed(records: SaeRecords, since: float, sae: str) -> bool:
+    """Whether keys flow to and from ``sae`` again: two since ``since``."""
+    return records.delivered_since(since, {sae}) >= 2
 
 
 def controller_of(lab: Lab, nodes: Sequence[str]) -> str | None:
@@ -361,13 +373,13 @@ def kill_soak(lab: Lab, *, cycles: int, seed: int) -> SoakReport:
         )
         for cycle in range(cycles):
             _labfaults.request(manifest["faults"], {"route": "*", "spec": "none"})
-            specs = {}
+            specs: dict[str, str] = {}
             for route in rng.sample(routes, k=rng.choice((1, 2))):
                 specs[route] = f"{rng.choice(FAULTS)},seed:{rng.randrange(2**16)}"
                 _labfaults.request(manifest["faults"], {"route": route, "spec": specs[route]})
                 report.fault_specs += 1
             time.sleep(rng.uniform(0.3, 1.5))
-            holder = None
+            holder: str | None = None
             if cycle % 2 == 0:  # the controller's turn: wait for one to be elected
                 wait_until(
                     lambda: controller_of(lab, nodes) is not None,
@@ -375,7 +387,7 @@ def kill_soak(lab: Lab, *, cycles: int, seed: int) -> SoakReport:
                     timeout=RESUME_S,
                 )
                 holder = controller_of(lab, nodes)
-            victim = holder if holder in nodes else rng.choice(nodes)
+            victim: str = holder if holder is not None and holder in nodes else rng.choice(nodes)
             kills.append((victim, time.time()))
             lab.kill(victim)
             report.kills += 1
@@ -385,9 +397,8 @@ def kill_soak(lab: Lab, *, cycles: int, seed: int) -> SoakReport:
                 lab.start(victim)
             except LabError as exc:
                 raise AssertionError(f"cycle {cycle}: {victim} did not start: {exc}") from None
-            restarted = time.time()
             wait_until(
-                lambda v=victim, t=restarted: traffic.records.delivered_since(t, {sae_of[v]}) >= 2,
+                functools.partial(resumed, traffic.records, time.time(), sae_of[victim]),
                 what=f"keys to and from {sae_of[victim]} after {victim} restarted (cycle {cycle})",
                 timeout=RESUME_S,
             )
