@@ -654,6 +654,9 @@ class Node:
 
             async def remove_device(link_id: str, peer: str) -> None:
                 await keys.remove_link(link_id)
+                for alarm in state.alarms():  # nothing reads the link any more to clear them
+                    if alarm.resource == link_id:
+                        await state.clear(alarm.code, link_id, by="device-removed")
                 for table in (qkd_link_to, all_link_to):
                     if table.get(peer) == link_id:
                         del table[peer]

@@ -221,8 +221,18 @@ async def test_a_device_registered_at_runtime_serves_key_and_stays_until_removed
             before = await _ready_bits(node_a, LINK)
             await _until_more_than(node_a, LINK, before)  # its driver runs again
 
-            # Removed: the driver stops, the link is forgotten, also after a restart.
+            # Removed: the driver stops, the link is forgotten, also after a restart; its
+            # alarms clear (nothing would read the link again to clear them).
+            await admin(sock, "device_stop", link=LINK)
+            state = node_a.state
+            assert state is not None
+            while not any(a.resource == LINK for a in state.alarms()):
+                await state.look()
+                await trio.sleep(0.1)
             assert (await admin(sock, "device_remove", link=LINK))["devices"] == []
+            assert not any(a.resource == LINK for a in state.alarms())
+            saved = json.loads((cfg_a.state_dir / "devices.json").read_text())
+            assert saved == {"registered": {}, "stopped": []}
             with pytest.raises(AdminError, match="no device registered for it"):
                 await admin(sock, "device_remove", link=LINK)
             await stop_a()
