@@ -13,6 +13,7 @@ older than what the node resends is not rebuilt.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +33,8 @@ class NetworkAlarms:
         self._max_events = max_events
         self._clock = clock
         self._events: dict[_Key, CtlAlarmEvent] = {}
+        self._oldest_first: list[tuple[float, _Key]] = []
+        """A heap of the events' times: pruning takes the oldest in O(log n) each."""
         self.received = 0
         """Events taken (repeats aside) since the controller started."""
 
@@ -47,6 +50,7 @@ class NetworkAlarms:
             if event.at < oldest or key in self._events:
                 continue
             self._events[key] = event
+            heapq.heappush(self._oldest_first, (event.at, key))
             new += 1
         self.received += new
         if new:
@@ -55,11 +59,9 @@ class NetworkAlarms:
 
     def _prune(self) -> None:
         oldest = self._clock() - self._max_age
-        keys = [k for k in self._events if k[1] < oldest]
-        if len(self._events) - len(keys) > self._max_events:
-            by_age = sorted((k for k in self._events if k[1] >= oldest), key=lambda k: k[1])
-            keys += by_age[: len(by_age) - self._max_events]
-        for key in keys:
+        heap = self._oldest_first
+        while heap and (heap[0][0] < oldest or len(self._events) > self._max_events):
+            _, key = heapq.heappop(heap)
             del self._events[key]
 
     def events(
