@@ -452,6 +452,19 @@ class KeyManager:
         if peer in self._up:
             await self._link_up(link)
 
+    async def remove_link(self, link_id: str) -> None:
+        """Stop ``link_id``'s driver, wait until its device session is closed, and forget
+        the link (a device removed while the node runs).  Its stored blocks stay in the
+        store.  Raises ``KeyError`` for an unknown link."""
+        link = self._links[link_id]
+        link.stopped.add("removed")
+        if link.reader is not None:
+            link.reader.cancel()
+        if link.reader_done is not None:
+            await link.reader_done.wait()
+        self._links.pop(link_id, None)
+        log.info("link.removed", link=link_id)
+
     async def peer_down(self, peer: str, reason: str = "") -> None:
         self._up.discard(peer)
         for link in self._links_of(peer):

@@ -139,6 +139,19 @@ class RelayStatistics(msgspec.Struct, frozen=True):
     """Link key this node spent on hops it sent: pads and MAC keys."""
 
 
+class RelayPoolStatistics(msgspec.Struct, frozen=True):
+    """One end-to-end pool's relays since the node started (``qkmsctl perf relay``)."""
+
+    relays_confirmed: int = 0
+    """Relays this node started into the pool that the destination confirmed."""
+    relays_failed: int = 0
+    bits_relayed: int = 0
+    latency_s_total: float = 0.0
+    """Start-to-confirm time summed over the confirmed relays."""
+    link_bits_spent: int = 0
+    """Link key this node spent on the pool's hops (as source or intermediate)."""
+
+
 class RelayFailed(QkmsError):
     """A relay did not complete; ``code`` says why (a wire error code).
 
@@ -235,6 +248,7 @@ class RelayAgent:
         self._dirty: dict[str, RelayRecord] = {}
         self._counts = _Counts()
         self._spent: dict[str, int] = {}
+        self._per_pool: dict[str, dict[str, float]] = {}
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
 
@@ -507,9 +521,28 @@ class RelayAgent:
         """
         pool = self._pools[e2e_link_id]
         size = (bits or self._settings.block_bits) // 8
-        if pool.config.paths > 1:
-            return await self._relay_split(pool, size)
-        return await self._relay_whole(pool, size, self._routes.paths(pool.config.peer))
+        counts = self._pool_counts(e2e_link_id)
+        started = self._clock()
+        try:
+            if pool.config.paths > 1:
+                record = await self._relay_split(pool, size)
+            else:
+                record = await self._relay_whole(pool, size, self._routes.paths(pool.config.peer))
+        except RelayFailed:
+            counts["relays_failed"] += 1
+            raise
+        counts["relays_confirmed"] += 1
+        counts["bits_relayed"] += size * 8
+        counts["latency_s_total"] += max(0.0, self._clock() - started)
+        return record
+
+    def _pool_counts(self, e2e_link_id: str) -> dict[str, float]:
+        counts = self._per_pool.get(e2e_link_id)
+        if counts is None:
+            counts = self._per_pool[e2e_link_id] = dict.fromkeys(
+                RelayPoolStatistics.__struct_fields__, 0
+            )
+        return counts
 
     async def _relay_whole(
         self, pool: _Pool, size: int, paths: list[tuple[str, ...]]
@@ -718,6 +751,7 @@ class RelayAgent:
             raise RelayFailed(ErrorCode.STORE_ERROR, str(exc)) from None
         self._counts.link_bits_spent += (len(key) + MAC_KEY_BYTES) * 8
         self._spent[link_id] = self._spent.get(link_id, 0) + (len(key) + MAC_KEY_BYTES) * 8
+        self._pool_counts(hop.e2e_link_id)["link_bits_spent"] += (len(key) + MAC_KEY_BYTES) * 8
         sealed = msgspec.structs.replace(
             hop,
             link_id=link_id,
@@ -911,6 +945,19 @@ class RelayAgent:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(**dataclasses.asdict(self._counts))
+
+    def pool_statistics(self) -> dict[str, RelayPoolStatistics]:
+        """Per end-to-end pool (by link id): its relays and the link key spent on them."""
+        return {
+            link_id: RelayPoolStatistics(
+                relays_confirmed=int(c["relays_confirmed"]),
+                relays_failed=int(c["relays_failed"]),
+                bits_relayed=int(c["bits_relayed"]),
+                latency_s_total=float(c["latency_s_total"]),
+                link_bits_spent=int(c["link_bits_spent"]),
+            )
+            for link_id, c in sorted(self._per_pool.items())
+        }
 
     def link_spend(self) -> dict[str, int]:
         """Per QKD link, the link key this node spent on hops it sent (pads and MAC keys)."""
