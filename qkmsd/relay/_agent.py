@@ -562,11 +562,14 @@ class RelayAgent:
         failure = RelayFailed(ErrorCode.WRONG_PATH, "no route tried")
         for path in paths:
             try:
-                return await self._relay_on(pool, list(path), size)
+                record = await self._relay_on(pool, list(path), size)
             except RelayFailed as exc:
                 failure = exc
                 if exc.code in UNREACHABLE:
                     self._routes.hold(path)
+            else:
+                self._routes.release(path)
+                return record
         self._counts.relays_failed += 1
         raise failure
 
@@ -616,6 +619,9 @@ class RelayAgent:
         async with trio.open_nursery() as nursery:
             for i in range(len(paths)):
                 nursery.start_soon(one, i)
+        for path, outcome in zip(paths, records, strict=True):
+            if isinstance(outcome, RelayRecord):
+                self._routes.release(path)
         failed = [r for r in records if isinstance(r, RelayFailed)]
         if failed:
             lost = [p for p, r in zip(paths, records, strict=True) if _unreachable(r)]
@@ -802,6 +808,13 @@ class RelayAgent:
                 record.state, record.ended_at = "received", self._clock()
                 self._note(record)
                 return RelayResult(id=hop.id, ok=True, confirm=confirm)
+            nxt = hop.path[hop.hop + 1]
+            if not self._is_up(nxt):
+                # Said before any key of the onward link is taken: the source then holds
+                # this path and goes round.  Were the link short of key too (no key comes
+                # over a dead session), "short of key" would leave the path in use, and a
+                # split pool would spend the other side's key on shares that never pair.
+                raise RelayFailed(ErrorCode.PEER_UNREACHABLE, f"no session with {nxt}")
             onward = await self._seal_hop(msgspec.structs.replace(hop, hop=hop.hop + 1), key)
             record.state = "forwarded"
             self._note(record)
