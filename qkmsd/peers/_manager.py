@@ -15,8 +15,8 @@ dispatches messages to the agents in order, one sends a ``Ping`` every heartbeat
 (either end's pings and the other's ``Pong`` answers keep a session heard), and a
 watchdog declares the peer down when nothing at all has come from it for ``silence``
 seconds: a cut fibre or a dead host sends no reset, only silence.  The watchdog counts
-silence only while this node's own event loop runs (a tick that wakes late credits at
-most one tick), and not while the reader waits for our own dispatcher to take a
+silence only while this node's own event loop runs (a wake more than a tick late credits
+one tick), and not while the reader waits for our own dispatcher to take a
 message: a node stalled by load does not drop its healthy peers.  A send blocked by a
 peer that stopped reading does not hold the watchdog up either.  The ``down`` callbacks
 get the reason (``silent for ...`` for this case), and ``peers_status`` shows it with
@@ -676,18 +676,25 @@ class PeerManager:
             await live.send(Ping(nonce=nonce, sent_at=time.time()))
 
     async def _watchdog(self, live: _Session) -> None:
-        """Raise once nothing has come from the peer for ``silence`` seconds of our time."""
+        """Raise once nothing has come from the peer for ``silence`` seconds of our time.
+
+        It sleeps until the silence could first reach the limit (the last thing heard plus
+        the limit, or one tick at least), not tick by tick: on a session that hears its
+        peer, about one wake-up per ``silence`` seconds.
+        """
         tick = min(self._heartbeat, self._silence / 4)
         silent = 0.0
         seen = live.last_rx
         before = trio.current_time()
         while True:
-            await trio.sleep(tick)
+            step = max(tick, self._silence - silent)
+            await trio.sleep(step)
             now = trio.current_time()
-            # A tick that wakes late means our own loop is stalled or slow: credit at most
-            # one tick, so that the reader gets its turns before the silence is counted
-            # against the peer.  A slow loop detects later; it does not drop early.
-            credit = min(now - before, tick)
+            # A wake more than a tick late means our own loop was stalled or slow: credit
+            # one tick only, so that the reader gets its turns before the silence is
+            # counted against the peer.  A slow loop detects later; it does not drop early.
+            elapsed = now - before
+            credit = min(elapsed, step) if elapsed <= step + tick else tick
             before = now
             if live.last_rx != seen:
                 seen = live.last_rx
