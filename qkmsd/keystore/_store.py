@@ -634,6 +634,27 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
         with self._reading() as conn:
             return [row[0] for row in conn.execute(query + " ORDER BY block_id", params)]
 
+    def oldest_unconfirmed(self, link_id: str) -> float | None:
+        """When the link's longest-waiting RECEIVED block was received; None if none is."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            value: float | None = conn.execute(
+                "SELECT MIN(received_at) FROM blocks WHERE link_id = ? AND state = ?",
+                (link_id, KeyState.RECEIVED.value),
+            ).fetchone()[0]
+        return value
+
+    def oldest_unexpired(self, link_id: str) -> float | None:
+        """When the link's oldest block that may still expire (RECEIVED or READY: a
+        RESERVED block never returns to READY) was produced; None if there is none."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            value: float | None = conn.execute(
+                "SELECT MIN(produced_at) FROM blocks WHERE link_id = ? AND state IN (?, ?)",
+                (link_id, KeyState.RECEIVED.value, KeyState.READY.value),
+            ).fetchone()[0]
+        return value
+
     def discarded_since(self, link_id: str, *, reason: str, since: float, limit: int) -> list[int]:
         """Ids of blocks moved to DISCARDED with ``reason`` at or after ``since`` (the
         store's clock), at most ``limit`` of the most recent, in id order."""
