@@ -602,6 +602,14 @@ class KeyManager:
             raise KeyError(link_id)
         return await self._thread.call(_check_blocks, self._store, link_id, first, last)
 
+    def bits_in_by_peer(self) -> dict[str, int]:
+        """Key bits stored into the pools since the node started, summed by peer (read
+        from memory, no store call)."""
+        out: dict[str, int] = {}
+        for link in self._links.values():
+            out[link.peer] = out.get(link.peer, 0) + link.bits_in
+        return out
+
     def statistics(self) -> dict[str, LinkStatistics]:
         return {
             link.link_id: LinkStatistics(
