@@ -562,9 +562,10 @@ class KeyManager:
 
     async def links_status(self) -> list[LinkStatus]:
         out = []
-        for link in list(self._links.values()):  # links may be added meanwhile
-            pool = await self._thread.call(self._store.pool, link.link_id)
-            newest = await self._thread.call(self._store.max_block_id, link.link_id)
+        links = list(self._links.values())  # links may be added meanwhile
+        levels = await self._thread.call(self._store.pools, [link.link_id for link in links])
+        for link in links:
+            pool, newest = levels[link.link_id]
             health = link.driver.health()
             out.append(
                 LinkStatus(

@@ -489,8 +489,7 @@ class RelayAgent:
         }
 
     async def _owned_bits(self, link_id: str) -> int:
-        level = await self._thread.call(self._store.pool, link_id)
-        return level.owned_ready_bits
+        return await self._thread.call(self._store.owned_ready_bits, link_id)
 
     async def _pool_bits(self, pool: _Pool) -> int:
         return await self._owned_bits(pool.config.link_id)
