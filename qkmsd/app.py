@@ -555,10 +555,7 @@ class Node:
             )
 
             async def link_bits() -> dict[str, int]:
-                out: dict[str, int] = {}
-                for link in await keys.links_status():
-                    out[link.peer] = out.get(link.peer, 0) + link.bits_in
-                return out
+                return keys.bits_in_by_peer()
 
             async def forward_profile(
                 op: str, name: str, fields: dict[str, Any]

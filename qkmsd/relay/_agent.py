@@ -246,6 +246,7 @@ class RelayAgent:
         self._clock = clock
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._dirty: dict[str, RelayRecord] = {}
+        self._dirtied = trio.Event()
         self._counts = _Counts()
         self._spent: dict[str, int] = {}
         self._per_pool: dict[str, dict[str, float]] = {}
@@ -314,9 +315,12 @@ class RelayAgent:
             self._nursery.start_soon(self._keep_filled, pool)
 
     async def _journal_writer(self) -> None:
-        """Write changed relay records to the journal, a batch every ``JOURNAL_S``."""
+        """Write changed relay records to the journal, a batch ``JOURNAL_S`` after the
+        first change (asleep while nothing changes)."""
         while True:
+            await self._dirtied.wait()
             await trio.sleep(JOURNAL_S)
+            self._dirtied = trio.Event()
             if self._dirty:
                 batch, self._dirty = list(self._dirty.values()), {}
                 rows = [msgspec.structs.asdict(r) for r in batch]
@@ -327,6 +331,7 @@ class RelayAgent:
 
     def _note(self, record: RelayRecord) -> None:
         self._dirty[record.relay_id] = record
+        self._dirtied.set()
 
     async def _keep_filled(self, pool: _Pool) -> None:
         s = self._settings
@@ -503,8 +508,7 @@ class RelayAgent:
         }
 
     async def _owned_bits(self, link_id: str) -> int:
-        level = await self._thread.call(self._store.pool, link_id)
-        return level.owned_ready_bits
+        return await self._thread.call(self._store.owned_ready_bits, link_id)
 
     async def _pool_bits(self, pool: _Pool) -> int:
         return await self._owned_bits(pool.config.link_id)
