@@ -24,6 +24,7 @@ relays an SAE waits for are not paced.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -53,6 +54,9 @@ from protocol import (
 from ..errors import PeerUnavailable, QkmsError
 from ..log import get_logger
 from ._service import NoController, RegistrationRefused
+
+RATE_WINDOW_S = 30.0
+"""A link's key rate is reported over about this long."""
 
 log = get_logger("qkms.controller")
 
@@ -131,7 +135,7 @@ class Reporter:
         self._heard_at = float("-inf")
         self._wake = trio.Event()
         self._seq = 0
-        self._last_bits: dict[str, tuple[float, int]] = {}
+        self._rate_samples: dict[str, collections.deque[tuple[float, int]]] = {}
         self._last_spent: dict[str, tuple[float, int]] = {}
         self._settings: list[CtlRoute] = []
         self._incoming: tuple[tuple[str, int], int, list[CtlRoute]] | None = None
@@ -189,11 +193,16 @@ class Reporter:
         links = []
         for status in await src.links():
             total = bits_in.get(status.link_id, 0)
-            then = self._last_bits.get(status.link_id)
+            # The key rate over the last ``RATE_WINDOW_S`` (at least one period): a link
+            # delivers key in blocks, and one period may see none while the next sees two.
+            samples = self._rate_samples.setdefault(status.link_id, collections.deque())
+            while samples and (samples[0][1] > total or now - samples[0][0] > RATE_WINDOW_S):
+                samples.popleft()
+            then = samples[0] if samples else None
             rate = 0.0
             if then is not None and now > then[0]:
                 rate = max(0.0, (total - then[1]) / (now - then[0]))
-            self._last_bits[status.link_id] = (now, total)
+            samples.append((now, total))
             used = spent.get(status.link_id, 0)
             before = self._last_spent.get(status.link_id)
             spent_bps = 0.0

@@ -237,6 +237,9 @@ class RelayAgent:
         self._spent: dict[str, int] = {}
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
+        self._budgeted = False
+        """A controller's budgets are in force (a set came, even an empty one): the link
+        reserve is not kept, the allocation shares each link among all who draw on it."""
 
     # --- services ------------------------------------------------------------------
 
@@ -371,15 +374,24 @@ class RelayAgent:
         return min(POLL_S, max(BUDGET_MIN_WAIT_S, (bits - pool.tokens) / budget))
 
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
-        """The controller's per-destination budgets for background relays (bits/s); pools
-        whose destination is not named keep relaying as their watermarks ask.  Relays an
-        SAE waits for (``top_up``) are not budgeted."""
+        """The controller's per-destination budgets for relays (bits/s), background relays
+        and those an SAE waits for (``top_up``) alike; pools whose destination is not named
+        keep relaying as their watermarks ask.  From the first set on, relays keep no link
+        reserve (``link_reserve``): under budgets the controller's allocation, which counts
+        the keys cut for QKD neighbours too, shares each link, and a reserve would only
+        make relays it admitted fail on their way."""
+        self._budgeted = True
         for pool in self._pools.values():
             budget = budgets.get(pool.config.peer)
             if budget != pool.budget_bps:
                 log.info("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
                 pool.budget_bps = budget
                 pool.tokens, pool.tokens_at = 0.0, trio.current_time()
+
+    def link_reserve(self) -> int:
+        """Bits a relay leaves on each link it pads from: ``link_reserve_bits``, 0 under
+        the controller's budgets."""
+        return 0 if self._budgeted else self._settings.link_reserve_bits
 
     async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
         try:
@@ -438,6 +450,10 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                 elif owned + under_way * self._settings.block_bits < target and slots.value:
+                    wait = self._budget_wait(pool, self._settings.block_bits)
+                    if wait > 0:  # the pool's budget covers the relays SAEs wait for too
+                        await trio.sleep(wait)
+                        continue
                     await slots.acquire()
                     nursery.start_soon(one)
                 else:
@@ -471,7 +487,7 @@ class RelayAgent:
         relays now (above its reserve)."""
         s = self._settings
         one = s.block_bits + 8 * (RELAY_CONFIRM_KEY_BYTES + MAC_KEY_BYTES)
-        need = relays * one + s.link_reserve_bits
+        need = relays * one + self.link_reserve()
         for neighbour in self._first_links(pool):
             link_id = self._link_to.get(neighbour)
             if link_id is not None and await self._owned_bits(link_id) >= need:
@@ -704,7 +720,7 @@ class RelayAgent:
                     self._store.allocate_link_key,
                     link_id,
                     [len(key), MAC_KEY_BYTES],
-                    keep=self._settings.link_reserve_bits // 8,
+                    keep=self.link_reserve() // 8,
                 )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc), here_short=True) from None
