@@ -137,7 +137,8 @@ def pair_demand(topology: Topology, now: float) -> dict[tuple[str, str], float]:
     ``DEMAND_HEADROOM``, at least ``DEMAND_FLOOR_BPS``.  A pair asking for less than its
     share so leaves the rest to pairs that want more; its budget grows again at its first
     refusal.  A window shorter than half the node's report period (a report sent on a
-    change) tells nothing: unbounded."""
+    change), or one in which the pair asked for nothing (idle, or waiting on a request
+    that takes longer than the period), tells nothing: unbounded."""
     out: dict[tuple[str, str], float] = {}
     for node, view in topology.nodes.items():
         if not topology.alive(node, now):
@@ -148,6 +149,7 @@ def pair_demand(topology: Topology, now: float) -> dict[tuple[str, str], float]:
             if (
                 window is None
                 or span < view.period_s / 2  # a report sent on a change: too short to tell
+                or window.asked_bits == 0  # idle, or waiting on one long request
                 or window.asked_bits > window.served_bits
             ):
                 rate = math.inf

@@ -384,9 +384,18 @@ class RelayAgent:
         for pool in self._pools.values():
             budget = budgets.get(pool.config.peer)
             if budget != pool.budget_bps:
-                log.info("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
+                log.debug("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
+                if pool.budget_bps is None:
+                    pool.tokens, pool.tokens_at = 0.0, trio.current_time()
+                else:  # a new rate from now on: the tokens earned so far are kept
+                    self._budget_wait(pool, 1 << 62)
                 pool.budget_bps = budget
-                pool.tokens, pool.tokens_at = 0.0, trio.current_time()
+
+    def _refund(self, pool: _Pool) -> None:
+        """A relay that spent no link key (this node's first link was short) gives its
+        budget back: the pool's share is spent on relays, not on attempts."""
+        if pool.budget_bps is not None:
+            pool.tokens += self._settings.block_bits
 
     def link_reserve(self) -> int:
         """Bits a relay leaves on each link it pads from: ``link_reserve_bits``, 0 under
@@ -406,6 +415,7 @@ class RelayAgent:
                 # for key on the link instead (a pool that paused long would let key pile
                 # up while pools of lower priority are held back).
                 pool.link_short = True
+                self._refund(pool)
             # Relays that fail together (a link out of key, a node down) count as one
             # failure: the pause doubles only when a relay started after it fails too.
             elif self._clock() >= pool.retry_at:
@@ -438,6 +448,8 @@ class RelayAgent:
                 failures.clear()
             except RelayFailed as exc:
                 failures.append(exc)
+                if exc.here_short:
+                    self._refund(pool)
             finally:
                 slots.release()
 

@@ -200,7 +200,8 @@ class DirectLinkSource:
         if not self._is_up(target_kme):  # cut nothing that could only be burnt
             raise Unavailable(f"target KME {target_kme} is unreachable: not connected")
         bucket = self._budgets.get(target_kme)
-        if bucket is not None and not bucket.take(len(key_ids) * size, trio.current_time()):
+        bits = len(key_ids) * size
+        if bucket is not None and not bucket.has(bits, trio.current_time()):
             raise Unavailable(
                 f"the keys for {target_kme} are at their budget of {bucket.rate:g} bit/s "
                 "from the controller: try again shortly"
@@ -218,6 +219,8 @@ class DirectLinkSource:
                 slaves=[*here, *there],
                 keep=keep,
             )
+        if bucket is not None:  # taken once cut: a cut the pool could not give costs none
+            bucket.take(bits)
         message = SupplyReserve(
             id=0,  # the peer manager gives the request its id
             link_id=link_id,
@@ -392,14 +395,14 @@ class _Bucket:
     def __init__(self, rate: float, tokens: float, at: float) -> None:
         self.rate, self.tokens, self.at = rate, tokens, at
 
-    def take(self, bits: int, now: float) -> bool:
+    def has(self, bits: int, now: float) -> bool:
         depth = max(float(bits), self.rate * BUDGET_BURST_S)
         self.tokens = min(depth, self.tokens + max(0.0, now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= bits * (1 - 1e-9):
-            self.tokens = max(0.0, self.tokens - bits)
-            return True
-        return False
+        return self.tokens >= bits * (1 - 1e-9)
+
+    def take(self, bits: int) -> None:
+        self.tokens = max(0.0, self.tokens - bits)
 
 
 def _stock_target(policy: SupplyPolicy) -> int:
