@@ -388,7 +388,9 @@ class RelayAgent:
                 if pool.budget_bps is None:
                     pool.tokens, pool.tokens_at = 0.0, trio.current_time()
                 else:  # a new rate from now on: the tokens earned so far are kept
-                    self._budget_wait(pool, 1 << 62)
+                    now = trio.current_time()
+                    pool.tokens += max(0.0, now - pool.tokens_at) * pool.budget_bps
+                    pool.tokens_at = now
                 pool.budget_bps = budget
 
     def _refund(self, pool: _Pool) -> None:
