@@ -181,8 +181,8 @@ def main() -> None:
                     flush=True,
                 )
             results["cases"].append(row)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)  # after each case
+            RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     if not math.isfinite(args.seconds):
         raise SystemExit(2)

@@ -376,10 +376,11 @@ class RelayAgent:
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
         """The controller's per-destination budgets for relays (bits/s), background relays
         and those an SAE waits for (``top_up``) alike; pools whose destination is not named
-        keep relaying as their watermarks ask.  From the first set on, relays keep no link
-        reserve (``link_reserve``): under budgets the controller's allocation, which counts
-        the keys cut for QKD neighbours too, shares each link, and a reserve would only
-        make relays it admitted fail on their way."""
+        keep relaying as their watermarks ask.  From the first set on, a hop forwarded for
+        another node's relay keeps no link reserve (``link_reserve``): the controller's
+        allocation, which counts the keys cut for QKD neighbours too, shares each link, and
+        a reserve there would only make relays a source's budget admitted fail on their
+        way, after the key of the hops before was spent."""
         self._budgeted = True
         for pool in self._pools.values():
             budget = budgets.get(pool.config.peer)
@@ -399,10 +400,13 @@ class RelayAgent:
         if pool.budget_bps is not None:
             pool.tokens += self._settings.block_bits
 
-    def link_reserve(self) -> int:
-        """Bits a relay leaves on each link it pads from: ``link_reserve_bits``, 0 under
-        the controller's budgets."""
-        return 0 if self._budgeted else self._settings.link_reserve_bits
+    def link_reserve(self, *, first_hop: bool = True) -> int:
+        """Bits a relay leaves on a link it pads from: ``link_reserve_bits``; under the
+        controller's budgets only on the relay's first hop, at its source (a hop forwarded
+        for another node's relay, admitted by that node's budget, takes from it)."""
+        if self._budgeted and not first_hop:
+            return 0
+        return self._settings.link_reserve_bits
 
     async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
         try:
@@ -734,7 +738,7 @@ class RelayAgent:
                     self._store.allocate_link_key,
                     link_id,
                     [len(key), MAC_KEY_BYTES],
-                    keep=self.link_reserve() // 8,
+                    keep=self.link_reserve(first_hop=hop.hop == 1) // 8,
                 )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc), here_short=True) from None

@@ -136,8 +136,11 @@ class DirectLinkSource:
             bucket = self._budgets.get(target)
             if rate is None:
                 self._budgets.pop(target, None)
-            elif bucket is None or bucket.rate != rate:
-                self._budgets[target] = _Bucket(rate, bucket.tokens if bucket else 0.0, now)
+            elif bucket is None:  # a new budget starts with its burst: no pair waits for it
+                self._budgets[target] = _Bucket(rate, rate * BUDGET_BURST_S, now)
+            elif bucket.rate != rate:  # the tokens earned at the old rate are kept
+                bucket.has(0, now)
+                bucket.rate = rate
 
     def budget(self, target_kme: str) -> float | None:
         bucket = self._budgets.get(target_kme)

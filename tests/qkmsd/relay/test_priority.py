@@ -152,11 +152,12 @@ async def test_a_budget_from_the_controller_paces_a_pool_s_background_relays(
     assert 8 <= counts[256.0] <= 2 + 10 + 1
 
 
-async def test_under_budgets_relays_keep_no_link_reserve_and_a_new_rate_keeps_tokens(
+async def test_under_budgets_forwarded_hops_keep_no_reserve_and_a_new_rate_keeps_tokens(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """The reserve protects a link's own SAE pairs from relays; under budgets the
-    allocation does (the keys cut for them are budgeted too), so relays keep none.  A rate
+    allocation does (the keys cut for them are budgeted too), so a hop forwarded for
+    another node's relay keeps none, and only a relay's first hop keeps it.  A rate
     that changes every report keeps the tokens earned: 1 s at 256 bits/s, then 1 s at 512,
     is 768 bits, three 256-bit relays."""
     settings = msgspec.structs.replace(SETTINGS, link_reserve_bits=4096)
@@ -166,7 +167,8 @@ async def test_under_budgets_relays_keep_no_link_reserve_and_a_new_rate_keeps_to
         agent = net[A].agent
         assert agent.link_reserve() == 4096
         agent.set_budgets({})
-        assert agent.link_reserve() == 0
+        assert agent.link_reserve() == 4096  # a relay's own first hop keeps it
+        assert agent.link_reserve(first_hop=False) == 0
         agent.set_budgets({C: 256.0})
         await trio.sleep(1.0)
         agent.set_budgets({C: 512.0})

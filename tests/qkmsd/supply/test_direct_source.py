@@ -250,14 +250,13 @@ async def test_nothing_is_cut_for_a_neighbour_without_a_session(ends: LinkEnds) 
 async def test_keys_cut_for_a_neighbour_keep_to_the_controllers_budget(
     ends: LinkEnds, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A budget of 512 bit/s holds two seconds' worth (1,024 bits): two keys of 512 bits
-    at once, then 503 naming the budget, and one more a second later; nothing is cut for
-    a refusal.  Without a budget the same request is served."""
+    """A budget of 512 bit/s holds two seconds' worth (1,024 bits), and starts full: two
+    keys of 512 bits at once, then 503 naming the budget, and one more a second later;
+    nothing is cut for a refusal.  Without a budget the same request is served."""
     ends.source.set_budgets({"KME_B": 512.0})
     assert ends.source.budget("KME_B") == 512.0
     async with trio.open_nursery() as nursery:
         await nursery.start(ends.source.run)
-        await trio.sleep(2.0)
         await ends.source.new_keys(order(ends, 2, size_bits=512))
         before = ends.owned_ready_bits()
         with pytest.raises(Unavailable, match="budget of 512 bit/s"):
