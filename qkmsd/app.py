@@ -424,6 +424,11 @@ class Node:
 
             peers.on_request(CtlProfileApply, apply_profile)
 
+            def spend_budgets(budgets: dict[str, float]) -> None:
+                """Budgets govern relays and the keys cut for QKD neighbours alike."""
+                relay.set_budgets(budgets)
+                direct.set_budgets(budgets)
+
             self.reporter = reporter = Reporter(
                 node_id=cfg.node_id,
                 electors=[*cfg.controller.electors, *([cfg.node_id] if controller else [])],
@@ -440,7 +445,7 @@ class Node:
                 ),
                 request=ctl_request,
                 install=routes.set_controller,
-                spend=relay.set_budgets,
+                spend=spend_budgets,
                 has_route=routes.has_route,
                 wanted=lambda: sorted(e2e_link_to),
                 software=VERSION,

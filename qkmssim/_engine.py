@@ -241,6 +241,8 @@ class Network:
                 "priority": topo.electors[name],
                 "electors": {e: p for e, p in topo.electors.items() if e != name},
             }
+        else:  # reports to the controller, as in a lab: routes and budgets come back
+            data["controller"] = {"electors": dict(topo.electors)}
         state.mkdir(parents=True, exist_ok=True)
         return config_from_mapping(data, source=state / "qkmsd.toml")
 

@@ -28,6 +28,7 @@ came since.  A refused or unanswered report's events go again with the next.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -61,6 +62,9 @@ from protocol import (
 from ..errors import PeerUnavailable, QkmsError
 from ..log import get_logger
 from ._service import NoController, RegistrationRefused
+
+RATE_WINDOW_S = 30.0
+"""A link's key rate is reported over about this long."""
 
 log = get_logger("qkms.controller")
 
@@ -146,7 +150,7 @@ class Reporter:
         self._heard_at = float("-inf")
         self._wake = trio.Event()
         self._seq = 0
-        self._last_bits: dict[str, tuple[float, int]] = {}
+        self._rate_samples: dict[str, collections.deque[tuple[float, int]]] = {}
         self._last_spent: dict[str, tuple[float, int]] = {}
         self._last_rates: dict[str, tuple[float, float]] = {}
         self._settings: list[CtlRoute] = []
@@ -220,7 +224,12 @@ class Reporter:
         links = []
         for status in await src.links():
             total = bits_in.get(status.link_id, 0)
-            then = self._last_bits.get(status.link_id)
+            # The key rate over the last ``RATE_WINDOW_S`` (at least one period): a link
+            # delivers key in blocks, and one period may see none while the next sees two.
+            samples = self._rate_samples.setdefault(status.link_id, collections.deque())
+            while samples and (samples[0][1] > total or now - samples[0][0] > RATE_WINDOW_S):
+                samples.popleft()
+            then = samples[0] if samples else None
             rate = 0.0
             if then is not None and now > then[0]:
                 rate = max(0.0, (total - then[1]) / (now - then[0]))
@@ -232,7 +241,7 @@ class Reporter:
             if peek:
                 rate, spent_bps = self._last_rates.get(status.link_id, (0.0, 0.0))
             else:
-                self._last_bits[status.link_id] = (now, total)
+                samples.append((now, total))
                 self._last_spent[status.link_id] = (now, used)
                 self._last_rates[status.link_id] = (rate, spent_bps)
             qber = status.qber if status.qber is None or 0 <= status.qber <= 1 else None

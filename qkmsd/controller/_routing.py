@@ -8,14 +8,16 @@ graph is undirected, so a link costs the dearer of its two directions.  ``comput
 finds, per ordered node pair, up to ``alternates`` least-cost simple paths with networkx
 (``shortest_simple_paths``, Yen's algorithm), each with its cost.
 
-``allocate_budgets`` shares each link's key rate among the node pairs whose first route
-crosses it (``qkmsd.sharing``, max-min by default) and gives each source node its
-per-destination relay budgets.
+``allocate_budgets`` shares each direction of each link among the node pairs that draw on
+it, relayed pairs on their first route and pairs of QKD neighbours on their link
+(``qkmsd.sharing``, max-min by default, up to each pair's measured demand), and gives each
+node its per-destination budgets (docs/sharing.md, "Budgets in the network").
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 
 import networkx as nx
@@ -57,25 +59,47 @@ def link_cost(link: LinkView) -> float:
 def allocate_budgets(
     topology: Topology, routes: list[CtlRoute], now: float, *, policy: sharing.Policy = "max-min"
 ) -> dict[str, list[CtlBudget]]:
-    """Per source node, the relay budget (bits/s of delivered key) of each destination it
-    has a route to: each link's key rate shared among the pairs whose best route crosses
-    it, under ``policy`` (``qkmsd.sharing``: max-min by default, work-conserving)."""
-    rates = {
-        sharing.link_id(view.a, view.b): view.rate_bps
-        for view in topology.links(now)
-        if view.up and not view.removed
-    }
-    pairs = []
+    """Per live node, the budget (bits/s of key) of each destination it draws link key for:
+    every ordered pair that relays (its best route) and every SAE pair across a QKD link
+    (its link), sharing each direction of each up link under ``policy`` (``qkmsd.sharing``:
+    max-min by default) up to the pairs' demand (``pair_demand``).  Every live node gets an entry,
+    empty if it has no budget: a node that got a set knows budgets are in force.
+
+    A direction X->Y of link X~Y is half its rate: X pads hops and cuts neighbours' keys
+    from the blocks it owns.  A relayed pair spends the relay's MAC overhead on each hop, a
+    pair of neighbours one link bit per key bit.  Demand (``pair_demand``) is what the
+    pair's SAEs asked for over the last report period with some headroom, so that key a
+    pair leaves unused is shared among the pairs that want more (work conservation)."""
+    arcs: dict[tuple[str, str], float] = {}
+    for view in topology.links(now):
+        if view.up and not view.removed:
+            arcs[(view.a, view.b)] = arcs[(view.b, view.a)] = view.rate_bps / 2
+    paths: dict[tuple[str, str], tuple[str, ...]] = {}
     for route in routes:
-        nodes = tuple(route.paths[0].nodes) if route.paths else ()
-        hops = [sharing.link_id(a, b) for a, b in itertools.pairwise(nodes)]
-        if len(nodes) >= 2 and all(h in rates for h in hops):
-            pairs.append(sharing.Pair(route.source, route.destination, (nodes,)))
+        if route.paths:
+            paths[(route.source, route.destination)] = tuple(route.paths[0].nodes)
+    for pair in neighbour_pairs(topology, now):
+        paths.setdefault(pair, pair)
+    demand = pair_demand(topology, now)
+    relay_overhead = sharing.overhead_for(RELAY_KEY_BITS, per_hop_bits=2 * MAC_KEY_BITS)
+    pairs = []
+    for (source, destination), nodes in sorted(paths.items()):
+        if len(nodes) >= 2 and all(hop in arcs for hop in itertools.pairwise(nodes)):
+            pairs.append(
+                sharing.Pair(
+                    source,
+                    destination,
+                    (nodes,),
+                    demand=demand.get((source, destination), DEMAND_FLOOR_BPS),
+                    overhead=1.0 if len(nodes) == 2 else relay_overhead,
+                )
+            )
+    budgets: dict[str, list[CtlBudget]] = {
+        n: [] for n in topology.node_ids() if topology.alive(n, now)
+    }
     if not pairs:
-        return {}
-    overhead = sharing.overhead_for(RELAY_KEY_BITS, per_hop_bits=2 * MAC_KEY_BITS)
-    shared = sharing.allocate(rates, pairs, policy=policy, overhead=overhead)
-    budgets: dict[str, list[CtlBudget]] = {}
+        return budgets
+    shared = sharing.allocate_directed(arcs, pairs, policy=policy, overhead=relay_overhead)
     for (source, destination), rate in sorted(shared.rates.items()):
         # A share of nothing (a link whose rate is not measured yet, or one that makes no
         # key) is no budget: a pool paced at 0 would starve on a stale report, while its
@@ -83,6 +107,57 @@ def allocate_budgets(
         if rate > 0:
             budgets.setdefault(source, []).append(CtlBudget(destination, round(float(rate), 3)))
     return budgets
+
+
+DEMAND_FLOOR_BPS = 256.0
+"""The demand counted for a pair whose SAEs asked for nothing over the last period (an end
+of an end-to-end pool whose applications are all at the other end): a trickle that keeps
+its stock filling until demand shows in a report."""
+DEMAND_HEADROOM = 1.1
+"""A pair served all it asked for counts as demanding what it got times this: room to
+grow, while a pair asking steadily below its fair share leaves the rest to others."""
+
+
+def neighbour_pairs(topology: Topology, now: float) -> list[tuple[str, str]]:
+    """Ordered pairs (master's node, slave's node) of SAE pairs across a QKD link: their
+    keys are cut straight from the link's key, which relays cross too."""
+    pairs: set[tuple[str, str]] = set()
+    for node, view in topology.nodes.items():
+        if not topology.alive(node, now):
+            continue
+        neighbours = {link.peer for link in view.links.values() if not link.virtual}
+        pairs.update((node, d.kme) for d in view.demand if d.kme in neighbours)
+    return sorted(pairs)
+
+
+def pair_demand(topology: Topology, now: float) -> dict[tuple[str, str], float]:
+    """Per ordered node pair with SAE demand, the demand counted for it (bits/s): unbounded
+    if one of its SAE pairs was refused key over the last report period (it wants more
+    than it gets) or has no period measured yet; else what it was served times
+    ``DEMAND_HEADROOM``, at least ``DEMAND_FLOOR_BPS``.  A pair asking for less than its
+    share so leaves the rest to pairs that want more; its budget grows again at its first
+    refusal.  A window shorter than half the node's report period (a report sent on a
+    change), or one in which the pair asked for nothing (idle, or waiting on a request
+    that takes longer than the period), tells nothing: unbounded."""
+    out: dict[tuple[str, str], float] = {}
+    for node, view in topology.nodes.items():
+        if not topology.alive(node, now):
+            continue
+        for d in view.demand:
+            window = view.windows.get((d.master, d.slave, d.kme))
+            span = window.end - window.start if window is not None else 0.0
+            if (
+                window is None
+                or span < view.period_s / 2  # a report sent on a change: too short to tell
+                or window.asked_bits == 0  # idle, or waiting on one long request
+                or window.asked_bits > window.served_bits
+            ):
+                rate = math.inf
+            else:
+                rate = window.served_bits / span * DEMAND_HEADROOM
+            key = (node, d.kme)
+            out[key] = out.get(key, 0.0) + rate
+    return {key: max(rate, DEMAND_FLOOR_BPS) for key, rate in out.items()}
 
 
 def compute_routes(

@@ -252,6 +252,9 @@ class RelayAgent:
         self._per_pool: dict[str, dict[str, float]] = {}
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
+        self._budgeted = False
+        """A controller's budgets are in force (a set came, even an empty one): the link
+        reserve is not kept, the allocation shares each link among all who draw on it."""
 
     # --- services ------------------------------------------------------------------
 
@@ -390,15 +393,39 @@ class RelayAgent:
         return min(POLL_S, max(BUDGET_MIN_WAIT_S, (bits - pool.tokens) / budget))
 
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
-        """The controller's per-destination budgets for background relays (bits/s); pools
-        whose destination is not named keep relaying as their watermarks ask.  Relays an
-        SAE waits for (``top_up``) are not budgeted."""
+        """The controller's per-destination budgets for relays (bits/s), background relays
+        and those an SAE waits for (``top_up``) alike; pools whose destination is not named
+        keep relaying as their watermarks ask.  From the first set on, a hop forwarded for
+        another node's relay keeps no link reserve (``link_reserve``): the controller's
+        allocation, which counts the keys cut for QKD neighbours too, shares each link, and
+        a reserve there would only make relays a source's budget admitted fail on their
+        way, after the key of the hops before was spent."""
+        self._budgeted = True
         for pool in self._pools.values():
             budget = budgets.get(pool.config.peer)
             if budget != pool.budget_bps:
-                log.info("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
+                log.debug("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
+                if pool.budget_bps is None:
+                    pool.tokens, pool.tokens_at = 0.0, trio.current_time()
+                else:  # a new rate from now on: the tokens earned so far are kept
+                    now = trio.current_time()
+                    pool.tokens += max(0.0, now - pool.tokens_at) * pool.budget_bps
+                    pool.tokens_at = now
                 pool.budget_bps = budget
-                pool.tokens, pool.tokens_at = 0.0, trio.current_time()
+
+    def _refund(self, pool: _Pool) -> None:
+        """A relay that spent no link key (this node's first link was short) gives its
+        budget back: the pool's share is spent on relays, not on attempts."""
+        if pool.budget_bps is not None:
+            pool.tokens += self._settings.block_bits
+
+    def link_reserve(self, *, first_hop: bool = True) -> int:
+        """Bits a relay leaves on a link it pads from: ``link_reserve_bits``; under the
+        controller's budgets only on the relay's first hop, at its source (a hop forwarded
+        for another node's relay, admitted by that node's budget, takes from it)."""
+        if self._budgeted and not first_hop:
+            return 0
+        return self._settings.link_reserve_bits
 
     async def _background_relay(self, pool: _Pool, slots: trio.Semaphore) -> None:
         try:
@@ -413,6 +440,7 @@ class RelayAgent:
                 # for key on the link instead (a pool that paused long would let key pile
                 # up while pools of lower priority are held back).
                 pool.link_short = True
+                self._refund(pool)
             # Relays that fail together (a link out of key, a node down) count as one
             # failure: the pause doubles only when a relay started after it fails too.
             elif self._clock() >= pool.retry_at:
@@ -445,6 +473,8 @@ class RelayAgent:
                 failures.clear()
             except RelayFailed as exc:
                 failures.append(exc)
+                if exc.here_short:
+                    self._refund(pool)
             finally:
                 slots.release()
 
@@ -457,6 +487,10 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                 elif owned + under_way * self._settings.block_bits < target and slots.value:
+                    wait = self._budget_wait(pool, self._settings.block_bits)
+                    if wait > 0:  # the pool's budget covers the relays SAEs wait for too
+                        await trio.sleep(wait)
+                        continue
                     await slots.acquire()
                     nursery.start_soon(one)
                 else:
@@ -490,7 +524,7 @@ class RelayAgent:
         relays now (above its reserve)."""
         s = self._settings
         one = s.block_bits + 8 * (RELAY_CONFIRM_KEY_BYTES + MAC_KEY_BYTES)
-        need = relays * one + s.link_reserve_bits
+        need = relays * one + self.link_reserve()
         for neighbour in self._first_links(pool):
             link_id = self._link_to.get(neighbour)
             if link_id is not None and await self._owned_bits(link_id) >= need:
@@ -747,7 +781,7 @@ class RelayAgent:
                     self._store.allocate_link_key,
                     link_id,
                     [len(key), MAC_KEY_BYTES],
-                    keep=self._settings.link_reserve_bits // 8,
+                    keep=self.link_reserve(first_hop=hop.hop == 1) // 8,
                 )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc), here_short=True) from None

@@ -5,7 +5,7 @@ rates and the pairs' routes, demands and weights, and pushes the per-pair budget
 source nodes; the simulator reports ``figures``.  ``docs/sharing.md`` defines the policies.
 """
 
-from ._allocate import allocate
+from ._allocate import allocate, allocate_directed
 from ._figures import SharingFigures, equal_shares, figures, jain_index, utilisation
 from ._model import (
     MAC_KEY_BITS,
@@ -31,6 +31,7 @@ __all__ = [
     "SharingError",
     "SharingFigures",
     "allocate",
+    "allocate_directed",
     "equal_shares",
     "figures",
     "jain_index",

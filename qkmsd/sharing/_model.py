@@ -81,6 +81,9 @@ class Pair:
     weight: float = 1.0
     shares: bool = False
     """Every key as XOR shares over all paths at once, rather than each over one path."""
+    overhead: float | None = None
+    """Link key this pair spends on each hop per delivered bit; ``None``: the allocation's
+    (a key cut for a QKD neighbour spends 1 bit per bit, a relay also its MAC key)."""
 
     def __post_init__(self) -> None:
         paths = tuple(tuple(path) for path in self.paths)
@@ -104,6 +107,10 @@ class Pair:
             raise SharingError(f"{name}: demand {self.demand} must be >= 0 (inf: unbounded)")
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise SharingError(f"{name}: weight {self.weight} must be a positive number")
+        if self.overhead is not None and not (
+            math.isfinite(self.overhead) and self.overhead >= 1.0
+        ):
+            raise SharingError(f"{name}: overhead {self.overhead} must be a finite number >= 1")
 
     @property
     def id(self) -> PairId:
@@ -256,6 +263,10 @@ def build_problem(
     flat_unique, counts = np.unique(flat, return_counts=True)
     ent_route = flat_unique // max(len(link_ids), 1)
     ent_link = flat_unique % max(len(link_ids), 1)
+    route_overhead = np.array(
+        [overhead if ordered[r].overhead is None else ordered[r].overhead for r in route_pair],
+        dtype=np.float64,
+    )
     return Problem(
         pairs=ordered,
         link_ids=link_ids,
@@ -266,7 +277,7 @@ def build_problem(
         pair_first_route=np.array(first, dtype=np.int64),
         ent_link=ent_link.astype(np.int64),
         ent_route=ent_route.astype(np.int64),
-        ent_coef=overhead * counts.astype(np.float64),
+        ent_coef=route_overhead[ent_route] * counts.astype(np.float64),
         overhead=overhead,
     )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -108,6 +108,7 @@ class DirectLinkSource:
         self._nursery: trio.Nursery | None = None
         self.stock_keys_in = 0
         self.stock_keys_out = 0
+        self._budgets: dict[str, _Bucket] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the stock refills.  Until cancelled."""
@@ -124,6 +125,26 @@ class DirectLinkSource:
                 if self._sent_once[target] and self._is_up(target):
                     again = self._sent_once.pop(target)
                     await self.flush_burnt(target, again=again)
+
+    def set_budgets(self, budgets: Mapping[str, float]) -> None:
+        """The controller's budgets per target KME (bits/s of key cut for it, stock refills
+        included); a target not named is not limited.  A cut over its budget gets 503: the
+        link's key is shared with the relays that cross it (docs/sharing.md)."""
+        now = trio.current_time()  # a rate: trio's clock (virtual in a simulation)
+        for target in set(self._budgets) | set(budgets):
+            rate = budgets.get(target)
+            bucket = self._budgets.get(target)
+            if rate is None:
+                self._budgets.pop(target, None)
+            elif bucket is None:  # a new budget starts with its burst: no pair waits for it
+                self._budgets[target] = _Bucket(rate, rate * BUDGET_BURST_S, now)
+            elif bucket.rate != rate:  # the tokens earned at the old rate are kept
+                bucket.has(0, now)
+                bucket.rate = rate
+
+    def budget(self, target_kme: str) -> float | None:
+        bucket = self._budgets.get(target_kme)
+        return bucket.rate if bucket else None
 
     def serves(self, target_kme: str) -> bool:
         return target_kme in self._link_to
@@ -181,6 +202,13 @@ class DirectLinkSource:
         link_id = self._link_to[target_kme]
         if not self._is_up(target_kme):  # cut nothing that could only be burnt
             raise Unavailable(f"target KME {target_kme} is unreachable: not connected")
+        bucket = self._budgets.get(target_kme)
+        bits = len(key_ids) * size
+        if bucket is not None and not bucket.has(bits, trio.current_time()):
+            raise Unavailable(
+                f"the keys for {target_kme} are at their budget of {bucket.rate:g} bit/s "
+                "from the controller: try again shortly"
+            )
         # Shielded: a cut committed at the store while its caller was cancelled would be
         # bytes spent here that nobody tells the neighbour about.
         with trio.CancelScope(shield=True):
@@ -194,6 +222,8 @@ class DirectLinkSource:
                 slaves=[*here, *there],
                 keep=keep,
             )
+        if bucket is not None:  # taken once cut: a cut the pool could not give costs none
+            bucket.take(bits)
         message = SupplyReserve(
             id=0,  # the peer manager gives the request its id
             link_id=link_id,
@@ -356,6 +386,26 @@ class DirectLinkSource:
                 self.stock_keys_in += number
         finally:
             stock.refilling = False
+
+
+BUDGET_BURST_S = 2.0
+"""A budget lets this many seconds' worth of it be cut at once (at least one request)."""
+
+
+class _Bucket:
+    """A token bucket at a budget's rate, ``BUDGET_BURST_S`` deep."""
+
+    def __init__(self, rate: float, tokens: float, at: float) -> None:
+        self.rate, self.tokens, self.at = rate, tokens, at
+
+    def has(self, bits: int, now: float) -> bool:
+        depth = max(float(bits), self.rate * BUDGET_BURST_S)
+        self.tokens = min(depth, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        return self.tokens >= bits * (1 - 1e-9)
+
+    def take(self, bits: int) -> None:
+        self.tokens = max(0.0, self.tokens - bits)
 
 
 def _stock_target(policy: SupplyPolicy) -> int:

@@ -207,22 +207,56 @@ def test_a_link_short_of_key_costs_more_and_routes_go_round_it() -> None:
     assert route.paths[0].nodes == ["A", "D", "C"]  # round the starved link
 
 
-def test_budgets_share_a_link_max_min_among_the_pairs_whose_routes_cross_it() -> None:
-    """A line A-B-C (every link at 8 kbit/s): A->C and B->C share B~C, A->B has A~B to
-    itself: max-min gives A->C and B->C half of B~C each, and A->B the rest of A~B."""
-    topo = Topology(lost_after=3.0)
+def line_with_demand(asked: dict[str, tuple[int, int]]) -> Topology:
+    """A line A-B-C (every link at 8 kbit/s) whose nodes report SAE demand twice, 2 s
+    apart: ``asked[node] = (asked bits, served bits)`` over those 2 s, A to C and to B, B
+    to C."""
+    topo = Topology(lost_after=30.0)
     line = [("A", "B"), ("B", "C")]
-    for node in "ABC":
-        links = [plenty(a, b, node, rate=8192.0) for a, b in line if node in (a, b)]
-        topo.apply_report(node, report(node, links), 0.0)
-    graph = topo.graph(link_cost, 0.0)
-    routes = compute_routes(graph, [("A", "C"), ("B", "C"), ("A", "B")])
-    budgets = allocate_budgets(topo, routes, 0.0)
-    rate = {(src, b.destination): b.bits_per_s for src, bs in budgets.items() for b in bs}
+    wants = {"A": ["C", "B"], "B": ["C"], "C": []}
+    for wall in (0.0, 2.0):
+        for node in "ABC":
+            links = [plenty(a, b, node, rate=8192.0) for a, b in line if node in (a, b)]
+            got = asked.get(node, (1 << 20, 0)) if wall else (0, 0)
+            demand = [CtlDemand(f"SAE_{node}", f"SAE_{k}", k, *got) for k in wants[node]]
+            topo.apply_report(node, report(node, links, demand=demand), wall, wall)
+    return topo
+
+
+def budget_rates(topo: Topology, **kwargs: Any) -> dict[tuple[str, str], float]:
+    routes = compute_routes(topo.graph(link_cost, 2.0), topo.demand_pairs(2.0))
+    budgets = allocate_budgets(topo, routes, 2.0, **kwargs)
+    return {(src, b.destination): b.bits_per_s for src, bs in budgets.items() for b in bs}
+
+
+def test_budgets_share_each_direction_of_a_link_among_relays_and_neighbour_pairs() -> None:
+    """A->C relays over A->B and B->C; A->B and B->C are neighbour pairs whose keys are cut
+    from the same halves (each end spends the blocks it owns: 4 kbit/s per direction).
+    Every pair wants more than it gets, so max-min gives all three the same rate x, with
+    x (1 + overhead) = 4096 on both halves; the neighbour pairs' budgets count no MAC key."""
+    rate = budget_rates(line_with_demand({}))
     overhead = 1 + 512 / 8192
-    assert rate[("A", "C")] == pytest.approx(8192 / 2 / overhead, rel=1e-3)
-    assert rate[("B", "C")] == pytest.approx(rate[("A", "C")], rel=1e-3)
-    assert rate[("A", "B")] == pytest.approx(8192 / 2 / overhead, rel=1e-3)
-    throughput = allocate_budgets(topo, routes, 0.0, policy="throughput")
-    total = sum(b.bits_per_s for bs in throughput.values() for b in bs)
+    x = 4096 / (1 + overhead)
+    assert rate == pytest.approx({("A", "C"): x, ("A", "B"): x, ("B", "C"): x}, rel=1e-3)
+    total = sum(budget_rates(line_with_demand({}), policy="throughput").values())
     assert total >= sum(rate.values()) - 1e-6
+
+
+def test_a_pair_served_all_it_asked_for_is_budgeted_its_demand_not_a_share() -> None:
+    """B asked for 1 kbit/s to C and got it all: its budget is that plus 10 %, below its
+    share; A->C and A->B are held by A->B's half and keep theirs."""
+    rate = budget_rates(line_with_demand({"B": (2048, 2048)}))
+    x = 4096 / (2 + 512 / 8192)
+    assert rate[("B", "C")] == pytest.approx(1024 * 1.1, rel=1e-3)
+    assert rate[("A", "C")] == pytest.approx(x, rel=1e-3)
+    assert rate[("A", "B")] == pytest.approx(x, rel=1e-3)
+    # Refused once (asked more than it got): it wants more, so it is unbounded again.
+    again = budget_rates(line_with_demand({"B": (4096, 2048)}))
+    assert again[("B", "C")] == pytest.approx(x, rel=1e-3)
+
+
+def test_every_live_node_gets_a_budget_set_even_an_empty_one() -> None:
+    topo = line_with_demand({})
+    routes = compute_routes(topo.graph(link_cost, 2.0), topo.demand_pairs(2.0))
+    budgets = allocate_budgets(topo, routes, 2.0)
+    assert budgets["C"] == [] and {b.destination for b in budgets["A"]} == {"B", "C"}

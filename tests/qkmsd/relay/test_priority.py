@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import trio
 import trio.testing
 
 from qkd_drivers import KeyBlock
 from qkmsd.keystore import NewBlock
 
-from .conftest import HOP_BYTES, A, B, C, D, Net, link_id, open_net
+from .conftest import HOP_BYTES, SETTINGS, A, B, C, D, Net, link_id, open_net
 
 TARGET_BITS = 4 * 256
 """Each pool's low and high watermark: four relayed keys."""
@@ -149,3 +150,29 @@ async def test_a_budget_from_the_controller_paces_a_pool_s_background_relays(
             counts[budget] = await _relays_in(net, 10.0)
     assert counts[None] >= 30
     assert 8 <= counts[256.0] <= 2 + 10 + 1
+
+
+async def test_under_budgets_forwarded_hops_keep_no_reserve_and_a_new_rate_keeps_tokens(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The reserve protects a link's own SAE pairs from relays; under budgets the
+    allocation does (the keys cut for them are budgeted too), so a hop forwarded for
+    another node's relay keeps none, and only a relay's first hop keeps it.  A rate
+    that changes every report keeps the tokens earned: 1 s at 256 bits/s, then 1 s at 512,
+    is 768 bits, three 256-bit relays."""
+    settings = msgspec.structs.replace(SETTINGS, link_reserve_bits=4096)
+    async with open_net(
+        tmp_path, links=[(A, B), (B, C)], pools=[(A, C)], link_blocks=range(4), settings=settings
+    ) as net:
+        agent = net[A].agent
+        assert agent.link_reserve() == 4096
+        agent.set_budgets({})
+        assert agent.link_reserve() == 4096  # a relay's own first hop keeps it
+        assert agent.link_reserve(first_hop=False) == 0
+        agent.set_budgets({C: 256.0})
+        await trio.sleep(1.0)
+        agent.set_budgets({C: 512.0})
+        await trio.sleep(1.0)
+        pool = next(iter(agent._pools.values()))
+        assert [agent._budget_wait(pool, 256) for _ in range(3)] == [0.0, 0.0, 0.0]
+        assert agent._budget_wait(pool, 256) > 0

@@ -242,3 +242,29 @@ async def test_nothing_is_cut_for_a_neighbour_without_a_session(ends: LinkEnds) 
     with pytest.raises(Unavailable, match="KME_B is unreachable: not connected"):
         await ends.source.new_keys(order(ends, 1, size_bits=512))
     assert ends.owned_ready_bits() == before and ends.requests == []
+
+
+# --- the controller's budget ------------------------------------------------------------------
+
+
+async def test_keys_cut_for_a_neighbour_keep_to_the_controllers_budget(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A budget of 512 bit/s holds two seconds' worth (1,024 bits), and starts full: two
+    keys of 512 bits at once, then 503 naming the budget, and one more a second later;
+    nothing is cut for a refusal.  Without a budget the same request is served."""
+    ends.source.set_budgets({"KME_B": 512.0})
+    assert ends.source.budget("KME_B") == 512.0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        await ends.source.new_keys(order(ends, 2, size_bits=512))
+        before = ends.owned_ready_bits()
+        with pytest.raises(Unavailable, match="budget of 512 bit/s"):
+            await ends.source.new_keys(order(ends, 1, size_bits=512))
+        assert ends.owned_ready_bits() == before
+        await trio.sleep(1.0)
+        await ends.source.new_keys(order(ends, 1, size_bits=512))
+        ends.source.set_budgets({})
+        assert ends.source.budget("KME_B") is None
+        await ends.source.new_keys(order(ends, 2, size_bits=512))
+        nursery.cancel_scope.cancel()
