@@ -17,6 +17,7 @@ additional slaves is served from it with no round trip.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,8 +55,13 @@ SendFn = Callable[[str, Any], Awaitable[bool]]
 
 BURN_RESEND_S = 2.0
 """A burn notice is sent once more this long after it was sent, and again at the
-neighbour's next session: a one-way message sent as a session breaks may be lost (also
-when the send itself seemed to succeed), and a burn is harmless twice."""
+neighbour's next sessions (see ``BURNS_RETOLD``): a one-way message sent as a session
+breaks may be lost (also when the send itself seemed to succeed), and a burn is harmless
+twice.  Burns not told yet are also sent this often while the neighbour is connected."""
+BURNS_RETOLD = 4096
+"""Burnt segments per neighbour (the latest told) told again at every new session: a
+notice and its resend can both be lost when sessions break every second or so, and
+nothing else would ever settle those bytes at the neighbour."""
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
 STOCK_MIN_VALIDITY_S = 60.0
@@ -99,9 +105,11 @@ class DirectLinkSource:
         self._is_up = is_up
         self._link_to = link_to
         self._burnt: dict[str, list[Segment]] = {}
+        """Per target KME: bytes burnt here that it has not been told of yet."""
         self._sent_once: dict[str, list[Segment]] = {}
         """Per target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
-        """Per target KME: bytes cut for keys it never recorded, to tell it about."""
+        self._told: dict[str, collections.deque[Segment]] = {}
+        """Per target KME: the latest burnt bytes told, told again at each new session."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
         self._stocks: dict[tuple[str, str], PairStock] = {}
@@ -120,9 +128,11 @@ class DirectLinkSource:
     async def _resend_burns(self) -> None:
         while True:
             await trio.sleep(BURN_RESEND_S)
-            for target in list(self._sent_once):
-                if self._sent_once[target] and self._is_up(target):
-                    again = self._sent_once.pop(target)
+            for target in list(self._link_to):
+                if not self._is_up(target):
+                    continue
+                again = self._sent_once.pop(target, [])
+                if again or self._burnt.get(target):  # a flush cut short left some
                     await self.flush_burnt(target, again=again)
 
     def serves(self, target_kme: str) -> bool:
@@ -258,7 +268,11 @@ class DirectLinkSource:
         """Send the neighbour the bytes burnt here that it has not heard of (and ``again``,
         told once already).  Kept for the next session while it is away (in memory: after
         a restart of this node the neighbour's copy of those bytes stays unused until its
-        block expires)."""
+        block expires).
+
+        Bytes taken for a notice stay pending until its send has returned: a flush cut
+        short (its caller cancelled, a request that gave up or a session that was
+        replaced) leaves them for the next flush instead of dropping them."""
         link_id = self._link_to.get(target_kme)
         if link_id is None:
             return
@@ -276,9 +290,17 @@ class DirectLinkSource:
             for start in range(0, len(chunk_all), MAX_IDS_PER_MESSAGE):
                 chunk = chunk_all[start : start + MAX_IDS_PER_MESSAGE]
                 refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
-                if await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
+                try:
+                    sent = await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs))
+                except BaseException:
+                    self._note_burnt(target_kme, chunk_all[start:])  # not told: keep it
+                    raise
+                if sent:
                     if not resent:
                         self._sent_once.setdefault(target_kme, []).extend(chunk)
+                    self._told.setdefault(
+                        target_kme, collections.deque(maxlen=BURNS_RETOLD)
+                    ).extend(chunk)
                     continue
                 self._note_burnt(target_kme, chunk_all[start:])  # for the next session
                 attempts += 1
@@ -289,9 +311,10 @@ class DirectLinkSource:
                 break
 
     async def peer_up(self, peer: str) -> None:
-        # What was sent as the last session broke may never have arrived: send it again
-        # (the neighbour skips bytes it consumed already).
-        self._note_burnt(peer, self._sent_once.pop(peer, []))
+        # What was sent as the last sessions broke may never have arrived: send the
+        # latest burns told again (the neighbour skips bytes it consumed already).
+        told = self._told.pop(peer, ())
+        self._note_burnt(peer, [*self._sent_once.pop(peer, []), *told])
         await self.flush_burnt(peer)
 
     async def peer_down(self, peer: str, reason: str = "") -> None:
@@ -366,9 +389,9 @@ def _stock_target(policy: SupplyPolicy) -> int:
 
 
 def _merged(segments: list[Segment]) -> list[Segment]:
-    """``segments`` sorted, with back-to-back ranges of one block joined."""
+    """``segments`` sorted, without repeats, with back-to-back ranges of one block joined."""
     out: list[Segment] = []
-    for seg in sorted(segments, key=lambda s: (s.block_id, s.offset)):
+    for seg in sorted(set(segments), key=lambda s: (s.block_id, s.offset, s.length)):
         last = out[-1] if out else None
         if (
             last is not None

@@ -65,6 +65,8 @@ class LinkEnds:
     up: bool = True
     delivers: bool = True
     """False: one-way messages are sent but lost on the way (a session that breaks)."""
+    stalls: bool = False
+    """True: a one-way send blocks until cancelled (a session stuck, then replaced)."""
     sent: list[object] = dataclasses.field(default_factory=list)
 
     def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
@@ -108,6 +110,8 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         """The neighbour gets one-way messages (burn notices) at once, while ``up``."""
         if not pair.up:
             return False
+        if pair.stalls:
+            await trio.sleep_forever()
         pair.sent.append(message)
         assert isinstance(message, SupplyBurn)
         if pair.delivers:

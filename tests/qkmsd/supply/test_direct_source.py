@@ -12,6 +12,7 @@ from qkmsd.config import SupplyPolicy
 from qkmsd.errors import PeerUnavailable
 from qkmsd.keystore import KeyState
 from qkmsd.supply import KeyOrder, Unavailable
+from qkmsd.supply._direct import BURN_RESEND_S
 
 from .conftest import BLOCK_BYTES, LINK, LinkEnds
 
@@ -220,6 +221,68 @@ async def test_a_burn_notice_lost_with_its_session_is_sent_again_at_the_next(
         await ends.source.peer_up("KME_B")
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         await ends.source.peer_up("KME_B")  # and again: B skips what it burnt
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_cut_short_by_a_cancelled_caller_is_sent_later(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found with the cutevery fault: a request gave up (or its session was replaced)
+    # while its burn notice was being sent; the bytes taken for that notice were neither
+    # told nor kept, and the block stayed READY at B while used up at A.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer, ends.stalls = unreachable, True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with trio.move_on_after(1.0) as gave_up:
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        assert gave_up.cancelled_caught  # cancelled inside the burn notice's send
+        assert ends.sent == [] and ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+        ends.stalls = False
+        await ends.source.peer_up("KME_B")
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_cut_short_is_sent_while_the_session_lasts(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # No new session comes: the periodic resend flushes what the cancelled one left.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer, ends.stalls = unreachable, True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with trio.move_on_after(1.0):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        ends.stalls = False
+        await trio.sleep(BURN_RESEND_S * 1.5)
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_lost_twice_is_told_again_at_every_new_session(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Sessions cut every 600 ms: the notice and its resend two seconds later were both
+    # lost in flight, and the next sessions never heard of those bytes.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer, ends.delivers = unreachable, False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        await trio.sleep(BURN_RESEND_S * 1.5)
+        assert len(ends.sent) == 2  # told, then once more: both lost
+        await ends.source.peer_up("KME_B")  # lost again
+        ends.delivers = True
+        await ends.source.peer_up("KME_B")
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         nursery.cancel_scope.cancel()
 
