@@ -39,7 +39,7 @@ from protocol import (
 
 from ..config import SaeConfig, SupplyPolicy
 from ..errors import PeerUnavailable
-from ..keystore import CutKey, KeyStore, KeyStoreError, Segment
+from ..keystore import BURNS_KEPT, CutKey, KeyStore, KeyStoreError, Segment
 from ..log import get_logger
 from ..storethread import StoreThread
 from ._errors import SupplyError, Unavailable
@@ -58,7 +58,7 @@ BURN_RESEND_S = 2.0
 neighbour's next sessions (see ``BURNS_RETOLD``): a one-way message sent as a session
 breaks may be lost (also when the send itself seemed to succeed), and a burn is harmless
 twice.  Burns not told yet are also sent this often while the neighbour is connected."""
-BURNS_RETOLD = 4096
+BURNS_RETOLD = BURNS_KEPT
 """Burnt segments per neighbour (the latest told) told again at every new session: a
 notice and its resend can both be lost when sessions break every second or so, and
 nothing else would ever settle those bytes at the neighbour."""
@@ -110,6 +110,10 @@ class DirectLinkSource:
         """Per target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
         self._told: dict[str, collections.deque[Segment]] = {}
         """Per target KME: the latest burnt bytes told, told again at each new session."""
+        self._unsaved: dict[str, list[Segment]] = {}
+        """Per target KME: burnt bytes not written to the store's kept burns yet."""
+        self._loaded: set[str] = set()
+        """Target KMEs whose kept burns (from before a restart) were read back."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
         self._stocks: dict[tuple[str, str], PairStock] = {}
@@ -244,7 +248,7 @@ class DirectLinkSource:
 
     async def _burn(self, target_kme: str, keys: list[CutKey]) -> None:
         """The cut bytes are spent here; tell the neighbour, now or when it is back."""
-        self._note_burnt(target_kme, [seg for key in keys for seg in key.segments])
+        self._note_burnt(target_kme, [seg for key in keys for seg in key.segments], new=True)
         await self.flush_burnt(target_kme)
 
     def burn_segments(self, target_kme: str, segments: Sequence[Segment]) -> None:
@@ -253,22 +257,27 @@ class DirectLinkSource:
         that a block used up here is used up there.  Bytes it did consume are skipped at
         its end.  Does not wait: a task of this source's sends the notice, now or when the
         neighbour is back, so that a cancelled caller can still call this."""
-        self._note_burnt(target_kme, segments)
+        self._note_burnt(target_kme, segments, new=True)
         if self._nursery is not None:
             with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
                 self._nursery.start_soon(self.flush_burnt, target_kme)
 
-    def _note_burnt(self, target_kme: str, segments: Sequence[Segment]) -> None:
+    def _note_burnt(
+        self, target_kme: str, segments: Sequence[Segment], *, new: bool = False
+    ) -> None:
+        """Burnt bytes to tell ``target_kme`` of; ``new`` ones are kept in the store too."""
         if target_kme not in self._link_to or not segments:
             return
+        if new:
+            self._unsaved.setdefault(target_kme, []).extend(segments)
         pending = [*self._burnt.get(target_kme, []), *segments]
         self._burnt[target_kme] = _merged(pending)
 
     async def flush_burnt(self, target_kme: str, *, again: Sequence[Segment] = ()) -> None:
         """Send the neighbour the bytes burnt here that it has not heard of (and ``again``,
-        told once already).  Kept for the next session while it is away (in memory: after
-        a restart of this node the neighbour's copy of those bytes stays unused until its
-        block expires).
+        told once already).  Kept for the next session while it is away, and in the key
+        store (the latest ``BURNS_KEPT`` per link), so that a restarted node tells them
+        again at its first session.
 
         Bytes taken for a notice stay pending until its send has returned: a flush cut
         short (its caller cancelled, a request that gave up or a session that was
@@ -276,6 +285,7 @@ class DirectLinkSource:
         link_id = self._link_to.get(target_kme)
         if link_id is None:
             return
+        await self._keep_burns(target_kme, link_id)
         batches = [(list(again), True)] if again else []
         attempts = 0
         while True:
@@ -310,11 +320,30 @@ class DirectLinkSource:
                     return
                 break
 
+    async def _keep_burns(self, target_kme: str, link_id: str) -> None:
+        unsaved = self._unsaved.pop(target_kme, None)
+        if not unsaved:
+            return
+        try:
+            with trio.CancelScope(shield=True):  # a cancelled flush still keeps them
+                await self._thread.call(self._store.keep_burns, link_id, unsaved)
+        except KeyStoreError as exc:  # told all the same, only not after a restart
+            log.error("supply.burns_not_kept", peer=target_kme, error=str(exc)[:200])
+
     async def peer_up(self, peer: str) -> None:
         # What was sent as the last sessions broke may never have arrived: send the
-        # latest burns told again (the neighbour skips bytes it consumed already).
-        told = self._told.pop(peer, ())
-        self._note_burnt(peer, [*self._sent_once.pop(peer, []), *told])
+        # latest burns told again (the neighbour skips bytes it consumed already), and at
+        # the first session after a restart those kept in the store.
+        link_id = self._link_to.get(peer)
+        if link_id is not None and peer not in self._loaded:
+            try:
+                kept = await self._thread.call(self._store.kept_burns, link_id)
+            except KeyStoreError as exc:
+                log.error("supply.kept_burns_unread", peer=peer, error=str(exc)[:200])
+            else:
+                self._note_burnt(peer, kept)
+                self._loaded.add(peer)
+        self._note_burnt(peer, [*self._sent_once.pop(peer, []), *self._told.pop(peer, ())])
         await self.flush_burnt(peer)
 
     async def peer_down(self, peer: str, reason: str = "") -> None:

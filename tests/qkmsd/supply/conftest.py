@@ -68,6 +68,8 @@ class LinkEnds:
     stalls: bool = False
     """True: a one-way send blocks until cancelled (a session stuck, then replaced)."""
     sent: list[object] = dataclasses.field(default_factory=list)
+    restart: Callable[[], DirectLinkSource] = DirectLinkSource  # type: ignore[assignment]
+    """A new source for KME_A over the same store: the node after a restart."""
 
     def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
         return self.policies.get((master, slave), SupplyPolicy())
@@ -118,17 +120,20 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
             await pair.responder.on_burn("KME_A", message)
         return True
 
-    source = DirectLinkSource(
-        node_id="KME_A",
-        saes=SAES,
-        store=store_a,
-        store_thread=thread_a,  # type: ignore[arg-type]
-        recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
-        request=request,
-        send=send,
-        link_to={"KME_B": LINK},
-        reserve_timeout=2.0,
-    )
+    def make_source() -> DirectLinkSource:
+        return DirectLinkSource(
+            node_id="KME_A",
+            saes=SAES,
+            store=store_a,
+            store_thread=thread_a,  # type: ignore[arg-type]
+            recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
+            request=request,
+            send=send,
+            link_to={"KME_B": LINK},
+            reserve_timeout=2.0,
+        )
+
+    source = make_source()
     pair = LinkEnds(
         store_a,
         store_b,
@@ -140,6 +145,7 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         policies,
         requests,
         responder.handle,
+        restart=make_source,
     )
     yield pair
     store_a.close()

@@ -287,6 +287,27 @@ async def test_a_burn_notice_lost_twice_is_told_again_at_every_new_session(
         nursery.cancel_scope.cancel()
 
 
+async def test_burns_not_told_before_a_restart_are_told_after_it(ends: LinkEnds) -> None:
+    # A node killed while its neighbour was away forgot the burns it had not told: B's
+    # copy of those bytes stayed READY, unused, until the block expired.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("peer KME_B is not connected")
+
+    ends.answer, ends.up = unreachable, False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable, match="unreachable"):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        nursery.cancel_scope.cancel()  # the node stops before B is back
+    assert ends.sent == [] and ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+    restarted, ends.up = ends.restart(), True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.run)
+        await restarted.peer_up("KME_B")
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_burn_notice_skips_bytes_the_neighbour_already_recorded(ends: LinkEnds) -> None:
     # A reservation that timed out at A but was recorded at B: the keys stay fetchable.
     keys = await ends.source.new_keys(order(ends, 2, size_bits=512))
