@@ -344,7 +344,14 @@ class DirectLinkSource:
                 self._note_burnt(peer, kept)
                 self._loaded.add(peer)
         self._note_burnt(peer, [*self._sent_once.pop(peer, []), *self._told.pop(peer, ())])
-        await self.flush_burnt(peer)
+        if self._nursery is None:
+            await self.flush_burnt(peer)
+            return
+        # Sent from a task of this source's: the session's start does not wait behind up
+        # to 4,096 ranges before its reader runs, and a session replaced meanwhile does
+        # not cut the flush short.
+        with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
+            self._nursery.start_soon(self.flush_burnt, peer)
 
     async def peer_down(self, peer: str, reason: str = "") -> None:
         pass

@@ -197,6 +197,7 @@ async def test_burn_notices_wait_for_the_neighbour_to_come_back(ends: LinkEnds) 
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
         ends.up = True
         await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         assert len(ends.sent) == 1
         nursery.cancel_scope.cancel()
@@ -219,8 +220,10 @@ async def test_a_burn_notice_lost_with_its_session_is_sent_again_at_the_next(
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
         ends.delivers = True
         await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         await ends.source.peer_up("KME_B")  # and again: B skips what it burnt
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         nursery.cancel_scope.cancel()
 
@@ -234,15 +237,19 @@ async def test_a_burn_notice_cut_short_by_a_cancelled_caller_is_sent_later(
     async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
         raise PeerUnavailable("the session with KME_B ended before it answered")
 
-    ends.answer, ends.stalls = unreachable, True
+    ends.answer = unreachable
     async with trio.open_nursery() as nursery:
         await nursery.start(ends.source.run)
+        await ends.source.peer_up("KME_B")  # the session the request then runs in
+        await trio.testing.wait_all_tasks_blocked()
+        ends.stalls = True
         with trio.move_on_after(1.0) as gave_up:
             await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
         assert gave_up.cancelled_caught  # cancelled inside the burn notice's send
         assert ends.sent == [] and ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
         ends.stalls = False
         await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         nursery.cancel_scope.cancel()
 
@@ -273,16 +280,23 @@ async def test_a_burn_notice_lost_twice_is_told_again_at_every_new_session(
     async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
         raise PeerUnavailable("the session with KME_B ended before it answered")
 
-    ends.answer, ends.delivers = unreachable, False
+    ends.answer = unreachable
     async with trio.open_nursery() as nursery:
         await nursery.start(ends.source.run)
+        await ends.source.peer_up("KME_B")  # the session the request then runs in
+        await trio.testing.wait_all_tasks_blocked()
+        ends.delivers = False
         with pytest.raises(Unavailable):
             await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
         await trio.sleep(BURN_RESEND_S * 1.5)
         assert len(ends.sent) == 2  # told, then once more: both lost
-        await ends.source.peer_up("KME_B")  # lost again
+        for _ in range(2):  # lost again, twice
+            await ends.source.peer_up("KME_B")
+            await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
         ends.delivers = True
         await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         nursery.cancel_scope.cancel()
 
@@ -304,6 +318,7 @@ async def test_burns_not_told_before_a_restart_are_told_after_it(ends: LinkEnds)
     async with trio.open_nursery() as nursery:
         await nursery.start(restarted.run)
         await restarted.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         nursery.cancel_scope.cancel()
 
