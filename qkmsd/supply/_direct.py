@@ -9,6 +9,12 @@ then T is asked to consume the same bytes and record the keys for the slave
 keys handed out.  If T refuses, is not connected or does not answer in time, the cut bits
 are burnt, never offered again, and the request gets 503.
 
+Burnt bytes (these, and relay hops' that got no answer) are told to T (``supply.burn``,
+one-way) so that it consumes its copy too: at once or when T is back, once more
+``BURN_RESEND_S`` later, and again at every new session (the latest ``BURNS_KEPT`` per
+link, kept in the key store so that a restart does not forget them).  A notice can be
+lost with its session; T skips bytes it used already, so telling twice costs nothing.
+
 A pair that asked once keeps a small stock (see ``._stock``): keys cut and reserved at T
 ahead of demand, refilled in the background when half are gone and only from what the
 pool holds beyond what the refill takes.  A request for the pair's default size with no
@@ -329,6 +335,8 @@ class DirectLinkSource:
                 await self._thread.call(self._store.keep_burns, link_id, unsaved)
         except KeyStoreError as exc:  # told all the same, only not after a restart
             log.error("supply.burns_not_kept", peer=target_kme, error=str(exc)[:200])
+        except trio.ClosedResourceError:  # the node is stopping: its store has closed
+            log.warning("supply.burns_not_kept", peer=target_kme, error="the node is stopping")
 
     async def peer_up(self, peer: str) -> None:
         # What was sent as the last sessions broke may never have arrived: send the
@@ -338,7 +346,7 @@ class DirectLinkSource:
         if link_id is not None and peer not in self._loaded:
             try:
                 kept = await self._thread.call(self._store.kept_burns, link_id)
-            except KeyStoreError as exc:
+            except (KeyStoreError, trio.ClosedResourceError) as exc:  # tried at the next
                 log.error("supply.kept_burns_unread", peer=peer, error=str(exc)[:200])
             else:
                 self._note_burnt(peer, kept)

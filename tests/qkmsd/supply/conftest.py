@@ -34,8 +34,12 @@ class RecordingStoreThread:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.stopped = False
+        """True: calls fail as they do once the node's store thread has stopped."""
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.stopped:
+            raise trio.ClosedResourceError("the store thread has stopped")
         self.paths.append("worker")
         await trio.lowlevel.checkpoint()
         return fn(*args, **kwargs)

@@ -10,7 +10,7 @@ import trio.testing
 from protocol import SupplyReserve, SupplyResult
 from qkmsd.config import SupplyPolicy
 from qkmsd.errors import PeerUnavailable
-from qkmsd.keystore import KeyState
+from qkmsd.keystore import KeyState, Segment
 from qkmsd.supply import KeyOrder, Unavailable
 from qkmsd.supply._direct import BURN_RESEND_S
 
@@ -320,6 +320,21 @@ async def test_burns_not_told_before_a_restart_are_told_after_it(ends: LinkEnds)
         await restarted.peer_up("KME_B")
         await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_while_the_node_stops_is_told_and_does_not_fail_the_source(
+    ends: LinkEnds,
+) -> None:
+    # Found by the integration tests: a relay hop burnt as the node stopped, after its
+    # store thread had stopped, failed the source's task and with it the node's stop.
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        ends.thread_a.stopped = True
+        ends.source.burn_segments("KME_B", [Segment(0, 0, 64)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ends.sent) == 1
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}  # 64 of 1024 bytes
         nursery.cancel_scope.cancel()
 
 
