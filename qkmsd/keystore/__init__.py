@@ -3,6 +3,7 @@
 Synchronous and single-writer; the daemon calls it from one worker thread.
 """
 
+from ._burns import BURNS_KEPT
 from ._errors import (
     CorruptStoreError,
     IllegalTransition,
@@ -42,6 +43,7 @@ from ._store import (
 
 __all__ = [
     "Allocation",
+    "BURNS_KEPT",
     "RETAIN_ENDED_S",
     "CutKey",
     "InsufficientKey",

@@ -40,6 +40,7 @@ from nacl.bindings import (
 
 from protocol import LINK_ID_RE, MAX_BLOCK_ID
 
+from ._burns import BURNS_SCHEMA, BurnMethods
 from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch, StoreUnavailable
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
@@ -152,6 +153,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # The relay journal (``_relays``): what each relay this node took part in came to.
     RELAYS_SCHEMA,
+    # Burns kept for the neighbours (``_burns``), told again after a restart.
+    BURNS_SCHEMA,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -184,7 +187,7 @@ class PoolLevel:
     expired_blocks: int
 
 
-class KeyStore(ServiceKeyMethods, RelayJournalMethods):
+class KeyStore(ServiceKeyMethods, RelayJournalMethods, BurnMethods):
     """Per-link pools of key blocks with their life-cycle state.
 
     Open with ``KeyStore.open``; use as a context manager or call ``close()``.

@@ -9,6 +9,12 @@ then T is asked to consume the same bytes and record the keys for the slave
 keys handed out.  If T refuses, is not connected or does not answer in time, the cut bits
 are burnt, never offered again, and the request gets 503.
 
+Burnt bytes (these, and relay hops' that got no answer) are told to T (``supply.burn``,
+one-way) so that it consumes its copy too: at once or when T is back, once more
+``BURN_RESEND_S`` later, and again at every new session (the latest ``BURNS_KEPT`` per
+link, kept in the key store so that a restart does not forget them).  A notice can be
+lost with its session; T skips bytes it used already, so telling twice costs nothing.
+
 A pair that asked once keeps a small stock (see ``._stock``): keys cut and reserved at T
 ahead of demand, refilled in the background when half are gone and only from what the
 pool holds beyond what the refill takes.  A request for the pair's default size with no
@@ -17,6 +23,7 @@ additional slaves is served from it with no round trip.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,7 +45,7 @@ from protocol import (
 
 from ..config import SaeConfig, SupplyPolicy
 from ..errors import PeerUnavailable
-from ..keystore import CutKey, KeyStore, KeyStoreError, Segment
+from ..keystore import BURNS_KEPT, CutKey, KeyStore, KeyStoreError, Segment
 from ..log import get_logger
 from ..storethread import StoreThread
 from ._errors import SupplyError, Unavailable
@@ -54,8 +61,13 @@ SendFn = Callable[[str, Any], Awaitable[bool]]
 
 BURN_RESEND_S = 2.0
 """A burn notice is sent once more this long after it was sent, and again at the
-neighbour's next session: a one-way message sent as a session breaks may be lost (also
-when the send itself seemed to succeed), and a burn is harmless twice."""
+neighbour's next sessions (see ``BURNS_RETOLD``): a one-way message sent as a session
+breaks may be lost (also when the send itself seemed to succeed), and a burn is harmless
+twice.  Burns not told yet are also sent this often while the neighbour is connected."""
+BURNS_RETOLD = BURNS_KEPT
+"""Burnt segments per neighbour (the latest told) told again at every new session: a
+notice and its resend can both be lost when sessions break every second or so, and
+nothing else would ever settle those bytes at the neighbour."""
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
 STOCK_MIN_VALIDITY_S = 60.0
@@ -99,9 +111,15 @@ class DirectLinkSource:
         self._is_up = is_up
         self._link_to = link_to
         self._burnt: dict[str, list[Segment]] = {}
+        """Per target KME: bytes burnt here that it has not been told of yet."""
         self._sent_once: dict[str, list[Segment]] = {}
         """Per target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
-        """Per target KME: bytes cut for keys it never recorded, to tell it about."""
+        self._told: dict[str, collections.deque[Segment]] = {}
+        """Per target KME: the latest burnt bytes told, told again at each new session."""
+        self._unsaved: dict[str, list[Segment]] = {}
+        """Per target KME: burnt bytes not written to the store's kept burns yet."""
+        self._loaded: set[str] = set()
+        """Target KMEs whose kept burns (from before a restart) were read back."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
         self._stocks: dict[tuple[str, str], PairStock] = {}
@@ -121,9 +139,11 @@ class DirectLinkSource:
     async def _resend_burns(self) -> None:
         while True:
             await trio.sleep(BURN_RESEND_S)
-            for target in list(self._sent_once):
-                if self._sent_once[target] and self._is_up(target):
-                    again = self._sent_once.pop(target)
+            for target in list(self._link_to):
+                if not self._is_up(target):
+                    continue
+                again = self._sent_once.pop(target, [])
+                if again or self._burnt.get(target):  # a flush cut short left some
                     await self.flush_burnt(target, again=again)
 
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
@@ -264,7 +284,7 @@ class DirectLinkSource:
 
     async def _burn(self, target_kme: str, keys: list[CutKey]) -> None:
         """The cut bytes are spent here; tell the neighbour, now or when it is back."""
-        self._note_burnt(target_kme, [seg for key in keys for seg in key.segments])
+        self._note_burnt(target_kme, [seg for key in keys for seg in key.segments], new=True)
         await self.flush_burnt(target_kme)
 
     def burn_segments(self, target_kme: str, segments: Sequence[Segment]) -> None:
@@ -273,25 +293,35 @@ class DirectLinkSource:
         that a block used up here is used up there.  Bytes it did consume are skipped at
         its end.  Does not wait: a task of this source's sends the notice, now or when the
         neighbour is back, so that a cancelled caller can still call this."""
-        self._note_burnt(target_kme, segments)
+        self._note_burnt(target_kme, segments, new=True)
         if self._nursery is not None:
             with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
                 self._nursery.start_soon(self.flush_burnt, target_kme)
 
-    def _note_burnt(self, target_kme: str, segments: Sequence[Segment]) -> None:
+    def _note_burnt(
+        self, target_kme: str, segments: Sequence[Segment], *, new: bool = False
+    ) -> None:
+        """Burnt bytes to tell ``target_kme`` of; ``new`` ones are kept in the store too."""
         if target_kme not in self._link_to or not segments:
             return
+        if new:
+            self._unsaved.setdefault(target_kme, []).extend(segments)
         pending = [*self._burnt.get(target_kme, []), *segments]
         self._burnt[target_kme] = _merged(pending)
 
     async def flush_burnt(self, target_kme: str, *, again: Sequence[Segment] = ()) -> None:
         """Send the neighbour the bytes burnt here that it has not heard of (and ``again``,
-        told once already).  Kept for the next session while it is away (in memory: after
-        a restart of this node the neighbour's copy of those bytes stays unused until its
-        block expires)."""
+        told once already).  Kept for the next session while it is away, and in the key
+        store (the latest ``BURNS_KEPT`` per link), so that a restarted node tells them
+        again at its first session.
+
+        Bytes taken for a notice stay pending until its send has returned: a flush cut
+        short (its caller cancelled, a request that gave up or a session that was
+        replaced) leaves them for the next flush instead of dropping them."""
         link_id = self._link_to.get(target_kme)
         if link_id is None:
             return
+        await self._keep_burns(target_kme, link_id)
         batches = [(list(again), True)] if again else []
         attempts = 0
         while True:
@@ -306,9 +336,17 @@ class DirectLinkSource:
             for start in range(0, len(chunk_all), MAX_IDS_PER_MESSAGE):
                 chunk = chunk_all[start : start + MAX_IDS_PER_MESSAGE]
                 refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
-                if await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs)):
+                try:
+                    sent = await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs))
+                except BaseException:
+                    self._note_burnt(target_kme, chunk_all[start:])  # not told: keep it
+                    raise
+                if sent:
                     if not resent:
                         self._sent_once.setdefault(target_kme, []).extend(chunk)
+                    self._told.setdefault(
+                        target_kme, collections.deque(maxlen=BURNS_RETOLD)
+                    ).extend(chunk)
                     continue
                 self._note_burnt(target_kme, chunk_all[start:])  # for the next session
                 attempts += 1
@@ -318,11 +356,40 @@ class DirectLinkSource:
                     return
                 break
 
+    async def _keep_burns(self, target_kme: str, link_id: str) -> None:
+        unsaved = self._unsaved.pop(target_kme, None)
+        if not unsaved:
+            return
+        try:
+            with trio.CancelScope(shield=True):  # a cancelled flush still keeps them
+                await self._thread.call(self._store.keep_burns, link_id, unsaved)
+        except KeyStoreError as exc:  # told all the same, only not after a restart
+            log.error("supply.burns_not_kept", peer=target_kme, error=str(exc)[:200])
+        except trio.ClosedResourceError:  # the node is stopping: its store has closed
+            log.warning("supply.burns_not_kept", peer=target_kme, error="the node is stopping")
+
     async def peer_up(self, peer: str) -> None:
-        # What was sent as the last session broke may never have arrived: send it again
-        # (the neighbour skips bytes it consumed already).
-        self._note_burnt(peer, self._sent_once.pop(peer, []))
-        await self.flush_burnt(peer)
+        # What was sent as the last sessions broke may never have arrived: send the
+        # latest burns told again (the neighbour skips bytes it consumed already), and at
+        # the first session after a restart those kept in the store.
+        link_id = self._link_to.get(peer)
+        if link_id is not None and peer not in self._loaded:
+            try:
+                kept = await self._thread.call(self._store.kept_burns, link_id)
+            except (KeyStoreError, trio.ClosedResourceError) as exc:  # tried at the next
+                log.error("supply.kept_burns_unread", peer=peer, error=str(exc)[:200])
+            else:
+                self._note_burnt(peer, kept)
+                self._loaded.add(peer)
+        self._note_burnt(peer, [*self._sent_once.pop(peer, []), *self._told.pop(peer, ())])
+        if self._nursery is None:
+            await self.flush_burnt(peer)
+            return
+        # Sent from a task of this source's: the session's start does not wait behind up
+        # to 4,096 ranges before its reader runs, and a session replaced meanwhile does
+        # not cut the flush short.
+        with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
+            self._nursery.start_soon(self.flush_burnt, peer)
 
     async def peer_down(self, peer: str, reason: str = "") -> None:
         pass
@@ -416,9 +483,9 @@ def _stock_target(policy: SupplyPolicy) -> int:
 
 
 def _merged(segments: list[Segment]) -> list[Segment]:
-    """``segments`` sorted, with back-to-back ranges of one block joined."""
+    """``segments`` sorted, without repeats, with back-to-back ranges of one block joined."""
     out: list[Segment] = []
-    for seg in sorted(segments, key=lambda s: (s.block_id, s.offset)):
+    for seg in sorted(set(segments), key=lambda s: (s.block_id, s.offset, s.length)):
         last = out[-1] if out else None
         if (
             last is not None

@@ -476,6 +476,7 @@ def as_schema_3(path: Path) -> None:
         conn.execute("DROP TABLE block_material")
         conn.execute("CREATE INDEX blocks_by_link_state ON blocks (link_id, state)")
         conn.execute("DROP TABLE relays")  # schema 5
+        conn.execute("DROP TABLE burns")  # schema 6
         conn.execute("PRAGMA user_version = 3")
         conn.execute("COMMIT")
     finally:

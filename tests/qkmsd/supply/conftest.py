@@ -34,8 +34,12 @@ class RecordingStoreThread:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.stopped = False
+        """True: calls fail as they do once the node's store thread has stopped."""
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.stopped:
+            raise trio.ClosedResourceError("the store thread has stopped")
         self.paths.append("worker")
         await trio.lowlevel.checkpoint()
         return fn(*args, **kwargs)
@@ -65,7 +69,11 @@ class LinkEnds:
     up: bool = True
     delivers: bool = True
     """False: one-way messages are sent but lost on the way (a session that breaks)."""
+    stalls: bool = False
+    """True: a one-way send blocks until cancelled (a session stuck, then replaced)."""
     sent: list[object] = dataclasses.field(default_factory=list)
+    restart: Callable[[], DirectLinkSource] = DirectLinkSource  # type: ignore[assignment]
+    """A new source for KME_A over the same store: the node after a restart."""
 
     def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
         return self.policies.get((master, slave), SupplyPolicy())
@@ -108,23 +116,28 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         """The neighbour gets one-way messages (burn notices) at once, while ``up``."""
         if not pair.up:
             return False
+        if pair.stalls:
+            await trio.sleep_forever()
         pair.sent.append(message)
         assert isinstance(message, SupplyBurn)
         if pair.delivers:
             await pair.responder.on_burn("KME_A", message)
         return True
 
-    source = DirectLinkSource(
-        node_id="KME_A",
-        saes=SAES,
-        store=store_a,
-        store_thread=thread_a,  # type: ignore[arg-type]
-        recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
-        request=request,
-        send=send,
-        link_to={"KME_B": LINK},
-        reserve_timeout=2.0,
-    )
+    def make_source() -> DirectLinkSource:
+        return DirectLinkSource(
+            node_id="KME_A",
+            saes=SAES,
+            store=store_a,
+            store_thread=thread_a,  # type: ignore[arg-type]
+            recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
+            request=request,
+            send=send,
+            link_to={"KME_B": LINK},
+            reserve_timeout=2.0,
+        )
+
+    source = make_source()
     pair = LinkEnds(
         store_a,
         store_b,
@@ -136,6 +149,7 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         policies,
         requests,
         responder.handle,
+        restart=make_source,
     )
     yield pair
     store_a.close()

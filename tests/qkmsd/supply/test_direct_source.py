@@ -10,8 +10,9 @@ import trio.testing
 from protocol import SupplyReserve, SupplyResult
 from qkmsd.config import SupplyPolicy
 from qkmsd.errors import PeerUnavailable
-from qkmsd.keystore import KeyState
+from qkmsd.keystore import KeyState, Segment
 from qkmsd.supply import KeyOrder, Unavailable
+from qkmsd.supply._direct import BURN_RESEND_S
 
 from .conftest import BLOCK_BYTES, LINK, LinkEnds
 
@@ -196,6 +197,7 @@ async def test_burn_notices_wait_for_the_neighbour_to_come_back(ends: LinkEnds) 
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
         ends.up = True
         await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         assert len(ends.sent) == 1
         nursery.cancel_scope.cancel()
@@ -218,9 +220,121 @@ async def test_a_burn_notice_lost_with_its_session_is_sent_again_at_the_next(
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
         ends.delivers = True
         await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
         await ends.source.peer_up("KME_B")  # and again: B skips what it burnt
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
         assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_cut_short_by_a_cancelled_caller_is_sent_later(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found with the cutevery fault: a request gave up (or its session was replaced)
+    # while its burn notice was being sent; the bytes taken for that notice were neither
+    # told nor kept, and the block stayed READY at B while used up at A.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer = unreachable
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        await ends.source.peer_up("KME_B")  # the session the request then runs in
+        await trio.testing.wait_all_tasks_blocked()
+        ends.stalls = True
+        with trio.move_on_after(1.0) as gave_up:
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        assert gave_up.cancelled_caught  # cancelled inside the burn notice's send
+        assert ends.sent == [] and ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+        ends.stalls = False
+        await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_cut_short_is_sent_while_the_session_lasts(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # No new session comes: the periodic resend flushes what the cancelled one left.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer, ends.stalls = unreachable, True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with trio.move_on_after(1.0):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        ends.stalls = False
+        await trio.sleep(BURN_RESEND_S * 1.5)
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_notice_lost_twice_is_told_again_at_every_new_session(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Sessions cut every 600 ms: the notice and its resend two seconds later were both
+    # lost in flight, and the next sessions never heard of those bytes.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("the session with KME_B ended before it answered")
+
+    ends.answer = unreachable
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        await ends.source.peer_up("KME_B")  # the session the request then runs in
+        await trio.testing.wait_all_tasks_blocked()
+        ends.delivers = False
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        await trio.sleep(BURN_RESEND_S * 1.5)
+        assert len(ends.sent) == 2  # told, then once more: both lost
+        for _ in range(2):  # lost again, twice
+            await ends.source.peer_up("KME_B")
+            await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+        ends.delivers = True
+        await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_burns_not_told_before_a_restart_are_told_after_it(ends: LinkEnds) -> None:
+    # A node killed while its neighbour was away forgot the burns it had not told: B's
+    # copy of those bytes stayed READY, unused, until the block expired.
+    async def unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+        raise PeerUnavailable("peer KME_B is not connected")
+
+    ends.answer, ends.up = unreachable, False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable, match="unreachable"):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        nursery.cancel_scope.cancel()  # the node stops before B is back
+    assert ends.sent == [] and ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+    restarted, ends.up = ends.restart(), True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.run)
+        await restarted.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()  # its flush, in the background
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_while_the_node_stops_is_told_and_does_not_fail_the_source(
+    ends: LinkEnds,
+) -> None:
+    # Found by the integration tests: a relay hop burnt as the node stopped, after its
+    # store thread had stopped, failed the source's task and with it the node's stop.
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        ends.thread_a.stopped = True
+        ends.source.burn_segments("KME_B", [Segment(0, 0, 64)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ends.sent) == 1
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}  # 64 of 1024 bytes
         nursery.cancel_scope.cancel()
 
 
