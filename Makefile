@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck contracts unit soak bench clean
+.PHONY: demo test lint typecheck contracts unit soak bench clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,19 @@ contracts: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: lint typecheck contracts unit
+test: lint typecheck contracts sysdeps unit
+
+# Debian packages some tests use: promtool (prometheus) checks the alert rules in
+# docs/monitoring, chromium runs the dashboard's browser test (Playwright, no browser
+# download). Installed with apt-get when missing and possible (root); where they cannot be,
+# those tests skip and say why.
+APT_INSTALL = (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	apt-get install -y -qq --no-install-recommends $(1)) >/dev/null 2>&1
+sysdeps:
+	@command -v promtool >/dev/null 2>&1 || $(call APT_INSTALL,prometheus) \
+		|| echo "promtool could not be installed: its rule tests will skip"
+	@test -x /usr/bin/chromium || $(call APT_INSTALL,chromium) \
+		|| echo "chromium could not be installed: the dashboard browser test will skip"
 
 soak: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m soak tests
