@@ -27,7 +27,7 @@ _dir = click.option(
 @click.group(cls=Group)
 def lab() -> None:
     """Run a local lab network: up, status, kill, start, down; cut and heal links, faults,
-    partitions, an eavesdropper."""
+    partitions, an eavesdropper, QKD device emulators stopped and started."""
 
 
 @lab.command()
