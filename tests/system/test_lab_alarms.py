@@ -161,6 +161,15 @@ def test_one_end_of_a_device_stopped_is_down_at_that_node_only(lab: Lab) -> None
     clear_of(lab, "KME_B", "link-down")
 
 
+def test_lab_device_refuses_what_is_not_a_device_of_this_lab(lab: Lab) -> None:
+    result = invoke("lab", "device", "stop", "--dir", str(lab.dir), "KME_A", "KME_C")
+    assert result.exit_code == 1 and "no link KME_A~KME_C in this lab" in result.output
+    result = invoke("lab", "device", "stop", "--dir", str(lab.dir), "KME_A", "KME_B", "--end", "X")
+    assert result.exit_code == 1 and "'X' is not an end of link KME_A~KME_B" in result.output
+    result = invoke("lab", "device", "start", "--dir", str(lab.dir), "KME_A", "KME_B")
+    assert result.exit_code == 0 and "no end (all running)" in result.stdout
+
+
 def test_a_device_flapping_20_times_raises_one_alarm_not_20(lab: Lab) -> None:
     clear_of(lab, "KME_A", "link-down")
     since = time.time()
