@@ -37,7 +37,7 @@ from qkd_drivers import driver_class
 from qkd_drivers.bb84 import Bb84ParamsError, parse_eve
 from qkms_pqc import generate_keypair, write_private_key
 
-from . import _netns
+from . import _labdevices, _netns
 from ._admin import AdminClient, AdminError
 from ._errors import CliError
 from ._files import private_dir, write_private
@@ -165,10 +165,12 @@ def node_config(
     seeds: dict[str, str],
     netns: _netns.NetnsPlan | None = None,
     via: dict[tuple[str, str], str] | None = None,
+    devices: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """The TOML config of one lab node (in its own namespace with ``netns``).
     ``via[(node, peer)]`` is an address to dial ``peer`` at instead of its own (a fault
-    proxy, see ``_labfaults``)."""
+    proxy, see ``_labfaults``).  ``devices`` are the device emulators of ``vendor-tcp``
+    links (``_labdevices``): each end's driver dials its own."""
     home = lab / "nodes" / node
     spec = topo.nodes[node]
     plain_http = {
@@ -240,6 +242,8 @@ def node_config(
         params = topo.params_of(link, seed=seeds[link.link_id])
         if "eve_schedule" in driver_class(topo.driver_of(link)).Params.__struct_fields__:
             params.setdefault("eve_schedule", str(eve_schedule_path(lab, link.link_id)))
+        if devices and link.link_id in devices:
+            params = {**_labdevices.driver_params(devices[link.link_id][node]), **params}
         parts.append(_table(f'links."{link.link_id}".params', params))
     topology = [sorted((link.a, link.b)) for link in topo.links]
     parts.append(_table("relay", {**LAB_RELAY, "topology": topology}))
@@ -316,6 +320,11 @@ class Lab:
                 "--fault and --netns do not combine: the fault proxies run on loopback, which"
                 " nodes in their own namespaces cannot reach (cut links with `lab cut`)"
             )
+        if netns and any(topo.driver_of(k) in _labdevices.DEVICE_DRIVERS for k in topo.links):
+            raise LabError(
+                "vendor-tcp links and --netns do not combine: the device emulators listen on"
+                " loopback, which nodes in their own namespaces cannot reach"
+            )
         pairs = _labfaults.session_pairs(topo)
         fault_specs = _labfaults.parse_fault_options(faults, pairs)
         if self.manifest_path.exists():
@@ -344,6 +353,16 @@ class Lab:
         )
         via = _labfaults.dial_addresses(proxy)
         seeds = {link.link_id: secrets.token_hex(32) for link in topo.links}
+        device_links = [
+            (link.link_id, link.a, link.b, topo.driver_of(link))
+            for link in topo.links
+            if topo.driver_of(link) in _labdevices.DEVICE_DRIVERS
+        ]
+        devices = _labdevices.plan(
+            device_links,
+            free_ports(2 * len(device_links)),
+            {link.link_id: dict(link.device) for link in topo.links},
+        )
         manifest: dict[str, Any] = {
             "topology": topo.name,
             "ca": str(pki / "ca.pem"),
@@ -365,7 +384,14 @@ class Lab:
             write_private(
                 config,
                 node_config(
-                    topo, node, lab=self.dir, ports=ports, seeds=seeds, netns=plan, via=via
+                    topo,
+                    node,
+                    lab=self.dir,
+                    ports=ports,
+                    seeds=seeds,
+                    netns=plan,
+                    via=via,
+                    devices=devices,
                 ).encode(),
             )
             manifest["kmes"][node] = {
@@ -395,6 +421,18 @@ class Lab:
             progress(f"starting the fault proxy on {len(fault_specs)} peer session(s)")
             manifest["faults"] = proxy
             _labfaults.start(self.dir, proxy)
+        if devices:
+            manifest["devices"] = devices
+            progress(f"starting {2 * len(devices)} device emulator(s)")
+            try:
+                for link_id, ends in devices.items():
+                    write_private(self._seed_path(link_id), seeds[link_id].encode())
+                    _labdevices.start(self.dir, link_id, ends, seeds[link_id])
+            except _labdevices.LabDeviceError:
+                for ends in devices.values():
+                    for end in ends.values():
+                        _labdevices.stop(end)
+                raise
         self._write_manifest(manifest)
         if plan is not None:
             progress(f"making {len(plan.namespaces)} network namespace(s) {plan.prefix}*")
@@ -492,6 +530,9 @@ class Lab:
 
         if _labfaults.stop(manifest.get("faults")):
             manifest["faults"]["pid"] = None
+        for ends in manifest.get("devices", {}).values():
+            for end in ends.values():
+                _labdevices.stop(end)
         self._write_manifest(manifest)
         _netns.remove(_netns.lab_prefix(self.dir))
         return stopped
@@ -533,6 +574,54 @@ class Lab:
         tmp.write_text(json.dumps(changes, indent=1))
         os.replace(tmp, path)
         return at
+
+    # --- device emulators (vendor-tcp links) -----------------------------------------
+
+    def _seed_path(self, link_id: str) -> Path:
+        private_dir(self.dir / "devices")
+        return self.dir / "devices" / f"{link_id}.seed"
+
+    def _device_ends(
+        self, manifest: dict[str, Any], a: str, b: str, end: str | None
+    ) -> tuple[str, dict[str, dict[str, Any]]]:
+        link_id = "~".join(sorted((a, b)))
+        if link_id not in manifest.get("drivers", {}):
+            raise LabError(f"{self.dir}: no link {link_id} in this lab")
+        ends: dict[str, dict[str, Any]] | None = manifest.get("devices", {}).get(link_id)
+        if ends is None:
+            driver = manifest["drivers"][link_id]
+            raise LabError(
+                f"link {link_id} runs the {driver!r} driver inside its nodes: only"
+                f" {', '.join(sorted(_labdevices.DEVICE_DRIVERS))} links have device processes"
+            )
+        if end is not None:
+            if end not in ends:
+                raise LabError(f"{end!r} is not an end of link {link_id} (ends: {a}, {b})")
+            ends = {end: ends[end]}
+        return link_id, ends
+
+    def device_stop(self, a: str, b: str, *, end: str | None = None) -> list[str]:
+        """Stop the device emulators of link ``a``-``b`` (only ``end``'s, if given), as a
+        device failure would.  Returns the ends stopped (those running)."""
+        manifest = self.manifest()
+        link_id, ends = self._device_ends(manifest, a, b, end)
+        stopped = [node for node, e in ends.items() if _labdevices.stop(e)]
+        manifest["devices"][link_id].update(ends)
+        self._write_manifest(manifest)
+        return stopped
+
+    def device_start(self, a: str, b: str, *, end: str | None = None) -> list[str]:
+        """Start the stopped device emulators of link ``a``-``b`` (only ``end``'s, if
+        given) on their ports.  Returns the ends started."""
+        manifest = self.manifest()
+        link_id, ends = self._device_ends(manifest, a, b, end)
+        seed = self._seed_path(link_id).read_text().strip()
+        stopped = {node: e for node, e in ends.items() if not _labdevices.alive(e)}
+        _labdevices.start(self.dir, link_id, stopped, seed)
+        started = list(stopped)
+        manifest["devices"][link_id].update(ends)
+        self._write_manifest(manifest)
+        return started
 
     def netns(self, node: str) -> str:
         """The network namespace ``node`` runs in.  Raises ``LabError`` on a loopback lab."""

@@ -214,13 +214,15 @@ def issue_node(
     *,
     hosts: Sequence[str] = (),
     days: int = 825,
+    seconds: int | None = None,
     force: bool = False,
 ) -> IssuedFiles:
     """Issue a node (KME) certificate, valid as TLS server and client.
 
     Subject CN=<node_id>, O=qkms, OU=node; SANs are the loopback addresses, ``localhost``
     and every entry of ``hosts`` (an IP address if it parses as one, else a DNS name). The
-    validity is cut short at the CA's own expiry.
+    validity (``seconds`` instead of ``days`` if given: a certificate that expires soon, for
+    labs and tests) is cut short at the CA's own expiry.
 
     Raises ``PkiError`` for a bad id or host, a missing or inconsistent CA, or an existing
     certificate for this id without ``force``.
@@ -235,6 +237,7 @@ def issue_node(
         "node",
         node_id,
         days=days,
+        seconds=seconds,
         force=force,
         sans=sans,
         eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -324,12 +327,15 @@ def _issue(
     ident: str,
     *,
     days: int,
+    seconds: int | None = None,
     force: bool,
     sans: list[x509.GeneralName],
     eku: list[x509.ObjectIdentifier],
 ) -> IssuedFiles:
     _check_id(kind, ident)
     _check_days(days)
+    if seconds is not None and seconds < 1:
+        raise PkiError(f"validity {seconds} s: must be at least 1 second")
     ca_cert, ca_key = _load_ca(directory)
     subdir = directory / _SUBDIR[kind]
     cert_path, key_path = subdir / f"{ident}.pem", subdir / f"{ident}.key"
@@ -344,7 +350,8 @@ def _issue(
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    validity = dt.timedelta(days=days) if seconds is None else dt.timedelta(seconds=seconds)
+    not_after = min(now + validity, ca_cert.not_valid_after_utc)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateBuilder()

@@ -12,6 +12,7 @@ from protocol import NODE_ID_PATTERN, NODE_ID_RE, SAE_ID_RE
 from qkd_drivers import DriverConfigError, driver_class
 
 from ._errors import CliError
+from ._labdevices import DEVICE_DRIVERS, EMULATOR_OPTIONS, driver_params
 
 Id = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 
@@ -45,6 +46,8 @@ class LinkSpec(_Strict, frozen=True):
     driver: str | None = None
     distance_km: Annotated[float, msgspec.Meta(ge=0, le=1000)] | None = None
     params: dict[str, Any] = {}
+    device: dict[str, float | int] = {}
+    """A ``vendor-tcp`` link's emulators in a lab: ``rate_bps``, ``block_bits``, ``qber``."""
 
     @property
     def link_id(self) -> str:
@@ -134,8 +137,22 @@ def topology_from_mapping(data: dict[str, Any], *, label: str) -> Topology:
         if link.link_id in seen:
             raise TopologyError(f"{where}: duplicate link")
         seen.add(link.link_id)
+        params = topo.params_of(link, seed="x" * 32)
+        if topo.driver_of(link) in DEVICE_DRIVERS:  # the lab's emulators, one per end
+            unknown = sorted(set(link.device) - set(EMULATOR_OPTIONS))
+            if unknown:
+                raise TopologyError(
+                    f"{where}: device: unknown option(s) {', '.join(unknown)}"
+                    f" (known: {', '.join(EMULATOR_OPTIONS)})"
+                )
+            params |= driver_params({"port": 1, "role": "alice"})
+        elif link.device:
+            raise TopologyError(
+                f"{where}: device: only {', '.join(sorted(DEVICE_DRIVERS))} links run"
+                " device emulators"
+            )
         try:
-            driver_class(topo.driver_of(link)).parse_params(topo.params_of(link, seed="x" * 32))
+            driver_class(topo.driver_of(link)).parse_params(params)
         except DriverConfigError as exc:
             raise TopologyError(f"{where}: {exc}") from None
     for sae, spec in topo.saes.items():

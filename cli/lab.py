@@ -27,7 +27,7 @@ _dir = click.option(
 @click.group(cls=Group)
 def lab() -> None:
     """Run a local lab network: up, status, kill, start, down; cut and heal links, faults,
-    partitions, an eavesdropper."""
+    partitions, an eavesdropper, QKD device emulators stopped and started."""
 
 
 @lab.command()
@@ -225,3 +225,38 @@ def heal(directory: Path, a: str | None, b: str | None) -> None:
         raise click.UsageError("a netns lab heals one pair at a time: `lab heal A B`")
     routes = _labfaults.heal(faults_)
     click.echo(f"healed: {', '.join(routes)}")
+
+
+# --- device emulators (cli/_labdevices.py) ------------------------------------------------
+
+
+@lab.group(cls=Group)
+def device() -> None:
+    """Stop and start the device emulators of a vendor-tcp link (a device failure)."""
+
+
+_end = click.option(
+    "--end", metavar="NODE", help="only this end's emulator (default: both ends of the link)"
+)
+
+
+@device.command("stop")
+@_dir
+@click.argument("a")
+@click.argument("b")
+@_end
+def device_stop(directory: Path, a: str, b: str, end: str | None) -> None:
+    """Stop the device emulators of link A-B: their nodes see the device gone."""
+    stopped = Lab(directory).device_stop(a, b, end=end)
+    click.echo(f"{a} - {b}: device stopped at {', '.join(stopped) or 'no end (none running)'}")
+
+
+@device.command("start")
+@_dir
+@click.argument("a")
+@click.argument("b")
+@_end
+def device_start(directory: Path, a: str, b: str, end: str | None) -> None:
+    """Start the stopped device emulators of link A-B again, on their ports."""
+    started = Lab(directory).device_start(a, b, end=end)
+    click.echo(f"{a} - {b}: device started at {', '.join(started) or 'no end (all running)'}")

@@ -74,6 +74,12 @@ def init_command(directory: Path, common_name: str, days: int, force: bool) -> N
     help="Validity in days (never beyond the CA's own expiry).",
 )
 @click.option(
+    "--seconds",
+    type=click.IntRange(min=1),
+    help="Validity in seconds instead of --days, for --node (a lab's certificate that"
+    " expires soon, to watch the cert-expiring alarm).",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Replace an existing certificate for this id (the old one is revoked in crl.pem).",
@@ -84,6 +90,7 @@ def issue_command(
     sae_id: str | None,
     hosts: tuple[str, ...],
     days: int,
+    seconds: int | None,
     force: bool,
 ) -> None:
     """Issue a certificate signed by the CA in --dir, for --node ID or --sae ID."""
@@ -91,13 +98,17 @@ def issue_command(
         raise click.UsageError("give one of --node ID or --sae ID, not both")
     if sae_id is not None and hosts:
         raise click.UsageError("--host applies to --node only: an SAE is never a TLS server")
+    if sae_id is not None and seconds is not None:
+        raise click.UsageError("--seconds applies to --node only")
     if node_id is not None:
-        files = issue_node(directory, node_id, hosts=hosts, days=days, force=force)
+        files = issue_node(directory, node_id, hosts=hosts, days=days, seconds=seconds, force=force)
     elif sae_id is not None:
         files = issue_sae(directory, sae_id, days=days, force=force)
     else:
         raise click.UsageError("give --node ID or --sae ID")
-    click.echo(f"wrote {files.cert} ({files.kind} {files.id}, valid until {files.not_after:%F})")
+    click.echo(
+        f"wrote {files.cert} ({files.kind} {files.id}, valid until {files.not_after:%F %T} UTC)"
+    )
     click.echo(f"wrote {files.key} (private, 0600)")
     if force:
         click.echo(

@@ -42,7 +42,12 @@ def _split_host_port(value: str) -> tuple[str, int]:
 @click.option("--pty", is_flag=True, help="Serve on a new pseudo-terminal; prints its path.")
 @click.option("--link-id", required=True, help="The link this device serves.")
 @click.option("--role", type=click.Choice(["alice", "bob"]), required=True, help="Link end.")
-@click.option("--seed", required=True, help="Shared by both ends: identical blocks.")
+@click.option(
+    "--seed",
+    required=True,
+    envvar="QKMS_QKDE_SEED",
+    help="Shared by both ends: identical blocks (or in $QKMS_QKDE_SEED, off the command line).",
+)
 @click.option("--device-id", help="Device id in the hello [default: qkde-LINK-ROLE].")
 @click.option(
     "--rate-bps", type=click.FloatRange(min=1.0, max=1e9), default=8192.0, show_default=True

@@ -499,7 +499,7 @@ class StateAgent:
                 free = 0.0
             out.append(("disk-low", "state_dir", round(free, 1)))
         for resource, not_after in self._not_after.items():
-            out.append(("cert-expiring", resource, round((not_after - now) / 86400, 3)))
+            out.append(("cert-expiring", resource, round((not_after - now) / 86400, 6)))
         if src.relay_failures is not None:
             out.append(
                 ("relay-failures", "relay", float(self._relay_rate(src.relay_failures(), now)))

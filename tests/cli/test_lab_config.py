@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli._lab import LAB_RELAY, node_config, relay_partners
-from cli._topology import Topology, load_topology
+from cli._labdevices import plan
+from cli._topology import Topology, TopologyError, load_topology, topology_from_mapping
 from cli.main import qkmsctl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -107,3 +108,54 @@ def test_eligible_nodes_elect_among_themselves_over_direct_sessions(tmp_path: Pa
     }
     assert {"KME_1", "KME_2", "KME_3"} <= set(cfg["KME_4"]["peers"])
     assert "KME_4" in cfg["KME_2"]["peers"]
+
+
+DEVICE_TOPOLOGY = """
+name = "devices"
+[nodes.KME_A]
+[nodes.KME_B]
+[[links]]
+a = "KME_A"
+b = "KME_B"
+driver = "vendor-tcp"
+device = { rate_bps = 4096.0 }
+"""
+
+
+def test_a_vendor_tcp_link_end_dials_its_own_emulator_with_its_role(tmp_path: Path) -> None:
+    topo = topology_from_mapping(tomllib.loads(DEVICE_TOPOLOGY), label="t")
+    devices = plan(
+        [("KME_A~KME_B", "KME_A", "KME_B", "vendor-tcp")],
+        [9001, 9002],
+        {"KME_A~KME_B": dict(topo.links[0].device)},
+    )
+    ports = {n: {"peer": 7000 + 3 * i, "api": 7001 + 3 * i} for i, n in enumerate(topo.nodes)}
+    seeds = {"KME_A~KME_B": "ab" * 32}
+    params = {
+        node: tomllib.loads(
+            node_config(topo, node, lab=tmp_path, ports=ports, seeds=seeds, devices=devices)
+        )["links"]["KME_A~KME_B"]["params"]
+        for node in topo.nodes
+    }
+    assert params["KME_A"] == {
+        "backoff_initial": 0.1,
+        "backoff_max": 1.0,
+        "host": "127.0.0.1",
+        "port": 9001,
+        "role": "alice",
+    }
+    assert params["KME_B"]["port"] == 9002 and params["KME_B"]["role"] == "bob"
+    assert devices["KME_A~KME_B"]["KME_A"]["options"] == {"rate_bps": 4096.0}
+
+
+@pytest.mark.parametrize(
+    ("link", "message"),
+    [
+        ('driver = "vendor-tcp"\ndevice = { speed = 1 }', "device: unknown option(s) speed"),
+        ('driver = "paired"\ndevice = { qber = 0.1 }', "only vendor-tcp links run device"),
+    ],
+)
+def test_a_link_device_table_is_checked(link: str, message: str) -> None:
+    text = DEVICE_TOPOLOGY.replace('driver = "vendor-tcp"\ndevice = { rate_bps = 4096.0 }', link)
+    with pytest.raises(TopologyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        topology_from_mapping(tomllib.loads(text), label="t")

@@ -475,6 +475,8 @@ def test_cli_bad_id_exits_1_naming_the_id(tmp_path: Path) -> None:
         ["--node", "KME_A", "--sae", "SAE_A"],
         ["--sae", "SAE_A", "--host", "10.0.0.1"],
         ["--node", "KME_A", "--days", "0"],
+        ["--node", "KME_A", "--seconds", "0"],
+        ["--sae", "SAE_A", "--seconds", "60"],
     ],
 )
 def test_cli_issue_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
@@ -486,6 +488,19 @@ def test_cli_issue_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
 
     assert result.exit_code == 2
     assert all_files(d) == CA_FILES
+
+
+def test_a_node_certificate_valid_for_seconds_expires_that_many_seconds_from_now(
+    pki_dir: Path,
+) -> None:
+    before = dt.datetime.now(dt.UTC)
+    files = issue_node(pki_dir, "KME_A", seconds=30)
+    after = dt.datetime.now(dt.UTC)
+    not_after = load_cert(files.cert).not_valid_after_utc
+    # X.509 times have whole seconds
+    assert before + dt.timedelta(seconds=29) <= not_after <= after + dt.timedelta(seconds=30)
+    with pytest.raises(PkiError, match="at least 1 second"):
+        issue_node(pki_dir, "KME_B", seconds=0)
 
 
 # --- revocation -----------------------------------------------------------------------
