@@ -91,6 +91,9 @@ class EdgeView(msgspec.Struct, frozen=True):
     ready_a: int | None = None
     """Ready key bits ``a`` owns on the link (None: not known here)."""
     ready_b: int | None = None
+    level: str | None = None
+    """``empty``, ``low`` or ``normal`` by the scarcer end's ready key against this node's
+    low mark (``[alarms] pool_low_bits``), for an up link with both ends known."""
 
 
 class AlarmItem(msgspec.Struct, frozen=True):
@@ -215,7 +218,7 @@ class DashboardState(msgspec.Struct, frozen=True):
             [(r.relay_id, r.state) for r in self.relays],
             [r.relay_id for r in self.relays_in_flight],
             [(p.name, p.active) for p in self.profiles],
-            [(e.a, e.b, e.state) for e in self.edges],
+            [(e.a, e.b, e.state, e.level) for e in self.edges],
             [(r.source, r.destination, [p.nodes for p in r.paths]) for r in self.routes],
         )
 
@@ -272,6 +275,14 @@ class DashboardSources:
     """Relays this node started: (confirmed, failed) since it started."""
     etsi015: Callable[[], Awaitable[dict[str, Any]]] | None = None
     """This node's ETSI GS QKD 015 ``qkd_node`` (served on the operator TLS listener)."""
+
+
+def _edge_level(edge: EdgeView, low_bits: int) -> EdgeView:
+    if edge.state != "up" or edge.ready_a is None or edge.ready_b is None:
+        return edge
+    return msgspec.structs.replace(
+        edge, level=link_level(min(edge.ready_a, edge.ready_b), low_bits)
+    )
 
 
 def link_level(owned_ready_bits: int, low_bits: int) -> str:
@@ -413,7 +424,7 @@ class Dashboard:
             )
         ours = {tuple(sorted((status.node_id, lk.peer))) for lk in status.links if not lk.e2e}
         edges = [
-            topology.link_states.get((a, b)) or EdgeView(a, b)
+            _edge_level(topology.link_states.get((a, b)) or EdgeView(a, b), s.default_low_bits)
             for a, b in sorted(topology.links)
             if (a, b) not in ours
         ]

@@ -86,12 +86,13 @@ EDGE_COLOURS = {"down": "#7f7f7f", "removed": "#d0d0d0", "registered": "#9bb5cf"
 
 def _edge(edge: EdgeView, a: tuple[float, float], b: tuple[float, float], n: int) -> str:
     """A QKD link between two other nodes: thin grey when its state is not known here;
-    from the controller's topology, coloured by the scarcer end's ready key when up."""
+    from the controller's topology, coloured by the scarcer end's ready key when up
+    (empty, below the low mark, normal)."""
     (x1, y1), (x2, y2) = a, b
     colour, width = "#c8d2dc", 2.0
-    if edge.state == "up" and edge.ready_a is not None and edge.ready_b is not None:
-        level = "empty" if min(edge.ready_a, edge.ready_b) <= 0 else "normal"
-        colour, width = LEVEL_COLOURS[level], LEVEL_WIDTH[level] * (0.6 if n <= 30 else 0.4)
+    if edge.level is not None:
+        colour = LEVEL_COLOURS[edge.level]
+        width = LEVEL_WIDTH[edge.level] * (0.6 if n <= 30 else 0.4)
     elif edge.state in EDGE_COLOURS:
         colour = EDGE_COLOURS[edge.state]
     if edge.state == "unknown":

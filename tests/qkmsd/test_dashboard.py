@@ -514,6 +514,40 @@ async def test_on_the_controller_the_whole_network_comes_from_its_topology() -> 
     assert 'class="edge" data-a="B" data-b="C" data-state="up"' in page
 
 
+async def test_links_between_other_nodes_are_coloured_by_the_scarcer_end_s_key() -> None:
+    import dataclasses
+
+    import msgspec
+
+    node = FakeNode()
+    _as_node(node, "A", {"B": "connected", "D": "connected"})
+    sources = node.sources()
+    network = _ring_topology()
+    states = dict(network.link_states)
+    for (a, b), ready in {("B", "C"): (0, 50_000), ("C", "D"): (50_000, 1_000)}.items():
+        states[(a, b)] = msgspec.structs.replace(
+            states[(a, b)], state="up", ready_a=ready[0], ready_b=ready[1]
+        )
+    network = dataclasses.replace(network, link_states=states)
+    sources.topology = lambda: network
+    sources.default_low_bits = 16384
+    handler = dashboard_handler(Dashboard(sources))
+    edges = {
+        (e["a"], e["b"]): e for e in json.loads((await _get(handler, "/state.json"))[1])["edges"]
+    }
+    assert edges[("B", "C")]["level"] == "empty"  # B holds nothing to hand out
+    assert edges[("C", "D")]["level"] == "low"  # D's 1,000 bit is under the 16,384 bit mark
+    sources.default_low_bits = 512
+    handler = dashboard_handler(Dashboard(sources))
+    edges = {
+        (e["a"], e["b"]): e for e in json.loads((await _get(handler, "/state.json"))[1])["edges"]
+    }
+    assert edges[("C", "D")]["level"] == "normal"
+    page = (await _get(handler, "/"))[1].decode()
+    [b_c] = re.findall(r'<line class="edge" data-a="B" data-b="C"[^>]*>', page)
+    assert 'stroke="#d62728"' in b_c  # drawn in the colour of an empty pool
+
+
 async def test_a_node_pair_shows_its_current_route_its_alternates_and_its_pool() -> None:
     node = FakeNode()
     _as_node(node, "A", {"B": "connected", "D": "connected"})
