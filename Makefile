@@ -42,8 +42,9 @@ sysdeps:
 	@test -x /usr/bin/chromium || $(call APT_INSTALL,chromium) \
 		|| echo "chromium could not be installed: the dashboard browser test will skip"
 
+# Prints the soak table at the end (tests/soaktable.py) and writes it as JSON.
 soak: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider -m soak tests
+	QKMS_SOAK_REPORT=benchmarks/results/soak.json $(BIN)/pytest -q -p no:cacheprovider -m soak tests
 
 # benchmarks/_*.py are shared helpers; *_compare.py compare two code trees given by hand.
 bench: $(STAMP)

@@ -13,6 +13,10 @@ from cli._pki import init_ca, issue_node, issue_sae
 from qkmsd.config import Config, load_config
 from qkmsd.keystore import generate_master_key
 
+from .soaktable import note_outcome, render, soak_table, write_report
+
+__all__ = ["soak_table"]  # a fixture for every test
+
 NODES = ("KME_A", "KME_B", "KME_C", "KME_D", "KME_E")
 
 
@@ -141,3 +145,19 @@ def node_config(tmp_path: Path, pki: Path) -> ConfigFactory:
         return load_config(path)
 
     return make
+
+
+# --- the soak table (tests/soaktable.py) -------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    note_outcome(report)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = render()
+    if len(lines) > 2:
+        terminalreporter.write_sep("=", "soak table")
+        for line in lines:
+            terminalreporter.write_line(line)
+    write_report()

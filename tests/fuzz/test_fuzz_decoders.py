@@ -32,6 +32,7 @@ from protocol import (
 )
 from protocol._device import DEVICE_HEADER_SIZE, DEVICE_TRAILER_SIZE
 
+from ..soaktable import Record
 from .targets import MAX_CHUNK, MAX_FRAME, TARGETS, BoundExceeded, fuzz_device, fuzz_frames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +188,7 @@ def test_atheris_runs_every_decoder_briefly_without_a_failure(tmp_path: Path) ->
 
 
 @pytest.mark.soak
-def test_soak_every_decoder_for_minutes() -> None:
+def test_soak_every_decoder_for_minutes(soak_table: Record) -> None:
     """``make soak``: atheris for 120 s per decoder (hypothesis, 100,000 cases, without it)."""
     args = (
         ["--seconds", "120"] if have_atheris() else ["--engine", "hypothesis", "--runs", "100000"]
@@ -195,4 +196,10 @@ def test_soak_every_decoder_for_minutes() -> None:
     report = _fuzz(*args)
     results = report["results"]
     assert isinstance(results, list)
+    soak_table(
+        tried="coverage-guided fuzzing of every decoder"
+        + (" (atheris, 120 s each)" if have_atheris() else " (hypothesis)"),
+        cases=", ".join(f"{r['target']} {r['cases']:,}" for r in results),
+        found=f"{sum(r['failure'] is not None for r in results)} decoders failed",
+    )
     assert all(r["failure"] is None for r in results)

@@ -24,6 +24,7 @@ from qkmsd.config import Config
 from qkmsd.keystore import KeyState, KeyStore, load_master_key
 
 from ..conftest import ConfigFactory
+from ..soaktable import Record
 from .test_etsi014 import LINK, Kmes, network
 
 # The daemon's own heartbeat and silence limit (0.25 s, 1 s): a flood must not make the
@@ -221,7 +222,7 @@ async def test_idle_floods_on_the_api_and_peer_ports_lose_nothing(
 
 @pytest.mark.soak
 async def test_soak_25000_idle_connections_per_port_from_many_sources(
-    node_config: ConfigFactory, pki: Path
+    node_config: ConfigFactory, pki: Path, soak_table: Record
 ) -> None:
     connections = 25_000
     sources = [f"127.0.{i // 250}.{2 + i % 250}" for i in range(200)]
@@ -246,4 +247,12 @@ async def test_soak_25000_idle_connections_per_port_from_many_sources(
             configs = net.configs
     both, one = lost_blocks(configs, first)
     print(f"blocks discarded: {len(both)} held by both ends, {len(one)} made at one end only")
+    soak_table(
+        tried=f"{connections:,} idle TCP connections on the API port and {connections:,} on"
+        f" the peer port from {len(sources)} source addresses, an SAE asking meanwhile",
+        cases=f"{report.held:,} connections held",
+        found=f"fds {report.fds_before} before, at most {report.fds_during_max} during,"
+        f" {report.fds_after} after; RSS {report.rss_before} / {report.rss_after} KiB before /"
+        f" after; {report.keys_during} keys during; blocks discarded at both ends {len(both)}",
+    )
     assert both == []

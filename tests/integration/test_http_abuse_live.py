@@ -21,6 +21,7 @@ import trio
 from qkmsd.config import Config
 
 from ..conftest import ConfigFactory
+from ..soaktable import Record
 from .test_etsi014 import Kmes, assert_still_serving, network
 
 REQUEST_TIMEOUT_S = 1.0
@@ -153,7 +154,7 @@ def _rss_kib() -> int:
 
 @pytest.mark.soak
 async def test_soak_memory_stays_bounded_under_rounds_of_abuse(
-    node_config: ConfigFactory, pki: Path
+    node_config: ConfigFactory, pki: Path, soak_table: Record
 ) -> None:
     rounds, slow = 200, 50
     with trio.fail_after(1800):
@@ -174,5 +175,11 @@ async def test_soak_memory_stays_bounded_under_rounds_of_abuse(
     print(
         f"{rounds} rounds of abuse, each with {slow} slow clients: RSS {before} KiB before,"
         f" {after} KiB after, growth {growth} KiB; every 25 rounds: {series} KiB"
+    )
+    soak_table(
+        tried=f"rounds of HTTP abuse (oversized bodies and heads, pipelined garbage, huge"
+        f" numbers) each beside {slow} one-byte-a-second clients",
+        cases=f"{rounds} rounds",
+        found=f"RSS {before} KiB before, {after} KiB after (growth {growth} KiB); node serving",
     )
     assert growth < 64 * 1024, f"RSS grew by {growth} KiB"

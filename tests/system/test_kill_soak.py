@@ -52,6 +52,7 @@ from qkms_client import (
     UnexpectedResponse,
 )
 
+from ..soaktable import Record
 from .labkit import admin, client, wait_until
 
 pytestmark = pytest.mark.system
@@ -443,11 +444,20 @@ def test_sae_keys_stay_unique_and_retrievable_across_kill_9_of_ring_nodes_and_fa
 
 @pytest.mark.soak
 def test_soak_sae_keys_stay_unique_and_retrievable_across_many_kill_9(
-    lab: Lab, soak_seed: int
+    lab: Lab, soak_seed: int, soak_table: Record
 ) -> None:
     cycles = int(os.environ.get("QKMS_SOAK_CYCLES", "40"))
     report = kill_soak(lab, cycles=cycles, seed=soak_seed)
     print(f"\nkill soak: {report.line()}")
+    soak_table(
+        tried="ring of four, an SAE on every node: ETSI 014 on all 12 pairs while a node"
+        " (every other cycle the controller) is killed -9 and restarted and the fault proxy"
+        f" misbehaves; seed {soak_seed}",
+        cases=f"{report.cycles} cycles, {report.kills} kills ({report.controller_kills} of"
+        f" the controller), {report.faults} faults injected",
+        found=f"{report.keys} keys delivered ({report.relayed} relayed), {report.fetched}"
+        f" fetched by slaves, {report.voided} voided; {len(report.violations)} violations",
+    )
     assert report.violations == [], "\n".join(report.violations)
 
 

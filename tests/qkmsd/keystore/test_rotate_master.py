@@ -26,6 +26,8 @@ from qkmsd.keystore import (
     rotate_master_key,
 )
 
+from ...soaktable import Record
+
 LINK = "rot:link"
 BLOCKS = 120
 REPO = Path(__file__).resolve().parents[3]
@@ -184,7 +186,14 @@ def test_kill_9_at_random_points_of_a_rotation_leaves_a_store_that_opens(tmp_pat
 
 @pytest.mark.soak
 def test_kill_9_at_random_points_of_many_rotations_leaves_a_store_that_opens(
-    tmp_path: Path,
+    tmp_path: Path, soak_table: Record
 ) -> None:
-    outcomes = kill_cycles(tmp_path, 200, seed=int.from_bytes(os.urandom(4), "big"))
+    seed = int.from_bytes(os.urandom(4), "big")
+    outcomes = kill_cycles(tmp_path, 200, seed=seed)
+    soak_table(
+        tried=f"kill -9 of `keystore rotate-master` at a random moment; seed {seed}",
+        cases="200 rotations",
+        found=", ".join(f"{n} {what}" for what, n in outcomes.items())
+        + "; every store opened with one of the two keys",
+    )
     assert sum(outcomes.values()) == 200
