@@ -38,6 +38,7 @@ from schemathesis.checks import (
 from schemathesis.generation import GenerationMode
 
 from ..conftest import ConfigFactory
+from ..soaktable import Record
 from .test_etsi014 import network
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "etsi014.openapi.yaml"
@@ -219,9 +220,16 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_description(
 
 @pytest.mark.soak
 async def test_soak_schemathesis_many_examples_per_operation(
-    node_config: ConfigFactory, pki: Path
+    node_config: ConfigFactory, pki: Path, soak_table: Record
 ) -> None:
     with trio.fail_after(1800):
         tally = await _run(node_config, pki, examples=400)
     print(_report(tally))
+    soak_table(
+        tried="schemathesis against a live node over mutual TLS, 400 examples per operation"
+        " of docs/etsi014.openapi.yaml",
+        cases=f"{sum(tally.cases.values())} requests",
+        found=f"statuses {dict(sorted(tally.statuses.items()))};"
+        f" {len(tally.failures)} failures (a 5xx or an answer outside the description)",
+    )
     assert not tally.failures, _report(tally)
