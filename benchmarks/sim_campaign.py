@@ -14,16 +14,18 @@ in a subprocess of its own, and this script keeps the network figures its report
 Demand is closed loop (each pair asks for 8 keys of 256 bits again as soon as it is
 answered, 0.25 s after a refusal).  Every ordered pair asks at N = 10 (90 pairs); above,
 every ordered pair is too many for this machine (a session and a demand task per pair:
-39,800 at N = 200), so a seeded sample of ``PAIRS_PER_NODE * N`` ordered pairs asks
-(qkmssim's ``--pairs``, drawn with ``random.Random(seed).sample`` over the ordered
-pairs).  The controller's budgets share link key by ``[controller] sharing`` (``max-min``
-or ``throughput``).  Runs start cold: no link or pool holds key at 0 s, and the controller
-is elected within the first 3 s, so the short windows below are mostly the network
-filling up; see docs/controller.md, "Network campaign".
+39,800 at N = 200), so a seeded sample of ``SAMPLE`` (100) ordered pairs asks (qkmssim's
+``--pairs``: ``random.Random(1).sample`` over the ordered pairs).  The controller's
+budgets share link key by ``[controller] sharing`` (``max-min`` or ``throughput``).  Links
+hand over key in blocks of 8,192 bits (``BLOCK_BITS``).  Runs start cold: no link or pool
+holds key at 0 s and the controller is elected within the first 3 s, so these short windows
+are the network's first seconds, not a steady state; see docs/controller.md, "Network
+campaign".
 
-Simulated time was chosen so the full campaign costs about 25 CPU minutes (48 runs; it
-was 40 minutes at most by the brief) on this 2-core machine shared with other jobs: see
-``SECONDS`` and ``DRAIN_S``.  ``--jobs 2`` runs two at a time.
+Simulated time (``SECONDS``: 10, 8, 6 and 4 virtual s of demand at N = 10, 50, 100, 200,
+then a 2 s drain) was chosen for the CPU: about 40 minutes on one core at most for the 48
+runs, less than that measured (``cpu_s_total`` in the JSON).  ``--jobs 2`` runs two at a
+time; ``--sizes`` and ``--resume`` run part of it or finish an interrupted one.
 
     python benchmarks/sim_campaign.py --quick          # 4 runs of 10 nodes, about a minute
     python benchmarks/sim_campaign.py --jobs 2         # the full campaign
