@@ -14,10 +14,15 @@ Parts:
   event shows the neighbour down, and until one lists its ``peer-down`` alarm; then the
   neighbour started again.  With ``--screenshot``, the page is photographed in headless
   Chromium to ``docs/dashboard-kreonet17.png`` while one neighbour is down.
+- ``shots``: the 17-node kreonet17 lab photographed for docs/operations.md once every
+  node is up and the controller has routes: the controller's page (the whole network
+  from its topology) with the node pair of its first route picked, to
+  ``docs/dashboard-kreonet17-controller.png``; KME_SEOUL's page with one neighbour killed
+  -9, to ``docs/dashboard-kreonet17.png``.
 - ``render``: ``/view`` rendering of synthetic networks of 3, 17 and 200 nodes (no
   daemons), and the spring layout of 200 nodes.
 
-Run: ``python benchmarks/dashboard_bench.py [--part look|live|render|all] [--screenshot]``
+Run: ``python benchmarks/dashboard_bench.py [--part look|live|shots|render|all] [--screenshot]``
 (``all`` takes about five minutes).  Figures are printed and written to
 ``benchmarks/results/dashboard_bench.json``.
 """
@@ -32,6 +37,7 @@ import socket
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +208,66 @@ def _photograph(url: str, path: Path) -> None:
     print(f"  wrote {path}")
 
 
+def _state(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "state.json", timeout=30) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+    return result
+
+
+def part_shots(base: Path) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    lab = Lab(base / "shots")
+    topo = load_topology(ROOT / "examples" / "kreonet17.toml")
+    lab.up(topo)
+    try:
+        me = "KME_SEOUL"
+        deadline = time.monotonic() + 300
+        while True:
+            controller = _state(lab.dashboard_url(me))["controller"]
+            if controller:
+                state = _state(lab.dashboard_url(controller))
+                ups = [n for n in state["nodes"] if n["up"]]
+                if (
+                    state["view_of"] == "controller"
+                    and state["routes"]
+                    and len(ups) == len(topo.nodes)
+                ):
+                    break
+            assert time.monotonic() < deadline, "the controller never saw the whole network"
+            time.sleep(1.0)
+        route = state["routes"][0]
+        pair = (route["source"], route["destination"])
+        print(f"  controller {controller}: {len(state['routes'])} routes; picked {pair}")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(lab.dashboard_url(controller))
+            page.wait_for_selector("#live.ok", timeout=30000)
+            page.select_option("#pair-a", pair[0])
+            page.select_option("#pair-b", pair[1])
+            page.wait_for_selector('#pair-info li.path[data-rank="current"]', timeout=30000)
+            shot = ROOT / "docs" / "dashboard-kreonet17-controller.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"  wrote {shot}")
+            victim = next(n for n in sorted(topo.neighbours(me)) if n != controller)
+            lab.kill(victim)
+            page.goto(lab.dashboard_url(me))
+            page.wait_for_selector(
+                f'g.node[data-node="{victim}"][data-state="down"]', timeout=30000
+            )
+            page.wait_for_selector(f'li.alarm[data-resource="{victim}"]', timeout=30000)
+            page.click('#links tr.pick[data-resource^="link:"]')
+            page.wait_for_selector("figure.plot", timeout=30000)
+            shot = ROOT / "docs" / "dashboard-kreonet17.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"  wrote {shot}")
+            browser.close()
+    finally:
+        lab.down()
+    return {"controller": controller, "pair": list(pair), "victim": victim}
+
+
 def part_render() -> dict[str, Any]:
     import sys
 
@@ -230,12 +296,51 @@ def part_render() -> dict[str, Any]:
     layout(names, edges)
     out["layout_200_ms"] = round((time.perf_counter() - t) * 1000, 1)
     print(f"  spring layout of 200 nodes: {out['layout_200_ms']:.0f} ms (once per topology)")
+    out["controller_topology_200_ms"] = _controller_read_ms(200)
+    print(
+        f"  the controller's topology of 200 nodes read for the page:"
+        f" {out['controller_topology_200_ms']:.2f} ms (at most once a second)"
+    )
     return out
+
+
+def _controller_read_ms(n: int) -> float:
+    """Median time of ``controller_topology`` over a controller's topology of ``n``
+    nodes (a ring with one random chord per node), every node reporting its links."""
+    import random
+
+    from protocol import CtlLink, CtlRelayLoad, CtlReport
+    from qkmsd.controller import Topology
+    from qkmsd.dashboard import controller_topology
+
+    rng = random.Random(7)
+    names = [f"N{i:03d}" for i in range(n)]
+    pairs = {tuple(sorted((names[i], names[(i + 1) % n]))) for i in range(n)}
+    pairs |= {tuple(sorted((names[i], names[rng.randrange(n)]))) for i in range(n)}
+    pairs = {p for p in pairs if p[0] != p[1]}
+    topo = Topology(lost_after=10.0)
+    for node in names:
+        links = [
+            CtlLink(f"{a}~{b}", b if node == a else a, True, ready_here=4096, rate_bps=1e3)
+            for a, b in sorted(pairs)
+            if node in (a, b)
+        ]
+        report = CtlReport(
+            id=0, node=node, seq=1, period_s=1.0, software="bench", links=links, peers=[],
+            demand=[], relay=CtlRelayLoad(),
+        )  # fmt: skip
+        topo.apply_report(node, report, 0.0)
+    runs = []
+    for _ in range(20):
+        t = time.perf_counter()
+        controller_topology(topo, [], 1.0, {})
+        runs.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(runs), 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["look", "live", "render", "all"], default="all")
+    parser.add_argument("--part", choices=["look", "live", "shots", "render", "all"], default="all")
     parser.add_argument("--screenshot", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -246,6 +351,8 @@ def main() -> None:
             results["look"] = part_look(Path(tmp))
         if args.part in ("live", "all"):
             results["live"] = part_live(Path(tmp), args.screenshot)
+        if args.part == "shots":
+            results["shots"] = part_shots(Path(tmp))
     results["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["load_average"] = os.getloadavg()
     RESULTS.parent.mkdir(exist_ok=True)

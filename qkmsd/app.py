@@ -58,7 +58,10 @@ from .dashboard import (
     NetworkTopology,
     StreamSlots,
     dashboard_handler,
+    etsi015_source,
     normalise_links,
+    table_routes,
+    whole_network,
 )
 from .errors import PeerUnavailable, StartupError
 from .http import HandshakeStats, Limits, OpenConnections, serve_tcp_plain, serve_tcp_tls
@@ -642,7 +645,7 @@ class Node:
                             },
                             default_low_bits=cfg.alarms.pool_low_bits,
                             qber_max=cfg.alarms.qber_max,
-                            topology=partial(_topology, cfg),
+                            topology=whole_network(partial(_topology, cfg), service),
                             controller=(
                                 (lambda: controller.status().controller)
                                 if controller is not None
@@ -651,6 +654,13 @@ class Node:
                             draining=lambda: front.draining,
                             saes=front.sae_counts,
                             admin=admin_methods,
+                            profiles=profile_agent.statuses,
+                            routes=lambda: table_routes(cfg.node_id, relay.routes()),
+                            relay_totals=lambda: (
+                                relay.statistics().relays_confirmed,
+                                relay.statistics().relays_failed,
+                            ),
+                            etsi015=etsi015_source(reporter),
                         )
                     )
 

@@ -3,7 +3,7 @@
 
 from ._admin import ControllerAdmin
 from ._agent import ControllerAgent, ControllerStatus
-from ._etsi015 import etsi015_view, qkms_uuid
+from ._etsi015 import etsi015_view, node_etsi015, qkms_uuid
 from ._registry import Registry
 from ._reporter import Reporter, ReporterStatus, ReportSources
 from ._routing import ALTERNATES, allocate_budgets, compute_routes, link_cost
@@ -29,6 +29,7 @@ __all__ = [
     "compute_routes",
     "etsi015_view",
     "link_cost",
+    "node_etsi015",
     "qkms_uuid",
     "refusals",
 ]

@@ -12,6 +12,8 @@ import datetime
 import uuid
 from typing import Any
 
+from protocol import CtlReport
+
 from ._topology import LinkView, NodeView, Topology
 
 MODULE = "etsi-qkd-sdn-node"
@@ -85,6 +87,20 @@ def etsi015_view(topology: Topology, now: float) -> dict[str, Any]:
             }
         )
     return {"module": MODULE, "revision": "2022-01-30", "nodes": nodes, "qkms_names": names}
+
+
+def node_etsi015(report: CtlReport, now: float, wall: float) -> dict[str, Any]:
+    """One node's own ``qkd_node`` from its own report (``Reporter.build_report``), as a
+    controller that heard only from it would give it: what the node serves at its
+    RESTCONF path.  Raises ``BadReport`` for a report a controller would refuse."""
+    topology = Topology(lost_after=float("inf"))
+    topology.apply_report(report.node, report, now, wall)
+    me = qkms_uuid("node", report.node)
+    for entry in etsi015_view(topology, now)["nodes"]:
+        node: dict[str, Any] = entry["qkd_node"]
+        if node["qkdn_id"] == me:
+            return node
+    raise AssertionError("a node's own report names it")  # pragma: no cover
 
 
 def _iface_status(link: LinkView, node: str) -> str:

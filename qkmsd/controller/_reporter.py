@@ -133,6 +133,7 @@ class Reporter:
         self._seq = 0
         self._last_bits: dict[str, tuple[float, int]] = {}
         self._last_spent: dict[str, tuple[float, int]] = {}
+        self._last_rates: dict[str, tuple[float, float]] = {}
         self._settings: list[CtlRoute] = []
         self._incoming: tuple[tuple[str, int], int, list[CtlRoute]] | None = None
         self.budgets: list[CtlBudget] = []
@@ -181,7 +182,10 @@ class Reporter:
         else:
             log.warning("controller.report_refused", code=reply.code, error=reply.message[:300])
 
-    async def build_report(self) -> CtlReport:
+    async def build_report(self, *, peek: bool = False) -> CtlReport:
+        """This node's report.  ``peek``: for a look (the ETSI 015 view), which changes
+        nothing: the key rates are those of the last report (0 before one), the sequence
+        number does not advance."""
         now = self._clock()
         src = self._sources
         bits_in = src.bits_in()
@@ -193,13 +197,17 @@ class Reporter:
             rate = 0.0
             if then is not None and now > then[0]:
                 rate = max(0.0, (total - then[1]) / (now - then[0]))
-            self._last_bits[status.link_id] = (now, total)
             used = spent.get(status.link_id, 0)
             before = self._last_spent.get(status.link_id)
             spent_bps = 0.0
             if before is not None and now > before[0]:
                 spent_bps = max(0.0, (used - before[1]) / (now - before[0]))
-            self._last_spent[status.link_id] = (now, used)
+            if peek:
+                rate, spent_bps = self._last_rates.get(status.link_id, (0.0, 0.0))
+            else:
+                self._last_bits[status.link_id] = (now, total)
+                self._last_spent[status.link_id] = (now, used)
+                self._last_rates[status.link_id] = (rate, spent_bps)
             qber = status.qber if status.qber is None or 0 <= status.qber <= 1 else None
             links.append(
                 CtlLink(
@@ -217,7 +225,8 @@ class Reporter:
                 )
             )
         relay = src.relay()
-        self._seq += 1
+        if not peek:
+            self._seq += 1
         return CtlReport(
             id=0,
             node=self.node_id,

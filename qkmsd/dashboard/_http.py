@@ -11,11 +11,22 @@
                             ``relay`` over the last hour, from the performance history
 ``GET /history``            alarm history, filtered by ``severity``, ``code``,
                             ``resource`` (substring), ``limit``
+``GET /pair?a=A&b=B``       a node pair: its current route and alternates each way,
+                            its end-to-end pool (HTML the page highlights the graph from)
 ``POST /op/<method>``       ``alarm_ack``, ``alarm_clear`` (JSON body ``code``,
-                            ``resource``), ``node_drain``, ``node_undrain``: the admin
-                            methods ``qkmsctl`` calls, with the operator's name; CSRF
-                            token in ``x-csrf-token``
+                            ``resource``), ``profile_activate``, ``profile_deactivate``
+                            (JSON body ``name``), ``node_drain``, ``node_undrain``: the
+                            admin methods ``qkmsctl`` calls, with the operator's name;
+                            CSRF token in ``x-csrf-token``
 =========================== ============================================================
+
+On the operator TLS listener only (mutual TLS, ``operator`` or ``operator-ro``):
+
+================================================ =========================================
+``GET /restconf/data/etsi-qkd-sdn-node:qkd_node``  this node's ETSI GS QKD 015 ``qkd_node``
+                                                   as YANG JSON (read-only)
+``GET /.well-known/host-meta``                     where the RESTCONF root is (RFC 8040)
+================================================ =========================================
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from ..errors import QkmsError
 from ..http import Limits, Request, Response, StreamingResponse
 from ._access import Access, CsrfTokens, Denied, Operator
 from ._model import Dashboard, log
-from ._render import PLOTS, render_history, render_page, render_plots, render_view
+from ._render import PLOTS, render_history, render_page, render_pair, render_plots, render_view
 
 LIMITS = Limits(max_body_bytes=4096, idle_timeout=30.0)
 MAX_STREAMS = 8
@@ -41,14 +52,30 @@ HISTORY_LIMIT = 200
 """Events shown at most."""
 HISTORY_SCANNED = 2000
 """Newest events of the history the filters look through."""
-OPERATIONS = ("alarm_ack", "alarm_clear", "node_drain", "node_undrain")
+OPERATIONS = (
+    "alarm_ack",
+    "alarm_clear",
+    "profile_activate",
+    "profile_deactivate",
+    "node_drain",
+    "node_undrain",
+)
 _HTML = "text/html; charset=utf-8"
-_ROUTES = ("/", "/state.json", "/view", "/events", "/plots", "/history")
+_ROUTES = ("/", "/state.json", "/view", "/events", "/plots", "/history", "/pair")
+ETSI015_PATH = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
+"""This node's ETSI GS QKD 015 view (RESTCONF data resource, RFC 8040 §3.3)."""
+HOST_META_PATH = "/.well-known/host-meta"
+YANG_JSON = "application/yang-data+json"
+_HOST_META = (
+    b'<XRD xmlns="http://docs.oasis-open.org/ns/xri/xrd-1.0">'
+    b'<Link rel="restconf" href="/restconf"/></XRD>'
+)
 
 
 class _OpBody(msgspec.Struct, forbid_unknown_fields=True):
     code: str | None = None
     resource: str | None = None
+    name: str | None = None
 
 
 class StreamSlots:
@@ -117,6 +144,8 @@ def dashboard_handler(
             if request.method != "POST":
                 return Response(405, headers=(("allow", "POST"),))
             return await _operate(request, who)
+        if request.path in (ETSI015_PATH, HOST_META_PATH):
+            return await _restconf(request)
         if request.path not in _ROUTES:
             return _json(404, "not found: try /, /state.json, /view, /events")
         if request.method not in ("GET", "HEAD"):
@@ -140,10 +169,31 @@ def dashboard_handler(
             return await _plots(query.get("resource", ""))
         if request.path == "/history":
             return await _history(query)
+        if request.path == "/pair":
+            state = await dashboard.read()
+            pair = render_pair(state, query.get("a", "")[:64], query.get("b", "")[:64])
+            return Response(200, pair.encode(), _HTML)
         state = await dashboard.wait(_after(query))
         if request.path == "/view":
             return Response(200, render_view(state, can_operate=who.can_operate).encode(), _HTML)
         return Response(200, msgspec.json.encode(state))
+
+    async def _restconf(request: Request) -> Response:
+        if not access.tls:
+            return _json(403, "the ETSI 015 view is served over mutual TLS only: [listen]"
+                         " dashboard_tls, with an operator certificate")  # fmt: skip
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, headers=(("allow", "GET, HEAD"),))
+        if request.path == HOST_META_PATH:
+            return Response(200, _HOST_META, "application/xrd+xml")
+        source = dashboard.sources.etsi015
+        if source is None:
+            return _json(404, "this node has no ETSI 015 view")
+        try:
+            node = await source()
+        except QkmsError as exc:
+            return _json(503, f"ETSI 015 view: {exc}")
+        return Response(200, msgspec.json.encode({"etsi-qkd-sdn-node:qkd_node": node}), YANG_JSON)
 
     async def _events(as_json: bool, who: Operator) -> AsyncGenerator[bytes, None]:
         yield b"retry: 1000\n\n"
@@ -199,6 +249,10 @@ def dashboard_handler(
             if body.code is None or body.resource is None:
                 return _json(400, "body: give code and resource")
             params = {"code": body.code, "resource": body.resource, "by": f"dashboard {who.name}"}
+        elif method.startswith("profile_"):
+            if body.name is None:
+                return _json(400, "body: give the profile's name")
+            params = {"name": body.name}
         try:
             result = await dashboard.admin(method, params)
         except QkmsError as exc:
@@ -214,6 +268,8 @@ def dashboard_handler(
         )
         dashboard.poke()
         what = f" {body.code} on {body.resource}" if method.startswith("alarm_") else ""
+        if method.startswith("profile_"):
+            what = f" {body.name}"
         return _json(200, f"{method}{what} by {who.name}")
 
     return handle

@@ -21,6 +21,7 @@ import msgspec
 import trio
 
 from ..log import get_logger
+from ..profiles import ProfileStatus
 from ..relay import RelayRecord
 from ..state import AlarmView
 from ..status import NodeStatus
@@ -37,6 +38,7 @@ HEARTBEAT_S = 15.0
 HOLD_S = 1.0
 """How long a long poll waits for a change before it answers with the same state."""
 RECENT_RELAYS = 10
+RECENT_FAILURES = 10
 
 AdminMethod = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -75,10 +77,20 @@ class LinkView(msgspec.Struct, frozen=True):
 
 
 class EdgeView(msgspec.Struct, frozen=True):
-    """A QKD link between two other nodes, from the topology: drawn, its state unknown."""
+    """A QKD link between two other nodes, from the topology.  From a node's config its
+    state is not known here (``unknown``); from the controller's topology it is the merged
+    state of both ends' reports (``up``, ``down``, ``registered``, ``removed``) with the
+    key each end may hand out."""
 
     a: str
     b: str
+    state: str = "unknown"
+    link_id: str = ""
+    rate_bps: float | None = None
+    qber: float | None = None
+    ready_a: int | None = None
+    """Ready key bits ``a`` owns on the link (None: not known here)."""
+    ready_b: int | None = None
 
 
 class AlarmItem(msgspec.Struct, frozen=True):
@@ -95,6 +107,23 @@ class RelayItem(msgspec.Struct, frozen=True):
     path: list[str]
     role: str
     state: str
+    started_at: float = 0.0
+    error: str = ""
+    """Why it failed (an error message naming nodes and links, never key material)."""
+    in_flight: bool = False
+    """Under way: started or forwarded here, its end not yet known here."""
+
+
+FAILED = frozenset({"failed", "discarded"})
+
+
+class RelayTotals(msgspec.Struct, frozen=True):
+    """This node's relays since it started: as source, confirmed and failed."""
+
+    confirmed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    """Relays under way now among the recent ones this node took part in."""
 
 
 class SaeItem(msgspec.Struct, frozen=True):
@@ -103,6 +132,51 @@ class SaeItem(msgspec.Struct, frozen=True):
     delivered: int
     """Keys handed to the SAE (a count)."""
     errors: int
+    errors_by_status: dict[str, int] = {}
+    """Requests answered with an error, by HTTP status."""
+
+
+class ProfileItem(msgspec.Struct, frozen=True):
+    """A key generation profile and its service in the current period (counts only)."""
+
+    name: str
+    active: bool
+    node_pairs: list[str]
+    sae_pairs: list[str]
+    served: int
+    """Keys served to the profile's pairs in the current period (a count)."""
+    served_bits: int
+    target_bits: int
+    shortfall_bits: int
+
+
+class PathItem(msgspec.Struct, frozen=True):
+    nodes: list[str]
+    cost: float
+
+
+class RouteItem(msgspec.Struct, frozen=True):
+    """The paths from ``source`` to ``destination`` (best first) and where they come from:
+    ``controller`` (its routes), or this node's routing table (``manual``, ``computed``,
+    or ``controller`` for paths the controller pushed here)."""
+
+    source: str
+    destination: str
+    paths: list[PathItem]
+    origin: str
+
+
+class PoolItem(msgspec.Struct, frozen=True):
+    """An end-to-end pool of relayed key between ``a`` and ``b``: the ready bits each end
+    owns (None: not known here), its level as ``a`` sees it."""
+
+    link_id: str
+    a: str
+    b: str
+    ready_a: int | None
+    ready_b: int | None
+    up: bool | None
+    hops: list[str] = []
 
 
 class DashboardState(msgspec.Struct, frozen=True):
@@ -118,6 +192,17 @@ class DashboardState(msgspec.Struct, frozen=True):
     alarms: list[AlarmItem]
     relays: list[RelayItem]
     saes: list[SaeItem]
+    relay_failures: list[RelayItem] = []
+    """The newest failed relays (``RECENT_FAILURES``)."""
+    relays_in_flight: list[RelayItem] = []
+    """Relays under way here, newest first (``RECENT_FAILURES`` at most)."""
+    relay_totals: RelayTotals = RelayTotals()
+    profiles: list[ProfileItem] = []
+    routes: list[RouteItem] = []
+    pools: list[PoolItem] = []
+    view_of: str = "node"
+    """``controller``: the whole network from the controller's topology (this node holds
+    the role); ``node``: what this node and its peer sessions know."""
 
     def prompt(self) -> tuple[Any, ...]:
         """What must reach an open page at once when it changes."""
@@ -128,6 +213,10 @@ class DashboardState(msgspec.Struct, frozen=True):
             [(lk.link_id, lk.level, lk.driver_state, lk.qber_high) for lk in self.links],
             [(a.code, a.resource, a.severity, a.acknowledged) for a in self.alarms],
             [(r.relay_id, r.state) for r in self.relays],
+            [r.relay_id for r in self.relays_in_flight],
+            [(p.name, p.active) for p in self.profiles],
+            [(e.a, e.b, e.state) for e in self.edges],
+            [(r.source, r.destination, [p.nodes for p in r.paths]) for r in self.routes],
         )
 
 
@@ -135,14 +224,22 @@ class DashboardState(msgspec.Struct, frozen=True):
 class NetworkTopology:
     """The whole network as some source knows it: node ids and the QKD links between them.
 
-    Today ``app.py`` builds it from ``[relay] topology``; a controller's topology view
-    plugs in the same way (``DashboardSources.topology``).  ``coordinates`` place nodes
-    (x east, y north; longitude and latitude work), from ``[dashboard] positions``.
+    ``app.py`` builds it from the controller's topology on the node that holds the role
+    (``from_controller``: node and link states, end-to-end pools, routes) and from
+    ``[relay] topology`` elsewhere (ids only).  ``coordinates`` place nodes (x east, y
+    north; longitude and latitude work), from ``[dashboard] positions``.
     """
 
     nodes: frozenset[str] = frozenset()
     links: frozenset[tuple[str, str]] = frozenset()
     coordinates: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    from_controller: bool = False
+    node_states: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Node id -> ``up``, ``lost``, ``silent``, ``registered`` or ``removed``."""
+    link_states: Mapping[tuple[str, str], EdgeView] = dataclasses.field(default_factory=dict)
+    """Sorted pair of ends -> the link's state (a ``EdgeView``)."""
+    pools: Sequence[PoolItem] = ()
+    routes: Sequence[RouteItem] = ()
 
 
 @dataclasses.dataclass
@@ -168,6 +265,13 @@ class DashboardSources:
     saes: Callable[[], Mapping[str, Any]] | None = None
     """SAE id -> counters with ``requests``, ``keys`` and ``errors`` (by HTTP status)."""
     admin: Mapping[str, AdminMethod] = dataclasses.field(default_factory=dict)
+    profiles: Callable[[], Sequence[ProfileStatus]] | None = None
+    routes: Callable[[], Sequence[RouteItem]] | None = None
+    """This node's routing table (used where the topology has no routes)."""
+    relay_totals: Callable[[], tuple[int, int]] | None = None
+    """Relays this node started: (confirmed, failed) since it started."""
+    etsi015: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    """This node's ETSI GS QKD 015 ``qkd_node`` (served on the operator TLS listener)."""
 
 
 def link_level(owned_ready_bits: int, low_bits: int) -> str:
@@ -265,11 +369,16 @@ class Dashboard:
         nodes = []
         for name in sorted(names):
             x, y = positions.get(name, (0.5, 0.5))
+            up: bool | None
             if name == status.node_id:
                 role, up, state = "self", True, "up"
             elif name in peers:
                 role, state = "peer", peers[name].state
                 up = state == "connected"
+            elif name in topology.node_states:
+                # Known from the controller's topology: reported, lost, or never heard of.
+                role, state = "remote", topology.node_states[name]
+                up = True if state == "up" else False if state in ("lost", "removed") else None
             else:
                 role, up, state = "remote", None, "unknown"
             nodes.append(
@@ -303,23 +412,68 @@ class Dashboard:
                 )
             )
         ours = {tuple(sorted((status.node_id, lk.peer))) for lk in status.links if not lk.e2e}
-        edges = [EdgeView(a, b) for a, b in sorted(topology.links) if (a, b) not in ours]
+        edges = [
+            topology.link_states.get((a, b)) or EdgeView(a, b)
+            for a, b in sorted(topology.links)
+            if (a, b) not in ours
+        ]
         alarms = [
             AlarmItem(a.code, a.resource, a.severity, a.raised_at, a.acknowledged)
             for a in (s.alarms() if s.alarms else [])
         ]
-        records = s.relays() if s.relays else []
-        recent = sorted(records, key=lambda r: r.started_at)[-RECENT_RELAYS:]
-        relays = [
-            RelayItem(r.relay_id, r.e2e_link_id, list(r.path), r.role, r.state)
-            for r in reversed(recent)
-        ]
+        records = sorted(s.relays() if s.relays else [], key=lambda r: r.started_at)
+        relays = [_relay_item(r) for r in reversed(records[-RECENT_RELAYS:])]
+        failures = [_relay_item(r) for r in reversed(records) if r.state in FAILED]
+        confirmed, failed = s.relay_totals() if s.relay_totals else (0, 0)
+        totals = RelayTotals(confirmed, failed, sum(_in_flight(r) for r in records))
         saes = [
-            SaeItem(name, c.requests, c.keys, sum(c.errors.values()))
+            SaeItem(
+                name,
+                c.requests,
+                c.keys,
+                sum(c.errors.values()),
+                {str(code): n for code, n in sorted(c.errors.items())},
+            )
             for name, c in sorted((s.saes() if s.saes else {}).items())
         ]
+        profiles = [
+            ProfileItem(
+                p.profile.name,
+                p.active,
+                list(p.profile.node_pairs),
+                list(p.profile.sae_pairs),
+                p.keys_served,
+                p.bits_served,
+                p.target_bits,
+                p.shortfall_bits,
+            )
+            for p in sorted(s.profiles() if s.profiles else [], key=lambda p: p.profile.name)
+        ]
+        if topology.from_controller:
+            routes = list(topology.routes)
+        else:
+            routes = list(s.routes()) if s.routes is not None else []
+        pools = _pools(status.node_id, status.links, topology.pools)
         return DashboardState(
-            0, status.node_id, draining, controller, nodes, links, edges, alarms, relays, saes
+            0,
+            status.node_id,
+            draining,
+            controller,
+            nodes,
+            links,
+            edges,
+            alarms,
+            relays,
+            saes,
+            relay_failures=failures[:RECENT_FAILURES],
+            relays_in_flight=[_relay_item(r) for r in reversed(records) if _in_flight(r)][
+                :RECENT_FAILURES
+            ],
+            relay_totals=totals,
+            profiles=profiles,
+            routes=routes,
+            pools=pools,
+            view_of="controller" if topology.from_controller else "node",
         )
 
     async def _layout(self, names: set[str], topology: NetworkTopology) -> dict[str, Point]:
@@ -332,6 +486,47 @@ class Dashboard:
             )
             self._laid_out = key
         return self._positions
+
+
+def _in_flight(r: RelayRecord) -> bool:
+    return r.ended_at is None and r.state in ("started", "forwarded")
+
+
+def _relay_item(r: RelayRecord) -> RelayItem:
+    return RelayItem(
+        r.relay_id,
+        r.e2e_link_id,
+        list(r.path),
+        r.role,
+        r.state,
+        r.started_at,
+        r.error[:200],
+        _in_flight(r),
+    )
+
+
+def _pools(me: str, links: Sequence[Any], known: Sequence[PoolItem]) -> list[PoolItem]:
+    """End-to-end pools: this node's own (its end's count is exact), then the others the
+    topology knows, one entry per pair of ends."""
+    out: dict[tuple[str, str], PoolItem] = {}
+    for link in links:
+        if link.e2e:
+            theirs = max(0, link.ready_bits - link.owned_ready_bits)
+            up = bool(link.synchronised)
+            out[_pair(me, link.peer)] = PoolItem(
+                link.link_id, me, link.peer, link.owned_ready_bits, theirs, up
+            )
+    for pool in known:
+        key = _pair(pool.a, pool.b)
+        if key not in out:
+            out[key] = pool
+        elif not out[key].hops and pool.hops:
+            out[key] = msgspec.structs.replace(out[key], hops=list(pool.hops))
+    return [out[k] for k in sorted(out)]
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
 
 
 def normalise_links(pairs: Sequence[Sequence[str]]) -> frozenset[tuple[str, str]]:

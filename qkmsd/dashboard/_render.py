@@ -9,7 +9,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._model import DashboardState, LinkView, NodeView
+from ._model import (
+    DashboardState,
+    EdgeView,
+    LinkView,
+    NodeView,
+    PoolItem,
+    RelayItem,
+    RouteItem,
+)
 
 SEVERITY_COLOURS = {
     # The usual X.733 alarm colours.
@@ -63,22 +71,52 @@ def render_svg(state: DashboardState) -> str:
     ]
     for edge in state.edges:
         if edge.a in pos and edge.b in pos:
-            (x1, y1), (x2, y2) = pos[edge.a], pos[edge.b]
-            parts.append(
-                f'<line class="edge" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#c8d2dc"'
-                f' stroke-width="2"><title>{e(edge.a)} - {e(edge.b)}: state known at'
-                f" {e(edge.a)} and {e(edge.b)}</title></line>"
-            )
+            parts.append(_edge(edge, pos[edge.a], pos[edge.b], n))
     for link in state.links:
         if link.peer in pos:
-            parts.append(_link(link, pos[state.node_id], pos[link.peer], n))
+            parts.append(_link(link, state.node_id, pos[state.node_id], pos[link.peer], n))
     for node in state.nodes:
         parts.append(_node(node, pos[node.node_id], radius, font, n))
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _link(link: LinkView, a: tuple[float, float], b: tuple[float, float], n: int) -> str:
+EDGE_COLOURS = {"down": "#7f7f7f", "removed": "#d0d0d0", "registered": "#9bb5cf"}
+
+
+def _edge(edge: EdgeView, a: tuple[float, float], b: tuple[float, float], n: int) -> str:
+    """A QKD link between two other nodes: thin grey when its state is not known here;
+    from the controller's topology, coloured by the scarcer end's ready key when up."""
+    (x1, y1), (x2, y2) = a, b
+    colour, width = "#c8d2dc", 2.0
+    if edge.state == "up" and edge.ready_a is not None and edge.ready_b is not None:
+        level = "empty" if min(edge.ready_a, edge.ready_b) <= 0 else "normal"
+        colour, width = LEVEL_COLOURS[level], LEVEL_WIDTH[level] * (0.6 if n <= 30 else 0.4)
+    elif edge.state in EDGE_COLOURS:
+        colour = EDGE_COLOURS[edge.state]
+    if edge.state == "unknown":
+        what = f"state known at {e(edge.a)} and {e(edge.b)}"
+    else:
+        qber = f"{edge.qber:.3f}" if edge.qber is not None else "-"
+        rate = f"{edge.rate_bps:.0f} bit/s" if edge.rate_bps is not None else "-"
+        what = (
+            f"{e(edge.link_id)} {edge.state} (controller): key rate {rate}, QBER {qber},"
+            f" ready {_maybe(edge.ready_a)} bit at {e(edge.a)},"
+            f" {_maybe(edge.ready_b)} bit at {e(edge.b)}"
+        )
+    return (
+        f'<line class="edge" data-a="{e(edge.a)}" data-b="{e(edge.b)}"'
+        f' data-state="{e(edge.state)}" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"'
+        f' stroke="{colour}" stroke-width="{width}"><title>{e(edge.a)} - {e(edge.b)}: {what}'
+        f"</title></line>"
+    )
+
+
+def _maybe(bits: int | None) -> str:
+    return "?" if bits is None else str(bits)
+
+
+def _link(link: LinkView, me: str, a: tuple[float, float], b: tuple[float, float], n: int) -> str:
     (x1, y1), (x2, y2) = a, b
     colour = LEVEL_COLOURS[link.level]
     width = LEVEL_WIDTH[link.level] * (1.0 if n <= 30 else 0.6)
@@ -113,7 +151,8 @@ def _link(link: LinkView, a: tuple[float, float], b: tuple[float, float], n: int
     )
     return (
         f'<g class="link" data-link="{e(link.link_id)}" data-peer="{e(link.peer)}"'
-        f' data-kind="{link.kind}" data-level="{link.level}" tabindex="0">{shape}'
+        f' data-kind="{link.kind}" data-level="{link.level}" data-a="{e(me)}"'
+        f' data-b="{e(link.peer)}" tabindex="0">{shape}'
         f"<title>{e(link.link_id)} ({link.kind}, {e(link.driver)} {e(link.driver_state)}):"
         f" {link.owned_ready_bits} bit owned ready, low mark {link.low_bits} bit,"
         f" QBER {qber}</title>{label}{badge}</g>"
@@ -136,7 +175,7 @@ def _node(node: NodeView, at: tuple[float, float], radius: float, font: int, n: 
     under = "" if n > 60 else f" {status}{' draining' if node.draining else ''}"
     return (
         f'<g class="node" data-node="{e(node.node_id)}" data-role="{node.role}"'
-        f' data-state="{status}" data-draining="{str(node.draining).lower()}">'
+        f' data-state="{status}" data-draining="{str(node.draining).lower()}" tabindex="0">'
         f'<circle cx="{x}" cy="{y}" r="{radius}" fill="{NODE_COLOURS[status]}"{ring}/>'
         f"<title>{e(node.node_id)}: {e(node.role)}, {e(node.state)}</title>{crown}"
         f'<text x="{x}" y="{y + radius + font + 2}" text-anchor="middle"'
@@ -174,12 +213,11 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
         + "</li>"
         for a in state.alarms
     )
-    relays = "".join(
-        f'<tr class="relay" data-state="{e(r.state)}"><td>{e(r.relay_id)}</td>'
-        f"<td>{e(r.e2e_link_id)}</td><td>{e(' → '.join(r.path))}</td>"
-        f"<td>{e(r.role)}</td><td>{e(r.state)}</td></tr>"
-        for r in state.relays
-    )
+    relays = "".join(_relay_row(r) for r in state.relays)
+    flying = state.relays_in_flight
+    in_flight = "".join(_relay_row(r) for r in flying)
+    failures = "".join(_relay_row(r, error=True) for r in state.relay_failures)
+    totals = state.relay_totals
     links = "".join(
         f'<tr class="pick" data-resource="{"pool" if lk.kind == "e2e" else "link"}:'
         f'{e(lk.link_id)}"><td>{e(lk.link_id)}</td><td>{lk.kind}</td>'
@@ -191,8 +229,25 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
     )
     saes = "".join(
         f'<tr class="pick" data-resource="sae:{e(s.sae_id)}"><td>{e(s.sae_id)}</td>'
-        f"<td>{s.requests}</td><td>{s.delivered}</td><td>{s.errors}</td></tr>"
+        f"<td>{s.requests}</td><td>{s.delivered}</td><td>{s.errors}</td>"
+        f"<td>{e(', '.join(f'{code}: {n}' for code, n in s.errors_by_status.items()) or '-')}"
+        f"</td></tr>"
         for s in state.saes
+    )
+    profiles = "".join(
+        f'<tr class="profile" data-name="{e(p.name)}" data-active="{str(p.active).lower()}">'
+        f"<td>{e(p.name)}</td><td>{'active' if p.active else 'inactive'}</td>"
+        f"<td>{e(', '.join(p.node_pairs + p.sae_pairs) or 'every pair')}</td>"
+        f"<td>{p.served}</td><td>{p.served_bits}</td>"
+        f"<td>{p.target_bits or '-'}</td><td>{p.shortfall_bits or '-'}</td>"
+        + (
+            f'<td><button class="op" data-op="profile_{"deactivate" if p.active else "activate"}"'
+            f' data-name="{e(p.name)}">{"deactivate" if p.active else "activate"}</button></td>'
+            if can_operate
+            else ""
+        )
+        + "</tr>"
+        for p in state.profiles
     )
     node_ops = ""
     if can_operate:
@@ -203,6 +258,13 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
         f'<p id="node-line">node {e(state.node_id)}: '
         f"{'<b class=drain>draining</b> (new enc_keys refused)' if state.draining else 'serving'}"
         f"; controller {e(state.controller or 'unknown')}{node_ops}</p>"
+        f'<p id="view-of" data-view-of="{state.view_of}">'
+        + (
+            "the whole network from this node's controller topology (node reports merged)"
+            if state.view_of == "controller"
+            else "the network as this node and its peer sessions know it"
+        )
+        + "</p>"
         f'<div class="cols{" stacked" if len(state.nodes) > 30 else ""}">'
         f'<div>{render_svg(state)}</div><div class="side">'
         f'<h2>Active alarms ({len(state.alarms)})</h2><ul id="alarms">'
@@ -210,11 +272,98 @@ def render_view(state: DashboardState, *, can_operate: bool) -> str:
         f'<h2>Links and pools</h2><table id="links"><tr><th>link</th><th>kind</th>'
         f"<th>level</th><th>owned bits</th><th>driver</th><th>QBER</th></tr>{links}</table>"
         f'<h2>SAEs</h2><table id="saes"><tr><th>SAE</th><th>requests</th><th>keys</th>'
-        f"<th>errors</th></tr>{saes or '<tr><td colspan=4>none has asked</td></tr>'}</table>"
+        f"<th>errors</th><th>by status</th></tr>"
+        f"{saes or '<tr><td colspan=5>none has asked</td></tr>'}</table>"
+        f'<h2>Key profiles</h2><table id="profiles"><tr><th>profile</th><th>state</th>'
+        f"<th>pairs</th><th>keys served</th><th>bits served</th><th>target bits</th>"
+        f"<th>shortfall bits</th>{'<th></th>' if can_operate else ''}</tr>"
+        f"{profiles or '<tr><td colspan=7>none registered</td></tr>'}</table>"
         f"</div></div>"
-        f'<h2>Recent relays</h2><table id="relays"><tr><th>relay</th><th>pool</th>'
-        f"<th>path</th><th>role</th><th>state</th></tr>{relays}</table></div>"
+        f'<h2>Relays</h2><p id="relay-totals">started here since the node started:'
+        f" {totals.confirmed} confirmed, {totals.failed} failed; {totals.in_flight} in flight"
+        f"</p>"
+        f'<h3>In flight ({totals.in_flight})</h3><table id="relays-in-flight">{_RELAY_HEAD}'
+        f"{in_flight or '<tr><td colspan=6>none</td></tr>'}</table>"
+        f"<h3>Recent failures ({len(state.relay_failures)})</h3>"
+        f'<table id="relay-failures">{_RELAY_HEAD.replace("</tr>", "<th>why</th></tr>")}'
+        f"{failures or '<tr><td colspan=7>none</td></tr>'}</table>"
+        f'<h3>Recent relays</h3><table id="relays">{_RELAY_HEAD}{relays}</table>'
+        f"{_routes_data(state.routes, state.pools)}</div>"
     )
+
+
+_RELAY_HEAD = (
+    "<tr><th>started (UTC)</th><th>relay</th><th>pool</th><th>path</th><th>role</th>"
+    "<th>state</th></tr>"
+)
+
+
+def _relay_row(r: RelayItem, *, error: bool = False) -> str:
+    why = f"<td>{e(r.error) or '-'}</td>" if error else ""
+    return (
+        f'<tr class="relay" data-state="{e(r.state)}"><td>{_when(r.started_at)}</td>'
+        f"<td>{e(r.relay_id)}</td><td>{e(r.e2e_link_id)}</td><td>{e(' → '.join(r.path))}</td>"
+        f"<td>{e(r.role)}</td><td>{e(r.state)}</td>{why}</tr>"
+    )
+
+
+def _routes_data(routes: Sequence[RouteItem], pools: Sequence[PoolItem]) -> str:
+    """How many routes and pools the page can show for a node pair (the pair panel
+    fetches them from ``/pair``)."""
+    return f'<p id="pair-known" data-routes="{len(routes)}" data-pools="{len(pools)}"></p>'
+
+
+def render_pair(state: DashboardState, a: str, b: str) -> str:
+    """A node pair: its current route and alternates each way, its end-to-end pool; the
+    ``li`` of each path carries its nodes for the page to highlight."""
+    known = {n.node_id for n in state.nodes}
+    if a not in known or b not in known or a == b:
+        return (
+            '<div id="pair-info" data-a="" data-b=""><p>pick two different nodes of the'
+            " graph</p></div>"
+        )
+    parts = [f'<div id="pair-info" data-a="{e(a)}" data-b="{e(b)}"><h3>{e(a)} and {e(b)}</h3>']
+    where = (
+        "the controller's routes"
+        if state.view_of == "controller"
+        else f"{e(state.node_id)}'s routing table (routes from this node only)"
+    )
+    found = False
+    for src, dst in ((a, b), (b, a)):
+        route = next((r for r in state.routes if r.source == src and r.destination == dst), None)
+        if route is None or not route.paths:
+            continue
+        found = True
+        items = "".join(
+            f'<li class="path" data-rank="{"current" if i == 0 else "alternate"}"'
+            f' data-path="{e(" ".join(p.nodes))}">'
+            f"{'current' if i == 0 else 'alternate'}: {e(' → '.join(p.nodes))}"
+            f" (cost {p.cost:g})</li>"
+            for i, p in enumerate(route.paths)
+        )
+        parts.append(
+            f"<p>from {e(src)} to {e(dst)} ({e(route.origin)}):</p>"
+            f'<ol class="routes" data-source="{e(src)}">{items}</ol>'
+        )
+    if not found:
+        parts.append(f"<p>no route is set for this pair in {where}.</p>")
+    else:
+        parts.append(f"<p><small>from {where}</small></p>")
+    pool = next((p for p in state.pools if {p.a, p.b} == {a, b}), None)
+    if pool is None:
+        parts.append(
+            '<p id="pair-pool" data-pool="">no end-to-end pool between them is known here.</p>'
+        )
+    else:
+        hops = f", relayed over {e(' → '.join(pool.hops))}" if pool.hops else ""
+        state_word = {True: "up", False: "down", None: "state unknown"}[pool.up]
+        parts.append(
+            f'<p id="pair-pool" data-pool="{e(pool.link_id)}">end-to-end pool'
+            f" {e(pool.link_id)} ({state_word}{hops}): {_maybe(pool.ready_a)} bit ready owned"
+            f" by {e(pool.a)}, {_maybe(pool.ready_b)} bit owned by {e(pool.b)}</p>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def render_history(events: Sequence[Mapping[str, Any]], *, shown: int) -> str:
@@ -302,7 +451,11 @@ _SCRIPT = """
     var box = document.createElement("div");
     box.innerHTML = text;
     var fresh = box.firstElementChild, current = document.getElementById("view");
-    if (fresh && fresh.dataset.version !== current.dataset.version) current.replaceWith(fresh);
+    if (fresh && fresh.dataset.version !== current.dataset.version) {
+      current.replaceWith(fresh);
+      mark();
+      if (pair.length === 2) pairInfo();
+    }
   }
   function ok(how) { live.textContent = "live (" + how + ")"; live.className = "ok"; }
   function bad() { live.textContent = "node unreachable: retrying"; live.className = "bad"; }
@@ -338,7 +491,15 @@ _SCRIPT = """
   document.addEventListener("click", function (ev) {
     var b = ev.target.closest("button.op");
     if (b) { post(b.dataset.op, b.dataset.code ? {code: b.dataset.code,
-               resource: b.dataset.resource} : {}); return; }
+               resource: b.dataset.resource} : b.dataset.name ? {name: b.dataset.name} : {});
+             return; }
+    var node = ev.target.closest("g.node");
+    if (node) {
+      pair = pair.length === 1 && pair[0] !== node.dataset.node ?
+        [pair[0], node.dataset.node] : [node.dataset.node];
+      pick();
+      return;
+    }
     var row = ev.target.closest("[data-resource].pick, g.link");
     if (row) {
       picked = row.dataset.resource ||
@@ -353,6 +514,65 @@ _SCRIPT = """
       .then(function (t) { document.getElementById("plots").outerHTML = t; });
   }
   setInterval(plots, 5000);
+  // A node pair: two nodes clicked in the graph, or picked in the two lists.
+  var pair = [], paths = [];
+  var ends = [document.getElementById("pair-a"), document.getElementById("pair-b")];
+  function pick() {
+    ends[0].value = pair[0] || ""; ends[1].value = pair[1] || "";
+    if (pair.length === 2) { pairInfo(); } else { paths = []; mark();
+      document.getElementById("pair-info").innerHTML =
+        "<p>" + pair[0] + " picked: pick the other end</p>"; }
+  }
+  ends.forEach(function (s) { s.addEventListener("change", function () {
+    pair = [ends[0].value, ends[1].value].filter(Boolean); pick(); }); });
+  function pairInfo() {
+    fetch("pair?a=" + encodeURIComponent(pair[0]) + "&b=" + encodeURIComponent(pair[1]),
+          {cache: "no-store"})
+      .then(function (r) { return r.text(); })
+      .then(function (t) {
+        document.getElementById("pair-info").outerHTML = t;
+        paths = [].map.call(document.querySelectorAll("#pair-info li.path"), function (li) {
+          return [li.dataset.rank, li.dataset.path.split(" ")];
+        });
+        mark();
+      });
+  }
+  // Marks the picked ends, and every node and QKD link on the pair's routes: the current
+  // route wins over an alternate where they share a hop.
+  function mark() {
+    document.querySelectorAll("#graph [data-route], #graph [data-end]").forEach(function (el) {
+      el.removeAttribute("data-route"); el.removeAttribute("data-end"); });
+    pair.forEach(function (n) {
+      var el = document.querySelector('g.node[data-node="' + CSS.escape(n) + '"]');
+      if (el) el.setAttribute("data-end", "true");
+    });
+    ["alternate", "current"].forEach(function (rank) {
+      paths.forEach(function (p) {
+        if (p[0] !== rank) return;
+        var nodes = p[1];
+        nodes.forEach(function (n) {
+          var el = document.querySelector('g.node[data-node="' + CSS.escape(n) + '"]');
+          if (el) el.setAttribute("data-route", rank);
+        });
+        for (var i = 0; i + 1 < nodes.length; i++) {
+          var a = CSS.escape(nodes[i]), b = CSS.escape(nodes[i + 1]);
+          document.querySelectorAll(
+            'g.link[data-kind="qkd"][data-a="' + a + '"][data-b="' + b + '"],' +
+            'g.link[data-kind="qkd"][data-a="' + b + '"][data-b="' + a + '"],' +
+            'line.edge[data-a="' + a + '"][data-b="' + b + '"],' +
+            'line.edge[data-a="' + b + '"][data-b="' + a + '"]')
+            .forEach(function (el) { el.setAttribute("data-route", rank); });
+        }
+      });
+    });
+    if (pair.length === 2) {
+      var a = CSS.escape(pair[0]), b = CSS.escape(pair[1]);
+      document.querySelectorAll(
+        'g.link[data-kind="e2e"][data-a="' + a + '"][data-b="' + b + '"],' +
+        'g.link[data-kind="e2e"][data-a="' + b + '"][data-b="' + a + '"]')
+        .forEach(function (el) { el.setAttribute("data-route", "pool"); });
+    }
+  }
   var form = document.getElementById("filters");
   function history() {
     var q = new URLSearchParams(new FormData(form)).toString();
@@ -376,7 +596,16 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-
 tr.pick{cursor:pointer}tr.pick:hover{background:#eef}g.link{cursor:pointer}
 .legend span{display:inline-block;margin-right:1em}.drain{color:#ff7f0e}
 figure.plot{display:inline-block;margin:4px 12px 4px 0}figcaption{font-size:12px}
-button{font-size:11px}
+button{font-size:11px}g.node{cursor:pointer}
+g.node[data-end] circle{stroke:#000;stroke-width:5}
+g.node[data-route=current] circle{stroke:#1f4e9c;stroke-width:5}
+g.link[data-route=current] line,line.edge[data-route=current]{stroke:#1f4e9c;stroke-width:9}
+g.link[data-route=alternate] line,line.edge[data-route=alternate]{stroke:#9467bd;
+stroke-width:6;stroke-dasharray:6 4}
+g.link[data-route=pool] path{stroke:#1f4e9c;stroke-width:7}
+#pair-panel{background:#f4f7fb;padding:4px 8px;margin:6px 0}#pair-info h3{margin:4px 0}
+#pair-info p,#pair-info ol{margin:2px 0}
+li.path[data-rank=current]{color:#1f4e9c;font-weight:bold}li.path[data-rank=alternate]{color:#9467bd}
 """
 
 
@@ -386,15 +615,22 @@ def render_page(state: DashboardState, *, token: str, operator: str, can_operate
         for level, colour in LEVEL_COLOURS.items()
     )
     severities = "".join(f"<option>{s}</option>" for s in SEVERITY_COLOURS)
+    choices = "".join(f"<option>{e(n.node_id)}</option>" for n in state.nodes)
     mode = "view and operate" if can_operate else "view only"
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="csrf-token" content="{e(token)}">'
         f"<title>qkms {e(state.node_id)}</title><style>{_STYLE}</style></head><body>"
         f'<h1>qkms node {e(state.node_id)} <small id="live">loading</small></h1>'
-        f'<p class="legend">owned ready key: {legend} (dashed arc: end-to-end pool; grey:'
-        f" a link between two other nodes; Q: QBER over threshold) &mdash;"
+        f'<p class="legend">owned ready key: {legend} (dashed arc: end-to-end pool; thin grey:'
+        " a link between two other nodes, its state not known here; Q: QBER over"
+        " threshold) &mdash;"
         f' <span id="operator">{e(operator)}: {mode}</span> <span id="op-result"></span></p>'
+        '<div id="pair-panel"><b>Node pair</b>: click two nodes of the graph, or pick'
+        f' them: <select id="pair-a"><option value="">-</option>{choices}</select> and'
+        f' <select id="pair-b"><option value="">-</option>{choices}</select>; the current'
+        " route is drawn blue, its alternates dashed purple, their end-to-end pool thick"
+        ' blue.<div id="pair-info"></div></div>'
         f"{render_view(state, can_operate=can_operate)}"
         "<h2>Over time</h2><p>Pick a link, pool or SAE in the tables or the graph.</p>"
         '<div id="plots"></div>'

@@ -45,7 +45,8 @@ def invoke(*args: str) -> Result:
 
 
 def test_node_drain_asks_the_node_and_says_what_it_does_now(sock: Path) -> None:
-    with fake_admin(sock, {"node_drain": NODE}) as node:
+    # Drained 5 s before the call (NODE's time is taken at import, maybe minutes earlier).
+    with fake_admin(sock, {"node_drain": {**NODE, "drained_since": time.time() - 5}}) as node:
         result = invoke("node", "drain", "--socket", str(sock))
     assert result.exit_code == 0, result.output
     assert node.requests == [("node_drain", {})]

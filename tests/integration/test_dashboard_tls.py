@@ -14,6 +14,7 @@ from cli._admin import AdminClient
 from cli._pki import issue_operator
 from qkmsd.app import Node, NodeInfo
 from qkmsd.config import HostPort
+from qkmsd.controller import qkms_uuid
 
 from ..conftest import ConfigFactory
 
@@ -99,4 +100,44 @@ async def test_operator_certificates_view_or_operate_and_others_are_refused(
                 lambda: AdminClient(info.admin_socket).call("node")
             )
             assert status["draining"] is True
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_etsi015_view_answers_operator_certificates_and_refuses_the_rest(
+    node_config: ConfigFactory, pki: Path, rogue_pki: Path
+) -> None:
+    operator = issue_operator(pki, "oscar", force=True)
+    rogue = issue_operator(rogue_pki, "oscar", force=True)
+    # A QKD link to a peer that is not running: the link is listed, its status not ACTIVE.
+    link = ("KME_B", "paired", {"rate_bps": 1e6, "block_bits": 32768, "seed": "d" * 32})
+    cfg = msgspec.structs.replace(
+        node_config("KME_A", peers={"KME_B": "127.0.0.1:1"}, links={"KME_A~KME_B": link}),
+        dashboard_tls_listen=HostPort("127.0.0.1", 0),
+    )
+    path = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            info: NodeInfo = await nursery.start(Node(cfg).run)
+            port = info.dashboard_tls_port
+            assert port
+            line, body = await _request(port, _context(pki, operator.cert, operator.key), "GET",
+                                        path)  # fmt: skip
+            assert " 200" in line, (line, body)
+            node = msgspec.json.decode(body)["etsi-qkd-sdn-node:qkd_node"]
+            assert node["qkdn_id"] == qkms_uuid("node", "KME_A")
+            assert node["qkdn_status"] == "OPERATING"
+            links = node["qkd_links"]["qkd_link"]
+            assert [(lk["qkdl_id"], lk["qkdl_type"]) for lk in links] == [
+                (qkms_uuid("link", "KME_A~KME_B"), "PHYS")
+            ]
+            sae = _context(pki, pki / "saes" / "SAE_A.pem", pki / "saes" / "SAE_A.key")
+            line, body = await _request(port, sae, "GET", path)
+            assert " 403" in line and "operator certificate" in body
+            # No certificate, or an operator certificate of another CA: the handshake fails.
+            for ctx in (_context(pki, None, None), _context(pki, rogue.cert, rogue.key)):
+                try:
+                    line, _ = await _request(port, ctx, "GET", path)
+                except (trio.BrokenResourceError, ssl.SSLError):
+                    line = ""
+                assert line == ""
             nursery.cancel_scope.cancel()

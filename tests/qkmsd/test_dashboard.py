@@ -146,7 +146,11 @@ async def test_state_json_carries_nodes_links_alarms_relays_and_no_key_material(
         ("KME_D", "remote", None),
     ]
     # Links between other nodes come from the topology, without a level.
-    assert state["edges"] == [{"a": "KME_B", "b": "KME_C"}, {"a": "KME_C", "b": "KME_D"}]
+    assert [(e["a"], e["b"], e["state"]) for e in state["edges"]] == [
+        ("KME_B", "KME_C", "unknown"),
+        ("KME_C", "KME_D", "unknown"),
+    ]
+    assert state["view_of"] == "node"
     links = {link["link_id"]: link for link in state["links"]}
     assert links["KME_A~KME_B"]["kind"] == "qkd" and links["KME_A~KME_B"]["level"] == "normal"
     assert links["KME_A~KME_C"]["kind"] == "e2e" and links["KME_A~KME_C"]["level"] == "low"
@@ -452,3 +456,213 @@ async def test_plots_draw_a_resource_s_series_from_the_perf_method() -> None:
     assert b'data-metric="key_rate_bps" data-points="10"' in body and b"<polyline" in body
     assert b'data-metric="qber" data-points="0"' in body  # no samples: said so, no plot
     assert (await _get(handler, "/plots?resource=keystore"))[0].startswith("HTTP/1.1 400")
+
+
+# --- node pairs, the controller's view, profiles, relays, SAEs, ETSI 015 ---------------
+
+
+def _ring_topology() -> Any:
+    """A controller's view of the ring A-B-C-D-A with A's pool to C relayed over B, and
+    routes A -> C computed."""
+    from protocol import CtlPath, CtlRoute
+    from qkmsd.dashboard import controller_topology
+
+    from .controller.test_topology import ring
+
+    topo = ring()
+    routes = [
+        CtlRoute("A", "C", [CtlPath(["A", "B", "C"], 2.0), CtlPath(["A", "D", "C"], 2.5)]),
+    ]
+    return controller_topology(topo, routes, 0.0, {})
+
+
+def _as_node(node: FakeNode, me: str, peers: dict[str, str]) -> None:
+    """Makes ``node`` report as ``me`` with sessions to ``peers`` (id -> state)."""
+    template = node.status.peers[0]
+    fields = {f: getattr(node.status, f) for f in node.status.__struct_fields__}
+    node.status = NodeStatus(
+        **{
+            **fields,
+            "node_id": me,
+            "links": [],
+            "peers": [
+                PeerState(p, template.address, template.dials, state=s) for p, s in peers.items()
+            ],
+        }
+    )
+
+
+async def test_on_the_controller_the_whole_network_comes_from_its_topology() -> None:
+    node = FakeNode()
+    _as_node(node, "A", {"B": "connected", "D": "connected"})
+    sources = node.sources()
+    network = _ring_topology()
+    sources.topology = lambda: network
+    handler = dashboard_handler(Dashboard(sources))
+    state = json.loads((await _get(handler, "/state.json"))[1])
+    assert state["view_of"] == "controller"
+    nodes = {n["node_id"]: (n["role"], n["state"], n["up"]) for n in state["nodes"]}
+    assert nodes["C"] == ("remote", "up", True)  # it reported: known up, not "unknown"
+    edges = {(e["a"], e["b"]): e for e in state["edges"]}
+    assert edges[("B", "C")]["state"] == "up" and edges[("B", "C")]["link_id"] == "B~C"
+    assert [(r["source"], r["destination"], r["origin"]) for r in state["routes"]] == [
+        ("A", "C", "controller")
+    ]
+    assert [(p["a"], p["b"], p["hops"]) for p in state["pools"]] == [("A", "C", ["A", "B", "C"])]
+    page = (await _get(handler, "/"))[1].decode()
+    assert 'data-view-of="controller"' in page
+    assert 'class="edge" data-a="B" data-b="C" data-state="up"' in page
+
+
+async def test_a_node_pair_shows_its_current_route_its_alternates_and_its_pool() -> None:
+    node = FakeNode()
+    _as_node(node, "A", {"B": "connected", "D": "connected"})
+    sources = node.sources()
+    network = _ring_topology()
+    sources.topology = lambda: network
+    handler = dashboard_handler(Dashboard(sources))
+    for a, b in (("A", "C"), ("C", "A")):
+        line, body = await _get(handler, f"/pair?a={a}&b={b}")
+        text = body.decode()
+        assert line.startswith("HTTP/1.1 200")
+        assert '<li class="path" data-rank="current" data-path="A B C">' in text
+        assert '<li class="path" data-rank="alternate" data-path="A D C">' in text
+        assert 'id="pair-pool" data-pool="A~C"' in text and "relayed over A → B → C" in text
+    text = (await _get(handler, "/pair?a=B&b=D"))[1].decode()
+    assert "no route is set" in text and 'data-pool=""' in text
+    text = (await _get(handler, "/pair?a=A&b=nowhere"))[1].decode()
+    assert "pick two different nodes" in text
+
+
+async def test_elsewhere_a_pair_s_routes_come_from_this_node_s_routing_table() -> None:
+    from qkmsd.dashboard import table_routes
+    from qkmsd.relay import Route
+
+    node = FakeNode()
+    sources = node.sources()
+    table = [
+        Route("KME_C", ["KME_A", "KME_B", "KME_C"], "controller", 2, 1.0),
+        Route("KME_C", ["KME_A", "KME_D", "KME_C"], "computed", 2, 1.0),
+    ]
+    sources.routes = lambda: table_routes("KME_A", table)
+    handler = dashboard_handler(Dashboard(sources))
+    text = (await _get(handler, "/pair?a=KME_C&b=KME_A"))[1].decode()
+    assert "from KME_A to KME_C (controller)" in text
+    assert 'data-rank="current" data-path="KME_A KME_B KME_C"' in text
+    assert 'data-rank="alternate" data-path="KME_A KME_D KME_C"' in text
+    assert "KME_A's routing table" in text
+    # Its own end-to-end pool: the ready bits each end owns.
+    assert 'data-pool="KME_A~KME_C"' in text and "4096 bit ready owned by KME_A" in text
+
+
+def _profile(name: str, active: bool) -> Any:
+    from qkmsd.profiles import Profile, ProfileStatus
+
+    return ProfileStatus(
+        Profile(name, node_pairs=["KME_A~KME_B"], active=active),
+        active, 1.0 if active else None, 3, 768, 1000, 0, 0, 5,
+    )  # fmt: skip
+
+
+async def test_profiles_are_listed_and_activated_with_the_token_naming_the_operator() -> None:
+    node = FakeNode()
+    sources = node.sources()
+    sources.profiles = lambda: [_profile("video", False), _profile("bulk", True)]
+    sources.admin = {
+        **sources.admin,
+        **{m: (lambda p, m=m: node._admin(m, p)) for m in ("profile_activate",
+                                                           "profile_deactivate")},
+    }  # fmt: skip
+    handler = dashboard_handler(
+        Dashboard(sources), access=Access(tls=False, loopback_operations=True)
+    )
+    state = json.loads((await _get(handler, "/state.json"))[1])
+    assert [(p["name"], p["active"], p["served"]) for p in state["profiles"]] == [
+        ("bulk", True, 3),
+        ("video", False, 3),
+    ]
+    page = (await _get(handler, "/"))[1].decode()
+    assert 'data-op="profile_activate" data-name="video"' in page
+    assert 'data-op="profile_deactivate" data-name="bulk"' in page
+    token = await _page_token(handler)
+    line, _ = await _get(handler, "/op/profile_activate", "POST", body=b'{"name": "video"}')
+    assert line.startswith("HTTP/1.1 403") and node.calls == []
+    line, body = await _get(
+        handler, "/op/profile_activate", "POST", headers={"x-csrf-token": token},
+        body=b'{"name": "video"}',
+    )  # fmt: skip
+    assert line.startswith("HTTP/1.1 200") and b"video by loopback" in body
+    assert node.calls == [("profile_activate", {"name": "video"})]
+    line, _ = await _get(handler, "/op/profile_deactivate", "POST", headers={"x-csrf-token": token})
+    assert line.startswith("HTTP/1.1 400")  # no name
+    read_only = dashboard_handler(Dashboard(sources))
+    assert 'data-op="profile_activate"' not in (await _get(read_only, "/"))[1].decode()
+
+
+async def test_relays_in_flight_and_recent_failures_and_sae_errors_by_status() -> None:
+    from qkmsd.supply._front import SaeCounts
+
+    node = FakeNode()
+    sources = node.sources()
+    flying = RelayRecord("r-20", "KME_A~KME_C", ["KME_A", "KME_B", "KME_C"], "source",
+                         "forwarded", 4096, 3.0)  # fmt: skip
+    failed = RelayRecord("r-19", "KME_A~KME_C", ["KME_A", "KME_B", "KME_C"], "source",
+                         "failed", 4096, 2.0, 2.5, "KME_B: peer unreachable")  # fmt: skip
+    sources.relays = lambda: [flying, failed, RELAY]
+    sources.relay_totals = lambda: (7, 1)
+    sources.saes = lambda: {"SAE_A": SaeCounts(requests=5, keys=8, errors={503: 2, 400: 1})}
+    handler = dashboard_handler(Dashboard(sources))
+    state = json.loads((await _get(handler, "/state.json"))[1])
+    assert [r["relay_id"] for r in state["relay_failures"]] == ["r-19"]
+    assert state["relay_failures"][0]["error"] == "KME_B: peer unreachable"
+    assert state["relay_totals"] == {"confirmed": 7, "failed": 1, "in_flight": 1}
+    assert state["saes"] == [
+        {"sae_id": "SAE_A", "requests": 5, "delivered": 8, "errors": 3,
+         "errors_by_status": {"400": 1, "503": 2}}
+    ]  # fmt: skip
+    view = (await _get(handler, "/view"))[1].decode()
+    flight = view.split('id="relays-in-flight">')[1].split("</table>")[0]
+    assert "r-20" in flight and "r-19" not in flight and "r-17" not in flight
+    failures = view.split('id="relay-failures">')[1].split("</table>")[0]
+    assert "r-19" in failures and "peer unreachable" in failures and "r-20" not in failures
+    assert "<td>400: 1, 503: 2</td>" in view
+    assert "7 confirmed, 1 failed; 1 in flight" in view
+
+
+async def test_the_etsi015_view_is_served_to_operator_certificates_over_tls_only() -> None:
+    node = FakeNode()
+    sources = node.sources()
+
+    async def etsi015() -> dict[str, Any]:
+        return {"qkdn_id": "6b0c8a0e-0000-5000-8000-000000000000", "qkdn_status": "OPERATING"}
+
+    sources.etsi015 = etsi015
+    path = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
+    tls = dashboard_handler(Dashboard(sources), access=Access(tls=True))
+    for operator in (PeerInfo("olga", "operator-ro", "ab" * 32), PeerInfo("oscar", "operator")):
+        line, body = await _get(tls, path, peer=operator)
+        assert line.startswith("HTTP/1.1 200")
+        assert json.loads(body)["etsi-qkd-sdn-node:qkd_node"]["qkdn_status"] == "OPERATING"
+    line, body = await _get(tls, "/.well-known/host-meta", peer=PeerInfo("o", "operator"))
+    assert line.startswith("HTTP/1.1 200") and b'rel="restconf" href="/restconf"' in body
+    for stranger in (None, PeerInfo("SAE_A", "sae"), PeerInfo("KME_B", "node")):
+        assert (await _get(tls, path, peer=stranger))[0].startswith("HTTP/1.1 403")
+    line, _ = await _get(tls, path, "POST", peer=PeerInfo("oscar", "operator"))
+    assert line.startswith("HTTP/1.1 405")
+    plain = dashboard_handler(Dashboard(sources))
+    line, body = await _get(plain, path)
+    assert line.startswith("HTTP/1.1 403") and b"mutual TLS only" in body
+
+
+def test_a_node_s_own_etsi015_node_comes_from_its_own_report() -> None:
+    from protocol import CtlLink
+    from qkmsd.controller import node_etsi015, qkms_uuid
+
+    from .controller.test_topology import report
+
+    links = [CtlLink("A~B", "B", True, ready_here=2048, rate_bps=900.0, qber=0.02),
+             CtlLink("A~C", "C", True, virtual=True, hops=["A", "B", "C"])]  # fmt: skip
+    node = node_etsi015(report("A", links), 10.0, 1.7e9)
+    assert node["qkdn_id"] == qkms_uuid("node", "A") and node["qkdn_status"] == "OPERATING"
+    kinds = {lk["qkdl_id"]: lk["qkdl_type"] for lk in node["qkd_links"]["qkd_link"]}
+    assert kinds == {qkms_uuid("link", "A~B"): "PHYS", qkms_uuid("link", "A~C"): "VIRT"}

@@ -1,6 +1,9 @@
 """The dashboard in a real browser: the paper's 3-node lab seen from KME1 over server-sent
-events, KME2 killed -9 and started again, an alarm acknowledged and cleared from the page,
-the CSRF token required, no key material on the page; a 200-node network drawn readably.
+events, the pair KME1-KME3 picked with its route and pool highlighted, a key profile
+activated from the page, KME2 killed -9 and started again, an alarm acknowledged and
+cleared from the page, the CSRF token required, no key material on the page; a 200-node
+network drawn readably; on a fake controller, a pair's current route and alternate drawn
+apart.
 
 Headless Chromium from Debian's ``chromium`` package, driven by Playwright for Python
 (``executable_path``: no browser download).  Skips where either is missing.  With
@@ -139,6 +142,31 @@ def test_the_page_follows_a_node_killed_and_back_and_operates_with_its_token(
     page.wait_for_selector("#live.ok", timeout=SETTLE_MS)
     assert "events" in page.inner_text("#live")  # server-sent events, not the long poll
 
+    # A node pair picked on the graph: its route drawn over KME2, its end-to-end pool.
+    page.click('g.node[data-node="KME1"]')
+    page.click('g.node[data-node="KME3"]')
+    page.wait_for_selector(
+        '#pair-info li.path[data-rank="current"][data-path="KME1 KME2 KME3"]', timeout=SETTLE_MS
+    )
+    assert page.locator('g.link[data-link="KME1~KME2"][data-route="current"]').count() == 1
+    assert page.locator('line.edge[data-route="current"]').count() == 1  # KME2-KME3
+    assert page.locator('g.link[data-kind="e2e"][data-route="pool"]').count() == 1
+    assert page.get_attribute("#pair-pool", "data-pool")
+    # SAE1 asked KME1 for keys: its requests and errors by status are listed.
+    assert page.locator('#saes tr.pick[data-resource="sae:SAE1"]').count() == 1
+    shots = _shots(tmp_path)
+    page.screenshot(path=str(shots / "dashboard-3node-pair.png"), full_page=True)
+
+    # A key profile activated from the page, as `qkmsctl profile activate` does.
+    lab_node = ["--lab", str(lab.dir), "--node", "KME1"]
+    added = CliRunner().invoke(qkmsctl, ["profile", "add", "gold", "--node-pair", "KME1",
+                                         "KME3", *lab_node])  # fmt: skip
+    assert added.exit_code == 0, added.output
+    page.click('button[data-op="profile_activate"][data-name="gold"]', timeout=SETTLE_MS)
+    page.wait_for_selector('tr.profile[data-name="gold"][data-active="true"]', timeout=SETTLE_MS)
+    shown = CliRunner().invoke(qkmsctl, ["profile", "show", "gold", "--json", *lab_node])
+    assert json.loads(shown.output)["active"] is True
+
     page.evaluate(
         WATCH,
         {
@@ -161,7 +189,6 @@ def test_the_page_follows_a_node_killed_and_back_and_operates_with_its_token(
         ':not([data-points="0"]):not([data-points="1"])',
         timeout=SETTLE_MS,
     )
-    shots = _shots(tmp_path)
     page.screenshot(path=str(shots / "dashboard-3node-kme2-down.png"), full_page=True)
 
     # Acknowledged from the page: the page sends its CSRF token.
@@ -186,7 +213,13 @@ def test_the_page_follows_a_node_killed_and_back_and_operates_with_its_token(
     # Nothing on the page or behind it carries a delivered key or its id.
     scraped = page.content() + "".join(
         page.request.get(url + path).text()
-        for path in ("state.json", "view", "history", "plots?resource=pool:KME1~KME3")
+        for path in (
+            "state.json",
+            "view",
+            "history",
+            "plots?resource=pool:KME1~KME3",
+            "pair?a=KME1&b=KME3",
+        )
     )
     for key_id, key in keys:
         for form in (key_id, key.hex(), base64.b64encode(key).decode(), key.decode("latin-1")):
@@ -288,3 +321,38 @@ def test_without_event_streams_the_page_long_polls_and_still_operates(page: Any)
         page.click('button[data-op="node_drain"]')
         page.wait_for_selector("#op-result.ok", timeout=SETTLE_MS)
     assert ("node_drain", {}) in node.calls
+
+
+class _ControllerNode:
+    """The fake node of ``tests/qkmsd`` as the controller of the ring A-B-C-D-A."""
+
+    def __init__(self) -> None:
+        from ..qkmsd.test_dashboard import _as_node, _ring_topology
+
+        self.node = FakeNode()
+        _as_node(self.node, "A", {"B": "connected", "D": "connected"})
+        self.network = _ring_topology()
+
+    def sources(self) -> Any:
+        sources = self.node.sources()
+        sources.topology = lambda: self.network
+        return sources
+
+
+def test_a_picked_pair_draws_its_current_route_and_its_alternate_apart(page: Any) -> None:
+    with _FakeServer(_ControllerNode()) as url:
+        page.goto(url)
+        page.wait_for_selector("#live.ok", timeout=SETTLE_MS)
+        page.select_option("#pair-a", "C")
+        page.select_option("#pair-b", "A")
+        page.wait_for_selector('#pair-info li.path[data-rank="alternate"]', timeout=SETTLE_MS)
+        routes = page.evaluate(
+            "() => [...document.querySelectorAll('#graph [data-route]')].map(el =>"
+            " [el.dataset.node || el.dataset.a + '-' + el.dataset.b, el.dataset.route])"
+        )
+    marked = dict(routes)
+    # A-B-C is the current route, A-D-C the alternate; A and C are on both: current wins.
+    assert marked["B"] == "current" and marked["B-C"] == "current"
+    assert marked["D"] == "alternate" and marked["C-D"] == "alternate"
+    assert marked["A"] == "current" and marked["C"] == "current"
+    assert marked["A-B"] == "current" and marked["A-D"] == "alternate"

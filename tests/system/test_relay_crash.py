@@ -29,10 +29,12 @@ from typing import Any
 
 import pytest
 
-from cli._admin import AdminClient, AdminError
+from cli._admin import AdminError
 from cli._lab import Lab
 from cli._topology import Topology, load_topology, topology_from_mapping
-from qkms_client import BadRequest, Etsi014Client, Etsi014Error, ServiceUnavailable
+from qkms_client import BadRequest, Etsi014Error, ServiceUnavailable
+
+from .labkit import admin, client, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -40,36 +42,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 POOL = "KME1~KME3"
 ENDS = ("KME1", "KME3")
 ALL_IDS = {"first": 0, "last": 2**63 - 1}
-WAIT_S = 30.0
 # A block RECEIVED at one end only (the source died before the confirmation came back, or
 # the destination before it stored the key) is discarded after the lab's [sync] timeout_s
 # of connected time (20 s): settling may take that long after the last restart.
 SETTLE_S = 60.0
 FAST_SEED = 20240611
 FAST_RATE_BPS = 262144.0
-
-
-def admin(lab: Lab, node: str, method: str, **params: Any) -> dict[str, Any]:
-    return AdminClient(lab.admin_socket(node), timeout=15.0).call(method, **params)
-
-
-def wait_until(predicate: Callable[[], bool], *, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def client(manifest: dict[str, Any], sae: str) -> Etsi014Client:
-    entry = manifest["saes"][sae]
-    return Etsi014Client(
-        manifest["kmes"][entry["kme"]]["url"],
-        ca=manifest["ca"],
-        cert=entry["cert"],
-        key=entry["key"],
-        timeout=10.0,
-    )
 
 
 def pool_status(lab: Lab, node: str, link_id: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from protocol import (
@@ -164,3 +165,27 @@ def test_a_large_route_set_is_pushed_in_parts_that_each_fit_a_frame() -> None:
         size = len(to_wire(CtlRoutes(term=1, routes=part, part=0, last=False)))
         assert size <= PUSH_PART_BYTES + 8192 < DEFAULT_MAX_FRAME_SIZE
     assert _parts([]) == [[]]
+
+
+async def test_a_peek_at_the_report_changes_neither_its_sequence_nor_its_rates() -> None:
+    import dataclasses
+
+    from ..test_metrics import LINK
+
+    link = msgspec.structs.replace(LINK, link_id="A~B", peer="B")
+    bits, now = {"A~B": 0}, [0.0]
+
+    async def links() -> list[Any]:
+        return [link]
+
+    rep = reporter(table(), FakeController())
+    rep._sources = dataclasses.replace(rep._sources, links=links, bits_in=lambda: dict(bits))
+    rep._clock = lambda: now[0]
+    first = await rep.build_report()
+    now[0], bits["A~B"] = 10.0, 10_000
+    peek = await rep.build_report(peek=True)
+    assert peek.seq == first.seq and peek.links[0].rate_bps == 0.0  # the last report's rate
+    second = await rep.build_report()
+    # The peek moved no baseline: the rate is over the 10 s since the first report.
+    assert second.seq == first.seq + 1 and second.links[0].rate_bps == pytest.approx(1000.0)
+    assert (await rep.build_report(peek=True)).links[0].rate_bps == pytest.approx(1000.0)
