@@ -17,13 +17,17 @@ Cases: ``examples/kreonet17.toml`` and ``rgg:200`` (seed 1), paced demand of 512
 N pairs drawn with the seed, ``--seconds`` virtual seconds (default 30).  Target: >= 1,000
 node-s/s at 200 nodes.  Writes ``benchmarks/results/sim_speed.json``.
 
-    python benchmarks/sim_speed.py [--seconds 30] [--skip-200]
+    python benchmarks/sim_speed.py [--seconds 30] [--skip-200] [--baseline DIR]
+
+``--baseline DIR`` runs every case also on the code in DIR (a checkout of another
+revision), right after this tree's, for a before/after measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sim_speed.json"
 
 
-def run(topology: str, seconds: float, pairs: int, extra: list[str]) -> dict[str, Any]:
+def run(
+    topology: str, seconds: float, pairs: int, extra: list[str], tree: Path = ROOT
+) -> dict[str, Any]:
     args = [
         sys.executable,
         "-m",
@@ -53,7 +59,8 @@ def run(topology: str, seconds: float, pairs: int, extra: list[str]) -> dict[str
         *extra,
     ]
     started = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, cwd=ROOT, check=True)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(args, capture_output=True, cwd=tree, check=True, env=env)
     report: dict[str, Any] = json.loads(out.stdout)
     keep = (
         "nodes",
@@ -85,6 +92,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--skip-200", action="store_true")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of other code (e.g. `git archive REV | tar -x -C DIR`): each case "
+        "runs there too, right after this tree's, and the JSON gets both",
+    )
     args = p.parse_args()
     kreonet = str(ROOT / "examples" / "kreonet17.toml")
     cases = [
@@ -105,6 +119,15 @@ def main() -> None:
             f"{figures['wall_s']} wall s, {figures['cpu_s']} CPU s)",
             flush=True,
         )
+        if args.baseline is not None:
+            before = run(topology, args.seconds, pairs, extra, tree=args.baseline.resolve())
+            figures["baseline"] = before
+            print(
+                f"{'  baseline':<28} {before['node_seconds_per_wall_s']:>8} node-s/wall s "
+                f"{before['node_seconds_per_cpu_s']:>8} node-s/CPU s  "
+                f"peak RSS {before['peak_rss_mib']} MiB",
+                flush=True,
+            )
     summary: dict[str, Any] = {"cases": results, "seconds": args.seconds}
     by = {r["case"]: r for r in results}
     if "rgg:200" in by:

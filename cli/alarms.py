@@ -1,5 +1,5 @@
-"""``qkmsctl alarms`` and ``qkmsctl alarm ack|clear``: a node's alarms, through its admin
-socket."""
+"""``qkmsctl alarms`` and ``qkmsctl alarm ack|clear|history``: a node's alarms, through its
+admin socket; ``alarm history --network``: every node's, from the controller."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def follow(
         n += 1
         events = sorted(fetch(since), key=lambda e: e["at"])
         for event in events:
-            key = (event["at"], event["kind"], event["code"], event["resource"])
+            key = (event["at"], event["kind"], event["code"], event["resource"], event.get("node"))
             if key in seen:
                 continue
             seen.add(key)
@@ -165,32 +165,58 @@ def follow(
 @click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
 @click.option("--follow", "following", is_flag=True, help="keep printing new events (Ctrl-C ends)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (one event a line with --follow)")
+@click.option(
+    "--network",
+    is_flag=True,
+    help="every node's events, as the controller keeps them (ask the controller's node)",
+)
+@click.option("--from", "from_node", metavar="NODE", help="with --network: only NODE's events")
+@click.option("--code", help="with --network: only events of this disruption code")
 @_where
 def alarm_history(
-    since_text: str, limit: int, following: bool, as_json: bool, **where: Any
+    since_text: str,
+    limit: int,
+    following: bool,
+    as_json: bool,
+    network: bool,
+    from_node: str | None,
+    code: str | None,
+    **where: Any,
 ) -> None:
     """Alarm and fault events since a time, oldest first; --follow streams new ones."""
+    if not network and (from_node or code):
+        raise click.UsageError("--from and --code go with --network")
     path = _socket_from(where["config"], where["socket_path"], where["lab_dir"], where["node"])
     client = AdminClient(path)
     since = time.time() - parse_duration(since_text)
+    filters = {k: v for k, v in (("node", from_node), ("code", code)) if v is not None}
 
     def fetch(after: float) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = client.call("alarms", limit=limit, since=after)["history"]
+        if network:
+            found = client.call("network_alarms", limit=limit, since=after, **filters)
+            events: list[dict[str, Any]] = found["events"]
+        else:
+            events = client.call("alarms", limit=limit, since=after)["history"]
         return events
 
+    def row(event: dict[str, Any]) -> list[Any]:
+        cells = _history_rows([event])[0]
+        return [event["node"], *cells] if network else cells
+
+    headers = ["node", *HISTORY_HEADERS] if network else HISTORY_HEADERS
     if not following:
         events = sorted(fetch(since), key=lambda e: e["at"])
         if as_json:
             click.echo(json.dumps(events, indent=2))
         else:
-            click.echo(table(HISTORY_HEADERS, _history_rows(events)))
+            click.echo(table(headers, [row(e) for e in events]))
         return
 
     def emit(event: dict[str, Any]) -> None:
         if as_json:
             click.echo(json.dumps(event))
         else:
-            click.echo("  ".join(str(c) for c in _history_rows([event])[0]).rstrip())
+            click.echo("  ".join(str(c) for c in row(event)).rstrip())
 
     with contextlib.suppress(KeyboardInterrupt):
         follow(fetch, emit, since=since, pause=lambda: time.sleep(FOLLOW_POLL_S))

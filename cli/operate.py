@@ -1,6 +1,6 @@
 """``qkmsctl node drain|undrain|status``, ``qkmsctl policy show|set|unset|reload``,
-``qkmsctl devices`` and ``qkmsctl device stop|start|restart``: change how a running node
-serves, through its admin socket."""
+``qkmsctl devices [register|remove]`` and ``qkmsctl device stop|start|restart``: change how a
+running node serves, through its admin socket."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def _stopped(device: dict[str, Any]) -> str:
 
 def devices_report(result: dict[str, Any]) -> str:
     return table(
-        ["link", "peer", "driver", "state", "stopped by", "detail"],
+        ["link", "peer", "driver", "state", "stopped by", "from", "detail"],
         [
             [
                 d["link"],
@@ -147,6 +147,7 @@ def devices_report(result: dict[str, Any]) -> str:
                 d["driver"],
                 d["state"],
                 ", ".join(d["stopped"]) or "-",
+                "runtime" if d.get("registered") else "config",
                 d["detail"],
             ]
             for d in result["devices"]
@@ -154,11 +155,55 @@ def devices_report(result: dict[str, Any]) -> str:
     )
 
 
-@click.command(cls=Command)
+@click.group(cls=Group, invoke_without_command=True)
 @_where
-def devices(as_json: bool, **where: Any) -> None:
-    """A node's QKD devices (the drivers of its QKD links): state, and who stopped one."""
+@click.pass_context
+def devices(ctx: click.Context, /, as_json: bool, **where: Any) -> None:
+    """A node's QKD devices (the drivers of its QKD links): state, who stopped one, and
+    whether it comes from the config file or was registered at runtime."""
+    if ctx.invoked_subcommand is not None:
+        return
     result = _client(where).call("devices")
+    click.echo(json.dumps(result, indent=2) if as_json else devices_report(result))
+
+
+@devices.command("register", cls=Command)
+@click.argument("link")
+@click.option("--peer", required=True, help="the node at the link's other end (in [peers])")
+@click.option("--driver", "kind", required=True, help="the driver kind, as in [links.X] driver")
+@click.option(
+    "--param",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="a driver parameter (repeat; VALUE read as JSON if it parses)",
+)
+@_where
+def devices_register(
+    link: str, peer: str, kind: str, settings: tuple[str, ...], as_json: bool, **where: Any
+) -> None:
+    """Add a QKD device at runtime: LINK's driver, e.g. `devices register KME_A~KME_C
+    --peer KME_C --driver vendor-tcp --param address=10.0.0.7:7000`.  Register it at both
+    ends; kept across restarts until `devices remove`."""
+    params: dict[str, Any] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{setting!r}: give NAME=VALUE", param_hint="--param")
+        params[name] = _value(value)
+    result = _client(where).call(
+        "device_register", link=link, peer=peer, driver=kind, params=params
+    )
+    click.echo(json.dumps(result, indent=2) if as_json else devices_report(result))
+
+
+@devices.command("remove", cls=Command)
+@click.argument("link")
+@_where
+def devices_remove(link: str, as_json: bool, **where: Any) -> None:
+    """Remove a device registered at runtime: its driver stops and the link is forgotten
+    (kept so across restarts).  A link of the config file is removed from the file."""
+    result = _client(where).call("device_remove", link=link)
     click.echo(json.dumps(result, indent=2) if as_json else devices_report(result))
 
 

@@ -1,6 +1,9 @@
 """``qkmsctl profile add|set|list|show|remove|activate|deactivate``: a node's key generation
 profiles (which node or SAE pairs each serves, key size, validity, target, priority) and
-their service state, through the node's admin socket."""
+their service state, through the node's admin socket.
+
+In a network with a controller a change goes through it to every node the profile
+concerns, and the answer lists each node's outcome; ``--local`` changes the one node."""
 
 from __future__ import annotations
 
@@ -72,8 +75,30 @@ def profile_report(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def distribution_report(result: dict[str, Any]) -> str:
+    """A change made through the controller: each node's outcome, then this node's view."""
+    head = f"profile {result['name']}: {result['op']} through controller {result['controller']}"
+    rows = [[o["node"], o["result"], o["message"]] for o in result["nodes"]]
+    lines = [head, table(["node", "outcome", "detail"], rows)]
+    if result.get("status"):
+        lines += ["", profile_report(result["status"])]
+    return "\n".join(lines)
+
+
 def _echo(result: dict[str, Any], as_json: bool) -> None:
-    click.echo(json.dumps(result, indent=2) if as_json else profile_report(result))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif "nodes" in result:
+        click.echo(distribution_report(result))
+    else:
+        click.echo(profile_report(result))
+
+
+_local = click.option(
+    "--local",
+    is_flag=True,
+    help="change this node only, not through the controller (as in a network without one)",
+)
 
 
 @click.group(cls=Group)
@@ -108,12 +133,14 @@ def profile_show(name: str, as_json: bool, **where: Any) -> None:
 @click.option("--priority", type=float, help="higher first when key is short (default 1)")
 @click.option("--period", "period_s", type=float, help="service state period, s (default 60)")
 @click.option("--active", is_flag=True, help="activate it at once")
+@_local
 @_where
 def profile_add(
     name: str,
     node_pairs: tuple[tuple[str, str], ...],
     sae_pairs: tuple[tuple[str, str], ...],
     active: bool,
+    local: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -126,14 +153,18 @@ def profile_add(
     fields["sae_pairs"] = [f"{m}>{s}" for m, s in sae_pairs]
     if active:
         fields["active"] = True
-    _echo(_client(where).call("profile_add", profile=fields), as_json)
+    params: dict[str, Any] = {"profile": fields, **({"local": True} if local else {})}
+    _echo(_client(where).call("profile_add", **params), as_json)
 
 
 @profile.command("set", cls=Command)
 @click.argument("name")
 @click.argument("settings", nargs=-1, required=True)
+@_local
 @_where
-def profile_set(name: str, settings: tuple[str, ...], as_json: bool, **where: Any) -> None:
+def profile_set(
+    name: str, settings: tuple[str, ...], local: bool, as_json: bool, **where: Any
+) -> None:
     """Change fields, e.g. `profile set gold priority=9 rate_bps=null share=0.5`
     (null drops a field; pairs as JSON lists: `sae_pairs='["SAE_A>SAE_B"]'`)."""
     changes: dict[str, Any] = {}
@@ -142,25 +173,33 @@ def profile_set(name: str, settings: tuple[str, ...], as_json: bool, **where: An
         if not sep or not field:
             raise click.BadParameter(f"{setting!r}: give FIELD=VALUE", param_hint="SETTINGS")
         changes[field] = _value(value)
-    _echo(_client(where).call("profile_set", name=name, changes=changes), as_json)
+    extra = {"local": True} if local else {}
+    _echo(_client(where).call("profile_set", name=name, changes=changes, **extra), as_json)
 
 
 @profile.command("remove", cls=Command)
 @click.argument("name")
+@_local
 @_where
-def profile_remove(name: str, as_json: bool, **where: Any) -> None:
+def profile_remove(name: str, local: bool, as_json: bool, **where: Any) -> None:
     """Delete a profile."""
-    result = _client(where).call("profile_remove", name=name)
+    extra = {"local": True} if local else {}
+    result = _client(where).call("profile_remove", name=name, **extra)
+    if as_json or "nodes" in result:
+        _echo(result, as_json)
+        return
     left = ", ".join(result["profiles"]) or "none"
-    click.echo(json.dumps(result, indent=2) if as_json else f"removed {name} (left: {left})")
+    click.echo(f"removed {name} (left: {left})")
 
 
 def _toggle(command: str, method: str, doc: str) -> None:
     @profile.command(command, cls=Command, help=doc)
     @click.argument("name")
+    @_local
     @_where
-    def toggle(name: str, as_json: bool, **where: Any) -> None:
-        _echo(_client(where).call(method, name=name), as_json)
+    def toggle(name: str, local: bool, as_json: bool, **where: Any) -> None:
+        extra = {"local": True} if local else {}
+        _echo(_client(where).call(method, name=name, **extra), as_json)
 
 
 _toggle(

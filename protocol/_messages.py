@@ -359,6 +359,27 @@ class CtlRelayLoad(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     link_bits_spent: U63 = 0
 
 
+MAX_ALARMS_PER_REPORT: Final = 256
+"""Alarm events one report carries at most (the rest go with the next reports)."""
+AlarmSeverity = Literal["cleared", "indeterminate", "warning", "minor", "major", "critical"]
+
+
+class CtlAlarmEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One event of the sender's alarm history: an alarm raised, changed in severity,
+    acknowledged or cleared, or a fault (a one-off event).  Codes, resources and measured
+    values, never key material."""
+
+    kind: Literal["raised", "changed", "acknowledged", "cleared", "fault"]
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    resource: Annotated[str, msgspec.Meta(max_length=256)]
+    severity: AlarmSeverity
+    previous: AlarmSeverity
+    at: Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+    """Unix time of the event at the sender."""
+    value: float | None = None
+    by: CtlText = "condition"
+
+
 class CtlReport(_Message, tag="ctl.report", frozen=True):
     """My state, for the controller: sent every ``report_s`` and on change.
 
@@ -377,6 +398,9 @@ class CtlReport(_Message, tag="ctl.report", frozen=True):
     demand: Annotated[list[CtlDemand], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
     relay: CtlRelayLoad
     location: CtlText = ""
+    alarms: Annotated[list[CtlAlarmEvent], msgspec.Meta(max_length=MAX_ALARMS_PER_REPORT)] = []
+    """Alarm events the controller has not acknowledged yet, oldest first: the newest of
+    the sender's history when it starts reporting to a controller, then each new one."""
 
 
 class CtlAck(_Message, tag="ctl.ack", frozen=True):
@@ -519,6 +543,60 @@ class CtlRegistryReply(_Message, tag="ctl.registry-reply", frozen=True):
     entries: Annotated[list[CtlEntry], msgspec.Meta(max_length=MAX_REPORT_ITEMS)]
 
 
+ProfileName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ProfileOp = Literal["add", "set", "remove", "activate", "deactivate", "put"]
+ProfileValue = None | bool | int | float | str | list[Annotated[str, msgspec.Meta(max_length=300)]]
+ProfileFields = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=32)], ProfileValue], msgspec.Meta(max_length=32)
+]
+
+
+class CtlProfile(_Message, tag="ctl.profile", frozen=True):
+    """An operator's key profile change (``qkmsctl profile ...`` on any node), for the
+    controller to distribute to the nodes the profile concerns.  ``fields``: the profile
+    (``add``) or the changes (``set``).  Answered by ``CtlProfileReply``."""
+
+    id: U63
+    op: ProfileOp
+    name: ProfileName
+    fields: ProfileFields = {}
+
+
+class CtlProfileApply(_Message, tag="ctl.profile-apply", frozen=True):
+    """From the controller of ``term``: apply this change if the profile concerns the
+    receiver.  ``put``: store this whole profile (or drop it if it no longer concerns the
+    receiver).  Answered by ``CtlProfileReply`` with the receiver's one outcome."""
+
+    id: U63
+    term: Term
+    op: ProfileOp
+    name: ProfileName
+    fields: ProfileFields = {}
+
+
+class CtlProfileOutcome(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one node did with a profile change."""
+
+    node: NodeId
+    result: Literal["applied", "removed", "skipped", "refused", "unreachable"]
+    """``skipped``: the profile does not concern the node (``add``, ``put``) or the node
+    does not hold it; ``removed``: a change made it no longer concern the node."""
+    message: ShortText = ""
+
+
+class CtlProfileReply(_Message, tag="ctl.profile-reply", frozen=True):
+    """Each node's outcome of a profile change (or a refusal: ``ok`` false, ``code``),
+    and the profile as changed at a node that holds it (``{}`` if none does)."""
+
+    id: U63
+    ok: bool
+    code: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    message: ShortText = ""
+    controller: NodeId | None = None
+    outcomes: Annotated[list[CtlProfileOutcome], msgspec.Meta(max_length=MAX_REPORT_ITEMS)] = []
+    profile: ProfileFields = {}
+
+
 CTL_MESSAGE_TYPES: Final = (
     CtlReport,
     CtlAck,
@@ -530,6 +608,9 @@ CTL_MESSAGE_TYPES: Final = (
     CtlRegister,
     CtlRegistry,
     CtlRegistryReply,
+    CtlProfile,
+    CtlProfileApply,
+    CtlProfileReply,
 )
 
 
@@ -560,6 +641,9 @@ PeerMessage: TypeAlias = (
     | CtlRegister
     | CtlRegistry
     | CtlRegistryReply
+    | CtlProfile
+    | CtlProfileApply
+    | CtlProfileReply
 )
 PEER_MESSAGE_TYPES: Final = (
     Hello,
@@ -582,10 +666,19 @@ PEER_MESSAGE_TYPES: Final = (
 )
 
 PeerRequest: TypeAlias = (
-    SupplyReserve | RelayHop | CtlReport | CtlRouteAsk | CtlRegister | CtlRegistry
+    SupplyReserve
+    | RelayHop
+    | CtlReport
+    | CtlRouteAsk
+    | CtlRegister
+    | CtlRegistry
+    | CtlProfile
+    | CtlProfileApply
 )
 """Peer messages that ask for an answer: each carries an ``id`` its reply repeats."""
-PeerReply: TypeAlias = SupplyResult | RelayResult | CtlAck | CtlRouteReply | CtlRegistryReply
+PeerReply: TypeAlias = (
+    SupplyResult | RelayResult | CtlAck | CtlRouteReply | CtlRegistryReply | CtlProfileReply
+)
 """Peer messages that answer a request, naming it by ``id``."""
 REPLY_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
     SupplyReserve: SupplyResult,
@@ -594,6 +687,8 @@ REPLY_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
     CtlRouteAsk: CtlRouteReply,
     CtlRegister: CtlAck,
     CtlRegistry: CtlRegistryReply,
+    CtlProfile: CtlProfileReply,
+    CtlProfileApply: CtlProfileReply,
 }
 """``{request type: the type of its reply}``."""
 

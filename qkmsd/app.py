@@ -16,8 +16,13 @@ import msgspec
 import trio
 
 from protocol import (
+    CtlAlarmEvent,
     CtlAnnounce,
     CtlBudgets,
+    CtlProfile,
+    CtlProfileApply,
+    CtlProfileOutcome,
+    CtlProfileReply,
     CtlRegister,
     CtlRegistry,
     CtlReport,
@@ -27,6 +32,7 @@ from protocol import (
     ElectHeartbeatReply,
     ElectVote,
     ElectVoteReply,
+    ErrorCode,
     KeyAnnounce,
     KeyConfirm,
     KeyDiscard,
@@ -39,11 +45,12 @@ from qkms_pqc import HybridPublicKey, PqcError
 
 from . import dashboard, metrics
 from .admin import AdminServer
-from .config import Config, RelayPoolConfig
+from .config import Config, LinkConfig, RelayPoolConfig
 from .controller import (
     ControllerAdmin,
     ControllerAgent,
     ControllerService,
+    NetworkAlarms,
     Registry,
     Reporter,
     ReportSources,
@@ -77,7 +84,7 @@ from .keystore import (
 from .log import get_logger
 from .metrics import MetricsSources, metrics_handler
 from .netguard import GateLimits
-from .nodeops import NodeOperations
+from .nodeops import DeviceHooks, NodeOperations, registered_devices
 from .peers import PeerManager
 from .perf import PerfAgent, PerfSources, Pusher
 from .profiles import ProfileAgent, ProfileBook, ProfileError
@@ -210,7 +217,9 @@ class Node:
         clock = self._clock
         store = _open_store(cfg, clock=clock, durable=not self._inline_store)
         try:
-            drivers = _make_drivers(cfg, self._given_drivers)
+            # The QKD links: the config file's and the devices registered at runtime.
+            qkd_links = {**cfg.links, **registered_devices(cfg)}
+            drivers = _make_drivers(cfg, qkd_links, self._given_drivers)
             relayed = {
                 link_id: RelayedKeys(LinkEnd(link_id, cfg.node_id, pool.peer))
                 for link_id, pool in cfg.relay_pools.items()
@@ -269,17 +278,17 @@ class Node:
                 raise StartupError(str(exc)) from None
 
             # Key relay: end-to-end pools with distant nodes, filled hop by hop.
-            qkd_link_to = {link.peer: link_id for link_id, link in reversed(cfg.links.items())}
+            qkd_link_to = {link.peer: link_id for link_id, link in reversed(qkd_links.items())}
             e2e_link_to = {pool.peer: link_id for link_id, pool in cfg.relay_pools.items()}
             all_link_to = {**qkd_link_to, **e2e_link_to}
-            link_ids = set(cfg.links) | set(cfg.relay_pools)
+            link_ids = set(qkd_links) | set(cfg.relay_pools)
 
             def can_make_pool(peer: str) -> bool:
                 return (
                     cfg.relay.auto_pools
                     and peer in cfg.peers
                     and peer not in qkd_link_to
-                    and "~".join(sorted((cfg.node_id, peer))) not in cfg.links
+                    and "~".join(sorted((cfg.node_id, peer))) not in link_ids
                 )
 
             async def make_pool(peer: str) -> str | None:
@@ -379,12 +388,41 @@ class Node:
                     CtlRouteAsk: service.handle_route_ask,
                     CtlRegister: service.handle_register,
                     CtlRegistry: service.handle_registry,
+                    CtlProfile: service.handle_profile,
+                    CtlProfileApply: apply_profile,
                 }
                 return await handlers[type(message)](peer, message)
 
             def first_hops(destination: str) -> list[str]:
                 found = routes.paths(destination)
                 return list(found[0]) if found else []
+
+            async def alarm_events(
+                after: int | None, limit: int
+            ) -> list[tuple[int, CtlAlarmEvent]]:
+                return [(i, _ctl_alarm(e)) for i, e in await state.events_after(after, limit)]
+
+            async def apply_profile(peer: str, message: CtlProfileApply) -> CtlProfileReply:
+                """A profile change from the controller this node follows."""
+                if peer != cfg.node_id and peer != reporter.following:
+                    return CtlProfileReply(
+                        id=message.id,
+                        ok=False,
+                        code=ErrorCode.NOT_CONTROLLER,
+                        message=f"{cfg.node_id} follows {reporter.following or 'no controller'}"
+                        f", not {peer}",
+                    )
+                result, text, profile = profile_agent.apply(
+                    message.op, message.name, message.fields
+                )
+                return CtlProfileReply(
+                    id=message.id,
+                    ok=True,
+                    outcomes=[CtlProfileOutcome(cfg.node_id, result, text[:1024])],
+                    profile=profile,
+                )
+
+            peers.on_request(CtlProfileApply, apply_profile)
 
             self.reporter = reporter = Reporter(
                 node_id=cfg.node_id,
@@ -398,6 +436,7 @@ class Node:
                     relay=relay.statistics,
                     hops=first_hops,
                     spent=relay.link_spend,
+                    alarm_events=alarm_events,
                 ),
                 request=ctl_request,
                 install=routes.set_controller,
@@ -424,11 +463,17 @@ class Node:
                     registry=Registry(cfg.state_dir / "registry.json"),
                     report_s=cfg.controller.report_s,
                     allocate=partial(allocate_budgets, policy=cfg.controller.sharing),
+                    alarms=NetworkAlarms(
+                        max_age_s=cfg.controller.alarm_history_days * 86400,
+                        max_events=cfg.controller.alarm_history_max,
+                        clock=clock,
+                    ),
                 )
                 peers.on_request(CtlReport, service.handle_report)
                 peers.on_request(CtlRouteAsk, service.handle_route_ask)
                 peers.on_request(CtlRegister, service.handle_register)
                 peers.on_request(CtlRegistry, service.handle_registry)
+                peers.on_request(CtlProfile, service.handle_profile)
                 peers.on_connectivity(service.peer_up, service.peer_down)
             else:
                 for kind, refuse in refusals(cfg.node_id).items():
@@ -510,12 +555,37 @@ class Node:
             )
 
             async def link_bits() -> dict[str, int]:
-                out: dict[str, int] = {}
-                for link in await keys.links_status():
-                    out[link.peer] = out.get(link.peer, 0) + link.bits_in
-                return out
+                return keys.bits_in_by_peer()
 
-            self.profiles = profile_agent = ProfileAgent(profiles, link_bits=link_bits)
+            async def forward_profile(
+                op: str, name: str, fields: dict[str, Any]
+            ) -> dict[str, Any] | None:
+                """A profile change through the controller; None: the network has none."""
+                if not reporter.electors:
+                    return None
+                try:
+                    change = msgspec.convert(
+                        {"id": 0, "op": op, "name": name, "fields": fields}, CtlProfile
+                    )
+                except msgspec.ValidationError as exc:
+                    raise ProfileError(f"profile {op}: {exc}") from None
+                if service is not None and service.leading:
+                    reply = await service.distribute_profile(change)
+                else:
+                    reply = await reporter.forward_profile(change)
+                if not reply.ok:
+                    raise ProfileError(f"profile {op} {name}: {reply.message}")
+                return {
+                    "controller": reply.controller,
+                    "op": op,
+                    "name": name,
+                    "nodes": msgspec.to_builtins(reply.outcomes),
+                    "profile": dict(reply.profile) or None,
+                }
+
+            self.profiles = profile_agent = ProfileAgent(
+                profiles, link_bits=link_bits, forward=forward_profile
+            )
 
             # Operations: alarms from every agent's statistics, and Prometheus metrics.
             self.state = state = StateAgent(
@@ -563,12 +633,34 @@ class Node:
                         links=keys.links_status,
                         saes=front.sae_counts,
                         relay=relay.statistics,
+                        relay_pools=relay.pool_statistics,
+                        controller=service.statistics if service is not None else None,
                         store_files=store_files,
                     ),
                     history_path=cfg.perf_history_path,
                     pusher=pusher,
                     clock=clock,
                 )
+
+            async def add_device(link: LinkConfig) -> None:
+                """A device registered at runtime: its driver runs and its key is served like
+                a configured link's (relays take the link from the next start)."""
+                end = LinkEnd(link.link_id, cfg.node_id, link.peer)
+                driver = driver_class(link.driver)(end, link.params)
+                qkd_link_to[link.peer] = link.link_id
+                all_link_to.setdefault(link.peer, link.link_id)
+                link_ids.add(link.link_id)
+                await keys.add_link(link.link_id, link.peer, driver)
+
+            async def remove_device(link_id: str, peer: str) -> None:
+                await keys.remove_link(link_id)
+                for alarm in state.alarms():  # nothing reads the link any more to clear them
+                    if alarm.resource == link_id:
+                        await state.clear(alarm.code, link_id, by="device-removed")
+                for table in (qkd_link_to, all_link_to):
+                    if table.get(peer) == link_id:
+                        del table[peer]
+                link_ids.discard(link_id)
 
             async def controller_status(params: dict[str, Any]) -> dict[str, Any]:
                 if controller is None:
@@ -598,6 +690,10 @@ class Node:
                     config_path=cfg.source,
                     state_dir=cfg.state_dir,
                     clock=clock,
+                    config=cfg,
+                    device_hooks=DeviceHooks(
+                        link_to=lambda: dict(all_link_to), add=add_device, remove=remove_device
+                    ),
                 ).methods(),
                 **ControllerAdmin(service, reporter).methods(),
                 "controller": controller_status,
@@ -804,18 +900,34 @@ def _open_store(cfg: Config, *, clock: Callable[[], float], durable: bool) -> Ke
         raise StartupError(f"state directory {cfg.state_dir}: {exc.strerror or exc}") from None
 
 
-def _make_drivers(cfg: Config, given: Mapping[str, Driver]) -> dict[str, tuple[str, Driver]]:
+def _make_drivers(
+    cfg: Config, links: Mapping[str, LinkConfig], given: Mapping[str, Driver]
+) -> dict[str, tuple[str, Driver]]:
     drivers: dict[str, tuple[str, Driver]] = {}
-    for link_id, link in cfg.links.items():
+    for link_id, link in links.items():
         if link_id in given:
             drivers[link_id] = (link.peer, given[link_id])
             continue
         # Params were validated by load_config; build the driver from them as they are.
         drivers[link_id] = (
             link.peer,
-            driver_class(link.driver)(cfg.link_end(link_id), link.params),
+            driver_class(link.driver)(LinkEnd(link_id, cfg.node_id, link.peer), link.params),
         )
     return drivers
+
+
+def _ctl_alarm(event: Any) -> CtlAlarmEvent:
+    """A state agent history event (``EventView``) as the controller report carries it."""
+    return CtlAlarmEvent(
+        kind=event.kind,
+        code=event.code[:64],
+        resource=event.resource[:256],
+        severity=event.severity,
+        previous=event.previous,
+        at=min(max(0.0, event.at), 1e11),
+        value=event.value,
+        by=event.by[:128],
+    )
 
 
 def _pqc_keys(cfg: Config) -> dict[str, HybridPublicKey]:

@@ -134,6 +134,10 @@ class ControllerSection(_Section, frozen=True):
     """How long a majority's answers keep the controller in office."""
     drift_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1
     """Clock-rate margin added to every promise a node makes to a controller."""
+    alarm_history_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 7.0
+    """The controller keeps the network's alarm events this long (in memory)."""
+    alarm_history_max: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 20_000
+    """... and at most this many (the oldest go first)."""
 
 
 class SaeLimits(_Section, frozen=True):

@@ -52,21 +52,29 @@ class Wire:
 
 class PipeEnd(trio.abc.Stream):
     """One end of a stream over a ``Wire``: what is sent arrives at ``other`` while the
-    wire is up, is lost while it is silent; a cut wire closes both ends."""
+    wire is up, is lost while it is silent; a cut wire closes both ends.
+
+    A reader waits parked on trio's low-level primitives (no ``Event`` per arrival: the
+    simulator moves millions of frames)."""
 
     other: PipeEnd
 
     def __init__(self, wire: Wire) -> None:
         self._wire = wire
         self._buffer = bytearray()
-        self._arrived = trio.Event()
+        self._reader: trio.lowlevel.Task | None = None
         self._eof = False  # the other end closed (and we heard it)
         self._closed = False
         self._severed = False
 
+    def _wake(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            trio.lowlevel.reschedule(reader)
+
     def sever(self) -> None:
         self._severed = True
-        self._arrived.set()
+        self._wake()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
@@ -77,7 +85,7 @@ class PipeEnd(trio.abc.Stream):
         if self._wire.state != UP:
             return  # lost on a silent link
         self.other._buffer += data
-        self.other._arrived.set()
+        self.other._wake()
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -85,14 +93,24 @@ class PipeEnd(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
             raise trio.ClosedResourceError("closed")
+        if self._reader is not None:
+            raise trio.BusyResourceError("another task is reading")
+        waited = False
         while not self._buffer and not self._eof and not self._severed:
-            await self._arrived.wait()
-            self._arrived = trio.Event()
+            self._reader = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._reader = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            waited = True
             if self._closed:
                 raise trio.ClosedResourceError("closed")
         if self._severed and not self._buffer:
             raise trio.BrokenResourceError("the link is cut")
-        await trio.lowlevel.checkpoint()
+        if not waited:  # a checkpoint either way, not two
+            await trio.lowlevel.checkpoint()
         n = len(self._buffer) if max_bytes is None else min(max_bytes, len(self._buffer))
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
@@ -102,10 +120,10 @@ class PipeEnd(trio.abc.Stream):
         if not self._closed:
             self._closed = True
             self._wire._ends.discard(self)
-            self._arrived.set()
+            self._wake()
             if self._wire.state == UP:  # the close is news the other end gets
                 self.other._eof = True
-                self.other._arrived.set()
+                self.other._wake()
         await trio.lowlevel.checkpoint()
 
 

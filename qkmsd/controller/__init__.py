@@ -3,6 +3,7 @@
 
 from ._admin import ControllerAdmin
 from ._agent import ControllerAgent, ControllerStatus
+from ._alarms import NetworkAlarms
 from ._etsi015 import etsi015_view, node_etsi015, qkms_uuid
 from ._registry import Registry
 from ._reporter import Reporter, ReporterStatus, ReportSources
@@ -19,6 +20,7 @@ __all__ = [
     "ControllerService",
     "ControllerStatus",
     "LinkView",
+    "NetworkAlarms",
     "NoController",
     "RegistrationRefused",
     "Registry",

@@ -1,5 +1,6 @@
-"""Admin methods of the controller: ``topology`` and ``register`` (``qkmsctl topology``,
-``qkmsctl node|link add|remove``)."""
+"""Admin methods of the controller: ``topology``, ``register`` and ``network_alarms``
+(``qkmsctl topology``, ``qkmsctl node|link add|remove``, ``qkmsctl alarm history
+--network``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ class RegisterParams(msgspec.Struct, forbid_unknown_fields=True):
     location: Annotated[str, msgspec.Meta(max_length=128)] = ""
 
 
+class NetworkAlarmsParams(msgspec.Struct, forbid_unknown_fields=True):
+    since: float | None = None
+    """Only events at or after this Unix time."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    node: NodeName | None = None
+    """Only this node's events."""
+    code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
 class ControllerAdmin:
     """``topology`` answers on the controller; ``register`` on any node (forwarded)."""
 
@@ -40,18 +50,37 @@ class ControllerAdmin:
         self._reporter = reporter
 
     def methods(self) -> dict[str, Any]:
-        return {"topology": self.topology, "register": self.register}
+        return {
+            "topology": self.topology,
+            "register": self.register,
+            "network_alarms": self.network_alarms,
+        }
+
+    def _leading(self, method: str) -> ControllerService:
+        service = self._service
+        if service is None or not service.leading:
+            following = self._reporter.following
+            where = f" ask {following}, the controller" if following else " no controller is known"
+            raise NoController(f"{method}: {self._reporter.node_id} is not the controller;{where}")
+        return service
+
+    async def network_alarms(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The network's alarm history (every node's events, newest first), answered by
+        the controller."""
+        try:
+            p = msgspec.convert(params, NetworkAlarmsParams)
+        except msgspec.ValidationError as exc:
+            raise AdminParamsError(f"network_alarms: {exc}") from None
+        service = self._leading("network_alarms")
+        events = service.alarms.events(since=p.since, node=p.node, code=p.code, limit=p.limit)
+        return {"controller": service.node_id, "kept": len(service.alarms), "events": events}
 
     async def topology(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
             p = msgspec.convert(params, TopologyParams)
         except msgspec.ValidationError as exc:
             raise AdminParamsError(f"topology: {exc}") from None
-        service = self._service
-        if service is None or not service.leading:
-            following = self._reporter.following
-            where = f" ask {following}, the controller" if following else " no controller is known"
-            raise NoController(f"topology: {self._reporter.node_id} is not the controller;{where}")
+        service = self._leading("topology")
         if p.format == "etsi015":
             return etsi015_view(service.topology, service.now())
         return service.topology_view()

@@ -20,6 +20,10 @@ it relays to (``wanted``) with no manual or controller route, the node asks
 (``ctl.route-ask``).  Budgets (``ctl.budgets``) are kept, shown, and handed to the relay
 agent (``spend``), which paces its background relays by them (a token bucket per pool);
 relays an SAE waits for are not paced.
+
+Alarm events (``alarm_events``) go with the reports: when the node starts following a
+controller, the newest of its history; then, after each acknowledged report, those that
+came since.  A refused or unanswered report's events go again with the next.
 """
 
 from __future__ import annotations
@@ -32,14 +36,18 @@ import msgspec
 import trio
 
 from protocol import (
+    MAX_ALARMS_PER_REPORT,
     MAX_REPORT_ITEMS,
     CtlAck,
+    CtlAlarmEvent,
     CtlAnnounce,
     CtlBudget,
     CtlBudgets,
     CtlDemand,
     CtlEntry,
     CtlLink,
+    CtlProfile,
+    CtlProfileReply,
     CtlRegister,
     CtlRelayLoad,
     CtlReport,
@@ -57,6 +65,9 @@ from ._service import NoController, RegistrationRefused
 log = get_logger("qkms.controller")
 
 RequestFn = Callable[[str, Any], Awaitable[Any]]
+
+
+AlarmEvents = Callable[[int | None, int], Awaitable[list[tuple[int, CtlAlarmEvent]]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +89,10 @@ class ReportSources:
     """The path relays to a node take now (empty if none)."""
     spent: Callable[[], dict[str, int]] = dict
     """Per QKD link, link key this node spent on relay hops since it started."""
+    alarm_events: AlarmEvents | None = None
+    """The state agent's history: ``(after, limit)`` gives ``(local id, event)`` pairs,
+    oldest first, of the events after local id ``after`` (``None``: the newest
+    ``limit``)."""
 
 
 class ReporterStatus(msgspec.Struct, frozen=True):
@@ -140,6 +155,10 @@ class Reporter:
         self.reports_sent = 0
         self.reports_refused = 0
         self.last_refusal = ""
+        self._alarms_after: int | None = None
+        """The local id of the last alarm event the followed controller acknowledged
+        (None: none yet, send the newest)."""
+        self.alarm_events_sent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Report every ``report_s`` (sooner on change) to the followed controller."""
@@ -165,7 +184,10 @@ class Reporter:
         self._wake.set()
 
     async def _report(self, controller: str) -> None:
-        report = await self.build_report()
+        pending: list[tuple[int, CtlAlarmEvent]] = []
+        if self._sources.alarm_events is not None:
+            pending = await self._sources.alarm_events(self._alarms_after, MAX_ALARMS_PER_REPORT)
+        report = await self.build_report(alarms=[event for _, event in pending])
         reply = None
         with trio.move_on_after(self._report_s):
             reply = await self._request(controller, report)
@@ -174,6 +196,9 @@ class Reporter:
         self.reports_sent += 1
         if reply.ok:
             self._heard_at = self._clock()
+            if pending and controller == self.following:
+                self._alarms_after = pending[-1][0]
+                self.alarm_events_sent += len(pending)
             return
         self.reports_refused += 1
         self.last_refusal = f"{reply.code}: {reply.message}"
@@ -182,7 +207,9 @@ class Reporter:
         else:
             log.warning("controller.report_refused", code=reply.code, error=reply.message[:300])
 
-    async def build_report(self, *, peek: bool = False) -> CtlReport:
+    async def build_report(
+        self, alarms: Sequence[CtlAlarmEvent] = (), *, peek: bool = False
+    ) -> CtlReport:
         """This node's report.  ``peek``: for a look (the ETSI 015 view), which changes
         nothing: the key rates are those of the last report (0 before one), the sequence
         number does not advance."""
@@ -247,6 +274,7 @@ class Reporter:
                 bits_relayed=relay.bits_relayed,
                 link_bits_spent=relay.link_bits_spent,
             ),
+            alarms=list(alarms)[:MAX_ALARMS_PER_REPORT],
         )
 
     async def _ask_routes(self, controller: str) -> None:
@@ -271,6 +299,7 @@ class Reporter:
         self._heard_at = self._clock()
         if (peer, message.term) != (self.following, self.term):
             self.following, self.term = peer, message.term
+            self._alarms_after = None  # a new controller: the newest alarm events first
             log.info("controller.following", controller=peer, term=message.term)
             self.wake()  # report to it at once
 
@@ -339,6 +368,29 @@ class Reporter:
                 raise RegistrationRefused(reply.message)
             raise NoController(reply.message)
         return controller
+
+    async def forward_profile(self, change: CtlProfile) -> CtlProfileReply:
+        """Send a key profile change to the controller, which distributes it; its answer
+        (each node's outcome).  Raises ``NoController`` if none is known, it cannot be
+        reached, or it is no longer the controller."""
+        controller = self.following
+        if controller is None:
+            raise NoController(
+                f"{self.node_id} knows no controller now to distribute the profile: is a"
+                f" majority of the eligible nodes ({', '.join(sorted(self.electors))}) up?"
+                " Try again, or change this node only with --local"
+            )
+        reply = None
+        try:
+            with trio.move_on_after(8 * self._report_s):
+                reply = await self._request(controller, change)
+        except PeerUnavailable as exc:
+            raise NoController(f"controller {controller}: {exc}") from None
+        if not isinstance(reply, CtlProfileReply):
+            raise NoController(f"controller {controller} did not answer in time")
+        if not reply.ok and reply.code == ErrorCode.NOT_CONTROLLER:
+            raise NoController(reply.message)
+        return reply
 
     def status(self) -> ReporterStatus:
         installed = sorted({r.destination for r in self._settings if r.source == self.node_id})

@@ -17,6 +17,10 @@ A node's pushed set is sent again only when it changes, or after its session dro
 Per-pair relay budgets (``ctl.budgets``) are pushed by the same loop once an allocator
 is given (``allocate``); without one, none are sent.
 
+Every report's alarm events go into the network's alarm history (``_alarms.py``).  A key
+profile change made on any node comes here (``ctl.profile``) and is sent on to every node
+that reports (``ctl.profile-apply``), each of which keeps it only if the profile concerns it.
+
 Safety of keys never depends on any of it: a route is a suggestion the relay agent tries
 in order; every relay stays atomic whatever the route.
 """
@@ -27,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from protocol import (
@@ -36,6 +41,10 @@ from protocol import (
     CtlBudget,
     CtlBudgets,
     CtlEntry,
+    CtlProfile,
+    CtlProfileApply,
+    CtlProfileOutcome,
+    CtlProfileReply,
     CtlRegister,
     CtlRegistry,
     CtlRegistryReply,
@@ -50,6 +59,7 @@ from protocol import (
 
 from ..errors import PeerUnavailable, QkmsError
 from ..log import get_logger
+from ._alarms import NetworkAlarms
 from ._registry import Registry
 from ._routing import compute_routes, link_cost
 from ._topology import BadReport, LinkCost, Topology
@@ -93,8 +103,13 @@ class ControllerService:
         allocate: Allocate | None = None,
         clock: Callable[[], float] = trio.current_time,
         wall: Callable[[], float] = time.time,
+        alarms: NetworkAlarms | None = None,
     ) -> None:
         self.node_id = node_id
+        self.alarms = alarms or NetworkAlarms(max_age_s=7 * 86400, max_events=20_000, clock=wall)
+        """The network's alarm history, from the reports."""
+        self.reports_taken = 0
+        self.reports_refused = 0
         self.electors = dict(electors)
         self._is_controller = is_controller
         self._term = term
@@ -282,6 +297,7 @@ class ControllerService:
         try:
             self.topology.apply_report(peer, report, self._clock(), self._wall())
         except BadReport as exc:
+            self.reports_refused += 1
             log.warning("controller.report_refused", peer=peer, error=str(exc)[:300])
             return CtlAck(
                 id=report.id,
@@ -291,6 +307,8 @@ class ControllerService:
                 controller=self.node_id,
                 term=self._term(),
             )
+        self.reports_taken += 1
+        self.alarms.add(peer, report.alarms)
         if self._graph_key() != before:
             self.wake()
         return CtlAck(id=report.id, ok=True, controller=self.node_id, term=self._term())
@@ -429,6 +447,119 @@ class ControllerService:
         return CtlRegistryReply(
             id=message.id, ok=peer in self.electors, version=mine.version, entries=mine.listing()
         )
+
+    # --- key profiles ----------------------------------------------------------------
+
+    async def handle_profile(self, peer: str, message: CtlProfile) -> CtlProfileReply:
+        """A profile change forwarded by a node.  Never raises: a refusal is an answer."""
+        try:
+            return await self.distribute_profile(message)
+        except NoController as exc:
+            return CtlProfileReply(
+                id=message.id, ok=False, code=ErrorCode.NOT_CONTROLLER, message=str(exc)
+            )
+
+    async def distribute_profile(self, change: CtlProfile) -> CtlProfileReply:
+        """Send ``change`` to every node that reports (this one included); each keeps it
+        if the profile concerns it.  A ``set`` that makes the profile concern nodes that
+        did not hold it sends them the whole profile (``put``).  ``ok`` is false if no
+        node applied it; the outcomes say why.  Raises ``NoController`` if this node is
+        not the controller."""
+        if not self.leading:
+            raise NoController(self._not_controller()[1])
+        now = self._clock()
+        nodes = sorted(
+            {self.node_id, *(n for n in self.topology.node_ids() if self.topology.alive(n, now))}
+        )
+        away = [
+            n
+            for n in self.topology.node_ids()
+            if n not in nodes and self.topology.node_state(n, now) != "removed"
+        ]
+        outcomes, profile = await self._apply_profile(nodes, change.op, change.name, change.fields)
+        if change.op == "set" and profile:
+            skipped = [n for n, o in outcomes.items() if o.result == "skipped"]
+            second, _ = await self._apply_profile(skipped, "put", change.name, profile)
+            outcomes.update({n: o for n, o in second.items() if o.result != "skipped"})
+        listed = [outcomes[n] for n in sorted(outcomes)]
+        listed += [
+            CtlProfileOutcome(n, "unreachable", "not reporting to the controller now")
+            for n in sorted(away)
+        ]
+        done = any(o.result in ("applied", "removed") for o in listed)
+        message = ""
+        if not done:
+            refused = [f"{o.node}: {o.message}" for o in listed if o.result == "refused"]
+            if refused:
+                message = "; ".join(refused)
+            elif change.op in ("add", "put"):
+                message = (
+                    f"profile {change.name!r} concerns none of the nodes reporting to"
+                    f" {self.node_id} ({', '.join(nodes)}): name their node pairs (A~B) or"
+                    " SAE pairs of their SAEs"
+                )
+            else:
+                message = f"no node reporting to {self.node_id} holds profile {change.name!r}"
+        log.info(
+            "controller.profile",
+            op=change.op,
+            profile=change.name,
+            applied=",".join(o.node for o in listed if o.result in ("applied", "removed")) or "-",
+        )
+        return CtlProfileReply(
+            id=change.id,
+            ok=done,
+            code="" if done else ErrorCode.BAD_MESSAGE,
+            message=message[:1024],
+            controller=self.node_id,
+            outcomes=listed,
+            profile=profile,
+        )
+
+    async def _apply_profile(
+        self, nodes: list[str], op: Any, name: str, fields: dict[str, Any]
+    ) -> tuple[dict[str, CtlProfileOutcome], dict[str, Any]]:
+        outcomes: dict[str, CtlProfileOutcome] = {}
+        profile: dict[str, Any] = {}
+        message = CtlProfileApply(id=0, term=self._term(), op=op, name=name, fields=fields)
+
+        async def one(node: str) -> None:
+            nonlocal profile
+            reply = None
+            try:
+                with trio.move_on_after(4 * self._report_s):
+                    reply = await self._request(node, message)
+            except PeerUnavailable as exc:
+                outcomes[node] = CtlProfileOutcome(node, "unreachable", str(exc)[:1024])
+                return
+            if not isinstance(reply, CtlProfileReply) or not reply.outcomes:
+                outcomes[node] = CtlProfileOutcome(node, "unreachable", "no answer in time")
+                return
+            if not reply.ok:
+                outcomes[node] = CtlProfileOutcome(node, "refused", reply.message)
+                return
+            outcomes[node] = msgspec.structs.replace(reply.outcomes[0], node=node)
+            if reply.profile:
+                profile = dict(reply.profile)
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(one, node)
+        return outcomes, profile
+
+    def statistics(self) -> dict[str, float] | None:
+        """The controller's own counters while this node holds the role, else None."""
+        if not self.leading:
+            return None
+        now = self._clock()
+        return {
+            "reports": float(self.reports_taken),
+            "reports_refused": float(self.reports_refused),
+            "nodes_alive": float(
+                sum(1 for n in self.topology.node_ids() if self.topology.alive(n, now))
+            ),
+            "alarm_events": float(len(self.alarms)),
+        }
 
     # --- views -----------------------------------------------------------------------
 
@@ -571,4 +702,15 @@ def refusals(node_id: str) -> dict[type[Any], Callable[[str, Any], Awaitable[Any
     async def registry(peer: str, request: CtlRegistry) -> CtlRegistryReply:
         return CtlRegistryReply(id=request.id, ok=False, version=(0, 0), entries=[])
 
-    return {CtlReport: ack, CtlRegister: ack, CtlRouteAsk: route, CtlRegistry: registry}
+    async def profile(peer: str, request: CtlProfile) -> CtlProfileReply:
+        return CtlProfileReply(
+            id=request.id, ok=False, code=ErrorCode.NOT_CONTROLLER, message=message
+        )
+
+    return {
+        CtlReport: ack,
+        CtlRegister: ack,
+        CtlRouteAsk: route,
+        CtlRegistry: registry,
+        CtlProfile: profile,
+    }

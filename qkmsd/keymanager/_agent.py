@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import hashlib
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -162,6 +163,13 @@ class _Link:
     discarded: collections.deque[int] = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=DISCARDS_RESENT)
     )
+    # What the sweep last learnt, so that it asks the store only when something may be due
+    # (-inf: nothing known yet).  No RECEIVED block was received before ``unconfirmed_floor``,
+    # and no RECEIVED or READY block was produced before ``expiry_floor``;
+    # ``produced_floor`` is the oldest block added since the sweep's last look at expiry.
+    unconfirmed_floor: float = -math.inf
+    expiry_floor: float = -math.inf
+    produced_floor: float = math.inf
 
 
 class KeyManager:
@@ -272,6 +280,8 @@ class KeyManager:
             return
         link.blocks_in += 1
         link.bits_in += len(block.key) * 8
+        link.produced_floor = min(link.produced_floor, block.produced_at)
+        link.expiry_floor = min(link.expiry_floor, block.produced_at)
         if link.held:
             # Stored, then discarded at once: the id is spent (a tombstone) and the peer,
             # told, discards its copy too, so the block is ready at neither end.
@@ -330,7 +340,7 @@ class KeyManager:
                     del link.peer_has[block_id]
             self._tick(link, now)
             received_before = self._unconfirmed_cutoff(link)
-            if received_before is not None:
+            if received_before is not None and received_before > link.unconfirmed_floor:
                 stale = await self._thread.call(
                     self._store.unconfirmed, link.link_id, older_than=received_before
                 )
@@ -341,12 +351,20 @@ class KeyManager:
                     log.warning("blocks.unconfirmed_discarded", link=link.link_id, count=len(gone))
                     link.to_announce.difference_update(gone)
                     await self._send_ids(link, KeyDiscard, gone, reason=_UNCONFIRMED)
-            expired = await self._thread.call(
-                self._store.expire, link.link_id, produced_before=now - self._max_block_age
-            )
-            if expired:
-                log.info("blocks.expired", link=link.link_id, count=len(expired))
-                await self._send_ids(link, KeyDiscard, expired, reason="expired")
+                # A block added from now on is received after ``now``.
+                oldest = await self._thread.call(self._store.oldest_unconfirmed, link.link_id)
+                link.unconfirmed_floor = now if oldest is None else min(oldest, now)
+            produced_before = now - self._max_block_age
+            if produced_before > link.expiry_floor:
+                link.produced_floor = math.inf
+                expired = await self._thread.call(
+                    self._store.expire, link.link_id, produced_before=produced_before
+                )
+                if expired:
+                    log.info("blocks.expired", link=link.link_id, count=len(expired))
+                    await self._send_ids(link, KeyDiscard, expired, reason="expired")
+                oldest = await self._thread.call(self._store.oldest_unexpired, link.link_id)
+                link.expiry_floor = min(math.inf if oldest is None else oldest, link.produced_floor)
 
     # --- holds ----------------------------------------------------------------------
 
@@ -452,6 +470,19 @@ class KeyManager:
         if peer in self._up:
             await self._link_up(link)
 
+    async def remove_link(self, link_id: str) -> None:
+        """Stop ``link_id``'s driver, wait until its device session is closed, and forget
+        the link (a device removed while the node runs).  Its stored blocks stay in the
+        store.  Raises ``KeyError`` for an unknown link."""
+        link = self._links[link_id]
+        link.stopped.add("removed")
+        if link.reader is not None:
+            link.reader.cancel()
+        if link.reader_done is not None:
+            await link.reader_done.wait()
+        self._links.pop(link_id, None)
+        log.info("link.removed", link=link_id)
+
     async def peer_down(self, peer: str, reason: str = "") -> None:
         self._up.discard(peer)
         for link in self._links_of(peer):
@@ -544,9 +575,10 @@ class KeyManager:
 
     async def links_status(self) -> list[LinkStatus]:
         out = []
-        for link in list(self._links.values()):  # links may be added meanwhile
-            pool = await self._thread.call(self._store.pool, link.link_id)
-            newest = await self._thread.call(self._store.max_block_id, link.link_id)
+        links = list(self._links.values())  # links may be added meanwhile
+        levels = await self._thread.call(self._store.pools, [link.link_id for link in links])
+        for link in links:
+            pool, newest = levels[link.link_id]
             health = link.driver.health()
             out.append(
                 LinkStatus(
@@ -583,6 +615,14 @@ class KeyManager:
         if link_id not in self._links:
             raise KeyError(link_id)
         return await self._thread.call(_check_blocks, self._store, link_id, first, last)
+
+    def bits_in_by_peer(self) -> dict[str, int]:
+        """Key bits stored into the pools since the node started, summed by peer (read
+        from memory, no store call)."""
+        out: dict[str, int] = {}
+        for link in self._links.values():
+            out[link.peer] = out.get(link.peer, 0) + link.bits_in
+        return out
 
     def statistics(self) -> dict[str, LinkStatistics]:
         return {

@@ -634,6 +634,27 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
         with self._reading() as conn:
             return [row[0] for row in conn.execute(query + " ORDER BY block_id", params)]
 
+    def oldest_unconfirmed(self, link_id: str) -> float | None:
+        """When the link's longest-waiting RECEIVED block was received; None if none is."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            value: float | None = conn.execute(
+                "SELECT MIN(received_at) FROM blocks WHERE link_id = ? AND state = ?",
+                (link_id, KeyState.RECEIVED.value),
+            ).fetchone()[0]
+        return value
+
+    def oldest_unexpired(self, link_id: str) -> float | None:
+        """When the link's oldest block that may still expire (RECEIVED or READY: a
+        RESERVED block never returns to READY) was produced; None if there is none."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            value: float | None = conn.execute(
+                "SELECT MIN(produced_at) FROM blocks WHERE link_id = ? AND state IN (?, ?)",
+                (link_id, KeyState.RECEIVED.value, KeyState.READY.value),
+            ).fetchone()[0]
+        return value
+
     def discarded_since(self, link_id: str, *, reason: str, since: float, limit: int) -> list[int]:
         """Ids of blocks moved to DISCARDED with ``reason`` at or after ``since`` (the
         store's clock), at most ``limit`` of the most recent, in id order."""
@@ -679,20 +700,41 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods):
                 " FROM blocks WHERE link_id = ? GROUP BY state",
                 (link_id,),
             ).fetchall()
-        count = {KeyState(state): n for state, n, _, _ in rows}
-        bits = {KeyState(state): (int(b), int(o)) for state, _, b, o in rows}
-        ready_bits, owned_ready_bits = bits.get(KeyState.READY, (0, 0))
-        return PoolLevel(
-            link_id=link_id,
-            ready_blocks=count.get(KeyState.READY, 0),
-            ready_bits=ready_bits,
-            owned_ready_bits=owned_ready_bits,
-            received_blocks=count.get(KeyState.RECEIVED, 0),
-            reserved_blocks=count.get(KeyState.RESERVED, 0),
-            delivered_blocks=count.get(KeyState.DELIVERED, 0),
-            discarded_blocks=count.get(KeyState.DISCARDED, 0),
-            expired_blocks=count.get(KeyState.EXPIRED, 0),
-        )
+        return _pool_level(link_id, rows)
+
+    def pools(self, link_ids: Sequence[str]) -> dict[str, tuple[PoolLevel, int | None]]:
+        """Each link's pool level and largest block id (``max_block_id``), in one read."""
+        for link_id in link_ids:
+            _check_link_id(link_id)
+        rows: dict[str, list[tuple[str, int, float, float]]] = {lid: [] for lid in link_ids}
+        newest: dict[str, int | None] = dict.fromkeys(link_ids)
+        ids = list(rows)
+        with self._reading() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                for link_id, state, n, b, o, top in conn.execute(
+                    "SELECT link_id, state, COUNT(*), TOTAL(size_bits - used_bits),"
+                    " TOTAL(CASE WHEN owned THEN size_bits - used_bits ELSE 0 END),"
+                    f" MAX(block_id) FROM blocks WHERE link_id IN ({marks})"
+                    " GROUP BY link_id, state",
+                    chunk,
+                ):
+                    rows[link_id].append((state, n, b, o))
+                    seen = newest[link_id]
+                    newest[link_id] = top if seen is None else max(seen, top)
+        return {lid: (_pool_level(lid, rows[lid]), newest[lid]) for lid in ids}
+
+    def owned_ready_bits(self, link_id: str) -> int:
+        """``pool(link_id).owned_ready_bits``, reading the READY blocks only."""
+        _check_link_id(link_id)
+        with self._reading() as conn:
+            value: float = conn.execute(
+                "SELECT TOTAL(size_bits - used_bits) FROM blocks"
+                " WHERE link_id = ? AND state = ? AND owned",
+                (link_id, KeyState.READY.value),
+            ).fetchone()[0]
+        return int(value)
 
     def links(self) -> list[str]:
         """The links with at least one row (tombstones included), sorted."""
@@ -1011,3 +1053,21 @@ def _check_new_block(block: NewBlock) -> None:
     _check_time(f"{where}: produced_at", block.produced_at)
     if not isinstance(block.owned, bool):
         raise KeyStoreError(f"{where}: owned must be a bool")
+
+
+def _pool_level(link_id: str, rows: Sequence[tuple[str, int, float, float]]) -> PoolLevel:
+    """A ``PoolLevel`` from ``(state, blocks, unused bits, owned unused bits)`` rows."""
+    count = {KeyState(state): n for state, n, _, _ in rows}
+    bits = {KeyState(state): (int(b), int(o)) for state, _, b, o in rows}
+    ready_bits, owned_ready_bits = bits.get(KeyState.READY, (0, 0))
+    return PoolLevel(
+        link_id=link_id,
+        ready_blocks=count.get(KeyState.READY, 0),
+        ready_bits=ready_bits,
+        owned_ready_bits=owned_ready_bits,
+        received_blocks=count.get(KeyState.RECEIVED, 0),
+        reserved_blocks=count.get(KeyState.RESERVED, 0),
+        delivered_blocks=count.get(KeyState.DELIVERED, 0),
+        discarded_blocks=count.get(KeyState.DISCARDED, 0),
+        expired_blocks=count.get(KeyState.EXPIRED, 0),
+    )

@@ -11,12 +11,14 @@ message exists) and the certificate names a configured peer with role
 ``Hello`` names the same node.  Nothing a peer sends is acted on before that.
 
 Inside a session, one task reads (so the peer's writes always drain), one task
-dispatches messages to the agents in order, one sends a ``Ping`` every heartbeat
-(either end's pings and the other's ``Pong`` answers keep a session heard), and a
+dispatches messages to the agents in order, one sends a ``Ping`` once a heartbeat has
+passed with nothing sent (any message keeps a session heard: the other end's ``Pong``
+answers too, so one end's pings keep both heard; each end still pings every
+``CLOCK_PING_HEARTBEATS`` heartbeats, for a sample of the peer's clock), and a
 watchdog declares the peer down when nothing at all has come from it for ``silence``
 seconds: a cut fibre or a dead host sends no reset, only silence.  The watchdog counts
-silence only while this node's own event loop runs (a tick that wakes late credits at
-most one tick), and not while the reader waits for our own dispatcher to take a
+silence only while this node's own event loop runs (a wake more than a tick late credits
+one tick), and not while the reader waits for our own dispatcher to take a
 message: a node stalled by load does not drop its healthy peers.  A send blocked by a
 peer that stopped reading does not hold the watchdog up either.  The ``down`` callbacks
 get the reason (``silent for ...`` for this case), and ``peers_status`` shows it with
@@ -101,6 +103,9 @@ CONNECT_TIMEOUT = 3.0
 """How long the dialer waits for one TCP connect.  A SYN lost to a cut link is
 retransmitted by the kernel only after 1, 3, 7, 15 s: a fresh attempt after a heal
 connects sooner than waiting for it."""
+CLOCK_PING_HEARTBEATS = 16
+"""An end that has had no need to ping (it kept sending) pings anyway after this many
+heartbeats: the answer measures the peer's clock (``clock_offset_s``)."""
 SILENT = "silent"
 """How a ``down`` reason begins when the peer was declared down for silence."""
 REQUESTS_IN_FLIGHT = 256
@@ -170,6 +175,11 @@ class _Session:
         self.send_lock = trio.Lock()
         self.cancel_scope = trio.CancelScope()
         self.last_rx = trio.current_time()
+        self.last_tx = self.last_rx
+        """When a message was last sent (trio time): a heartbeat is due a period later."""
+        self.ping_period = math.inf
+        self.clock_ping_at = math.inf
+        self.ping_timer: trio.CancelScope | None = None
         self.held = False
         """True while the reader waits for our own dispatcher: our slowness, not silence."""
         self.waiting: dict[int, _Waiting] = {}
@@ -188,6 +198,13 @@ class _Session:
                 await self.stream.send_all(self.session.send(message))
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 raise PeerConnectionLost(f"send to {self.peer} failed: {exc}") from None
+            self.last_tx = trio.current_time()
+            if self.ping_timer is not None:
+                self.ping_timer.deadline = self.ping_due()
+
+    def ping_due(self) -> float:
+        """When the heartbeat task pings next (trio time)."""
+        return min(self.last_tx + self.ping_period, self.clock_ping_at)
 
 
 class PeerManager:
@@ -222,6 +239,7 @@ class PeerManager:
         self._on_down: list[PeerDownEvent] = []
         self._next_request_id = 1
         self._heartbeat = heartbeat
+        self._clock_ping = CLOCK_PING_HEARTBEATS * heartbeat
         self._silence = 3 * heartbeat if silence is None else silence
         self._reconnect_max = reconnect_max
         self._max_frame = max_frame_size
@@ -669,25 +687,48 @@ class PeerManager:
             state.clock_offset_s = round(pong.at - (pong.echo + now) / 2, 4)
 
     async def _heartbeat_loop(self, live: _Session) -> None:
+        """Ping once a heartbeat has passed with nothing sent (any message, an answer to
+        the peer's ping too, keeps the session heard), and every ``CLOCK_PING_HEARTBEATS``
+        heartbeats in any case, for a clock sample.
+
+        It waits under one cancel scope whose deadline each send moves (``_Session.send``):
+        an end whose answers keep the session heard is not woken for nothing."""
         nonce = 0
+        # Two ends that start together would ping together for ever, each answer pushing
+        # the other's next ping: the end with the greater id waits a sixteenth longer, so
+        # that the other's pings (and its own answers) soon do for both.
+        live.ping_period = self._heartbeat * (1.0 if self.node_id < live.peer else 1.0625)
+        live.clock_ping_at = trio.current_time() + self._clock_ping
         while True:
-            await trio.sleep(self._heartbeat)
+            if trio.current_time() < live.ping_due():
+                with trio.CancelScope(deadline=live.ping_due()) as live.ping_timer:
+                    await trio.sleep_forever()
+                live.ping_timer = None
+                continue
             nonce += 1
+            live.clock_ping_at = trio.current_time() + self._clock_ping
             await live.send(Ping(nonce=nonce, sent_at=time.time()))
 
     async def _watchdog(self, live: _Session) -> None:
-        """Raise once nothing has come from the peer for ``silence`` seconds of our time."""
+        """Raise once nothing has come from the peer for ``silence`` seconds of our time.
+
+        It sleeps until the silence could first reach the limit (the last thing heard plus
+        the limit, or one tick at least), not tick by tick: on a session that hears its
+        peer, about one wake-up per ``silence`` seconds.
+        """
         tick = min(self._heartbeat, self._silence / 4)
         silent = 0.0
         seen = live.last_rx
         before = trio.current_time()
         while True:
-            await trio.sleep(tick)
+            step = max(tick, self._silence - silent)
+            await trio.sleep(step)
             now = trio.current_time()
-            # A tick that wakes late means our own loop is stalled or slow: credit at most
-            # one tick, so that the reader gets its turns before the silence is counted
-            # against the peer.  A slow loop detects later; it does not drop early.
-            credit = min(now - before, tick)
+            # A wake more than a tick late means our own loop was stalled or slow: credit
+            # one tick only, so that the reader gets its turns before the silence is
+            # counted against the peer.  A slow loop detects later; it does not drop early.
+            elapsed = now - before
+            credit = min(elapsed, step) if elapsed <= step + tick else tick
             before = now
             if live.last_rx != seen:
                 seen = live.last_rx

@@ -26,6 +26,18 @@ sae:<name>   requests_per_s      ETSI 014 requests from the SAE
 relay        bits_per_s          end-to-end key bits relayed (started here, confirmed)
              link_bits_spent_ps  link key spent on the hops this node sent, per second
              confirmed, failed   relays started here confirmed / failed since the last look
+relay:<pool> bits_per_s          the pool's throughput: key bits relayed into it per
+                                 second (started here, confirmed)
+             latency_s           mean start-to-confirm time of the pool's relays confirmed
+                                 since the last look (none without one)
+             link_bits_spent_ps  link key this node spent on the pool's hops per second
+                                 (as source or intermediate: pads and MAC keys)
+             confirmed, failed   the pool's relays confirmed / failed since the last look
+controller   reports_per_s       node reports taken per second (only while this node holds
+                                 the controller role; its CPU and memory are ``node``'s)
+             reports_refused     reports refused since the last look
+             nodes_alive         nodes that reported within three report periods
+             alarm_events        alarm events kept in the network's alarm history
 node         cpu_percent         the daemon's CPU time over wall time (100 = one core)
              rss_bytes           resident memory
              open_fds            open file descriptors
@@ -90,6 +102,21 @@ class SaeReading(Protocol):
     def errors(self) -> Mapping[int, int]: ...
 
 
+class RelayPoolReading(Protocol):
+    """One end-to-end pool's relay counters (``RelayAgent.pool_statistics()`` values)."""
+
+    @property
+    def relays_confirmed(self) -> int: ...
+    @property
+    def relays_failed(self) -> int: ...
+    @property
+    def bits_relayed(self) -> int: ...
+    @property
+    def latency_s_total(self) -> float: ...
+    @property
+    def link_bits_spent(self) -> int: ...
+
+
 class RelayReading(Protocol):
     @property
     def relays_confirmed(self) -> int: ...
@@ -108,14 +135,19 @@ class PerfSources:
     links: Callable[[], Awaitable[Sequence[LinkReading]]] | None = None
     saes: Callable[[], Mapping[str, SaeReading]] | None = None
     relay: Callable[[], RelayReading] | None = None
+    relay_pools: Callable[[], Mapping[str, RelayPoolReading]] | None = None
+    controller: Callable[[], Mapping[str, float] | None] | None = None
+    """The controller's own counters while this node holds the role (None otherwise):
+    ``reports`` and ``reports_refused`` (counters), ``nodes_alive``, ``alarm_events``."""
     store_files: Sequence[Path] = ()
     """The key store's files (the database and its journal), for ``store_bytes``."""
 
 
 class PerfParams(msgspec.Struct, forbid_unknown_fields=True):
     resource: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    """``node``, ``relay``, ``link:<id>``, ``pool:<id>``, ``sae:<name>``, or a bare id
-    (the link, pool or SAE of that name); None: every resource."""
+    """``node``, ``relay`` (the node's relays and every ``relay:<pool>``), ``controller``,
+    ``link:<id>``, ``pool:<id>``, ``relay:<pool>``, ``sae:<name>``, or a bare id (the link,
+    pool, relayed pool or SAE of that name); None: every resource."""
     since_s: Annotated[float, msgspec.Meta(gt=0, le=400 * 86400)] = 3600.0
 
 
@@ -218,7 +250,9 @@ class PerfAgent:
         since = now - p.since_s
         found = self._history.series(since=since, now=now)
         tier = self._history.tier_for(since, now)
-        if p.resource is not None:
+        if p.resource == "relay":  # the node's relays and every pool's
+            found = {k: v for k, v in found.items() if k == "relay" or k.startswith("relay:")}
+        elif p.resource is not None:
             wanted = _resolve(p.resource, found)
             if wanted is None:
                 known = ", ".join(sorted(found)) or "none yet"
@@ -296,7 +330,45 @@ class PerfAgent:
                 rise = self._rise("relay", metric, count, mono)
                 if rise is not None:
                     out.append(("relay", metric, rise))
+        if src.relay_pools is not None:
+            for pool, p in sorted(src.relay_pools().items()):
+                out.extend(self._relay_pool(f"relay:{pool}", p, mono))
+        if src.controller is not None:
+            counts = src.controller()
+            if counts is not None:
+                rate = self._rate("controller", "reports", counts.get("reports", 0.0), mono)
+                if rate is not None:
+                    out.append(("controller", "reports_per_s", rate))
+                refused = counts.get("reports_refused", 0.0)
+                rise = self._rise("controller", "reports_refused", refused, mono)
+                if rise is not None:
+                    out.append(("controller", "reports_refused", rise))
+                for gauge in ("nodes_alive", "alarm_events"):
+                    if gauge in counts:
+                        out.append(("controller", gauge, float(counts[gauge])))
         out.extend(self._node(mono))
+        return out
+
+    def _relay_pool(
+        self, res: str, p: RelayPoolReading, mono: float
+    ) -> list[tuple[str, str, float]]:
+        out: list[tuple[str, str, float]] = []
+        for metric, count in (
+            ("bits_per_s", p.bits_relayed),
+            ("link_bits_spent_ps", p.link_bits_spent),
+        ):
+            rate = self._rate(res, metric, count, mono)
+            if rate is not None:
+                out.append((res, metric, rate))
+        confirmed = self._rise(res, "confirmed", p.relays_confirmed, mono)
+        latency = self._rise(res, "latency", p.latency_s_total, mono)
+        if confirmed is not None:
+            out.append((res, "confirmed", confirmed))
+            if confirmed > 0 and latency is not None:
+                out.append((res, "latency_s", round(latency / confirmed, 6)))
+        failed = self._rise(res, "failed", p.relays_failed, mono)
+        if failed is not None:
+            out.append((res, "failed", failed))
         return out
 
     def _node(self, mono: float) -> list[tuple[str, str, float]]:
@@ -381,7 +453,7 @@ class PerfAgent:
 def _resolve(name: str, found: Mapping[str, object]) -> str | None:
     if name in found:
         return name
-    for prefix in ("link:", "pool:", "sae:"):
+    for prefix in ("link:", "pool:", "relay:", "sae:"):
         if prefix + name in found:
             return prefix + name
     return None

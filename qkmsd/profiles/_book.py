@@ -162,6 +162,11 @@ class ProfileBook:
 
     def set(self, name: str, changes: Mapping[str, Any]) -> ProfileStatus:
         """Change fields of profile ``name``; a field set to ``None`` is dropped."""
+        self._adopt(self.changed(name, changes))
+        return self.status(name)
+
+    def changed(self, name: str, changes: Mapping[str, Any]) -> Profile:
+        """Profile ``name`` with ``changes`` (as ``set`` would make it), not adopted."""
         old = self._get(name)
         unknown = sorted(set(changes) - set(FIELDS))
         if unknown:
@@ -172,9 +177,37 @@ class ProfileBook:
             raise ProfileError("profile set: no field to change")
         merged = {**msgspec.to_builtins(old), **changes}
         merged = {k: v for k, v in merged.items() if v is not None}
-        profile = self._check(merged)
+        return self._check(merged)
+
+    def check(self, fields: Mapping[str, Any]) -> Profile:
+        """``fields`` as a profile.  Raises ``ProfileError`` naming the problem."""
+        return self._check(dict(fields))
+
+    def put(self, profile: Profile) -> ProfileStatus:
+        """Store ``profile`` whole, new or replacing the one of its name (a controller's
+        distribution)."""
+        if profile.name not in self._profiles and len(self._profiles) >= MAX_PROFILES:
+            raise ProfileError(f"too many profiles (at most {MAX_PROFILES})")
         self._adopt(profile)
-        return self.status(name)
+        return self.status(profile.name)
+
+    def holds(self, name: str) -> bool:
+        return name in self._profiles
+
+    def profile(self, name: str) -> Profile:
+        return self._get(name)
+
+    def concerns(self, profile: Profile) -> bool:
+        """Whether ``profile`` concerns this node: one of its node pairs names it, or one
+        of its SAE pairs has an SAE whose KME it is."""
+        for pair in profile.node_pairs:
+            if self._node_id in pair.split("~"):
+                return True
+        for pair in profile.sae_pairs:
+            master, _, slave = pair.partition(">")
+            if self._node_id in (self._sae_kme.get(master), self._sae_kme.get(slave)):
+                return True
+        return False
 
     def remove(self, name: str) -> None:
         self._get(name)

@@ -1,12 +1,13 @@
 """Key relay: keys between nodes with no QKD link, one-time padded hop by hop."""
 
-from ._agent import RelayAgent, RelayFailed, RelayRecord, RelayStatistics
+from ._agent import RelayAgent, RelayFailed, RelayPoolStatistics, RelayRecord, RelayStatistics
 from ._driver import RelayedKeys
 from ._routes import Route, RoutingTable
 
 __all__ = [
     "RelayAgent",
     "RelayFailed",
+    "RelayPoolStatistics",
     "RelayRecord",
     "RelayStatistics",
     "RelayedKeys",

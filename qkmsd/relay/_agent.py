@@ -139,6 +139,19 @@ class RelayStatistics(msgspec.Struct, frozen=True):
     """Link key this node spent on hops it sent: pads and MAC keys."""
 
 
+class RelayPoolStatistics(msgspec.Struct, frozen=True):
+    """One end-to-end pool's relays since the node started (``qkmsctl perf relay``)."""
+
+    relays_confirmed: int = 0
+    """Relays this node started into the pool that the destination confirmed."""
+    relays_failed: int = 0
+    bits_relayed: int = 0
+    latency_s_total: float = 0.0
+    """Start-to-confirm time summed over the confirmed relays."""
+    link_bits_spent: int = 0
+    """Link key this node spent on the pool's hops (as source or intermediate)."""
+
+
 class RelayFailed(QkmsError):
     """A relay did not complete; ``code`` says why (a wire error code).
 
@@ -233,8 +246,10 @@ class RelayAgent:
         self._clock = clock
         self._recent: collections.deque[RelayRecord] = collections.deque(maxlen=RECENT_RELAYS)
         self._dirty: dict[str, RelayRecord] = {}
+        self._dirtied = trio.Event()
         self._counts = _Counts()
         self._spent: dict[str, int] = {}
+        self._per_pool: dict[str, dict[str, float]] = {}
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
 
@@ -300,9 +315,12 @@ class RelayAgent:
             self._nursery.start_soon(self._keep_filled, pool)
 
     async def _journal_writer(self) -> None:
-        """Write changed relay records to the journal, a batch every ``JOURNAL_S``."""
+        """Write changed relay records to the journal, a batch ``JOURNAL_S`` after the
+        first change (asleep while nothing changes)."""
         while True:
+            await self._dirtied.wait()
             await trio.sleep(JOURNAL_S)
+            self._dirtied = trio.Event()
             if self._dirty:
                 batch, self._dirty = list(self._dirty.values()), {}
                 rows = [msgspec.structs.asdict(r) for r in batch]
@@ -313,6 +331,7 @@ class RelayAgent:
 
     def _note(self, record: RelayRecord) -> None:
         self._dirty[record.relay_id] = record
+        self._dirtied.set()
 
     async def _keep_filled(self, pool: _Pool) -> None:
         s = self._settings
@@ -489,8 +508,7 @@ class RelayAgent:
         }
 
     async def _owned_bits(self, link_id: str) -> int:
-        level = await self._thread.call(self._store.pool, link_id)
-        return level.owned_ready_bits
+        return await self._thread.call(self._store.owned_ready_bits, link_id)
 
     async def _pool_bits(self, pool: _Pool) -> int:
         return await self._owned_bits(pool.config.link_id)
@@ -507,9 +525,28 @@ class RelayAgent:
         """
         pool = self._pools[e2e_link_id]
         size = (bits or self._settings.block_bits) // 8
-        if pool.config.paths > 1:
-            return await self._relay_split(pool, size)
-        return await self._relay_whole(pool, size, self._routes.paths(pool.config.peer))
+        counts = self._pool_counts(e2e_link_id)
+        started = self._clock()
+        try:
+            if pool.config.paths > 1:
+                record = await self._relay_split(pool, size)
+            else:
+                record = await self._relay_whole(pool, size, self._routes.paths(pool.config.peer))
+        except RelayFailed:
+            counts["relays_failed"] += 1
+            raise
+        counts["relays_confirmed"] += 1
+        counts["bits_relayed"] += size * 8
+        counts["latency_s_total"] += max(0.0, self._clock() - started)
+        return record
+
+    def _pool_counts(self, e2e_link_id: str) -> dict[str, float]:
+        counts = self._per_pool.get(e2e_link_id)
+        if counts is None:
+            counts = self._per_pool[e2e_link_id] = dict.fromkeys(
+                RelayPoolStatistics.__struct_fields__, 0
+            )
+        return counts
 
     async def _relay_whole(
         self, pool: _Pool, size: int, paths: list[tuple[str, ...]]
@@ -529,11 +566,14 @@ class RelayAgent:
         failure = RelayFailed(ErrorCode.WRONG_PATH, "no route tried")
         for path in paths:
             try:
-                return await self._relay_on(pool, list(path), size)
+                record = await self._relay_on(pool, list(path), size)
             except RelayFailed as exc:
                 failure = exc
                 if exc.code in UNREACHABLE:
                     self._routes.hold(path)
+            else:
+                self._routes.release(path)
+                return record
         self._counts.relays_failed += 1
         raise failure
 
@@ -583,6 +623,9 @@ class RelayAgent:
         async with trio.open_nursery() as nursery:
             for i in range(len(paths)):
                 nursery.start_soon(one, i)
+        for path, outcome in zip(paths, records, strict=True):
+            if isinstance(outcome, RelayRecord):
+                self._routes.release(path)
         failed = [r for r in records if isinstance(r, RelayFailed)]
         if failed:
             lost = [p for p, r in zip(paths, records, strict=True) if _unreachable(r)]
@@ -712,6 +755,7 @@ class RelayAgent:
             raise RelayFailed(ErrorCode.STORE_ERROR, str(exc)) from None
         self._counts.link_bits_spent += (len(key) + MAC_KEY_BYTES) * 8
         self._spent[link_id] = self._spent.get(link_id, 0) + (len(key) + MAC_KEY_BYTES) * 8
+        self._pool_counts(hop.e2e_link_id)["link_bits_spent"] += (len(key) + MAC_KEY_BYTES) * 8
         sealed = msgspec.structs.replace(
             hop,
             link_id=link_id,
@@ -768,6 +812,13 @@ class RelayAgent:
                 record.state, record.ended_at = "received", self._clock()
                 self._note(record)
                 return RelayResult(id=hop.id, ok=True, confirm=confirm)
+            nxt = hop.path[hop.hop + 1]
+            if not self._is_up(nxt):
+                # Said before any key of the onward link is taken: the source then holds
+                # this path and goes round.  Were the link short of key too (no key comes
+                # over a dead session), "short of key" would leave the path in use, and a
+                # split pool would spend the other side's key on shares that never pair.
+                raise RelayFailed(ErrorCode.PEER_UNREACHABLE, f"no session with {nxt}")
             onward = await self._seal_hop(msgspec.structs.replace(hop, hop=hop.hop + 1), key)
             record.state = "forwarded"
             self._note(record)
@@ -898,6 +949,19 @@ class RelayAgent:
 
     def statistics(self) -> RelayStatistics:
         return RelayStatistics(**dataclasses.asdict(self._counts))
+
+    def pool_statistics(self) -> dict[str, RelayPoolStatistics]:
+        """Per end-to-end pool (by link id): its relays and the link key spent on them."""
+        return {
+            link_id: RelayPoolStatistics(
+                relays_confirmed=int(c["relays_confirmed"]),
+                relays_failed=int(c["relays_failed"]),
+                bits_relayed=int(c["bits_relayed"]),
+                latency_s_total=float(c["latency_s_total"]),
+                link_bits_spent=int(c["link_bits_spent"]),
+            )
+            for link_id, c in sorted(self._per_pool.items())
+        }
 
     def link_spend(self) -> dict[str, int]:
         """Per QKD link, the link key this node spent on hops it sent (pads and MAC keys)."""

@@ -14,7 +14,9 @@ included.  A path on which a relay failed further away (a link this node does no
 a node that died beyond its neighbour) is held (``hold``) for ``HOLD_S``: offered after
 every other path, and left out of node-disjoint splits while another path is there, so a
 split pool sends its keys whole over the side that works.  A hold ends by itself, so the
-path is tried again after a heal without any news from the far side.
+path is tried again after a heal without any news from the far side, and at once when a
+relay or a share gets through on it (``release``): with every path held, a split goes
+over all of them, and the ones that worked must not stay held with the one that did not.
 
 ``qkmsd.routing`` computes the paths, every hop at cost 1 since this table has no link
 states: its least-cost route and alternates (Yen's algorithm) and its node-disjoint route
@@ -147,6 +149,10 @@ class RoutingTable:
     def hold(self, path: Sequence[str]) -> None:
         """Try ``path`` after every other one, and keep it out of splits, for ``HOLD_S``."""
         self._held[tuple(path)] = self._clock() + HOLD_S
+
+    def release(self, path: Sequence[str]) -> None:
+        """A relay (or a share of one) got through on ``path``: it is held no longer."""
+        self._held.pop(tuple(path), None)
 
     def links_down(self) -> list[tuple[str, str]]:
         """The links marked down, each as a sorted pair."""

@@ -356,6 +356,19 @@ class StateAgent:
             return []
         return [_event_view(e) for e in events]
 
+    async def events_after(self, after_id: int | None, limit: int) -> list[tuple[int, EventView]]:
+        """History events with their local ids, oldest first: those after ``after_id``, or
+        the newest ``limit`` if it is None ([] without a history).  What the node reports
+        to the controller."""
+        if self._history is None or limit == 0:
+            return []
+        try:
+            found = self._history.after(after_id, limit)
+        except AlarmHistoryError as exc:
+            log.error("alarms.history_failed", error=str(exc))
+            return []
+        return [(row_id, _event_view(e)) for row_id, e in found]
+
     async def ack(self, code: str, resource: str, *, by: str = "operator") -> bool:
         """Acknowledge an active alarm; False if there is none."""
         if self._table.get(code, resource) is None:

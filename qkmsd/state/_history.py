@@ -114,6 +114,27 @@ class AlarmHistory:
         ).fetchall()
         return [_from_row(row) for row in rows]
 
+    def after(self, after_id: int | None, limit: int) -> list[tuple[int, AlarmEvent]]:
+        """``(id, event)`` pairs oldest first: those after row ``after_id``, or the newest
+        ``limit`` if it is None.  Raises ``AlarmHistoryError``."""
+        try:
+            if after_id is None:
+                rows = self._conn.execute(
+                    "SELECT id, kind, code, resource, severity, previous, value, at, by"
+                    " FROM events ORDER BY id DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+                rows.reverse()
+            else:
+                rows = self._conn.execute(
+                    "SELECT id, kind, code, resource, severity, previous, value, at, by"
+                    " FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise AlarmHistoryError(f"alarm history {self.path}: {exc}") from None
+        return [(int(row[0]), _from_row(row[1:])) for row in rows]
+
     def count(self) -> int:
         (n,) = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()
         return int(n)

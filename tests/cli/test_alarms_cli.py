@@ -198,3 +198,30 @@ def test_controller_on_a_node_that_is_not_eligible_names_whom_it_reports_to(sock
     assert "not eligible for the controller role" in result.stdout
     assert "controller  KME_B (term 3)" in result.stdout
     assert "12 sent to KME_B, 0 refused; routes from the controller to KME_A" in result.stdout
+
+
+def test_alarm_history_network_asks_the_controller_and_names_each_event_s_node(
+    sock: Path,
+) -> None:
+    answer = {
+        "controller": "KME_D",
+        "kept": 2,
+        "events": [
+            {**event(NOW - 10, "cleared"), "node": "KME_A"},
+            {**event(NOW - 60), "node": "KME_B"},
+        ],
+    }
+    with fake_admin(sock, {"network_alarms": answer}) as node:
+        result = invoke(
+            "alarm", "history", "--network", "--code", "link-down", "--socket", str(sock)
+        )
+    assert result.exit_code == 0, result.output
+    [(method, params)] = node.requests
+    assert method == "network_alarms" and params["code"] == "link-down"
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [(r[0], r[3]) for r in rows] == [("KME_B", "raised"), ("KME_A", "cleared")]
+
+
+def test_alarm_history_from_a_node_without_network_is_a_usage_error(sock: Path) -> None:
+    result = invoke("alarm", "history", "--from", "KME_A", "--socket", str(sock))
+    assert result.exit_code == 2 and "--network" in result.output

@@ -45,7 +45,7 @@ def invoke(*args: str) -> Result:
 
 
 def test_node_drain_asks_the_node_and_says_what_it_does_now(sock: Path) -> None:
-    # Drained 5 s before the call (NODE's time is taken at import, maybe minutes earlier).
+    # Drained 5 s before now, not before the module was imported (collection may be slow).
     with fake_admin(sock, {"node_drain": {**NODE, "drained_since": time.time() - 5}}) as node:
         result = invoke("node", "drain", "--socket", str(sock))
     assert result.exit_code == 0, result.output
@@ -113,7 +113,35 @@ def test_devices_lists_each_qkd_link_s_driver_and_who_stopped_it(sock: Path) -> 
         result = invoke("devices", "--socket", str(sock))
     assert result.exit_code == 0, result.output
     row = result.stdout.splitlines()[2].split()
-    assert row == ["KME_A~KME_B", "KME_B", "vendor-tcp", "stopped", "operator"]
+    assert row == ["KME_A~KME_B", "KME_B", "vendor-tcp", "stopped", "operator", "config"]
+
+
+def test_devices_register_sends_the_driver_its_typed_parameters_and_the_peer(sock: Path) -> None:
+    registered = {"devices": [{**DEVICES["devices"][0], "registered": True}]}
+    with fake_admin(sock, {"device_register": registered, "device_remove": DEVICES}) as node:
+        result = invoke(
+            "devices", "register", "KME_A~KME_C", "--peer", "KME_C", "--driver", "paired",
+            "--param", "rate_bps=1000", "--param", "seed=abc", "--socket", str(sock),
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "runtime" in result.stdout
+        assert invoke("devices", "remove", "KME_A~KME_C", "--socket", str(sock)).exit_code == 0
+    params = {"rate_bps": 1000, "seed": "abc"}
+    assert node.requests == [
+        (
+            "device_register",
+            {"link": "KME_A~KME_C", "peer": "KME_C", "driver": "paired", "params": params},
+        ),
+        ("device_remove", {"link": "KME_A~KME_C"}),
+    ]
+
+
+def test_devices_register_with_a_parameter_without_a_value_is_a_usage_error(sock: Path) -> None:
+    result = invoke(
+        "devices", "register", "L", "--peer", "P", "--driver", "paired", "--param", "seed",
+        "--socket", str(sock),
+    )  # fmt: skip
+    assert result.exit_code == 2 and "NAME=VALUE" in result.output
 
 
 def test_device_stop_start_restart_name_the_link(sock: Path) -> None:

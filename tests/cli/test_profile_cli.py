@@ -135,3 +135,30 @@ def test_a_refused_profile_shows_the_daemon_s_reason(sock: Path) -> None:
         result = invoke("profile", "add", "x", "--sae-pair", "A", "B", "--socket", str(sock))
     assert result.exit_code != 0
     assert "give a target rate or a share" in result.output
+
+
+def test_a_change_through_the_controller_lists_each_node_s_outcome(sock: Path) -> None:
+    answer = {
+        "controller": "KME_D",
+        "op": "activate",
+        "name": "gold",
+        "nodes": [
+            {"node": "KME_A", "result": "applied", "message": ""},
+            {"node": "KME_C", "result": "skipped", "message": "not held here"},
+        ],
+        "profile": None,
+        "status": None,
+    }
+    with fake_admin(sock, {"profile_activate": answer}) as node:
+        result = invoke("profile", "activate", "gold", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    assert node.requests == [("profile_activate", {"name": "gold"})]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "profile gold: activate through controller KME_D"
+    assert lines[3].split() == ["KME_A", "applied"]
+
+
+def test_profile_local_changes_the_one_node(sock: Path) -> None:
+    with fake_admin(sock, {"profile_remove": {"removed": "gold", "profiles": []}}) as node:
+        assert invoke("profile", "remove", "gold", "--local", "--socket", str(sock)).exit_code == 0
+    assert node.requests == [("profile_remove", {"name": "gold", "local": True})]

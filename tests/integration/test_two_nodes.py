@@ -237,7 +237,8 @@ async def test_admin_socket_survives_hostile_clients(node_config: ConfigFactory)
                 "id": 1,
                 "code": "unknown-request",
                 "message": "unknown method 'nope' (known: alarm_ack, alarm_clear, alarms,"
-                " check, controller, device_restart, device_start, device_stop, devices, links,"
+                " check, controller, device_register, device_remove, device_restart,"
+                " device_start, device_stop, devices, links, network_alarms,"
                 " node, node_drain, node_undrain, peers, perf, policy, policy_reload, policy_set,"
                 " policy_unset, profile, profile_activate, profile_add, profile_deactivate,"
                 " profile_remove, profile_set, profiles, register, relay_test, relays, routes,"

@@ -18,10 +18,12 @@ from protocol import (
     PEER_DECODER,
     PEER_MESSAGE_TYPES,
     AdminRequest,
+    CtlAlarmEvent,
     CtlDemand,
     CtlEntry,
     CtlLink,
     CtlPath,
+    CtlProfileOutcome,
     CtlRelayLoad,
     CtlRoute,
     ErrorCode,
@@ -67,6 +69,28 @@ _ctl_links = st.builds(
 _ctl_demand = st.builds(CtlDemand, node_ids, node_ids, node_ids, u63, u63)
 _ctl_routes = st.lists(node_ids, min_size=2, max_size=5, unique=True).map(
     lambda p: CtlRoute(p[0], p[-1], [CtlPath(p, float(len(p) - 1))])
+)
+_severities = st.sampled_from(["cleared", "indeterminate", "warning", "minor", "major", "critical"])
+_ctl_alarms = st.builds(
+    CtlAlarmEvent,
+    kind=st.sampled_from(["raised", "changed", "acknowledged", "cleared", "fault"]),
+    code=st.text(min_size=1, max_size=64),
+    resource=st.text(max_size=40),
+    severity=_severities,
+    previous=_severities,
+    at=st.floats(0, 1e10),
+    value=st.none() | st.floats(-1e9, 1e9),
+    by=st.text(max_size=20),
+)
+_profile_fields = st.dictionaries(
+    st.text(max_size=32),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(-1e9, 1e9)
+    | st.text(max_size=20)
+    | st.lists(st.text(max_size=20), max_size=3),
+    max_size=5,
 )
 _ctl_entries = st.one_of(
     st.builds(CtlEntry, kind=st.just("node"), name=node_ids, location=st.text(max_size=20)),
@@ -149,6 +173,20 @@ def _strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
         "version": st.tuples(u63, u63),
         "part": st.integers(0, 2**32 - 1),
         "last": st.booleans(),
+        "alarms": st.lists(_ctl_alarms, max_size=3),
+        "op": st.sampled_from(["add", "set", "remove", "activate", "deactivate", "put"]),
+        "name": st.text(min_size=1, max_size=64),
+        "fields": _profile_fields,
+        "profile": _profile_fields,
+        "outcomes": st.lists(
+            st.builds(
+                CtlProfileOutcome,
+                node=node_ids,
+                result=st.sampled_from(["applied", "removed", "skipped", "refused", "unreachable"]),
+                message=st.text(max_size=40),
+            ),
+            max_size=3,
+        ),
     }
     if cls is RelayHop:
         fixed = ("path", "hop", "share", "shares")

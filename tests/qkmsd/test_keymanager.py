@@ -376,3 +376,52 @@ async def test_starting_a_driver_that_was_not_stopped_changes_nothing(
     assert state(a, 12) is KeyState.READY and len(a.driver.after_seen) == 1
     with pytest.raises(KeyError):
         a.manager.stop_driver("KME_A~KME_Z", "operator")
+
+
+async def test_a_block_past_the_maximum_age_expires_also_when_it_arrives_old(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The sweep asks the store about expiry only when a block may be due; a block that
+    # arrives already old (produced long before the sweep last looked) must still count.
+    wire = Wire()
+    a = make_end("KME_A", "KME_B", tmp_path, wire, trio.current_time, max_block_age=100.0)
+    b = make_end("KME_B", "KME_A", tmp_path, wire, trio.current_time, max_block_age=100.0)
+    nursery.start_soon(wire.run)
+    await nursery.start(a.manager.run)
+    await nursery.start(b.manager.run)
+    await wire.connect()
+    for end in (a, b):
+        await end.driver.emit(1, b"n" * 32, at=trio.current_time())
+    await trio.sleep(5)
+    old = trio.current_time() - 99.0
+    for end in (a, b):
+        await end.driver.emit(2, b"o" * 32, at=old)
+    await trio.sleep(5)
+    assert (state(a, 1), state(a, 2)) == (KeyState.READY, KeyState.EXPIRED)
+    await trio.sleep(100)
+    assert state(a, 1) is state(b, 1) is KeyState.EXPIRED
+    a.store.close()
+    b.store.close()
+
+
+async def test_the_sweep_asks_the_store_only_when_a_block_may_be_due(
+    pair: tuple[End, End, Wire], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, wire = pair
+    asked: list[str] = []
+    for name in ("expire", "unconfirmed"):
+        real = getattr(a.store, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            if _name == "expire" or "older_than" in kwargs:
+                asked.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(a.store, name, counting)
+    await wire.connect()
+    for end in (a, b):
+        await end.driver.emit(1, b"s" * 32, at=trio.current_time())
+    await trio.sleep(90)  # 90 sweeps; the time-out is 30 s, the maximum age an hour
+    assert state(a, 1) is KeyState.READY
+    assert asked.count("expire") == 1  # the first look
+    assert asked.count("unconfirmed") <= 3  # once per time-out at most

@@ -27,7 +27,7 @@ from protocol import (
 )
 from qkmsd.errors import PeerConnectionLost
 from qkmsd.peers import SILENT, PeerManager
-from qkmsd.peers._manager import session_ending
+from qkmsd.peers._manager import CLOCK_PING_HEARTBEATS, session_ending
 
 
 class Recorder:
@@ -419,6 +419,55 @@ async def test_a_peer_s_clock_offset_is_measured_from_its_answers_to_heartbeats(
             offset = a.peers_status()[0].clock_offset_s
             assert offset is not None and abs(offset - 5.0) < 0.5
             nursery.cancel_scope.cancel()
+
+
+class Tapped(trio.abc.Stream):
+    """A stream that counts the Pings sent through it."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.frames = FramedConnection(PEER_DECODER)
+        self.pings = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.frames.receive_data(bytes(data))
+        while (event := self.frames.next_event()) is not NEED_DATA:
+            self.pings += isinstance(event, Ping)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_one_end_s_pings_and_the_other_s_answers_keep_an_idle_session_heard(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Both ends ping only when a heartbeat passed with nothing sent: on an idle session
+    one end's pings (and the other's answers) keep both heard, and the other pings only
+    every CLOCK_PING_HEARTBEATS heartbeats, for its clock sample."""
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = manager("KME_A", "KME_B", rec_a), manager("KME_B", "KME_A", rec_b)
+    left, right = trio.testing.memory_stream_pair()
+    tap_a, tap_b = Tapped(left), Tapped(right)
+    with trio.fail_after(200):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.serve_authenticated, tap_a, "KME_B")
+            nursery.start_soon(b.serve_authenticated, tap_b, "KME_A")
+            await trio.sleep(100)  # a hundred heartbeats
+            assert a.is_connected("KME_B") and b.is_connected("KME_A")
+            assert a.peers_status()[0].clock_offset_s is not None
+            assert b.peers_status()[0].clock_offset_s is not None
+            nursery.cancel_scope.cancel()
+    pings = sorted((tap_a.pings, tap_b.pings))
+    assert pings[1] >= 90  # one end pings every heartbeat
+    assert pings[0] <= 100 / CLOCK_PING_HEARTBEATS + 1  # the other for its clock only
+    assert not [r for r in rec_a.reasons + rec_b.reasons if r.startswith(SILENT)]
 
 
 def test_a_session_ended_by_two_errors_at_once_is_a_lost_connection_not_a_crash() -> None:

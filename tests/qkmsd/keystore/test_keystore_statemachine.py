@@ -159,6 +159,11 @@ class KeyStoreLifeCycle(RuleBasedStateMachine):
             assert level.ready_bits == sum(len(self.keys[(link, i)]) * 8 for i in ready)
             assert level.received_blocks == list(expected.values()).count(KeyState.RECEIVED)
             assert self.ks.max_block_id(link) == (max(expected) if expected else None)
+            assert self.ks.owned_ready_bits(link) == level.owned_ready_bits
+        # The batched read (links_status's) agrees with the per-link ones.
+        assert self.ks.pools(list(LINKS)) == {
+            link: (self.ks.pool(link), self.ks.max_block_id(link)) for link in LINKS
+        }
 
 
 KeyStoreLifeCycle.TestCase.settings = settings(

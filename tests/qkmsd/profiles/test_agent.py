@@ -55,3 +55,27 @@ async def test_bad_params_are_refused_with_the_reason(
     with pytest.raises(ProfileError) as info:
         await a.admin_methods()[method](params)
     assert says in str(info.value)
+
+
+def test_a_distributed_change_applies_only_where_the_profile_concerns_the_node() -> None:
+    book = ProfileBook(
+        node_id="KME_A", sae_kme={"SAE_A": "KME_A", "SAE_C": "KME_C"}, path=None, clock=lambda: 0.0
+    )
+    node = ProfileAgent(book, link_bits=lambda: _nothing())
+    assert node.apply("add", "far", {"node_pairs": ["KME_B~KME_C"]})[0] == "skipped"
+    result, _, fields = node.apply("add", "gold", {"sae_pairs": ["SAE_C>SAE_A"]})
+    assert result == "applied" and fields["sae_pairs"] == ["SAE_C>SAE_A"]  # its SAE
+    assert node.apply("activate", "gold", {})[0] == "applied" and book.status("gold").active
+    assert node.apply("activate", "far", {})[:2] == ("skipped", "not held here")
+    refused = node.apply("set", "gold", {"colour": "red"})
+    assert refused[0] == "refused" and "unknown field(s) colour" in refused[1]
+    # A change that makes it no longer concern the node drops it here, and says so.
+    result, _, fields = node.apply("set", "gold", {"sae_pairs": ["SAE_C>SAE_X"]})
+    assert (result, fields["sae_pairs"]) == ("removed", ["SAE_C>SAE_X"])
+    assert not book.holds("gold")
+    assert node.apply("put", "gold", {**fields, "node_pairs": ["KME_A~KME_C"]})[0] == "applied"
+    assert book.holds("gold") and book.status("gold").active
+
+
+async def _nothing() -> dict[str, int]:
+    return {}

@@ -107,7 +107,12 @@ class Wire:
         """(sender, receiver, segments) of each burn the sender asked the receiver for."""
         self.on_hop: HopHook = _pass_hop
         self.on_result: ResultHook = _pass_result
+        self.down: set[tuple[str, str]] = set()
+        """(node, peer): sessions ``node`` sees as closed (its ``is_up(peer)`` is false)."""
         self._ids = 0
+
+    def is_up_from(self, node: str) -> Callable[[str], bool]:
+        return lambda peer: (node, peer) not in self.down
 
     def request_from(self, sender: str) -> Callable[[str, RelayHop], Awaitable[PeerReply]]:
         async def request(peer: str, hop: RelayHop) -> PeerReply:
@@ -256,6 +261,7 @@ async def open_net(
                 ),
                 settings=settings,
                 burn=wire.burn_from(name),
+                is_up=wire.is_up_from(name),
                 priority_of=(
                     (lambda peer, name=name: priority_of(name, peer))  # type: ignore[misc]
                     if priority_of is not None

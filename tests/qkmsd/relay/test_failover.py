@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol import RelayHop
+import pytest
+
+from protocol import ErrorCode, RelayHop
 from qkmsd.errors import PeerUnavailable
-from qkmsd.relay import RoutingTable
+from qkmsd.relay import RelayFailed, RoutingTable
 from qkmsd.relay._routes import HOLD_S
 
 from .conftest import A, B, C, D, link_id, open_net
@@ -135,3 +137,46 @@ async def test_a_path_short_of_link_key_is_not_held_but_one_with_a_node_out_of_r
         before = len(net.wire.hops(A, B))
         record = await net[A].agent.relay(AC)
         assert record.path == [A, D, C] and len(net.wire.hops(A, B)) == before
+
+
+async def test_a_node_whose_next_session_is_down_says_unreachable_even_when_short_of_key(
+    tmp_path: Path,
+) -> None:
+    # B's session with C is down (a silent cut B noticed), and B owns no B~C key: no key
+    # comes over a dead session.  "Short of key" would keep A splitting over B, spending
+    # A~D key on shares that never pair (a ring lab's SAE pair got no relayed key for 60 s).
+    async with open_net(tmp_path, links=RING, pools=[(A, C)], paths=(2, 1), link_blocks=()) as net:
+        for a, b in [(A, B), (C, D), (A, D)]:
+            net.add_link_key(a, b, range(8))
+        net.add_link_key(B, C, [1, 3, 5])  # all C's: B owns none of B~C
+        net.wire.down.add((B, C))
+
+        record = await net[A].agent.relay(AC)
+
+        assert record.path == [A, D, C] and "#" not in record.relay_id
+        refused = [s.result for s in net.wire.sent if (s.sender, s.receiver) == (A, B)]
+        assert [r.code for r in refused if r is not None] == [ErrorCode.PEER_UNREACHABLE]
+        held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
+        assert held[(A, B, C)] > 0 and held[(A, D, C)] == 0
+        before = len(net.wire.hops(A, B))
+        await net[A].agent.relay(AC)
+        assert len(net.wire.hops(A, B)) == before
+
+
+async def test_a_share_that_got_through_ends_its_paths_hold(tmp_path: Path) -> None:
+    # Both sides were out of reach (both paths held); D's side is back, B's not.  With every
+    # path held a split goes over both; the share over D gets through, which must end D's
+    # hold, or every split until the holds run out fails on B's side again.
+    async with open_net(tmp_path, links=RING, pools=[(A, C)], paths=(2, 1)) as net:
+        net.wire.down |= {(B, C), (D, C)}
+        with pytest.raises(RelayFailed):
+            await net[A].agent.relay(AC)
+        held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
+        assert held[(A, B, C)] > 0 and held[(A, D, C)] > 0
+        net.wire.down.discard((D, C))
+
+        record = await net[A].agent.relay(AC)
+
+        assert record.path == [A, D, C] and "#" not in record.relay_id
+        held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
+        assert held[(A, B, C)] > 0 and held[(A, D, C)] == 0

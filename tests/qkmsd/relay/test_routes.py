@@ -81,6 +81,14 @@ async def test_a_relay_spends_what_routing_says_its_route_costs_in_link_key(line
         line3[A].agent.statistics().link_bits_spent + line3[B].agent.statistics().link_bits_spent
         == spent
     )
+    # Per pool too (``qkmsctl perf relay``): the relay, its key, and each node's hop.
+    pool = link_id(A, C)
+    mine = line3[A].agent.pool_statistics()[pool]
+    assert (mine.relays_confirmed, mine.relays_failed) == (1, 0)
+    assert mine.bits_relayed == SETTINGS.block_bits and mine.latency_s_total >= 0
+    theirs = line3[B].agent.pool_statistics()[pool]
+    assert mine.link_bits_spent + theirs.link_bits_spent == spent
+    assert theirs.relays_confirmed == 0  # B only forwarded it
 
 
 def test_a_link_down_for_two_reasons_comes_back_only_when_both_are_withdrawn() -> None:

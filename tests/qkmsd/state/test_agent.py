@@ -535,3 +535,19 @@ async def test_a_peer_lost_soon_after_a_start_is_alarmed_without_the_startup_gra
     [event] = await state.look()
     assert (event.code, event.resource) == ("peer-down", "KME_B")
     assert trio.current_time() < STARTUP_GRACE_S
+
+
+def test_events_after_a_row_come_oldest_first_and_the_newest_without_one(tmp_path: Path) -> None:
+    """What a node reports to the controller: the newest first time, then what came since."""
+    from qkmsd.state import AlarmTable, Rule, Severity
+
+    history = AlarmHistory.open(tmp_path / "a.sqlite", max_age_s=1e9, max_rows=100)
+    table = AlarmTable({"c": Rule(((0.0, Severity.MINOR),))}, hold_down_s=0.0)
+    for i in range(6):  # raised, cleared, raised, ...
+        history.record(table.observe("c", "r", float((i + 1) % 2), now=float(i)))
+    newest = history.after(None, 2)
+    assert [e.at for _, e in newest] == [4.0, 5.0]
+    after = history.after(newest[0][0], 10)
+    assert [e.at for _, e in after] == [5.0]
+    assert [e.at for _, e in history.after(0, 3)] == [0.0, 1.0, 2.0]
+    history.close()
