@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ._demand import DemandSpecError, parse_demand
-from ._engine import SimError, SimSettings, simulate
+from ._engine import DRAIN_S, SimError, SimSettings, simulate
 from ._faults import FaultSpecError, parse_fault
 from ._report import render, to_json
 from ._topology import FAMILIES, SimTopologyError, load
@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="link-down@S:A-B, link-silent@S:A-B, link-up@S:A-B, node-crash@S:NODE"
-        "[:restart=S], controller-crash@S[:restart=S]; repeatable",
+        "[:restart=S], node-silent@S:NODE, controller-crash@S[:restart=S]; repeatable",
     )
     p.add_argument("--demand", default="closed", help="paced:BPS (per pair) or closed")
     p.add_argument(
@@ -45,15 +45,44 @@ def parser() -> argparse.ArgumentParser:
         help="demand pairs drawn with the seed (default: every ordered pair)",
     )
     p.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="A-B",
+        help="an ordered demand pair (master A, slave B); repeatable; replaces --pairs",
+    )
+    p.add_argument(
         "--block-bits",
         type=int,
         default=None,
         help="key block size of every link (default: the file's; families: 65536)",
     )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=DRAIN_S,
+        help=f"virtual seconds after the demand, faults mended, for relays to end ({DRAIN_S:g})",
+    )
+    p.add_argument(
+        "--sharing",
+        choices=("max-min", "proportional", "throughput"),
+        default=None,
+        help="[controller] sharing of the eligible nodes (default: the daemon's, max-min)",
+    )
+    p.add_argument(
+        "--lease", type=float, default=None, help="[controller] lease_s of the eligible nodes"
+    )
     p.add_argument("--heartbeat", type=float, default=None, help="[sync] heartbeat_s of every node")
     p.add_argument("--state-dir", type=Path, default=None, help="keep the nodes' state here")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     return p
+
+
+def _pair(text: str) -> tuple[str, str]:
+    a, dash, b = text.partition("-")
+    if not dash or not a or not b:
+        raise SimError(f"--pair {text!r}: expected MASTER-SLAVE (two node names)")
+    return a, b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             faults=tuple(parse_fault(f) for f in args.fault),
             demand=parse_demand(args.demand),
             pairs=args.pairs,
+            pair_list=tuple(_pair(text) for text in args.pair),
             heartbeat_s=args.heartbeat,
             state_dir=args.state_dir,
+            sharing=args.sharing,
+            drain_s=args.drain,
+            lease_s=args.lease,
         )
         if args.pairs is not None and args.pairs < 1:
             raise SimError("--pairs must be at least 1")

@@ -76,6 +76,8 @@ class SimSettings:
     demand: Demand = Demand("closed")
     pairs: int | None = None
     """Demand pairs (ordered, drawn with the seed); ``None``: every ordered pair."""
+    pair_list: tuple[tuple[str, str], ...] = ()
+    """These ordered pairs ask for keys instead (``pairs`` is then ignored)."""
     key_bits: int = 256
     keys_per_request: int = 8
     heartbeat_s: float | None = None
@@ -90,6 +92,13 @@ class SimSettings:
     )
     state_dir: Path | None = None
     """Where the nodes keep their state; ``None``: a temporary directory."""
+    lease_s: float | None = None
+    """``[controller] lease_s`` of the eligible nodes; ``None``: the daemon's (2 s)."""
+    drain_s: float = DRAIN_S
+    """Virtual seconds after the demand ends, every fault mended, for relays to end."""
+    sharing: str | None = None
+    """``[controller] sharing`` of the eligible nodes (how the controller's budgets share
+    link key: ``max-min``, ``proportional``, ``throughput``); ``None``: the daemon's."""
 
 
 class SimError(Exception):
@@ -176,7 +185,9 @@ class Network:
             links_of[link.b].append(link.link_id)
         net.sessions = set(net.wires)
         electors = sorted(topo.electors)
-        for a, b in itertools.chain(net.pairs, itertools.combinations(electors, 2)):
+        # Every node reports to the controller over a session with each eligible node.
+        to_electors = ((n, e) for n in topo.nodes for e in electors if n != e)
+        for a, b in itertools.chain(net.pairs, itertools.combinations(electors, 2), to_electors):
             key = frozenset((a, b))
             if key not in net.sessions:
                 net.sessions.add(key)
@@ -199,7 +210,9 @@ class Network:
     def _choose_pairs(self) -> None:
         ordered = [(a, b) for a in self.topo.nodes for b in self.topo.nodes if a != b]
         want = self.settings.pairs
-        if want is not None and want < len(ordered):
+        if self.settings.pair_list:
+            ordered = list(dict.fromkeys(self.settings.pair_list))
+        elif want is not None and want < len(ordered):
             ordered = sorted(random.Random(self.settings.seed).sample(ordered, want))
         self.pairs = ordered
         self.tallies = {p: PairTally() for p in ordered}
@@ -241,7 +254,11 @@ class Network:
                 "priority": topo.electors[name],
                 "electors": {e: p for e, p in topo.electors.items() if e != name},
             }
-        else:  # reports to the controller, as in a lab: routes and budgets come back
+            if s.sharing is not None:
+                data["controller"]["sharing"] = s.sharing
+            if s.lease_s is not None:
+                data["controller"]["lease_s"] = s.lease_s
+        elif topo.electors:  # reports to the controller, as in a lab: routes and budgets
             data["controller"] = {"electors": dict(topo.electors)}
         state.mkdir(parents=True, exist_ok=True)
         return config_from_mapping(data, source=state / "qkmsd.toml")
@@ -294,7 +311,7 @@ class Network:
             for wire in self.wires.values():
                 if wire.state != UP:
                     wire.set(UP)
-            await trio.sleep(DRAIN_S)
+            await trio.sleep(s.drain_s)
             self._read_relays()
             self.wall_s = time.perf_counter() - self.wall_started
             self.cpu_s = time.process_time() - cpu_started
@@ -397,6 +414,11 @@ class Network:
         if fault.kind in ("link-down", "link-silent", "link-up"):
             wire = self._wire_of(fault.target)
             wire.set({"link-down": DOWN, "link-silent": SILENT, "link-up": UP}[fault.kind])
+        elif fault.kind == "node-silent":
+            detail = fault.target[0]
+            for key, wire in self.wires.items():
+                if detail in key:
+                    wire.set(SILENT)
         else:
             name = fault.target[0] if fault.kind == "node-crash" else self._leader()
             if name is None:
@@ -526,7 +548,7 @@ def simulate(topo: SimTopology, settings: SimSettings) -> Report:
     Raises ``SimError`` if the run cannot be set up as asked.
     """
     for fault in settings.faults:
-        if fault.kind == "node-crash" and fault.target[0] not in topo.nodes:
+        if fault.kind in ("node-crash", "node-silent") and fault.target[0] not in topo.nodes:
             raise SimError(f"fault {fault.label()}: no node {fault.target[0]!r}")
         if fault.kind.startswith("link"):
             names = {f"{lk.a}-{lk.b}" for lk in topo.links} | {
@@ -534,8 +556,13 @@ def simulate(topo: SimTopology, settings: SimSettings) -> Report:
             }
             if "-".join(fault.target) not in names:
                 raise SimError(f"fault {fault.label()}: no link {'-'.join(fault.target)!r}")
+    for a, b in settings.pair_list:
+        if a == b or a not in topo.nodes or b not in topo.nodes:
+            raise SimError(f"pair {a}-{b}: two distinct nodes of the topology expected")
     if settings.seconds <= 0 or not math.isfinite(settings.seconds):
         raise SimError("--seconds must be a positive number")
+    if not 0 <= settings.drain_s <= 3600:
+        raise SimError("--drain must be from 0 to 3600 seconds")
     logging.getLogger("qkms").setLevel(logging.CRITICAL)
     logging.getLogger("qkd_drivers").setLevel(logging.CRITICAL)
     with contextlib.ExitStack() as stack:

@@ -6,6 +6,9 @@
   ``link-up`` mends it too.
 - ``node-crash@20:A`` stops node A's task; ``node-crash@20:A:restart=35`` restarts it
   from its state directory at second 35.
+- ``node-silent@20:A``: every wire of node A (its QKD links and its sessions over the IP
+  network) goes silent, as a host that hangs or drops off the network without a reset;
+  the drain after the run mends it.
 - ``controller-crash@20`` stops whichever node holds the controller role at second 20
   (``controller-crash@20:restart=35`` restarts it).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-KINDS = ("link-down", "link-silent", "link-up", "node-crash", "controller-crash")
+KINDS = ("link-down", "link-silent", "link-up", "node-crash", "node-silent", "controller-crash")
 
 
 class FaultSpecError(ValueError):
@@ -38,7 +41,7 @@ def parse_fault(spec: str) -> Fault:
     """Raises ``FaultSpecError`` naming the spec and the expected form."""
     form = (
         f"fault {spec!r}: expected link-down@S:A-B, link-silent@S:A-B, link-up@S:A-B, "
-        "node-crash@S:NODE[:restart=S] or controller-crash@S[:restart=S]"
+        "node-crash@S:NODE[:restart=S], node-silent@S:NODE or controller-crash@S[:restart=S]"
     )
     kind, sep, rest = spec.partition("@")
     if not sep or kind not in KINDS:
@@ -67,7 +70,7 @@ def parse_fault(spec: str) -> Fault:
         return Fault(kind, at, (), restart)
     if len(args) != 1 or not args[0]:
         raise FaultSpecError(form)
-    if kind == "node-crash":
+    if kind in ("node-crash", "node-silent"):
         return Fault(kind, at, (args[0],), restart)
     a, dash, b = args[0].partition("-")
     if not dash or not a or not b:

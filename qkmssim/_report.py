@@ -286,7 +286,7 @@ def _faults(net: Network, relays: list[RelaySeen]) -> list[FaultReport]:
         if fault.kind == "controller-crash" and not detail:
             out.append(report)
             continue
-        node = fault.kind.endswith("crash")
+        node = fault.kind in ("node-crash", "node-silent", "controller-crash")
         target = (detail,) if node else fault.target
         before: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
         for seen in relays:

@@ -16,6 +16,7 @@ from qkmssim._demand import DemandSpecError, Ledger
         ("link-up@40:A-B", Fault("link-up", 40.0, ("A", "B"))),
         ("node-crash@10:KME_1", Fault("node-crash", 10.0, ("KME_1",))),
         ("node-crash@10:KME_1:restart=30", Fault("node-crash", 10.0, ("KME_1",), 30.0)),
+        ("node-silent@10:KME_1", Fault("node-silent", 10.0, ("KME_1",))),
         ("controller-crash@5", Fault("controller-crash", 5.0)),
         ("controller-crash@5:restart=9", Fault("controller-crash", 5.0, (), 9.0)),
     ],
@@ -35,6 +36,8 @@ def test_fault_specs_parse(spec: str, fault: Fault) -> None:
         "node-crash@1",
         "node-crash@5:A:restart=2",
         "link-down@5:A-B:restart=9",
+        "node-silent@5:A:restart=9",
+        "node-silent@5",
         "controller-crash@1:A",
     ],
 )
