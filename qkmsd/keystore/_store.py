@@ -939,8 +939,11 @@ class _Checkpointer:
         try:
             while not self._stop.wait(self._interval):
                 with contextlib.suppress(sqlite3.Error):
-                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if not busy:
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    # Complete: every frame of the WAL is in the database, so the next
+                    # commit starts the WAL from its beginning.  A pass that ran beside a
+                    # commit copies only the frames before it.
+                    if not busy and frames == copied:
                         self.completed += 1
         finally:
             conn.close()
