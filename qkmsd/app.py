@@ -445,6 +445,7 @@ class Node:
                 ),
                 request=ctl_request,
                 install=routes.set_controller,
+                install_disjoint=routes.set_controller_disjoint,
                 spend=spend_budgets,
                 has_route=routes.has_route,
                 wanted=lambda: sorted(e2e_link_to),

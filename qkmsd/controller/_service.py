@@ -249,7 +249,7 @@ class ControllerService:
             n: [] for n in graph.nodes if n == self.node_id or self.topology.alive(n, now)
         }
         for route in self._routes:
-            on = {n for p in route.paths for n in p.nodes}
+            on = {n for p in [*route.paths, *route.disjoint] for n in p.nodes}
             for n in on:
                 per_node.setdefault(n, []).append(route)
         for node, routes in per_node.items():
