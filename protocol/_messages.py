@@ -336,6 +336,9 @@ class CtlLink(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hops: Annotated[list[NodeId], msgspec.Meta(max_length=MAX_RELAY_PATH)] = []
     spent_bps: Rate = 0.0
     """Link key this end spent on relay hops over the last report period."""
+    multipath: bool = False
+    """``virtual``: this end's relays take node-disjoint paths (keys split over them, or
+    spread across them in turn), so it wants the controller's node-disjoint set."""
 
 
 class CtlDemand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

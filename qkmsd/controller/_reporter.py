@@ -93,6 +93,8 @@ class ReportSources:
     hops: Callable[[str], list[str]]
     """The path relays to a node take now (empty if none)."""
     spent: Callable[[], dict[str, int]] = dict
+    multipath: Callable[[str], bool] = lambda peer: False
+    """Whether the pool with a node takes node-disjoint paths (split or spread)."""
     """Per QKD link, link key this node spent on relay hops since it started."""
     alarm_events: AlarmEvents | None = None
     """The state agent's history: ``(after, limit)`` gives ``(local id, event)`` pairs,
@@ -261,6 +263,7 @@ class Reporter:
                     qber=qber,
                     hops=src.hops(status.peer) if status.e2e else [],
                     spent_bps=spent_bps,
+                    multipath=bool(status.e2e) and src.multipath(status.peer),
                 )
             )
         relay = src.relay()

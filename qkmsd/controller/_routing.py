@@ -8,7 +8,8 @@ graph is undirected, so a link costs the dearer of its two directions.  ``comput
 finds, per ordered node pair, up to ``alternates`` least-cost simple paths with networkx
 (``shortest_simple_paths``, Yen's algorithm), each with its cost, and a set of node-disjoint
 paths of least total cost (``disjoint_set``: ``qkmsd.routing``'s minimum-cost flow over the
-same costs) for pools whose keys are split over, or spread across, disjoint paths.
+same costs) for the pairs whose pools split keys over, or spread them across, disjoint
+paths (``multipath``: the pairs whose source's report marks its pool so).
 
 ``allocate_budgets`` shares each direction of each link among the node pairs that draw on
 it, relayed pairs on their first route and pairs of QKD neighbours on their link
@@ -21,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import networkx as nx
 
@@ -167,13 +169,16 @@ def compute_routes(
     pairs: Iterable[tuple[str, str]],
     *,
     alternates: int = ALTERNATES,
+    multipath: AbstractSet[tuple[str, str]] | None = None,
     disjoint: int = MAX_RELAY_SHARES,
 ) -> list[CtlRoute]:
     """For each ``(source, destination)``, its least-cost paths over ``graph`` (edge
-    attribute ``cost``), best first, and a node-disjoint set of up to ``disjoint`` paths
-    (``disjoint_set``; none with ``disjoint=0``); pairs with no path get no route."""
+    attribute ``cost``), best first; pairs with no path get no route.  Pairs in
+    ``multipath`` (every pair if None) get a node-disjoint set of up to ``disjoint`` paths
+    too (``disjoint_set``)."""
     routes = []
-    split = _split_graph(graph) if disjoint > 0 else None
+    wanted = (lambda pair: True) if multipath is None else multipath.__contains__
+    split = _split_graph(graph) if disjoint > 0 and multipath != set() else None
     for source, destination in pairs:
         if source not in graph or destination not in graph or source == destination:
             continue
@@ -188,7 +193,9 @@ def compute_routes(
         except nx.NetworkXNoPath:
             pass
         if paths:
-            sets = [] if split is None else disjoint_set(split, source, destination, disjoint)
+            sets = []
+            if split is not None and wanted((source, destination)):
+                sets = disjoint_set(split, source, destination, disjoint)
             routes.append(CtlRoute(source, destination, paths, disjoint=sets))
     return routes
 

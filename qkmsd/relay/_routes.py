@@ -122,6 +122,10 @@ class RoutingTable:
             if dst != self.node_id and paths
         }
 
+    def pushed_disjoint(self, destination: str) -> list[tuple[str, ...]]:
+        """The controller's node-disjoint set to ``destination`` (empty: none pushed)."""
+        return list(self._controller_disjoint.get(destination, []))
+
     def has_route(self, destination: str) -> bool:
         """Whether a manual or controller route to ``destination`` is known here."""
         return destination in self._manual or bool(self._controller.get(destination))

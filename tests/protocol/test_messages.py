@@ -65,6 +65,7 @@ _ctl_links = st.builds(
     qber=st.none() | st.floats(0, 1),
     hops=st.lists(node_ids, max_size=4),
     spent_bps=st.floats(0, 1e15),
+    multipath=st.booleans(),
 )
 _ctl_demand = st.builds(CtlDemand, node_ids, node_ids, node_ids, u63, u63)
 _ctl_routes = st.lists(node_ids, min_size=2, max_size=5, unique=True).map(

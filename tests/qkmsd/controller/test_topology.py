@@ -272,6 +272,20 @@ def test_a_ring_of_four_gets_both_sides_as_its_node_disjoint_set() -> None:
     assert compute_routes(topo.graph(link_cost, 0.0), [("A", "C")], disjoint=0)[0].disjoint == []
 
 
+def test_only_pairs_whose_pool_takes_disjoint_paths_get_a_disjoint_set() -> None:
+    topo = ring()
+    assert topo.multipath_pairs(0.0) == []
+    graph, pairs = topo.graph(link_cost, 0.0), [("A", "C"), ("C", "A")]
+    plain = compute_routes(graph, pairs, multipath=set(topo.multipath_pairs(0.0)))
+    assert [r.disjoint for r in plain] == [[], []]
+    links = [qkd(a, b, "C") for a, b in RING if "C" in (a, b)]
+    links.append(CtlLink("A~C", "A", True, virtual=True, hops=["C", "D", "A"], multipath=True))
+    topo.apply_report("C", report("C", links), 0.0)
+    assert topo.multipath_pairs(0.0) == [("C", "A")]
+    routes = compute_routes(graph, pairs, multipath=set(topo.multipath_pairs(0.0)))
+    assert [len(r.disjoint) for r in routes] == [0, 2]
+
+
 def test_the_disjoint_set_goes_round_a_link_short_of_key() -> None:
     # S has two neighbours, so two disjoint paths at most: S-A-D and S-B-D by hops, but
     # with A~D dry the set S-A-X-D, S-B-D costs less in all.
