@@ -336,6 +336,9 @@ class CtlLink(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hops: Annotated[list[NodeId], msgspec.Meta(max_length=MAX_RELAY_PATH)] = []
     spent_bps: Rate = 0.0
     """Link key this end spent on relay hops over the last report period."""
+    multipath: bool = False
+    """``virtual``: this end's relays take node-disjoint paths (keys split over them, or
+    spread across them in turn), so it wants the controller's node-disjoint set."""
 
 
 class CtlDemand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -432,18 +435,27 @@ class CtlPath(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class CtlRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A route setting: the paths from ``source`` to ``destination``, best first."""
+    """A route setting: the paths from ``source`` to ``destination``, best first.
+
+    ``disjoint``: a set of paths that share no node but the two ends, least total cost
+    among the largest such sets, cheapest first: what a pool whose keys are split over (or
+    spread across) node-disjoint paths takes.  Empty from a controller that sends none.
+    """
 
     source: NodeId
     destination: NodeId
     paths: Annotated[list[CtlPath], msgspec.Meta(max_length=MAX_ROUTE_PATHS)]
+    disjoint: Annotated[list[CtlPath], msgspec.Meta(max_length=MAX_RELAY_SHARES)] = []
 
     def __post_init__(self) -> None:
-        for path in self.paths:
+        for path in [*self.paths, *self.disjoint]:
             if path.nodes[0] != self.source or path.nodes[-1] != self.destination:
                 raise ValueError("every path must go from source to destination")
             if len(set(path.nodes)) != len(path.nodes):
                 raise ValueError("a path must not visit a node twice")
+        inner = [n for path in self.disjoint for n in path.nodes[1:-1]]
+        if len(set(inner)) != len(inner):
+            raise ValueError("disjoint paths must share no node but the two ends")
 
 
 class CtlRoutes(_Message, tag="ctl.routes", frozen=True):

@@ -393,6 +393,8 @@ class Node:
                 }
                 return await handlers[type(message)](peer, message)
 
+            multipath = {p.peer for p in cfg.relay_pools.values() if p.paths > 1 or p.spread}
+
             def first_hops(destination: str) -> list[str]:
                 found = routes.paths(destination)
                 return list(found[0]) if found else []
@@ -441,10 +443,12 @@ class Node:
                     relay=relay.statistics,
                     hops=first_hops,
                     spent=relay.link_spend,
+                    multipath=lambda peer: peer in multipath,
                     alarm_events=alarm_events,
                 ),
                 request=ctl_request,
                 install=routes.set_controller,
+                install_disjoint=routes.set_controller_disjoint,
                 spend=spend_budgets,
                 has_route=routes.has_route,
                 wanted=lambda: sorted(e2e_link_to),

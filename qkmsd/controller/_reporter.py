@@ -14,7 +14,8 @@ is no longer followed until an announce names one again.
 
 Route settings from the followed controller (``ctl.routes``) replace the last ones: the
 paths of the settings with this node as source go to the relay's routing table (through
-``install``, after manual routes and before the node's own computation).  When the
+``install``, after manual routes and before the node's own computation), and their
+node-disjoint sets to it through ``install_disjoint``.  When the
 controller goes, the node keeps them until another pushes new ones.  For a destination
 it relays to (``wanted``) with no manual or controller route, the node asks
 (``ctl.route-ask``).  Budgets (``ctl.budgets``) are kept, shown, and handed to the relay
@@ -92,6 +93,8 @@ class ReportSources:
     hops: Callable[[str], list[str]]
     """The path relays to a node take now (empty if none)."""
     spent: Callable[[], dict[str, int]] = dict
+    multipath: Callable[[str], bool] = lambda peer: False
+    """Whether the pool with a node takes node-disjoint paths (split or spread)."""
     """Per QKD link, link key this node spent on relay hops since it started."""
     alarm_events: AlarmEvents | None = None
     """The state agent's history: ``(after, limit)`` gives ``(local id, event)`` pairs,
@@ -126,6 +129,7 @@ class Reporter:
         sources: ReportSources,
         request: RequestFn,
         install: Callable[[dict[str, list[list[str]]]], None],
+        install_disjoint: Callable[[dict[str, list[list[str]]]], None] = lambda sets: None,
         spend: Callable[[dict[str, float]], None] = lambda budgets: None,
         has_route: Callable[[str], bool],
         wanted: Callable[[], list[str]],
@@ -139,6 +143,7 @@ class Reporter:
         self._sources = sources
         self._request = request
         self._install = install
+        self._install_disjoint = install_disjoint
         self._spend = spend
         self._has_route = has_route
         self._wanted = wanted
@@ -258,6 +263,7 @@ class Reporter:
                     qber=qber,
                     hops=src.hops(status.peer) if status.e2e else [],
                     spent_bps=spent_bps,
+                    multipath=bool(status.e2e) and src.multipath(status.peer),
                 )
             )
         relay = src.relay()
@@ -336,10 +342,14 @@ class Reporter:
     def _take(self, settings: list[CtlRoute]) -> None:
         self._settings = settings
         mine: dict[str, list[list[str]]] = {}
+        disjoint: dict[str, list[list[str]]] = {}
         for route in settings:
             if route.source == self.node_id:
                 paths = mine.setdefault(route.destination, [])
                 paths += [list(p.nodes) for p in route.paths if list(p.nodes) not in paths]
+                if route.disjoint:
+                    disjoint[route.destination] = [list(p.nodes) for p in route.disjoint]
+        self._install_disjoint(disjoint)
         self._install(mine)
 
     async def peer_up(self, peer: str) -> None:

@@ -6,7 +6,10 @@ costs at least 1 (a hop spends link key equal to the relayed key plus its one-ti
 key), more as the key its sender owns runs short or its QBER climbs.  The controller's
 graph is undirected, so a link costs the dearer of its two directions.  ``compute_routes``
 finds, per ordered node pair, up to ``alternates`` least-cost simple paths with networkx
-(``shortest_simple_paths``, Yen's algorithm), each with its cost.
+(``shortest_simple_paths``, Yen's algorithm), each with its cost, and a set of node-disjoint
+paths of least total cost (``disjoint_set``: ``qkmsd.routing``'s minimum-cost flow over the
+same costs) for the pairs whose pools split keys over, or spread them across, disjoint
+paths (``multipath``: the pairs whose source's report marks its pool so).
 
 ``allocate_budgets`` shares each direction of each link among the node pairs that draw on
 it, relayed pairs on their first route and pairs of QKD neighbours on their link
@@ -19,12 +22,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import networkx as nx
 
-from protocol import MAX_RELAY_PATH, CtlBudget, CtlPath, CtlRoute
+from protocol import MAX_RELAY_PATH, MAX_RELAY_SHARES, CtlBudget, CtlPath, CtlRoute
 
-from .. import sharing
+from .. import routing, sharing
 from ..routing import MAX_ARC_COST, LinkState
 from ..routing import link_cost as routing_cost
 from ._topology import LinkView, Topology
@@ -161,11 +165,20 @@ def pair_demand(topology: Topology, now: float) -> dict[tuple[str, str], float]:
 
 
 def compute_routes(
-    graph: nx.Graph[str], pairs: Iterable[tuple[str, str]], *, alternates: int = ALTERNATES
+    graph: nx.Graph[str],
+    pairs: Iterable[tuple[str, str]],
+    *,
+    alternates: int = ALTERNATES,
+    multipath: AbstractSet[tuple[str, str]] | None = None,
+    disjoint: int = MAX_RELAY_SHARES,
 ) -> list[CtlRoute]:
     """For each ``(source, destination)``, its least-cost paths over ``graph`` (edge
-    attribute ``cost``), best first; pairs with no path get no route."""
+    attribute ``cost``), best first; pairs with no path get no route.  Pairs in
+    ``multipath`` (every pair if None) get a node-disjoint set of up to ``disjoint`` paths
+    too (``disjoint_set``)."""
     routes = []
+    wanted = (lambda pair: True) if multipath is None else multipath.__contains__
+    split = _split_graph(graph) if disjoint > 0 and multipath != set() else None
     for source, destination in pairs:
         if source not in graph or destination not in graph or source == destination:
             continue
@@ -180,5 +193,31 @@ def compute_routes(
         except nx.NetworkXNoPath:
             pass
         if paths:
-            routes.append(CtlRoute(source, destination, paths))
+            sets = []
+            if split is not None and wanted((source, destination)):
+                sets = disjoint_set(split, source, destination, disjoint)
+            routes.append(CtlRoute(source, destination, paths, disjoint=sets))
     return routes
+
+
+def disjoint_set(graph: routing.Topology, source: str, destination: str, n: int) -> list[CtlPath]:
+    """Up to ``n`` paths from ``source`` to ``destination`` that share no node but the two
+    ends: as many as the graph has, of least total cost among all such sets
+    (``qkmsd.routing``'s minimum-cost flow), cheapest first.  A path longer than a relay
+    may go is left out."""
+    return [
+        CtlPath(list(path.nodes), float(path.cost))
+        for path in graph.disjoint_routes(source, destination, n)
+        if len(path.nodes) <= MAX_RELAY_PATH
+    ]
+
+
+def _split_graph(graph: nx.Graph[str]) -> routing.Topology:
+    """``graph`` (edge attribute ``cost``, the same both ways) as ``qkmsd.routing`` holds it."""
+    out = routing.Topology()
+    for node in graph.nodes:
+        out.add_node(node)
+    for u, v, data in graph.edges(data=True):
+        cost = min(max(float(data["cost"]), 1e-9), MAX_ARC_COST)
+        out.set_cost(u, v, cost, cost)
+    return out

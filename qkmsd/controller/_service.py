@@ -10,7 +10,8 @@ empty topology (soft state), gathers the registry from a majority of the eligibl
 nodes answer with their reports at once, so the topology is rebuilt within one report
 period.  Then, every report period and whenever a report changes the routing graph (a
 link up or down, a node come or lost, a pair with new demand), it computes routes for
-every ordered pair that relays (``compute_routes`` with ``link_cost``) and pushes to each
+every ordered pair that relays (``compute_routes`` with ``link_cost``; a node-disjoint set
+too for the pairs whose pool takes disjoint paths) and pushes to each
 node on a route the whole set of route settings it is on (``ctl.routes``, Table 4 item 1).
 A node's pushed set is sent again only when it changes, or after its session dropped.
 
@@ -235,21 +236,23 @@ class ControllerService:
         now = self._clock()
         graph = self.topology.graph(self.link_cost, now)
         pairs = sorted(set(self.topology.demand_pairs(now)) | self._asked)
+        multipath = self.topology.multipath_pairs(now)
         signature = (
             sorted(graph.nodes),
             sorted(
                 (min(u, v), max(u, v), round(d["cost"], 9)) for u, v, d in graph.edges(data=True)
             ),
             pairs,
+            multipath,
         )
         if signature != self._signature:
             self._signature = signature
-            self._routes = compute_routes(graph, pairs)
+            self._routes = compute_routes(graph, pairs, multipath=set(multipath))
         per_node: dict[str, list[CtlRoute]] = {
             n: [] for n in graph.nodes if n == self.node_id or self.topology.alive(n, now)
         }
         for route in self._routes:
-            on = {n for p in route.paths for n in p.nodes}
+            on = {n for p in [*route.paths, *route.disjoint] for n in p.nodes}
             for n in on:
                 per_node.setdefault(n, []).append(route)
         for node, routes in per_node.items():
@@ -319,6 +322,7 @@ class ControllerService:
         return (
             links,
             self.topology.demand_pairs(now),
+            self.topology.multipath_pairs(now),
             [n for n in self.topology.node_ids() if self.topology.alive(n, now)],
         )
 
@@ -330,7 +334,8 @@ class ControllerService:
             return CtlRouteReply(id=ask.id, ok=False, code=code, message=message)
         self._asked.add((peer, ask.destination))
         graph = self.topology.graph(self.link_cost, self._clock())
-        routes = compute_routes(graph, [(peer, ask.destination)])
+        multipath = set(self.topology.multipath_pairs(self._clock()))
+        routes = compute_routes(graph, [(peer, ask.destination)], multipath=multipath)
         self.wake()
         return CtlRouteReply(id=ask.id, ok=True, routes=routes)
 

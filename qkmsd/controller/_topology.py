@@ -295,6 +295,17 @@ class Topology:
                 graph.add_edge(link.a, link.b, cost=link_cost(link), link_id=link.link_id)
         return graph
 
+    def multipath_pairs(self, now: float) -> list[tuple[str, str]]:
+        """Ordered pairs (source, destination) whose pool at the source takes node-disjoint
+        paths (its report marks the virtual link ``multipath``)."""
+        return sorted(
+            (node, link.peer)
+            for node, view in self.nodes.items()
+            if self.alive(node, now)
+            for link in view.links.values()
+            if link.virtual and link.multipath
+        )
+
     def demand_pairs(self, now: float) -> list[tuple[str, str]]:
         """Ordered pairs (source, destination) that relay: every end of an end-to-end pool,
         and every SAE pair whose slave's KME is not a QKD neighbour of its master's."""

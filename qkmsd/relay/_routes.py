@@ -7,6 +7,11 @@ node's own computation: the shortest simple paths over the network's QKD links
 (``[relay] topology``), by hop count, up to ``alternates`` of them.  A relay that fails on
 one path is retried on the next.
 
+Node-disjoint path sets (for pools whose keys are split over, or spread across, them) come
+from the controller likewise (``set_controller_disjoint``: computed with its key-aware link
+costs), kept when it goes; a set with a path this node cannot use now (a link marked
+down, a first hop that is not a neighbour) gives way to the node's own computation.
+
 Two kinds of failure news reach the table.  A QKD neighbour whose peer session closed
 (for instance, declared down for silence) has its link marked down (``link_down``) until
 the session is back (``link_up``): no path through that link is offered, manual ones
@@ -92,6 +97,7 @@ class RoutingTable:
         self._down: dict[frozenset[str], set[str]] = {}
         self._held: dict[tuple[str, ...], float] = {}
         self._controller: dict[str, list[_Entry]] = {}
+        self._controller_disjoint: dict[str, list[tuple[str, ...]]] = {}
 
     def set_controller(self, routes: Mapping[str, Sequence[Sequence[str]]]) -> None:
         """Take the controller's paths (per destination, best first) in place of the last.
@@ -106,6 +112,19 @@ class RoutingTable:
             if dst != self.node_id
         }
         self._entries.clear()
+
+    def set_controller_disjoint(self, sets: Mapping[str, Sequence[Sequence[str]]]) -> None:
+        """Take the controller's node-disjoint path sets (per destination, cheapest first)
+        in place of the last; destinations missing from ``sets`` have none any more."""
+        self._controller_disjoint = {
+            dst: [tuple(p) for p in paths]
+            for dst, paths in sets.items()
+            if dst != self.node_id and paths
+        }
+
+    def pushed_disjoint(self, destination: str) -> list[tuple[str, ...]]:
+        """The controller's node-disjoint set to ``destination`` (empty: none pushed)."""
+        return list(self._controller_disjoint.get(destination, []))
 
     def has_route(self, destination: str) -> bool:
         """Whether a manual or controller route to ``destination`` is known here."""
@@ -183,18 +202,23 @@ class RoutingTable:
         return sorted(paths, key=lambda p: self._held_for(p, now) > 0)
 
     def disjoint_paths(self, destination: str, limit: int) -> list[tuple[str, ...]]:
-        """Up to ``limit`` node-disjoint paths to ``destination`` (computed, shortest first).
+        """Up to ``limit`` node-disjoint paths to ``destination``, cheapest first: the
+        controller's set while every path of it is usable here, else computed here.
 
         No node but the two ends is on two of them, so no single intermediate node sees
         two shares of a key split over them.  Links marked down are left out of the
         graph; held paths are left out too, unless every path is held.
         """
-        # As many as there are (at most one a link of this node), then the first ``limit``
-        # whose first step is a QKD neighbour: a set of the most disjoint paths, least
-        # hops in all, shortest first.
-        most = max(1, len(self._graph.neighbours(self.node_id)))
-        found = self._graph.disjoint_routes(self.node_id, destination, most)
-        paths = [p.nodes for p in found if p.nodes[1] in self._neighbours][:limit]
+        pushed = self._controller_disjoint.get(destination, [])
+        if pushed and all(_usable(p, self._neighbours) and self._usable_now(p) for p in pushed):
+            paths = pushed[:limit]
+        else:
+            # As many as there are (at most one a link of this node), then the first
+            # ``limit`` whose first step is a QKD neighbour: a set of the most disjoint
+            # paths, least hops in all, shortest first.
+            most = max(1, len(self._graph.neighbours(self.node_id)))
+            found = self._graph.disjoint_routes(self.node_id, destination, most)
+            paths = [p.nodes for p in found if p.nodes[1] in self._neighbours][:limit]
         now = self._clock()
         fresh = [p for p in paths if not self._held_for(p, now)]
         return fresh or paths

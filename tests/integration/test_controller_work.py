@@ -92,7 +92,9 @@ async def _run(node: Node, *, task_status: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def ring(node_config: ConfigFactory, *, high_bits: int = 32768) -> AsyncIterator[Ring]:
+async def ring(
+    node_config: ConfigFactory, *, high_bits: int = 32768, a_pool: dict[str, Any] | None = None
+) -> AsyncIterator[Ring]:
     nodes: dict[str, Node] = {}
     for kme in NODES:
         links = {}
@@ -101,7 +103,7 @@ async def ring(node_config: ConfigFactory, *, high_bits: int = 32768) -> AsyncIt
                 link_id = f"{a}~{b}"
                 peer = b if kme == a else a
                 links[link_id] = (peer, "paired", {**FAST, "seed": link_id.ljust(32, "x")})
-        pools = {"KME_A": {"KME_C": {}}, "KME_C": {"KME_A": {}}}.get(kme, {})
+        pools = {"KME_A": {"KME_C": a_pool or {}}, "KME_C": {"KME_A": {}}}.get(kme, {})
         controller: dict[str, Any] = {"report_s": REPORT_S}
         if kme in ELIGIBLE:
             controller |= {
@@ -256,6 +258,35 @@ async def test_reports_build_the_topology_routes_reach_every_node_on_them_and_a_
             )
             states = {link["link_id"]: link["state"] for link in service.topology_view()["links"]}
             assert states["KME_A~KME_B"] == "down"
+            r.nursery.cancel_scope.cancel()
+
+
+async def test_a_pool_that_splits_keys_gets_the_controller_s_disjoint_set_and_splits_over_it(
+    node_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(60):
+        async with ring(node_config, a_pool={"paths": "disjoint"}) as r:
+            leader = await r.controller()
+            table_a, table_c = r.nodes["KME_A"].routes, r.nodes["KME_C"].routes
+            assert table_a is not None and table_c is not None
+            both = [("KME_A", "KME_B", "KME_C"), ("KME_A", "KME_D", "KME_C")]
+            await wait_for(lambda: sorted(table_a.pushed_disjoint("KME_C")) == both)
+            # C's pool keeps keys whole on one path: the controller computes no set for it.
+            routes = {(x.source, x.destination): x for x in r.service(leader).routes()}
+            assert routes["KME_C", "KME_A"].disjoint == [] and not table_c.pushed_disjoint("KME_A")
+            relay_a = r.nodes["KME_A"].relay
+            assert relay_a is not None
+            # A splits each key over both sides of the ring.
+            await wait_for(
+                lambda: (
+                    {
+                        tuple(rec.path)
+                        for rec in relay_a.relays()
+                        if rec.state == "confirmed" and rec.role == "source"
+                    }
+                    >= set(both)
+                )
+            )
             r.nursery.cancel_scope.cancel()
 
 

@@ -65,10 +65,18 @@ _ctl_links = st.builds(
     qber=st.none() | st.floats(0, 1),
     hops=st.lists(node_ids, max_size=4),
     spent_bps=st.floats(0, 1e15),
+    multipath=st.booleans(),
 )
 _ctl_demand = st.builds(CtlDemand, node_ids, node_ids, node_ids, u63, u63)
 _ctl_routes = st.lists(node_ids, min_size=2, max_size=5, unique=True).map(
     lambda p: CtlRoute(p[0], p[-1], [CtlPath(p, float(len(p) - 1))])
+) | st.lists(node_ids, min_size=3, max_size=6, unique=True).map(
+    lambda p: CtlRoute(
+        p[0],
+        p[-1],
+        [CtlPath(p[:2] + p[-1:], 2.0)],
+        disjoint=[CtlPath([p[0], p[-1]], 1.0), CtlPath([p[0], *p[1:-1], p[-1]], 3.0)],
+    )
 )
 _severities = st.sampled_from(["cleared", "indeterminate", "warning", "minor", "major", "critical"])
 _ctl_alarms = st.builds(
@@ -270,6 +278,26 @@ def test_a_frame_built_with_the_msgpack_package_decodes() -> None:
         (
             msgpack.packb(
                 {"type": "key.announce", "link_id": "L", "block_ids": [1, 2], "refs": ["x"]}
+            ),
+            ErrorCode.BAD_MESSAGE,
+        ),
+        (
+            msgpack.packb(
+                {
+                    "type": "ctl.routes",
+                    "term": 1,
+                    "routes": [
+                        {
+                            "source": "A",
+                            "destination": "C",
+                            "paths": [{"nodes": ["A", "B", "C"], "cost": 2.0}],
+                            "disjoint": [
+                                {"nodes": ["A", "B", "C"], "cost": 2.0},
+                                {"nodes": ["A", "D", "B", "C"], "cost": 3.0},
+                            ],
+                        }
+                    ],
+                }
             ),
             ErrorCode.BAD_MESSAGE,
         ),

@@ -65,6 +65,7 @@ def reporter(routes: RoutingTable, fake: FakeController) -> Reporter:
         ),  # fmt: skip
         request=fake.request,
         install=routes.set_controller,
+        install_disjoint=routes.set_controller_disjoint,
         has_route=routes.has_route,
         wanted=lambda: ["C"],
         software="test",
@@ -98,6 +99,19 @@ async def test_pushed_routes_come_before_the_node_s_own_and_stay_when_the_contro
     assert routes.paths("C") == [("A", "D", "C"), ("A", "B", "C")]
     with pytest.raises(NoController, match="knows no controller"):
         await node.forward(CtlEntry("node", "X"))
+
+
+async def test_a_pushed_disjoint_set_is_what_the_node_splits_over() -> None:
+    routes, fake = table(), FakeController()
+    node = reporter(routes, fake)
+    assert routes.disjoint_paths("C", 8) == [("A", "B", "C")]  # its own graph: one path
+    await node.on_announce("D", CtlAnnounce(term=3))
+    both = [CtlPath(["A", "B", "C"], 2.0), CtlPath(["A", "D", "C"], 2.5)]
+    pushed = [CtlRoute("A", "C", SETTINGS[0].paths, disjoint=both), SETTINGS[1]]
+    await node.on_routes("D", CtlRoutes(term=3, routes=pushed))
+    assert routes.disjoint_paths("C", 8) == [("A", "B", "C"), ("A", "D", "C")]
+    await node.on_routes("D", CtlRoutes(term=3, routes=SETTINGS))  # a set without one
+    assert routes.disjoint_paths("C", 8) == [("A", "B", "C")]
 
 
 async def test_routes_from_a_node_it_does_not_follow_or_an_older_term_are_ignored() -> None:

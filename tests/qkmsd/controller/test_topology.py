@@ -260,3 +260,51 @@ def test_every_live_node_gets_a_budget_set_even_an_empty_one() -> None:
     routes = compute_routes(topo.graph(link_cost, 2.0), topo.demand_pairs(2.0))
     budgets = allocate_budgets(topo, routes, 2.0)
     assert budgets["C"] == [] and {b.destination for b in budgets["A"]} == {"B", "C"}
+
+
+def test_a_ring_of_four_gets_both_sides_as_its_node_disjoint_set() -> None:
+    topo = ring()
+    (route,) = compute_routes(topo.graph(link_cost, 0.0), topo.demand_pairs(0.0))
+    assert sorted(p.nodes for p in route.disjoint) == [["A", "B", "C"], ["A", "D", "C"]]
+    cut = ring(AB=True)
+    (route,) = compute_routes(cut.graph(link_cost, 0.0), cut.demand_pairs(0.0))
+    assert [p.nodes for p in route.disjoint] == [["A", "D", "C"]]
+    assert compute_routes(topo.graph(link_cost, 0.0), [("A", "C")], disjoint=0)[0].disjoint == []
+
+
+def test_only_pairs_whose_pool_takes_disjoint_paths_get_a_disjoint_set() -> None:
+    topo = ring()
+    assert topo.multipath_pairs(0.0) == []
+    graph, pairs = topo.graph(link_cost, 0.0), [("A", "C"), ("C", "A")]
+    plain = compute_routes(graph, pairs, multipath=set(topo.multipath_pairs(0.0)))
+    assert [r.disjoint for r in plain] == [[], []]
+    links = [qkd(a, b, "C") for a, b in RING if "C" in (a, b)]
+    links.append(CtlLink("A~C", "A", True, virtual=True, hops=["C", "D", "A"], multipath=True))
+    topo.apply_report("C", report("C", links), 0.0)
+    assert topo.multipath_pairs(0.0) == [("C", "A")]
+    routes = compute_routes(graph, pairs, multipath=set(topo.multipath_pairs(0.0)))
+    assert [len(r.disjoint) for r in routes] == [0, 2]
+
+
+def test_the_disjoint_set_goes_round_a_link_short_of_key() -> None:
+    # S has two neighbours, so two disjoint paths at most: S-A-D and S-B-D by hops, but
+    # with A~D dry the set S-A-X-D, S-B-D costs less in all.
+    links = [("S", "A"), ("S", "B"), ("A", "D"), ("B", "D"), ("A", "X"), ("X", "D")]
+
+    def network(dry: tuple[str, str] | None) -> Topology:
+        topo = Topology(lost_after=3.0)
+        for node in "SABDX":
+            mine = [
+                plenty(a, b, node, bits=0, rate=0.0) if (a, b) == dry else plenty(a, b, node)
+                for a, b in links
+                if node in (a, b)
+            ]
+            topo.apply_report(node, report(node, mine), 0.0)
+        return topo
+
+    def disjoint(topo: Topology) -> list[list[str]]:
+        (route,) = compute_routes(topo.graph(link_cost, 0.0), [("S", "D")])
+        return sorted(p.nodes for p in route.disjoint)
+
+    assert disjoint(network(None)) == [["S", "A", "D"], ["S", "B", "D"]]
+    assert disjoint(network(("A", "D"))) == [["S", "A", "X", "D"], ["S", "B", "D"]]

@@ -69,6 +69,24 @@ def test_disjoint_paths_share_no_middle_node_shortest_first() -> None:
     assert t.disjoint_paths(D, 8) == [(A, B, D), (A, E, D)]
 
 
+def test_the_controller_s_disjoint_set_comes_before_the_node_s_own_while_it_is_usable() -> None:
+    # By hops the node would take A-B-D and A-E-D; the controller (which sees key) says
+    # A-B-C-D and A-E-D.
+    ring = [(A, B), (B, C), (C, D), (D, E), (E, A), (B, D)]
+    t = table(ring)
+    assert t.disjoint_paths(D, 8) == [(A, B, D), (A, E, D)]
+    t.set_controller_disjoint({D: [[A, E, D], [A, B, C, D]], C: []})
+    assert t.disjoint_paths(D, 8) == [(A, E, D), (A, B, C, D)]
+    assert t.disjoint_paths(D, 1) == [(A, E, D)]
+    assert t.disjoint_paths(C, 8) == [(A, B, C), (A, E, D, C)]  # none pushed: its own
+    t.link_down(C, D)  # a path of the pushed set is cut: the node computes its own
+    assert t.disjoint_paths(D, 8) == [(A, B, D), (A, E, D)]
+    t.link_up(C, D)
+    assert t.disjoint_paths(D, 8) == [(A, E, D), (A, B, C, D)]
+    t.set_controller_disjoint({})  # a new push without a set for D
+    assert t.disjoint_paths(D, 8) == [(A, B, D), (A, E, D)]
+
+
 async def test_a_relay_spends_what_routing_says_its_route_costs_in_link_key(line3: Net) -> None:
     [route] = line3[A].agent.routes()
     owned_before = {(x, y): line3.owned_ready_bytes(x, y) for x, y in [(A, B), (B, C)]}
