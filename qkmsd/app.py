@@ -156,6 +156,7 @@ class Node:
         self.peers: PeerManager | None = None
         self.supply: Etsi014Front | None = None
         self.direct: DirectLinkSource | None = None
+        self.e2e: DirectLinkSource | None = None
         self.status: NodeStatusMethods | None = None
         self.relay: RelayAgent | None = None
         self.controller: ControllerAgent | None = None
@@ -509,7 +510,7 @@ class Node:
                 )
 
             self.direct = direct = pool_source(qkd_link_to)
-            e2e = pool_source(e2e_link_to)
+            self.e2e = e2e = pool_source(e2e_link_to)
             relayed_source = RelayedPoolSource(
                 pools=e2e,
                 top_up=relay.top_up,

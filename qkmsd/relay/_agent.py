@@ -252,6 +252,7 @@ class RelayAgent:
         self._per_pool: dict[str, dict[str, float]] = {}
         self._seen: dict[str, collections.OrderedDict[int, None]] = {}
         self._shares: dict[tuple[str, int], tuple[dict[int, bytes], float]] = {}
+        self._hops_under_way = 0
         self._budgeted = False
         """A controller's budgets are in force (a set came, even an empty one): the link
         reserve is not kept, the allocation shares each link among all who draw on it."""
@@ -690,6 +691,24 @@ class RelayAgent:
     ) -> RelayRecord:
         """Relay ``payload`` (default: a fresh key) over ``path``; keep it when the destination
         confirms, unless it is one share of a split key (the caller keeps the whole)."""
+        self._hops_under_way += 1
+        try:
+            return await self._relaying_on(
+                pool, path, size, block_id=block_id, share=share, payload=payload
+            )
+        finally:
+            self._hops_under_way -= 1
+
+    async def _relaying_on(
+        self,
+        pool: _Pool,
+        path: list[str],
+        size: int,
+        *,
+        block_id: int | None,
+        share: tuple[int, int],
+        payload: bytes | None,
+    ) -> RelayRecord:
         split = payload is not None
         if block_id is None:
             block_id = await self._block_id(pool)
@@ -835,6 +854,13 @@ class RelayAgent:
 
     async def handle_hop(self, peer: str, hop: RelayHop) -> RelayResult:
         """Receive one hop from ``peer``: keep the key here or pass it on.  Never raises."""
+        self._hops_under_way += 1
+        try:
+            return await self._handle_hop(peer, hop)
+        finally:
+            self._hops_under_way -= 1
+
+    async def _handle_hop(self, peer: str, hop: RelayHop) -> RelayResult:
         role = "destination" if hop.hop == len(hop.path) - 1 else "intermediate"
         record = self._record(hop.relay_id, hop.e2e_link_id, list(hop.path), role, 0)
         try:
@@ -963,6 +989,11 @@ class RelayAgent:
             code=exc.code,
             error=str(exc)[:300],
         )
+
+    def hops_under_way(self) -> int:
+        """Relays this node is sending or hops it is handling now: until they end, link
+        key they spent at one end may not be consumed (or burnt) at the other yet."""
+        return self._hops_under_way
 
     def relays(self) -> list[RelayRecord]:
         """Recent relays, newest first."""

@@ -120,6 +120,8 @@ class DirectLinkSource:
         """Per target KME: burnt bytes not written to the store's kept burns yet."""
         self._loaded: set[str] = set()
         """Target KMEs whose kept burns (from before a restart) were read back."""
+        self._under_way = 0
+        """Reservations and burn notices being sent now."""
         self._reserve_timeout = reserve_timeout
         self._clock = clock
         self._stocks: dict[tuple[str, str], PairStock] = {}
@@ -218,6 +220,25 @@ class DirectLinkSource:
         there: list[str],
         expires_at: float,
         keep: int = 0,
+    ) -> list[CutKey]:
+        self._under_way += 1
+        try:
+            return await self._cutting_and_reserving(
+                master, target_kme, key_ids, size, here, there, expires_at, keep
+            )
+        finally:
+            self._under_way -= 1
+
+    async def _cutting_and_reserving(
+        self,
+        master: str,
+        target_kme: str,
+        key_ids: list[str],
+        size: int,
+        here: list[str],
+        there: list[str],
+        expires_at: float,
+        keep: int,
     ) -> list[CutKey]:
         link_id = self._link_to[target_kme]
         if not self._is_up(target_kme):  # cut nothing that could only be burnt
@@ -336,11 +357,14 @@ class DirectLinkSource:
             for start in range(0, len(chunk_all), MAX_IDS_PER_MESSAGE):
                 chunk = chunk_all[start : start + MAX_IDS_PER_MESSAGE]
                 refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
+                self._under_way += 1
                 try:
                     sent = await self._send(target_kme, SupplyBurn(link_id=link_id, segments=refs))
                 except BaseException:
                     self._note_burnt(target_kme, chunk_all[start:])  # not told: keep it
                     raise
+                finally:
+                    self._under_way -= 1
                 if sent:
                     if not resent:
                         self._sent_once.setdefault(target_kme, []).extend(chunk)
@@ -355,6 +379,12 @@ class DirectLinkSource:
                 if attempts > 3 or not self._is_up(target_kme):
                     return
                 break
+
+    def unsettled(self) -> int:
+        """Reservations and burn notices being sent now, and burnt ranges waiting to be
+        told: until there are none, the neighbours' copies of link key cut or burnt here
+        may not be consumed yet."""
+        return self._under_way + sum(len(pending) for pending in self._burnt.values())
 
     async def _keep_burns(self, target_kme: str, link_id: str) -> None:
         unsaved = self._unsaved.pop(target_kme, None)

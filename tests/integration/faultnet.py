@@ -16,7 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,18 +267,61 @@ def compare_pool(net: FaultNet, link_id: str, last: int) -> PoolComparison:
     return PoolComparison(link_id, len(set(sa) | set(sb)), len(ready_both), unsettled, problems)
 
 
-async def settled_pools(net: FaultNet, lasts: dict[str, int]) -> dict[str, PoolComparison]:
+def under_way(net: FaultNet) -> list[str]:
+    """What, at any node, can leave link or relayed key spent at one end and not yet at
+    the other: relay hops being sent or handled, reservations and burn notices being
+    sent, burnt ranges not yet told.  Empty: the network is quiet."""
+    busy = []
+    for kme, node in net.nodes.items():
+        assert node.relay is not None and node.direct is not None and node.e2e is not None
+        if hops := node.relay.hops_under_way():
+            busy.append(f"{kme}: {hops} relay hops under way")
+        for pools, source in (("link", node.direct), ("relayed", node.e2e)):
+            if n := source.unsettled():
+                busy.append(f"{kme}: {n} {pools} reservations or burns not yet told")
+    return busy
+
+
+@dataclasses.dataclass
+class Settling:
+    """What ``settled_pools`` saw last: the network busy, or quiet with its comparison."""
+
+    busy: list[str] = dataclasses.field(default_factory=list)
+    busy_looks: int = 0
+    quiet_looks: int = 0
+    found: dict[str, PoolComparison] = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if self.busy:
+            return f"never quiet ({self.quiet_looks} quiet looks), last: {self.busy}; {self.found}"
+        return f"quiet, {self.quiet_looks} quiet looks, still differing: {self.found}"
+
+
+async def settled_pools(
+    net: FaultNet,
+    lasts: dict[str, int],
+    *,
+    busy: Callable[[FaultNet], list[str]] = under_way,
+    compare: Callable[[FaultNet, str, int], PoolComparison] = compare_pool,
+    seen: Settling | None = None,
+) -> dict[str, PoolComparison]:
     """Wait until every pool's ends agree up to its block in ``lasts``; the comparisons.
 
-    Transient differences (a confirm or a reservation in flight) pass; a lasting one is
-    a violation and shows in the caller's time-out, with the last comparison kept in
-    ``settled_pools.last`` for the message.
+    The ends are compared only while the network is quiet (``busy`` finds nothing under
+    way at any node): a relay hop, a reservation or a burn notice on the wire shows as a
+    difference that is not one.  A difference seen while quiet may still be a message
+    being applied, so the comparison is repeated; a lasting one is a violation and shows
+    in the caller's time-out, with what was seen last in ``seen``.
     """
+    seen = seen if seen is not None else Settling()
     while True:
-        found = {link: compare_pool(net, link, last) for link, last in lasts.items()}
-        settled_pools.last = found  # type: ignore[attr-defined]
-        if all(not c.unsettled and not c.problems for c in found.values()):
-            return found
+        seen.busy = busy(net)
+        seen.busy_looks += bool(seen.busy)
+        if not seen.busy:
+            seen.quiet_looks += 1
+            seen.found = {link: compare(net, link, last) for link, last in lasts.items()}
+            if all(not c.unsettled and not c.problems for c in seen.found.values()):
+                return seen.found
         await trio.sleep(0.05)
 
 
