@@ -20,6 +20,7 @@ import trio
 from cli.faultproxy import parse_spec
 
 from ..conftest import ConfigFactory
+from ..soaktable import Record
 from .faultnet import (
     FaultNet,
     Settling,
@@ -128,7 +129,7 @@ async def test_pools_agree_at_both_ends_after_each_fault(
 @pytest.mark.soak
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_soak_pools_agree_after_repeated_faults(
-    node_config: ConfigFactory, pki: Path, fault: str
+    node_config: ConfigFactory, pki: Path, fault: str, soak_table: Record
 ) -> None:
     cycles: list[Cycle] = []
     with trio.fail_after(SOAK_CYCLES * 60):
@@ -146,4 +147,13 @@ async def test_soak_pools_agree_after_repeated_faults(
         f" {sum(c.blocks for c in cycles)} blocks compared, 0 violations"
         f" (compared after {max(c.busy_looks for c in cycles)} looks at most at a network"
         " with relays, reservations or burns under way)"
+    )
+    soak_table(
+        tried=f"`{fault}` on all three sessions of a line of three nodes (two links and a"
+        f" relayed pool) while SAEs ask, {SOAK_FAULT_S:g} s a cycle, then heal and compare"
+        " both ends of every pool",
+        cases=f"{len(cycles)} cycles, {sum(c.faults for c in cycles)} faults injected",
+        found=f"{sum(c.keys for c in cycles)} keys delivered and retrieved,"
+        f" {sum(c.refused for c in cycles)} refused (503), {sum(c.blocks for c in cycles)}"
+        " blocks compared; 0 violations",
     )
