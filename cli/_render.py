@@ -51,7 +51,21 @@ def path_text(path: Sequence[str]) -> str:
 
 
 def routes_table(result: dict[str, Any]) -> str:
-    """A node's ``routes`` answer: one row a destination."""
+    """A node's ``routes`` answer: one row a destination; then, for pools that split or
+    spread their keys, the node-disjoint paths they use now."""
+    text = _single_routes(result)
+    split = result.get("split") or []
+    if split:
+        rows = [
+            [s["destination"], " | ".join(path_text(p) for p in s["paths"]) or "-", s["source"]]
+            for s in split
+        ]
+        text += "\n\nnode-disjoint paths (split or spread keys):\n"
+        text += table(["destination", "paths", "source"], rows)
+    return text
+
+
+def _single_routes(result: dict[str, Any]) -> str:
     return table(
         ["destination", "path", "hops", "source", "cost", "age", "held"],
         [

@@ -196,7 +196,7 @@ class NodeStatusMethods:
         return {"links": _plain(await self._keys.links_status())}
 
     async def routes(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"routes": _plain(self._relay.routes())}
+        return {"routes": _plain(self._relay.routes()), "split": _plain(self._relay.split_paths())}
 
     async def relays(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"relays": _plain(self._relay.relays())}

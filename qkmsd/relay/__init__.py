@@ -1,6 +1,13 @@
 """Key relay: keys between nodes with no QKD link, one-time padded hop by hop."""
 
-from ._agent import RelayAgent, RelayFailed, RelayPoolStatistics, RelayRecord, RelayStatistics
+from ._agent import (
+    RelayAgent,
+    RelayFailed,
+    RelayPoolStatistics,
+    RelayRecord,
+    RelayStatistics,
+    SplitPaths,
+)
 from ._driver import RelayedKeys
 from ._routes import Route, RoutingTable
 
@@ -13,4 +20,5 @@ __all__ = [
     "RelayedKeys",
     "Route",
     "RoutingTable",
+    "SplitPaths",
 ]

@@ -139,6 +139,15 @@ class RelayStatistics(msgspec.Struct, frozen=True):
     """Link key this node spent on hops it sent: pads and MAC keys."""
 
 
+class SplitPaths(msgspec.Struct, frozen=True):
+    """A multi-path pool's node-disjoint paths to its far end, as the node would use them."""
+
+    destination: str
+    paths: list[list[str]]
+    source: str
+    """``controller`` (its pushed set) or ``computed`` (this node's own graph)."""
+
+
 class RelayPoolStatistics(msgspec.Struct, frozen=True):
     """One end-to-end pool's relays since the node started (``qkmsctl perf relay``)."""
 
@@ -1001,6 +1010,21 @@ class RelayAgent:
 
     def routes(self) -> list[Route]:
         return self._routes.routes(sorted(p.config.peer for p in self._pools.values()))
+
+    def split_paths(self) -> list[SplitPaths]:
+        """For each pool that splits or spreads its keys, the node-disjoint paths it would
+        use now, and whether they are the controller's set."""
+        out = []
+        for pool in sorted(self._pools.values(), key=lambda p: p.config.peer):
+            if pool.config.paths <= 1 and not pool.config.spread:
+                continue
+            peer = pool.config.peer
+            limit = MAX_RELAY_SHARES if pool.config.spread else pool.config.paths
+            paths = self._routes.disjoint_paths(peer, limit)
+            pushed = self._routes.pushed_disjoint(peer)
+            source = "controller" if paths and set(paths) <= set(pushed) else "computed"
+            out.append(SplitPaths(peer, [list(p) for p in paths], source))
+        return out
 
     @property
     def block_bits(self) -> int:

@@ -102,6 +102,26 @@ def test_routes_prints_one_row_a_destination_with_its_path(short_dir: Path) -> N
     assert node.requests == [("routes", {})]
 
 
+def test_routes_shows_the_node_disjoint_paths_of_pools_that_split_keys(short_dir: Path) -> None:
+    sock = short_dir / "admin.sock"
+    split = [
+        {
+            "destination": "KME3",
+            "paths": [["KME1", "KME2", "KME3"], ["KME1", "KME4", "KME3"]],
+            "source": "controller",
+        }
+    ]
+    with fake_admin(sock, {"routes": {**ROUTES, "split": split}}):
+        result = invoke("routes", "--socket", str(sock))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "node-disjoint paths (split or spread keys):" in lines
+    assert lines[-1].split() == [
+        *("KME3", "KME1", "->", "KME2", "->", "KME3", "|", "KME1", "->", "KME4", "->", "KME3"),
+        "controller",
+    ]
+
+
 def test_routes_json_is_the_daemon_s_answer(short_dir: Path) -> None:
     sock = short_dir / "admin.sock"
     with fake_admin(sock, {"routes": ROUTES}):

@@ -276,6 +276,10 @@ async def test_a_pool_that_splits_keys_gets_the_controller_s_disjoint_set_and_sp
             assert routes["KME_C", "KME_A"].disjoint == [] and not table_c.pushed_disjoint("KME_A")
             relay_a = r.nodes["KME_A"].relay
             assert relay_a is not None
+            # What `qkmsctl routes` shows: the pool's paths now, and that they are pushed.
+            [split] = relay_a.split_paths()
+            assert (split.destination, split.source) == ("KME_C", "controller")
+            assert sorted(map(tuple, split.paths)) == both
             # A splits each key over both sides of the ring.
             await wait_for(
                 lambda: (
