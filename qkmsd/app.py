@@ -733,7 +733,15 @@ class Node:
                     )
                 if cfg.metrics_listen is not None:
                     self.metrics_port = await self._start_metrics(
-                        nursery, status, state, profile_agent
+                        nursery,
+                        MetricsSources(
+                            status.node_status,
+                            state.statistics,
+                            state.alarms,
+                            profile_agent.statuses,
+                            relay_pools=relay.pool_statistics,
+                            controller=service.statistics if service is not None else None,
+                        ),
                     )
                 if cfg.dashboard_listen is not None or cfg.dashboard_tls_listen is not None:
                     board = Dashboard(
@@ -816,18 +824,10 @@ class Node:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
         return port
 
-    async def _start_metrics(
-        self,
-        nursery: trio.Nursery,
-        status: NodeStatusMethods,
-        state: StateAgent,
-        profiles: ProfileAgent,
-    ) -> int:
+    async def _start_metrics(self, nursery: trio.Nursery, sources: MetricsSources) -> int:
         listen = self.config.metrics_listen
         assert listen is not None
-        handler = metrics_handler(
-            MetricsSources(status.node_status, state.statistics, state.alarms, profiles.statuses)
-        )
+        handler = metrics_handler(sources)
         try:
             port: int = await nursery.start(
                 partial(serve_tcp_plain, name="metrics", limits=metrics.LIMITS),
