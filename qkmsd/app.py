@@ -649,15 +649,17 @@ class Node:
 
             async def add_device(link: LinkConfig) -> None:
                 """A device registered at runtime: its driver runs and its key is served like
-                a configured link's (relays take the link from the next start)."""
+                a configured link's, and relays take it at once."""
                 end = LinkEnd(link.link_id, cfg.node_id, link.peer)
                 driver = driver_class(link.driver)(end, link.params)
                 qkd_link_to[link.peer] = link.link_id
                 all_link_to.setdefault(link.peer, link.link_id)
                 link_ids.add(link.link_id)
                 await keys.add_link(link.link_id, link.peer, driver)
+                relay.add_link(link.peer, link.link_id)
 
             async def remove_device(link_id: str, peer: str) -> None:
+                relay.remove_link(peer, link_id)
                 await keys.remove_link(link_id)
                 for alarm in state.alarms():  # nothing reads the link any more to clear them
                     if alarm.resource == link_id:
