@@ -169,6 +169,8 @@ class Node:
         self.state: StateAgent | None = None
         self.perf: PerfAgent | None = None
         self.profiles: ProfileAgent | None = None
+        self.metrics: MetricsSources | None = None
+        """What a Prometheus scrape reads (also without ``[listen] metrics``)."""
         self.metrics_port: int | None = None
         self.dashboard_port: int | None = None
         self.dashboard_tls_port: int | None = None
@@ -733,18 +735,16 @@ class Node:
                     status.api = Api(
                         f"{cfg.api_listen.host}:{self.api_port}", front, direct, self.api_handshakes
                     )
+                self.metrics = MetricsSources(
+                    status.node_status,
+                    state.statistics,
+                    state.alarms,
+                    profile_agent.statuses,
+                    relay_pools=relay.pool_statistics,
+                    controller=service.statistics if service is not None else None,
+                )
                 if cfg.metrics_listen is not None:
-                    self.metrics_port = await self._start_metrics(
-                        nursery,
-                        MetricsSources(
-                            status.node_status,
-                            state.statistics,
-                            state.alarms,
-                            profile_agent.statuses,
-                            relay_pools=relay.pool_statistics,
-                            controller=service.statistics if service is not None else None,
-                        ),
-                    )
+                    self.metrics_port = await self._start_metrics(nursery, self.metrics)
                 if cfg.dashboard_listen is not None or cfg.dashboard_tls_listen is not None:
                     board = Dashboard(
                         DashboardSources(
