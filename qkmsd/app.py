@@ -170,6 +170,8 @@ class Node:
         self.state: StateAgent | None = None
         self.perf: PerfAgent | None = None
         self.profiles: ProfileAgent | None = None
+        self.metrics: MetricsSources | None = None
+        """What a Prometheus scrape reads (also without ``[listen] metrics``)."""
         self.metrics_port: int | None = None
         self.dashboard_port: int | None = None
         self.dashboard_tls_port: int | None = None
@@ -654,15 +656,17 @@ class Node:
 
             async def add_device(link: LinkConfig) -> None:
                 """A device registered at runtime: its driver runs and its key is served like
-                a configured link's (relays take the link from the next start)."""
+                a configured link's, and relays take it at once."""
                 end = LinkEnd(link.link_id, cfg.node_id, link.peer)
                 driver = driver_class(link.driver)(end, link.params)
                 qkd_link_to[link.peer] = link.link_id
                 all_link_to.setdefault(link.peer, link.link_id)
                 link_ids.add(link.link_id)
                 await keys.add_link(link.link_id, link.peer, driver)
+                relay.add_link(link.peer, link.link_id)
 
             async def remove_device(link_id: str, peer: str) -> None:
+                relay.remove_link(peer, link_id)
                 await keys.remove_link(link_id)
                 for alarm in state.alarms():  # nothing reads the link any more to clear them
                     if alarm.resource == link_id:
@@ -736,10 +740,16 @@ class Node:
                     status.api = Api(
                         f"{cfg.api_listen.host}:{self.api_port}", front, direct, self.api_handshakes
                     )
+                self.metrics = MetricsSources(
+                    status.node_status,
+                    state.statistics,
+                    state.alarms,
+                    profile_agent.statuses,
+                    relay_pools=relay.pool_statistics,
+                    controller=service.statistics if service is not None else None,
+                )
                 if cfg.metrics_listen is not None:
-                    self.metrics_port = await self._start_metrics(
-                        nursery, status, state, profile_agent
-                    )
+                    self.metrics_port = await self._start_metrics(nursery, self.metrics)
                 if cfg.dashboard_listen is not None or cfg.dashboard_tls_listen is not None:
                     board = Dashboard(
                         DashboardSources(
@@ -821,18 +831,10 @@ class Node:
             raise StartupError(f"ETSI 014 API {cfg.api_listen}: {exc.strerror or exc}") from None
         return port
 
-    async def _start_metrics(
-        self,
-        nursery: trio.Nursery,
-        status: NodeStatusMethods,
-        state: StateAgent,
-        profiles: ProfileAgent,
-    ) -> int:
+    async def _start_metrics(self, nursery: trio.Nursery, sources: MetricsSources) -> int:
         listen = self.config.metrics_listen
         assert listen is not None
-        handler = metrics_handler(
-            MetricsSources(status.node_status, state.statistics, state.alarms, profiles.statuses)
-        )
+        handler = metrics_handler(sources)
         try:
             port: int = await nursery.start(
                 partial(serve_tcp_plain, name="metrics", limits=metrics.LIMITS),

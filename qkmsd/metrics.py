@@ -2,17 +2,19 @@
 plain HTTP on ``[listen] metrics`` (our HTTP shell, ``prometheus_client``'s text format).
 
 No global state: each scrape gathers one snapshot (the node status that ``qkmsctl status``
-shows, and the state agent's alarms), builds a fresh ``CollectorRegistry`` holding one
-collector over that snapshot, and renders it.  Only counts, levels, states and QBER are
-exported, labelled by node, link and peer ids and alarm codes: never key
-material, key ids or block ids.  The metric names are listed in ``docs/operations.md``.
+shows, the state agent's alarms, the relay agent's per-pool counters and, on the node
+holding the controller role, the controller's own counters), builds a fresh
+``CollectorRegistry`` holding one collector over that snapshot, and renders it.  Only
+counts, levels, states and QBER are exported, labelled by node, link, pool and peer ids
+and alarm codes: never key material, key ids or block ids.  The metric names are listed
+in ``docs/operations.md`` (a test checks the list against what is exported).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,11 +22,13 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 
 from .http import Limits, Request, Response
 from .log import get_logger
 from .profiles import ProfileStatus
+from .relay import RelayPoolStatistics
 from .state import AlarmView, StateStatistics
 from .status import NodeStatus
 
@@ -42,6 +46,14 @@ class Snapshot:
     alarms: StateStatistics | None = None
     active: tuple[AlarmView, ...] = ()
     profiles: tuple[ProfileStatus, ...] = ()
+    relay_pools: Mapping[str, RelayPoolStatistics] = dataclasses.field(default_factory=dict)
+    """Per end-to-end pool (by link id), its relays (``RelayAgent.pool_statistics()``)."""
+    controller_eligible: bool = False
+    """True on a node that may hold the controller role."""
+    controller: Mapping[str, float] | None = None
+    """The controller's own counters while this node holds the role, else None
+    (``ControllerService.statistics()``: ``reports``, ``reports_refused``, ``nodes_alive``,
+    ``alarm_events``)."""
 
 
 @dataclasses.dataclass
@@ -52,6 +64,9 @@ class MetricsSources:
     alarm_statistics: Callable[[], StateStatistics] | None = None
     alarms: Callable[[], list[AlarmView]] | None = None
     profiles: Callable[[], list[ProfileStatus]] | None = None
+    relay_pools: Callable[[], Mapping[str, RelayPoolStatistics]] | None = None
+    controller: Callable[[], Mapping[str, float] | None] | None = None
+    """None on a node not eligible for the controller role."""
 
     async def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -59,6 +74,9 @@ class MetricsSources:
             alarms=self.alarm_statistics() if self.alarm_statistics else None,
             active=tuple(self.alarms()) if self.alarms else (),
             profiles=tuple(self.profiles()) if self.profiles else (),
+            relay_pools=self.relay_pools() if self.relay_pools else {},
+            controller_eligible=self.controller is not None,
+            controller=self.controller() if self.controller else None,
         )
 
 
@@ -78,9 +96,11 @@ class NodeCollector:
         yield from self._peers(s)
         yield from self._links(s)
         yield from self._store_and_relay(s)
+        yield from self._relay_pools()
         yield from self._api(s)
         yield from self._alarms()
         yield from self._profiles()
+        yield from self._controller()
 
     def _peers(self, s: NodeStatus) -> Iterable[Metric]:
         up = GaugeMetricFamily(
@@ -169,6 +189,70 @@ class NodeCollector:
             _counter("qkms_relay_hops_refused", "Relay hops refused.", r.hops_refused),
             _counter("qkms_relay_bits", "End-to-end key bits relayed.", r.bits_relayed),
             _counter("qkms_relay_link_bits_spent", "Link key spent on hops.", r.link_bits_spent),
+        ]
+
+    def _relay_pools(self) -> Iterable[Metric]:
+        label = ["pool"]
+        confirmed = CounterMetricFamily(
+            "qkms_relay_pool_relays_confirmed",
+            "Relays this node started into the end-to-end pool that the destination confirmed.",
+            labels=label,
+        )
+        failed = CounterMetricFamily(
+            "qkms_relay_pool_relays_failed",
+            "Relays this node started into the end-to-end pool that failed.",
+            labels=label,
+        )
+        bits = CounterMetricFamily(
+            "qkms_relay_pool_bits",
+            "End-to-end key bits relayed into the pool (started here, confirmed).",
+            labels=label,
+        )
+        latency = SummaryMetricFamily(
+            "qkms_relay_pool_latency_seconds",
+            "Start-to-confirm time of the pool's confirmed relays.",
+            labels=label,
+        )
+        spent = CounterMetricFamily(
+            "qkms_relay_pool_link_bits_spent",
+            "Link key this node spent on the pool's hops (as source or intermediate).",
+            labels=label,
+        )
+        for pool, p in sorted(self._s.relay_pools.items()):
+            confirmed.add_metric([pool], p.relays_confirmed)
+            failed.add_metric([pool], p.relays_failed)
+            bits.add_metric([pool], p.bits_relayed)
+            latency.add_metric([pool], count_value=p.relays_confirmed, sum_value=p.latency_s_total)
+            spent.add_metric([pool], p.link_bits_spent)
+        return [confirmed, failed, bits, latency, spent]
+
+    def _controller(self) -> Iterable[Metric]:
+        if not self._s.controller_eligible:
+            return []
+        c = self._s.controller
+        leading = _gauge(
+            "qkms_controller_leading",
+            "1 while this node holds the controller role (on nodes eligible for it).",
+            0 if c is None else 1,
+        )
+        if c is None:
+            return [leading]
+        return [
+            leading,
+            _counter("qkms_controller_reports", "Node reports taken.", c["reports"]),
+            _counter(
+                "qkms_controller_reports_refused", "Node reports refused.", c["reports_refused"]
+            ),
+            _gauge(
+                "qkms_controller_nodes_alive",
+                "Nodes that reported within three report periods.",
+                c["nodes_alive"],
+            ),
+            _gauge(
+                "qkms_controller_alarm_events",
+                "Alarm events kept in the network's alarm history.",
+                c["alarm_events"],
+            ),
         ]
 
     def _api(self, s: NodeStatus) -> Iterable[Metric]:

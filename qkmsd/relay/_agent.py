@@ -311,6 +311,25 @@ class RelayAgent:
         if self._routes.link_up(a, b, reason):
             log.info("relay.link_up", link=link_id, reason=reason)
 
+    def add_link(self, peer: str, link_id: str) -> None:
+        """A QKD link with ``peer`` registered while the node runs: relays take it from now
+        on (paths start over it, hops from ``peer`` on ``link_id`` are taken).  Without a
+        session with ``peer`` the link is marked down until ``peer_up``."""
+        self._link_to[peer] = link_id
+        self._routes.add_neighbour(peer)
+        if not self._is_up(peer):
+            self._routes.link_down(self.node_id, peer)
+        log.info("relay.link_added", peer=peer, link=link_id)
+
+    def remove_link(self, peer: str, link_id: str) -> None:
+        """QKD link ``link_id`` with ``peer`` removed while the node runs: no relay takes it
+        any more.  Nothing if it is not the link this node uses with ``peer``."""
+        if self._link_to.get(peer) != link_id:
+            return
+        del self._link_to[peer]
+        self._routes.remove_neighbour(peer)
+        log.info("relay.link_removed", peer=peer, link=link_id)
+
     def _link_ends(self, link_id: str) -> tuple[str, str]:
         a, sep, b = link_id.partition("~")
         if not sep or self.node_id not in (a, b):

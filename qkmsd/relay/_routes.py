@@ -23,6 +23,9 @@ path is tried again after a heal without any news from the far side, and at once
 relay or a share gets through on it (``release``): with every path held, a split goes
 over all of them, and the ones that worked must not stay held with the one that did not.
 
+The QKD neighbours are those of the start, plus links registered while the node runs
+(``add_neighbour``), less those removed (``remove_neighbour``).
+
 ``qkmsd.routing`` computes the paths, every hop at cost 1 since this table has no link
 states: its least-cost route and alternates (Yen's algorithm) and its node-disjoint route
 sets.  A link marked down is taken out of its graph until it is up again.
@@ -129,6 +132,30 @@ class RoutingTable:
     def has_route(self, destination: str) -> bool:
         """Whether a manual or controller route to ``destination`` is known here."""
         return destination in self._manual or bool(self._controller.get(destination))
+
+    # --- neighbours ------------------------------------------------------------------
+
+    def add_neighbour(self, peer: str) -> None:
+        """A QKD link with ``peer`` added while the node runs (a device registered):
+        computed paths may start over it from now on."""
+        if peer == self.node_id or peer in self._neighbours:
+            return
+        self._neighbours = self._neighbours | {peer}
+        self._graph.set_cost(self.node_id, peer, 1.0, 1.0)
+        self._entries.clear()
+
+    def remove_neighbour(self, peer: str) -> None:
+        """The QKD link with ``peer`` removed while the node runs: no path starts over it,
+        and its down marks and holds are forgotten (a link added again starts afresh)."""
+        if peer not in self._neighbours:
+            return
+        self._neighbours = self._neighbours - {peer}
+        link = frozenset((self.node_id, peer))
+        self._graph.remove_link(self.node_id, peer)
+        self._down.pop(link, None)
+        for path in [p for p in self._held if link in _links(p)]:
+            del self._held[path]
+        self._entries.clear()
 
     # --- failure news ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import trio.testing
 from protocol import CtlAck, CtlLink, CtlRelayLoad, CtlReport, ErrorCode
 from qkmsd.app import Node
 from qkmsd.controller import ControllerService, NoController
+from qkmsd.metrics import render
 
 from ..conftest import ConfigFactory
 
@@ -158,6 +159,18 @@ def controller_paths(node: Node, destination: str) -> list[list[str]]:
     return [r.path for r in node.routes.routes([destination]) if r.source == "controller"]
 
 
+async def scrape(node: Node) -> dict[str, float]:
+    """The node's Prometheus exposition, each sample by its name and labels."""
+    assert node.metrics is not None
+    text = render(await node.metrics.snapshot()).decode()
+    return {
+        name: float(value)
+        for name, value in (
+            line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")
+        )
+    }
+
+
 def report(node: str, links: list[CtlLink], **kwargs: Any) -> CtlReport:
     fields: dict[str, Any] = dict(
         id=0,
@@ -247,6 +260,19 @@ async def test_reports_build_the_topology_routes_reach_every_node_on_them_and_a_
             a_links = service.topology.nodes["KME_A"].links
             assert a_links["KME_A~KME_B"].qber != 0.9 and "KME_B~KME_C" not in a_links
             assert service.topology.nodes["KME_B"].links  # not emptied by A's report for B
+
+            # Prometheus: the controller's own figures where it runs, the pool's relays at A.
+            exported = await scrape(r.nodes[leader])
+            assert exported["qkms_controller_leading"] == 1
+            assert exported["qkms_controller_reports_total"] > 0
+            assert exported["qkms_controller_reports_refused_total"] >= len(bad)
+            assert 0 < exported["qkms_controller_nodes_alive"] <= len(NODES)
+            at_a = await scrape(r.nodes["KME_A"])
+            assert "qkms_controller_leading" not in at_a  # not eligible
+            assert at_a['qkms_relay_pool_relays_confirmed_total{pool="KME_A~KME_C"}'] >= 1
+            assert at_a['qkms_relay_pool_latency_seconds_sum{pool="KME_A~KME_C"}'] > 0
+            follower = next(n for n in ELIGIBLE if n != leader)
+            assert (await scrape(r.nodes[follower]))["qkms_controller_leading"] == 0
 
             # A cut link: its ends report it down, the controller routes round the other side.
             r.cut("KME_A", "KME_B")

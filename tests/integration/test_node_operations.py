@@ -197,6 +197,7 @@ async def test_a_device_registered_at_runtime_serves_key_and_stays_until_removed
             node_a, info_a, stop_a = await nursery.start(_node, cfg_a)
             sock = info_a.admin_socket
             assert (await admin(sock, "devices"))["devices"] == []
+            assert node_a.routes is not None and node_a.routes.paths("KME_B") == []
             register = {"link": LINK, "peer": "KME_B", "driver": "paired", "params": params}
             for wrong, problem in [
                 ({"peer": "KME_Z"}, "'KME_Z' is not in \\[peers\\].*add \\[peers.KME_Z\\]"),
@@ -210,6 +211,8 @@ async def test_a_device_registered_at_runtime_serves_key_and_stays_until_removed
             assert (device["link"], device["registered"]) == (LINK, True)
             await admin(info_b.admin_socket, "device_register", **{**register, "peer": "KME_A"})
             await _until_more_than(node_a, LINK, 0)  # synchronised with the other end: key
+            assert node_a.routes is not None  # relays take the link at once, without a restart
+            assert node_a.routes.paths("KME_B") == [("KME_A", "KME_B")]
             with pytest.raises(AdminError, match="registered already.*devices remove"):
                 await admin(sock, "device_register", **register)
 
@@ -230,6 +233,7 @@ async def test_a_device_registered_at_runtime_serves_key_and_stays_until_removed
                 await state.look()
                 await trio.sleep(0.1)
             assert (await admin(sock, "device_remove", link=LINK))["devices"] == []
+            assert node_a.routes is not None and node_a.routes.paths("KME_B") == []
             assert not any(a.resource == LINK for a in state.alarms())
             saved = json.loads((cfg_a.state_dir / "devices.json").read_text())
             assert saved == {"registered": {}, "stopped": []}

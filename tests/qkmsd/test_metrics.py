@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,7 +16,7 @@ from qkmsd.keymanager import LinkStatus
 from qkmsd.metrics import MetricsSources, Snapshot, metrics_handler, render
 from qkmsd.peers import PeerState
 from qkmsd.profiles import ProfileBook
-from qkmsd.relay import RelayStatistics
+from qkmsd.relay import RelayPoolStatistics, RelayStatistics
 from qkmsd.state import AlarmView, StateStatistics
 from qkmsd.status import ApiStatus, NodeStatus, SupplyStatistics
 from qkmsd.storethread import StoreStatistics
@@ -76,6 +80,25 @@ ALARMS = StateStatistics(
     faults=5,
     looks=9,
 )
+POOLS = {
+    "KME_A~KME_D": RelayPoolStatistics(
+        relays_confirmed=4,
+        relays_failed=1,
+        bits_relayed=4 * 2048,
+        latency_s_total=0.5,
+        link_bits_spent=3 * 4 * 2304,
+    )
+}
+CONTROLLER = {"reports": 120.0, "reports_refused": 2.0, "nodes_alive": 5.0, "alarm_events": 7.0}
+FULL = Snapshot(
+    STATUS,
+    ALARMS,
+    profiles=(),
+    relay_pools=POOLS,
+    controller_eligible=True,
+    controller=CONTROLLER,
+)
+"""Every family a node can export (profiles: see their own test)."""
 ACTIVE = (AlarmView("qber-high", "KME_A~KME_B", "major", 1.0, 1.0, 0.2, False, "stop-link"),)
 
 
@@ -137,10 +160,10 @@ def test_the_scrape_carries_every_agents_statistics() -> None:
 def test_only_counts_levels_states_and_qber_are_exported() -> None:
     """Every sample is a number labelled by ids, codes and states; none is a key, a key id
     or a block id (``newest_block_id`` is in the status, deliberately not here)."""
-    found = samples(render(Snapshot(STATUS, ALARMS, ACTIVE)).decode())
+    found = samples(render(dataclasses.replace(FULL, active=ACTIVE)).decode())
     allowed_labels = {
         "node", "version", "peer", "link", "driver", "state", "call", "severity", "code",
-        "resource", "acknowledged", "le",
+        "resource", "acknowledged", "le", "pool",
     }  # fmt: skip
     for name, labels in found:
         assert name.startswith("qkms_")
@@ -199,3 +222,69 @@ def test_each_key_profile_s_service_state_is_exported_under_its_name() -> None:
     assert {k for name, labels in found if name.startswith("qkms_profile") for k, _ in labels} == {
         "profile"
     }
+
+
+def test_each_relay_pool_s_relays_latency_and_link_key_are_exported_under_its_link_id() -> None:
+    found = samples(render(Snapshot(STATUS, relay_pools=POOLS)).decode())
+    pool = {"pool": "KME_A~KME_D"}
+    assert value(found, "qkms_relay_pool_relays_confirmed_total", **pool) == 4
+    assert value(found, "qkms_relay_pool_relays_failed_total", **pool) == 1
+    assert value(found, "qkms_relay_pool_bits_total", **pool) == 8192
+    assert value(found, "qkms_relay_pool_latency_seconds_count", **pool) == 4
+    assert value(found, "qkms_relay_pool_latency_seconds_sum", **pool) == 0.5
+    assert value(found, "qkms_relay_pool_link_bits_spent_total", **pool) == 27648
+    assert not any(name.startswith("qkms_controller") for name, _ in found)
+
+
+def test_the_controller_s_counters_are_exported_only_while_this_node_holds_the_role() -> None:
+    leading = samples(render(FULL).decode())
+    assert value(leading, "qkms_controller_leading") == 1
+    assert value(leading, "qkms_controller_reports_total") == 120
+    assert value(leading, "qkms_controller_reports_refused_total") == 2
+    assert value(leading, "qkms_controller_nodes_alive") == 5
+    assert value(leading, "qkms_controller_alarm_events") == 7
+    following = samples(render(dataclasses.replace(FULL, controller=None)).decode())
+    assert {name for name, _ in following if name.startswith("qkms_controller")} == {
+        "qkms_controller_leading"
+    }
+    assert value(following, "qkms_controller_leading") == 0
+    ineligible = samples(render(dataclasses.replace(FULL, controller_eligible=False)).decode())
+    assert not any(name.startswith("qkms_controller") for name, _ in ineligible)
+
+
+async def test_the_handler_reads_relay_pools_and_the_controller_at_each_scrape() -> None:
+    async def node_status() -> NodeStatus:
+        return STATUS
+
+    taken = [CONTROLLER, None]
+    handler = metrics_handler(
+        MetricsSources(node_status, relay_pools=lambda: POOLS, controller=lambda: taken.pop(0))
+    )
+    first = await _get(handler, "/metrics")
+    assert b'qkms_relay_pool_bits_total{pool="KME_A~KME_D"} 8192.0' in first
+    assert b"qkms_controller_leading 1.0" in first
+    assert b"qkms_controller_reports_total 120.0" in first
+    second = await _get(handler, "/metrics")
+    assert b"qkms_controller_leading 0.0" in second
+    assert b"qkms_controller_reports_total" not in second
+
+
+def _documented() -> set[str]:
+    """The metric names in docs/operations.md's table under "Prometheus metrics"."""
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = doc.split("### Prometheus metrics", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `qkms_")]
+    return {name for row in rows for name in re.findall(r"`(qkms_\w+)`", row.split("|")[1])}
+
+
+def test_the_operations_guide_lists_every_exported_family_and_no_other() -> None:
+    book = ProfileBook(node_id="KME_A", sae_kme={}, path=None, clock=lambda: 100.0)
+    book.add({"name": "gold", "node_pairs": ["KME_A~KME_B"]})
+    snapshot = dataclasses.replace(FULL, active=ACTIVE, profiles=tuple(book.statuses()))
+    exported = {
+        f"{family.name}_total" if family.type == "counter" else family.name
+        for family in text_string_to_metric_families(render(snapshot).decode())
+    }
+    documented = _documented()
+    assert exported - documented == set(), "exported, not in docs/operations.md"
+    assert documented - exported == set(), "in docs/operations.md, not exported"

@@ -180,3 +180,56 @@ async def test_a_share_that_got_through_ends_its_paths_hold(tmp_path: Path) -> N
         assert record.path == [A, D, C] and "#" not in record.relay_id
         held = {tuple(r.path): r.held_s for r in net[A].agent.routes()}
         assert held[(A, B, C)] > 0 and held[(A, D, C)] == 0
+
+
+# --- links added and removed while the node runs -------------------------------------------
+
+
+def test_a_neighbour_added_at_runtime_carries_paths_and_one_removed_carries_none() -> None:
+    # The topology does not know A~B yet: a device registered at A and B adds it.
+    table = RoutingTable(A, links=[(B, C), (C, D), (A, D)], manual={}, neighbours=[D])
+    assert table.paths(C) == [(A, D, C)]
+    table.add_neighbour(B)
+    assert table.paths(C) == [(A, B, C), (A, D, C)]
+    assert table.paths(B)[0] == (A, B)
+    table.link_down(A, D)
+    table.hold((A, D, C))
+    table.remove_neighbour(D)
+    assert table.paths(C) == [(A, B, C)]
+    assert table.links_down() == []  # a removed link's marks go with it
+    table.add_neighbour(D)  # added again: usable at once, not held or down
+    assert table.paths(C) == [(A, B, C), (A, D, C)]
+    assert table.disjoint_paths(C, 2) == [(A, B, C), (A, D, C)]
+
+
+async def test_a_relay_agent_takes_a_link_added_at_runtime_and_drops_one_removed(
+    tmp_path: Path,
+) -> None:
+    async with open_net(tmp_path, links=[(A, B), (B, C)], pools=[(A, C)]) as net:
+        net[A].agent.remove_link(B, link_id(A, B))
+        with pytest.raises(RelayFailed, match="no route to KME_C"):
+            await net[A].agent.relay(AC)
+        net[A].agent.remove_link(B, "KME_A~KME_B.other")  # not its link with B: nothing
+        net[A].agent.add_link(B, link_id(A, B))
+        record = await net[A].agent.relay(AC)
+        assert record.state == "confirmed" and record.path == [A, B, C]
+        # B forgets its link with A: A's next hop on it is refused there.
+        net[B].agent.remove_link(A, link_id(A, B))
+        with pytest.raises(RelayFailed):
+            await net[A].agent.relay(AC)
+        net[B].agent.add_link(A, link_id(A, B))
+        assert (await net[A].agent.relay(AC)).state == "confirmed"
+
+
+async def test_a_link_added_without_a_session_is_down_until_the_peer_is_up(
+    tmp_path: Path,
+) -> None:
+    async with open_net(tmp_path, links=[(A, B), (B, C)], pools=[(A, C)]) as net:
+        net[A].agent.remove_link(B, link_id(A, B))
+        net.wire.down.add((A, B))
+        net[A].agent.add_link(B, link_id(A, B))
+        with pytest.raises(RelayFailed, match="no route"):
+            await net[A].agent.relay(AC)
+        net.wire.down.discard((A, B))
+        await net[A].agent.peer_up(B)
+        assert (await net[A].agent.relay(AC)).state == "confirmed"
