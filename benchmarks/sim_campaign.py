@@ -338,7 +338,7 @@ def main() -> int:
         doc = campaign(args.quick, max(1, args.jobs), out, sizes, args.resume)
         print(
             f"{len(doc['runs'])} runs, {doc['cpu_s_total']} CPU s, {doc['wall_s_total']} wall s"
-            f" -> {out.relative_to(ROOT)}"
+            f" -> {out.resolve()}"
         )
     print(table(doc))
     if not args.quick:
