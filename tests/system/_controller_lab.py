@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +23,8 @@ from typing import Any, TypeVar
 from cli._admin import AdminClient, AdminError
 from cli._lab import Lab
 from qkms_client import Etsi014Client, Etsi014Error
+
+from .labkit import Workers
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -115,7 +116,7 @@ def confirmed_relay(lab: Lab, source: str, path: list[str], since: float) -> flo
     return min(ends) if ends else None
 
 
-class SaePair:
+class SaePair(Workers):
     """``master`` gets keys for ``slave`` in a closed loop; ``slave`` fetches each by id.
 
     ``delivered`` holds the wall-clock times at which the slave got a key the master got
@@ -124,7 +125,10 @@ class SaePair:
     ``repeated`` key ids handed out twice (both must stay 0).
     """
 
+    join_s = 15.0
+
     def __init__(self, lab: Lab, master: str, slave: str) -> None:
+        super().__init__([()], name=f"sae-{master}")
         manifest = lab.manifest()
         self._ends = []
         for sae in (master, slave):
@@ -138,16 +142,6 @@ class SaePair:
         self.mismatches = 0
         self.repeated = 0
         self._ids: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"sae-{master}", daemon=True)
-
-    def __enter__(self) -> SaePair:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15.0)
 
     def since(self, t: float) -> list[float]:
         return [x for x in list(self.delivered) if x >= t]
@@ -167,11 +161,11 @@ class SaePair:
         _, _, url, entry = end
         return Etsi014Client(url, ca=self._ca, cert=entry["cert"], key=entry["key"], timeout=5.0)
 
-    def _run(self) -> None:
+    def work(self) -> None:
         (master, master_ns, _, _), (slave, slave_ns, _, _) = self._ends
         clients = [self._client(end) for end in self._ends]
         try:
-            while not self._stop.is_set():
+            while not self.stop.is_set():
                 asked = time.time()
                 try:
                     if master_ns:
@@ -191,7 +185,7 @@ class SaePair:
                         self.delivered.append(time.time())
                 except Etsi014Error as exc:
                     self.errors.append((time.time(), type(exc).__name__))
-                    self._stop.wait(0.05)
+                    self.stop.wait(0.05)
         finally:
             for client in clients:
                 client.close()

@@ -53,7 +53,7 @@ from qkms_client import (
 )
 
 from ..soaktable import Record
-from .labkit import admin, client, wait_until
+from .labkit import Workers, admin, client, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -149,35 +149,20 @@ class SaeRecords:
         return out
 
 
-class Traffic:
+class Traffic(Workers):
     """One thread per master SAE, asking in turn for keys to each other SAE; the slave
     fetches about half of them at once, the rest at the end (``fetch_rest``)."""
 
+    join_s = 60.0
+
     def __init__(self, manifest: dict[str, Any], seed: int) -> None:
+        saes = sorted(manifest["saes"])
+        super().__init__([(sae, seed + i) for i, sae in enumerate(saes)], name="sae")
         self.manifest = manifest
-        self.saes = sorted(manifest["saes"])
+        self.saes = saes
         self.records = SaeRecords()
-        self.stop = threading.Event()
-        self.failures: list[BaseException] = []
-        self.threads = [
-            threading.Thread(target=self._run, args=(sae, seed + i), daemon=True)
-            for i, sae in enumerate(self.saes)
-        ]
 
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-        assert not any(t.is_alive() for t in self.threads), "the SAE traffic did not stop"
-        if self.failures:
-            raise self.failures[0]
-
-    def _run(self, master: str, seed: int) -> None:
+    def work(self, master: str, seed: int) -> None:
         rng = random.Random(seed)
         clients: dict[str, Etsi014Client] = {
             sae: client(self.manifest, sae, timeout=15.0) for sae in self.saes
@@ -188,8 +173,6 @@ class Traffic:
                     if slave != master and not self.stop.is_set():
                         self._exchange(clients[master], clients[slave], master, slave, rng)
                 time.sleep(0.05)
-        except BaseException as exc:  # an assertion in a thread: handed to the test
-            self.failures.append(exc)
         finally:
             for c in clients.values():
                 c.close()

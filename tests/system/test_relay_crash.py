@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,7 @@ from cli._topology import Topology, load_topology, topology_from_mapping
 from qkms_client import BadRequest, Etsi014Error, ServiceUnavailable
 
 from ..soaktable import Record
-from .labkit import admin, client, wait_until
+from .labkit import Workers, admin, client, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -100,30 +99,16 @@ class SaeKeys:
         self.slave_client.close()
 
 
-class RelayLoop:
+class RelayLoop(Workers):
     """``relay_test`` calls in a loop, one thread per (source, destination) pair."""
 
     def __init__(self, lab: Lab, pairs: Sequence[tuple[str, str]]) -> None:
+        super().__init__(pairs, name="relay-loop")
         self.lab = lab
         self.ok = 0
         self.failed = 0
-        self.stop = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._run, args=pair, daemon=True) for pair in pairs
-        ]
 
-    def __enter__(self) -> RelayLoop:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-        assert not any(t.is_alive() for t in self.threads), "the relay loop did not stop"
-
-    def _run(self, source: str, destination: str) -> None:
+    def work(self, source: str, destination: str) -> None:
         while not self.stop.is_set():
             try:
                 admin(self.lab, source, "relay_test", destination=destination, bytes=2048)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import tomllib
 
@@ -11,6 +10,8 @@ import pytest
 from cli._lab import Lab
 from cli._topology import topology_from_mapping
 from qkms_client import Etsi014Client, Etsi014Error
+
+from .labkit import Workers
 
 pytestmark = pytest.mark.system
 
@@ -31,15 +32,15 @@ kme = "KME_B"
 """
 
 
-class Traffic:
+class Traffic(Workers):
     """One SAE pair asking for keys in a loop; what each side got, by key id."""
 
     def __init__(self, manifest: dict[str, object]) -> None:
+        super().__init__([()], name="sae-pair")
         self.manifest = manifest
         self.master: dict[str, bytes] = {}
         self.slave: dict[str, bytes] = {}
-        self.failures = 0
-        self.stop = threading.Event()
+        self.refused = 0
 
     def client(self, sae: str) -> Etsi014Client:
         saes = self.manifest["saes"]
@@ -54,7 +55,7 @@ class Traffic:
             timeout=10.0,
         )
 
-    def run(self) -> None:
+    def work(self) -> None:
         master, slave = self.client("SAE_A"), self.client("SAE_B")
         while not self.stop.is_set():
             try:
@@ -65,7 +66,7 @@ class Traffic:
                 fetched = slave.get_key_with_ids("SAE_A", [k.key_id for k in got])
                 self.slave.update((k.key_id, k.key) for k in fetched)
             except Etsi014Error:
-                self.failures += 1  # a KME is down or restarting: expected here
+                self.refused += 1  # a KME is down or restarting: expected here
                 time.sleep(0.05)
 
     def delivered(self) -> int:
@@ -84,20 +85,13 @@ def test_no_key_is_served_twice_and_both_ends_agree_across_kill_9_of_either_kme(
 ) -> None:
     topo = topology_from_mapping(tomllib.loads(TOPOLOGY), label="embedded")
     manifest = lab.up(topo)
-    traffic = Traffic(manifest)
-    worker = threading.Thread(target=traffic.run, daemon=True)
-    worker.start()
-    try:
+    with Traffic(manifest) as traffic:
         wait_for_more(traffic, 0)
         for victim in ("KME_A", "KME_B", "KME_A"):
             lab.kill(victim)
             time.sleep(0.3)
             lab.start(victim)
             wait_for_more(traffic, traffic.delivered())
-    finally:
-        traffic.stop.set()
-        worker.join(timeout=30)
-    assert not worker.is_alive()
     # No reuse: every key delivered to the master is distinct bits under a distinct id.
     assert len(set(traffic.master.values())) == len(traffic.master)
     # Agreement: whatever the slave fetched is exactly what the master got for that id.
