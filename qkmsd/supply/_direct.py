@@ -146,6 +146,8 @@ class DirectLinkSource:
         store (in a batch, every ``BURN_RESEND_S``)."""
         self._loaded: set[str] = set()
         """Target KMEs whose kept burns (from before a restart) were read back."""
+        self._not_taken: set[str] = set()
+        """Target KMEs whose last answer to a burn was a refusal to retry later."""
         self.burns_acked = 0
         """Burnt ranges the neighbours acknowledged (or refused for good)."""
         self.burns_dropped = 0
@@ -478,10 +480,14 @@ class DirectLinkSource:
                 return
             assert isinstance(result, SupplyResult)
             if not result.ok and result.code != ErrorCode.SEGMENT_REFUSED:
-                # Its store failed, or it does not know the link (yet): told again later.
-                log.warning("supply.burn_not_taken", peer=target_kme, code=result.code)
+                # Its store failed, or it does not know the link (yet): told again later,
+                # said once until it takes one (no line every BURN_RESEND_S).
+                if target_kme not in self._not_taken:
+                    self._not_taken.add(target_kme)
+                    log.warning("supply.burn_not_taken", peer=target_kme, code=result.code)
                 self._note_burnt(target_kme, chunk)
                 return
+            self._not_taken.discard(target_kme)
             if not result.ok:  # ranges no burn can apply to: telling again would not help
                 log.error("supply.burn_refused", peer=target_kme, error=result.message[:200])
             self.burns_acked += len(chunk)
