@@ -159,7 +159,7 @@ class SupplyReserve(_Message, tag="supply.reserve", frozen=True):
     ]
 
 
-class SupplyBurn(_Message, tag="supply.burn", frozen=True):
+class SupplyBurn(_Message, tag="supply.burn", frozen=True, omit_defaults=True):
     """These bytes of our blocks of ``link_id`` were spent here for keys you never recorded
     or a relay hop that got no answer: consume them too, so that your copy of a block we
     used up is used up as well.  Segments you already used are skipped.
@@ -168,7 +168,8 @@ class SupplyBurn(_Message, tag="supply.burn", frozen=True):
     request, answered by ``SupplyResult`` with the same ``id`` once the burn is durable
     (``ok``), or refused with a code (``unknown-link``; ``segment-refused`` for ranges
     outside their blocks or in blocks the sender does not own).  Without one (older
-    peers) it is one-way."""
+    peers) it is one-way, and encoded with no ``id`` key at all: an older decoder
+    refuses fields it does not know."""
 
     link_id: LinkId
     segments: Annotated[

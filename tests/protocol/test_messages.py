@@ -259,6 +259,9 @@ def test_a_burn_from_an_older_peer_has_no_id_and_one_with_an_id_is_a_request() -
     body = msgpack.packb({"type": "supply.burn", "link_id": "A~B", "segments": [[1, 0, 8]]})
     burn = PEER_DECODER.from_wire(body)
     assert burn == SupplyBurn(link_id="A~B", segments=[SegmentRef(1, 0, 8)]) and burn.id is None
+    # What an older peer gets: exactly the keys it knows (its decoder refuses others).
+    assert set(msgpack.unpackb(to_wire(burn))) == {"type", "link_id", "segments"}
+    assert msgpack.unpackb(to_wire(msgspec.structs.replace(burn, id=5)))["id"] == 5
     assert REPLY_TYPES[SupplyBurn] is SupplyResult
     assert FEATURE_BURN_ACK in PEER_FEATURES
 
