@@ -28,6 +28,10 @@ from ._limits import (
 )
 
 PROTOCOL_VERSIONS: Final = (1,)
+FEATURE_BURN_ACK: Final = "supply.burn-ack"
+"""In a ``Hello``: this node answers a ``SupplyBurn`` that carries an ``id``."""
+PEER_FEATURES: Final = (FEATURE_BURN_ACK,)
+"""The features this version announces in its ``Hello``."""
 
 NodeId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=NODE_ID_MAX_LENGTH, pattern=NODE_ID_PATTERN)
@@ -155,15 +159,23 @@ class SupplyReserve(_Message, tag="supply.reserve", frozen=True):
     ]
 
 
-class SupplyBurn(_Message, tag="supply.burn", frozen=True):
-    """These bytes of our blocks of ``link_id`` were cut for keys you never recorded (the
-    reservation failed or went unanswered): consume them too, so that your copy of a
-    block we used up is used up as well.  One-way; segments you already used are skipped."""
+class SupplyBurn(_Message, tag="supply.burn", frozen=True, omit_defaults=True):
+    """These bytes of our blocks of ``link_id`` were spent here for keys you never recorded
+    or a relay hop that got no answer: consume them too, so that your copy of a block we
+    used up is used up as well.  Segments you already used are skipped.
+
+    With an ``id`` (sent only to a peer whose ``Hello`` lists ``FEATURE_BURN_ACK``) it is a
+    request, answered by ``SupplyResult`` with the same ``id`` once the burn is durable
+    (``ok``), or refused with a code (``unknown-link``; ``segment-refused`` for ranges
+    outside their blocks or in blocks the sender does not own).  Without one (older
+    peers) it is one-way, and encoded with no ``id`` key at all: an older decoder
+    refuses fields it does not know."""
 
     link_id: LinkId
     segments: Annotated[
         list[SegmentRef], msgspec.Meta(min_length=1, max_length=MAX_IDS_PER_MESSAGE)
     ]
+    id: U63 | None = None
 
 
 class SupplyResult(_Message, tag="supply.result", frozen=True):
@@ -679,6 +691,7 @@ PEER_MESSAGE_TYPES: Final = (
 
 PeerRequest: TypeAlias = (
     SupplyReserve
+    | SupplyBurn
     | RelayHop
     | CtlReport
     | CtlRouteAsk
@@ -694,6 +707,7 @@ PeerReply: TypeAlias = (
 """Peer messages that answer a request, naming it by ``id``."""
 REPLY_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
     SupplyReserve: SupplyResult,
+    SupplyBurn: SupplyResult,
     RelayHop: RelayResult,
     CtlReport: CtlAck,
     CtlRouteAsk: CtlRouteReply,

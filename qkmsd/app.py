@@ -16,6 +16,7 @@ import msgspec
 import trio
 
 from protocol import (
+    FEATURE_BURN_ACK,
     CtlAlarmEvent,
     CtlAnnounce,
     CtlBudgets,
@@ -320,6 +321,9 @@ class Node:
             def burn_link_key(peer: str, segments: list[Segment]) -> None:
                 direct.burn_segments(peer, segments)
 
+            def settle_link_key(peer: str, segments: list[Segment]) -> None:
+                direct.settle_segments(peer, segments)
+
             self.routes = routes = RoutingTable(
                 cfg.node_id,
                 links=cfg.relay.topology,
@@ -340,6 +344,7 @@ class Node:
                 is_up=peers.is_connected,
                 make_pool=make_pool,
                 burn=burn_link_key,
+                settled=settle_link_key,
                 clock=clock,
                 priority_of=lambda peer: profiles.priority_of((cfg.node_id, peer)),
             )
@@ -506,6 +511,7 @@ class Node:
                     request=peers.request,
                     send=peers.send,
                     is_up=peers.is_connected,
+                    acks_burns=lambda peer: peers.has_feature(peer, FEATURE_BURN_ACK),
                     link_to=link_to,
                     reserve_timeout=cfg.supply.reserve_timeout_s,
                     clock=clock,
@@ -550,7 +556,7 @@ class Node:
                 link_to=all_link_to,
             )
             peers.on_request(SupplyReserve, responder.handle)
-            peers.on_message(SupplyBurn, responder.on_burn)
+            peers.on_request(SupplyBurn, responder.on_burn)
             peers.on_connectivity(direct.peer_up, direct.peer_down)
             peers.on_connectivity(e2e.peer_up, e2e.peer_down)
 

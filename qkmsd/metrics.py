@@ -280,6 +280,14 @@ class NodeCollector:
             _counter("qkms_etsi014_refused", "Requests refused (not 401).", sup.refused),
             _counter("qkms_etsi014_stock_keys_in", "Keys put in stocks.", sup.stock_keys_in),
             _counter("qkms_etsi014_stock_keys_out", "Keys served from stocks.", sup.stock_keys_out),
+            _counter(
+                "qkms_supply_burns_acked", "Burnt link key ranges acknowledged.", sup.burns_acked
+            ),
+            _counter(
+                "qkms_supply_burns_dropped",
+                "Unacknowledged burnt link key ranges dropped over the bound.",
+                sup.burns_dropped,
+            ),
             _counter("qkms_api_tls_handshakes", "API TLS handshakes completed.", tls.handshakes),
             _counter("qkms_api_tls_failed", "API TLS handshakes failed.", tls.failed),
             _counter("qkms_api_tls_timed_out", "API TLS handshakes timed out.", tls.timed_out),

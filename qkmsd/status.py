@@ -41,6 +41,10 @@ class SupplyStatistics(msgspec.Struct, frozen=True):
     stock_keys_in: int
     stock_keys_out: int
     latency: dict[str, HistogramSnapshot] = {}
+    burns_acked: int = 0
+    """Burnt ranges of QKD link key the neighbours acknowledged."""
+    burns_dropped: int = 0
+    """Unacknowledged burnt ranges dropped over the bound (see docs/reliability.md)."""
     """The front's time to answer, by call."""
 
 
@@ -170,6 +174,8 @@ class NodeStatusMethods:
                     stock_keys_in=stock.stock_keys_in,
                     stock_keys_out=stock.stock_keys_out,
                     latency=front.latency,
+                    burns_acked=stock.burns_acked,
+                    burns_dropped=stock.burns_dropped,
                 ),
             )
         return NodeStatus(

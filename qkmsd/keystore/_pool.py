@@ -62,7 +62,15 @@ class PoolMethods(abc.ABC):
     def _writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
 
     @abc.abstractmethod
+    def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    @abc.abstractmethod
     def _block_plain(self, conn: sqlite3.Connection, link_id: str, block_id: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def _note_in_flight(
+        self, conn: sqlite3.Connection, link_id: str, segments: Sequence[Segment]
+    ) -> None: ...
 
     @abc.abstractmethod
     def _update(
@@ -78,11 +86,17 @@ class PoolMethods(abc.ABC):
     # -- public: each its own transaction ------------------------------------------------------
 
     def allocate_link_key(
-        self, link_id: str, sizes: Sequence[int], *, keep: int = 0
+        self, link_id: str, sizes: Sequence[int], *, keep: int = 0, in_flight: bool = False
     ) -> list[Allocation]:
-        """Take ``sizes`` bytes each from the blocks this end owns.  See ``_allocate``."""
+        """Take ``sizes`` bytes each from the blocks this end owns.  See ``_allocate``.
+
+        ``in_flight``: the bytes go to the other end now (a relay hop): noted with the
+        kept burns in the same transaction, until ``forget_in_flight`` (see ``._burns``)."""
         with self._writing() as conn:
-            return self._allocate(conn, link_id, sizes, keep=keep)
+            taken = self._allocate(conn, link_id, sizes, keep=keep)
+            if in_flight:
+                self._note_in_flight(conn, link_id, [s for a in taken for s in a.segments])
+            return taken
 
     def consume_link_key(
         self, link_id: str, allocations: Sequence[Sequence[Segment]]
@@ -118,6 +132,29 @@ class PoolMethods(abc.ABC):
                         burnt += 1
                     conn.execute("RELEASE burn")
         return burnt
+
+    def misplaced_burns(self, link_id: str, segments: Sequence[Segment]) -> list[str]:
+        """Why each of ``segments`` that no burn could ever apply to is wrong: it lies
+        outside its block, or in a block this end owns.  Segments in blocks unknown here
+        or no longer READY are not named: their bytes are gone at this end already."""
+        wrong: list[str] = []
+        with self._reading() as conn:
+            for seg in segments:
+                row = conn.execute(
+                    "SELECT owned, size_bits FROM blocks WHERE link_id = ? AND block_id = ?",
+                    (link_id, seg.block_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                owned, size_bits = row
+                if owned:
+                    wrong.append(f"block {seg.block_id} is ours to allocate, not yours")
+                elif seg.offset + seg.length > size_bits // 8:
+                    wrong.append(
+                        f"segment {seg.block_id}[{seg.offset}:+{seg.length}] outside the"
+                        f" block's {size_bits // 8} bytes"
+                    )
+        return wrong
 
     # -- inside a transaction --------------------------------------------------------------
 

@@ -122,6 +122,7 @@ class ServiceKeyMethods(PoolMethods):
         expires_at: float,
         slaves: Sequence[str] = (),
         keep: int = 0,
+        in_flight: bool = False,
     ) -> list[CutKey]:
         """Cut keys of the given byte sizes from the blocks this end owns, in one transaction.
 
@@ -130,7 +131,9 @@ class ServiceKeyMethods(PoolMethods):
         fetch, or, if none is local, without material, so that a ``dec_keys`` here can
         still tell an SAE that was not named (401) from an unknown key (400).  Raises
         ``InsufficientKey`` (nothing cut) when the owned ready pool is too small, or would
-        keep fewer than ``keep`` bytes after the cut.
+        keep fewer than ``keep`` bytes after the cut.  ``in_flight``: the keys are to be
+        reserved at the other end now: their bytes are noted with the kept burns in the
+        same transaction, until ``forget_in_flight`` (see ``._burns``).
         """
         for key_id, size in keys:
             _check_key_id(key_id)
@@ -145,6 +148,8 @@ class ServiceKeyMethods(PoolMethods):
             if slaves or local_slaves:
                 named = [*slaves, *(s for s in local_slaves if s not in slaves)]
                 self._insert_keys(conn, link_id, out, master_sae, named, local_slaves, expires_at)
+            if in_flight:
+                self._note_in_flight(conn, link_id, [s for k in out for s in k.segments])
         return out
 
     # -- the other end's side -------------------------------------------------------

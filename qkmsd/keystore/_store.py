@@ -40,7 +40,7 @@ from nacl.bindings import (
 
 from protocol import LINK_ID_RE, MAX_BLOCK_ID
 
-from ._burns import BURNS_SCHEMA, BurnMethods
+from ._burns import BURNS_IN_FLIGHT_SCHEMA, BURNS_SCHEMA, BurnMethods
 from ._errors import CorruptStoreError, KeyStoreError, MasterKeyMismatch, StoreUnavailable
 from ._lifecycle import HOLDS_MATERIAL, KeyState, check_transition
 from ._masterkey import MASTER_KEY_SIZE
@@ -155,6 +155,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     RELAYS_SCHEMA,
     # Burns kept for the neighbours (``_burns``), told again after a restart.
     BURNS_SCHEMA,
+    # Link key in flight (a reservation, a relay hop) noted with the burns until its
+    # answer: a node killed before the answer tells it as burnt after its restart.
+    BURNS_IN_FLIGHT_SCHEMA,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -187,7 +190,7 @@ class PoolLevel:
     expired_blocks: int
 
 
-class KeyStore(ServiceKeyMethods, RelayJournalMethods, BurnMethods):
+class KeyStore(BurnMethods, ServiceKeyMethods, RelayJournalMethods):
     """Per-link pools of key blocks with their life-cycle state.
 
     Open with ``KeyStore.open``; use as a context manager or call ``close()``.
@@ -217,6 +220,7 @@ class KeyStore(ServiceKeyMethods, RelayJournalMethods, BurnMethods):
         truncation that may follow it."""
         self._plain: dict[tuple[str, int], bytes] = {}
         self._checkpointer: _Checkpointer | None = None
+        self._new_open_mark()
 
     @classmethod
     def open(

@@ -41,10 +41,12 @@ Agents register for what they own: ``on_message(KeyAnnounce, handler)`` for
 one-way messages (handled one at a time, in the order they arrived),
 ``on_request(SupplyReserve, handler)`` for requests (served concurrently, up to
 ``REQUESTS_IN_FLIGHT`` a session; the handler's return value is sent back under
-the request's id), and ``on_connectivity(up, down)`` for sessions opening (``up(peer)``) and
-closing (``down(peer, reason)``).  ``request(peer, message)`` sends a request under a fresh id and
-returns its reply; the reader hands replies straight to their waiting
-caller, so a reply never queues behind the agents' work.
+the request's id, or not at all for a request with no id: ``SupplyBurn`` from a
+peer that does not announce ``FEATURE_BURN_ACK``), and ``on_connectivity(up, down)``
+for sessions opening (``up(peer)``) and closing (``down(peer, reason)``).
+``request(peer, message)`` sends a request under a fresh id and returns its reply; the
+reader hands replies straight to their waiting caller, so a reply never queues behind
+the agents' work.  ``has_feature(peer, name)``: what the peer's ``Hello`` announced.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import msgspec
 import trio
 
 from protocol import (
+    PEER_FEATURES,
     REPLY_TYPES,
     Error,
     ErrorCode,
@@ -364,6 +367,11 @@ class PeerManager:
     def is_connected(self, peer: str) -> bool:
         return peer in self._live
 
+    def has_feature(self, peer: str, feature: str) -> bool:
+        """Whether ``peer``'s open session announced ``feature`` in its ``Hello``."""
+        live = self._live.get(peer)
+        return live is not None and feature in live.session.peer_features
+
     def last_heard(self, peer: str) -> float | None:
         """When ``peer`` last sent us anything (the ``clock``'s time), or None."""
         state = self._peers.get(peer)
@@ -493,7 +501,10 @@ class PeerManager:
         ``stream`` and closes it.  Returns whether the session opened, once it has ended.
         """
         session = PeerSession(
-            local_node=self.node_id, expected_peer=peer, max_frame_size=self._max_frame
+            local_node=self.node_id,
+            expected_peer=peer,
+            features=PEER_FEATURES,
+            max_frame_size=self._max_frame,
         )
         live = _Session(peer, stream, session)
         live.tls_version, live.tls_group, live.serial = tls_version, tls_group, serial
@@ -668,6 +679,8 @@ class PeerManager:
                     message=type(request).__name__,
                     exc_info=True,
                 )
+                return
+            if request.id is None:  # the one-way form of a request, from an older peer
                 return
             await live.send(msgspec.structs.replace(reply, id=request.id))
         finally:

@@ -228,15 +228,20 @@ class RelayAgent:
         is_up: Callable[[str], bool] = lambda peer: True,
         make_pool: Callable[[str], Awaitable[str | None]] | None = None,
         burn: BurnFn | None = None,
+        settled: BurnFn | None = None,
         clock: Callable[[], float] = time.time,
         priority_of: Callable[[str], float] = lambda peer: 0.0,
     ) -> None:
         """``burn(neighbour, segments)`` has the neighbour consume link key this node spent
-        on a hop it may never have received (see ``_forward``).  ``priority_of(peer)``: the
-        priority of the pool with ``peer`` when pools compete for link key (higher first);
-        read at each relay decision."""
+        on a hop it may never have received (see ``_forward``).  With ``settled`` too, a
+        hop's link key is noted in the store as in flight when it is allocated (told as
+        burnt after a restart, see ``KeyStore.kept_burns``) and ``settled(neighbour,
+        segments)`` is called once the neighbour answered that it consumed it.
+        ``priority_of(peer)``: the priority of the pool with ``peer`` when pools compete
+        for link key (higher first); read at each relay decision."""
         self.node_id = node_id
         self._burn = burn
+        self._settled = settled
         self._priority_of = priority_of
         self._store = store
         self._thread = store_thread
@@ -829,6 +834,7 @@ class RelayAgent:
                     link_id,
                     [len(key), MAC_KEY_BYTES],
                     keep=self.link_reserve(first_hop=hop.hop == 1) // 8,
+                    in_flight=self._burn is not None and self._settled is not None,
                 )
         except InsufficientKey as exc:
             raise RelayFailed(ErrorCode.INSUFFICIENT_KEY, str(exc), here_short=True) from None
@@ -874,6 +880,8 @@ class RelayAgent:
         self._counts.hops_forwarded += 1
         if not result.ok:
             self._burn_hop(hop)
+        elif self._settled is not None:  # it consumed them: no longer in flight
+            self._settled(nxt, [*_segments(hop.pad), *_segments(hop.mac_key)])
         return result
 
     def _burn_hop(self, hop: RelayHop) -> None:

@@ -9,11 +9,22 @@ then T is asked to consume the same bytes and record the keys for the slave
 keys handed out.  If T refuses, is not connected or does not answer in time, the cut bits
 are burnt, never offered again, and the request gets 503.
 
-Burnt bytes (these, and relay hops' that got no answer) are told to T (``supply.burn``,
-one-way) so that it consumes its copy too: at once or when T is back, once more
-``BURN_RESEND_S`` later, and again at every new session (the latest ``BURNS_KEPT`` per
-link, kept in the key store so that a restart does not forget them).  A notice can be
-lost with its session; T skips bytes it used already, so telling twice costs nothing.
+Burnt bytes (these, and relay hops' that got no answer) are told to T (``supply.burn``)
+so that it consumes its copy too.  They are kept in the key store before the first
+telling, and T answers once the burn is durable at its end: a burnt range is told at
+once or when T is back, every ``BURN_RESEND_S`` while T is connected and has not
+answered, and at every new session, until T acknowledges it; then it is dropped here and
+from the store.  T skips bytes it used already, so telling twice costs nothing.  Memory
+and the store keep at most ``BURNS_KEPT`` unacknowledged ranges per link; beyond that
+the oldest are dropped, counted (``burns_dropped``) and logged as an error.  A T of an
+older version (no ``FEATURE_BURN_ACK`` in its ``Hello``) gets the one-way notice it
+knows: told once more ``BURN_RESEND_S`` later and again at every new session (the
+latest ``BURNS_RETOLD``), never known to have arrived.
+
+Bytes sent to T for a reservation (and by the relay agent for a hop) are noted in the
+store with the cut itself, in the same transaction, and forgotten in a batch once T's
+answer says it consumed them (``settle_segments``): a node killed before the answer
+tells them as burnt after its restart (see ``KeyStore.kept_burns``).
 
 A pair that asked once keeps a small stock (see ``._stock``): keys cut and reserved at T
 ahead of demand, refilled in the background when half are gone and only from what the
@@ -35,6 +46,7 @@ import trio
 from protocol import (
     MAX_IDS_PER_MESSAGE,
     MAX_KEYS_PER_RESERVATION,
+    ErrorCode,
     PeerReply,
     ReservedKey,
     SegmentRef,
@@ -56,18 +68,19 @@ from ._stock import PairStock
 
 log = get_logger("qkms.supply")
 
-RequestFn = Callable[[str, SupplyReserve], Awaitable[PeerReply]]
+RequestFn = Callable[[str, SupplyReserve | SupplyBurn], Awaitable[PeerReply]]
 SendFn = Callable[[str, Any], Awaitable[bool]]
 
 BURN_RESEND_S = 2.0
-"""A burn notice is sent once more this long after it was sent, and again at the
-neighbour's next sessions (see ``BURNS_RETOLD``): a one-way message sent as a session
-breaks may be lost (also when the send itself seemed to succeed), and a burn is harmless
-twice.  Burns not told yet are also sent this often while the neighbour is connected."""
+"""Burns the neighbour has not acknowledged are told again this often while it is
+connected (and at each new session); bytes whose answer came are forgotten in the store
+this often, in one batch.  To an older neighbour that does not acknowledge, a one-way
+notice is sent once more this long after it was sent (also when the send itself seemed
+to succeed, it may be lost with its session)."""
 BURNS_RETOLD = BURNS_KEPT
-"""Burnt segments per neighbour (the latest told) told again at every new session: a
-notice and its resend can both be lost when sessions break every second or so, and
-nothing else would ever settle those bytes at the neighbour."""
+"""To an older neighbour: burnt segments (the latest told) told again at every new
+session: a notice and its resend can both be lost when sessions break every second or
+so, and nothing else would ever settle those bytes at the neighbour."""
 STOCK_RETRY_S = 1.0
 """A pair's stock is not refilled again within this many seconds of a failed refill."""
 STOCK_MIN_VALIDITY_S = 60.0
@@ -81,6 +94,10 @@ class StockStatistics(msgspec.Struct, frozen=True):
     """Keys cut and reserved at the neighbour ahead of demand."""
     stock_keys_out: int
     """Keys handed to masters from a stock."""
+    burns_acked: int = 0
+    """Burnt link key ranges the neighbours acknowledged (or refused for good)."""
+    burns_dropped: int = 0
+    """Unacknowledged burnt ranges dropped over ``BURNS_KEPT`` per link."""
 
 
 class DirectLinkSource:
@@ -99,8 +116,10 @@ class DirectLinkSource:
         link_to: dict[str, str],
         reserve_timeout: float,
         is_up: Callable[[str], bool] = lambda peer: True,
+        acks_burns: Callable[[str], bool] = lambda peer: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``acks_burns(peer)``: the peer's session announced ``FEATURE_BURN_ACK``."""
         self.node_id = node_id
         self._saes = saes
         self._store = store
@@ -109,17 +128,30 @@ class DirectLinkSource:
         self._request = request
         self._send = send
         self._is_up = is_up
+        self._acks_burns = acks_burns
         self._link_to = link_to
         self._burnt: dict[str, list[Segment]] = {}
-        """Per target KME: bytes burnt here that it has not been told of yet."""
+        """Per target KME: bytes burnt here that it has not acknowledged (or, if it does
+        not acknowledge, not been told of yet), but for those in a notice being sent."""
         self._sent_once: dict[str, list[Segment]] = {}
-        """Per target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
+        """Per older target KME: burnt bytes told once, to tell again (``BURN_RESEND_S``)."""
         self._told: dict[str, collections.deque[Segment]] = {}
-        """Per target KME: the latest burnt bytes told, told again at each new session."""
+        """Per older target KME: the latest burnt bytes told, told at each new session."""
         self._unsaved: dict[str, list[Segment]] = {}
         """Per target KME: burnt bytes not written to the store's kept burns yet."""
+        self._keeping = trio.Lock()
+        """Held while burns are written: a flush sends nothing another has not saved."""
+        self._settled: dict[str, list[Segment]] = {}
+        """Per link: bytes sent in flight that the neighbour consumed, to forget in the
+        store (in a batch, every ``BURN_RESEND_S``)."""
         self._loaded: set[str] = set()
         """Target KMEs whose kept burns (from before a restart) were read back."""
+        self._not_taken: set[str] = set()
+        """Target KMEs whose last answer to a burn was a refusal to retry later."""
+        self.burns_acked = 0
+        """Burnt ranges the neighbours acknowledged (or refused for good)."""
+        self.burns_dropped = 0
+        """Unacknowledged burnt ranges dropped over ``BURNS_KEPT`` (memory or store)."""
         self._under_way = 0
         """Reservations and burn notices being sent now."""
         self._reserve_timeout = reserve_timeout
@@ -141,11 +173,12 @@ class DirectLinkSource:
     async def _resend_burns(self) -> None:
         while True:
             await trio.sleep(BURN_RESEND_S)
+            await self._forget_settled()
             for target in list(self._link_to):
                 if not self._is_up(target):
                     continue
                 again = self._sent_once.pop(target, [])
-                if again or self._burnt.get(target):  # a flush cut short left some
+                if again or self._burnt.get(target):  # unacknowledged, or a flush cut short
                     await self.flush_burnt(target, again=again)
 
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
@@ -172,7 +205,9 @@ class DirectLinkSource:
         return target_kme in self._link_to
 
     def statistics(self) -> StockStatistics:
-        return StockStatistics(self.stock_keys_in, self.stock_keys_out)
+        return StockStatistics(
+            self.stock_keys_in, self.stock_keys_out, self.burns_acked, self.burns_dropped
+        )
 
     async def available(
         self, master: str, slave: str, target_kme: str, policy: SupplyPolicy
@@ -262,6 +297,7 @@ class DirectLinkSource:
                 expires_at=expires_at,
                 slaves=[*here, *there],
                 keep=keep,
+                in_flight=True,  # told as burnt after a restart until its answer comes
             )
         if bucket is not None:  # taken once cut: a cut the pool could not give costs none
             bucket.take(bits)
@@ -299,6 +335,7 @@ class DirectLinkSource:
             log.warning("supply.reserve_refused", peer=target_kme, code=result.code)
             await self._burn(target_kme, keys)
             raise Unavailable(f"target KME {target_kme} refused the keys: {result.message}")
+        self.settle_segments(target_kme, [seg for key in keys for seg in key.segments])
         return keys
 
     # --- burnt bytes: the neighbour consumes them too ------------------------------------
@@ -319,6 +356,24 @@ class DirectLinkSource:
             with contextlib.suppress(RuntimeError):  # the node is stopping: nobody to tell
                 self._nursery.start_soon(self.flush_burnt, target_kme)
 
+    def settle_segments(self, target_kme: str, segments: Sequence[Segment]) -> None:
+        """Bytes sent to ``target_kme`` in flight (cut with ``in_flight``: a reservation,
+        a relay hop) that it answered for, having consumed them: their rows in the store
+        are forgotten in the next batch.  Does not wait."""
+        link_id = self._link_to.get(target_kme)
+        if link_id is not None and segments:
+            self._settled.setdefault(link_id, []).extend(segments)
+
+    async def _forget_settled(self) -> None:
+        settled, self._settled = self._settled, {}
+        for link_id, segments in settled.items():
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._thread.call(self._store.forget_in_flight, link_id, segments)
+            except (KeyStoreError, trio.ClosedResourceError) as exc:
+                # Left in the store: told as burnt after a restart, skipped by the neighbour.
+                log.warning("supply.settled_not_forgotten", link=link_id, error=str(exc)[:200])
+
     def _note_burnt(
         self, target_kme: str, segments: Sequence[Segment], *, new: bool = False
     ) -> None:
@@ -327,22 +382,42 @@ class DirectLinkSource:
             return
         if new:
             self._unsaved.setdefault(target_kme, []).extend(segments)
-        pending = [*self._burnt.get(target_kme, []), *segments]
-        self._burnt[target_kme] = _merged(pending)
+        pending = _merged([*self._burnt.get(target_kme, []), *segments])
+        if len(pending) > BURNS_KEPT:  # the oldest (lowest block ids) go: see the docstring
+            dropped = len(pending) - BURNS_KEPT
+            del pending[:dropped]
+            self._dropped(target_kme, dropped)
+        self._burnt[target_kme] = pending
+
+    def _dropped(self, target_kme: str, ranges: int) -> None:
+        self.burns_dropped += ranges
+        log.error(
+            "supply.burns_dropped",
+            peer=target_kme,
+            ranges=ranges,
+            kept=BURNS_KEPT,
+            hint="the neighbour has not acknowledged them; its copies of those bytes stay"
+            " READY until their blocks expire",
+        )
 
     async def flush_burnt(self, target_kme: str, *, again: Sequence[Segment] = ()) -> None:
-        """Send the neighbour the bytes burnt here that it has not heard of (and ``again``,
-        told once already).  Kept for the next session while it is away, and in the key
-        store (the latest ``BURNS_KEPT`` per link), so that a restarted node tells them
-        again at its first session.
+        """Tell the neighbour the bytes burnt here that it has not acknowledged (or, to an
+        older neighbour, not heard of; and ``again``, told once already).  Kept in the key
+        store first, so that a restarted node tells them again at its first session, and
+        kept for the next session while the neighbour is away.
 
-        Bytes taken for a notice stay pending until its send has returned: a flush cut
-        short (its caller cancelled, a request that gave up or a session that was
-        replaced) leaves them for the next flush instead of dropping them."""
+        Bytes taken for a notice stay pending until its answer (or, to an older
+        neighbour, its send) has returned: a flush cut short (its caller cancelled, a
+        request that gave up or a session that was replaced) leaves them for the next
+        flush instead of dropping them."""
         link_id = self._link_to.get(target_kme)
         if link_id is None:
             return
         await self._keep_burns(target_kme, link_id)
+        if self._acks_burns(target_kme):
+            self._note_burnt(target_kme, again)
+            await self._tell_burns(target_kme, link_id)
+            return
         batches = [(list(again), True)] if again else []
         attempts = 0
         while True:
@@ -380,6 +455,49 @@ class DirectLinkSource:
                     return
                 break
 
+    async def _tell_burns(self, target_kme: str, link_id: str) -> None:
+        """Tell the pending burns as requests; drop each range once answered."""
+        while pending := self._burnt.get(target_kme):
+            chunk = pending[:MAX_IDS_PER_MESSAGE]
+            del pending[: len(chunk)]  # taken now: a concurrent flush tells the rest
+            refs = [SegmentRef(s.block_id, s.offset, s.length) for s in chunk]
+            result = None
+            self._under_way += 1
+            try:
+                with trio.move_on_after(self._reserve_timeout):
+                    result = await self._request(
+                        target_kme, SupplyBurn(link_id=link_id, segments=refs)
+                    )
+            except PeerUnavailable:
+                result = None
+            except BaseException:
+                self._note_burnt(target_kme, chunk)  # not acknowledged: keep it
+                raise
+            finally:
+                self._under_way -= 1
+            if result is None:  # no answer: told again in BURN_RESEND_S or next session
+                self._note_burnt(target_kme, chunk)
+                return
+            assert isinstance(result, SupplyResult)
+            if not result.ok and result.code != ErrorCode.SEGMENT_REFUSED:
+                # Its store failed, or it does not know the link (yet): told again later,
+                # said once until it takes one (no line every BURN_RESEND_S).
+                if target_kme not in self._not_taken:
+                    self._not_taken.add(target_kme)
+                    log.warning("supply.burn_not_taken", peer=target_kme, code=result.code)
+                self._note_burnt(target_kme, chunk)
+                return
+            self._not_taken.discard(target_kme)
+            if not result.ok:  # ranges no burn can apply to: telling again would not help
+                log.error("supply.burn_refused", peer=target_kme, error=result.message[:200])
+            self.burns_acked += len(chunk)
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._thread.call(self._store.forget_burns, link_id, chunk)
+            except (KeyStoreError, trio.ClosedResourceError) as exc:
+                # Left in the store: told again after a restart, skipped by the neighbour.
+                log.warning("supply.acked_burns_kept", peer=target_kme, error=str(exc)[:200])
+
     def unsettled(self) -> int:
         """Reservations and burn notices being sent now, and burnt ranges waiting to be
         told: until there are none, the neighbours' copies of link key cut or burnt here
@@ -387,21 +505,27 @@ class DirectLinkSource:
         return self._under_way + sum(len(pending) for pending in self._burnt.values())
 
     async def _keep_burns(self, target_kme: str, link_id: str) -> None:
-        unsaved = self._unsaved.pop(target_kme, None)
-        if not unsaved:
-            return
-        try:
-            with trio.CancelScope(shield=True):  # a cancelled flush still keeps them
-                await self._thread.call(self._store.keep_burns, link_id, unsaved)
-        except KeyStoreError as exc:  # told all the same, only not after a restart
-            log.error("supply.burns_not_kept", peer=target_kme, error=str(exc)[:200])
-        except trio.ClosedResourceError:  # the node is stopping: its store has closed
-            log.warning("supply.burns_not_kept", peer=target_kme, error="the node is stopping")
+        async with self._keeping:
+            unsaved = self._unsaved.pop(target_kme, None)
+            if not unsaved:
+                return
+            try:
+                with trio.CancelScope(shield=True):  # a cancelled flush still keeps them
+                    dropped = await self._thread.call(self._store.keep_burns, link_id, unsaved)
+            except KeyStoreError as exc:  # told all the same, only not after a restart
+                log.error("supply.burns_not_kept", peer=target_kme, error=str(exc)[:200])
+                return
+            except trio.ClosedResourceError:  # the node is stopping: its store has closed
+                log.warning("supply.burns_not_kept", peer=target_kme, error="the node is stopping")
+                return
+        if dropped:  # as in memory (``_note_burnt``, counted there), or told to an older peer
+            log.debug("supply.kept_burns_trimmed", peer=target_kme, ranges=dropped)
 
     async def peer_up(self, peer: str) -> None:
-        # What was sent as the last sessions broke may never have arrived: send the
-        # latest burns told again (the neighbour skips bytes it consumed already), and at
-        # the first session after a restart those kept in the store.
+        # What was sent as the last sessions broke may never have arrived: send what the
+        # neighbour has not acknowledged (to an older one, the latest burns told again;
+        # it skips bytes it consumed already), and at the first session after a restart
+        # what the store kept.
         link_id = self._link_to.get(peer)
         if link_id is not None and peer not in self._loaded:
             try:

@@ -28,7 +28,7 @@ for a slow disk."""
 
 
 class ReservationResponder:
-    """Answers a neighbour's ``supply.reserve`` with ``supply.result``."""
+    """Answers a neighbour's ``supply.reserve`` and ``supply.burn`` with ``supply.result``."""
 
     def __init__(
         self,
@@ -64,19 +64,40 @@ class ReservationResponder:
             log.warning("supply.reserve_refused_here", peer=peer, code=code)
         return SupplyResult(id=message.id, ok=not code, code=code, message=text[:1000])
 
-    async def on_burn(self, peer: str, message: SupplyBurn) -> None:
-        """The peer burnt bytes of its blocks it had cut for keys we never recorded: consume
-        them here too, so that a block it used up is used up at this end as well."""
+    async def on_burn(self, peer: str, message: SupplyBurn) -> SupplyResult:
+        """The peer burnt bytes of its blocks (keys we never recorded, a relay hop it got
+        no answer for): consume them here too, so that a block it used up is used up at
+        this end as well.  Answered once the burn is durable (a peer that sent no ``id``
+        gets no answer); bytes used here already are skipped, so a burn told twice is
+        applied once.  Refused, never raised: a link that is not ours with the peer
+        (``unknown-link``, nothing burnt), ranges outside their blocks or in blocks we own
+        (``segment-refused``, the others burnt)."""
+        answer_id = message.id or 0
         if self._link_to.get(peer) != message.link_id:
             log.warning("supply.burn_unknown_link", peer=peer, link=message.link_id)
-            return
+            text = f"{message.link_id} is not our link with {peer}"
+            return SupplyResult(id=answer_id, ok=False, code=ErrorCode.UNKNOWN_LINK, message=text)
         segments = [Segment(s.block_id, s.offset, s.length) for s in message.segments]
+
+        def burn() -> tuple[int, list[str]]:
+            wrong = self._store.misplaced_burns(message.link_id, segments)
+            return self._store.burn_link_key(message.link_id, segments), wrong
+
         try:
-            burnt = await self._thread.call(self._store.burn_link_key, message.link_id, segments)
-        except KeyStoreError as exc:
+            burnt, wrong = await self._thread.call(burn)
+        except KeyStoreError as exc:  # the store failed: the peer tells it again later
             log.error("supply.burn_failed", peer=peer, error=str(exc)[:200])
-            return
+            return SupplyResult(
+                id=answer_id, ok=False, code=str(exc.wire_code), message=str(exc)[:1000]
+            )
         log.info("supply.burnt", peer=peer, link=message.link_id, segments=burnt)
+        if wrong:
+            log.warning("supply.burn_refused_here", peer=peer, refused=len(wrong))
+            text = f"{len(wrong)} of {len(segments)} ranges refused: {wrong[0]}"
+            return SupplyResult(
+                id=answer_id, ok=False, code=ErrorCode.SEGMENT_REFUSED, message=text[:1000]
+            )
+        return SupplyResult(id=answer_id, ok=True)
 
     async def _record(self, message: SupplyReserve, local: list[str]) -> tuple[str, str]:
         limits = {s: self._policy_for(message.master_sae, s).max_stored_keys for s in local}

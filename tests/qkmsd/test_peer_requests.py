@@ -11,7 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from protocol import KeyAnnounce, ReservedKey, SegmentRef, SupplyReserve, SupplyResult
+from protocol import (
+    FEATURE_BURN_ACK,
+    KeyAnnounce,
+    ReservedKey,
+    SegmentRef,
+    SupplyBurn,
+    SupplyReserve,
+    SupplyResult,
+)
 from qkmsd.errors import PeerUnavailable
 from qkmsd.peers import PeerManager
 
@@ -148,6 +156,31 @@ async def test_a_late_reply_is_dropped_and_the_session_carries_on(
         assert a.is_connected("KME_B")
         reply = await a.request("KME_B", reserve("SAE_FAST"))
         assert isinstance(reply, SupplyResult) and reply.message == "SAE_FAST"
+
+
+async def test_a_burn_is_a_request_answered_and_one_without_an_id_gets_no_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The id-less form is what a node of an older version sends (it did not see the
+    # feature in our hello): applied, never answered.
+    a, b = manager("KME_A", "KME_B"), manager("KME_B", "KME_A")
+    burnt: list[int | None] = []
+
+    async def on_burn(peer: str, message: SupplyBurn) -> SupplyResult:
+        burnt.append(message.id)
+        return SupplyResult(id=0, ok=True)
+
+    b.on_request(SupplyBurn, on_burn)
+    async with joined(a, b):
+        assert a.has_feature("KME_B", FEATURE_BURN_ACK)
+        assert not a.has_feature("KME_C", FEATURE_BURN_ACK)
+        burn = SupplyBurn(link_id="A~B", segments=[SegmentRef(0, 0, 8)])
+        reply = await a.request("KME_B", burn)
+        assert isinstance(reply, SupplyResult) and reply.ok
+        assert await a.send("KME_B", burn)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(burnt) == 2 and burnt[0] is not None and burnt[1] is None
+        assert a.is_connected("KME_B") and b.is_connected("KME_A")
 
 
 async def test_a_request_handler_that_fails_sends_no_reply_and_keeps_the_session(

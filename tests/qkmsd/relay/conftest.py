@@ -105,6 +105,8 @@ class Wire:
         self.sent: list[Sent] = []
         self.burnt: list[tuple[str, str, list[Segment]]] = []
         """(sender, receiver, segments) of each burn the sender asked the receiver for."""
+        self.settled: list[tuple[str, str, list[Segment]]] = []
+        """(sender, receiver, segments) of each hop's link key the receiver answered for."""
         self.on_hop: HopHook = _pass_hop
         self.on_result: ResultHook = _pass_result
         self.down: set[tuple[str, str]] = set()
@@ -125,6 +127,12 @@ class Wire:
             self.burnt.append((sender, peer, list(segments)))
 
         return burn
+
+    def settled_from(self, sender: str) -> Callable[[str, list[Segment]], None]:
+        def settled(peer: str, segments: list[Segment]) -> None:
+            self.settled.append((sender, peer, list(segments)))
+
+        return settled
 
     async def send(self, sender: str, receiver: str, hop: RelayHop) -> RelayResult:
         """Deliver ``hop`` as the peer session would: a fresh request id, the hooks."""
@@ -261,6 +269,7 @@ async def open_net(
                 ),
                 settings=settings,
                 burn=wire.burn_from(name),
+                settled=wire.settled_from(name),
                 is_up=wire.is_up_from(name),
                 priority_of=(
                     (lambda peer, name=name: priority_of(name, peer))  # type: ignore[misc]

@@ -433,6 +433,27 @@ async def test_a_hop_refused_further_on_is_burnt_but_its_receiver_consumed_it_al
         assert net[B].store.burn_link_key(link_id(A, B), spent) == 0  # B used them
 
 
+async def test_hop_link_key_is_in_flight_in_the_store_until_the_next_node_answers(
+    tmp_path: Path,
+) -> None:
+    # Noted with the allocation: a node killed before the answer tells it as burnt after
+    # its restart.  Answered hops are settled (forgotten), unanswered ones burnt.
+    async with open_net(tmp_path, links=[(A, B), (B, C)], pools=[(A, C)]) as net:
+        await net[A].agent.relay(link_id(A, C))
+        spent = {
+            (s, r): _segments(h.pad) + _segments(h.mac_key)
+            for s, r in ((A, B), (B, C))
+            for h in net.wire.hops(s, r)
+        }
+        assert net.wire.settled == [(B, C, spent[B, C]), (A, B, spent[A, B])]
+        assert net.wire.burnt == []
+        for sender, receiver in ((A, B), (B, C)):
+            store = net[sender].store
+            assert store.kept_burns(link_id(sender, receiver)) == []  # in flight, not burnt
+            store.open_mark += 1  # as a later opening of the store (a restart) sees them
+            assert store.kept_burns(link_id(sender, receiver)) == spent[sender, receiver]
+
+
 async def test_an_unreachable_next_node_fails_the_relay_as_unreachable(tmp_path: Path) -> None:
     async with open_net(tmp_path, links=[(A, B), (B, C)], pools=[(A, C)]) as net:
         del net.wire.agents[C]

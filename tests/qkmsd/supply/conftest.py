@@ -13,8 +13,9 @@ import msgspec
 import pytest
 import trio
 
-from protocol import PeerReply, SupplyBurn, SupplyReserve
+from protocol import PeerReply, SupplyBurn, SupplyReserve, SupplyResult
 from qkmsd.config import SaeConfig, SupplyPolicy
+from qkmsd.errors import PeerUnavailable
 from qkmsd.keystore import KeyStore, NewBlock
 from qkmsd.supply import DirectLinkSource, RecordedKeys, ReservationResponder
 
@@ -66,14 +67,21 @@ class LinkEnds:
     policies: dict[tuple[str, str], SupplyPolicy]
     requests: list[SupplyReserve]
     answer: Callable[[str, SupplyReserve], Awaitable[PeerReply]]
+    path_a: Path
+    key_a: bytes
     up: bool = True
+    acks: bool = False
+    """True: KME_B announced ``FEATURE_BURN_ACK``: burns go as requests (``request``)."""
+    burn_answers: bool = True
+    """False: a burn request is applied at KME_B but its answer is lost (the session broke)."""
+    burn_requests: list[SupplyBurn] = dataclasses.field(default_factory=list)
     delivers: bool = True
     """False: one-way messages are sent but lost on the way (a session that breaks)."""
     stalls: bool = False
     """True: a one-way send blocks until cancelled (a session stuck, then replaced)."""
     sent: list[object] = dataclasses.field(default_factory=list)
     restart: Callable[[], DirectLinkSource] = DirectLinkSource  # type: ignore[assignment]
-    """A new source for KME_A over the same store: the node after a restart."""
+    """A new source for KME_A over ``store_a``: the node after a restart."""
 
     def policy(self, master: str = "SAE_A", slave: str = "SAE_B") -> SupplyPolicy:
         return self.policies.get((master, slave), SupplyPolicy())
@@ -84,7 +92,8 @@ class LinkEnds:
 
 @pytest.fixture
 def ends(tmp_path: Path) -> Iterator[LinkEnds]:
-    store_a = KeyStore.open(tmp_path / "a.db", os.urandom(32))
+    key_a = os.urandom(32)
+    store_a = KeyStore.open(tmp_path / "a.db", key_a)
     store_b = KeyStore.open(tmp_path / "b.db", os.urandom(32))
     material = {i: os.urandom(BLOCK_BYTES) for i in range(8)}
     for store, owned in ((store_a, True), (store_b, False)):
@@ -106,14 +115,25 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
     )
     requests: list[SupplyReserve] = []
 
-    async def request(peer: str, message: SupplyReserve) -> PeerReply:
+    async def request(peer: str, message: SupplyReserve | SupplyBurn) -> PeerReply:
         assert peer == "KME_B"
+        if isinstance(message, SupplyBurn):
+            assert pair.acks, "a burn request to a neighbour that does not answer them"
+            message = msgspec.structs.replace(message, id=1000 + len(pair.burn_requests))
+            pair.burn_requests.append(message)
+            if not pair.up:
+                raise PeerUnavailable("peer KME_B is not connected")
+            result: SupplyResult = await pair.responder.on_burn("KME_A", message)
+            if not pair.burn_answers:
+                raise PeerUnavailable("the session with KME_B ended before it answered")
+            return result
         message = msgspec.structs.replace(message, id=len(requests) + 1)
         requests.append(message)
         return await pair.answer("KME_A", message)
 
     async def send(peer: str, message: object) -> bool:
         """The neighbour gets one-way messages (burn notices) at once, while ``up``."""
+        assert not pair.acks, "a one-way burn to a neighbour that answers them"
         if not pair.up:
             return False
         if pair.stalls:
@@ -128,29 +148,32 @@ def ends(tmp_path: Path) -> Iterator[LinkEnds]:
         return DirectLinkSource(
             node_id="KME_A",
             saes=SAES,
-            store=store_a,
+            store=pair.store_a,
             store_thread=thread_a,  # type: ignore[arg-type]
-            recorded=RecordedKeys(store=store_a, store_thread=thread_a),  # type: ignore[arg-type]
+            recorded=RecordedKeys(store=pair.store_a, store_thread=thread_a),  # type: ignore[arg-type]
             request=request,
             send=send,
             link_to={"KME_B": LINK},
             reserve_timeout=2.0,
+            acks_burns=lambda peer: pair.acks,
         )
 
-    source = make_source()
     pair = LinkEnds(
         store_a,
         store_b,
         thread_a,
         thread_b,
-        source,
+        None,  # type: ignore[arg-type]  # made below, over pair.store_a
         RecordedKeys(store=store_b, store_thread=thread_b),  # type: ignore[arg-type]
         responder,
         policies,
         requests,
         responder.handle,
+        path_a=tmp_path / "a.db",
+        key_a=key_a,
         restart=make_source,
     )
+    pair.source = make_source()
     yield pair
-    store_a.close()
+    pair.store_a.close()
     store_b.close()

@@ -7,10 +7,10 @@ import pytest
 import trio
 import trio.testing
 
-from protocol import SupplyReserve, SupplyResult
+from protocol import SegmentRef, SupplyBurn, SupplyReserve, SupplyResult
 from qkmsd.config import SupplyPolicy
 from qkmsd.errors import PeerUnavailable
-from qkmsd.keystore import KeyState, Segment
+from qkmsd.keystore import BURNS_KEPT, KeyState, KeyStore, KeyStoreError, Segment
 from qkmsd.supply import KeyOrder, Unavailable
 from qkmsd.supply._direct import BURN_RESEND_S
 
@@ -381,4 +381,187 @@ async def test_keys_cut_for_a_neighbour_keep_to_the_controllers_budget(
         ends.source.set_budgets({})
         assert ends.source.budget("KME_B") is None
         await ends.source.new_keys(order(ends, 2, size_bits=512))
+        nursery.cancel_scope.cancel()
+
+
+# --- acknowledged burns (a neighbour that announces FEATURE_BURN_ACK) ---------------------------
+# The tests above with ``ends.acks`` false are those of a neighbour of an older version: one-way
+# notices, told again at every new session.
+
+
+async def _unreachable(peer: str, message: SupplyReserve) -> SupplyResult:
+    raise PeerUnavailable("the session with KME_B ended before it answered")
+
+
+async def test_an_acknowledged_burn_is_not_told_again_and_leaves_the_store(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    ends.acks, ends.answer = True, _unreachable
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        assert len(ends.burn_requests) == 1 and ends.burn_requests[0].id is not None
+        assert ends.store_a.kept_burns(LINK) == []  # acknowledged: forgotten
+        await trio.sleep(BURN_RESEND_S * 3)
+        await ends.source.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ends.burn_requests) == 1  # never told again
+        assert ends.source.statistics().burns_acked == 1
+        assert ends.source.unsettled() == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unacknowledged_burn_is_told_again_until_the_neighbour_answers(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The neighbour's store fails (or the answer never comes): told every BURN_RESEND_S
+    # while it is connected, and kept in the store, until the answer says it is durable.
+    ends.acks, ends.answer = True, _unreachable
+    real_burn = ends.store_b.burn_link_key
+
+    def failing_burn(link_id: str, segments: object) -> int:
+        raise KeyStoreError("disk I/O error")
+
+    ends.store_b.burn_link_key = failing_burn  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        await trio.sleep(BURN_RESEND_S * 2.5)
+        assert len(ends.burn_requests) == 3  # at once, then twice more: none taken
+        assert ends.store_a.kept_burns(LINK) == [Segment(0, 0, BLOCK_BYTES)]
+        assert ends.source.unsettled() == 1
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+        ends.store_b.burn_link_key = real_burn  # type: ignore[method-assign]
+        await trio.sleep(BURN_RESEND_S * 1.5)
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        assert ends.store_a.kept_burns(LINK) == [] and ends.source.unsettled() == 0
+        told = len(ends.burn_requests)
+        await trio.sleep(BURN_RESEND_S * 3)
+        assert len(ends.burn_requests) == told
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burn_whose_answer_is_lost_is_told_again_and_applied_once(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    ends.acks, ends.answer, ends.burn_answers = True, _unreachable, False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        with pytest.raises(Unavailable):
+            await ends.source.new_keys(order(ends, 1, size_bits=BLOCK_BYTES * 8))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}  # applied there
+        assert ends.store_a.kept_burns(LINK) == [Segment(0, 0, BLOCK_BYTES)]  # not known here
+        ends.burn_answers = True
+        await ends.source.peer_up("KME_B")  # the next session
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ends.burn_requests) == 2
+        assert ends.store_a.kept_burns(LINK) == []
+        # Applied once: B consumed the block's bytes once, the second telling skipped them.
+        assert ends.store_b.burn_link_key(LINK, [Segment(0, 0, BLOCK_BYTES)]) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_unacknowledged_burns_are_bounded_and_the_oldest_dropped_are_counted(
+    ends: LinkEnds,
+) -> None:
+    ends.acks, ends.up = True, False
+    ends.source._is_up = lambda peer: False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        ends.source.burn_segments("KME_B", [Segment(b, 0, 8) for b in range(100, 100 + BURNS_KEPT)])
+        ends.source.burn_segments("KME_B", [Segment(b, 0, 8) for b in range(1, 4)])  # older ids
+        ends.source.burn_segments("KME_B", [Segment(10**6, 0, 8)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.source.statistics().burns_dropped == 4
+        assert ends.source.unsettled() == BURNS_KEPT
+        kept = ends.store_a.kept_burns(LINK)
+        assert len(kept) == BURNS_KEPT and Segment(10**6, 0, 8) in kept
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reservation_in_flight_when_the_node_was_killed_is_burnt_after_its_restart(
+    ends: LinkEnds,
+) -> None:
+    # Killed while the reservation waited for its answer: the outcome was never known
+    # here, and nothing had been noted as burnt.  B's copy stayed READY after the restart.
+    async def hangs(peer: str, message: SupplyReserve) -> SupplyResult:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    ends.acks, ends.answer = True, hangs
+    with trio.move_on_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ends.source.run)
+            nursery.start_soon(ends.source.new_keys, order(ends, 1, size_bits=BLOCK_BYTES * 8))
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(ends.requests) == 1
+            ends.store_a.close()  # the kill: nothing more reaches the disk
+            nursery.cancel_scope.cancel()
+    assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+    ends.store_a = KeyStore.open(ends.path_a, ends.key_a)
+    restarted = ends.restart()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.run)
+        await restarted.peer_up("KME_B")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends.store_b.states(LINK, [0]) == {0: KeyState.ERASED}
+        assert ends.store_a.kept_burns(LINK) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_answered_reservation_is_forgotten_in_the_store_and_not_burnt(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    ends.acks = True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        keys = await ends.source.new_keys(order(ends, 2, size_bits=512))
+        await trio.sleep(BURN_RESEND_S * 1.5)  # the batch that forgets bytes answered for
+        nursery.cancel_scope.cancel()
+    ends.store_a.close()
+    ends.store_a = KeyStore.open(ends.path_a, ends.key_a)  # a restart tells nothing
+    assert ends.store_a.kept_burns(LINK) == []
+    fetched = await ends.recorded_b.fetch(
+        [k.key_id for k in keys], master="SAE_A", requester="SAE_B"
+    )
+    assert dict(fetched) == {k.key_id: k.key for k in keys}
+
+
+# --- the neighbour's side of a burn -------------------------------------------------------------
+
+
+async def test_a_burn_for_a_link_that_is_not_ours_is_refused_with_a_code(ends: LinkEnds) -> None:
+    burn = SupplyBurn(link_id="X~Y", segments=[SegmentRef(0, 0, 8)], id=7)
+    result = await ends.responder.on_burn("KME_A", burn)
+    assert (result.id, result.ok, result.code) == (7, False, "unknown-link")
+    assert ends.store_b.states(LINK, [0]) == {0: KeyState.READY}
+
+
+async def test_a_burn_outside_its_block_is_refused_and_the_rest_burnt(ends: LinkEnds) -> None:
+    burn = SupplyBurn(
+        link_id=LINK,
+        segments=[SegmentRef(0, 0, BLOCK_BYTES), SegmentRef(1, BLOCK_BYTES - 8, 64)],
+        id=8,
+    )
+    result = await ends.responder.on_burn("KME_A", burn)
+    assert (result.id, result.ok, result.code) == (8, False, "segment-refused")
+    assert "outside the block's 1024 bytes" in result.message
+    assert ends.store_b.states(LINK, [0, 1]) == {0: KeyState.ERASED, 1: KeyState.READY}
+
+
+async def test_a_refused_burn_is_not_told_again(
+    ends: LinkEnds, autojump_clock: trio.testing.MockClock
+) -> None:
+    ends.acks = True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ends.source.run)
+        ends.source.burn_segments("KME_B", [Segment(2, BLOCK_BYTES - 8, 64)])
+        await trio.sleep(BURN_RESEND_S * 2.5)
+        assert len(ends.burn_requests) == 1 and ends.source.unsettled() == 0
+        assert ends.store_a.kept_burns(LINK) == []
         nursery.cancel_scope.cancel()
