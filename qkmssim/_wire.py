@@ -78,9 +78,9 @@ class PipeEnd(trio.abc.Stream):
         self._wake()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        # Cancellation is checked, but the task goes on without a turn of the scheduler:
-        # its callers' own send lock (``trio.Lock``) was one already, and a session's
-        # heartbeats alone make hundreds of thousands of sends a run.
+        # Cancellation is checked, but the task goes on without a turn of the scheduler
+        # (a session's heartbeats alone make hundreds of thousands of sends a run): a
+        # sender yields at its next wait, as every loop of the daemon's that sends has.
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("closed")
