@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import networkx as nx
 import pytest
 
 from protocol import CtlDemand, CtlEntry, CtlLink, CtlRelayLoad, CtlReport
@@ -20,6 +23,7 @@ from qkmsd.controller import (
     link_cost,
     qkms_uuid,
 )
+from qkmsd.controller._routing import _simple_paths
 
 RING = [("A", "B"), ("B", "C"), ("C", "D"), ("A", "D")]
 
@@ -345,3 +349,23 @@ def test_a_report_changes_its_senders_key_exactly_when_it_changes_the_whole_netw
         assert changed == (topo.node_key(node, now) != own), (node, links, demand, now)
         changes.append(changed)
     assert changes == [False, True, False, False, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_controllers_yen_finds_networkxs_paths_in_networkxs_order(seed: int) -> None:
+    """The same paths in the same order as ``nx.shortest_simple_paths``, ties included
+    (integer costs make many), on graphs with and without a path."""
+    rng = random.Random(seed)
+    graph: nx.Graph[str] = nx.gnp_random_graph(rng.randint(2, 14), rng.uniform(0.15, 0.6), seed)
+    graph = nx.relabel_nodes(graph, {n: f"N{n:02d}" for n in graph})
+    for u, v in graph.edges:
+        graph.edges[u, v]["cost"] = rng.choice([1, 2, 3]) if seed % 2 else rng.uniform(1, 4)
+    costs = {u: {v: d["cost"] for v, d in near.items()} for u, near in graph.adj.items()}
+    nodes = sorted(graph)
+    for source, target in itertools.permutations(nodes[:6], 2):
+        try:
+            found = nx.shortest_simple_paths(graph, source, target, "cost")
+            want = list(itertools.islice(found, 6))
+        except nx.NetworkXNoPath:
+            want = []
+        assert list(itertools.islice(_simple_paths(costs, source, target), 6)) == want
