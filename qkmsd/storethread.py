@@ -172,13 +172,14 @@ class StoreThread:
         return await self.call(fn, *args, **kwargs)
 
     async def _call_here(self, bound: Callable[[], T]) -> T:
-        """``inline`` mode: the call, its own transaction, on the event loop."""
+        """``inline`` mode: the call on the event loop, as ``call_inline`` makes it: each
+        write of the store's in a transaction of its own, a read in none (no empty
+        ``BEGIN``/``COMMIT`` around a call that only reads, most of a simulation's)."""
         assert self._store is not None
         await trio.lowlevel.checkpoint()
         if self._stopped:
             raise trio.ClosedResourceError("the store thread has stopped")
-        with self._store.batch():
-            result = bound()
+        result = bound()
         self.inline += 1
         return result
 

@@ -296,7 +296,7 @@ class ControllerService:
         if not self.leading:
             code, message, leader = self._not_controller()
             return CtlAck(id=report.id, ok=False, code=code, message=message, controller=leader)
-        before = self._graph_key()
+        before = self._graph_key(peer)
         try:
             self.topology.apply_report(peer, report, self._clock(), self._wall())
         except BadReport as exc:
@@ -312,19 +312,20 @@ class ControllerService:
             )
         self.reports_taken += 1
         self.alarms.add(peer, report.alarms)
-        if self._graph_key() != before:
+        if self._graph_key(peer) != before:
             self.wake()
         return CtlAck(id=report.id, ok=True, controller=self.node_id, term=self._term())
 
-    def _graph_key(self) -> object:
+    def _graph_key(self, node: str) -> object:
+        """What of the routing graph and the relaying pairs ``node``'s report can change:
+        whether it is alive, the links it is an end of, and the pairs it relays from.  A
+        report touches nothing else (``Topology.apply_report`` keeps only the sender's
+        view, and a QKD link it names must have it as an end), so this changes with a
+        report exactly when the whole network's graph key would, in O(its links) rather
+        than O(all links) per report; nodes that fall silent meanwhile are found by the
+        loop's own refresh every report period."""
         now = self._clock()
-        links = [(link.link_id, link.up, link.removed) for link in self.topology.links(now)]
-        return (
-            links,
-            self.topology.demand_pairs(now),
-            self.topology.multipath_pairs(now),
-            [n for n in self.topology.node_ids() if self.topology.alive(n, now)],
-        )
+        return self.topology.node_key(node, now)
 
     async def handle_route_ask(self, peer: str, ask: CtlRouteAsk) -> CtlRouteReply:
         """A node with no route to ``ask.destination``: its routes now, and from now on in

@@ -253,8 +253,11 @@ class Topology:
         """Every QKD link: reported by an end, or registered."""
         ids = set(self._links_ends)
         ids |= {e.name for e in self.registry.values() if e.kind == "link"}
+        return self._links(sorted(ids), now)
+
+    def _links(self, ids: list[str], now: float) -> list[LinkView]:
         out = []
-        for link_id in sorted(ids):
+        for link_id in ids:
             entry = self.registry.get(("link", link_id))
             a, b = self._links_ends.get(link_id) or _ends(
                 (entry.a if entry else None) or "", (entry.b if entry else None) or ""
@@ -270,6 +273,28 @@ class Topology:
                 LinkView(link_id, a, b, ends, registered=entry is not None, removed=removed, up=up)
             )
         return out
+
+    def node_key(self, node: str, now: float) -> object:
+        """The parts of ``links``, ``demand_pairs``, ``multipath_pairs`` and the live
+        nodes that ``node``'s own report can change: its liveness, the state of the QKD
+        links it is an end of, and the pairs it relays from (see ``apply_report``)."""
+        ids = {lid for lid, ends in self._links_ends.items() if node in ends}
+        ids |= {
+            e.name
+            for e in self.registry.values()
+            if e.kind == "link" and node in (e.a, e.b) and e.name not in self._links_ends
+        }
+        links = [(v.link_id, v.up, v.removed) for v in self._links(sorted(ids), now)]
+        view = self.nodes.get(node)
+        pairs: list[tuple[str, str]] = []
+        multipath: list[tuple[str, str]] = []
+        alive = self.alive(node, now)
+        if view is not None and alive:
+            pairs = sorted(p for p in self._demand_pairs_of(node, view))
+            multipath = sorted(
+                (node, link.peer) for link in view.links.values() if link.virtual and link.multipath
+            )
+        return (alive, links, pairs, multipath)
 
     def virtual_links(self) -> list[tuple[str, CtlLink]]:
         """Every end-to-end pool as its ends reported it: ``(reporting node, link)``."""
@@ -311,16 +336,21 @@ class Topology:
         and every SAE pair whose slave's KME is not a QKD neighbour of its master's."""
         pairs: set[tuple[str, str]] = set()
         for node, view in self.nodes.items():
-            if not self.alive(node, now):
-                continue
-            neighbours = {link.peer for link in view.links.values() if not link.virtual}
-            for link in view.links.values():
-                if link.virtual:
-                    pairs.add((node, link.peer))
-            for d in view.demand:
-                if d.kme != node and d.kme not in neighbours:
-                    pairs.add((node, d.kme))
+            if self.alive(node, now):
+                pairs |= self._demand_pairs_of(node, view)
         return sorted(pairs)
+
+    @staticmethod
+    def _demand_pairs_of(node: str, view: NodeView) -> set[tuple[str, str]]:
+        pairs: set[tuple[str, str]] = set()
+        neighbours = {link.peer for link in view.links.values() if not link.virtual}
+        for link in view.links.values():
+            if link.virtual:
+                pairs.add((node, link.peer))
+        for d in view.demand:
+            if d.kme != node and d.kme not in neighbours:
+                pairs.add((node, d.kme))
+        return pairs
 
 
 def _ends(a: str, b: str) -> tuple[str, str]:

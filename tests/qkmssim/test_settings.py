@@ -3,6 +3,7 @@ controller's sharing policy and lease, chosen demand pairs; a silent node; bad a
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ def test_a_pair_list_replaces_the_drawn_pairs(tmp_path: Path) -> None:
 
 
 def test_a_silent_node_is_reported_and_nothing_is_served_twice() -> None:
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     report = simulate(
         family_topology("ring", 4, block_bits=8192),  # a block every 0.6 s
         SimSettings(
@@ -54,6 +56,8 @@ def test_a_silent_node_is_reported_and_nothing_is_served_twice() -> None:
     # N3>N0 is one hop and never touches N1: it is served before and after the fault.
     assert [p.keys_delivered > 0 for p in report.per_pair] == [True, True]
     assert report.virtual_s == 13
+    # The run's collector settings (GC_THRESHOLDS, the nodes frozen) end with it.
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import networkx as nx
 import pytest
 
 from protocol import CtlDemand, CtlEntry, CtlLink, CtlRelayLoad, CtlReport
@@ -20,6 +23,7 @@ from qkmsd.controller import (
     link_cost,
     qkms_uuid,
 )
+from qkmsd.controller._routing import _simple_paths
 
 RING = [("A", "B"), ("B", "C"), ("C", "D"), ("A", "D")]
 
@@ -308,3 +312,60 @@ def test_the_disjoint_set_goes_round_a_link_short_of_key() -> None:
 
     assert disjoint(network(None)) == [["S", "A", "D"], ["S", "B", "D"]]
     assert disjoint(network(("A", "D"))) == [["S", "A", "X", "D"], ["S", "B", "D"]]
+
+
+def whole_key(topo: Topology, now: float) -> object:
+    """What the controller's routes depend on, over the whole network."""
+    return (
+        [(link.link_id, link.up, link.removed) for link in topo.links(now)],
+        topo.demand_pairs(now),
+        topo.multipath_pairs(now),
+        [n for n in topo.node_ids() if topo.alive(n, now)],
+    )
+
+
+def test_a_report_changes_its_senders_key_exactly_when_it_changes_the_whole_networks() -> None:
+    topo = ring()
+    topo.set_registry([CtlEntry("link", "B~D", a="B", b="D")])
+    far = [CtlDemand("S1", "S2", "C", 8, 8)]
+    single = CtlLink("A~C", "C", True, virtual=True, hops=["A", "B", "C"])
+    pool = CtlLink("A~C", "C", True, virtual=True, hops=["A", "B", "C"], multipath=True)
+    steps: list[tuple[str, list[CtlLink], list[CtlDemand], float]] = [
+        ("A", [qkd("A", "B", "A"), qkd("A", "D", "A"), single], [], 1.0),  # the same
+        ("B", [qkd("A", "B", "B", up=False), qkd("B", "C", "B")], [], 1.0),  # a link down
+        ("B", [qkd("A", "B", "B", up=False), qkd("B", "C", "B")], [], 1.5),  # unchanged
+        ("A", [qkd("A", "B", "A"), qkd("A", "D", "A")], far, 2.0),  # the same pair
+        ("A", [qkd("A", "B", "A"), qkd("A", "D", "A"), pool], far, 2.0),  # a multipath pool
+        ("B", [qkd("A", "B", "B"), qkd("B", "C", "B"), qkd("B", "D", "B")], [], 2.0),
+        ("D", [qkd("C", "D", "D"), qkd("A", "D", "D")], [], 9.0),  # D was lost: back
+        ("C", [qkd("B", "C", "C")], [], 9.0),  # C drops a link it reported
+        ("E", [CtlLink("C~E", "C", True)], [], 9.0),  # a new node and link
+    ]
+    changes = []
+    for node, links, demand, now in steps:
+        whole, own = whole_key(topo, now), topo.node_key(node, now)
+        topo.apply_report(node, report(node, links, demand=demand), now)
+        changed = whole_key(topo, now) != whole
+        assert changed == (topo.node_key(node, now) != own), (node, links, demand, now)
+        changes.append(changed)
+    assert changes == [False, True, False, False, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_controllers_yen_finds_networkxs_paths_in_networkxs_order(seed: int) -> None:
+    """The same paths in the same order as ``nx.shortest_simple_paths``, ties included
+    (integer costs make many), on graphs with and without a path."""
+    rng = random.Random(seed)
+    graph: nx.Graph[str] = nx.gnp_random_graph(rng.randint(2, 14), rng.uniform(0.15, 0.6), seed)
+    graph = nx.relabel_nodes(graph, {n: f"N{n:02d}" for n in graph})
+    for u, v in graph.edges:
+        graph.edges[u, v]["cost"] = rng.choice([1, 2, 3]) if seed % 2 else rng.uniform(1, 4)
+    costs = {u: {v: d["cost"] for v, d in near.items()} for u, near in graph.adj.items()}
+    nodes = sorted(graph)
+    for source, target in itertools.permutations(nodes[:6], 2):
+        try:
+            found = nx.shortest_simple_paths(graph, source, target, "cost")
+            want = list(itertools.islice(found, 6))
+        except nx.NetworkXNoPath:
+            want = []
+        assert list(itertools.islice(_simple_paths(costs, source, target), 6)) == want
