@@ -5,10 +5,11 @@ a hop (scarce key, QBER near its threshold; see docs/controller.md "Route cost")
 costs at least 1 (a hop spends link key equal to the relayed key plus its one-time MAC
 key), more as the key its sender owns runs short or its QBER climbs.  The controller's
 graph is undirected, so a link costs the dearer of its two directions.  ``compute_routes``
-finds, per ordered node pair, up to ``alternates`` least-cost simple paths (Yen's
-algorithm: networkx's ``shortest_simple_paths`` step for step, over plain dicts), each
-with its cost, and a set of node-disjoint paths of least total cost (``disjoint_set``:
-``qkmsd.routing``'s minimum-cost flow over the same costs) for the pairs whose pools split
+finds, per ordered node pair, up to ``alternates`` least-cost simple paths
+(``qkmsd.routing``'s Yen search over rustworkx's Dijkstra, checked against networkx's
+``shortest_simple_paths`` in its tests), each with its cost, and a set of node-disjoint
+paths of least total cost (``disjoint_set``: ``qkmsd.routing``'s minimum-cost flow over
+the same costs) for the pairs whose pools split
 keys over, or spread them across, disjoint paths (``multipath``: the pairs whose source's
 report marks its pool so).
 
@@ -22,9 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from heapq import heappop, heappush
 
 import networkx as nx
 
@@ -180,21 +180,20 @@ def compute_routes(
     too (``disjoint_set``)."""
     routes = []
     wanted = (lambda pair: True) if multipath is None else multipath.__contains__
-    split = _split_graph(graph) if disjoint > 0 and multipath != set() else None
-    costs = {u: {v: data["cost"] for v, data in near.items()} for u, near in graph.adj.items()}
+    net = _routing_graph(graph)
     for source, destination in pairs:
         if source not in graph or destination not in graph or source == destination:
             continue
         paths: list[CtlPath] = []
-        for nodes in itertools.islice(_simple_paths(costs, source, destination), alternates):
-            if len(nodes) > MAX_RELAY_PATH:
+        for path in net.routes(source, destination, alternates - 1) if alternates else ():
+            if len(path.nodes) > MAX_RELAY_PATH:
                 break
-            cost = sum(graph.edges[u, v]["cost"] for u, v in itertools.pairwise(nodes))
-            paths.append(CtlPath(list(nodes), float(cost)))
+            cost = sum(graph.edges[u, v]["cost"] for u, v in itertools.pairwise(path.nodes))
+            paths.append(CtlPath(list(path.nodes), float(cost)))
         if paths:
             sets = []
-            if split is not None and wanted((source, destination)):
-                sets = disjoint_set(split, source, destination, disjoint)
+            if disjoint > 0 and wanted((source, destination)):
+                sets = disjoint_set(net, source, destination, disjoint)
             routes.append(CtlRoute(source, destination, paths, disjoint=sets))
     return routes
 
@@ -211,7 +210,7 @@ def disjoint_set(graph: routing.Topology, source: str, destination: str, n: int)
     ]
 
 
-def _split_graph(graph: nx.Graph[str]) -> routing.Topology:
+def _routing_graph(graph: nx.Graph[str]) -> routing.Topology:
     """``graph`` (edge attribute ``cost``, the same both ways) as ``qkmsd.routing`` holds it."""
     out = routing.Topology()
     for node in graph.nodes:
@@ -220,110 +219,3 @@ def _split_graph(graph: nx.Graph[str]) -> routing.Topology:
         cost = min(max(float(data["cost"]), 1e-9), MAX_ARC_COST)
         out.set_cost(u, v, cost, cost)
     return out
-
-
-# --- Yen's least-cost simple paths --------------------------------------------------------
-#
-# networkx's ``shortest_simple_paths(graph, s, t, weight="cost")`` and its bidirectional
-# Dijkstra, step for step (the same pushes, the same counters, the same neighbour order:
-# the same paths in the same order, ties included), over plain dicts of costs: networkx's
-# generic version (edge filters as generators, a weight function and an edge-data lookup
-# per relaxation) took a sixth of a 200-node simulation's CPU.  Undirected graphs only.
-
-Costs = dict[str, dict[str, float]]
-
-
-def _simple_paths(costs: Costs, source: str, target: str) -> Iterator[list[str]]:
-    """Simple paths from ``source`` to ``target``, least cost first (Yen's algorithm)."""
-
-    def length(path: list[str]) -> float:
-        return sum(costs[u][v] for u, v in zip(path, path[1:], strict=False))
-
-    found: list[list[str]] = []
-    heap: list[tuple[float, int, list[str]]] = []
-    queued: set[tuple[str, ...]] = set()
-    counter = itertools.count()
-
-    def push(cost: float, path: list[str]) -> None:
-        if tuple(path) not in queued:
-            heappush(heap, (cost, next(counter), path))
-            queued.add(tuple(path))
-
-    previous: list[str] | None = None
-    while True:
-        if not previous:
-            first = _bidirectional_dijkstra(costs, source, target, set(), set())
-            if first is None:
-                return
-            push(*first)
-        else:
-            ignore_nodes: set[str] = set()
-            ignore_edges: set[tuple[str, str]] = set()
-            for i in range(1, len(previous)):
-                root = previous[:i]
-                root_length = length(root)
-                for path in found:
-                    if path[:i] == root:
-                        ignore_edges.add((path[i - 1], path[i]))
-                spur = _bidirectional_dijkstra(costs, root[-1], target, ignore_nodes, ignore_edges)
-                if spur is not None:
-                    push(root_length + spur[0], root[:-1] + spur[1])
-                ignore_nodes.add(root[-1])
-        if not heap:
-            return
-        path = heappop(heap)[2]
-        queued.remove(tuple(path))
-        yield path
-        found.append(path)
-        previous = path
-
-
-def _bidirectional_dijkstra(
-    costs: Costs,
-    source: str,
-    target: str,
-    ignore_nodes: set[str],
-    ignore_edges: set[tuple[str, str]],
-) -> tuple[float, list[str]] | None:
-    """The least cost and a least-cost path avoiding those nodes and edges, or None."""
-    if source in ignore_nodes or target in ignore_nodes:
-        return None
-    dists: list[dict[str, float]] = [{}, {}]
-    paths: list[dict[str, list[str]]] = [{source: [source]}, {target: [target]}]
-    fringe: list[list[tuple[float, int, str]]] = [[], []]
-    seen: list[dict[str, float]] = [{source: 0}, {target: 0}]
-    c = itertools.count()
-    heappush(fringe[0], (0, next(c), source))
-    heappush(fringe[1], (0, next(c), target))
-    final_dist = 0.0
-    final_path: list[str] = []
-    direction = 1
-    while fringe[0] and fringe[1]:
-        direction = 1 - direction
-        dist, _, v = heappop(fringe[direction])
-        done = dists[direction]
-        if v in done:
-            continue
-        done[v] = dist
-        if v in dists[1 - direction]:
-            return final_dist, final_path
-        seen_here, paths_here = seen[direction], paths[direction]
-        for w, cost in costs[v].items():
-            if w in ignore_nodes or (v, w) in ignore_edges or (w, v) in ignore_edges:
-                continue
-            vw_length = dist + cost
-            if w in done:
-                if vw_length < done[w]:
-                    raise ValueError("Contradictory paths found: negative weights?")
-            elif w not in seen_here or vw_length < seen_here[w]:
-                seen_here[w] = vw_length
-                heappush(fringe[direction], (vw_length, next(c), w))
-                paths_here[w] = paths_here[v] + [w]
-                if w in seen[0] and w in seen[1]:
-                    total = seen[0][w] + seen[1][w]
-                    if final_path == [] or final_dist > total:
-                        final_dist = total
-                        back = paths[1][w][:]
-                        back.reverse()
-                        final_path = paths[0][w] + back[1:]
-    return None

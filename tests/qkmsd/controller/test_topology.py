@@ -23,7 +23,6 @@ from qkmsd.controller import (
     link_cost,
     qkms_uuid,
 )
-from qkmsd.controller._routing import _simple_paths
 
 RING = [("A", "B"), ("B", "C"), ("C", "D"), ("A", "D")]
 
@@ -352,20 +351,29 @@ def test_a_report_changes_its_senders_key_exactly_when_it_changes_the_whole_netw
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_the_controllers_yen_finds_networkxs_paths_in_networkxs_order(seed: int) -> None:
-    """The same paths in the same order as ``nx.shortest_simple_paths``, ties included
-    (integer costs make many), on graphs with and without a path."""
+def test_the_controllers_routes_cost_what_networkxs_least_cost_paths_cost(seed: int) -> None:
+    """Up to three paths a pair, best first, each simple and at the cost of networkx's
+    path of the same rank (``shortest_simple_paths``; ties may list other paths of the
+    same cost), on graphs with and without a path."""
     rng = random.Random(seed)
     graph: nx.Graph[str] = nx.gnp_random_graph(rng.randint(2, 14), rng.uniform(0.15, 0.6), seed)
     graph = nx.relabel_nodes(graph, {n: f"N{n:02d}" for n in graph})
     for u, v in graph.edges:
         graph.edges[u, v]["cost"] = rng.choice([1, 2, 3]) if seed % 2 else rng.uniform(1, 4)
-    costs = {u: {v: d["cost"] for v, d in near.items()} for u, near in graph.adj.items()}
     nodes = sorted(graph)
-    for source, target in itertools.permutations(nodes[:6], 2):
+    pairs = list(itertools.permutations(nodes[:6], 2))
+    got = {(r.source, r.destination): r.paths for r in compute_routes(graph, pairs, disjoint=0)}
+    for source, target in pairs:
         try:
             found = nx.shortest_simple_paths(graph, source, target, "cost")
-            want = list(itertools.islice(found, 6))
+            want = [nx.path_weight(graph, p, "cost") for p in itertools.islice(found, 3)]
         except nx.NetworkXNoPath:
             want = []
-        assert list(itertools.islice(_simple_paths(costs, source, target), 6)) == want
+        paths = got.get((source, target), [])
+        assert [p.cost for p in paths] == pytest.approx(want), (source, target)
+        for p in paths:
+            assert len(set(p.nodes)) == len(p.nodes) and (p.nodes[0], p.nodes[-1]) == (
+                source,
+                target,
+            )
+            assert p.cost == pytest.approx(nx.path_weight(graph, p.nodes, "cost"))
