@@ -379,15 +379,9 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                     continue
-                if pool.link_short:
-                    # Each relay once the link has key for it and for those under way (a
-                    # short link costs no burst of failed relays), until it has key for
-                    # ``in_flight`` relays again.
-                    if await self._first_link_ready(pool, s.in_flight):
-                        pool.link_short = False
-                    elif not await self._first_link_ready(pool, pool.in_flight + 1):
-                        await trio.sleep(SHORT_RETRY_S)
-                        continue
+                if pool.link_short and not await self._link_back(pool, pool.in_flight):
+                    await trio.sleep(SHORT_RETRY_S)
+                    continue
                 wait = pool.retry_at - self._clock()
                 if wait > 0:
                     await trio.sleep(wait)
@@ -487,6 +481,7 @@ class RelayAgent:
         link_id = pool.config.link_id
         target = await self._owned_bits(link_id) + bits
         failures: list[RelayFailed] = []
+        short: RelayFailed | None = None
         slots = trio.Semaphore(self._settings.in_flight)
 
         async def one() -> None:
@@ -496,6 +491,7 @@ class RelayAgent:
             except RelayFailed as exc:
                 failures.append(exc)
                 if exc.here_short:
+                    pool.link_short = True
                     self._refund(pool)
             finally:
                 slots.release()
@@ -509,6 +505,19 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                 elif owned + under_way * self._settings.block_bits < target and slots.value:
+                    if pool.link_short and not await self._link_back(pool, 0):
+                        if not under_way:
+                            # The first link ran short and still is: no relay that could
+                            # only fail here; the request is told at once, as after three
+                            # failed relays (its SAE asks again).
+                            short = RelayFailed(
+                                ErrorCode.INSUFFICIENT_KEY,
+                                f"the first link to {destination} is short of key",
+                                here_short=True,
+                            )
+                            break
+                        await trio.sleep(SHORT_RETRY_S)
+                        continue
                     wait = self._budget_wait(pool, self._settings.block_bits)
                     if wait > 0:  # the pool's budget covers the relays SAEs wait for too
                         await trio.sleep(wait)
@@ -520,6 +529,8 @@ class RelayAgent:
             nursery.cancel_scope.cancel()
         if len(failures) >= 3:  # raised out here: inside the nursery it would be a group
             raise failures[-1]
+        if short is not None:
+            raise short
 
     def _held_back(self, pool: _Pool) -> bool:
         """Whether a pool of higher priority on one of this pool's first links is short.
@@ -540,6 +551,16 @@ class RelayAgent:
             return False
         links = self._first_links(pool)
         return any(links & self._first_links(p) for p in rivals)
+
+    async def _link_back(self, pool: _Pool, under_way: int) -> bool:
+        """For a pool whose first link ran short: whether one more relay may start.  Each
+        relay once the link has key for it and for the ``under_way`` ones (a short link
+        costs no burst of failed relays, background and SAE-driven alike), until it has key
+        for ``in_flight`` relays again, which ends the short state."""
+        if await self._first_link_ready(pool, self._settings.in_flight):
+            pool.link_short = False
+            return True
+        return await self._first_link_ready(pool, under_way + 1)
 
     async def _first_link_ready(self, pool: _Pool, relays: int) -> bool:
         """Whether one of the links the pool's paths start on has key for ``relays``
