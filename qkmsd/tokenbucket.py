@@ -26,10 +26,12 @@ class TokenBucket:
     """``rate`` tokens per second, at most ``depth`` (or ``burst_s`` seconds' worth) held.
 
     ``full``: a new bucket starts at its depth, else empty.  Pass exactly one of ``depth``
-    and ``burst_s``.  Times only move forward: an earlier ``now`` than the last adds nothing.
+    and ``burst_s``; with ``burst_s``, ``draw`` is the size of the draws the owner makes (a
+    relay's key): the bucket always holds at least one, whatever the rate, also while the
+    rate changes.  Times only move forward: an earlier ``now`` than the last adds nothing.
     """
 
-    __slots__ = ("at", "burst_s", "fixed_depth", "rate", "tokens")
+    __slots__ = ("at", "burst_s", "draw", "fixed_depth", "overflowed", "rate", "tokens")
 
     def __init__(
         self,
@@ -39,26 +41,33 @@ class TokenBucket:
         full: bool,
         depth: float | None = None,
         burst_s: float | None = None,
+        draw: float = 0.0,
     ) -> None:
         if (depth is None) == (burst_s is None):
             raise ValueError("a token bucket needs exactly one of depth and burst_s")
         self.rate = rate
         self.fixed_depth = depth
         self.burst_s = burst_s
+        self.draw = draw
         self.at = now
         self.tokens = self.depth(0.0) if full else 0.0
+        self.overflowed = 0.0
+        """Tokens that flowed in while the bucket was full, so were never there to spend:
+        a budget left unused (the caller was waiting on something else)."""
 
     def depth(self, asked: float) -> float:
         """The most the bucket holds while a draw of ``asked`` waits."""
         if self.fixed_depth is not None:
             return self.fixed_depth
         assert self.burst_s is not None
-        return max(asked, self.rate * self.burst_s)
+        return max(asked, self.draw, self.rate * self.burst_s)
 
     def refill(self, now: float, asked: float = 0.0) -> None:
         """Add what flowed in since the last look, up to the depth for a draw of ``asked``."""
         elapsed = max(0.0, now - self.at)
-        self.tokens = min(self.depth(asked), self.tokens + elapsed * self.rate)
+        filled = self.tokens + elapsed * self.rate
+        self.tokens = min(self.depth(asked), filled)
+        self.overflowed += max(0.0, filled - self.tokens)
         self.at = max(self.at, now)
 
     def has(self, n: float, now: float) -> bool:

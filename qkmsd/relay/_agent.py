@@ -425,7 +425,13 @@ class RelayAgent:
             if budget is None:
                 pool.budget = None
             elif bucket is None:  # a new budget starts empty: relays earn their key first
-                pool.budget = TokenBucket(budget, now, full=False, burst_s=BUDGET_BURST_S)
+                pool.budget = TokenBucket(
+                    budget,
+                    now,
+                    full=False,
+                    burst_s=BUDGET_BURST_S,
+                    draw=self._settings.block_bits,
+                )
             else:  # a new rate from now on: the tokens earned so far are kept
                 bucket.set_rate(budget, now)
 

@@ -19,6 +19,7 @@ def test_budget_bucket_holds_burst_seconds_but_at_least_the_draw() -> None:
     bucket = TokenBucket(1000.0, 0.0, full=False, burst_s=2.0)
     assert bucket.has(500, 100.0)  # a long idle earns two seconds' worth, no more
     assert bucket.tokens == pytest.approx(2000.0)
+    assert bucket.overflowed == pytest.approx(98_000.0)  # the rest is counted as lost
     bucket.take(2000)
     assert not bucket.has(500, 100.4)
     # A draw above the burst is not refused for ever: the bucket fills up to it.
@@ -74,3 +75,15 @@ def test_depth_and_burst_s_are_exclusive() -> None:
         TokenBucket(1.0, 0.0, full=True)
     with pytest.raises(ValueError, match="exactly one"):
         TokenBucket(1.0, 0.0, full=True, depth=1, burst_s=1.0)
+
+
+def test_a_rate_change_never_cuts_a_small_budget_below_one_draw() -> None:
+    """A pool at 1,000 bit/s saves up for a 4,096-bit relay over 4 s; the controller pushes
+    a slightly different rate every report: what was saved stays (two seconds' worth of
+    rate would be 2,000 bits, not a relay)."""
+    bucket = TokenBucket(1000.0, 0.0, full=False, burst_s=2.0, draw=4096)
+    for second in range(1, 4):
+        bucket.set_rate(1000.0 + second, float(second))
+    assert bucket.tokens == pytest.approx(3003.0)
+    assert bucket.overflowed == 0.0
+    assert bucket.wait(4096, 4.1) == 0.0
