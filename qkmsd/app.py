@@ -479,7 +479,11 @@ class Node:
                     connected=connected,
                     registry=Registry(cfg.state_dir / "registry.json"),
                     report_s=cfg.controller.report_s,
-                    allocate=partial(allocate_budgets, policy=cfg.controller.sharing),
+                    allocate=partial(
+                        allocate_budgets,
+                        policy=cfg.controller.sharing,
+                        relay_bits=cfg.relay.block_bits,
+                    ),
                     alarms=NetworkAlarms(
                         max_age_s=cfg.controller.alarm_history_days * 86400,
                         max_events=cfg.controller.alarm_history_max,

@@ -64,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
         help=f"virtual seconds after the demand, faults mended, for relays to end ({DRAIN_S:g})",
     )
     p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="virtual seconds left out of the pairs' window rates (window_rate_bps)",
+    )
+    p.add_argument(
         "--sharing",
         choices=("max-min", "proportional", "throughput"),
         default=None,
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             sharing=args.sharing,
             drain_s=args.drain,
+            warmup_s=args.warmup,
             lease_s=args.lease,
         )
         if args.pairs is not None and args.pairs < 1:

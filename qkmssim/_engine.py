@@ -106,6 +106,9 @@ class SimSettings:
     """``[controller] lease_s`` of the eligible nodes; ``None``: the daemon's (2 s)."""
     drain_s: float = DRAIN_S
     """Virtual seconds after the demand ends, every fault mended, for relays to end."""
+    warmup_s: float = 0.0
+    """Deliveries before this many virtual seconds are left out of the pairs' window rates
+    (``window_rate_bps``): a steady state without the cold start."""
     sharing: str | None = None
     """``[controller] sharing`` of the eligible nodes (how the controller's budgets share
     link key: ``max-min``, ``proportional``, ``throughput``); ``None``: the daemon's."""
@@ -513,6 +516,8 @@ class Network:
         tally.keys_delivered += good
         tally.bits_delivered += good * s.key_bits
         tally.first_delivery_at.append(trio.current_time())
+        if s.warmup_s <= trio.current_time() <= s.seconds:
+            tally.window_bits += good * s.key_bits
         return True
 
 
@@ -585,6 +590,8 @@ def simulate(topo: SimTopology, settings: SimSettings) -> Report:
             raise SimError(f"pair {a}-{b}: two distinct nodes of the topology expected")
     if settings.seconds <= 0 or not math.isfinite(settings.seconds):
         raise SimError("--seconds must be a positive number")
+    if not 0 <= settings.warmup_s < settings.seconds:
+        raise SimError("--warmup must be from 0 to below --seconds")
     if not 0 <= settings.drain_s <= 3600:
         raise SimError("--drain must be from 0 to 3600 seconds")
     logging.getLogger("qkms").setLevel(logging.CRITICAL)

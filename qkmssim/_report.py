@@ -19,6 +19,7 @@ Definitions (also in docs/simulator.md):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import resource
@@ -50,6 +51,12 @@ class PairReport(msgspec.Struct):
     relays_done: int
     """Relays confirmed into the pair's end-to-end pool (shared by both directions)."""
     relays_failed: int
+    window_rate_bps: float = 0.0
+    """Key bits fetched from the end of the warm-up to the end of the demand, per second of
+    that window (the whole run without ``--warmup``)."""
+    route: list[str] = []
+    """The path most of the master's confirmed relays to the slave took after the warm-up
+    (the master's first route to it: what the controller's budget counts); empty if none."""
 
 
 class FaultReport(msgspec.Struct):
@@ -149,6 +156,7 @@ def build_report(net: Network) -> Report:
             unresolved += 1
         else:
             cut += 1
+    used = _paths_used(relays, s.warmup_s)
     per_pair = []
     for pair in net.pairs:
         t = net.tallies[pair]
@@ -167,6 +175,8 @@ def build_report(net: Network) -> Report:
                 fetch_failed=t.fetch_failed,
                 relays_done=done.get(key, 0),
                 relays_failed=failed.get(key, 0),
+                window_rate_bps=t.window_bits / (seconds - s.warmup_s),
+                route=list(used.get(pair, ())),
             )
         )
     rates = [p.rate_bps for p in per_pair]
@@ -263,6 +273,16 @@ def _routes_in_use(net: Network, relays: list[RelaySeen]) -> dict[tuple[str, str
         path = found[1] if found else tuple(nx.shortest_path(graph, a, b))
         routes[(a, b)] = path if path[0] == a else tuple(reversed(path))
     return routes
+
+
+def _paths_used(relays: list[RelaySeen], since: float) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Per ordered pair (source, destination), the path of most of the source's confirmed
+    relays started at ``since`` or later."""
+    counts: dict[tuple[str, str], collections.Counter[tuple[str, ...]]] = {}
+    for seen in relays:
+        if seen.state == "confirmed" and seen.started_at >= since and len(seen.path) >= 2:
+            counts.setdefault((seen.path[0], seen.path[-1]), collections.Counter())[seen.path] += 1
+    return {pair: c.most_common(1)[0][0] for pair, c in counts.items()}
 
 
 def _crosses(path: tuple[str, ...], target: tuple[str, ...], node: bool) -> bool:

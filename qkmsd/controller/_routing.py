@@ -36,7 +36,8 @@ from ..routing import link_cost as routing_cost
 from ._topology import LinkView, Topology
 
 RELAY_KEY_BITS = 8192
-"""The key a background relay carries (the per-hop overhead is counted against it)."""
+"""The key a relay carries (the per-hop overhead is counted against it) when the caller
+does not say (``allocate_budgets(relay_bits=...)``: the node's ``[relay] block_bits``)."""
 MAC_KEY_BITS = 256
 
 ALTERNATES = 3
@@ -63,7 +64,12 @@ def link_cost(link: LinkView) -> float:
 
 
 def allocate_budgets(
-    topology: Topology, routes: list[CtlRoute], now: float, *, policy: sharing.Policy = "max-min"
+    topology: Topology,
+    routes: list[CtlRoute],
+    now: float,
+    *,
+    policy: sharing.Policy = "max-min",
+    relay_bits: int = RELAY_KEY_BITS,
 ) -> dict[str, list[CtlBudget]]:
     """Per live node, the budget (bits/s of key) of each destination it draws link key for:
     every ordered pair that relays (its best route) and every SAE pair across a QKD link
@@ -72,10 +78,13 @@ def allocate_budgets(
     empty if it has no budget: a node that got a set knows budgets are in force.
 
     A direction X->Y of link X~Y is half its rate: X pads hops and cuts neighbours' keys
-    from the blocks it owns.  A relayed pair spends the relay's MAC overhead on each hop, a
-    pair of neighbours one link bit per key bit.  Demand (``pair_demand``) is what the
-    pair's SAEs asked for over the last report period with some headroom, so that key a
-    pair leaves unused is shared among the pairs that want more (work conservation)."""
+    from the blocks it owns.  A relayed pair spends the MAC and confirmation keys of a
+    relay of ``relay_bits`` on each hop (the nodes' ``[relay] block_bits``: counted for a
+    larger relay, the relayed pairs' budgets come out too large for their links, and the
+    neighbour pairs' too small), a pair of neighbours one link bit per key bit.  Demand
+    (``pair_demand``) is what the pair's SAEs asked for over the last report period with
+    some headroom, so that key a pair leaves unused is shared among the pairs that want
+    more (work conservation)."""
     arcs: dict[tuple[str, str], float] = {}
     for view in topology.links(now):
         if view.up and not view.removed:
@@ -87,7 +96,7 @@ def allocate_budgets(
     for pair in neighbour_pairs(topology, now):
         paths.setdefault(pair, pair)
     demand = pair_demand(topology, now)
-    relay_overhead = sharing.overhead_for(RELAY_KEY_BITS, per_hop_bits=2 * MAC_KEY_BITS)
+    relay_overhead = sharing.overhead_for(relay_bits, per_hop_bits=2 * MAC_KEY_BITS)
     pairs = []
     for (source, destination), nodes in sorted(paths.items()):
         if len(nodes) >= 2 and all(hop in arcs for hop in itertools.pairwise(nodes)):

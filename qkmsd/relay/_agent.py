@@ -82,6 +82,7 @@ from ..errors import PeerUnavailable, QkmsError
 from ..keystore import Allocation, InsufficientKey, KeyStore, KeyStoreError, Segment
 from ..log import get_logger
 from ..storethread import StoreThread
+from ..tokenbucket import BUDGET_BURST_S, TokenBucket
 from ._driver import RelayedKeys
 from ._routes import Route, RoutingTable
 
@@ -96,12 +97,9 @@ POLL_S = 0.5
 """How often a full pool's level is looked at again."""
 RETRY_MAX_S = 10.0
 SHORT_RETRY_S = 0.25
+"""How often a pool whose relay found this node's first link short looks at its key."""
 BUDGET_MIN_WAIT_S = 0.01
 """A pool waiting for its budget looks again no sooner than this."""
-BUDGET_BURST_S = 2.0
-"""A pool under a budget may relay this many seconds' worth of it at once (at least one
-relay's key)."""
-"""How often a pool whose relay found this node's first link short looks at its key."""
 HELD_S = 0.1
 """How often a pool held back by a higher-priority one looks again."""
 JOURNAL_S = 0.2
@@ -192,11 +190,9 @@ class _Pool:
     link_short: bool = False
     """A relay found this node's first link short, and it has not had key for
     ``in_flight`` relays since: relay only as the link's key allows."""
-    budget_bps: float | None = None
-    """The controller's budget for this pool's background relays (bits/s of relayed key);
-    None: no budget, relay as the watermarks ask."""
-    tokens: float = 0.0
-    tokens_at: float = 0.0
+    budget: TokenBucket | None = None
+    """The controller's budget for this pool's relays (bits/s of relayed key, a bucket
+    ``BUDGET_BURST_S`` deep); None: no budget, relay as the watermarks ask."""
 
 
 @dataclasses.dataclass
@@ -388,15 +384,9 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                     continue
-                if pool.link_short:
-                    # Each relay once the link has key for it and for those under way (a
-                    # short link costs no burst of failed relays), until it has key for
-                    # ``in_flight`` relays again.
-                    if await self._first_link_ready(pool, s.in_flight):
-                        pool.link_short = False
-                    elif not await self._first_link_ready(pool, pool.in_flight + 1):
-                        await trio.sleep(SHORT_RETRY_S)
-                        continue
+                if pool.link_short and not await self._link_back(pool, pool.in_flight):
+                    await trio.sleep(SHORT_RETRY_S)
+                    continue
                 wait = pool.retry_at - self._clock()
                 if wait > 0:
                     await trio.sleep(wait)
@@ -412,19 +402,14 @@ class RelayAgent:
     def _budget_wait(self, pool: _Pool, bits: int) -> float:
         """Seconds until the pool's budget allows a relay of ``bits`` (0: now, and the bits
         are taken).  A token bucket at the budget's rate, ``BUDGET_BURST_S`` deep."""
-        budget = pool.budget_bps
-        if budget is None:
+        bucket = pool.budget
+        if bucket is None:
             return 0.0
-        now = trio.current_time()  # a rate: trio's monotonic clock (virtual in a simulation)
-        depth = max(float(bits), budget * BUDGET_BURST_S)
-        pool.tokens = min(depth, pool.tokens + max(0.0, now - pool.tokens_at) * budget)
-        pool.tokens_at = now
-        if pool.tokens >= bits * (1 - 1e-9):  # no Zeno's wait for a rounding error
-            pool.tokens = max(0.0, pool.tokens - bits)
+        wait = bucket.wait(bits, trio.current_time())  # a rate: trio's monotonic clock
+        if wait == 0.0:
+            bucket.take(bits)
             return 0.0
-        if budget <= 0:
-            return POLL_S
-        return min(POLL_S, max(BUDGET_MIN_WAIT_S, (bits - pool.tokens) / budget))
+        return min(POLL_S, max(BUDGET_MIN_WAIT_S, wait))
 
     def set_budgets(self, budgets: Mapping[str, float]) -> None:
         """The controller's per-destination budgets for relays (bits/s), background relays
@@ -435,23 +420,31 @@ class RelayAgent:
         a reserve there would only make relays a source's budget admitted fail on their
         way, after the key of the hops before was spent."""
         self._budgeted = True
+        now = trio.current_time()  # virtual in a simulation
         for pool in self._pools.values():
             budget = budgets.get(pool.config.peer)
-            if budget != pool.budget_bps:
-                log.debug("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
-                if pool.budget_bps is None:
-                    pool.tokens, pool.tokens_at = 0.0, trio.current_time()
-                else:  # a new rate from now on: the tokens earned so far are kept
-                    now = trio.current_time()
-                    pool.tokens += max(0.0, now - pool.tokens_at) * pool.budget_bps
-                    pool.tokens_at = now
-                pool.budget_bps = budget
+            bucket = pool.budget
+            if budget == (bucket.rate if bucket is not None else None):
+                continue
+            log.debug("relay.budget", pool=pool.config.link_id, bits_per_s=budget)
+            if budget is None:
+                pool.budget = None
+            elif bucket is None:  # a new budget starts empty: relays earn their key first
+                pool.budget = TokenBucket(
+                    budget,
+                    now,
+                    full=False,
+                    burst_s=BUDGET_BURST_S,
+                    draw=self._settings.block_bits,
+                )
+            else:  # a new rate from now on: the tokens earned so far are kept
+                bucket.set_rate(budget, now)
 
     def _refund(self, pool: _Pool) -> None:
         """A relay that spent no link key (this node's first link was short) gives its
         budget back: the pool's share is spent on relays, not on attempts."""
-        if pool.budget_bps is not None:
-            pool.tokens += self._settings.block_bits
+        if pool.budget is not None:
+            pool.budget.give(self._settings.block_bits)
 
     def link_reserve(self, *, first_hop: bool = True) -> int:
         """Bits a relay leaves on a link it pads from: ``link_reserve_bits``; under the
@@ -499,6 +492,7 @@ class RelayAgent:
         link_id = pool.config.link_id
         target = await self._owned_bits(link_id) + bits
         failures: list[RelayFailed] = []
+        short: RelayFailed | None = None
         slots = trio.Semaphore(self._settings.in_flight)
 
         async def one() -> None:
@@ -508,6 +502,7 @@ class RelayAgent:
             except RelayFailed as exc:
                 failures.append(exc)
                 if exc.here_short:
+                    pool.link_short = True
                     self._refund(pool)
             finally:
                 slots.release()
@@ -521,6 +516,19 @@ class RelayAgent:
                 if self._held_back(pool):
                     await trio.sleep(HELD_S)
                 elif owned + under_way * self._settings.block_bits < target and slots.value:
+                    if pool.link_short and not await self._link_back(pool, 0):
+                        if not under_way:
+                            # The first link ran short and still is: no relay that could
+                            # only fail here; the request is told at once, as after three
+                            # failed relays (its SAE asks again).
+                            short = RelayFailed(
+                                ErrorCode.INSUFFICIENT_KEY,
+                                f"the first link to {destination} is short of key",
+                                here_short=True,
+                            )
+                            break
+                        await trio.sleep(SHORT_RETRY_S)
+                        continue
                     wait = self._budget_wait(pool, self._settings.block_bits)
                     if wait > 0:  # the pool's budget covers the relays SAEs wait for too
                         await trio.sleep(wait)
@@ -532,6 +540,8 @@ class RelayAgent:
             nursery.cancel_scope.cancel()
         if len(failures) >= 3:  # raised out here: inside the nursery it would be a group
             raise failures[-1]
+        if short is not None:
+            raise short
 
     def _held_back(self, pool: _Pool) -> bool:
         """Whether a pool of higher priority on one of this pool's first links is short.
@@ -552,6 +562,16 @@ class RelayAgent:
             return False
         links = self._first_links(pool)
         return any(links & self._first_links(p) for p in rivals)
+
+    async def _link_back(self, pool: _Pool, under_way: int) -> bool:
+        """For a pool whose first link ran short: whether one more relay may start.  Each
+        relay once the link has key for it and for the ``under_way`` ones (a short link
+        costs no burst of failed relays, background and SAE-driven alike), until it has key
+        for ``in_flight`` relays again, which ends the short state."""
+        if await self._first_link_ready(pool, self._settings.in_flight):
+            pool.link_short = False
+            return True
+        return await self._first_link_ready(pool, under_way + 1)
 
     async def _first_link_ready(self, pool: _Pool, relays: int) -> bool:
         """Whether one of the links the pool's paths start on has key for ``relays``

@@ -60,6 +60,7 @@ from ..errors import PeerUnavailable
 from ..keystore import BURNS_KEPT, CutKey, KeyStore, KeyStoreError, Segment
 from ..log import get_logger
 from ..storethread import StoreThread
+from ..tokenbucket import BUDGET_BURST_S, TokenBucket
 from ._errors import SupplyError, Unavailable
 from ._ids import new_key_id
 from ._recorded import RecordedKeys
@@ -160,7 +161,7 @@ class DirectLinkSource:
         self._nursery: trio.Nursery | None = None
         self.stock_keys_in = 0
         self.stock_keys_out = 0
-        self._budgets: dict[str, _Bucket] = {}
+        self._budgets: dict[str, TokenBucket] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the stock refills.  Until cancelled."""
@@ -192,10 +193,9 @@ class DirectLinkSource:
             if rate is None:
                 self._budgets.pop(target, None)
             elif bucket is None:  # a new budget starts with its burst: no pair waits for it
-                self._budgets[target] = _Bucket(rate, rate * BUDGET_BURST_S, now)
+                self._budgets[target] = TokenBucket(rate, now, full=True, burst_s=BUDGET_BURST_S)
             elif bucket.rate != rate:  # the tokens earned at the old rate are kept
-                bucket.has(0, now)
-                bucket.rate = rate
+                bucket.set_rate(rate, now)
 
     def budget(self, target_kme: str) -> float | None:
         bucket = self._budgets.get(target_kme)
@@ -607,26 +607,6 @@ class DirectLinkSource:
                 self.stock_keys_in += number
         finally:
             stock.refilling = False
-
-
-BUDGET_BURST_S = 2.0
-"""A budget lets this many seconds' worth of it be cut at once (at least one request)."""
-
-
-class _Bucket:
-    """A token bucket at a budget's rate, ``BUDGET_BURST_S`` deep."""
-
-    def __init__(self, rate: float, tokens: float, at: float) -> None:
-        self.rate, self.tokens, self.at = rate, tokens, at
-
-    def has(self, bits: int, now: float) -> bool:
-        depth = max(float(bits), self.rate * BUDGET_BURST_S)
-        self.tokens = min(depth, self.tokens + max(0.0, now - self.at) * self.rate)
-        self.at = now
-        return self.tokens >= bits * (1 - 1e-9)
-
-    def take(self, bits: int) -> None:
-        self.tokens = max(0.0, self.tokens - bits)
 
 
 def _stock_target(policy: SupplyPolicy) -> int:

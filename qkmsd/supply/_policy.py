@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import SaeLimits, SupplyPolicy
+from ..tokenbucket import TokenBucket
 from ._errors import BadRequest, RateLimited, Unavailable
 
 
@@ -18,39 +19,35 @@ class RateLimiter:
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self._buckets: dict[Hashable, TokenBucket] = {}
 
     def take(self, key: Hashable, n: int, policy: SupplyPolicy) -> None:
         """Spend ``n`` keys of the pair's budget.  Raises ``Unavailable`` if there are too few."""
         if policy.rate_keys_per_s is None:
             return
-        now = self._clock()
-        tokens, then = self._buckets.get(key, (float(policy.burst_keys), now))
-        tokens = min(float(policy.burst_keys), tokens + (now - then) * policy.rate_keys_per_s)
-        if tokens < n:
-            self._buckets[key] = (tokens, now)
-            wait = (n - tokens) / policy.rate_keys_per_s
+        bucket = _bucket(
+            self._buckets, key, policy.rate_keys_per_s, policy.burst_keys, self._clock()
+        )
+        wait = bucket.wait(n, bucket.at)
+        if wait > 0.0:
             raise Unavailable(
                 f"rate limit of {policy.rate_keys_per_s:g} keys/s for this SAE pair; "
                 f"retry in {wait:.1f} s"
             )
-        self._buckets[key] = (tokens - n, now)
+        bucket.take(n)
 
 
-class _Bucket:
-    """One token bucket: ``rate`` tokens per second, at most ``burst`` held."""
-
-    __slots__ = ("tokens", "then")
-
-    def __init__(self, burst: int, now: float) -> None:
-        self.tokens = float(burst)
-        self.then = now
-
-    def wait(self, n: int, rate: float, burst: int, now: float) -> float:
-        """Seconds until ``n`` tokens are there (0: take them now)."""
-        self.tokens = min(float(burst), self.tokens + (now - self.then) * rate)
-        self.then = now
-        return 0.0 if self.tokens >= n else (n - self.tokens) / rate
+def _bucket(
+    buckets: dict[Any, TokenBucket], key: Hashable, rate: float, burst: int, now: float
+) -> TokenBucket:
+    """``key``'s bucket (new ones start full), up to date at ``now`` under limits that may
+    have been reloaded since the last look: the tokens earned so far are kept."""
+    bucket = buckets.get(key)
+    if bucket is None:
+        bucket = buckets[key] = TokenBucket(rate, now, full=True, depth=burst)
+    bucket.fixed_depth = burst
+    bucket.set_rate(rate, now)
+    return bucket
 
 
 class SaeRateLimiter:
@@ -63,8 +60,8 @@ class SaeRateLimiter:
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._requests: dict[str, _Bucket] = {}
-        self._keys: dict[str, _Bucket] = {}
+        self._requests: dict[str, TokenBucket] = {}
+        self._keys: dict[str, TokenBucket] = {}
 
     def request(self, sae: str, limits: SaeLimits) -> None:
         """Spend one call.  Raises ``RateLimited`` over ``requests_per_s``."""
@@ -84,19 +81,16 @@ class SaeRateLimiter:
         self._take(self._keys, sae, n, limits.keys_per_s, limits.burst_keys, "keys")
 
     def _take(
-        self, buckets: dict[str, _Bucket], sae: str, n: int, rate: float, burst: int, what: str
+        self, buckets: dict[str, TokenBucket], sae: str, n: int, rate: float, burst: int, what: str
     ) -> None:
-        now = self._clock()
-        bucket = buckets.get(sae)
-        if bucket is None:
-            bucket = buckets[sae] = _Bucket(burst, now)
-        wait = bucket.wait(n, rate, burst, now)
+        bucket = _bucket(buckets, sae, rate, burst, self._clock())
+        wait = bucket.wait(n, bucket.at)
         if wait > 0.0:
             raise RateLimited(
                 f"rate limit of {rate:g} {what}/s for SAE {sae}; retry in {wait:.2f} s",
                 retry_after=max(1, math.ceil(wait)),
             )
-        bucket.tokens -= n
+        bucket.take(n)
 
 
 def derive_keys(policy: SupplyPolicy, keys: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

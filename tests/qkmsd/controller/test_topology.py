@@ -245,6 +245,16 @@ def test_budgets_share_each_direction_of_a_link_among_relays_and_neighbour_pairs
     assert total >= sum(rate.values()) - 1e-6
 
 
+def test_budgets_count_the_mac_overhead_of_the_relay_size_the_nodes_use() -> None:
+    """With 4,096-bit relays each relayed bit costs 1 + 512/4096 link bits per hop, not the
+    8,192-bit relay's 1 + 512/8192: counted for the larger relay, A->C's budget would
+    overrun the halves it crosses."""
+    rate = budget_rates(line_with_demand({}), relay_bits=4096)
+    x = 4096 / (2 + 512 / 4096)
+    assert rate == pytest.approx({("A", "C"): x, ("A", "B"): x, ("B", "C"): x}, rel=1e-3)
+    assert rate[("A", "C")] * (1 + 512 / 4096) + rate[("A", "B")] <= 4096 * (1 + 1e-9)
+
+
 def test_a_pair_served_all_it_asked_for_is_budgeted_its_demand_not_a_share() -> None:
     """B asked for 1 kbit/s to C and got it all: its budget is that plus 10 %, below its
     share; A->C and A->B are held by A->B's half and keep theirs."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 import trio.testing
 
 from qkd_drivers import KeyBlock
 from qkmsd.keystore import NewBlock
+from qkmsd.relay import RelayFailed
 
 from .conftest import HOP_BYTES, SETTINGS, A, B, C, D, Net, link_id, open_net
 
@@ -113,6 +115,37 @@ async def test_a_pool_on_a_short_link_relays_as_key_arrives_without_bursts_of_fa
         failed = net[A].agent.statistics().relays_failed
     assert len(order) == 8
     assert failed <= 2  # the first burst found the link empty; then one relay per block
+
+
+async def test_after_a_relay_found_the_first_link_short_top_up_starts_none_until_key_lands(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An SAE's request tops the pool up; its relay finds A~B empty and fails at A (nothing
+    spent).  While the link stays short, the next requests' top-ups start no relay (none
+    could do better): each is refused at once, naming the short link.  Once a block lands,
+    a top-up relays again, with no further failure."""
+    async with open_net(
+        tmp_path, links=[(A, B), (B, C)], pools=[(A, C)], link_blocks=range(0)
+    ) as net:
+        net.add_link_key(B, C, range(10, 20))
+        agent = net[A].agent
+        with trio.fail_after(5), pytest.raises(RelayFailed):
+            await agent.top_up(C, 256)
+        failed = agent.statistics().relays_failed
+        assert 1 <= failed <= SETTINGS.in_flight  # the first burst
+        for _ in range(3):
+            with trio.fail_after(1), pytest.raises(RelayFailed, match="short of key"):
+                await agent.top_up(C, 256)
+        assert agent.statistics().relays_failed == failed
+        net.add_link_key(A, B, range(0, 8, 2))  # A's blocks
+        order: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_store_as_ready, net, order, 10**9, trio.Event())
+            with trio.fail_after(10):
+                await agent.top_up(C, 256)
+            nursery.cancel_scope.cancel()
+        assert agent.statistics().relays_failed == failed
+        assert order
 
 
 async def _relays_in(net: Net, seconds: float) -> int:
