@@ -64,6 +64,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"virtual seconds after the demand, faults mended, for relays to end ({DRAIN_S:g})",
     )
     p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="count the report's keys, rates and link key from S virtual s to the end of "
+        "the demand (default 0: all of it)",
+    )
+    p.add_argument(
         "--sharing",
         choices=("max-min", "proportional", "throughput"),
         default=None,
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             sharing=args.sharing,
             drain_s=args.drain,
             lease_s=args.lease,
+            warmup_s=args.warmup,
         )
         if args.pairs is not None and args.pairs < 1:
             raise SimError("--pairs must be at least 1")

@@ -51,7 +51,7 @@ from ._demand import (
     sae_of,
 )
 from ._faults import Fault
-from ._report import Report, build_report
+from ._report import Report, WindowMark, build_report
 from ._topology import SimTopology
 from ._wire import DOWN, SILENT, UP, SimLinkDriver, Wire
 
@@ -99,6 +99,9 @@ class SimSettings:
     sharing: str | None = None
     """``[controller] sharing`` of the eligible nodes (how the controller's budgets share
     link key: ``max-min``, ``proportional``, ``throughput``); ``None``: the daemon's."""
+    warmup_s: float = 0.0
+    """The report's rates and link key count from this virtual time to the end of the
+    demand (``--warmup``); 0: the whole demand."""
 
 
 class SimError(Exception):
@@ -166,6 +169,8 @@ class Network:
         self.cpu_s = 0.0
         """Virtual seconds run, the drain included."""
         self.demand_on = True
+        self.window_marks: list[WindowMark] = []
+        """Counts at the warm-up and at the end of the demand (``--warmup`` only)."""
 
     def clock(self) -> float:
         """The nodes' wall clock: virtual seconds since the run began, after ``epoch``."""
@@ -304,9 +309,14 @@ class Network:
             async with trio.open_nursery() as demand:
                 for pair in self.pairs:
                     demand.start_soon(self._demand, pair)
+                if s.warmup_s:
+                    await trio.sleep_until(s.warmup_s)
+                    self.window_marks.append(WindowMark.take(self))
                 await trio.sleep_until(s.seconds)
                 self.demand_on = False
                 demand.cancel_scope.cancel()
+            if s.warmup_s:
+                self.window_marks.append(WindowMark.take(self))
             # Drain: mend every fault, and let relays under way end.
             for wire in self.wires.values():
                 if wire.state != UP:
@@ -563,6 +573,8 @@ def simulate(topo: SimTopology, settings: SimSettings) -> Report:
         raise SimError("--seconds must be a positive number")
     if not 0 <= settings.drain_s <= 3600:
         raise SimError("--drain must be from 0 to 3600 seconds")
+    if not 0 <= settings.warmup_s < settings.seconds:
+        raise SimError("--warmup must be from 0 to less than --seconds")
     logging.getLogger("qkms").setLevel(logging.CRITICAL)
     logging.getLogger("qkd_drivers").setLevel(logging.CRITICAL)
     with contextlib.ExitStack() as stack:
