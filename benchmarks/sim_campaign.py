@@ -31,9 +31,10 @@ Two modes:
 - ``cold``: the network's first seconds from empty, no warm-up (``COLD_S``: 10, 8, 6, 4 s);
   results ``sim_campaign_cold.json``, plots ``campaign_cold_*.png``.
 
-Every run ends with a 2 s drain (``DRAIN_S``).  Sizes run smallest first, and the JSON is
-written after every run: ``--resume`` finishes an interrupted campaign, ``--sizes`` runs
-part of it.
+Every run ends with a 2 s drain (``DRAIN_S``).  Sizes run smallest first (``max-min``
+before ``throughput`` within a size), and the JSON is written after every run:
+``--resume`` keeps the runs the JSON has and makes the others, ``--sizes`` and
+``--policies`` run part of the grid.
 
     python benchmarks/sim_campaign.py                  # the steady-state campaign
     python benchmarks/sim_campaign.py --mode cold      # the cold-start one
@@ -126,7 +127,9 @@ Cell = tuple[str, int, str, float, float]
 """(family, N, policy, warm-up s, seconds of demand in all)."""
 
 
-def cells_for(mode: str, quick: bool, sizes: tuple[int, ...]) -> list[Cell]:
+def cells_for(
+    mode: str, quick: bool, sizes: tuple[int, ...] = SIZES, policies: tuple[str, ...] = POLICIES
+) -> list[Cell]:
     warmup = WARMUP_S if mode == "steady" else 0.0
     if quick:
         spans = {10: QUICK_WINDOW_S if mode == "steady" else QUICK_COLD_S}
@@ -134,8 +137,9 @@ def cells_for(mode: str, quick: bool, sizes: tuple[int, ...]) -> list[Cell]:
     else:
         spans = WINDOW_S if mode == "steady" else COLD_S
         grid = [(f, n) for n in sizes for f in FAMILIES]
-    cells = [(f, n, p, warmup, warmup + spans[n]) for f, n in grid for p in POLICIES]
-    cells.sort(key=lambda c: c[1])  # the smallest first: an interrupted campaign has sizes
+    cells = [(f, n, p, warmup, warmup + spans[n]) for f, n in grid for p in policies]
+    # The smallest first, max-min before throughput: an interrupted campaign has sizes.
+    cells.sort(key=lambda c: (c[1], POLICIES.index(c[2])))
     return cells
 
 
@@ -208,9 +212,11 @@ def campaign(
     jobs: int,
     out: Path,
     sizes: tuple[int, ...],
+    policies: tuple[str, ...] = POLICIES,
     resume: bool = False,
 ) -> dict[str, Any]:
-    cells = cells_for(mode, quick, sizes)
+    cells = cells_for(mode, quick, sizes, policies)
+    every = cells_for(mode, quick)
     doc: dict[str, Any] = {
         "command": "python benchmarks/sim_campaign.py --mode " + mode + (" --quick" * quick),
         "mode": mode,
@@ -229,13 +235,13 @@ def campaign(
         return (r["family"], r["n"], r["policy"], r.get("warmup_s", 0.0), r["seconds"])
 
     if resume and out.exists():
-        # Keep the runs already made with the same settings; make the others.
+        # Keep the runs already made with the same settings (of any size and policy);
+        # make the others asked for.
         done = json.loads(out.read_text())["runs"]
-        doc["runs"] = [r for r in done if cell_of(r) in cells]
+        doc["runs"] = [r for r in done if cell_of(r) in every]
         kept = {cell_of(r) for r in doc["runs"]}
         cells = [c for c in cells if c not in kept]
     lock = threading.Lock()
-    started = time.perf_counter()
 
     def one(cell: Cell) -> None:
         fig = run_one(*cell)
@@ -248,9 +254,9 @@ def campaign(
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [pool.submit(one, c) for c in cells]:
             future.result()
-    doc["complete"] = len(doc["runs"]) == len(cells_for(mode, quick, sizes))
+    doc["complete"] = len(doc["runs"]) == len(every)
     doc["cpu_s_total"] = round(sum(r["cpu_s"] for r in doc["runs"]), 1)
-    doc["wall_s_total"] = round(time.perf_counter() - started, 1)
+    doc["wall_s_total"] = round(sum(r["process_wall_s"] for r in doc["runs"]), 1)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
@@ -376,18 +382,26 @@ def main() -> int:
         default=",".join(map(str, SIZES)),
         help="run only these sizes (comma-separated)",
     )
+    ap.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help="run only these sharing policies (comma-separated)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="the JSON (default: results/)")
     ap.add_argument("--resume", action="store_true", help="keep the runs the JSON has")
     args = ap.parse_args()
     sizes = tuple(int(n) for n in args.sizes.split(","))
     if not set(sizes) <= set(SIZES):
         ap.error(f"--sizes: each of {', '.join(map(str, SIZES))}")
+    policies = tuple(args.policies.split(","))
+    if not set(policies) <= set(POLICIES):
+        ap.error(f"--policies: each of {', '.join(POLICIES)}")
     name = f"sim_campaign_{args.mode}" + ("_quick" if args.quick else "")
     out = args.out or RESULTS / f"{name}.json"
     if args.plot_only:
         doc = json.loads(out.read_text())
     else:
-        doc = campaign(args.mode, args.quick, max(1, args.jobs), out, sizes, args.resume)
+        doc = campaign(args.mode, args.quick, max(1, args.jobs), out, sizes, policies, args.resume)
         print(
             f"{len(doc['runs'])} runs, {doc['cpu_s_total']} CPU s, {doc['wall_s_total']} wall s"
             f" -> {out.resolve()}"
