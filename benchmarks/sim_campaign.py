@@ -356,8 +356,11 @@ def plot(doc: dict[str, Any], img: Path) -> list[Path]:
                 ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7, ncol=2)
+        windows = "/".join(f"{WINDOW_S[n]:g}" for n in SIZES)
         when = (
-            f"after a {doc['warmup_s']:g} s warm-up" if mode == "steady" else "cold start, from 0 s"
+            f"after a {doc['warmup_s']:g} s warm-up, windows of {windows} s at N = 10/50/100/200"
+            if mode == "steady"
+            else "cold start, from 0 s"
         )
         fig.suptitle(
             f"qkmssim, closed-loop demand, {when} (solid: max-min, dashed: throughput)",
