@@ -282,21 +282,31 @@ def line(r: dict[str, Any]) -> str:
 
 
 def table(doc: dict[str, Any]) -> str:
-    """The Markdown table of docs/controller.md, "Network campaign"."""
-    rows = [
-        "| family | N | pairs | window (s) | policy | delivered / ceiling | utilisation | Jain "
-        "| worst / equal share | worst / max-min | pairs with no key |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The Markdown table of docs/controller.md, "Network campaign": a row per run, and
+    a "not run" row per cell of the mode's grid the JSON does not have."""
+    keyed = []
     for r in doc["runs"]:
         pairs = f"{r['pairs']}" + (" (sample)" if r["sampled"] else " (all)")
-        rows.append(
+        row = (
             f"| {r['family']} | {r['n']} | {pairs} | {window(r)} | {r['policy']} "
             f"| {_f(r['delivered_over_ceiling'], 3)} | {_f(r['fibre_utilisation'])} "
             f"| {_f(r['jain_index'], 3)} | {_f(r['worst_over_equal_share'], 3)} "
             f"| {_f(r['worst_over_maxmin'], 3)} | {r['pairs_with_no_key']} |"
         )
-    return "\n".join(rows)
+        keyed.append(((r["family"], r["n"], r["policy"]), row))
+    made = {key for key, _ in keyed}
+    quick = doc["command"].endswith("--quick")
+    for family, n, policy, warmup, seconds in cells_for(doc.get("mode", "cold"), quick):
+        if (family, n, policy) not in made:
+            row = f"| {family} | {n} | - | {warmup:g}-{seconds:g} | {policy} | not run | | | | | |"
+            keyed.append(((family, n, policy), row))
+    keyed.sort(key=lambda kr: (FAMILIES.index(kr[0][0]), kr[0][1], POLICIES.index(kr[0][2])))
+    rows = [
+        "| family | N | pairs | window (s) | policy | delivered / ceiling | utilisation | Jain "
+        "| worst / equal share | worst / max-min | pairs with no key |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(rows + [row for _, row in keyed])
 
 
 def plot(doc: dict[str, Any], img: Path) -> list[Path]:
