@@ -360,7 +360,10 @@ def plot(doc: dict[str, Any], img: Path) -> list[Path]:
             ax.set_xlabel("nodes N")
             ax.set_title(title)
             ax.set_xticks(list(SIZES))
-            if key in ("jain_index", "fibre_utilisation", "no_key_share"):
+            if key == "fibre_utilisation":  # over 1: key held at the warm-up spent after
+                top = max([r[key] or 0.0 for r in doc["runs"]] + [1.0])
+                ax.set_ylim(0, top + 0.05)
+            elif key in ("jain_index", "no_key_share"):
                 ax.set_ylim(0, 1.05)
             else:
                 ax.set_ylim(bottom=0)
@@ -373,7 +376,7 @@ def plot(doc: dict[str, Any], img: Path) -> list[Path]:
             else "cold start, from 0 s"
         )
         fig.suptitle(
-            f"qkmssim, closed-loop demand, {when} (solid: max-min, dashed: throughput)",
+            f"qkmssim, closed-loop demand,\n{when}\n(solid: max-min, dashed: throughput)",
             fontsize=9,
         )
         fig.tight_layout()
