@@ -138,7 +138,7 @@ def main() -> None:
                 "budget_mean_bps": round(statistics.fmean(b), 1) if b else None,
                 "budget_min_bps": round(min(b), 1) if b else None,
                 "budget_max_bps": round(max(b), 1) if b else None,
-                "got_bps": round(p_.window_rate_bps, 1),
+                "got_bps": round(p_.rate_bps, 1),
                 "overflow_bps": round(lost / window, 1),
             }
         )

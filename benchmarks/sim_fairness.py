@@ -14,11 +14,12 @@ The figures are computed here, the same way for every tree measured:
 - ``Jain``: Jain's index over the delivered rates, ``(sum x)^2 / (n sum x^2)``;
 - ``used / max-min``: the share of the link key produced that was spent (the report's
   ``fibre_utilisation``: relays' pads and MAC keys and keys cut for neighbours, over the
-  key the links made while both ends were up, the 12 s drain included) over the share the
-  reference allocation spends.
+  key the links made while both ends were up; with ``--warmup``, over the window only,
+  otherwise the 12 s drain included) over the share the reference allocation spends.
 
-``--warmup S`` measures the pairs' rates from virtual second ``S`` to the end of the
-demand only (the simulator's ``window_rate_bps``): a steady state without the cold start.
+``--warmup S`` measures from virtual second ``S`` to the end of the demand only (the
+simulator's ``--warmup``: the report's rates and link key over that window): a steady
+state without the cold start.
 ``--block-bits B`` sets every link's key block (the families' default: 65,536 bits).
 
 ``--before REV`` also runs the same cases on the daemon code of git revision ``REV``
@@ -127,7 +128,7 @@ def figures(
     fair_utilisation: float,
     in_use: dict[tuple[str, str], float],
 ) -> dict[str, Any]:
-    rates = {(p["master"], p["slave"]): p["window_rate_bps"] for p in report["per_pair"]}
+    rates = {(p["master"], p["slave"]): p["rate_bps"] for p in report["per_pair"]}
     ratios = {pair: rates.get(pair, 0.0) / m for pair, m in fair.items() if m > 0}
     worst_pair = min(ratios, key=lambda p: (ratios[p], p))
     values = list(rates.values())

@@ -67,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
         "--warmup",
         type=float,
         default=0.0,
-        help="virtual seconds left out of the pairs' window rates (window_rate_bps)",
+        metavar="S",
+        help="count the report's keys, rates and link key from S virtual s to the end of "
+        "the demand (default 0: all of it)",
     )
     p.add_argument(
         "--sharing",
@@ -110,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             sharing=args.sharing,
             drain_s=args.drain,
-            warmup_s=args.warmup,
             lease_s=args.lease,
+            warmup_s=args.warmup,
         )
         if args.pairs is not None and args.pairs < 1:
             raise SimError("--pairs must be at least 1")

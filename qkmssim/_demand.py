@@ -91,8 +91,6 @@ class PairTally:
     fetch_failed: int = 0
     """Keys ``enc_keys`` gave whose ``dec_keys`` at the slave failed."""
     first_delivery_at: list[float] = dataclasses.field(default_factory=list)
-    window_bits: int = 0
-    """Bits delivered from the end of the warm-up (``--warmup``) to the end of the demand."""
     """Virtual times of each delivery (one per request), for reroute times."""
 
 

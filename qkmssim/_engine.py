@@ -52,7 +52,7 @@ from ._demand import (
     sae_of,
 )
 from ._faults import Fault
-from ._report import Report, build_report
+from ._report import Report, WindowMark, build_report
 from ._topology import SimTopology
 from ._wire import DOWN, SILENT, UP, SimLinkDriver, Wire
 
@@ -106,12 +106,12 @@ class SimSettings:
     """``[controller] lease_s`` of the eligible nodes; ``None``: the daemon's (2 s)."""
     drain_s: float = DRAIN_S
     """Virtual seconds after the demand ends, every fault mended, for relays to end."""
-    warmup_s: float = 0.0
-    """Deliveries before this many virtual seconds are left out of the pairs' window rates
-    (``window_rate_bps``): a steady state without the cold start."""
     sharing: str | None = None
     """``[controller] sharing`` of the eligible nodes (how the controller's budgets share
     link key: ``max-min``, ``proportional``, ``throughput``); ``None``: the daemon's."""
+    warmup_s: float = 0.0
+    """The report's rates and link key count from this virtual time to the end of the
+    demand (``--warmup``); 0: the whole demand."""
 
 
 class SimError(Exception):
@@ -179,6 +179,8 @@ class Network:
         self.cpu_s = 0.0
         """Virtual seconds run, the drain included."""
         self.demand_on = True
+        self.window_marks: list[WindowMark] = []
+        """Counts at the warm-up and at the end of the demand (``--warmup`` only)."""
 
     def clock(self) -> float:
         """The nodes' wall clock: virtual seconds since the run began, after ``epoch``."""
@@ -318,9 +320,14 @@ class Network:
             async with trio.open_nursery() as demand:
                 for pair in self.pairs:
                     demand.start_soon(self._demand, pair)
+                if s.warmup_s:
+                    await trio.sleep_until(s.warmup_s)
+                    self.window_marks.append(WindowMark.take(self))
                 await trio.sleep_until(s.seconds)
                 self.demand_on = False
                 demand.cancel_scope.cancel()
+            if s.warmup_s:
+                self.window_marks.append(WindowMark.take(self))
             # Drain: mend every fault, and let relays under way end.
             for wire in self.wires.values():
                 if wire.state != UP:
@@ -516,8 +523,6 @@ class Network:
         tally.keys_delivered += good
         tally.bits_delivered += good * s.key_bits
         tally.first_delivery_at.append(trio.current_time())
-        if s.warmup_s <= trio.current_time() <= s.seconds:
-            tally.window_bits += good * s.key_bits
         return True
 
 
@@ -590,10 +595,10 @@ def simulate(topo: SimTopology, settings: SimSettings) -> Report:
             raise SimError(f"pair {a}-{b}: two distinct nodes of the topology expected")
     if settings.seconds <= 0 or not math.isfinite(settings.seconds):
         raise SimError("--seconds must be a positive number")
-    if not 0 <= settings.warmup_s < settings.seconds:
-        raise SimError("--warmup must be from 0 to below --seconds")
     if not 0 <= settings.drain_s <= 3600:
         raise SimError("--drain must be from 0 to 3600 seconds")
+    if not 0 <= settings.warmup_s < settings.seconds:
+        raise SimError("--warmup must be from 0 to less than --seconds")
     logging.getLogger("qkms").setLevel(logging.CRITICAL)
     logging.getLogger("qkd_drivers").setLevel(logging.CRITICAL)
     with contextlib.ExitStack() as stack:

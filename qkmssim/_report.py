@@ -12,6 +12,9 @@ Definitions (also in docs/simulator.md):
 - Jain's index over the pairs' rates, ``(sum x)^2 / (n sum x^2)``; the worst pair's rate
   over an equal share (the mean rate), and over its max-min fair rate when an allocator
   is there (``maxmin_fair_rates``);
+- with a warm-up (``SimSettings.warmup_s``, ``--warmup``), the pairs' keys, bits and
+  rates, the link key produced and spent and every figure made of them count only over
+  the window from the warm-up to the end of the demand (``WindowMark``);
 - time to reroute (per link or node fault): for each demand pair whose last relay before
   the fault crossed the failed link or node, the time from the fault to its first relay
   confirmed on a route around it; a controller crash reports the time to the next leader.
@@ -37,6 +40,33 @@ if TYPE_CHECKING:
     from ._topology import SimTopology
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowMark:
+    """What the network had counted at one moment of a run: each pair's keys and bits
+    delivered, each link end's key received, the link key the relays had spent."""
+
+    delivered: dict[tuple[str, str], tuple[int, int]]
+    link_bits: dict[str, dict[str, int]]
+    relay_spent: int
+
+    @classmethod
+    def take(cls, net: Network) -> WindowMark:
+        return cls(
+            delivered={p: (t.keys_delivered, t.bits_delivered) for p, t in net.tallies.items()},
+            link_bits={link: dict(ends) for link, ends in net.link_counts.items()},
+            relay_spent=_relay_spent(net),
+        )
+
+
+def _relay_spent(net: Network) -> int:
+    return sum(
+        node.relay.statistics().link_bits_spent
+        for sim in net.nodes.values()
+        for node in sim.incarnations
+        if node.relay is not None
+    )
+
+
 class PairReport(msgspec.Struct):
     master: str
     slave: str
@@ -51,9 +81,6 @@ class PairReport(msgspec.Struct):
     relays_done: int
     """Relays confirmed into the pair's end-to-end pool (shared by both directions)."""
     relays_failed: int
-    window_rate_bps: float = 0.0
-    """Key bits fetched from the end of the warm-up to the end of the demand, per second of
-    that window (the whole run without ``--warmup``)."""
     route: list[str] = []
     """The path most of the master's confirmed relays to the slave took after the warm-up
     (the master's first route to it: what the controller's budget counts); empty if none."""
@@ -118,6 +145,9 @@ class Report(msgspec.Struct):
     """Speed on this process's CPU time: what the run costs on a machine it has alone."""
     peak_rss_mib: float
     rss_per_node_kib: float
+    warmup_s: float = 0.0
+    """Pairs' keys and rates, link key produced and spent and the figures made of them
+    count from here to the end of the demand (``seconds - warmup_s`` s); 0: all of it."""
 
 
 def maxmin_fair_rates(
@@ -139,7 +169,8 @@ def maxmin_fair_rates(
 
 def build_report(net: Network) -> Report:
     topo, s = net.topo, net.settings
-    seconds = s.seconds
+    window = _window(net)
+    span = s.seconds - s.warmup_s if window else s.seconds  # what the rates are over
     graph = topo.graph()
     hops = {p: int(nx.shortest_path_length(graph, p[0], p[1])) for p in net.pairs}
     relays = net.relays_seen()
@@ -161,36 +192,43 @@ def build_report(net: Network) -> Report:
     for pair in net.pairs:
         t = net.tallies[pair]
         key = (min(pair), max(pair))
+        keys, bits = t.keys_delivered, t.bits_delivered
+        if window:
+            (keys0, bits0), (keys1, bits1) = (mark.delivered[pair] for mark in window)
+            keys, bits = keys1 - keys0, bits1 - bits0
         per_pair.append(
             PairReport(
                 master=pair[0],
                 slave=pair[1],
                 hops=hops[pair],
-                keys_delivered=t.keys_delivered,
-                bits_delivered=t.bits_delivered,
-                rate_bps=t.bits_delivered / seconds,
+                keys_delivered=keys,
+                bits_delivered=bits,
+                rate_bps=bits / span,
                 requests=t.requests,
                 refused=t.refused,
                 timed_out=t.timed_out,
                 fetch_failed=t.fetch_failed,
                 relays_done=done.get(key, 0),
                 relays_failed=failed.get(key, 0),
-                window_rate_bps=t.window_bits / (seconds - s.warmup_s),
                 route=list(used.get(pair, ())),
             )
         )
     rates = [p.rate_bps for p in per_pair]
     total_bits = sum(p.bits_delivered for p in per_pair)
-    delivered_bps = total_bits / seconds
+    delivered_bps = total_bits / span
     mean_hops = statistics.fmean(hops.values()) if hops else 1.0
     ceiling = sum(lk.rate_bps for lk in topo.links) / max(mean_hops, 1.0)
-    produced = sum(min(c.values()) for c in net.link_counts.values())
-    spent = sum(
-        node.relay.statistics().link_bits_spent
-        for sim in net.nodes.values()
-        for node in sim.incarnations
-        if node.relay is not None
-    ) + sum(p.bits_delivered for p in per_pair if p.hops == 1)
+    if window:
+        start, end = window
+        produced = sum(
+            min(ends[end_] - start.link_bits[link][end_] for end_ in ends)
+            for link, ends in end.link_bits.items()
+        )
+        relay_spent = end.relay_spent - start.relay_spent
+    else:
+        produced = sum(min(c.values()) for c in net.link_counts.values())
+        relay_spent = _relay_spent(net)
+    spent = relay_spent + sum(p.bits_delivered for p in per_pair if p.hops == 1)
     jain = (sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates))) if any(rates) else None
     mean_rate = statistics.fmean(rates) if rates else 0.0
     worst_equal = min(rates) / mean_rate if rates and mean_rate else None
@@ -218,7 +256,7 @@ def build_report(net: Network) -> Report:
         nodes=len(topo.nodes),
         links=len(topo.links),
         pairs=len(net.pairs),
-        seconds=seconds,
+        seconds=s.seconds,
         seed=s.seed,
         demand=s.demand.kind + (f":{s.demand.bps:g}" if s.demand.kind == "paced" else ""),
         keys_delivered=sum(p.keys_delivered for p in per_pair),
@@ -256,7 +294,15 @@ def build_report(net: Network) -> Report:
         else 0.0,
         peak_rss_mib=round(rss_kib / 1024, 1),
         rss_per_node_kib=round(rss_kib / max(len(topo.nodes), 1), 1),
+        warmup_s=s.warmup_s if window else 0.0,
     )
+
+
+def _window(net: Network) -> tuple[WindowMark, WindowMark] | None:
+    """The marks at the warm-up and at the end of the demand, if the run has a warm-up."""
+    if net.settings.warmup_s and len(net.window_marks) == 2:
+        return net.window_marks[0], net.window_marks[1]
+    return None
 
 
 def _routes_in_use(net: Network, relays: list[RelaySeen]) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -368,6 +414,13 @@ def render(report: Report, *, pairs_shown: int = 20) -> str:
     lines = [
         f"topology {r.topology}: {r.nodes} nodes, {r.links} links, {r.pairs} demand pairs "
         f"({r.demand}), {r.seconds:g} virtual s, seed {r.seed}",
+    ]
+    if r.warmup_s:
+        lines.append(
+            f"window                from {r.warmup_s:g} s to {r.seconds:g} s (keys, rates and "
+            "link key below count in it only)"
+        )
+    lines += [
         f"keys delivered        {r.keys_delivered} ({r.bits_delivered} bits, "
         f"{r.delivered_bps:.1f} b/s)",
         f"relays                {r.relays_done} done, {r.relays_failed} failed, "
