@@ -18,8 +18,9 @@ answers too, so one end's pings keep both heard; each end still pings every
 watchdog declares the peer down when nothing at all has come from it for ``silence``
 seconds: a cut fibre or a dead host sends no reset, only silence.  The watchdog counts
 silence only while this node's own event loop runs (a wake more than a tick late credits
-one tick), and not while the reader waits for our own dispatcher to take a
-message: a node stalled by load does not drop its healthy peers.  A send blocked by a
+one tick; a loop whose turns are slow, timed at each wake, credits less, at most half
+less), and not while the reader waits for our own dispatcher to take a
+message: a node stalled or crowded by load does not drop its healthy peers.  A send blocked by a
 peer that stopped reading does not hold the watchdog up either.  The ``down`` callbacks
 get the reason (``silent for ...`` for this case), and ``peers_status`` shows it with
 the time the session ended.  A protocol violation is answered with an ``Error`` frame
@@ -111,6 +112,9 @@ CLOCK_PING_HEARTBEATS = 16
 heartbeats: the answer measures the peer's clock (``clock_offset_s``)."""
 SILENT = "silent"
 """How a ``down`` reason begins when the peer was declared down for silence."""
+BUSY_TURNS = 8
+"""The watchdog credits its step less this many of its loop's turns (timed at each wake):
+a heartbeat takes several turns to be sent, polled and read (at most half the step)."""
 REQUESTS_IN_FLIGHT = 256
 """Requests from one peer served at once; past this the peer's session waits."""
 _READ_SIZE = 65536
@@ -744,12 +748,24 @@ class PeerManager:
         while True:
             step = max(tick, self._silence - silent)
             await trio.sleep(step)
+            woke = trio.current_time()
+            # A loop can also wake its timers on time yet be slow, each of its turns long
+            # (thousands of runnable tasks): a frame then needs several turns to be sent,
+            # polled and read.  Yield twice (between the two, the loop polls the sockets and
+            # the reader reads what the kernel holds) and time the turns.
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
             now = trio.current_time()
-            # A wake more than a tick late means our own loop was stalled or slow: credit
-            # one tick only, so that the reader gets its turns before the silence is
-            # counted against the peer.  A slow loop detects later; it does not drop early.
-            elapsed = now - before
-            credit = min(elapsed, step) if elapsed <= step + tick else tick
+            turn = (now - woke) / 2
+            # A wake more than a tick (and those turns) late means our own loop was
+            # stalled: credit one tick only, so that the reader gets its turns before the
+            # silence is counted against the peer.  A slow loop detects later; it does not
+            # drop early.  The turns themselves are our loop's time: never credited.
+            elapsed = woke - before
+            credit = min(elapsed, step) if elapsed <= step + tick + 2 * turn else tick
+            # And credit less the busier the loop: an idle loop's turns take no time; a
+            # busy one's credit is at least half, so it still drops a dead peer.
+            credit -= min(BUSY_TURNS * turn, credit / 2)
             before = now
             if live.last_rx != seen:
                 seen = live.last_rx

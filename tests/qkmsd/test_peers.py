@@ -35,11 +35,13 @@ class Recorder:
         self.events: list[tuple[str, Any]] = []
         self.reasons: list[str] = []
         self.got = trio.Event()
+        self.down_at = -1.0
 
     async def on_up(self, peer: str) -> None:
         self.events.append(("up", peer))
 
     async def on_down(self, peer: str, reason: str) -> None:
+        self.down_at = trio.current_time()
         self.reasons.append(reason)
         self.events.append(("down", peer))
 
@@ -213,6 +215,75 @@ async def test_a_node_whose_own_loop_stalls_keeps_a_peer_that_kept_talking(
             assert a.is_connected("KME_B") and b.is_connected("KME_A")
             nursery.cancel_scope.cancel()
     assert rec_a.reasons == [] or not rec_a.reasons[0].startswith(SILENT)
+
+
+async def busy_loop(clock: trio.testing.MockClock, batch: float) -> None:
+    """Make every scheduling batch of the whole loop take ``batch`` seconds: a process
+    crowded with runnable tasks that still wakes its timers about on time."""
+    while True:
+        clock.jump(batch)
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_node_whose_loop_is_busy_keeps_a_peer_that_kept_talking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    a = manager("KME_A", "KME_B", rec_a, silence=2.5)
+    b = manager("KME_B", "KME_A", rec_b, silence=2.5)
+    left, right = trio.testing.memory_stream_pair()
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.serve_authenticated, left, "KME_B")
+            nursery.start_soon(b.serve_authenticated, right, "KME_A")
+            await trio.sleep(5)
+            # Each batch takes a third of a second: every wake is on time to within a
+            # batch, but a heartbeat needs several batches to be sent, read and answered.
+            hog = trio.CancelScope()
+
+            async def hogging() -> None:
+                with hog:
+                    await busy_loop(autojump_clock, 0.35)
+
+            nursery.start_soon(hogging)
+            await trio.sleep(60)
+            hog.cancel()
+            await trio.sleep(5)
+            assert a.is_connected("KME_B") and b.is_connected("KME_A")
+            nursery.cancel_scope.cancel()
+    assert rec_a.reasons == [] or not rec_a.reasons[0].startswith(SILENT)
+    assert rec_b.reasons == [] or not rec_b.reasons[0].startswith(SILENT)
+
+
+async def test_a_busy_node_still_drops_a_peer_that_fell_silent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    a = manager("KME_A", "KME_B", rec_a, silence=2.5)
+    b = manager("KME_B", "KME_A", rec_b, silence=2.5)
+    left, right = trio.testing.memory_stream_pair()
+    muted = Muted(left)
+    done = trio.Event()
+
+    async def serve_a() -> None:
+        await a.serve_authenticated(muted, "KME_B")
+        done.set()
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_a)
+            nursery.start_soon(b.serve_authenticated, right, "KME_A")
+            await trio.sleep(5)
+            nursery.start_soon(busy_loop, autojump_clock, 0.35)
+            await trio.sleep(5)
+            muted.mute()
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    # Later than on an idle loop (each look is credited at most half, the busy turns not
+    # at all, and the session takes turns to end), but down: here, where every turn of
+    # the loop takes a seventh of the limit, within six times the limit.
+    assert 2.5 <= rec_a.down_at - muted.last_delivered <= 6 * 2.5
+    assert rec_a.reasons[-1].startswith(SILENT)
 
 
 async def test_hello_naming_another_node_is_refused_before_anything_happens() -> None:
