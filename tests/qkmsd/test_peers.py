@@ -68,6 +68,13 @@ def manager(node: str, peer: str, rec: Recorder, *, silence: float | None = None
     return peers
 
 
+def connect(nursery: trio.Nursery, a: PeerManager, b: PeerManager) -> None:
+    """Serve one session between ``a`` and ``b`` over an in-memory stream pair."""
+    left, right = trio.testing.memory_stream_pair()
+    nursery.start_soon(a.serve_authenticated, left, b.node_id)
+    nursery.start_soon(b.serve_authenticated, right, a.node_id)
+
+
 async def read_frames(stream: trio.abc.Stream) -> list[Any]:
     conn = FramedConnection(PEER_DECODER)
     out: list[Any] = []
@@ -83,10 +90,8 @@ async def test_session_opens_and_carries_messages_in_order(
 ) -> None:
     rec_a, rec_b = Recorder(), Recorder()
     a, b = manager("KME_A", "KME_B", rec_a), manager("KME_B", "KME_A", rec_b)
-    left, right = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(a.serve_authenticated, left, "KME_B")
-        nursery.start_soon(b.serve_authenticated, right, "KME_A")
+        connect(nursery, a, b)
         await trio.sleep(0.1)
         assert a.is_connected("KME_B") and b.is_connected("KME_A")
         for i in range(3):
@@ -202,11 +207,9 @@ async def test_a_node_whose_own_loop_stalls_keeps_a_peer_that_kept_talking(
     rec_a, rec_b = Recorder(), Recorder()
     a = manager("KME_A", "KME_B", rec_a, silence=2.5)
     b = manager("KME_B", "KME_A", rec_b, silence=2.5)
-    left, right = trio.testing.memory_stream_pair()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.serve_authenticated, left, "KME_B")
-            nursery.start_soon(b.serve_authenticated, right, "KME_A")
+            connect(nursery, a, b)
             await trio.sleep(5)
             # A stall of the whole process: the clock jumps 10 s with no task running.
             # The peer's bytes wait in the stream; silence is not counted against it.
@@ -231,11 +234,9 @@ async def test_a_node_whose_loop_is_busy_keeps_a_peer_that_kept_talking(
     rec_a, rec_b = Recorder(), Recorder()
     a = manager("KME_A", "KME_B", rec_a, silence=2.5)
     b = manager("KME_B", "KME_A", rec_b, silence=2.5)
-    left, right = trio.testing.memory_stream_pair()
     with trio.fail_after(600):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.serve_authenticated, left, "KME_B")
-            nursery.start_soon(b.serve_authenticated, right, "KME_A")
+            connect(nursery, a, b)
             await trio.sleep(5)
             # Each batch takes a third of a second: every wake is on time to within a
             # batch, but a heartbeat needs several batches to be sent, read and answered.
