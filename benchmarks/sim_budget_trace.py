@@ -32,12 +32,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import trio
 import trio.testing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from sim_fairness import reference  # noqa: E402
 
 from qkmsd import sharing  # noqa: E402
 from qkmsd.tokenbucket import TokenBucket  # noqa: E402
@@ -47,19 +48,6 @@ from qkmssim._engine import Network, _threads_inline  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "sim_budget_trace.json"
 RELAY_OVERHEAD = sharing.overhead_for(4096, per_hop_bits=512)
 Pair = tuple[str, str]
-
-
-def fair_rates(topo: Any, routes: dict[Pair, tuple[str, ...]]) -> dict[Pair, float]:
-    graph = topo.graph()
-    links = {(lk.a, lk.b): lk.rate_bps for lk in topo.links}
-    pairs = []
-    for a in topo.nodes:
-        for b in topo.nodes:
-            if a != b:
-                path = routes.get((a, b)) or tuple(nx.shortest_path(graph, a, b))
-                over = 1.0 if len(path) == 2 else RELAY_OVERHEAD
-                pairs.append(sharing.Pair(a, b, (path,), overhead=over))
-    return dict(sharing.allocate_directed(links, pairs, policy="max-min").rates)
 
 
 def buckets(net: Network) -> dict[Pair, TokenBucket]:
@@ -121,8 +109,8 @@ def main() -> None:
         net = Network.build(topo, settings, Path(home))
         report = trio.run(run, net, clock=trio.testing.MockClock(autojump_threshold=0))
     window = args.seconds - args.warmup
-    shortest = fair_rates(topo, {})
-    in_use = fair_rates(topo, routes)
+    shortest = reference(args.topology, args.seed)[0]
+    in_use = reference(args.topology, args.seed, routes)[0]
     rows = []
     for p_ in report.per_pair:
         pair = (p_.master, p_.slave)
